@@ -1,0 +1,4 @@
+//! Command line: parse arguments, call the library, render output.
+pub fn main() -> i32 {
+    0
+}

@@ -1,0 +1,2 @@
+//! Read-only queries over the run DAG: ancestors, descendants, diffs, and the
+//! `--where` query language.
