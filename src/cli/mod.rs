@@ -1,4 +1,106 @@
-//! Command line: parse arguments, call the library, render output.
+//! Command line: parse arguments, call the library, render output. One file
+//! per command; no training math and no storage logic here.
+
+pub mod error;
+pub mod output;
+
+mod diff;
+mod gc;
+mod init;
+mod lineage;
+mod log;
+mod metrics;
+mod plot;
+mod runs;
+mod show;
+mod tag;
+mod verify;
+
+use crate::store::Store;
+use clap::{Parser, Subcommand};
+pub use error::{CliError, CliResult, ErrorKind};
+use std::path::PathBuf;
+
+/// graft: continued fine-tuning of language models, with every run recorded
+/// by the hash of its recipe so it can be forked, traced and reproduced.
+#[derive(Parser, Debug)]
+#[command(name = "graft", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// The store to use [default: ./store].
+    #[arg(long, global = true, env = crate::store::STORE_ENV, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a store (default ./store).
+    Init(init::Args),
+    /// Runs, newest first; `--graph` draws forks as a tree.
+    Log(log::Args),
+    /// One run, checkpoint, dataset or model in full.
+    Show(show::Args),
+    /// Ancestry of a run or checkpoint down to the base model.
+    Lineage(lineage::Args),
+    /// Compare two runs: changed recipe keys, datasets, metrics.
+    Diff(diff::Args),
+    /// Query runs by config values and metric summaries.
+    Runs(runs::Args),
+    /// Per-step metrics of a run: a table, CSV, JSON, a terminal chart or a plot file.
+    Metrics(metrics::Args),
+    /// Name a run, checkpoint, dataset or model.
+    Tag(tag::Args),
+    /// Remove objects that nothing in the store reaches.
+    Gc(gc::Args),
+    /// Re-hash every object and check every reference between records.
+    Verify(verify::Args),
+}
+
+/// What every command gets: where the store is.
+pub struct Context {
+    pub store_root: PathBuf,
+}
+
+impl Context {
+    /// Open the existing store; an error tells how to create one.
+    pub fn store(&self) -> CliResult<Store> {
+        Ok(Store::open(&self.store_root)?)
+    }
+
+    /// Open the store, creating it if needed (for commands that write runs).
+    pub fn store_or_init(&self) -> CliResult<Store> {
+        Ok(Store::open_or_init(&self.store_root)?)
+    }
+}
+
+pub fn run(cli: Cli) -> CliResult {
+    let context = Context {
+        store_root: crate::store::default_root(cli.store.as_deref()),
+    };
+    match cli.command {
+        Command::Init(args) => init::run(args, &context),
+        Command::Log(args) => log::run(args, &context),
+        Command::Show(args) => show::run(args, &context),
+        Command::Lineage(args) => lineage::run(args, &context),
+        Command::Diff(args) => diff::run(args, &context),
+        Command::Runs(args) => runs::run(args, &context),
+        Command::Metrics(args) => metrics::run(args, &context),
+        Command::Tag(args) => tag::run(args, &context),
+        Command::Gc(args) => gc::run(args, &context),
+        Command::Verify(args) => verify::run(args, &context),
+    }
+}
+
+/// Entry point for the binary: parse, run, map errors to exit codes.
 pub fn main() -> i32 {
-    0
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("{error}");
+            error.exit_code()
+        }
+    }
 }

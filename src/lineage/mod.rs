@@ -1,2 +1,12 @@
-//! Read-only queries over the run DAG: ancestors, descendants, diffs, and the
-//! `--where` query language.
+//! Read-only queries over the run DAG: ancestors, descendants, common
+//! ancestors, recipe diffs, and the `--where` query language.
+
+pub mod ancestry;
+pub mod diff;
+pub mod query;
+pub mod summary;
+
+pub use ancestry::{ancestors, children_map, common_ancestor, descendants};
+pub use diff::{recipe_diff, KeyChange};
+pub use query::{Query, QueryError};
+pub use summary::{tags_by_target, RunSummary};

@@ -14,9 +14,54 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// A 32-byte blake3 content id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A 32-byte blake3 content id. Serialized as raw bytes in records and as
+/// hex in human-readable formats (JSON output).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Id(pub [u8; 32]);
+
+impl Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&self.to_hex())
+        } else {
+            serializer.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        if deserializer.is_human_readable() {
+            let hex = String::deserialize(deserializer)?;
+            Id::from_hex(&hex).ok_or_else(|| D::Error::custom(format!("`{hex}` is not a 64-digit hex id")))
+        } else {
+            let bytes = serde_bytes_vec(deserializer)?;
+            Id::from_slice(&bytes).ok_or_else(|| D::Error::custom("an id must be 32 bytes"))
+        }
+    }
+}
+
+fn serde_bytes_vec<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    struct BytesVisitor;
+    impl<'de> serde::de::Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("32 bytes")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(byte) = seq.next_element::<u8>()? {
+                out.push(byte);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_bytes(BytesVisitor)
+}
 
 impl Id {
     pub fn to_hex(&self) -> String {
@@ -81,7 +126,8 @@ pub mod domain {
 }
 
 /// A value in canonical form: the shape every hashed record is reduced to.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// In records it is stored as a tagged enum; in JSON output as plain JSON.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Canon {
     Null,
     Bool(bool),
@@ -91,6 +137,78 @@ pub enum Canon {
     Bytes(Vec<u8>),
     List(Vec<Canon>),
     Map(BTreeMap<String, Canon>),
+}
+
+/// The stored form of [`Canon`]; kept separate so JSON output can differ.
+#[derive(Serialize, Deserialize)]
+enum StoredCanon {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(#[serde(with = "serde_bytes_compat")] Vec<u8>),
+    List(Vec<StoredCanon>),
+    Map(BTreeMap<String, StoredCanon>),
+}
+
+mod serde_bytes_compat {
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        super::serde_bytes_vec(d)
+    }
+}
+
+impl From<&Canon> for StoredCanon {
+    fn from(value: &Canon) -> Self {
+        match value {
+            Canon::Null => StoredCanon::Null,
+            Canon::Bool(b) => StoredCanon::Bool(*b),
+            Canon::Int(v) => StoredCanon::Int(*v),
+            Canon::Float(v) => StoredCanon::Float(*v),
+            Canon::Str(s) => StoredCanon::Str(s.clone()),
+            Canon::Bytes(b) => StoredCanon::Bytes(b.clone()),
+            Canon::List(items) => StoredCanon::List(items.iter().map(Into::into).collect()),
+            Canon::Map(entries) => StoredCanon::Map(entries.iter().map(|(k, v)| (k.clone(), v.into())).collect()),
+        }
+    }
+}
+
+impl From<StoredCanon> for Canon {
+    fn from(value: StoredCanon) -> Self {
+        match value {
+            StoredCanon::Null => Canon::Null,
+            StoredCanon::Bool(b) => Canon::Bool(b),
+            StoredCanon::Int(v) => Canon::Int(v),
+            StoredCanon::Float(v) => Canon::Float(v),
+            StoredCanon::Str(s) => Canon::Str(s),
+            StoredCanon::Bytes(b) => Canon::Bytes(b),
+            StoredCanon::List(items) => Canon::List(items.into_iter().map(Into::into).collect()),
+            StoredCanon::Map(entries) => Canon::Map(entries.into_iter().map(|(k, v)| (k, v.into())).collect()),
+        }
+    }
+}
+
+impl Serialize for Canon {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            self.to_json().serialize(serializer)
+        } else {
+            StoredCanon::from(self).serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Canon {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            Ok(Canon::from_json(&serde_json::Value::deserialize(deserializer)?))
+        } else {
+            Ok(StoredCanon::deserialize(deserializer)?.into())
+        }
+    }
 }
 
 impl Canon {

@@ -1,0 +1,341 @@
+//! The `--where` query language over recipe keys and metric summaries.
+//!
+//! ```text
+//! expr    := and ("or" and)*
+//! and     := unary ("and" unary)*
+//! unary   := "not" unary | "(" expr ")" | compare
+//! compare := operand ("<" | "<=" | ">" | ">=" | "==" | "=" | "!=") operand
+//! operand := NUMBER | 'string' | "string" | KEY
+//! ```
+//!
+//! A KEY is a dotted path: a recipe config key (`optim.lr`), `best.SERIES`,
+//! `last.SERIES`, `min.SERIES`, `max.SERIES` (metric summaries), or one of
+//! `seed`, `steps_recorded`, `status`. A comparison whose key a run lacks is
+//! false for that run. Errors give the column (1-based) of the offending token.
+
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Number(f64),
+    Text(String),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Number(n) => write!(f, "{n}"),
+            Value::Text(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Op {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Operand {
+    Literal(Value),
+    Key(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Query {
+    Or(Box<Query>, Box<Query>),
+    And(Box<Query>, Box<Query>),
+    Not(Box<Query>),
+    Compare(Operand, Op, Operand),
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message} at column {column}\n  {source_text}\n  {caret}")]
+pub struct QueryError {
+    pub column: usize,
+    pub message: String,
+    pub source_text: String,
+    caret: String,
+}
+
+impl QueryError {
+    fn new(source_text: &str, column: usize, message: impl Into<String>) -> Self {
+        QueryError {
+            column,
+            message: message.into(),
+            source_text: source_text.to_string(),
+            caret: format!("{}^", " ".repeat(column.saturating_sub(1))),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Token {
+    Number(f64),
+    Text(String),
+    Ident(String),
+    Op(Op),
+    Open,
+    Close,
+    And,
+    Or,
+    Not,
+    End,
+}
+
+fn tokenize(source: &str) -> Result<Vec<(Token, usize)>, QueryError> {
+    let chars: Vec<char> = source.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let column = i + 1;
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
+        let op = match two.as_str() {
+            "<=" => Some((Op::Le, 2)),
+            ">=" => Some((Op::Ge, 2)),
+            "==" => Some((Op::Eq, 2)),
+            "!=" => Some((Op::Ne, 2)),
+            _ => match c {
+                '<' => Some((Op::Lt, 1)),
+                '>' => Some((Op::Gt, 1)),
+                '=' => Some((Op::Eq, 1)),
+                _ => None,
+            },
+        };
+        if let Some((op, len)) = op {
+            tokens.push((Token::Op(op), column));
+            i += len;
+            continue;
+        }
+        match c {
+            '(' => {
+                tokens.push((Token::Open, column));
+                i += 1;
+            }
+            ')' => {
+                tokens.push((Token::Close, column));
+                i += 1;
+            }
+            '\'' | '"' => {
+                let end = chars[i + 1..]
+                    .iter()
+                    .position(|&d| d == c)
+                    .ok_or_else(|| QueryError::new(source, column, "unterminated string"))?;
+                tokens.push((Token::Text(chars[i + 1..i + 1 + end].iter().collect()), column));
+                i += end + 2;
+            }
+            c if c.is_ascii_digit() || (c == '-' || c == '.') && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit() || *d == '.') => {
+                let start = i;
+                i += 1;
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || ((chars[i] == '-' || chars[i] == '+') && matches!(chars[i - 1], 'e' | 'E')))
+                {
+                    i += 1;
+                }
+                let text: String = chars[start..i].iter().collect();
+                let number = text
+                    .parse::<f64>()
+                    .map_err(|_| QueryError::new(source, column, format!("`{text}` is not a number")))?;
+                tokens.push((Token::Number(number), column));
+            }
+            c if c.is_alphabetic() || c == '_' => {
+                let start = i;
+                while i < chars.len() && (chars[i].is_alphanumeric() || matches!(chars[i], '_' | '.' | '/' | '-')) {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                let token = match word.as_str() {
+                    "and" => Token::And,
+                    "or" => Token::Or,
+                    "not" => Token::Not,
+                    _ => Token::Ident(word),
+                };
+                tokens.push((token, column));
+            }
+            other => return Err(QueryError::new(source, column, format!("unexpected character `{other}`"))),
+        }
+    }
+    tokens.push((Token::End, chars.len() + 1));
+    Ok(tokens)
+}
+
+struct Parser<'a> {
+    source: &'a str,
+    tokens: Vec<(Token, usize)>,
+    position: usize,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> &(Token, usize) {
+        &self.tokens[self.position.min(self.tokens.len() - 1)]
+    }
+
+    fn next(&mut self) -> (Token, usize) {
+        let token = self.peek().clone();
+        self.position += 1;
+        token
+    }
+
+    fn error(&self, column: usize, message: impl Into<String>) -> QueryError {
+        QueryError::new(self.source, column, message)
+    }
+
+    fn expr(&mut self) -> Result<Query, QueryError> {
+        let mut left = self.and()?;
+        while self.peek().0 == Token::Or {
+            self.next();
+            left = Query::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Query, QueryError> {
+        let mut left = self.unary()?;
+        while self.peek().0 == Token::And {
+            self.next();
+            left = Query::And(Box::new(left), Box::new(self.unary()?));
+        }
+        Ok(left)
+    }
+
+    fn unary(&mut self) -> Result<Query, QueryError> {
+        match self.peek().0 {
+            Token::Not => {
+                self.next();
+                Ok(Query::Not(Box::new(self.unary()?)))
+            }
+            Token::Open => {
+                let (_, column) = self.next();
+                let inner = self.expr()?;
+                match self.next() {
+                    (Token::Close, _) => Ok(inner),
+                    (_, at) => Err(self.error(at, format!("expected `)` to close the `(` at column {column}"))),
+                }
+            }
+            _ => self.compare(),
+        }
+    }
+
+    fn compare(&mut self) -> Result<Query, QueryError> {
+        let left = self.operand()?;
+        let op = match self.next() {
+            (Token::Op(op), _) => op,
+            (_, column) => return Err(self.error(column, "expected a comparison (<, <=, >, >=, ==, !=)")),
+        };
+        let right = self.operand()?;
+        Ok(Query::Compare(left, op, right))
+    }
+
+    fn operand(&mut self) -> Result<Operand, QueryError> {
+        match self.next() {
+            (Token::Number(n), _) => Ok(Operand::Literal(Value::Number(n))),
+            (Token::Text(s), _) => Ok(Operand::Literal(Value::Text(s))),
+            (Token::Ident(key), _) => Ok(Operand::Key(key)),
+            (Token::End, column) => Err(self.error(column, "the expression ends early: expected a key, number or string")),
+            (_, column) => Err(self.error(column, "expected a key, number or string")),
+        }
+    }
+}
+
+impl Query {
+    pub fn parse(source: &str) -> Result<Query, QueryError> {
+        let tokens = tokenize(source)?;
+        let mut parser = Parser {
+            source,
+            tokens,
+            position: 0,
+        };
+        let query = parser.expr()?;
+        match parser.next() {
+            (Token::End, _) => Ok(query),
+            (_, column) => Err(parser.error(column, "unexpected token; expected `and`, `or` or the end")),
+        }
+    }
+
+    /// Evaluate against a run, given a lookup from key to value.
+    pub fn matches(&self, lookup: &dyn Fn(&str) -> Option<Value>) -> bool {
+        match self {
+            Query::Or(a, b) => a.matches(lookup) || b.matches(lookup),
+            Query::And(a, b) => a.matches(lookup) && b.matches(lookup),
+            Query::Not(a) => !a.matches(lookup),
+            Query::Compare(left, op, right) => {
+                let resolve = |operand: &Operand| match operand {
+                    Operand::Literal(value) => Some(value.clone()),
+                    Operand::Key(key) => lookup(key),
+                };
+                match (resolve(left), resolve(right)) {
+                    (Some(a), Some(b)) => compare(&a, *op, &b),
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+fn compare(a: &Value, op: Op, b: &Value) -> bool {
+    let ordering = match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.partial_cmp(y),
+        (Value::Text(x), Value::Text(y)) => Some(x.cmp(y)),
+        // Mixed: compare as text so `name == 'a'` against a number is false.
+        (x, y) => Some(x.to_string().cmp(&y.to_string())),
+    };
+    let Some(ordering) = ordering else {
+        return false;
+    };
+    use std::cmp::Ordering::*;
+    match op {
+        Op::Lt => ordering == Less,
+        Op::Le => ordering != Greater,
+        Op::Gt => ordering == Greater,
+        Op::Ge => ordering != Less,
+        Op::Eq => ordering == Equal,
+        Op::Ne => ordering != Equal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(key: &str) -> Option<Value> {
+        match key {
+            "optim.lr" => Some(Value::Number(5e-5)),
+            "best.eval_loss" => Some(Value::Number(2.0)),
+            "adapter.kind" => Some(Value::Text("lora".into())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn where_expressions_combine_with_and_or_not_and_parentheses() {
+        let yes = ["optim.lr < 1e-4 and best.eval_loss < 2.1", "not (optim.lr > 1e-4) or missing > 1", "adapter.kind == 'lora'", "(optim.lr >= 5e-5) and not adapter.kind != \"lora\""];
+        let no = ["optim.lr < 1e-5", "missing == 1", "adapter.kind = 'full'", "optim.lr < 1e-4 and best.eval_loss > 2.1"];
+        for q in yes {
+            assert!(Query::parse(q).unwrap().matches(&lookup), "{q}");
+        }
+        for q in no {
+            assert!(!Query::parse(q).unwrap().matches(&lookup), "{q}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_offending_column() {
+        let error = Query::parse("optim.lr < 1e-4 and and").unwrap_err();
+        assert_eq!(error.column, 21);
+        let error = Query::parse("optim.lr 3").unwrap_err();
+        assert_eq!(error.column, 10);
+        let error = Query::parse("(optim.lr < 3").unwrap_err();
+        assert_eq!(error.column, 14);
+        assert!(error.to_string().contains("^"));
+    }
+}

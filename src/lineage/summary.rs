@@ -1,0 +1,129 @@
+//! A run at a glance: what `log`, `runs` and `lineage` print per run, and the
+//! key lookup that `--where` and `--sort` evaluate against.
+
+use super::query::Value;
+use crate::store::metrics::{higher_is_better, SeriesSummary};
+use crate::store::{Canon, ExecutionRecord, Id, Index, Result, RunRecord};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub run: RunRecord,
+    pub executions: Vec<ExecutionRecord>,
+    pub series: BTreeMap<String, SeriesSummary>,
+    pub tags: Vec<String>,
+    /// Step of the start checkpoint, for `RUN@STEP` display of the fork point.
+    pub start_step: Option<u64>,
+    pub checkpoints: usize,
+}
+
+impl RunSummary {
+    pub fn load(index: &Index, run: RunRecord, tags: &BTreeMap<Id, Vec<String>>) -> Result<RunSummary> {
+        let executions = index.executions(&run.id)?;
+        let series = index.summaries(&run.id)?;
+        let start_step = match run.recipe.start_checkpoint {
+            Some(id) => index.get_checkpoint(&id)?.map(|c| c.step),
+            None => None,
+        };
+        let checkpoints = index.run_checkpoints.scan_prefix(run.id.0).count();
+        Ok(RunSummary {
+            tags: tags.get(&run.id).cloned().unwrap_or_default(),
+            run,
+            executions,
+            series,
+            start_step,
+            checkpoints,
+        })
+    }
+
+    pub fn status(&self) -> &'static str {
+        self.executions
+            .last()
+            .map(|e| e.status.as_str())
+            .unwrap_or("registered")
+    }
+
+    /// The last training step recorded.
+    pub fn steps(&self) -> u64 {
+        self.series.values().map(|s| s.last_step).max().unwrap_or(0)
+    }
+
+    pub fn best(&self, series: &str) -> Option<f64> {
+        self.series.get(series).map(|s| s.best(series))
+    }
+
+    /// Value of a `--where`/`--sort` key for this run.
+    pub fn lookup(&self, key: &str) -> Option<Value> {
+        if let Some((kind, series)) = key.split_once('.') {
+            if let Some(summary) = self.series.get(series) {
+                let value = match kind {
+                    "best" => Some(summary.best(series)),
+                    "last" => Some(summary.last),
+                    "min" => Some(summary.min),
+                    "max" => Some(summary.max),
+                    _ => None,
+                };
+                if value.is_some() {
+                    return value.map(Value::Number);
+                }
+            }
+        }
+        match key {
+            "seed" => return Some(Value::Number(self.run.recipe.seed as f64)),
+            "status" => return Some(Value::Text(self.status().into())),
+            "steps_recorded" | "steps" => return Some(Value::Number(self.steps() as f64)),
+            "run" | "id" => return Some(Value::Text(self.run.id.to_hex())),
+            "tag" => return self.tags.first().map(|t| Value::Text(t.clone())),
+            _ => {}
+        }
+        match self.run.recipe.config.get_path(key)? {
+            Canon::Int(v) => Some(Value::Number(*v as f64)),
+            Canon::Float(v) => Some(Value::Number(*v)),
+            Canon::Bool(b) => Some(Value::Text(b.to_string())),
+            Canon::Str(s) => Some(Value::Text(s.clone())),
+            other => Some(Value::Text(other.to_string())),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let metrics: serde_json::Map<String, serde_json::Value> = self
+            .series
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name.clone(),
+                    serde_json::json!({
+                        "best": s.best(name), "last": s.last, "min": s.min, "max": s.max,
+                        "count": s.count, "last_step": s.last_step,
+                        "higher_is_better": higher_is_better(name),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "id": self.run.id.to_hex(),
+            "seq": self.run.seq,
+            "created_at": self.run.created_at.to_rfc3339(),
+            "status": self.status(),
+            "tags": self.tags,
+            "parent_run": self.run.parent_run.map(|p| p.to_hex()),
+            "start_checkpoint": self.run.recipe.start_checkpoint.map(|p| p.to_hex()),
+            "start_step": self.start_step,
+            "base_model": self.run.recipe.base_model.to_hex(),
+            "seed": self.run.recipe.seed,
+            "steps": self.steps(),
+            "checkpoints": self.checkpoints,
+            "executions": self.executions.len(),
+            "metrics": metrics,
+        })
+    }
+}
+
+/// Tags by the id they point at.
+pub fn tags_by_target(index: &Index) -> Result<BTreeMap<Id, Vec<String>>> {
+    let mut out: BTreeMap<Id, Vec<String>> = BTreeMap::new();
+    for reference in index.all_refs()? {
+        out.entry(reference.target).or_default().push(reference.name);
+    }
+    Ok(out)
+}

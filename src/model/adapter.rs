@@ -1,0 +1,275 @@
+//! LoRA adapters on a whole model, and PEFT adapter folders: attach a fresh adapter,
+//! load an existing `adapter_config.json` + `adapter_model.safetensors` (so training
+//! continues it), save one PEFT can load, and merge the adapter into the base weights.
+//!
+//! PEFT keys are `base_model.model.` + our parameter name, e.g.
+//! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+
+use super::error::ModelError;
+use super::llama::CausalLm;
+use super::lora::{Linear, LoraConfig, ALL_TARGETS};
+use super::weights::{read_safetensors, write_safetensors, SaveDtype};
+
+/// The prefix PEFT puts in front of the wrapped model's parameter names.
+pub const PEFT_PREFIX: &str = "base_model.model.";
+
+impl<B: Backend> CausalLm<B> {
+    /// Every projection with its module path (`model.layers.0.self_attn.q_proj`) and
+    /// short name (`q_proj`), in layer order.
+    pub fn projections_mut(&mut self) -> Vec<(String, &'static str, &mut Linear<B>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            let attn = &mut layer.self_attn;
+            let mlp = &mut layer.mlp;
+            let p = format!("model.layers.{i}");
+            let entries: [(&'static str, &str, &mut Linear<B>); 7] = [
+                ("q_proj", "self_attn", &mut attn.q_proj),
+                ("k_proj", "self_attn", &mut attn.k_proj),
+                ("v_proj", "self_attn", &mut attn.v_proj),
+                ("o_proj", "self_attn", &mut attn.o_proj),
+                ("gate_proj", "mlp", &mut mlp.gate_proj),
+                ("up_proj", "mlp", &mut mlp.up_proj),
+                ("down_proj", "mlp", &mut mlp.down_proj),
+            ];
+            for (short, group, linear) in entries {
+                out.push((format!("{p}.{group}.{short}"), short, linear));
+            }
+        }
+        out
+    }
+
+    /// Adds a fresh LoRA adapter (A kaiming-uniform from `seed`, B zero) to the target
+    /// projections and freezes the base weights.
+    pub fn with_new_lora(mut self, config: &LoraConfig, seed: u64) -> Result<Self, ModelError> {
+        config.validate()?;
+        if self.lora.is_some() {
+            return Err(ModelError::Adapter {
+                message: "the model already has a LoRA adapter".into(),
+            });
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for (_, short, linear) in self.projections_mut() {
+            if config.targets_module(short) {
+                linear.attach_lora(config, &mut rng);
+            }
+        }
+        self.lora = Some(config.clone());
+        Ok(self.freeze_base())
+    }
+
+    /// Folds the adapter into the base weights (`W + s * B A`) and drops it, giving a
+    /// plain model.
+    pub fn merge_lora(mut self) -> Self {
+        for (_, _, linear) in self.projections_mut() {
+            linear.merge_lora();
+        }
+        self.lora = None;
+        self
+    }
+}
+
+/// Reads PEFT's adapter_config.json into a [`LoraConfig`]; features this crate does not
+/// implement (DoRA, bias training, per-module ranks, ...) are errors naming the key.
+pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig, ModelError> {
+    let path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+    let raw: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let field = |key: &str| raw.get(key).filter(|v| !v.is_null());
+    let unsupported = |key: &str, value: &Value, supported: &str| ModelError::Unsupported {
+        key: format!("adapter_config.{key}"),
+        value: value.to_string(),
+        supported: supported.into(),
+    };
+    if let Some(kind) = field("peft_type") {
+        if kind != "LORA" {
+            return Err(unsupported("peft_type", kind, "LORA"));
+        }
+    }
+    for key in ["use_dora", "fan_in_fan_out", "lora_bias"] {
+        if let Some(v) = field(key) {
+            if v.as_bool() == Some(true) {
+                return Err(unsupported(key, v, "false"));
+            }
+        }
+    }
+    if let Some(v) = field("bias") {
+        if v != "none" {
+            return Err(unsupported("bias", v, "\"none\""));
+        }
+    }
+    for key in ["rank_pattern", "alpha_pattern"] {
+        if let Some(v) = field(key) {
+            if v.as_object().is_some_and(|m| !m.is_empty()) {
+                return Err(unsupported(key, v, "{}"));
+            }
+        }
+    }
+    for key in ["modules_to_save", "layers_to_transform"] {
+        if let Some(v) = field(key) {
+            return Err(unsupported(key, v, "null"));
+        }
+    }
+    let number = |key: &str| {
+        field(key).and_then(Value::as_f64).ok_or_else(|| ModelError::Config {
+            key: format!("adapter_config.{key}"),
+            message: "missing or not a number".into(),
+        })
+    };
+    let rank = number("r")? as usize;
+    let alpha = number("lora_alpha")?;
+    let dropout = field("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
+    let targets = match field("target_modules") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ModelError::Config {
+                key: "adapter_config.target_modules".into(),
+                message: "not a list of strings".into(),
+            })?,
+        // A string is a regex in PEFT; only "all-linear" and plain names are understood.
+        Some(Value::String(s)) if s == "all-linear" => {
+            ALL_TARGETS.iter().map(|s| s.to_string()).collect()
+        }
+        Some(Value::String(s)) if ALL_TARGETS.contains(&s.as_str()) => vec![s.clone()],
+        Some(other) => {
+            return Err(unsupported(
+                "target_modules",
+                other,
+                "a list of projection names or \"all-linear\"",
+            ))
+        }
+        None => {
+            return Err(ModelError::Config {
+                key: "adapter_config.target_modules".into(),
+                message: "missing".into(),
+            })
+        }
+    };
+    let config = LoraConfig {
+        rank,
+        alpha,
+        dropout,
+        targets,
+        use_rslora: field("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Loads a PEFT adapter folder onto a plain model: the adapter's tensors become the
+/// LoRA branches (to continue training them) and the base weights are frozen. Missing
+/// or unexpected adapter tensors and wrong shapes are errors naming the tensor.
+pub fn load_adapter<B: Backend>(
+    mut model: CausalLm<B>,
+    dir: &Path,
+) -> Result<CausalLm<B>, ModelError> {
+    if model.lora.is_some() {
+        return Err(ModelError::Adapter {
+            message: "the model already has a LoRA adapter".into(),
+        });
+    }
+    let config = read_adapter_config(dir)?;
+    let mut tensors = read_safetensors(&dir.join("adapter_model.safetensors"))?;
+    let device = model.device();
+    let scale = config.scale();
+    for (path, short, linear) in model.projections_mut() {
+        if !config.targets_module(short) {
+            continue;
+        }
+        let (d_in, d_out) = (linear.d_in(), linear.d_out());
+        let mut take = |suffix: &str, shape: [usize; 2]| -> Result<Tensor<B, 2>, ModelError> {
+            let name = format!("{PEFT_PREFIX}{path}.{suffix}");
+            let raw = tensors
+                .remove(&name)
+                .ok_or_else(|| ModelError::MissingTensor { name: name.clone() })?;
+            if raw.shape != shape {
+                return Err(ModelError::Shape {
+                    name,
+                    expected: shape.to_vec(),
+                    actual: raw.shape,
+                });
+            }
+            let values = raw.to_f32(&name)?;
+            Ok(Tensor::from_data(TensorData::new(values, shape), &device))
+        };
+        let a = take("lora_A.weight", [config.rank, d_in])?;
+        let b = take("lora_B.weight", [d_out, config.rank])?;
+        linear.set_lora(a, b, scale, config.dropout);
+    }
+    if let Some(name) = tensors.keys().next() {
+        return Err(ModelError::UnexpectedTensor {
+            name: name.clone(),
+            model_type: "LoRA adapter with these target_modules".into(),
+        });
+    }
+    model.lora = Some(config);
+    Ok(model.freeze_base())
+}
+
+/// Writes the adapter as a PEFT folder (adapter_config.json, adapter_model.safetensors
+/// with PEFT's key names) that `PeftModel.from_pretrained` loads.
+pub fn save_adapter<B: Backend>(
+    model: &CausalLm<B>,
+    dir: &Path,
+    base_model_name_or_path: Option<&str>,
+) -> Result<(), ModelError> {
+    let config = model.lora.as_ref().ok_or_else(|| ModelError::Adapter {
+        message: "the model has no LoRA adapter to save".into(),
+    })?;
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let tensors: Vec<(String, TensorData)> = model
+        .named_tensors(|p| p.is_lora)
+        .into_iter()
+        .map(|(name, data)| (format!("{PEFT_PREFIX}{name}"), data))
+        .collect();
+    write_safetensors(&dir.join("adapter_model.safetensors"), &tensors, SaveDtype::F32)?;
+    let adapter_config = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": config.rank,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout,
+        "target_modules": config.targets,
+        "use_rslora": config.use_rslora,
+        "use_dora": false,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "modules_to_save": null,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "revision": null,
+    });
+    let path = dir.join("adapter_config.json");
+    let text = serde_json::to_string_pretty(&adapter_config).map_err(|e| ModelError::Json {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))
+}
+
+/// Adapter tensors keyed by our parameter names (PEFT prefix removed), e.g. to compare
+/// with a `reference_grads.safetensors`.
+pub fn strip_peft_prefix<T>(tensors: BTreeMap<String, T>) -> BTreeMap<String, T> {
+    tensors
+        .into_iter()
+        .map(|(k, v)| (k.strip_prefix(PEFT_PREFIX).map(str::to_string).unwrap_or(k), v))
+        .collect()
+}

@@ -1,0 +1,400 @@
+//! The Llama-family causal language model (Llama, Qwen2, Mistral): embeddings,
+//! RMSNorm, rotary embeddings in HF's rotate-half layout, grouped-query attention with
+//! burn's fused attention op (causal), SwiGLU MLP, tied or separate `lm_head`, the
+//! masked next-token loss, and a KV cache for generation.
+//!
+//! Struct fields are named like the Hugging Face modules so that a parameter's module
+//! path is its checkpoint key (`model.layers.0.self_attn.q_proj.weight`).
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{attention, embedding};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{activation, Int, Tensor, TensorData};
+
+use super::config::ModelConfig;
+use super::lora::{Linear, LoraConfig};
+
+/// Token embedding table.
+#[derive(Module, Debug)]
+pub struct Embedding<B: Backend> {
+    /// `[vocab, hidden]` (same layout as HF).
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Embedding<B> {
+    /// ids: `[batch, seq]` -> `[batch, seq, hidden]`
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        embedding(self.weight.val(), ids)
+    }
+}
+
+/// Root-mean-square norm: `x / sqrt(mean(x^2) + eps) * weight`.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// `[hidden]`
+    pub weight: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let variance = x.clone().square().mean_dim(2);
+        let normed = x * (variance + self.eps).sqrt().recip();
+        normed * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+/// cos and sin of the rotary angles for positions `offset..offset + seq`, each
+/// `[1, 1, seq, head_dim]` with the frequencies repeated over both halves, as HF's
+/// `cat((freqs, freqs), -1)`. Computed in f64 and rounded once.
+pub fn rope_tables<B: Backend>(
+    config: &ModelConfig,
+    offset: usize,
+    seq: usize,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let head_dim = config.head_dim;
+    let inv_freq = config.rope.inv_freq(head_dim);
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(seq * head_dim);
+    let mut sin = Vec::with_capacity(seq * head_dim);
+    for position in offset..offset + seq {
+        for i in 0..head_dim {
+            // HF computes the angle in f32 (inv_freq f32 times position f32).
+            let angle = (inv_freq[i % half] as f32 * position as f32) as f64;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    let shape = [1, 1, seq, head_dim];
+    (
+        Tensor::from_data(TensorData::new(cos, shape), device),
+        Tensor::from_data(TensorData::new(sin, shape), device),
+    )
+}
+
+/// x: `[batch, heads, seq, head_dim]` rotated as HF's `x * cos + rotate_half(x) * sin`,
+/// where `rotate_half([x1, x2]) = [-x2, x1]` over the two halves of head_dim.
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let head_dim = x.dims()[3];
+    let half = head_dim / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// Keys and values of one layer for the positions seen so far.
+#[derive(Debug, Clone)]
+pub struct LayerCache<B: Backend> {
+    /// `[batch, kv_heads, past, head_dim]`, after RoPE.
+    pub key: Tensor<B, 4>,
+    /// `[batch, kv_heads, past, head_dim]`
+    pub value: Tensor<B, 4>,
+}
+
+/// KV cache for incremental decoding: one entry per decoder layer.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<Option<LayerCache<B>>>,
+    /// Number of positions already in the cache.
+    pub len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(num_layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; num_layers],
+            len: 0,
+        }
+    }
+}
+
+/// Grouped-query self-attention.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// x: `[batch, seq, hidden]`, cos/sin: `[1, 1, seq, head_dim]` -> `[batch, seq, hidden]`.
+    /// With a cache, the new keys and values are appended and attention covers
+    /// `past + seq` keys; the causal mask is aligned at the bottom right.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: Option<&mut Option<LayerCache<B>>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, _] = x.dims();
+        let split_heads = |t: Tensor<B, 3>, heads: usize| {
+            t.reshape([batch, seq, heads, self.head_dim])
+                .swap_dims(1, 2)
+        };
+        let q = split_heads(self.q_proj.forward(x.clone()), self.num_heads);
+        let k = split_heads(self.k_proj.forward(x.clone()), self.num_kv_heads);
+        let v = split_heads(self.v_proj.forward(x), self.num_kv_heads);
+        let q = apply_rope(q, cos, sin);
+        let k = apply_rope(k, cos, sin);
+
+        let (k, v) = match cache {
+            None => (k, v),
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    None => (k, v),
+                    Some(past) => (
+                        Tensor::cat(vec![past.key, k], 2),
+                        Tensor::cat(vec![past.value, v], 2),
+                    ),
+                };
+                *slot = Some(LayerCache {
+                    key: k.clone(),
+                    value: v.clone(),
+                });
+                (k, v)
+            }
+        };
+
+        let groups = self.num_heads / self.num_kv_heads;
+        let k = repeat_kv(k, groups);
+        let v = repeat_kv(v, groups);
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: true,
+        };
+        let context = attention(q, k, v, None, None, options);
+        let context = context
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.num_heads * self.head_dim]);
+        self.o_proj.forward(context)
+    }
+}
+
+/// x: `[batch, kv_heads, t, head_dim]` -> `[batch, kv_heads * groups, t, head_dim]`, each
+/// kv head repeated for the `groups` query heads that share it (HF's `repeat_kv`).
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    if groups == 1 {
+        return x;
+    }
+    let [batch, kv_heads, t, head_dim] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([batch, kv_heads, groups, t, head_dim])
+        .reshape([batch, kv_heads * groups, t, head_dim])
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    /// x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = activation::silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// One pre-norm decoder block.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub self_attn: Attention<B>,
+    pub mlp: Mlp<B>,
+    pub input_layernorm: RmsNorm<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: Option<&mut Option<LayerCache<B>>>,
+    ) -> Tensor<B, 3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), cos, sin, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+/// The decoder stack without the output head (HF's `model.` prefix).
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+}
+
+/// A causal language model (HF's `*ForCausalLM`).
+#[derive(Module, Debug)]
+pub struct CausalLm<B: Backend> {
+    pub model: LlamaModel<B>,
+    /// `None` when tied to `model.embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    pub config: ModelConfig,
+    /// The adapter's hyperparameters when LoRA branches are attached.
+    #[module(skip)]
+    pub lora: Option<LoraConfig>,
+}
+
+impl<B: Backend> CausalLm<B> {
+    /// A model with random weights (normal, std 0.02, norms at one), for benchmarks and
+    /// from-scratch experiments.
+    pub fn random(config: &ModelConfig, device: &B::Device) -> Self {
+        use burn::tensor::Distribution;
+        let normal = |shape: [usize; 2]| {
+            Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.02), device)
+        };
+        let zeros = |n: usize| Tensor::<B, 1>::zeros([n], device);
+        let linear =
+            |d_in: usize, d_out: usize, bias: bool| Linear::new(normal([d_in, d_out]), bias.then(|| zeros(d_out)));
+        let norm = || RmsNorm {
+            weight: Param::from_tensor(Tensor::ones([config.hidden_size], device)),
+            eps: config.rms_norm_eps,
+        };
+        let h = config.hidden_size;
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                self_attn: Attention {
+                    q_proj: linear(h, config.q_dim(), config.qkv_bias),
+                    k_proj: linear(h, config.kv_dim(), config.qkv_bias),
+                    v_proj: linear(h, config.kv_dim(), config.qkv_bias),
+                    o_proj: linear(config.q_dim(), h, config.o_bias),
+                    num_heads: config.num_attention_heads,
+                    num_kv_heads: config.num_key_value_heads,
+                    head_dim: config.head_dim,
+                },
+                mlp: Mlp {
+                    gate_proj: linear(h, config.intermediate_size, config.mlp_bias),
+                    up_proj: linear(h, config.intermediate_size, config.mlp_bias),
+                    down_proj: linear(config.intermediate_size, h, config.mlp_bias),
+                },
+                input_layernorm: norm(),
+                post_attention_layernorm: norm(),
+            })
+            .collect();
+        CausalLm {
+            model: LlamaModel {
+                embed_tokens: Embedding {
+                    weight: Param::from_tensor(normal([config.vocab_size, h])),
+                },
+                layers,
+                norm: norm(),
+            },
+            lm_head: (!config.tie_word_embeddings).then(|| linear(h, config.vocab_size, false)),
+            config: config.clone(),
+            lora: None,
+        }
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.model.embed_tokens.weight.device()
+    }
+
+    /// ids: `[batch, seq]` -> hidden states after the final norm `[batch, seq, hidden]`.
+    pub fn forward_hidden(&self, ids: Tensor<B, 2, Int>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        let [_, seq] = ids.dims();
+        let device = ids.device();
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let (cos, sin) = rope_tables::<B>(&self.config, offset, seq, &device);
+        let mut x = self.model.embed_tokens.forward(ids);
+        match cache {
+            None => {
+                for layer in &self.model.layers {
+                    x = layer.forward(x, &cos, &sin, None);
+                }
+            }
+            Some(cache) => {
+                for (layer, slot) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
+                    x = layer.forward(x, &cos, &sin, Some(slot));
+                }
+                cache.len += seq;
+            }
+        }
+        self.model.norm.forward(x)
+    }
+
+    /// hidden: `[batch, seq, hidden]` -> logits `[batch, seq, vocab]`.
+    pub fn head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => burn::tensor::module::linear(
+                hidden,
+                self.model.embed_tokens.weight.val().transpose(),
+                None,
+            ),
+        }
+    }
+
+    /// ids: `[batch, seq]` -> logits `[batch, seq, vocab]`.
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.head(self.forward_hidden(ids, None))
+    }
+
+    /// ids: `[batch, seq]` new tokens after `cache.len` cached ones -> logits
+    /// `[batch, seq, vocab]` for the new positions; the cache grows by `seq`.
+    pub fn forward_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        self.head(self.forward_hidden(ids, Some(cache)))
+    }
+
+    /// A fresh cache sized for this model.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.model.layers.len())
+    }
+
+    /// Mean next-token cross-entropy of `ids` under the model (labels = ids, shifted).
+    /// ids: `[batch, seq]`, loss_mask: `[batch, seq]` -> `[1]`.
+    pub fn loss(&self, ids: Tensor<B, 2, Int>, loss_mask: Option<Tensor<B, 2>>) -> Tensor<B, 1> {
+        let logits = self.forward(ids.clone());
+        causal_lm_loss(logits, ids, loss_mask)
+    }
+}
+
+/// Mean next-token cross-entropy, HF's `ForCausalLMLoss` with `labels = ids`: position
+/// `t` predicts token `t + 1`.
+///
+/// logits: `[batch, seq, vocab]`, ids: `[batch, seq]`, loss_mask: `[batch, seq]` -> `[1]`.
+///
+/// `loss_mask[b, t]` (1.0 or 0.0) says whether token `t` counts as a *target*; column 0
+/// is never a target. The mean is over counted targets only (a batch with none gives
+/// NaN, as the reference does). The sum is taken in f32 on the backend.
+pub fn causal_lm_loss<B: Backend>(
+    logits: Tensor<B, 3>,
+    ids: Tensor<B, 2, Int>,
+    loss_mask: Option<Tensor<B, 2>>,
+) -> Tensor<B, 1> {
+    let [batch, seq, vocab] = logits.dims();
+    let predicting = logits.narrow(1, 0, seq - 1);
+    let targets = ids.narrow(1, 1, seq - 1);
+    let log_probs = activation::log_softmax(predicting, 2);
+    let picked = log_probs
+        .gather(2, targets.unsqueeze_dim::<3>(2))
+        .reshape([batch, seq - 1]);
+    let _ = vocab;
+    match loss_mask {
+        None => picked.mean().neg(),
+        Some(mask) => {
+            let mask = mask.narrow(1, 1, seq - 1);
+            let count = mask.clone().sum();
+            (picked * mask).sum().neg() / count
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Linear projections with an optional LoRA branch, and the adapter-level operations:
+//! attach a fresh adapter, merge it into the base weights, and the PEFT naming rules.
+//!
+//! The forward is `W x (+ bias) + s * B(A dropout(x))` with `s = alpha / r` (or
+//! `alpha / sqrt(r)` for rsLoRA). `W + s*BA` is never formed in training: the branch
+//! costs two thin matmuls and keeps the base weight frozen and shared. `B` starts at
+//! zero so an untrained adapter returns exactly the base output (the branch adds +0.0).
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor, TensorData};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::error::ModelError;
+
+/// The seven projections of a Llama decoder layer, in PEFT's module names.
+pub const ALL_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// LoRA hyperparameters (what PEFT's `LoraConfig` calls r, lora_alpha, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Module names such as `q_proj`; a projection is adapted if its name is listed.
+    pub targets: Vec<String>,
+    /// rsLoRA: scale by `alpha / sqrt(rank)` instead of `alpha / rank`.
+    pub use_rslora: bool,
+}
+
+impl LoraConfig {
+    /// The factor `s` applied to `B(A x)`.
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+
+    /// Rejects rank 0, dropout outside [0, 1) and target names that are no projection.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.rank == 0 {
+            return Err(ModelError::Adapter {
+                message: "rank must be at least 1".into(),
+            });
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(ModelError::Adapter {
+                message: format!("dropout {} is outside [0, 1)", self.dropout),
+            });
+        }
+        for target in &self.targets {
+            if !ALL_TARGETS.contains(&target.as_str()) {
+                return Err(ModelError::Adapter {
+                    message: format!(
+                        "target module `{target}` is not one of {}",
+                        ALL_TARGETS.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn targets_module(&self, name: &str) -> bool {
+        self.targets.iter().any(|t| t == name)
+    }
+}
+
+/// The low-rank branch of an adapted projection.
+#[derive(Module, Debug)]
+pub struct LoraBranch<B: Backend> {
+    /// `[d_in, rank]` (PEFT's `lora_A.weight` is `[rank, d_in]`).
+    pub lora_a: Param<Tensor<B, 2>>,
+    /// `[rank, d_out]` (PEFT's `lora_B.weight` is `[d_out, rank]`).
+    pub lora_b: Param<Tensor<B, 2>>,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+/// A linear projection `y = x W + b`, optionally with a LoRA branch.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// `[d_in, d_out]`: burn's layout, the transpose of HF's `[out, in]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[d_out]`
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    pub lora: Option<LoraBranch<B>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// A projection from a weight in burn layout `[d_in, d_out]`.
+    pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
+        Linear {
+            weight: Param::from_tensor(weight),
+            bias: bias.map(Param::from_tensor),
+            lora: None,
+        }
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// x: `[..., d_in]` -> `[..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let base = burn::tensor::module::linear(
+            x.clone(),
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+        );
+        match &self.lora {
+            None => base,
+            Some(lora) => {
+                // Dropout only on the adapter input, and only where gradients are
+                // recorded (training); PEFT does the same.
+                let x = if lora.dropout > 0.0 && B::ad_enabled(&x.device()) {
+                    let keep = 1.0 - lora.dropout;
+                    let mask = x.random_like(Distribution::Bernoulli(keep));
+                    x * mask / keep
+                } else {
+                    x
+                };
+                let down = burn::tensor::module::linear(x, lora.lora_a.val(), None);
+                let up = burn::tensor::module::linear(down, lora.lora_b.val(), None);
+                base + up * lora.scale
+            }
+        }
+    }
+
+    /// Attaches a fresh LoRA branch: `A` kaiming-uniform as PEFT
+    /// (`kaiming_uniform_(a=sqrt(5))`, i.e. U(-1/sqrt(d_in), 1/sqrt(d_in))), `B` zero.
+    pub fn attach_lora(&mut self, config: &LoraConfig, rng: &mut ChaCha8Rng) {
+        let (d_in, d_out) = (self.d_in(), self.d_out());
+        let device = self.weight.device();
+        let bound = 1.0 / (d_in as f64).sqrt();
+        // PEFT's lora_A is [rank, d_in]; draw in that order so a seed gives the same
+        // numbers whichever layout stores them, then transpose.
+        let values: Vec<f32> = (0..config.rank * d_in)
+            .map(|_| rng.random_range(-bound..bound) as f32)
+            .collect();
+        let a = Tensor::<B, 2>::from_data(TensorData::new(values, [config.rank, d_in]), &device)
+            .transpose();
+        let b = Tensor::<B, 2>::zeros([config.rank, d_out], &device);
+        self.lora = Some(LoraBranch {
+            lora_a: Param::from_tensor(a),
+            lora_b: Param::from_tensor(b),
+            scale: config.scale(),
+            dropout: config.dropout,
+        });
+    }
+
+    /// Sets the branch from PEFT-layout tensors: A `[rank, d_in]`, B `[d_out, rank]`.
+    pub fn set_lora(&mut self, a: Tensor<B, 2>, b: Tensor<B, 2>, scale: f64, dropout: f64) {
+        self.lora = Some(LoraBranch {
+            lora_a: Param::from_tensor(a.transpose()),
+            lora_b: Param::from_tensor(b.transpose()),
+            scale,
+            dropout,
+        });
+    }
+
+    /// Folds the branch into the weight: `W' = W + s * A B` (burn layout), removing it.
+    pub fn merge_lora(&mut self) {
+        if let Some(lora) = self.lora.take() {
+            let delta = lora.lora_a.val().matmul(lora.lora_b.val()) * lora.scale;
+            let merged = self.weight.val() + delta;
+            let require_grad = self.weight.is_require_grad();
+            self.weight = Param::from_tensor(merged.detach()).set_require_grad(require_grad);
+        }
+    }
+}

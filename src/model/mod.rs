@@ -1,0 +1,41 @@
+//! Llama-family causal language models (Llama, Qwen2, Mistral) from Hugging Face
+//! folders, on burn: config parsing, weight loading and export, the forward pass and
+//! loss, LoRA that reads and writes PEFT adapters, trainability by block, generation,
+//! and parity checks against the reference implementation.
+//!
+//! Knows nothing of the store: it reads and writes plain folders and hands tensors out
+//! by name.
+
+pub mod adapter;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod llama;
+pub mod lora;
+pub mod params;
+pub mod parity;
+pub mod weights;
+
+pub use adapter::{load_adapter, read_adapter_config, save_adapter};
+pub use config::{ModelConfig, ModelType, RopeConfig, RopeScaling};
+pub use error::ModelError;
+pub use generate::{generate, generate_ids, load_tokenizer, SamplingConfig};
+pub use llama::{causal_lm_loss, CausalLm, KvCache};
+pub use lora::{LoraConfig, ALL_TARGETS};
+pub use params::{AnyTensor, Block, ParamInfo};
+pub use parity::{run_parity, ParityReport, Tolerance};
+pub use weights::{load_model_dir, read_raw_tensors, save_model_dir, RawTensor};
+
+/// The CPU backend used by default.
+pub type CpuBackend = burn::backend::Flex;
+/// The CPU backend with gradients, for training.
+pub type CpuTrainBackend = burn::backend::Autodiff<burn::backend::Flex>;
+
+/// Writes the model with its adapter folded in as a plain HF folder.
+pub fn save_merged<B: burn::tensor::backend::Backend>(
+    model: CausalLm<B>,
+    out_dir: &std::path::Path,
+    source_dir: Option<&std::path::Path>,
+) -> Result<(), ModelError> {
+    save_model_dir(&model.merge_lora(), out_dir, source_dir)
+}

@@ -1,0 +1,410 @@
+//! Weights in Hugging Face layout: read `model.safetensors` (or the shards listed by
+//! `model.safetensors.index.json`) in f32, bf16 or f16 into a [`CausalLm`], list the raw
+//! tensors so the store can hash them, and write a model back out as an HF folder.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+use super::config::ModelConfig;
+use super::error::ModelError;
+use super::llama::{Attention, CausalLm, DecoderLayer, Embedding, LlamaModel, Mlp, RmsNorm};
+use super::lora::Linear;
+
+/// Files a model folder may carry besides weights and config; copied on export.
+pub const TOKENIZER_FILES: [&str; 8] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+];
+
+/// One tensor exactly as stored in a checkpoint file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawTensor {
+    /// safetensors dtype name: `F32`, `BF16`, `F16`, ...
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Little-endian bytes as in the file.
+    pub bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    /// The values as f32 (bf16 and f16 widened exactly).
+    pub fn to_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        let chunks = |n: usize| self.bytes.chunks_exact(n);
+        match self.dtype.as_str() {
+            "F32" => Ok(chunks(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()),
+            "BF16" => Ok(chunks(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()),
+            "F16" => Ok(chunks(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()),
+            other => Err(ModelError::Dtype {
+                name: name.to_string(),
+                dtype: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// The safetensors files of a folder: the shards named by the index, else
+/// `model.safetensors`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let index_path = dir.join("model.safetensors.index.json");
+    if index_path.exists() {
+        let text = std::fs::read_to_string(&index_path)
+            .map_err(|e| ModelError::io(&index_path, e))?;
+        let index: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+            path: index_path.clone(),
+            message: e.to_string(),
+        })?;
+        let map = index
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| ModelError::Json {
+                path: index_path.clone(),
+                message: "no `weight_map` object".into(),
+            })?;
+        let files: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        Ok(vec![single])
+    } else {
+        Err(ModelError::io(
+            single,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no model.safetensors or model.safetensors.index.json",
+            ),
+        ))
+    }
+}
+
+/// Every tensor of one safetensors file, by name.
+pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, RawTensor>, ModelError> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let raw = RawTensor {
+                dtype: format!("{:?}", view.dtype()),
+                shape: view.shape().to_vec(),
+                bytes: view.data().to_vec(),
+            };
+            (name, raw)
+        })
+        .collect())
+}
+
+/// All base tensors of a model folder, as stored (name -> dtype, shape, bytes): what the
+/// store hashes to identify a model. Shards are merged; a name in two shards is an error.
+pub fn read_raw_tensors(dir: &Path) -> Result<BTreeMap<String, RawTensor>, ModelError> {
+    let mut all = BTreeMap::new();
+    for file in weight_files(dir)? {
+        for (name, tensor) in read_safetensors(&file)? {
+            if all.insert(name.clone(), tensor).is_some() {
+                return Err(ModelError::Safetensors {
+                    path: file.clone(),
+                    message: format!("tensor `{name}` appears in more than one shard"),
+                });
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Checkpoint keys that carry no weights of ours and are skipped on load: buffers older
+/// transformers versions saved.
+fn is_ignored_key(name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq")
+}
+
+/// Takes tensors out of a checkpoint by HF name, checking shapes, so that whatever is
+/// left at the end is an unexpected tensor.
+struct Checkpoint<'a, B: Backend> {
+    tensors: BTreeMap<String, RawTensor>,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> Checkpoint<'_, B> {
+    fn take(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let raw = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
+        if raw.shape != expected {
+            return Err(ModelError::Shape {
+                name: name.into(),
+                expected: expected.to_vec(),
+                actual: raw.shape,
+            });
+        }
+        raw.to_f32(name)
+    }
+
+    fn vector(&mut self, name: &str, len: usize) -> Result<Tensor<B, 1>, ModelError> {
+        let values = self.take(name, &[len])?;
+        Ok(Tensor::from_data(TensorData::new(values, [len]), self.device))
+    }
+
+    /// HF `[out, in]` -> burn `[in, out]`, transposed on the host so the device tensor
+    /// is contiguous in the layout matmul wants.
+    fn projection(
+        &mut self,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Linear<B>, ModelError> {
+        let hf = self.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
+        let weight = Tensor::from_data(TensorData::new(transpose(&hf, d_out, d_in), [d_in, d_out]), self.device);
+        let bias = if bias {
+            Some(self.vector(&format!("{prefix}.bias"), d_out)?)
+        } else {
+            None
+        };
+        Ok(Linear::new(weight, bias))
+    }
+
+    fn norm(&mut self, name: &str, len: usize, eps: f64) -> Result<RmsNorm<B>, ModelError> {
+        Ok(RmsNorm {
+            weight: Param::from_tensor(self.vector(name, len)?),
+            eps,
+        })
+    }
+}
+
+/// `[rows, cols]` row-major -> `[cols, rows]` row-major.
+pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Builds a model from HF-named tensors.
+///
+/// The name table (HF key -> burn module, layout). Module fields carry HF names, so the
+/// burn path equals the key; what differs is layout:
+///
+/// | HF key                                          | HF shape              | burn                        |
+/// |-------------------------------------------------|-----------------------|-----------------------------|
+/// | `model.embed_tokens.weight`                     | `[vocab, hidden]`     | same                        |
+/// | `model.layers.{i}.input_layernorm.weight`       | `[hidden]`            | same                        |
+/// | `model.layers.{i}.self_attn.{q,k,v,o}_proj.weight` | `[out, in]`        | `[in, out]` (transposed)    |
+/// | `model.layers.{i}.self_attn.{q,k,v}_proj.bias`  | `[out]` (Qwen2, or `attention_bias`) | same         |
+/// | `model.layers.{i}.self_attn.o_proj.bias`        | `[hidden]` (Llama `attention_bias` only) | same     |
+/// | `model.layers.{i}.post_attention_layernorm.weight` | `[hidden]`         | same                        |
+/// | `model.layers.{i}.mlp.{gate,up,down}_proj.weight` | `[out, in]`         | `[in, out]` (transposed)    |
+/// | `model.layers.{i}.mlp.{gate,up,down}_proj.bias` | `[out]` (`mlp_bias`)  | same                        |
+/// | `model.norm.weight`                             | `[hidden]`            | same                        |
+/// | `lm_head.weight`                                | `[vocab, hidden]`     | `[hidden, vocab]`; absent and unused when `tie_word_embeddings` |
+/// | `model.layers.{i}.self_attn.rotary_emb.inv_freq` | buffer               | ignored (recomputed)        |
+pub fn build_model<B: Backend>(
+    config: &ModelConfig,
+    tensors: BTreeMap<String, RawTensor>,
+    device: &B::Device,
+) -> Result<CausalLm<B>, ModelError> {
+    let mut ckpt = Checkpoint::<B> { tensors, device };
+    let h = config.hidden_size;
+    let eps = config.rms_norm_eps;
+    let embed = ckpt.take("model.embed_tokens.weight", &[config.vocab_size, h])?;
+    let embed_tokens = Embedding {
+        weight: Param::from_tensor(Tensor::from_data(
+            TensorData::new(embed, [config.vocab_size, h]),
+            device,
+        )),
+    };
+    let mut layers = Vec::with_capacity(config.num_hidden_layers);
+    for i in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let attn = format!("{p}.self_attn");
+        let mlp = format!("{p}.mlp");
+        let (q, kv, inter) = (config.q_dim(), config.kv_dim(), config.intermediate_size);
+        layers.push(DecoderLayer {
+            self_attn: Attention {
+                q_proj: ckpt.projection(&format!("{attn}.q_proj"), h, q, config.qkv_bias)?,
+                k_proj: ckpt.projection(&format!("{attn}.k_proj"), h, kv, config.qkv_bias)?,
+                v_proj: ckpt.projection(&format!("{attn}.v_proj"), h, kv, config.qkv_bias)?,
+                o_proj: ckpt.projection(&format!("{attn}.o_proj"), q, h, config.o_bias)?,
+                num_heads: config.num_attention_heads,
+                num_kv_heads: config.num_key_value_heads,
+                head_dim: config.head_dim,
+            },
+            mlp: Mlp {
+                gate_proj: ckpt.projection(&format!("{mlp}.gate_proj"), h, inter, config.mlp_bias)?,
+                up_proj: ckpt.projection(&format!("{mlp}.up_proj"), h, inter, config.mlp_bias)?,
+                down_proj: ckpt.projection(&format!("{mlp}.down_proj"), inter, h, config.mlp_bias)?,
+            },
+            input_layernorm: ckpt.norm(&format!("{p}.input_layernorm.weight"), h, eps)?,
+            post_attention_layernorm: ckpt.norm(
+                &format!("{p}.post_attention_layernorm.weight"),
+                h,
+                eps,
+            )?,
+        });
+    }
+    let norm = ckpt.norm("model.norm.weight", h, eps)?;
+    let lm_head = if config.tie_word_embeddings {
+        // Some tied checkpoints still store a copy of the embedding as lm_head; the
+        // tie decides, so the copy is dropped.
+        ckpt.tensors.remove("lm_head.weight");
+        None
+    } else {
+        Some(ckpt.projection("lm_head", h, config.vocab_size, false)?)
+    };
+    if let Some(name) = ckpt.tensors.keys().find(|name| !is_ignored_key(name)) {
+        return Err(ModelError::UnexpectedTensor {
+            name: name.clone(),
+            model_type: config.model_type.as_str().into(),
+        });
+    }
+    Ok(CausalLm {
+        model: LlamaModel {
+            embed_tokens,
+            layers,
+            norm,
+        },
+        lm_head,
+        config: config.clone(),
+        lora: None,
+    })
+}
+
+/// Loads config.json and the weights of an HF folder.
+pub fn load_model_dir<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<CausalLm<B>, ModelError> {
+    let config = ModelConfig::from_dir(dir)?;
+    let tensors = read_raw_tensors(dir)?;
+    build_model(&config, tensors, device)
+}
+
+/// How [`write_safetensors`] stores floats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveDtype {
+    F32,
+    BF16,
+}
+
+/// Writes HF-layout tensors to one safetensors file with the `format: pt` metadata
+/// transformers expects.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, TensorData)],
+    dtype: SaveDtype,
+) -> Result<(), ModelError> {
+    let mut encoded: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, data) in tensors {
+        let values = data.clone().convert::<f32>().into_vec::<f32>().map_err(|e| {
+            ModelError::Invalid {
+                message: format!("tensor `{name}`: {e:?}"),
+            }
+        })?;
+        let bytes: Vec<u8> = match dtype {
+            SaveDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            SaveDtype::BF16 => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+        };
+        encoded.push((name.clone(), data.shape.to_vec(), bytes));
+    }
+    let st_dtype = match dtype {
+        SaveDtype::F32 => Dtype::F32,
+        SaveDtype::BF16 => Dtype::BF16,
+    };
+    let mut views = Vec::with_capacity(encoded.len());
+    for (name, shape, bytes) in &encoded {
+        let view = safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes).map_err(
+            |e| ModelError::Safetensors {
+                path: path.to_path_buf(),
+                message: format!("tensor `{name}`: {e}"),
+            },
+        )?;
+        views.push((name.clone(), view));
+    }
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| {
+        ModelError::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })
+}
+
+/// Writes `model` as an HF folder: config.json (the source folder's, with dtype set to
+/// float32, so keys we do not model survive; else generated), model.safetensors in f32,
+/// and the tokenizer files of `source_dir`.
+pub fn save_model_dir<B: Backend>(
+    model: &CausalLm<B>,
+    out_dir: &Path,
+    source_dir: Option<&Path>,
+) -> Result<(), ModelError> {
+    std::fs::create_dir_all(out_dir).map_err(|e| ModelError::io(out_dir, e))?;
+    let mut config = match source_dir.map(|d| d.join("config.json")).filter(|p| p.exists()) {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+            serde_json::from_str(&text).map_err(|e| ModelError::Json {
+                path,
+                message: e.to_string(),
+            })?
+        }
+        None => model.config.to_hf_json(),
+    };
+    if let Value::Object(map) = &mut config {
+        for key in ["dtype", "torch_dtype"] {
+            if map.contains_key(key) || key == "dtype" {
+                map.insert(key.into(), Value::String("float32".into()));
+            }
+        }
+    }
+    let config_path = out_dir.join("config.json");
+    let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Json {
+        path: config_path.clone(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(&config_path, text).map_err(|e| ModelError::io(&config_path, e))?;
+
+    let tensors = model.named_tensors(|p| !p.is_lora);
+    write_safetensors(&out_dir.join("model.safetensors"), &tensors, SaveDtype::F32)?;
+    if let Some(source) = source_dir {
+        copy_tokenizer_files(source, out_dir)?;
+    }
+    Ok(())
+}
+
+/// Copies whichever tokenizer and generation files exist in `from`.
+pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<(), ModelError> {
+    for file in TOKENIZER_FILES {
+        let source = from.join(file);
+        if source.exists() {
+            std::fs::copy(&source, to.join(file)).map_err(|e| ModelError::io(&source, e))?;
+        }
+    }
+    Ok(())
+}
