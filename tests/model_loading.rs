@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use graft::model::weights::{read_raw_tensors, write_safetensors, SaveDtype};
-use graft::model::{load_model_dir, run_parity, CpuBackend, CpuTrainBackend, ModelError, Tolerance};
+use graft::model::{
+    load_model_dir, run_parity, CpuBackend, CpuTrainBackend, ModelError, Tolerance,
+};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

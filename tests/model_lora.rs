@@ -25,7 +25,11 @@ fn ids(dir: &std::path::Path) -> (Reference, Tensor<B, 2, Int>) {
 }
 
 fn logits(model: &CausalLm<B>, ids: &Tensor<B, 2, Int>) -> Vec<f32> {
-    model.forward(ids.clone()).into_data().to_vec::<f32>().unwrap()
+    model
+        .forward(ids.clone())
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -63,11 +67,13 @@ fn peft_adapter_saved_by_graft_and_loaded_again_gives_the_same_logits() {
     assert_eq!(logits(&reloaded, &ids), logits(&adapted, &ids));
 
     // The file uses PEFT's key names, the same set the fixture's adapter has.
-    let ours = graft::model::weights::read_safetensors(&out.path().join("adapter_model.safetensors"))
-        .unwrap();
-    let theirs =
-        graft::model::weights::read_safetensors(&dir.join("lora-adapter/adapter_model.safetensors"))
+    let ours =
+        graft::model::weights::read_safetensors(&out.path().join("adapter_model.safetensors"))
             .unwrap();
+    let theirs = graft::model::weights::read_safetensors(
+        &dir.join("lora-adapter/adapter_model.safetensors"),
+    )
+    .unwrap();
     assert_eq!(
         ours.keys().collect::<Vec<_>>(),
         theirs.keys().collect::<Vec<_>>()
@@ -94,7 +100,13 @@ fn merged_export_loads_as_plain_model_with_the_adapted_logits() {
         let actual = logits(&merged, &ids);
         assert!(max_rel_err(&actual, &expected) < 1e-5, "{name}");
         let with_lora = reference.with_lora.unwrap();
-        let reference_logits: Vec<f32> = with_lora.logits.iter().flatten().flatten().copied().collect();
+        let reference_logits: Vec<f32> = with_lora
+            .logits
+            .iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
         assert!(max_rel_err(&actual, &reference_logits) < 1e-4, "{name}");
     }
 }

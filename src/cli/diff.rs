@@ -52,7 +52,13 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     } else {
         let rows: Vec<Vec<String>> = changes
             .iter()
-            .map(|c| vec![c.key.clone(), c.left.clone().unwrap_or("-".into()), c.right.clone().unwrap_or("-".into())])
+            .map(|c| {
+                vec![
+                    c.key.clone(),
+                    c.left.clone().unwrap_or("-".into()),
+                    c.right.clone().unwrap_or("-".into()),
+                ]
+            })
             .collect();
         output::println_safe(&output::table(&["key", "left", "right"], &rows));
     }
@@ -61,11 +67,20 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         let rows: Vec<Vec<String>> = metrics
             .iter()
             .map(|m| {
-                let f = |v: &serde_json::Value| v.as_f64().map(output::number).unwrap_or("-".into());
-                vec![m["series"].as_str().unwrap_or("").to_string(), f(&m["left"]), f(&m["right"]), f(&m["delta"])]
+                let f =
+                    |v: &serde_json::Value| v.as_f64().map(output::number).unwrap_or("-".into());
+                vec![
+                    m["series"].as_str().unwrap_or("").to_string(),
+                    f(&m["left"]),
+                    f(&m["right"]),
+                    f(&m["delta"]),
+                ]
             })
             .collect();
-        output::println_safe(&output::table(&["best of series", "left", "right", "delta"], &rows));
+        output::println_safe(&output::table(
+            &["best of series", "left", "right", "delta"],
+            &rows,
+        ));
     }
     Ok(())
 }

@@ -29,7 +29,11 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     if args.json {
         return output::print_json(&serde_json::to_value(&report).unwrap_or_default());
     }
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     for id in &report.removed {
         output::println_safe(&format!("{verb} {id}"));
     }

@@ -7,6 +7,9 @@ pub struct Args {}
 
 pub fn run(_args: Args, context: &Context) -> CliResult {
     let store = crate::store::Store::init(&context.store_root)?;
-    println_safe(&format!("initialised graft store at {}", store.root().display()));
+    println_safe(&format!(
+        "initialised graft store at {}",
+        store.root().display()
+    ));
     Ok(())
 }

@@ -15,7 +15,13 @@ pub struct Args {
 }
 
 /// Keys shown for the first hop, where there is no parent to diff against.
-const HEADLINE_KEYS: &[&str] = &["adapter.kind", "adapter.rank", "optim.lr", "optim.batch_size", "train.steps"];
+const HEADLINE_KEYS: &[&str] = &[
+    "adapter.kind",
+    "adapter.rank",
+    "optim.lr",
+    "optim.batch_size",
+    "train.steps",
+];
 
 pub fn run(args: Args, context: &Context) -> CliResult {
     let store = context.store()?;
@@ -30,12 +36,24 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         let changed: Vec<_> = match parent {
             Some(parent) => recipe_diff(&parent.recipe, &record.recipe)
                 .into_iter()
-                .filter(|c| c.key.starts_with("optim.") || c.key.starts_with("train.") || c.key.starts_with("adapter.") || c.key.starts_with("unfreeze.") || c.key.starts_with("data.replay"))
+                .filter(|c| {
+                    c.key.starts_with("optim.")
+                        || c.key.starts_with("train.")
+                        || c.key.starts_with("adapter.")
+                        || c.key.starts_with("unfreeze.")
+                        || c.key.starts_with("data.replay")
+                })
                 .map(|c| serde_json::json!({"key": c.key, "parent": c.left, "value": c.right}))
                 .collect(),
             None => HEADLINE_KEYS
                 .iter()
-                .filter_map(|k| record.recipe.config.get_path(k).map(|v| serde_json::json!({"key": k, "value": v.to_string()})))
+                .filter_map(|k| {
+                    record
+                        .recipe
+                        .config
+                        .get_path(k)
+                        .map(|v| serde_json::json!({"key": k, "value": v.to_string()}))
+                })
                 .collect(),
         };
         let datasets: Vec<_> = record
@@ -76,15 +94,29 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     }
     for (depth, hop) in hops.iter().enumerate() {
         let indent = "  ".repeat(depth);
-        let tags = hop["tags"].as_array().map(|t| t.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default();
+        let tags = hop["tags"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
         let from = match (&hop["start_checkpoint"], &hop["start_step"]) {
-            (serde_json::Value::String(c), step) => format!("from checkpoint {} (step {})", &c[..12], step),
+            (serde_json::Value::String(c), step) => {
+                format!("from checkpoint {} (step {})", &c[..12], step)
+            }
             _ => "from the base model".into(),
         };
         output::println_safe(&format!(
             "{indent}run {}{} {} {} steps, {from}",
             &hop["run"].as_str().unwrap_or("")[..12],
-            if tags.is_empty() { String::new() } else { format!(" [{tags}]") },
+            if tags.is_empty() {
+                String::new()
+            } else {
+                format!(" [{tags}]")
+            },
             hop["status"].as_str().unwrap_or(""),
             hop["steps"],
         ));
@@ -98,11 +130,22 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             ));
         }
         for h in hop["hyperparameters"].as_array().into_iter().flatten() {
-            let was = h.get("parent").and_then(|p| p.as_str()).map(|p| format!(" (parent {p})")).unwrap_or_default();
-            output::println_safe(&format!("{indent}  set  {} = {}{was}", h["key"].as_str().unwrap_or(""), h["value"].as_str().unwrap_or("-")));
+            let was = h
+                .get("parent")
+                .and_then(|p| p.as_str())
+                .map(|p| format!(" (parent {p})"))
+                .unwrap_or_default();
+            output::println_safe(&format!(
+                "{indent}  set  {} = {}{was}",
+                h["key"].as_str().unwrap_or(""),
+                h["value"].as_str().unwrap_or("-")
+            ));
         }
         for (name, value) in hop["best"].as_object().into_iter().flatten() {
-            output::println_safe(&format!("{indent}  best {name} = {}", value.as_f64().map(output::number).unwrap_or_default()));
+            output::println_safe(&format!(
+                "{indent}  best {name} = {}",
+                value.as_f64().map(output::number).unwrap_or_default()
+            ));
         }
     }
     if let Some(base) = base {

@@ -34,7 +34,9 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         .map(|run| RunSummary::load(&index, run, &tags))
         .collect::<Result<Vec<_>, _>>()?;
     if args.json {
-        return output::print_json(&serde_json::Value::Array(summaries.iter().map(RunSummary::to_json).collect()));
+        return output::print_json(&serde_json::Value::Array(
+            summaries.iter().map(RunSummary::to_json).collect(),
+        ));
     }
     if summaries.is_empty() {
         output::println_safe("no runs yet: `graft train EXPERIMENT.toml` records one");
@@ -42,7 +44,15 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     }
     let rows: Vec<Vec<String>> = summaries.iter().map(row).collect();
     output::println_safe(&output::table(
-        &["run", "tag", "status", "steps", "best eval_loss", "from", "created"],
+        &[
+            "run",
+            "tag",
+            "status",
+            "steps",
+            "best eval_loss",
+            "from",
+            "created",
+        ],
         &rows,
     ));
     let total = index.run_count();
@@ -62,9 +72,16 @@ fn row(summary: &RunSummary) -> Vec<String> {
         summary.tags.join(","),
         summary.status().to_string(),
         summary.steps().to_string(),
-        summary.best("eval_loss").map(output::number).unwrap_or_else(|| "-".into()),
+        summary
+            .best("eval_loss")
+            .map(output::number)
+            .unwrap_or_else(|| "-".into()),
         fork_point(summary),
-        summary.run.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        summary
+            .run
+            .created_at
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
     ]
 }
 
@@ -86,16 +103,36 @@ fn graph(index: &Index, tags: &BTreeMap<Id, Vec<String>>, json: bool) -> CliResu
     sorted.sort_by_key(|r| r.seq);
     for run in sorted {
         if run.parent_run.is_none_or(|p| !by_id.contains_key(&p)) {
-            roots_by_model.entry(run.recipe.base_model).or_default().push(run.id);
+            roots_by_model
+                .entry(run.recipe.base_model)
+                .or_default()
+                .push(run.id);
         }
     }
     let mut lines = Vec::new();
     let mut nodes = Vec::new();
     for (model, roots) in &roots_by_model {
-        let name = tags.get(model).and_then(|t| t.first().cloned()).unwrap_or_default();
-        lines.push(format!("model {} {}", model.short(), name).trim_end().to_string());
+        let name = tags
+            .get(model)
+            .and_then(|t| t.first().cloned())
+            .unwrap_or_default();
+        lines.push(
+            format!("model {} {}", model.short(), name)
+                .trim_end()
+                .to_string(),
+        );
         for (i, root) in roots.iter().enumerate() {
-            draw(index, tags, &children, *root, "", i + 1 == roots.len(), &mut lines, &mut nodes, 0)?;
+            draw(
+                index,
+                tags,
+                &children,
+                *root,
+                "",
+                i + 1 == roots.len(),
+                &mut lines,
+                &mut nodes,
+                0,
+            )?;
         }
     }
     if json {
@@ -124,8 +161,15 @@ fn draw(
 ) -> CliResult {
     let summary = RunSummary::load(index, index.run(&run)?, tags)?;
     let branch = if last { "└─" } else { "├─" };
-    let at = summary.start_step.map(|s| format!(" @{s}")).unwrap_or_default();
-    let tag = if summary.tags.is_empty() { String::new() } else { format!(" [{}]", summary.tags.join(",")) };
+    let at = summary
+        .start_step
+        .map(|s| format!(" @{s}"))
+        .unwrap_or_default();
+    let tag = if summary.tags.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", summary.tags.join(","))
+    };
     let best = summary
         .best("eval_loss")
         .map(|v| format!(" eval_loss {}", output::number(v)))
@@ -142,7 +186,17 @@ fn draw(
     let kids = children.get(&run).cloned().unwrap_or_default();
     let child_prefix = format!("{prefix}{}", if last { "   " } else { "│  " });
     for (i, child) in kids.iter().enumerate() {
-        draw(index, tags, children, *child, &child_prefix, i + 1 == kids.len(), lines, nodes, depth + 1)?;
+        draw(
+            index,
+            tags,
+            children,
+            *child,
+            &child_prefix,
+            i + 1 == kids.len(),
+            lines,
+            nodes,
+            depth + 1,
+        )?;
     }
     Ok(())
 }

@@ -40,26 +40,39 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     } else {
         for name in &args.series {
             if !available.contains(name) {
-                return Err(CliError::user(format!("run {} has no series `{name}`", run.short()))
-                    .with_hint(format!("it has: {}", available.join(", "))));
+                return Err(
+                    CliError::user(format!("run {} has no series `{name}`", run.short()))
+                        .with_hint(format!("it has: {}", available.join(", "))),
+                );
             }
         }
         args.series.clone()
     };
-    let mut data: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+    // In the order asked for, so CSV and table columns follow --series.
+    let mut data: Vec<(String, Vec<(u64, f64)>)> = Vec::new();
     for name in &names {
-        data.insert(name.clone(), index.series(&run, name)?);
+        data.push((name.clone(), index.series(&run, name)?));
     }
     drop(index);
     if let Some(path) = &args.plot {
-        plot::write(path, &format!("run {}", run.short()), &data)?;
+        plot::write(
+            path,
+            &format!("run {}", run.short()),
+            &data.iter().cloned().collect(),
+        )?;
         eprintln!("wrote {}", path.display());
     }
     if args.json {
         let value: serde_json::Map<String, serde_json::Value> = data
             .iter()
             .map(|(name, points)| {
-                (name.clone(), points.iter().map(|(s, v)| serde_json::json!([s, v])).collect())
+                (
+                    name.clone(),
+                    points
+                        .iter()
+                        .map(|(s, v)| serde_json::json!([s, v]))
+                        .collect(),
+                )
             })
             .collect();
         return output::print_json(&serde_json::json!({"run": run.to_hex(), "series": value}));
@@ -75,7 +88,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     }
     // Wide form: one row per step, one column per series.
     let mut rows: BTreeMap<u64, Vec<Option<f64>>> = BTreeMap::new();
-    for (i, points) in data.values().enumerate() {
+    for (i, (_, points)) in data.iter().enumerate() {
         for &(step, value) in points {
             rows.entry(step).or_insert_with(|| vec![None; data.len()])[i] = Some(value);
         }
@@ -100,7 +113,11 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         .iter()
         .map(|(step, values)| {
             let mut row = vec![step.to_string()];
-            row.extend(values.iter().map(|v| v.map(output::number).unwrap_or_default()));
+            row.extend(
+                values
+                    .iter()
+                    .map(|v| v.map(output::number).unwrap_or_default()),
+            );
             row
         })
         .collect();

@@ -5,7 +5,8 @@ use std::io::Write;
 
 /// Print a value as pretty JSON on stdout.
 pub fn print_json(value: &serde_json::Value) -> CliResult {
-    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::internal(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| CliError::internal(e.to_string()))?;
     println_safe(&text);
     Ok(())
 }

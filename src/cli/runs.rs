@@ -28,7 +28,10 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let mut matches = Vec::new();
     for run in index.runs_newest_first(0, usize::MAX)? {
         let summary = RunSummary::load(&index, run, &tags)?;
-        if query.as_ref().is_none_or(|q| q.matches(&|key| summary.lookup(key))) {
+        if query
+            .as_ref()
+            .is_none_or(|q| q.matches(&|key| summary.lookup(key)))
+        {
             matches.push(summary);
         }
     }
@@ -39,14 +42,30 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         };
         matches.sort_by(|a, b| {
             let ordering = compare(a.lookup(key), b.lookup(key));
-            if descending { ordering.reverse() } else { ordering }
+            if descending {
+                ordering.reverse()
+            } else {
+                ordering
+            }
         });
     }
     if args.json {
-        return output::print_json(&serde_json::Value::Array(matches.iter().map(RunSummary::to_json).collect()));
+        return output::print_json(&serde_json::Value::Array(
+            matches.iter().map(RunSummary::to_json).collect(),
+        ));
     }
-    let sort_key = args.sort.as_deref().map(|s| s.trim_start_matches('-').to_string());
-    let mut header = vec!["run", "tag", "status", "steps", "optim.lr", "best.eval_loss"];
+    let sort_key = args
+        .sort
+        .as_deref()
+        .map(|s| s.trim_start_matches('-').to_string());
+    let mut header = vec![
+        "run",
+        "tag",
+        "status",
+        "steps",
+        "optim.lr",
+        "best.eval_loss",
+    ];
     if let Some(key) = &sort_key {
         if !header.contains(&key.as_str()) {
             header.push(key);
@@ -55,7 +74,12 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let rows: Vec<Vec<String>> = matches
         .iter()
         .map(|s| {
-            let mut row = vec![s.run.id.short(), s.tags.join(","), s.status().into(), s.steps().to_string()];
+            let mut row = vec![
+                s.run.id.short(),
+                s.tags.join(","),
+                s.status().into(),
+                s.steps().to_string(),
+            ];
             for key in &header[4..] {
                 row.push(match s.lookup(key) {
                     Some(Value::Number(n)) => output::number(n),

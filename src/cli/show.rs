@@ -32,7 +32,11 @@ pub fn describe(index: &Index, target: Target) -> CliResult<serde_json::Value> {
     Ok(match target {
         Target::Run(id) => {
             let summary = RunSummary::load(index, index.run(&id)?, &tags)?;
-            let checkpoints: Vec<_> = index.run_checkpoints(&id)?.iter().map(|c| json(c)).collect();
+            let checkpoints: Vec<_> = index
+                .run_checkpoints(&id)?
+                .iter()
+                .map(|c| json(c))
+                .collect();
             let mut value = summary.to_json();
             value["kind"] = "run".into();
             value["recipe"] = json(&summary.run.recipe);
@@ -48,13 +52,20 @@ pub fn describe(index: &Index, target: Target) -> CliResult<serde_json::Value> {
             value
         }
         Target::Dataset(id) => {
-            let record = index.get_dataset(&id)?.ok_or(crate::store::StoreError::NotFound { kind: "dataset", id })?;
+            let record = index
+                .get_dataset(&id)?
+                .ok_or(crate::store::StoreError::NotFound {
+                    kind: "dataset",
+                    id,
+                })?;
             let mut value = json(&record);
             value["kind"] = "dataset".into();
             value
         }
         Target::Model(id) => {
-            let record = index.get_model(&id)?.ok_or(crate::store::StoreError::NotFound { kind: "model", id })?;
+            let record = index
+                .get_model(&id)?
+                .ok_or(crate::store::StoreError::NotFound { kind: "model", id })?;
             let mut value = json(&record);
             value["kind"] = "model".into();
             value["tensors"] = serde_json::json!(record.tensors.len());
@@ -83,7 +94,9 @@ pub fn render(value: &serde_json::Value, indent: usize) -> String {
         serde_json::Value::Object(map) => map
             .iter()
             .map(|(k, v)| match v {
-                serde_json::Value::Object(m) if !m.is_empty() => format!("{pad}{k}:\n{}", render(v, indent + 1)),
+                serde_json::Value::Object(m) if !m.is_empty() => {
+                    format!("{pad}{k}:\n{}", render(v, indent + 1))
+                }
                 serde_json::Value::Array(a) if a.iter().any(|x| x.is_object()) => {
                     format!("{pad}{k}:\n{}", render(v, indent + 1))
                 }

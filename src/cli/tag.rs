@@ -32,6 +32,11 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let target = index.resolve(&reference)?;
     index.set_tag(&args.name, target)?;
     index.flush()?;
-    println_safe(&format!("{} -> {} {}", args.name, target.kind(), target.id().to_hex()));
+    println_safe(&format!(
+        "{} -> {} {}",
+        args.name,
+        target.kind(),
+        target.id().to_hex()
+    ));
     Ok(())
 }

@@ -17,14 +17,23 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     if args.json {
         output::print_json(&serde_json::to_value(&report).unwrap_or_default())?;
     } else {
-        for line in report.corrupt_objects.iter().chain(&report.dangling).chain(&report.unreadable) {
+        for line in report
+            .corrupt_objects
+            .iter()
+            .chain(&report.dangling)
+            .chain(&report.unreadable)
+        {
             output::println_safe(line);
         }
         output::println_safe(&format!(
             "checked {} objects and {} records: {}",
             report.objects_checked,
             report.records_checked,
-            if report.is_clean() { "ok" } else { "PROBLEMS FOUND" }
+            if report.is_clean() {
+                "ok"
+            } else {
+                "PROBLEMS FOUND"
+            }
         ));
     }
     if report.is_clean() {

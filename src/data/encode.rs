@@ -102,8 +102,14 @@ impl Encoder {
             .with("format", self.format.name())
             .with("template", self.template_identity())
             .with("tokenizer", self.tokenizer.id())
-            .with("bos", self.add_bos().then(|| self.tokenizer.bos_id()).flatten())
-            .with("eos", self.add_eos().then(|| self.tokenizer.eos_id()).flatten())
+            .with(
+                "bos",
+                self.add_bos().then(|| self.tokenizer.bos_id()).flatten(),
+            )
+            .with(
+                "eos",
+                self.add_eos().then(|| self.tokenizer.eos_id()).flatten(),
+            )
     }
 
     fn add_bos(&self) -> bool {
@@ -114,7 +120,12 @@ impl Encoder {
     }
 
     /// Parse and tokenize one line.
-    pub fn encode_line(&self, line: &str, file: &str, line_number: u64) -> Result<TokenizedExample> {
+    pub fn encode_line(
+        &self,
+        line: &str,
+        file: &str,
+        line_number: u64,
+    ) -> Result<TokenizedExample> {
         let example = self.format.parse_line(line, file, line_number)?;
         self.encode_example(&example, file, line_number)
     }

@@ -30,7 +30,11 @@ pub enum DataError {
     },
 
     #[error("{file}:{line}: byte {byte} is not valid UTF-8; re-encode the file as UTF-8")]
-    NonUtf8 { file: String, line: u64, byte: usize },
+    NonUtf8 {
+        file: String,
+        line: u64,
+        byte: usize,
+    },
 
     #[error("{file}:{line}: malformed JSON: {message}")]
     MalformedJson {

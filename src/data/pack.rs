@@ -145,7 +145,11 @@ pub struct RowStream {
 }
 
 impl RowStream {
-    pub fn open(source: DataSource, encoder: Arc<Encoder>, config: StreamConfig) -> Result<RowStream> {
+    pub fn open(
+        source: DataSource,
+        encoder: Arc<Encoder>,
+        config: StreamConfig,
+    ) -> Result<RowStream> {
         if config.seq_len < 1 {
             return Err(DataError::config("data.seq_len", "must be at least 1"));
         }
@@ -355,8 +359,10 @@ impl RowStream {
             if self.config.pack {
                 let start = self.cursor.token as usize;
                 let take = (seq_len + 1 - self.row_ids.len()).min(tokens.len() - start);
-                self.row_ids.extend_from_slice(&tokens.ids[start..start + take]);
-                self.row_loss.extend_from_slice(&tokens.loss[start..start + take]);
+                self.row_ids
+                    .extend_from_slice(&tokens.ids[start..start + take]);
+                self.row_loss
+                    .extend_from_slice(&tokens.loss[start..start + take]);
                 self.cursor.token += take as u64;
                 self.epoch_productive = true;
                 if self.row_ids.len() == seq_len + 1 {
@@ -374,7 +380,12 @@ impl RowStream {
                 let kept = tokens.len().min(seq_len + 1);
                 let trained = tokens.loss[1..kept].iter().any(|&loss| loss);
                 let row = trained.then(|| {
-                    Row::from_tokens(&tokens.ids[..kept], &tokens.loss[..kept], seq_len, self.pad_id)
+                    Row::from_tokens(
+                        &tokens.ids[..kept],
+                        &tokens.loss[..kept],
+                        seq_len,
+                        self.pad_id,
+                    )
                 });
                 self.cursor.example += 1;
                 self.cursor.token = 0;
@@ -498,14 +509,20 @@ impl BatchStream {
                 "a replay ratio was set but there is no data to replay",
             ));
         }
-        if sources.iter().any(|s| s.rows.seq_len() != self.main.seq_len()) {
+        if sources
+            .iter()
+            .any(|s| s.rows.seq_len() != self.main.seq_len())
+        {
             return Err(DataError::config(
                 "data.seq_len",
                 "replay data must be cut to the same seq_len as the main data",
             ));
         }
-        if sources.iter().any(|s| !(s.weight > 0.0)) {
-            return Err(DataError::config("data.replay", "source weights must be positive"));
+        if sources.iter().any(|s| s.weight.is_nan() || s.weight <= 0.0) {
+            return Err(DataError::config(
+                "data.replay",
+                "source weights must be positive",
+            ));
         }
         self.replay_taken = vec![0; sources.len()];
         self.replay = sources;

@@ -23,7 +23,10 @@ impl<T: BufRead + Seek + Send> DataRead for T {}
 pub enum DataSource {
     File(PathBuf),
     /// Bytes in memory; `name` stands in for a file name in errors.
-    Bytes { name: String, bytes: Arc<[u8]> },
+    Bytes {
+        name: String,
+        bytes: Arc<[u8]>,
+    },
 }
 
 impl DataSource {

@@ -47,7 +47,7 @@ pub enum BuiltinTemplate {
 
 pub enum ChatTemplate {
     Builtin(BuiltinTemplate),
-    Jinja(JinjaTemplate),
+    Jinja(Box<JinjaTemplate>),
 }
 
 pub struct JinjaTemplate {
@@ -95,12 +95,12 @@ impl ChatTemplate {
                 template: "model".to_string(),
                 message: err.to_string(),
             })?;
-        Ok(ChatTemplate::Jinja(JinjaTemplate {
+        Ok(ChatTemplate::Jinja(Box::new(JinjaTemplate {
             environment,
             source_hash: blake3::hash(source.as_bytes()).to_hex().to_string(),
             bos_token: tokenizer.bos().map(|t| t.text.clone()).unwrap_or_default(),
             eos_token: tokenizer.eos().map(|t| t.text.clone()).unwrap_or_default(),
-        }))
+        })))
     }
 
     /// What goes into the dataset spec: the built-in's name, or `jinja:` and
@@ -289,7 +289,11 @@ fn python_string_methods(
     let arg = |index: usize| args.get(index).and_then(|a| a.as_str().map(str::to_string));
     if let Some(text) = value.as_str() {
         let chars = arg(0);
-        let trim_set = |c: char| chars.as_deref().map_or(c.is_whitespace(), |s| s.contains(c));
+        let trim_set = |c: char| {
+            chars
+                .as_deref()
+                .map_or(c.is_whitespace(), |s| s.contains(c))
+        };
         let result = match method {
             "strip" => JinjaValue::from(text.trim_matches(trim_set)),
             "lstrip" => JinjaValue::from(text.trim_start_matches(trim_set)),

@@ -51,5 +51,8 @@ pub fn descendants(index: &Index, run: &Id) -> Result<Vec<Id>> {
 /// The nearest run both descend from (either may be it), if any.
 pub fn common_ancestor(index: &Index, a: &Id, b: &Id) -> Result<Option<Id>> {
     let left: BTreeSet<Id> = ancestors(index, a)?.iter().map(|r| r.id).collect();
-    Ok(ancestors(index, b)?.into_iter().map(|r| r.id).find(|id| left.contains(id)))
+    Ok(ancestors(index, b)?
+        .into_iter()
+        .map(|r| r.id)
+        .find(|id| left.contains(id)))
 }

@@ -15,13 +15,23 @@ pub fn recipe_diff(left: &Recipe, right: &Recipe) -> Vec<KeyChange> {
     let flat = |recipe: &Recipe| -> BTreeMap<String, Canon> {
         let mut map = recipe.config.flatten();
         map.insert("recipe.base_model".into(), Canon::from(recipe.base_model));
-        map.insert("recipe.start_checkpoint".into(), Canon::from(recipe.start_checkpoint));
+        map.insert(
+            "recipe.start_checkpoint".into(),
+            Canon::from(recipe.start_checkpoint),
+        );
         map.insert("recipe.seed".into(), Canon::from(recipe.seed));
-        map.insert("recipe.graft_version".into(), Canon::from(recipe.graft_version.as_str()));
+        map.insert(
+            "recipe.graft_version".into(),
+            Canon::from(recipe.graft_version.as_str()),
+        );
         for dataset in &recipe.datasets {
             map.insert(
                 format!("datasets.{}.{}", dataset.role, dataset.name),
-                Canon::from(format!("{} (weight {})", dataset.dataset.short(), dataset.weight)),
+                Canon::from(format!(
+                    "{} (weight {})",
+                    dataset.dataset.short(),
+                    dataset.weight
+                )),
             );
         }
         map

@@ -131,26 +131,39 @@ fn tokenize(source: &str) -> Result<Vec<(Token, usize)>, QueryError> {
                     .iter()
                     .position(|&d| d == c)
                     .ok_or_else(|| QueryError::new(source, column, "unterminated string"))?;
-                tokens.push((Token::Text(chars[i + 1..i + 1 + end].iter().collect()), column));
+                tokens.push((
+                    Token::Text(chars[i + 1..i + 1 + end].iter().collect()),
+                    column,
+                ));
                 i += end + 2;
             }
-            c if c.is_ascii_digit() || (c == '-' || c == '.') && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit() || *d == '.') => {
+            c if c.is_ascii_digit()
+                || (c == '-' || c == '.')
+                    && chars
+                        .get(i + 1)
+                        .is_some_and(|d| d.is_ascii_digit() || *d == '.') =>
+            {
                 let start = i;
                 i += 1;
                 while i < chars.len()
-                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '.' || ((chars[i] == '-' || chars[i] == '+') && matches!(chars[i - 1], 'e' | 'E')))
+                    && (chars[i].is_ascii_alphanumeric()
+                        || chars[i] == '.'
+                        || ((chars[i] == '-' || chars[i] == '+')
+                            && matches!(chars[i - 1], 'e' | 'E')))
                 {
                     i += 1;
                 }
                 let text: String = chars[start..i].iter().collect();
-                let number = text
-                    .parse::<f64>()
-                    .map_err(|_| QueryError::new(source, column, format!("`{text}` is not a number")))?;
+                let number = text.parse::<f64>().map_err(|_| {
+                    QueryError::new(source, column, format!("`{text}` is not a number"))
+                })?;
                 tokens.push((Token::Number(number), column));
             }
             c if c.is_alphabetic() || c == '_' => {
                 let start = i;
-                while i < chars.len() && (chars[i].is_alphanumeric() || matches!(chars[i], '_' | '.' | '/' | '-')) {
+                while i < chars.len()
+                    && (chars[i].is_alphanumeric() || matches!(chars[i], '_' | '.' | '/' | '-'))
+                {
                     i += 1;
                 }
                 let word: String = chars[start..i].iter().collect();
@@ -162,7 +175,13 @@ fn tokenize(source: &str) -> Result<Vec<(Token, usize)>, QueryError> {
                 };
                 tokens.push((token, column));
             }
-            other => return Err(QueryError::new(source, column, format!("unexpected character `{other}`"))),
+            other => {
+                return Err(QueryError::new(
+                    source,
+                    column,
+                    format!("unexpected character `{other}`"),
+                ))
+            }
         }
     }
     tokens.push((Token::End, chars.len() + 1));
@@ -219,7 +238,10 @@ impl Parser<'_> {
                 let inner = self.expr()?;
                 match self.next() {
                     (Token::Close, _) => Ok(inner),
-                    (_, at) => Err(self.error(at, format!("expected `)` to close the `(` at column {column}"))),
+                    (_, at) => Err(self.error(
+                        at,
+                        format!("expected `)` to close the `(` at column {column}"),
+                    )),
                 }
             }
             _ => self.compare(),
@@ -230,7 +252,9 @@ impl Parser<'_> {
         let left = self.operand()?;
         let op = match self.next() {
             (Token::Op(op), _) => op,
-            (_, column) => return Err(self.error(column, "expected a comparison (<, <=, >, >=, ==, !=)")),
+            (_, column) => {
+                return Err(self.error(column, "expected a comparison (<, <=, >, >=, ==, !=)"))
+            }
         };
         let right = self.operand()?;
         Ok(Query::Compare(left, op, right))
@@ -241,7 +265,10 @@ impl Parser<'_> {
             (Token::Number(n), _) => Ok(Operand::Literal(Value::Number(n))),
             (Token::Text(s), _) => Ok(Operand::Literal(Value::Text(s))),
             (Token::Ident(key), _) => Ok(Operand::Key(key)),
-            (Token::End, column) => Err(self.error(column, "the expression ends early: expected a key, number or string")),
+            (Token::End, column) => Err(self.error(
+                column,
+                "the expression ends early: expected a key, number or string",
+            )),
             (_, column) => Err(self.error(column, "expected a key, number or string")),
         }
     }
@@ -258,7 +285,9 @@ impl Query {
         let query = parser.expr()?;
         match parser.next() {
             (Token::End, _) => Ok(query),
-            (_, column) => Err(parser.error(column, "unexpected token; expected `and`, `or` or the end")),
+            (_, column) => {
+                Err(parser.error(column, "unexpected token; expected `and`, `or` or the end"))
+            }
         }
     }
 
@@ -318,8 +347,18 @@ mod tests {
 
     #[test]
     fn where_expressions_combine_with_and_or_not_and_parentheses() {
-        let yes = ["optim.lr < 1e-4 and best.eval_loss < 2.1", "not (optim.lr > 1e-4) or missing > 1", "adapter.kind == 'lora'", "(optim.lr >= 5e-5) and not adapter.kind != \"lora\""];
-        let no = ["optim.lr < 1e-5", "missing == 1", "adapter.kind = 'full'", "optim.lr < 1e-4 and best.eval_loss > 2.1"];
+        let yes = [
+            "optim.lr < 1e-4 and best.eval_loss < 2.1",
+            "not (optim.lr > 1e-4) or missing > 1",
+            "adapter.kind == 'lora'",
+            "(optim.lr >= 5e-5) and not adapter.kind != \"lora\"",
+        ];
+        let no = [
+            "optim.lr < 1e-5",
+            "missing == 1",
+            "adapter.kind = 'full'",
+            "optim.lr < 1e-4 and best.eval_loss > 2.1",
+        ];
         for q in yes {
             assert!(Query::parse(q).unwrap().matches(&lookup), "{q}");
         }

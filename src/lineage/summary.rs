@@ -18,7 +18,11 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    pub fn load(index: &Index, run: RunRecord, tags: &BTreeMap<Id, Vec<String>>) -> Result<RunSummary> {
+    pub fn load(
+        index: &Index,
+        run: RunRecord,
+        tags: &BTreeMap<Id, Vec<String>>,
+    ) -> Result<RunSummary> {
         let executions = index.executions(&run.id)?;
         let series = index.summaries(&run.id)?;
         let start_step = match run.recipe.start_checkpoint {
@@ -123,7 +127,9 @@ impl RunSummary {
 pub fn tags_by_target(index: &Index) -> Result<BTreeMap<Id, Vec<String>>> {
     let mut out: BTreeMap<Id, Vec<String>> = BTreeMap::new();
     for reference in index.all_refs()? {
-        out.entry(reference.target).or_default().push(reference.name);
+        out.entry(reference.target)
+            .or_default()
+            .push(reference.name);
     }
     Ok(out)
 }

@@ -122,10 +122,12 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig, ModelError> {
         }
     }
     let number = |key: &str| {
-        field(key).and_then(Value::as_f64).ok_or_else(|| ModelError::Config {
-            key: format!("adapter_config.{key}"),
-            message: "missing or not a number".into(),
-        })
+        field(key)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| ModelError::Config {
+                key: format!("adapter_config.{key}"),
+                message: "missing or not a number".into(),
+            })
     };
     let rank = number("r")? as usize;
     let alpha = number("lora_alpha")?;
@@ -163,7 +165,9 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig, ModelError> {
         alpha,
         dropout,
         targets,
-        use_rslora: field("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+        use_rslora: field("use_rslora")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     };
     config.validate()?;
     Ok(config)
@@ -235,7 +239,11 @@ pub fn save_adapter<B: Backend>(
         .into_iter()
         .map(|(name, data)| (format!("{PEFT_PREFIX}{name}"), data))
         .collect();
-    write_safetensors(&dir.join("adapter_model.safetensors"), &tensors, SaveDtype::F32)?;
+    write_safetensors(
+        &dir.join("adapter_model.safetensors"),
+        &tensors,
+        SaveDtype::F32,
+    )?;
     let adapter_config = json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -270,6 +278,11 @@ pub fn save_adapter<B: Backend>(
 pub fn strip_peft_prefix<T>(tensors: BTreeMap<String, T>) -> BTreeMap<String, T> {
     tensors
         .into_iter()
-        .map(|(k, v)| (k.strip_prefix(PEFT_PREFIX).map(str::to_string).unwrap_or(k), v))
+        .map(|(k, v)| {
+            (
+                k.strip_prefix(PEFT_PREFIX).map(str::to_string).unwrap_or(k),
+                v,
+            )
+        })
         .collect()
 }

@@ -540,7 +540,10 @@ mod tests {
         let text = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
             "num_hidden_layers":1,"num_attention_heads":2,"rope_scaling":{"type":"yarn","factor":2.0}}"#;
         let err = ModelConfig::from_json_str(text).unwrap_err().to_string();
-        assert!(err.contains("rope_scaling.rope_type") && err.contains("yarn"), "{err}");
+        assert!(
+            err.contains("rope_scaling.rope_type") && err.contains("yarn"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -264,8 +264,9 @@ impl<B: Backend> CausalLm<B> {
             Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.02), device)
         };
         let zeros = |n: usize| Tensor::<B, 1>::zeros([n], device);
-        let linear =
-            |d_in: usize, d_out: usize, bias: bool| Linear::new(normal([d_in, d_out]), bias.then(|| zeros(d_out)));
+        let linear = |d_in: usize, d_out: usize, bias: bool| {
+            Linear::new(normal([d_in, d_out]), bias.then(|| zeros(d_out)))
+        };
         let norm = || RmsNorm {
             weight: Param::from_tensor(Tensor::ones([config.hidden_size], device)),
             eps: config.rms_norm_eps,
@@ -310,7 +311,11 @@ impl<B: Backend> CausalLm<B> {
     }
 
     /// ids: `[batch, seq]` -> hidden states after the final norm `[batch, seq, hidden]`.
-    pub fn forward_hidden(&self, ids: Tensor<B, 2, Int>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+    pub fn forward_hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
         let [_, seq] = ids.dims();
         let device = ids.device();
         let offset = cache.as_ref().map_or(0, |c| c.len);

@@ -260,9 +260,9 @@ impl<B: Backend> CausalLm<B> {
             .map(|p| (p.name.clone(), p))
             .collect();
         for (name, data) in &tensors {
-            let info = known.get(name).ok_or_else(|| ModelError::UnknownParam {
-                name: name.clone(),
-            })?;
+            let info = known
+                .get(name)
+                .ok_or_else(|| ModelError::UnknownParam { name: name.clone() })?;
             let actual = data.shape.to_vec();
             if actual != info.shape {
                 return Err(ModelError::Shape {

@@ -52,7 +52,10 @@ impl Reference {
     }
 
     /// `[batch, seq]` token ids.
-    pub fn ids_tensor<B: burn::tensor::backend::Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
+    pub fn ids_tensor<B: burn::tensor::backend::Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Tensor<B, 2, Int> {
         let rows = self.input_ids.len();
         let seq = self.input_ids[0].len();
         let flat: Vec<i64> = self.input_ids.iter().flatten().copied().collect();
@@ -140,7 +143,9 @@ impl ParityReport {
 
 /// max |a - b| / max |ref|.
 pub fn max_rel_err(actual: &[f32], reference: &[f32]) -> f64 {
-    let scale = reference.iter().fold(0.0f64, |m, v| m.max((*v as f64).abs()));
+    let scale = reference
+        .iter()
+        .fold(0.0f64, |m, v| m.max((*v as f64).abs()));
     let diff = actual
         .iter()
         .zip(reference)

@@ -65,8 +65,8 @@ impl RawTensor {
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let index_path = dir.join("model.safetensors.index.json");
     if index_path.exists() {
-        let text = std::fs::read_to_string(&index_path)
-            .map_err(|e| ModelError::io(&index_path, e))?;
+        let text =
+            std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
         let index: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
             path: index_path.clone(),
             message: e.to_string(),
@@ -164,7 +164,10 @@ impl<B: Backend> Checkpoint<'_, B> {
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor<B, 1>, ModelError> {
         let values = self.take(name, &[len])?;
-        Ok(Tensor::from_data(TensorData::new(values, [len]), self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(values, [len]),
+            self.device,
+        ))
     }
 
     /// HF `[out, in]` -> burn `[in, out]`, transposed on the host so the device tensor
@@ -177,7 +180,10 @@ impl<B: Backend> Checkpoint<'_, B> {
         bias: bool,
     ) -> Result<Linear<B>, ModelError> {
         let hf = self.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        let weight = Tensor::from_data(TensorData::new(transpose(&hf, d_out, d_in), [d_in, d_out]), self.device);
+        let weight = Tensor::from_data(
+            TensorData::new(transpose(&hf, d_out, d_in), [d_in, d_out]),
+            self.device,
+        );
         let bias = if bias {
             Some(self.vector(&format!("{prefix}.bias"), d_out)?)
         } else {
@@ -255,9 +261,19 @@ pub fn build_model<B: Backend>(
                 head_dim: config.head_dim,
             },
             mlp: Mlp {
-                gate_proj: ckpt.projection(&format!("{mlp}.gate_proj"), h, inter, config.mlp_bias)?,
+                gate_proj: ckpt.projection(
+                    &format!("{mlp}.gate_proj"),
+                    h,
+                    inter,
+                    config.mlp_bias,
+                )?,
                 up_proj: ckpt.projection(&format!("{mlp}.up_proj"), h, inter, config.mlp_bias)?,
-                down_proj: ckpt.projection(&format!("{mlp}.down_proj"), inter, h, config.mlp_bias)?,
+                down_proj: ckpt.projection(
+                    &format!("{mlp}.down_proj"),
+                    inter,
+                    h,
+                    config.mlp_bias,
+                )?,
             },
             input_layernorm: ckpt.norm(&format!("{p}.input_layernorm.weight"), h, eps)?,
             post_attention_layernorm: ckpt.norm(
@@ -320,11 +336,13 @@ pub fn write_safetensors(
 ) -> Result<(), ModelError> {
     let mut encoded: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, data) in tensors {
-        let values = data.clone().convert::<f32>().into_vec::<f32>().map_err(|e| {
-            ModelError::Invalid {
+        let values = data
+            .clone()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| ModelError::Invalid {
                 message: format!("tensor `{name}`: {e:?}"),
-            }
-        })?;
+            })?;
         let bytes: Vec<u8> = match dtype {
             SaveDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
             SaveDtype::BF16 => values
@@ -340,12 +358,13 @@ pub fn write_safetensors(
     };
     let mut views = Vec::with_capacity(encoded.len());
     for (name, shape, bytes) in &encoded {
-        let view = safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes).map_err(
-            |e| ModelError::Safetensors {
-                path: path.to_path_buf(),
-                message: format!("tensor `{name}`: {e}"),
-            },
-        )?;
+        let view =
+            safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes).map_err(|e| {
+                ModelError::Safetensors {
+                    path: path.to_path_buf(),
+                    message: format!("tensor `{name}`: {e}"),
+                }
+            })?;
         views.push((name.clone(), view));
     }
     let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
@@ -366,7 +385,10 @@ pub fn save_model_dir<B: Backend>(
     source_dir: Option<&Path>,
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(out_dir).map_err(|e| ModelError::io(out_dir, e))?;
-    let mut config = match source_dir.map(|d| d.join("config.json")).filter(|p| p.exists()) {
+    let mut config = match source_dir
+        .map(|d| d.join("config.json"))
+        .filter(|p| p.exists())
+    {
         Some(path) => {
             let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
             serde_json::from_str(&text).map_err(|e| ModelError::Json {

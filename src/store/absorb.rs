@@ -95,7 +95,14 @@ impl Index {
                     error,
                     reason,
                 } => {
-                    self.end_execution(&run_id, execution, *status, *ended_at, error.clone(), reason.clone())?;
+                    self.end_execution(
+                        &run_id,
+                        execution,
+                        *status,
+                        *ended_at,
+                        error.clone(),
+                        reason.clone(),
+                    )?;
                     ended = true;
                 }
             }

@@ -34,7 +34,8 @@ impl<'de> Deserialize<'de> for Id {
         use serde::de::Error;
         if deserializer.is_human_readable() {
             let hex = String::deserialize(deserializer)?;
-            Id::from_hex(&hex).ok_or_else(|| D::Error::custom(format!("`{hex}` is not a 64-digit hex id")))
+            Id::from_hex(&hex)
+                .ok_or_else(|| D::Error::custom(format!("`{hex}` is not a 64-digit hex id")))
         } else {
             let bytes = serde_bytes_vec(deserializer)?;
             Id::from_slice(&bytes).ok_or_else(|| D::Error::custom("an id must be 32 bytes"))
@@ -171,7 +172,9 @@ impl From<&Canon> for StoredCanon {
             Canon::Str(s) => StoredCanon::Str(s.clone()),
             Canon::Bytes(b) => StoredCanon::Bytes(b.clone()),
             Canon::List(items) => StoredCanon::List(items.iter().map(Into::into).collect()),
-            Canon::Map(entries) => StoredCanon::Map(entries.iter().map(|(k, v)| (k.clone(), v.into())).collect()),
+            Canon::Map(entries) => {
+                StoredCanon::Map(entries.iter().map(|(k, v)| (k.clone(), v.into())).collect())
+            }
         }
     }
 }
@@ -186,7 +189,9 @@ impl From<StoredCanon> for Canon {
             StoredCanon::Str(s) => Canon::Str(s),
             StoredCanon::Bytes(b) => Canon::Bytes(b),
             StoredCanon::List(items) => Canon::List(items.into_iter().map(Into::into).collect()),
-            StoredCanon::Map(entries) => Canon::Map(entries.into_iter().map(|(k, v)| (k, v.into())).collect()),
+            StoredCanon::Map(entries) => {
+                Canon::Map(entries.into_iter().map(|(k, v)| (k, v.into())).collect())
+            }
         }
     }
 }
@@ -204,7 +209,9 @@ impl Serialize for Canon {
 impl<'de> Deserialize<'de> for Canon {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         if deserializer.is_human_readable() {
-            Ok(Canon::from_json(&serde_json::Value::deserialize(deserializer)?))
+            Ok(Canon::from_json(&serde_json::Value::deserialize(
+                deserializer,
+            )?))
         } else {
             Ok(StoredCanon::deserialize(deserializer)?.into())
         }
@@ -234,8 +241,7 @@ impl Canon {
 
     /// Look up a dotted path such as `optim.lr`.
     pub fn get_path(&self, path: &str) -> Option<&Canon> {
-        path.split('.')
-            .try_fold(self, |value, key| value.get(key))
+        path.split('.').try_fold(self, |value, key| value.get(key))
     }
 
     pub fn as_f64(&self) -> Option<f64> {

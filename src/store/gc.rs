@@ -58,7 +58,12 @@ pub fn reachable_objects(index: &Index) -> Result<BTreeSet<Id>> {
     Ok(marked)
 }
 
-pub fn collect(index: &Index, objects: &ObjectStore, grace: Duration, dry_run: bool) -> Result<GcReport> {
+pub fn collect(
+    index: &Index,
+    objects: &ObjectStore,
+    grace: Duration,
+    dry_run: bool,
+) -> Result<GcReport> {
     let marked = reachable_objects(index)?;
     let listing = objects.list()?;
     let now = SystemTime::now();
@@ -81,7 +86,11 @@ pub fn collect(index: &Index, objects: &ObjectStore, grace: Duration, dry_run: b
             report.kept_young += 1;
             continue;
         }
-        report.bytes_freed += if dry_run { objects.size_of(&id) } else { objects.remove(&id)? };
+        report.bytes_freed += if dry_run {
+            objects.size_of(&id)
+        } else {
+            objects.remove(&id)?
+        };
         report.removed.push(id);
     }
     for temp in listing.temp_files {

@@ -137,7 +137,11 @@ impl Index {
 
     /// Register a run; an existing run with the same id (same recipe) is
     /// kept as it was, so re-executing never rewrites history.
-    pub fn register_run(&self, recipe: &Recipe, notes: BTreeMap<String, super::Canon>) -> Result<RunRecord> {
+    pub fn register_run(
+        &self,
+        recipe: &Recipe,
+        notes: BTreeMap<String, super::Canon>,
+    ) -> Result<RunRecord> {
         let id = recipe.run_id();
         if let Some(existing) = self.get_run(&id)? {
             return Ok(existing);
@@ -176,7 +180,10 @@ impl Index {
     }
 
     pub fn run(&self, id: &Id) -> Result<RunRecord> {
-        self.get_run(id)?.ok_or(StoreError::NotFound { kind: "run", id: *id })
+        self.get_run(id)?.ok_or(StoreError::NotFound {
+            kind: "run",
+            id: *id,
+        })
     }
 
     /// Runs newest first, skipping `offset`, at most `limit`.
@@ -198,18 +205,17 @@ impl Index {
         all(&self.runs, "runs")
     }
 
-    pub fn begin_execution(
-        &self,
-        run: &Id,
-        resumed_from: Option<Id>,
-    ) -> Result<ExecutionRecord> {
+    pub fn begin_execution(&self, run: &Id, resumed_from: Option<Id>) -> Result<ExecutionRecord> {
         let number = self
             .executions
             .scan_prefix(run.0)
             .keys()
             .next_back()
             .transpose()?
-            .and_then(|k| k.get(32..36).map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4]))))
+            .and_then(|k| {
+                k.get(32..36)
+                    .map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4])))
+            })
             .unwrap_or(0)
             + 1;
         let record = ExecutionRecord {
@@ -251,8 +257,10 @@ impl Index {
     pub fn put_checkpoint(&self, checkpoint: &CheckpointRecord) -> Result<()> {
         self.checkpoints
             .insert(checkpoint.id.0, encode(checkpoint))?;
-        self.run_checkpoints
-            .insert(run_step_key(&checkpoint.run, checkpoint.step), &checkpoint.id.0)?;
+        self.run_checkpoints.insert(
+            run_step_key(&checkpoint.run, checkpoint.step),
+            &checkpoint.id.0,
+        )?;
         Ok(())
     }
 
@@ -272,7 +280,8 @@ impl Index {
         let mut out = Vec::new();
         for entry in self.run_checkpoints.scan_prefix(run.0) {
             let (_, id) = entry?;
-            let id = Id::from_slice(&id).ok_or_else(|| bad("run_checkpoints", &run.short(), "bad id"))?;
+            let id = Id::from_slice(&id)
+                .ok_or_else(|| bad("run_checkpoints", &run.short(), "bad id"))?;
             out.push(self.checkpoint(&id)?);
         }
         Ok(out)
@@ -280,9 +289,11 @@ impl Index {
 
     pub fn checkpoint_at(&self, run: &Id, step: u64) -> Result<Option<CheckpointRecord>> {
         match self.run_checkpoints.get(run_step_key(run, step))? {
-            Some(id) => Ok(Some(self.checkpoint(
-                &Id::from_slice(&id).ok_or_else(|| bad("run_checkpoints", &run.short(), "bad id"))?,
-            )?)),
+            Some(id) => {
+                Ok(Some(self.checkpoint(&Id::from_slice(&id).ok_or_else(
+                    || bad("run_checkpoints", &run.short(), "bad id"),
+                )?)?))
+            }
             None => Ok(None),
         }
     }
@@ -361,7 +372,12 @@ impl Index {
     }
 
     /// The points of one series of one execution, in step order.
-    pub fn execution_series(&self, run_seq: u64, execution: u32, series: u32) -> Result<Vec<(u64, f64)>> {
+    pub fn execution_series(
+        &self,
+        run_seq: u64,
+        execution: u32,
+        series: u32,
+    ) -> Result<Vec<(u64, f64)>> {
         let mut points = Vec::new();
         for entry in self
             .metrics
@@ -370,8 +386,13 @@ impl Index {
             let (key, value) = entry?;
             let (_, _, _, first) = metrics::parse_chunk_key(&key)
                 .ok_or_else(|| bad("metrics", "?", "bad chunk key"))?;
-            let chunk = metrics::decode_chunk(first, &value)
-                .ok_or_else(|| bad("metrics", &format!("{run_seq}/{execution}/{series}"), "bad chunk"))?;
+            let chunk = metrics::decode_chunk(first, &value).ok_or_else(|| {
+                bad(
+                    "metrics",
+                    &format!("{run_seq}/{execution}/{series}"),
+                    "bad chunk",
+                )
+            })?;
             points.extend(chunk);
         }
         Ok(points)
@@ -445,8 +466,9 @@ pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], tree: &'static str, key: &str) -> Result<T> {
     match bytes.first() {
-        Some(&SCHEMA_VERSION) => rmp_serde::from_slice(&bytes[1..])
-            .map_err(|e| bad(tree, key, &e.to_string())),
+        Some(&SCHEMA_VERSION) => {
+            rmp_serde::from_slice(&bytes[1..]).map_err(|e| bad(tree, key, &e.to_string()))
+        }
         Some(version) => Err(bad(
             tree,
             key,
@@ -456,7 +478,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], tree: &'static str, key: &str) 
     }
 }
 
-fn get<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str, key: &[u8]) -> Result<Option<T>> {
+fn get<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    key: &[u8],
+) -> Result<Option<T>> {
     match tree.get(key)? {
         Some(bytes) => Ok(Some(decode(&bytes, name, &key_label(key))?)),
         None => Ok(None),

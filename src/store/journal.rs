@@ -38,7 +38,10 @@ pub enum JournalEntry {
     /// A checkpoint that retention no longer keeps (its record stays).
     Retire(Id),
     /// A fact about the run (e.g. the drift report, trainable parameters).
-    Note { key: String, value: Canon },
+    Note {
+        key: String,
+        value: Canon,
+    },
     End {
         status: ExecutionStatus,
         ended_at: DateTime<Utc>,
@@ -78,7 +81,8 @@ pub fn decode_frames(bytes: &[u8]) -> Vec<(JournalEntry, usize)> {
     let mut entries = Vec::new();
     let mut offset = 0;
     while bytes.len() - offset >= FRAME_HEADER {
-        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap_or([0; 4])) as usize;
+        let len =
+            u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap_or([0; 4])) as usize;
         if len > MAX_FRAME || bytes.len() - offset - FRAME_HEADER < len {
             break;
         }

@@ -67,7 +67,10 @@ pub fn decode_chunk(first_step: u64, bytes: &[u8]) -> Option<Vec<(u64, f64)>> {
         step = step.checked_add(get_varint(bytes, &mut cursor)?)?;
         let bits = bytes.get(cursor..cursor + 8)?;
         cursor += 8;
-        points.push((step, f64::from_bits(u64::from_le_bytes(bits.try_into().ok()?))));
+        points.push((
+            step,
+            f64::from_bits(u64::from_le_bytes(bits.try_into().ok()?)),
+        ));
     }
     Some(points)
 }

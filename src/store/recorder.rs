@@ -49,7 +49,12 @@ pub trait Recorder {
     /// Attach a fact to the run (drift report, parameter counts, ...).
     fn note(&mut self, key: &str, value: Canon) -> Result<()>;
     /// Close the execution.
-    fn end(&mut self, status: ExecutionStatus, error: Option<String>, reason: Option<String>) -> Result<()>;
+    fn end(
+        &mut self,
+        status: ExecutionStatus,
+        error: Option<String>,
+        reason: Option<String>,
+    ) -> Result<()>;
 }
 
 pub struct StoreRecorder {
@@ -142,7 +147,10 @@ impl Recorder for StoreRecorder {
         let active = self.active();
         if !active.pending.is_empty() {
             let points = std::mem::take(&mut active.pending);
-            if let Err(e) = active.journal.append(&[JournalEntry::Metrics(points.clone())]) {
+            if let Err(e) = active
+                .journal
+                .append(&[JournalEntry::Metrics(points.clone())])
+            {
                 // Keep the points so a later flush can retry them.
                 active.pending = points;
                 return Err(e);
@@ -184,7 +192,9 @@ impl Recorder for StoreRecorder {
     }
 
     fn retire_checkpoint(&mut self, checkpoint: Id) -> Result<()> {
-        self.active().journal.append(&[JournalEntry::Retire(checkpoint)])
+        self.active()
+            .journal
+            .append(&[JournalEntry::Retire(checkpoint)])
     }
 
     fn note(&mut self, key: &str, value: Canon) -> Result<()> {
@@ -194,7 +204,12 @@ impl Recorder for StoreRecorder {
         }])
     }
 
-    fn end(&mut self, status: ExecutionStatus, error: Option<String>, reason: Option<String>) -> Result<()> {
+    fn end(
+        &mut self,
+        status: ExecutionStatus,
+        error: Option<String>,
+        reason: Option<String>,
+    ) -> Result<()> {
         self.flush()?;
         self.active().journal.append(&[JournalEntry::End {
             status,

@@ -217,7 +217,11 @@ impl CheckpointRecord {
         state: &BTreeMap<String, Id>,
     ) -> Id {
         let manifest = |m: &BTreeMap<String, Id>| {
-            Canon::Map(m.iter().map(|(k, v)| (k.clone(), Canon::from(*v))).collect())
+            Canon::Map(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Canon::from(*v)))
+                    .collect(),
+            )
         };
         Canon::map()
             .with("run", run)

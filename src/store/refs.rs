@@ -23,7 +23,9 @@ pub enum Target {
 impl Target {
     pub fn id(&self) -> Id {
         match self {
-            Target::Model(id) | Target::Dataset(id) | Target::Run(id) | Target::Checkpoint(id) => *id,
+            Target::Model(id) | Target::Dataset(id) | Target::Run(id) | Target::Checkpoint(id) => {
+                *id
+            }
         }
     }
 
@@ -65,7 +67,9 @@ impl Index {
                     })
                 }
             };
-            return self.resolve_selector(reference, &run, selector).map(Target::Checkpoint);
+            return self
+                .resolve_selector(reference, &run, selector)
+                .map(Target::Checkpoint);
         }
         if let Some(tag) = self.get_ref(reference)? {
             return Target::from_kind(&tag.kind, tag.target).ok_or_else(|| StoreError::BadRef {
@@ -117,7 +121,10 @@ impl Index {
                 if scored.is_empty() && !live.is_empty() {
                     return Err(StoreError::BadRef {
                         reference: reference.into(),
-                        reason: format!("no checkpoint of run {} has an `{BEST_METRIC}`: was it evaluated?", run.short()),
+                        reason: format!(
+                            "no checkpoint of run {} has an `{BEST_METRIC}`: was it evaluated?",
+                            run.short()
+                        ),
                     });
                 }
                 scored
@@ -136,7 +143,9 @@ impl Index {
                     Some(_) => {
                         return Err(StoreError::BadRef {
                             reference: reference.into(),
-                            reason: format!("the checkpoint at step {step} was not kept (retention)"),
+                            reason: format!(
+                                "the checkpoint at step {step} was not kept (retention)"
+                            ),
                         })
                     }
                     None => {
@@ -146,7 +155,11 @@ impl Index {
                             reason: format!(
                                 "run {} has no checkpoint at step {step}; it has: {}",
                                 run.short(),
-                                if steps.is_empty() { "none".into() } else { steps.join(", ") }
+                                if steps.is_empty() {
+                                    "none".into()
+                                } else {
+                                    steps.join(", ")
+                                }
                             ),
                         });
                     }
@@ -161,7 +174,10 @@ impl Index {
 
     fn resolve_prefix(&self, reference: &str) -> Result<Target> {
         let lower = reference.to_ascii_lowercase();
-        if lower.len() < MIN_PREFIX || lower.len() > 64 || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if lower.len() < MIN_PREFIX
+            || lower.len() > 64
+            || !lower.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Err(StoreError::UnknownRef {
                 reference: reference.into(),
             });

@@ -31,38 +31,54 @@ pub fn verify(index: &Index, objects: &ObjectStore) -> Result<VerifyReport> {
         report.objects_checked += 1;
         match objects.check(id) {
             Ok(()) => {}
-            Err(StoreError::CorruptObject { id, actual, path }) => report.corrupt_objects.push(format!(
-                "object {id} ({}): content hashes to {actual}",
-                path.display()
-            )),
+            Err(StoreError::CorruptObject { id, actual, path }) => {
+                report.corrupt_objects.push(format!(
+                    "object {id} ({}): content hashes to {actual}",
+                    path.display()
+                ))
+            }
             Err(e) => report.corrupt_objects.push(format!("object {id}: {e}")),
         }
     }
     let need_object = |report: &mut VerifyReport, owner: String, id: &Id| {
         if !objects.contains(id) {
-            report.dangling.push(format!("{owner} needs object {id}, which is missing"));
+            report
+                .dangling
+                .push(format!("{owner} needs object {id}, which is missing"));
         }
     };
     for model in index.models()? {
         report.records_checked += 1;
         if model.copied {
             for (name, id) in &model.tensors {
-                need_object(&mut report, format!("model {} tensor {name}", model.id.short()), id);
+                need_object(
+                    &mut report,
+                    format!("model {} tensor {name}", model.id.short()),
+                    id,
+                );
             }
         } else if !std::path::Path::new(&model.path).is_dir() {
-            report
-                .dangling
-                .push(format!("model {} refers to {}, which is gone", model.id.short(), model.path));
+            report.dangling.push(format!(
+                "model {} refers to {}, which is gone",
+                model.id.short(),
+                model.path
+            ));
         }
     }
     for dataset in index.datasets()? {
         report.records_checked += 1;
-        need_object(&mut report, format!("dataset {}", dataset.id.short()), &dataset.file_object);
+        need_object(
+            &mut report,
+            format!("dataset {}", dataset.id.short()),
+            &dataset.file_object,
+        );
         if let Some(run) = dataset.replay_of {
             if index.get_run(&run)?.is_none() {
-                report
-                    .dangling
-                    .push(format!("dataset {} replays run {}, which is missing", dataset.id.short(), run));
+                report.dangling.push(format!(
+                    "dataset {} replays run {}, which is missing",
+                    dataset.id.short(),
+                    run
+                ));
             }
         }
     }
@@ -70,27 +86,31 @@ pub fn verify(index: &Index, objects: &ObjectStore) -> Result<VerifyReport> {
         report.records_checked += 1;
         let owner = format!("run {}", run.id.short());
         if index.get_model(&run.recipe.base_model)?.is_none() {
-            report
-                .dangling
-                .push(format!("{owner} has base model {}, which is missing", run.recipe.base_model));
+            report.dangling.push(format!(
+                "{owner} has base model {}, which is missing",
+                run.recipe.base_model
+            ));
         }
         if let Some(start) = run.recipe.start_checkpoint {
             if index.get_checkpoint(&start)?.is_none() {
-                report
-                    .dangling
-                    .push(format!("{owner} starts from checkpoint {start}, which is missing"));
+                report.dangling.push(format!(
+                    "{owner} starts from checkpoint {start}, which is missing"
+                ));
             }
         }
         if let Some(parent) = run.parent_run {
             if index.get_run(&parent)?.is_none() {
-                report.dangling.push(format!("{owner} has parent run {parent}, which is missing"));
+                report
+                    .dangling
+                    .push(format!("{owner} has parent run {parent}, which is missing"));
             }
         }
         for dataset in &run.recipe.datasets {
             if index.get_dataset(&dataset.dataset)?.is_none() {
-                report
-                    .dangling
-                    .push(format!("{owner} uses dataset {}, which is missing", dataset.dataset));
+                report.dangling.push(format!(
+                    "{owner} uses dataset {}, which is missing",
+                    dataset.dataset
+                ));
             }
         }
         for execution in index.executions(&run.id)? {
@@ -107,13 +127,23 @@ pub fn verify(index: &Index, objects: &ObjectStore) -> Result<VerifyReport> {
     }
     for checkpoint in index.all_checkpoints()? {
         report.records_checked += 1;
-        let owner = format!("checkpoint {} ({}@{})", checkpoint.id.short(), checkpoint.run.short(), checkpoint.step);
+        let owner = format!(
+            "checkpoint {} ({}@{})",
+            checkpoint.id.short(),
+            checkpoint.run.short(),
+            checkpoint.step
+        );
         if index.get_run(&checkpoint.run)?.is_none() {
-            report.dangling.push(format!("{owner} belongs to run {}, which is missing", checkpoint.run));
+            report.dangling.push(format!(
+                "{owner} belongs to run {}, which is missing",
+                checkpoint.run
+            ));
         }
         if let Some(parent) = checkpoint.parent {
             if index.get_checkpoint(&parent)?.is_none() {
-                report.dangling.push(format!("{owner} has parent {parent}, which is missing"));
+                report
+                    .dangling
+                    .push(format!("{owner} has parent {parent}, which is missing"));
             }
         }
         if !checkpoint.retired {

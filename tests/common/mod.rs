@@ -1,0 +1,169 @@
+//! Shared helpers for integration tests: temp stores, the real binary, and a
+//! small lineage recorded through the real recorder.
+#![allow(dead_code)]
+
+use graft::store::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn graft(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(args)
+        .env("GRAFT_STORE", store)
+        .env("GRAFT_LOCK_TIMEOUT_MS", "60000")
+        .output()
+        .expect("the graft binary runs")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+/// Run graft and insist on success, returning stdout.
+pub fn graft_ok(store: &Path, args: &[&str]) -> String {
+    let output = graft(store, args);
+    assert!(
+        output.status.success(),
+        "graft {args:?} failed: {}\n{}",
+        stderr(&output),
+        stdout(&output)
+    );
+    stdout(&output)
+}
+
+/// Register a fake base model whose "tensors" are small objects.
+pub fn add_model(store: &Store, name: &str) -> Id {
+    let objects = store.objects();
+    let config = objects
+        .put_bytes(format!("config of {name}").as_bytes())
+        .unwrap();
+    let tokenizer = objects.put_bytes(b"tokenizer").unwrap();
+    let mut tensors = BTreeMap::new();
+    tensors.insert(
+        "embed".to_string(),
+        objects
+            .put_bytes(format!("{name} embed").as_bytes())
+            .unwrap(),
+    );
+    let id = ModelRecord::compute_id(config, tokenizer, &tensors);
+    let index = store.index().unwrap();
+    index
+        .put_model(&ModelRecord {
+            id,
+            path: store.root().display().to_string(),
+            copied: true,
+            config,
+            tokenizer,
+            tensors,
+            files: BTreeMap::new(),
+            summary: Canon::map().with("name", name),
+            added_at: chrono::Utc::now(),
+        })
+        .unwrap();
+    index.flush().unwrap();
+    id
+}
+
+pub fn dataset(store: &Store, content: &str) -> DatasetRecord {
+    let file_object = store.objects().put_bytes(content.as_bytes()).unwrap();
+    let spec = Canon::map().with("format", "chat").with("seq_len", 64u64);
+    DatasetRecord {
+        id: DatasetRecord::compute_id(file_object, &spec),
+        file_object,
+        path: "data.jsonl".into(),
+        spec,
+        stats: Canon::map(),
+        replay_of: None,
+        added_at: chrono::Utc::now(),
+    }
+}
+
+pub fn recipe(model: Id, start: Option<Id>, lr: f64, seed: u64, data: &DatasetRecord) -> Recipe {
+    Recipe {
+        config: Canon::map()
+            .with(
+                "optim",
+                Canon::map().with("lr", lr).with("batch_size", 8u64),
+            )
+            .with("train", Canon::map().with("steps", 30u64))
+            .with(
+                "adapter",
+                Canon::map().with("kind", "lora").with("rank", 8u64),
+            ),
+        base_model: model,
+        start_checkpoint: start,
+        datasets: vec![DatasetUse {
+            dataset: data.id,
+            role: "train".into(),
+            name: "data.jsonl".into(),
+            weight: 1.0,
+        }],
+        seed,
+        graft_version: "test".into(),
+    }
+}
+
+/// Record a run of `steps` steps with a checkpoint every 10 and a falling
+/// eval loss; returns the run id and its checkpoint ids.
+pub fn record_run(
+    store: &Store,
+    recipe: &Recipe,
+    data: &DatasetRecord,
+    steps: u64,
+    loss_offset: f64,
+) -> (Id, Vec<Id>) {
+    let mut recorder = StoreRecorder::new(store.clone());
+    let (run, _) = recorder
+        .begin(recipe, std::slice::from_ref(data), None, BTreeMap::new())
+        .unwrap();
+    let mut checkpoints = Vec::new();
+    for step in 1..=steps {
+        let loss = loss_offset + 1.0 / step as f64;
+        recorder
+            .log_metrics(
+                step,
+                &[
+                    ("loss", loss),
+                    (
+                        "lr",
+                        recipe
+                            .config
+                            .get_path("optim.lr")
+                            .and_then(Canon::as_f64)
+                            .unwrap_or(0.0),
+                    ),
+                ],
+            )
+            .unwrap();
+        if step % 10 == 0 {
+            let eval_loss = loss_offset + 2.0 / step as f64;
+            recorder
+                .log_metrics(step, &[("eval_loss", eval_loss)])
+                .unwrap();
+            let tensor = recorder
+                .put_object(format!("{} lora at {step}", run.id).as_bytes())
+                .unwrap();
+            let mut metrics = BTreeMap::new();
+            metrics.insert("eval_loss".to_string(), eval_loss);
+            checkpoints.push(
+                recorder
+                    .add_checkpoint(
+                        step,
+                        BTreeMap::from([("lora_a".to_string(), tensor)]),
+                        BTreeMap::new(),
+                        metrics,
+                    )
+                    .unwrap(),
+            );
+        }
+    }
+    recorder
+        .end(ExecutionStatus::Completed, None, None)
+        .unwrap();
+    (run.id, checkpoints)
+}
