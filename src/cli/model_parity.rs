@@ -60,7 +60,11 @@ fn render(report: &ParityReport) {
             g.worst_tensor
         ));
     }
-    output::println_safe(if report.passes() { "parity: ok" } else { "parity: FAILED" });
+    output::println_safe(if report.passes() {
+        "parity: ok"
+    } else {
+        "parity: FAILED"
+    });
 }
 
 pub fn run(args: Args, _context: &Context) -> CliResult {
@@ -69,13 +73,9 @@ pub fn run(args: Args, _context: &Context) -> CliResult {
         loss_abs: args.loss_tol,
         grad_rel: args.grad_tol,
     };
-    let report = run_parity::<CpuTrainBackend>(
-        &args.dir,
-        &args.reference,
-        &Default::default(),
-        tolerance,
-    )
-    .map_err(model_error)?;
+    let report =
+        run_parity::<CpuTrainBackend>(&args.dir, &args.reference, &Default::default(), tolerance)
+            .map_err(model_error)?;
     if args.json {
         let mut value = serde_json::to_value(&report).unwrap_or_default();
         if let serde_json::Value::Object(map) = &mut value {

@@ -20,6 +20,7 @@ pub mod objects;
 pub mod recorder;
 pub mod records;
 pub mod refs;
+pub mod tensor_blob;
 pub mod verify;
 
 pub use canonical::{Canon, Id};

@@ -1,0 +1,163 @@
+//! Registering inputs in the store: base model folders and their tensors.
+//!
+//! A model's id is the hash of its config, tokenizer and one object id per
+//! tensor (dtype, shape and bytes; see `store::tensor_blob`). Small files
+//! (config, tokenizer, generation config) are always copied into the object
+//! store; tensors stay where they lie unless `copy` is asked for. Loading a
+//! registered model re-hashes its tensors, so a folder that changed after
+//! registration is caught instead of silently training a different model.
+
+use crate::model::{read_raw_tensors, ModelConfig, ModelError, RawTensor};
+use crate::store::canonical::object_id;
+use crate::store::tensor_blob::TensorBlob;
+use crate::store::{Canon, Id, Index, ModelRecord, Store, StoreError, Target};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Files copied into the store with every model (those present).
+const SMALL_FILES: &[&str] = &[
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{path}: {message}")]
+    Folder { path: PathBuf, message: String },
+    #[error("model {id} was registered from {path}, but its tensor `{tensor}` has changed since: register the folder again (`graft model add`) to train on the new weights")]
+    Changed { id: Id, path: String, tensor: String },
+}
+
+/// The object id a tensor has (the same whether or not it is copied).
+pub fn tensor_object(raw: &RawTensor) -> (Id, Vec<u8>) {
+    let bytes = TensorBlob {
+        dtype: raw.dtype.clone(),
+        shape: raw.shape.clone(),
+        data: raw.bytes.clone(),
+    }
+    .encode();
+    (object_id(&bytes), bytes)
+}
+
+/// Hash (and with `copy`, store) a Hugging Face folder; record it.
+pub fn register_model(store: &Store, dir: &Path, copy: bool) -> Result<ModelRecord, RegistryError> {
+    let dir = dir.canonicalize().map_err(|e| RegistryError::Folder {
+        path: dir.to_path_buf(),
+        message: format!("{e}: expected a Hugging Face model folder"),
+    })?;
+    let config = ModelConfig::from_dir(&dir)?;
+    if !dir.join("tokenizer.json").is_file() {
+        return Err(RegistryError::Folder {
+            path: dir.join("tokenizer.json"),
+            message: "missing: graft needs the model's tokenizer.json".into(),
+        });
+    }
+    let mut files = BTreeMap::new();
+    for name in SMALL_FILES {
+        let path = dir.join(name);
+        if path.is_file() {
+            files.insert(name.to_string(), store.objects().put_file(&path)?);
+        }
+    }
+    let raw = read_raw_tensors(&dir)?;
+    let mut tensors = BTreeMap::new();
+    let mut parameters = 0usize;
+    for (name, tensor) in &raw {
+        parameters += tensor.shape.iter().product::<usize>();
+        let (id, bytes) = tensor_object(tensor);
+        if copy {
+            store.objects().put_bytes(&bytes)?;
+        }
+        tensors.insert(name.clone(), id);
+    }
+    let config_id = files["config.json"];
+    let tokenizer_id = files["tokenizer.json"];
+    let id = ModelRecord::compute_id(config_id, tokenizer_id, &tensors);
+    let summary = Canon::map()
+        .with("model_type", format!("{:?}", config.model_type).to_lowercase())
+        .with("layers", config.num_hidden_layers)
+        .with("hidden_size", config.hidden_size)
+        .with("vocab_size", config.vocab_size)
+        .with("max_positions", config.max_position_embeddings)
+        .with("parameters", parameters)
+        .with("dtype", raw.values().next().map(|t| t.dtype.clone()).unwrap_or_default());
+    let record = ModelRecord {
+        id,
+        path: dir.display().to_string(),
+        copied: copy,
+        config: config_id,
+        tokenizer: tokenizer_id,
+        tensors,
+        files,
+        summary,
+        added_at: chrono::Utc::now(),
+    };
+    let index = store.index()?;
+    match index.get_model(&id)? {
+        // Same content already known: keep its first registration, but
+        // remember the copy if one was made now.
+        Some(existing) if existing.copied || !copy => return Ok(existing),
+        _ => index.put_model(&record)?,
+    }
+    index.flush()?;
+    Ok(record)
+}
+
+/// `model.base` of an experiment: a folder (registered on the fly), or a
+/// model id prefix or tag already in the store.
+pub fn resolve_base(store: &Store, base: &str) -> Result<ModelRecord, RegistryError> {
+    let path = Path::new(base);
+    if path.is_dir() {
+        return register_model(store, path, false);
+    }
+    let index = store.index()?;
+    match index.resolve(base) {
+        Ok(Target::Model(id)) => Ok(index.get_model(&id)?.ok_or(StoreError::NotFound { kind: "model", id })?),
+        Ok(other) => Err(RegistryError::Folder {
+            path: path.to_path_buf(),
+            message: format!("names a {}, not a model folder or model", other.kind()),
+        }),
+        Err(_) => Err(RegistryError::Folder {
+            path: path.to_path_buf(),
+            message: "no such folder, and no model id or tag by that name in the store (`graft model ls`)".into(),
+        }),
+    }
+}
+
+/// The folder a registered model loads from, after checking that its
+/// tensors are still the ones registered.
+pub fn model_folder(record: &ModelRecord) -> Result<PathBuf, RegistryError> {
+    let dir = PathBuf::from(&record.path);
+    if !dir.is_dir() {
+        return Err(RegistryError::Folder {
+            path: dir,
+            message: format!("model {} was registered from this folder, which is gone", record.id.short()),
+        });
+    }
+    let raw = read_raw_tensors(&dir)?;
+    for (name, expected) in &record.tensors {
+        let actual = raw.get(name).map(|t| tensor_object(t).0);
+        if actual != Some(*expected) {
+            return Err(RegistryError::Changed {
+                id: record.id,
+                path: record.path.clone(),
+                tensor: name.clone(),
+            });
+        }
+    }
+    Ok(dir)
+}
+
+/// Every model, for `graft model ls`.
+pub fn list_models(index: &Index) -> Result<Vec<ModelRecord>, StoreError> {
+    let mut models = index.models()?;
+    models.sort_by_key(|m| m.added_at);
+    Ok(models)
+}
