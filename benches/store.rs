@@ -96,7 +96,7 @@ fn main() {
     let model_id = model(&store.index().unwrap());
     let mut recorder = StoreRecorder::new(store.clone());
     let (run, _) = recorder
-        .begin(&recipe(model_id, None, 0), &[], None, BTreeMap::new())
+        .begin(&recipe(model_id, None, 0), &[], ExecutionKind::Train, BTreeMap::new())
         .unwrap();
     let index_before = dir_size(&store.index_path());
     let points = 1_000_000u64;
@@ -195,7 +195,7 @@ fn main() {
     let fork = index
         .register_run(&recipe(model_id, start_checkpoint, 5000), BTreeMap::new())
         .unwrap();
-    index.begin_execution(&fork.id, None).unwrap();
+    index.begin_execution(&fork.id, ExecutionKind::Train).unwrap();
     index.flush().unwrap();
     let after = dir_size(&store.index_path());
     println!(

@@ -47,7 +47,7 @@ fn writer_child() {
         .begin(
             &recipe(model, None, 1e-4, seed, &data),
             &[data],
-            None,
+            ExecutionKind::Train,
             BTreeMap::new(),
         )
         .unwrap();

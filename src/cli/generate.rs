@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use super::model_parity::model_error;
 use super::{output, CliResult, Context};
 use crate::model::{
     generate, load_adapter, load_model_dir, load_tokenizer, CpuBackend, SamplingConfig,
@@ -34,11 +33,11 @@ pub struct Args {
 
 pub fn run(args: Args, _context: &Context) -> CliResult {
     let device = Default::default();
-    let mut model = load_model_dir::<CpuBackend>(&args.model, &device).map_err(model_error)?;
+    let mut model = load_model_dir::<CpuBackend>(&args.model, &device)?;
     if let Some(adapter) = &args.adapter {
-        model = load_adapter(model, adapter).map_err(model_error)?;
+        model = load_adapter(model, adapter)?;
     }
-    let tokenizer = load_tokenizer(&args.model).map_err(model_error)?;
+    let tokenizer = load_tokenizer(&args.model)?;
     let config = SamplingConfig {
         max_new_tokens: args.max_tokens,
         temperature: args.temperature,
@@ -47,7 +46,7 @@ pub fn run(args: Args, _context: &Context) -> CliResult {
         stop_tokens: model.config.eos_token_ids.clone(),
         use_cache: true,
     };
-    let text = generate(&model, &tokenizer, &args.prompt, &config).map_err(model_error)?;
+    let text = generate(&model, &tokenizer, &args.prompt, &config)?;
     output::println_safe(&format!("{}{}", args.prompt, text));
     Ok(())
 }

@@ -1,19 +1,27 @@
 //! Command line: parse arguments, call the library, render output. One file
 //! per command; no training math and no storage logic here.
 
+pub mod backend;
 pub mod error;
 pub mod output;
 
 mod diff;
+mod fork;
+mod generate;
 mod gc;
 mod init;
 mod lineage;
 mod log;
 mod metrics;
+mod model;
 mod plot;
+mod progress;
+mod reproduce;
+mod resume;
 mod runs;
 mod show;
 mod tag;
+mod train;
 mod verify;
 
 use crate::store::Store;
@@ -38,6 +46,16 @@ pub struct Cli {
 pub enum Command {
     /// Create a store (default ./store).
     Init(init::Args),
+    /// Run a recipe from an experiment file (new, or from a checkpoint via `from`).
+    Train(train::Args),
+    /// Continue fine-tuning from a checkpoint with a changed recipe.
+    Fork(fork::Args),
+    /// Continue an interrupted execution from its last checkpoint, exactly.
+    Resume(resume::Args),
+    /// Execute a run's recipe again and compare checkpoint ids and metrics.
+    Reproduce(reproduce::Args),
+    /// Sample text from a model folder.
+    Generate(generate::Args),
     /// Runs, newest first; `--graph` draws forks as a tree.
     Log(log::Args),
     /// One run, checkpoint, dataset or model in full.
@@ -52,6 +70,8 @@ pub enum Command {
     Metrics(metrics::Args),
     /// Name a run, checkpoint, dataset or model.
     Tag(tag::Args),
+    /// Register, list and check base models.
+    Model(model::Args),
     /// Remove objects that nothing in the store reaches.
     Gc(gc::Args),
     /// Re-hash every object and check every reference between records.
@@ -81,6 +101,11 @@ pub fn run(cli: Cli) -> CliResult {
     };
     match cli.command {
         Command::Init(args) => init::run(args, &context),
+        Command::Train(args) => train::run(args, &context),
+        Command::Fork(args) => fork::run(args, &context),
+        Command::Resume(args) => resume::run(args, &context),
+        Command::Reproduce(args) => reproduce::run(args, &context),
+        Command::Generate(args) => generate::run(args, &context),
         Command::Log(args) => log::run(args, &context),
         Command::Show(args) => show::run(args, &context),
         Command::Lineage(args) => lineage::run(args, &context),
@@ -88,6 +113,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Runs(args) => runs::run(args, &context),
         Command::Metrics(args) => metrics::run(args, &context),
         Command::Tag(args) => tag::run(args, &context),
+        Command::Model(args) => model::run(args, &context),
         Command::Gc(args) => gc::run(args, &context),
         Command::Verify(args) => verify::run(args, &context),
     }

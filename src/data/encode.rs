@@ -12,7 +12,7 @@
 //!   model learns to stop;
 //! - the first token never carries loss: nothing before it predicts it.
 
-use super::error::Result;
+use super::error::{DataError, Result};
 use super::format::{Example, Format, Segment};
 use super::template::ChatTemplate;
 use super::tokenizer::Tokenizer;
@@ -77,6 +77,34 @@ impl Encoder {
             format,
             template,
         })
+    }
+
+    /// The encoder a dataset record's spec describes (to replay or compare
+    /// an earlier dataset in its own format). A `jinja:` template must be
+    /// the tokenizer's own template, by hash.
+    pub fn from_spec(tokenizer: Arc<Tokenizer>, spec: &Canon) -> Result<Encoder> {
+        let field = |key: &str| spec.get(key).and_then(Canon::as_str).unwrap_or("");
+        let format: Format = field("format").parse()?;
+        let identity = field("template");
+        let template_name = match identity {
+            "chatml" | "plain" => identity,
+            "none" => "auto",
+            _ if identity.starts_with("jinja:") => "model",
+            other => {
+                return Err(DataError::UnknownTemplate {
+                    name: other.to_string(),
+                })
+            }
+        };
+        let encoder = Encoder::new(tokenizer, format, template_name)?;
+        if format == Format::Chat && encoder.template_identity() != identity {
+            return Err(DataError::Template {
+                template: identity.to_string(),
+                message: "the tokenizer's chat_template is not the one this dataset was read with"
+                    .to_string(),
+            });
+        }
+        Ok(encoder)
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {

@@ -233,12 +233,30 @@ pub fn save_adapter<B: Backend>(
     let config = model.lora.as_ref().ok_or_else(|| ModelError::Adapter {
         message: "the model has no LoRA adapter to save".into(),
     })?;
+    let tensors = model.named_tensors(|p| p.is_lora);
+    write_peft_adapter(dir, config, &tensors, base_model_name_or_path)
+}
+
+/// Writes a PEFT folder from LoRA tensors named as [`CausalLm::named_tensors`] names
+/// them (`model.layers.0.self_attn.q_proj.lora_A.weight`, HF layout), e.g. straight from
+/// a checkpoint without building a model.
+pub fn write_peft_adapter(
+    dir: &Path,
+    config: &LoraConfig,
+    tensors: &[(String, TensorData)],
+    base_model_name_or_path: Option<&str>,
+) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let tensors: Vec<(String, TensorData)> = model
-        .named_tensors(|p| p.is_lora)
-        .into_iter()
-        .map(|(name, data)| (format!("{PEFT_PREFIX}{name}"), data))
+    let tensors: Vec<(String, TensorData)> = tensors
+        .iter()
+        .filter(|(name, _)| name.ends_with("lora_A.weight") || name.ends_with("lora_B.weight"))
+        .map(|(name, data)| (format!("{PEFT_PREFIX}{name}"), data.clone()))
         .collect();
+    if tensors.is_empty() {
+        return Err(ModelError::Adapter {
+            message: "no lora_A / lora_B tensors to write".into(),
+        });
+    }
     write_safetensors(
         &dir.join("adapter_model.safetensors"),
         &tensors,

@@ -125,6 +125,9 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
+    /// Mistral's sliding-window attention: a query sees at most this many keys (itself
+    /// included). `None`: full causal attention.
+    pub sliding_window: Option<usize>,
 }
 
 /// `eos_token_id` is an int or a list of ints in real checkpoints.
@@ -159,6 +162,8 @@ struct RawConfig {
     bos_token_id: Option<u32>,
     eos_token_id: Option<OneOrMany>,
     pad_token_id: Option<u32>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
 }
 
 fn required(value: Option<usize>, key: &str) -> Result<usize, ModelError> {
@@ -322,6 +327,18 @@ impl ModelConfig {
             }
         };
 
+        let sliding_window = match model_type {
+            ModelType::Mistral => raw.sliding_window,
+            // Qwen2 applies its window only to layers past max_window_layers; not modelled.
+            ModelType::Qwen2 if raw.use_sliding_window == Some(true) => {
+                return Err(ModelError::Unsupported {
+                    key: "use_sliding_window".into(),
+                    value: "true".into(),
+                    supported: "false".into(),
+                })
+            }
+            _ => None,
+        };
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let (qkv_bias, o_bias) = match model_type {
             // Qwen2Attention hardcodes bias=True on q/k/v and False on o_proj.
@@ -351,6 +368,7 @@ impl ModelConfig {
                 Some(OneOrMany::Many(ids)) => ids,
             },
             pad_token_id: raw.pad_token_id,
+            sliding_window,
         };
         Ok(config)
     }
@@ -398,6 +416,7 @@ impl ModelConfig {
             bos_token_id: None,
             eos_token_ids: Vec::new(),
             pad_token_id: None,
+            sliding_window: None,
         }
     }
 
@@ -506,6 +525,9 @@ impl ModelConfig {
                     map.insert("eos_token_id".into(), json!(many));
                 }
             }
+            if self.model_type == ModelType::Mistral {
+                map.insert("sliding_window".into(), json!(self.sliding_window));
+            }
             if let Some(id) = self.pad_token_id {
                 map.insert("pad_token_id".into(), json!(id));
             }
@@ -533,6 +555,30 @@ mod tests {
         assert_eq!(a, b);
         let round = ModelConfig::from_json_str(&a.to_hf_json().to_string()).unwrap();
         assert_eq!(round, a);
+    }
+
+    #[test]
+    fn llama3_rope_keeps_high_frequencies_and_divides_low_ones_by_factor() {
+        let rope = RopeConfig {
+            theta: 500_000.0,
+            scaling: RopeScaling::Llama3 {
+                factor: 32.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192.0,
+            },
+        };
+        let plain = RopeConfig {
+            theta: 500_000.0,
+            scaling: RopeScaling::Default,
+        };
+        let (scaled, base) = (rope.inv_freq(64), plain.inv_freq(64));
+        assert_eq!(scaled[0], base[0]);
+        assert!((scaled[31] - base[31] / 32.0).abs() < 1e-20);
+        // The ramp in between lies between the two.
+        for (s, b) in scaled.iter().zip(&base) {
+            assert!(*s <= *b && *s >= b / 32.0 - 1e-20);
+        }
     }
 
     #[test]

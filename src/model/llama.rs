@@ -122,6 +122,7 @@ pub struct Attention<B: Backend> {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    pub sliding_window: Option<usize>,
 }
 
 impl<B: Backend> Attention<B> {
@@ -172,12 +173,44 @@ impl<B: Backend> Attention<B> {
             softcap: None,
             is_causal: true,
         };
-        let context = attention(q, k, v, None, None, options);
+        let mask = self.sliding_window.and_then(|window| {
+            sliding_window_mask::<B>(batch, self.num_heads, seq, k.dims()[2], window, &k.device())
+        });
+        let context = attention(q, k, v, mask, None, options);
         let context = context
             .swap_dims(1, 2)
             .reshape([batch, seq, self.num_heads * self.head_dim]);
         self.o_proj.forward(context)
     }
+}
+
+/// Keys too far back for a sliding window, `[batch, heads, seq_q, seq_k]` (true = hidden),
+/// or `None` when the window covers every key. Queries are the last `seq_q` of `seq_k`
+/// positions; query `q` may see key `k` when `q - k < window` (HF's sliding overlay).
+/// The causal part is left to the attention op.
+fn sliding_window_mask<B: Backend>(
+    batch: usize,
+    heads: usize,
+    seq_q: usize,
+    seq_k: usize,
+    window: usize,
+    device: &B::Device,
+) -> Option<Tensor<B, 4, burn::tensor::Bool>> {
+    if seq_k <= window {
+        return None;
+    }
+    let offset = seq_k - seq_q;
+    let values: Vec<bool> = (0..seq_q)
+        .flat_map(|q| (0..seq_k).map(move |k| q + offset >= k + window))
+        .collect();
+    let mask = Tensor::<B, 2, burn::tensor::Bool>::from_data(
+        TensorData::new(values, [seq_q, seq_k]),
+        device,
+    );
+    Some(
+        mask.reshape([1, 1, seq_q, seq_k])
+            .expand([batch, heads, seq_q, seq_k]),
+    )
 }
 
 /// x: `[batch, kv_heads, t, head_dim]` -> `[batch, kv_heads * groups, t, head_dim]`, each
@@ -282,6 +315,7 @@ impl<B: Backend> CausalLm<B> {
                     num_heads: config.num_attention_heads,
                     num_kv_heads: config.num_key_value_heads,
                     head_dim: config.head_dim,
+                    sliding_window: config.sliding_window,
                 },
                 mlp: Mlp {
                     gate_proj: linear(h, config.intermediate_size, config.mlp_bias),
@@ -386,14 +420,13 @@ pub fn causal_lm_loss<B: Backend>(
     ids: Tensor<B, 2, Int>,
     loss_mask: Option<Tensor<B, 2>>,
 ) -> Tensor<B, 1> {
-    let [batch, seq, vocab] = logits.dims();
+    let [batch, seq, _vocab] = logits.dims();
     let predicting = logits.narrow(1, 0, seq - 1);
     let targets = ids.narrow(1, 1, seq - 1);
     let log_probs = activation::log_softmax(predicting, 2);
     let picked = log_probs
         .gather(2, targets.unsqueeze_dim::<3>(2))
         .reshape([batch, seq - 1]);
-    let _ = vocab;
     match loss_mask {
         None => picked.mean().neg(),
         Some(mask) => {

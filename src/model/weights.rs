@@ -259,6 +259,7 @@ pub fn build_model<B: Backend>(
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_key_value_heads,
                 head_dim: config.head_dim,
+                sliding_window: config.sliding_window,
             },
             mlp: Mlp {
                 gate_proj: ckpt.projection(
@@ -398,11 +399,12 @@ pub fn save_model_dir<B: Backend>(
         }
         None => model.config.to_hf_json(),
     };
+    // The weights are written in f32 whatever the source stored; transformers 5 reads
+    // `dtype`, transformers 4 `torch_dtype` (kept only where the source had it).
     if let Value::Object(map) = &mut config {
-        for key in ["dtype", "torch_dtype"] {
-            if map.contains_key(key) || key == "dtype" {
-                map.insert(key.into(), Value::String("float32".into()));
-            }
+        map.insert("dtype".into(), Value::String("float32".into()));
+        if map.contains_key("torch_dtype") {
+            map.insert("torch_dtype".into(), Value::String("float32".into()));
         }
     }
     let config_path = out_dir.join("config.json");

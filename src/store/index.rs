@@ -205,7 +205,7 @@ impl Index {
         all(&self.runs, "runs")
     }
 
-    pub fn begin_execution(&self, run: &Id, resumed_from: Option<Id>) -> Result<ExecutionRecord> {
+    pub fn begin_execution(&self, run: &Id, kind: ExecutionKind) -> Result<ExecutionRecord> {
         let number = self
             .executions
             .scan_prefix(run.0)
@@ -227,8 +227,9 @@ impl Index {
             host: host_name(),
             pid: std::process::id(),
             error: None,
-            resumed_from,
+            resumed_from: kind.resumed_from(),
             end_reason: None,
+            purpose: kind.purpose().to_string(),
         };
         self.put_execution(&record)?;
         Ok(record)
@@ -408,6 +409,10 @@ impl Index {
         };
         let mut merged: Vec<(u64, f64)> = Vec::new();
         for execution in self.executions(run)? {
+            if execution.purpose == ExecutionKind::Reproduce.purpose() {
+                // A reproduction is compared with the history, not merged into it.
+                continue;
+            }
             let points = self.execution_series(record.seq, execution.number, series)?;
             if points.is_empty() {
                 continue;

@@ -27,7 +27,7 @@ pub trait Recorder {
         &mut self,
         recipe: &Recipe,
         datasets: &[DatasetRecord],
-        resumed_from: Option<Id>,
+        kind: ExecutionKind,
         notes: BTreeMap<String, Canon>,
     ) -> Result<(RunRecord, ExecutionRecord)>;
     /// Buffer metric values for a step.
@@ -103,7 +103,7 @@ impl Recorder for StoreRecorder {
         &mut self,
         recipe: &Recipe,
         datasets: &[DatasetRecord],
-        resumed_from: Option<Id>,
+        kind: ExecutionKind,
         notes: BTreeMap<String, Canon>,
     ) -> Result<(RunRecord, ExecutionRecord)> {
         let index = self.store.index()?;
@@ -111,7 +111,7 @@ impl Recorder for StoreRecorder {
             index.put_dataset(dataset)?;
         }
         let run = index.register_run(recipe, notes)?;
-        let execution = index.begin_execution(&run.id, resumed_from)?;
+        let execution = index.begin_execution(&run.id, kind)?;
         // The journal exists before the execution is acknowledged, so a
         // process killed from here on is detected and marked interrupted.
         let journal = JournalWriter::create(self.store.root(), &run.id, execution.number)?;
@@ -123,7 +123,7 @@ impl Recorder for StoreRecorder {
             journal,
             pending: Vec::new(),
             last_flush: Instant::now(),
-            last_checkpoint: resumed_from.or(recipe.start_checkpoint),
+            last_checkpoint: kind.resumed_from().or(recipe.start_checkpoint),
         });
         Ok((run, execution))
     }

@@ -182,6 +182,38 @@ pub struct ExecutionRecord {
     pub resumed_from: Option<Id>,
     /// Why the run ended early, if it did (early stop, NaN, ...).
     pub end_reason: Option<String>,
+    /// `train`, `resume` or `reproduce`.
+    #[serde(default)]
+    pub purpose: String,
+}
+
+/// Why an execution runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutionKind {
+    /// The first execution of a recipe (or a re-run after a failure).
+    Train,
+    /// Continue from a checkpoint of the run, exactly.
+    Resume(Id),
+    /// Execute the recipe again to check it reproduces; its checkpoints are
+    /// compared, not recorded.
+    Reproduce,
+}
+
+impl ExecutionKind {
+    pub fn purpose(&self) -> &'static str {
+        match self {
+            ExecutionKind::Train => "train",
+            ExecutionKind::Resume(_) => "resume",
+            ExecutionKind::Reproduce => "reproduce",
+        }
+    }
+
+    pub fn resumed_from(&self) -> Option<Id> {
+        match self {
+            ExecutionKind::Resume(id) => Some(*id),
+            _ => None,
+        }
+    }
 }
 
 /// The state of a run at a step.

@@ -25,6 +25,7 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Experiment {
+    #[serde(default)]
     pub model: ModelSection,
     #[serde(default)]
     pub adapter: Option<AdapterSection>,
@@ -113,7 +114,7 @@ pub struct DataSection {
     pub seq_len: usize,
     #[serde(default = "default_true")]
     pub pack: bool,
-    /// Chat template: `model` (the tokenizer's own) or a built-in name.
+    /// Chat template: `auto` (the tokenizer's own, else chatml), `model`, `chatml` or `plain`.
     #[serde(default = "default_template")]
     pub template: String,
     /// Carve a validation split from the train data when no eval file is given.
@@ -178,7 +179,7 @@ fn default_true() -> bool {
     true
 }
 fn default_template() -> String {
-    "model".into()
+    "auto".into()
 }
 fn default_val_fraction() -> f64 {
     0.05
@@ -320,13 +321,24 @@ impl Experiment {
     }
 
     pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Experiment, ConfigError> {
+        Experiment::parse_for(text, path, overrides, None)
+    }
+
+    /// Parse an experiment for `graft fork REF FILE`: the file's `[model]`
+    /// is replaced by `from = REF`.
+    pub fn parse_for(text: &str, path: &Path, overrides: &[String], fork_from: Option<&str>) -> Result<Experiment, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,
         };
         let mut tree: toml::Table = text.parse().map_err(|e: toml::de::Error| invalid(with_hint(&e.to_string())))?;
+        if let Some(reference) = fork_from {
+            let mut model = toml::Table::new();
+            model.insert("from".into(), toml::Value::String(reference.into()));
+            tree.insert("model".into(), toml::Value::Table(model));
+        }
         apply_overrides(&mut tree, overrides)?;
-        if overrides.is_empty() {
+        if overrides.is_empty() && fork_from.is_none() {
             // Parse the original text so errors carry its line numbers.
             toml::from_str(text).map_err(|e: toml::de::Error| invalid(with_hint(&e.to_string())))
         } else {
@@ -337,6 +349,16 @@ impl Experiment {
             experiment.validate().map_err(invalid)?;
             Ok(experiment)
         })
+    }
+
+    /// The settings a recipe was made from, read back from its config (the
+    /// model and data sections are ids in the recipe, not paths).
+    pub fn from_recipe(recipe: &crate::store::Recipe) -> Result<Experiment, String> {
+        let mut json = recipe.config.to_json();
+        if let Some(object) = json.as_object_mut() {
+            object.insert("model".into(), serde_json::json!({ "base": recipe.base_model.to_hex() }));
+        }
+        serde_json::from_value(json).map_err(|e| e.to_string())
     }
 
     /// An experiment that only sets `from` (for `graft fork REF` without a file).

@@ -3,6 +3,17 @@
 //! through the recorder and the registry.
 
 pub mod config;
+pub mod eval;
+pub mod execute;
+pub mod loss;
+pub mod optim;
+pub mod plan;
 pub mod registry;
+pub mod reproduce;
 pub mod schedule;
+pub mod state;
 pub mod unfreeze;
+
+pub use config::Experiment;
+pub use execute::{execute, Events, Outcome, Silent, TrainError};
+pub use plan::{plan, Plan, PlanError};

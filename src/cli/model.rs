@@ -1,0 +1,160 @@
+//! `graft model add|ls|parity`: base models.
+
+use super::backend::BackendKind;
+use super::{output, CliError, CliResult, Context};
+use crate::model::{run_parity, Tolerance};
+use crate::train::registry::{self, RegistryError};
+use burn::tensor::backend::AutodiffBackend;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: ModelCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Register a Hugging Face model folder (config.json, safetensors, tokenizer.json).
+    Add {
+        /// The model folder.
+        dir: PathBuf,
+        /// Copy the tensors into the store instead of referencing the folder.
+        #[arg(long)]
+        copy: bool,
+        /// Also tag the model with this name.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List registered models.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the model on a reference batch (REFERENCE.json: input_ids, logits,
+    /// loss, with_lora) and report the max relative error of the logits and the
+    /// loss difference; with a `lora-adapter/` folder beside, the same with the
+    /// adapter and its gradients. Exits 1 past tolerance.
+    Parity {
+        /// The model folder.
+        dir: PathBuf,
+        /// The reference outputs.
+        reference: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        backend: BackendKind,
+        /// Tolerances for weights stored in bf16.
+        #[arg(long)]
+        bf16: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl From<RegistryError> for CliError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Store(e) => e.into(),
+            other => CliError::user(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::model::ModelError> for CliError {
+    fn from(e: crate::model::ModelError) -> Self {
+        CliError::user(e.to_string())
+    }
+}
+
+pub fn run(args: Args, context: &Context) -> CliResult {
+    match args.command {
+        ModelCommand::Add { dir, copy, tag, json } => {
+            if let Some(tag) = &tag {
+                crate::store::refs::validate_tag_name(tag)?;
+            }
+            let store = context.store_or_init()?;
+            let record = registry::register_model(&store, &dir, copy)?;
+            if let Some(tag) = &tag {
+                let index = store.index()?;
+                index.set_tag(tag, crate::store::Target::Model(record.id))?;
+                index.flush()?;
+            }
+            if json {
+                return output::print_json(&serde_json::to_value(&record).unwrap_or_default());
+            }
+            output::println_safe(&format!(
+                "model {} registered from {} ({} tensors{})",
+                record.id,
+                record.path,
+                record.tensors.len(),
+                if record.copied { ", copied" } else { ", referenced in place" }
+            ));
+            Ok(())
+        }
+        ModelCommand::Ls { json } => {
+            let store = context.store()?;
+            let index = store.index()?;
+            let models = registry::list_models(&index)?;
+            let tags = crate::lineage::tags_by_target(&index)?;
+            if json {
+                return output::print_json(&serde_json::to_value(&models).unwrap_or_default());
+            }
+            let rows: Vec<Vec<String>> = models
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.id.short(),
+                        tags.get(&m.id).map(|t| t.join(",")).unwrap_or_default(),
+                        m.summary.get("model_type").map(|v| v.to_string()).unwrap_or_default(),
+                        m.summary.get("parameters").map(|v| v.to_string()).unwrap_or_default(),
+                        m.path.clone(),
+                    ]
+                })
+                .collect();
+            output::println_safe(&output::table(&["model", "tag", "type", "parameters", "path"], &rows));
+            Ok(())
+        }
+        ModelCommand::Parity { dir, reference, backend, bf16, json } => {
+            let tolerance = if bf16 { Tolerance::bf16() } else { Tolerance::default() };
+            let report = crate::on_backend!(backend, parity(&dir, &reference, tolerance))?;
+            if json {
+                output::print_json(&serde_json::to_value(&report).unwrap_or_default())?;
+            } else {
+                let line = |name: &str, c: &crate::model::parity::Comparison| {
+                    format!(
+                        "{name:<10} logits max rel err {:.3e} (tolerance {:.0e})  loss {:.6} vs {:.6} (diff {:.3e}, tolerance {:.0e})",
+                        c.logits_rel_err, tolerance.logits_rel, c.loss, c.reference_loss, c.loss_abs_diff, tolerance.loss_abs
+                    )
+                };
+                output::println_safe(&line("base", &report.base));
+                if let Some(lora) = &report.with_lora {
+                    output::println_safe(&line("with_lora", lora));
+                }
+                if let Some(grads) = &report.lora_grads {
+                    output::println_safe(&format!(
+                        "lora grads max rel err {:.3e} over {} tensors (worst {}; tolerance {:.0e})",
+                        grads.max_rel_err, grads.tensors, grads.worst_tensor, tolerance.grad_rel
+                    ));
+                }
+            }
+            if report.passes() {
+                Ok(())
+            } else {
+                Err(CliError::check(format!("{}: parity outside tolerance", dir.display())))
+            }
+        }
+    }
+}
+
+fn parity<B: AutodiffBackend>(
+    device: &B::Device,
+    dir: &Path,
+    reference: &Path,
+    tolerance: Tolerance,
+) -> CliResult<crate::model::ParityReport> {
+    Ok(run_parity::<B>(dir, reference, device, tolerance)?)
+}

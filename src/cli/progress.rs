@@ -1,0 +1,73 @@
+//! Terminal progress for training: a bar with loss and learning rate, and a
+//! line per evaluation.
+
+use crate::store::Id;
+use crate::train::eval::EvalResult;
+use crate::train::Events;
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct TerminalEvents {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+}
+
+impl TerminalEvents {
+    pub fn new(quiet: bool) -> Self {
+        TerminalEvents { bar: None, quiet }
+    }
+
+    fn line(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(bar) if !bar.is_hidden() => bar.println(text),
+            _ => eprintln!("{text}"),
+        }
+    }
+}
+
+impl Events for TerminalEvents {
+    fn begin(&mut self, run: &Id, first_step: u64, total: u64) {
+        if self.quiet {
+            return;
+        }
+        let bar = ProgressBar::new(total);
+        bar.set_position(first_step.saturating_sub(1));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed} < {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("run {}", run.short()));
+        self.bar = Some(bar);
+    }
+
+    fn step(&mut self, step: u64, loss: f64, lr: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(step);
+            bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+        }
+    }
+
+    fn eval(&mut self, step: u64, results: &[(String, EvalResult)]) {
+        let parts: Vec<String> = results
+            .iter()
+            .map(|(name, r)| match r.accuracy {
+                Some(acc) => format!("{name} loss {:.4} acc {:.1}%", r.loss, acc * 100.0),
+                None => format!("{name} loss {:.4}", r.loss),
+            })
+            .collect();
+        self.line(&format!("eval @ step {step}: {}", parts.join(" | ")));
+    }
+
+    fn message(&mut self, text: &str) {
+        self.line(text);
+    }
+
+    fn end(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! `graft train EXPERIMENT.toml`: run a recipe, new or from a checkpoint.
+
+use super::backend::BackendKind;
+use super::progress::TerminalEvents;
+use super::{output, CliError, CliResult, Context};
+use crate::store::{ExecutionKind, ExecutionStatus, Store, StoreRecorder, Target};
+use crate::train::{self, Experiment, Outcome, Plan, PlanError, TrainError};
+use burn::tensor::backend::AutodiffBackend;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The experiment file (TOML; see experiments/ for examples).
+    pub experiment: PathBuf,
+    /// Override a key of the experiment, e.g. `--set optim.lr=1e-5`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    #[command(flatten)]
+    pub common: RunOptions,
+}
+
+/// Options shared by the commands that train.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunOptions {
+    #[arg(long, value_enum, default_value_t)]
+    pub backend: BackendKind,
+    /// Tag the run with this name when it finishes.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// No progress bar or eval lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl From<PlanError> for CliError {
+    fn from(e: PlanError) -> Self {
+        match e {
+            PlanError::Store(e) => e.into(),
+            other => CliError::user(other.to_string()),
+        }
+    }
+}
+
+impl From<TrainError> for CliError {
+    fn from(e: TrainError) -> Self {
+        match e {
+            TrainError::Store(e) => e.into(),
+            TrainError::NonFinite { .. } => CliError::check(e.to_string()).with_hint("lower optim.lr or raise optim.warmup_steps, then fork from the last checkpoint"),
+            other => CliError::user(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::train::config::ConfigError> for CliError {
+    fn from(e: crate::train::config::ConfigError) -> Self {
+        CliError::user(e.to_string())
+    }
+}
+
+impl From<crate::data::DataError> for CliError {
+    fn from(e: crate::data::DataError) -> Self {
+        CliError::user(e.to_string())
+    }
+}
+
+pub fn run(args: Args, context: &Context) -> CliResult {
+    let experiment = Experiment::load(&args.experiment, &args.overrides)?;
+    train_experiment(&experiment, &args.common, context)
+}
+
+/// Plan, refuse a recipe that already ran, execute, tag, report.
+pub fn train_experiment(experiment: &Experiment, options: &RunOptions, context: &Context) -> CliResult {
+    if let Some(tag) = &options.tag {
+        crate::store::refs::validate_tag_name(tag)?;
+    }
+    let store = context.store_or_init()?;
+    let plan = train::plan(&store, experiment)?;
+    let run_id = plan.recipe.run_id();
+    {
+        let index = store.index()?;
+        if let Some(last) = index.executions(&run_id)?.into_iter().rfind(|e| e.purpose != "reproduce") {
+            match last.status {
+                ExecutionStatus::Completed => {
+                    return Err(CliError::user(format!("run {run_id} already exists: this exact recipe was trained before"))
+                        .with_hint(format!("`graft reproduce {}` executes it again and compares; change a key (--set) for a new run", run_id.short())));
+                }
+                ExecutionStatus::Running | ExecutionStatus::Interrupted => {
+                    return Err(CliError::user(format!("run {run_id} has an unfinished execution"))
+                        .with_hint(format!("`graft resume {}` continues it from its last checkpoint", run_id.short())));
+                }
+                ExecutionStatus::Failed => {}
+            }
+        }
+    }
+    if let (Some(drift), false) = (&plan.drift, options.quiet) {
+        eprintln!("{drift}");
+    }
+    let outcome = execute_plan(&store, &plan, ExecutionKind::Train, options)?;
+    finish(&store, &outcome, options)
+}
+
+pub fn execute_plan(store: &Store, plan: &Plan, kind: ExecutionKind, options: &RunOptions) -> CliResult<Outcome> {
+    let mut recorder = StoreRecorder::new(store.clone());
+    crate::on_backend!(options.backend, execute_with(store, plan, kind, &mut recorder, options.quiet))
+}
+
+fn execute_with<B: AutodiffBackend>(
+    device: &B::Device,
+    store: &Store,
+    plan: &Plan,
+    kind: ExecutionKind,
+    recorder: &mut dyn crate::store::Recorder,
+    quiet: bool,
+) -> CliResult<Outcome> {
+    let mut events = TerminalEvents::new(quiet);
+    Ok(train::execute::<B>(device, store, &plan.recipe, &plan.datasets, plan.notes.clone(), kind, recorder, &mut events)?)
+}
+
+/// Tag the run and print what it produced.
+pub fn finish(store: &Store, outcome: &Outcome, options: &RunOptions) -> CliResult {
+    if let Some(tag) = &options.tag {
+        let index = store.index()?;
+        index.set_tag(tag, Target::Run(outcome.run))?;
+        index.flush()?;
+    }
+    if options.json {
+        return output::print_json(&serde_json::json!({
+            "run": outcome.run.to_hex(),
+            "execution": outcome.execution,
+            "final_step": outcome.final_step,
+            "early_stopped": outcome.early_stopped,
+            "checkpoints": outcome.checkpoints.iter().map(|(s, id)| serde_json::json!({"step": s, "id": id.to_hex()})).collect::<Vec<_>>(),
+            "eval": outcome.last_eval,
+            "record_share": outcome.record_time.as_secs_f64() / outcome.loop_time.as_secs_f64().max(1e-9),
+        }));
+    }
+    output::println_safe(&format!(
+        "run {} finished at step {}{} with {} checkpoints; last checkpoint {}",
+        outcome.run,
+        outcome.final_step,
+        if outcome.early_stopped { " (early stop)" } else { "" },
+        outcome.checkpoints.len(),
+        outcome.checkpoints.last().map(|(_, id)| id.short()).unwrap_or_else(|| "-".into())
+    ));
+    Ok(())
+}

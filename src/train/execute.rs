@@ -1,0 +1,471 @@
+//! Executing a recipe: the step loop.
+//!
+//! Everything comes from the recipe and the store (the model folder verified
+//! against its registered hashes, data read back from objects), so the same
+//! function serves a new run, a resume and a reproduction. Read it top to
+//! bottom: set up the model, data and evaluation sets; then for each step,
+//! unfreeze on schedule, accumulate gradients, clip, update, log; evaluate,
+//! checkpoint and apply retention on their cadence.
+
+use super::config::Experiment;
+use super::eval::{self, EvalSet};
+use super::optim::{is_embedding_block, AdamW, AdamWConfig, GradAccumulator};
+use super::plan::object_source;
+use super::registry::{self, RegistryError};
+use super::state::{self, Kept, TrainerState};
+use super::{loss, schedule, unfreeze};
+use crate::data::{self, BatchStream, Encoder, ReplaySource, RowStream, Split, StreamConfig, Tokenizer};
+use crate::model::{load_model_dir, CausalLm, LoraConfig};
+use crate::store::{Canon, DatasetRecord, ExecutionKind, ExecutionStatus, Id, Recipe, Recorder, Store, StoreError};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::module::AutodiffModule;
+use burn::tensor::ElementConversion;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error("the recipe's config cannot be read back: {0}")]
+    Recipe(String),
+    #[error("the loss became {value} at step {step}; the run stopped and its last good checkpoint is kept")]
+    NonFinite { step: u64, value: f64 },
+}
+
+/// What the terminal (or a test) is told while training runs.
+pub trait Events {
+    fn begin(&mut self, _run: &Id, _first_step: u64, _total: u64) {}
+    fn step(&mut self, _step: u64, _loss: f64, _lr: f64) {}
+    fn eval(&mut self, _step: u64, _results: &[(String, eval::EvalResult)]) {}
+    fn message(&mut self, _text: &str) {}
+    fn end(&mut self) {}
+}
+
+/// Events nobody listens to.
+pub struct Silent;
+impl Events for Silent {}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub run: Id,
+    pub execution: u32,
+    pub final_step: u64,
+    /// Every checkpoint written by this execution, in step order.
+    pub checkpoints: Vec<(u64, Id)>,
+    pub early_stopped: bool,
+    /// Wall time of the step loop, and the part spent recording.
+    pub loop_time: Duration,
+    pub record_time: Duration,
+    /// The last value of every eval series.
+    pub last_eval: BTreeMap<String, f64>,
+}
+
+/// A hook for tests of the failure path: `GRAFT_INJECT_NAN_AT_STEP=N`
+/// replaces the loss of step N with NaN.
+fn injected_nan_step() -> Option<u64> {
+    std::env::var("GRAFT_INJECT_NAN_AT_STEP").ok()?.parse().ok()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn execute<B: AutodiffBackend>(
+    device: &B::Device,
+    store: &Store,
+    recipe: &Recipe,
+    datasets: &[DatasetRecord],
+    notes: BTreeMap<String, Canon>,
+    kind: ExecutionKind,
+    recorder: &mut dyn Recorder,
+    events: &mut dyn Events,
+) -> Result<Outcome, TrainError> {
+    let settings = Experiment::from_recipe(recipe).map_err(TrainError::Recipe)?;
+    let (model_record, start) = {
+        let index = store.index()?;
+        let model = index
+            .get_model(&recipe.base_model)?
+            .ok_or(StoreError::NotFound { kind: "model", id: recipe.base_model })?;
+        let start = match kind.resumed_from().or(recipe.start_checkpoint) {
+            Some(id) => Some(index.checkpoint(&id)?),
+            None => None,
+        };
+        (model, start)
+    };
+    let folder = registry::model_folder(&model_record)?;
+    let tokenizer = Arc::new(Tokenizer::from_dir(&folder)?);
+    let seed = recipe.seed;
+    let resuming = matches!(kind, ExecutionKind::Resume(_));
+
+    // The model: base, adapter (the start checkpoint's, else a new one), and
+    // every tensor the start checkpoint changed.
+    let mut model: CausalLm<B> = load_model_dir(&folder, device)?;
+    let adapter: Option<LoraConfig> = match &start {
+        Some(checkpoint) => state::load_adapter_config(store, checkpoint)?,
+        None => None,
+    }
+    .or_else(|| {
+        settings.adapter.as_ref().map(|a| LoraConfig {
+            rank: a.rank,
+            alpha: a.alpha,
+            dropout: a.dropout,
+            targets: a.targets.clone(),
+            use_rslora: a.rslora,
+        })
+    });
+    if let Some(config) = &adapter {
+        model = model.with_new_lora(config, seed)?;
+    }
+    let mut inherited = BTreeMap::new();
+    if let Some(checkpoint) = &start {
+        model = model.load_named_tensors(state::load_tensors(store, checkpoint)?)?;
+        inherited = checkpoint.tensors.clone();
+    }
+
+    // Where training stands: fresh, or exactly where the checkpoint left it.
+    let mut optimizer = AdamW::<B::InnerBackend>::new(AdamWConfig {
+        beta1: settings.optim.beta1,
+        beta2: settings.optim.beta2,
+        eps: settings.optim.eps,
+        weight_decay: settings.optim.weight_decay,
+    });
+    let mut trainer = TrainerState::default();
+    if let (true, Some(checkpoint)) = (resuming, &start) {
+        let (restored, moments) = state::load_trainer::<B::InnerBackend>(store, checkpoint, device)?;
+        optimizer.import(moments, device);
+        trainer = restored;
+        // The newest entry was saved before its own id existed.
+        for kept in &mut trainer.kept {
+            if kept.step == checkpoint.step && kept.id == Id([0; 32]) {
+                kept.id = checkpoint.id;
+            }
+        }
+    }
+
+    // Data: the train file (less its validation split), replay mixed in.
+    let data_settings = &settings.data;
+    let by_id: BTreeMap<Id, &DatasetRecord> = datasets.iter().map(|d| (d.id, d)).collect();
+    let record_of = |id: &Id| -> Result<DatasetRecord, TrainError> {
+        match by_id.get(id) {
+            Some(record) => Ok((*record).clone()),
+            None => Ok(store.index()?.get_dataset(id)?.ok_or(StoreError::NotFound { kind: "dataset", id: *id })?),
+        }
+    };
+    let open_rows = |record: &DatasetRecord, config: StreamConfig| -> Result<RowStream, TrainError> {
+        let encoder = Encoder::from_spec(tokenizer.clone(), &record.spec)?;
+        Ok(RowStream::open(object_source(store, record)?, Arc::new(encoder), config)?)
+    };
+    let train_use = recipe.datasets.iter().find(|d| d.role == "train").ok_or_else(|| TrainError::Recipe("no train dataset".into()))?;
+    let own_val = recipe.datasets.iter().any(|d| d.role == "val");
+    let mut train_config = StreamConfig::train(data_settings.seq_len, data_settings.pack, seed);
+    if own_val {
+        train_config.split = Split::Train { val_fraction: data_settings.val_fraction, seed };
+    }
+    let mut replay_sources = Vec::new();
+    for used in recipe.datasets.iter().filter(|d| d.role == "replay") {
+        let rows = open_rows(&record_of(&used.dataset)?, StreamConfig::train(data_settings.seq_len, data_settings.pack, seed))?;
+        replay_sources.push(ReplaySource { rows, weight: used.weight });
+    }
+    let replay_ratio = data_settings.replay.as_ref().map(|r| r.ratio).unwrap_or(0.0);
+    let mut stream = BatchStream::new(open_rows(&record_of(&train_use.dataset)?, train_config)?, settings.optim.batch_size)?
+        .with_replay(replay_sources, if recipe.datasets.iter().any(|d| d.role == "replay") { replay_ratio } else { 0.0 })?;
+    if resuming {
+        stream.seek(&trainer.stream)?;
+    }
+
+    // Evaluation sets: this run's (the first is the one `@best` and early
+    // stopping watch), then the ancestors' (for forgetting).
+    let mut eval_sets: Vec<EvalSet> = Vec::new();
+    for used in &recipe.datasets {
+        let split = match used.role.as_str() {
+            "eval" | "ancestor_eval" => Split::All,
+            "val" | "ancestor_val" => parse_val_split(&used.name).unwrap_or(Split::All),
+            _ => continue,
+        };
+        let mut config = StreamConfig::eval(data_settings.seq_len, false);
+        config.split = split;
+        let record = record_of(&used.dataset)?;
+        let rows = open_rows(&record, config)?;
+        let has_answers = record.spec.get("format").and_then(Canon::as_str) != Some("text");
+        let name = used.name.split('/').next().unwrap_or(&used.name).to_string();
+        let name = if used.role.starts_with("ancestor") && used.role.ends_with("val") {
+            format!("val@{}", used.name.rsplit('@').next().unwrap_or(""))
+        } else {
+            name
+        };
+        eval_sets.push(EvalSet::collect(name, used.role.starts_with("ancestor"), has_answers, rows, data_settings.eval_examples, settings.optim.batch_size)?);
+    }
+
+    let total = settings.train.steps;
+    let (run, execution) = recorder.begin(recipe, datasets, kind, notes)?;
+    events.begin(&run.id, trainer.step + 1, total);
+    let mut record_time = Duration::ZERO;
+    let mut checkpoints_written = Vec::new();
+    let mut last_eval = BTreeMap::new();
+    let mut baseline: BTreeMap<String, f64> = BTreeMap::new();
+    let layers = model.model.layers.len();
+    let mut open_blocks = Vec::new();
+
+    let result = (|| -> Result<(u64, bool), TrainError> {
+        model = apply_trainability(model, adapter.is_some(), &settings, trainer.step.max(1), &mut open_blocks, layers);
+        optimizer.retain(&model.trainable_param_names());
+        let trainable_count = count_trainable(&model);
+        let started = Instant::now();
+        record_time += timed(|| recorder.log_metrics(trainer.step, &[("trainable_params", trainable_count as f64)]))?;
+        if settings.train.baseline_eval && !resuming && !eval_sets.is_empty() {
+            let results = eval::evaluate_all(&model.valid(), &eval_sets);
+            // Forgetting is tracked on the ancestors' sets only.
+            for ((name, result), set) in results.iter().zip(&eval_sets) {
+                if set.inherited {
+                    baseline.insert(name.clone(), result.loss);
+                }
+            }
+            record_time += timed(|| log_eval(recorder, 0, &results, &baseline, &mut last_eval))?;
+            events.eval(0, &results);
+        }
+        if resuming {
+            // Forgetting is measured against the loss at the start of the run.
+            baseline = recorded_baseline(store, &run.id, &eval_sets)?;
+        }
+        let mut early_stopped = false;
+        let mut step_started = Instant::now();
+        while trainer.step < total {
+            let step = trainer.step + 1;
+            B::seed(device, mix_seed(seed, step));
+            let before = open_blocks.clone();
+            model = apply_trainability(model, adapter.is_some(), &settings, step, &mut open_blocks, layers);
+            if open_blocks != before {
+                optimizer.retain(&model.trainable_param_names());
+                let count = count_trainable(&model);
+                events.message(&format!("step {step}: training {count} parameters ({} base blocks open)", open_blocks.len()));
+                record_time += timed(|| recorder.log_metrics(step, &[("trainable_params", count as f64)]))?;
+            }
+
+            let mut grads = GradAccumulator::<B::InnerBackend>::default();
+            let mut loss_total = 0.0;
+            let mut step_tokens = 0usize;
+            for _ in 0..settings.optim.grad_accum {
+                let Some(batch) = stream.next_batch()? else {
+                    return Err(TrainError::Recipe("the training stream ended".into()));
+                };
+                let tensors = loss::BatchTensors::<B>::new(&batch, device);
+                step_tokens += batch.batch * batch.seq_len;
+                let denominator = tensors.tokens.max(1) as f64;
+                let loss = loss::masked_loss_sum(model.forward(tensors.inputs.clone()), &tensors) / denominator;
+                loss_total += loss.clone().into_scalar().elem::<f64>();
+                grads.add(&model, &loss.backward());
+            }
+            let accum = settings.optim.grad_accum as f64;
+            let mut loss_value = loss_total / accum;
+            if injected_nan_step() == Some(step) {
+                loss_value = f64::NAN;
+            }
+            if !loss_value.is_finite() {
+                return Err(TrainError::NonFinite { step, value: loss_value });
+            }
+            let grad_norm = grads.norm() / accum;
+            let clip = settings.optim.grad_clip;
+            let clip_factor = if clip > 0.0 && grad_norm > clip { clip / (grad_norm + 1e-6) } else { 1.0 };
+            let lr = schedule::learning_rate(&settings.optim.schedule, settings.optim.lr, settings.optim.warmup_steps, settings.optim.min_lr_ratio, step, total);
+            let embedding_lr = settings.optim.embedding_lr.map(|e| e * lr / settings.optim.lr);
+            model = optimizer.step(model, grads, clip_factor / accum, |info| match embedding_lr {
+                Some(e) if is_embedding_block(info) => e,
+                _ => lr,
+            });
+            trainer.step = step;
+            trainer.tokens_seen += step_tokens as u64;
+            trainer.stream = stream.position();
+            let elapsed = step_started.elapsed().as_secs_f64().max(1e-9);
+            step_started = Instant::now();
+            record_time += timed(|| {
+                recorder.log_metrics(
+                    step,
+                    &[
+                        ("loss", loss_value),
+                        ("lr", lr),
+                        ("grad_norm", grad_norm),
+                        ("tokens_per_s", step_tokens as f64 / elapsed),
+                        ("tokens_seen", trainer.tokens_seen as f64),
+                    ],
+                )
+            })?;
+            events.step(step, loss_value, lr);
+
+            let last = step == total;
+            let mut metrics = BTreeMap::new();
+            if !eval_sets.is_empty() && (step % settings.train.eval_every.max(1) == 0 || last) {
+                let results = eval::evaluate_all(&model.valid(), &eval_sets);
+                record_time += timed(|| log_eval(recorder, step, &results, &baseline, &mut last_eval))?;
+                events.eval(step, &results);
+                let main = results[0].1.loss;
+                metrics.insert(crate::store::refs::BEST_METRIC.to_string(), main);
+                if trainer.best_eval.is_none_or(|best| main < best) {
+                    trainer.best_eval = Some(main);
+                    trainer.evals_since_best = 0;
+                } else {
+                    trainer.evals_since_best += 1;
+                }
+                let patience = settings.train.early_stop_patience;
+                if patience > 0 && trainer.evals_since_best >= patience {
+                    early_stopped = true;
+                    events.message(&format!("step {step}: no improvement in {patience} evaluations, stopping early"));
+                }
+            }
+            if step % settings.train.checkpoint_every.max(1) == 0 || last || early_stopped {
+                let eval_loss = metrics.get(crate::store::refs::BEST_METRIC).copied();
+                let write = Instant::now();
+                trainer.kept.push(Kept { step, id: Id([0; 32]), eval_loss });
+                // The state saved must list this checkpoint as kept; its id is
+                // only known after saving, so the entry is filled in after.
+                let id = state::save(recorder, &model, &optimizer, &trainer, &inherited, adapter.as_ref(), metrics)?;
+                if let Some(entry) = trainer.kept.last_mut() {
+                    entry.id = id;
+                }
+                checkpoints_written.push((step, id));
+                for retired in retention(&mut trainer.kept, settings.train.keep_last, settings.train.keep_best) {
+                    recorder.retire_checkpoint(retired)?;
+                }
+                record_time += write.elapsed();
+            }
+            if early_stopped {
+                break;
+            }
+        }
+        let _ = started;
+        Ok((trainer.step, early_stopped))
+    })();
+    let loop_time = Instant::now();
+    match result {
+        Ok((final_step, early_stopped)) => {
+            recorder.end(ExecutionStatus::Completed, None, early_stopped.then(|| "early stop".to_string()))?;
+            events.end();
+            Ok(Outcome {
+                run: run.id,
+                execution: execution.number,
+                final_step,
+                checkpoints: checkpoints_written,
+                early_stopped,
+                loop_time: loop_time.elapsed() + record_time,
+                record_time,
+                last_eval,
+            })
+        }
+        Err(error) => {
+            events.end();
+            let reason = match &error {
+                TrainError::NonFinite { step, .. } => Some(format!("non-finite loss at step {step}")),
+                _ => None,
+            };
+            recorder.end(ExecutionStatus::Failed, Some(error.to_string()), reason)?;
+            Err(error)
+        }
+    }
+}
+
+/// LoRA runs train the adapter plus the blocks the schedule has opened by
+/// `step`; full fine-tuning trains everything.
+fn apply_trainability<B: Backend>(
+    model: CausalLm<B>,
+    lora: bool,
+    settings: &Experiment,
+    step: u64,
+    open_blocks: &mut Vec<crate::model::Block>,
+    layers: usize,
+) -> CausalLm<B> {
+    if !lora {
+        if open_blocks.is_empty() {
+            *open_blocks = unfreeze::open_blocks(&[], 0, layers);
+        }
+        return model.set_trainable(|_| true);
+    }
+    let wanted = unfreeze::open_blocks(&settings.unfreeze.schedule, step, layers);
+    if &wanted == open_blocks && step > 1 {
+        return model;
+    }
+    *open_blocks = wanted.clone();
+    model.set_trainable(|p| p.is_lora || (wanted.contains(&p.block) && !p.is_lora))
+}
+
+fn count_trainable<B: Backend>(model: &CausalLm<B>) -> usize {
+    model.params().iter().filter(|p| p.trainable).map(|p| p.shape.iter().product::<usize>()).sum()
+}
+
+/// A per-step seed: dropout masks depend on (seed, step) only, so a resumed
+/// execution draws exactly what an uninterrupted one would.
+fn mix_seed(seed: u64, step: u64) -> u64 {
+    let hash = blake3::hash(&[seed.to_le_bytes(), step.to_le_bytes()].concat());
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<Duration, TrainError> {
+    let start = Instant::now();
+    f()?;
+    Ok(start.elapsed())
+}
+
+fn log_eval(
+    recorder: &mut dyn Recorder,
+    step: u64,
+    results: &[(String, eval::EvalResult)],
+    baseline: &BTreeMap<String, f64>,
+    last_eval: &mut BTreeMap<String, f64>,
+) -> Result<(), StoreError> {
+    let mut values: Vec<(String, f64)> = Vec::new();
+    for (i, (name, result)) in results.iter().enumerate() {
+        if i == 0 {
+            values.push((crate::store::refs::BEST_METRIC.to_string(), result.loss));
+        }
+        values.push((format!("eval/{name}/loss"), result.loss));
+        values.push((format!("eval/{name}/ppl"), result.loss.exp()));
+        if let Some(accuracy) = result.accuracy {
+            values.push((format!("eval/{name}/acc"), accuracy));
+        }
+        if let Some(start) = baseline.get(name) {
+            values.push((format!("forget/{name}"), result.loss - start));
+        }
+    }
+    for (name, value) in &values {
+        last_eval.insert(name.clone(), *value);
+    }
+    let borrowed: Vec<(&str, f64)> = values.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    recorder.log_metrics(step, &borrowed)
+}
+
+/// The step-0 eval losses recorded by an earlier execution of the run.
+fn recorded_baseline(store: &Store, run: &Id, sets: &[EvalSet]) -> Result<BTreeMap<String, f64>, StoreError> {
+    let index = store.index()?;
+    let mut out = BTreeMap::new();
+    for set in sets.iter().filter(|s| s.inherited) {
+        if let Some((0, value)) = index.series(run, &format!("eval/{}/loss", set.name))?.first().copied() {
+            out.insert(set.name.clone(), value);
+        }
+    }
+    Ok(out)
+}
+
+/// `val/<fraction>/<seed>[@run]` -> the validation split it names.
+fn parse_val_split(name: &str) -> Option<Split> {
+    let name = name.split('@').next()?;
+    let mut parts = name.split('/');
+    parts.next()?;
+    let val_fraction = parts.next()?.parse().ok()?;
+    let seed = parts.next()?.parse().ok()?;
+    Some(Split::Validation { val_fraction, seed })
+}
+
+/// Keep the last `keep_last` checkpoints and the `keep_best` best by eval
+/// loss; return the ids to retire (removed from `kept`).
+pub fn retention(kept: &mut Vec<Kept>, keep_last: usize, keep_best: usize) -> Vec<Id> {
+    let mut keep: Vec<Id> = kept.iter().rev().take(keep_last.max(1)).map(|k| k.id).collect();
+    let mut scored: Vec<&Kept> = kept.iter().filter(|k| k.eval_loss.is_some_and(f64::is_finite)).collect();
+    scored.sort_by(|a, b| a.eval_loss.unwrap_or(f64::MAX).total_cmp(&b.eval_loss.unwrap_or(f64::MAX)).then(b.step.cmp(&a.step)));
+    keep.extend(scored.iter().take(keep_best).map(|k| k.id));
+    let retired: Vec<Id> = kept.iter().filter(|k| !keep.contains(&k.id)).map(|k| k.id).collect();
+    kept.retain(|k| keep.contains(&k.id));
+    retired
+}
