@@ -5,6 +5,7 @@ pub mod backend;
 pub mod error;
 pub mod output;
 
+mod bench;
 mod diff;
 mod fork;
 mod generate;
@@ -72,6 +73,8 @@ pub enum Command {
     Tag(tag::Args),
     /// Register, list and check base models.
     Model(model::Args),
+    /// Throughput benchmarks (`bench train`: the HF + PEFT reference workload).
+    Bench(bench::Args),
     /// Remove objects that nothing in the store reaches.
     Gc(gc::Args),
     /// Re-hash every object and check every reference between records.
@@ -114,6 +117,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Metrics(args) => metrics::run(args, &context),
         Command::Tag(args) => tag::run(args, &context),
         Command::Model(args) => model::run(args, &context),
+        Command::Bench(args) => bench::run(args, &context),
         Command::Gc(args) => gc::run(args, &context),
         Command::Verify(args) => verify::run(args, &context),
     }

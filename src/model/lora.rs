@@ -136,8 +136,12 @@ impl<B: Backend> Linear<B> {
                 } else {
                     x
                 };
-                let down = burn::tensor::module::linear(x, lora.lora_a.val(), None);
-                let up = burn::tensor::module::linear(down, lora.lora_b.val(), None);
+                // An adapter kept in f32 on a narrower base (bf16) runs in the
+                // activations' dtype, as autocast would: the cast is differentiable, so
+                // gradients and optimizer state stay f32. Same dtype: no cast, no node.
+                let dtype = x.dtype();
+                let down = burn::tensor::module::linear(x, lora.lora_a.val().cast(dtype), None);
+                let up = burn::tensor::module::linear(down, lora.lora_b.val().cast(dtype), None);
                 base + up * lora.scale
             }
         }

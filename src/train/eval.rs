@@ -40,6 +40,10 @@ impl EvalSet {
         let mut taken = 0;
         while taken < max_examples {
             let Some(row) = rows.next_row()? else { break };
+            // A row whose answer was cut off by seq_len has nothing to score.
+            if !row.loss_mask.iter().any(|&m| m > 0.0) {
+                continue;
+            }
             taken += 1;
             current.push(row);
             if current.len() == batch_size {

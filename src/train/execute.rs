@@ -34,7 +34,7 @@ pub enum TrainError {
     Data(#[from] data::DataError),
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
-    #[error("the recipe's config cannot be read back: {0}")]
+    #[error("{0}")]
     Recipe(String),
     #[error("the loss became {value} at step {step}; the run stopped and its last good checkpoint is kept")]
     NonFinite { step: u64, value: f64 },
@@ -85,7 +85,7 @@ pub fn execute<B: AutodiffBackend>(
     recorder: &mut dyn Recorder,
     events: &mut dyn Events,
 ) -> Result<Outcome, TrainError> {
-    let settings = Experiment::from_recipe(recipe).map_err(TrainError::Recipe)?;
+    let settings = Experiment::from_recipe(recipe).map_err(|e| TrainError::Recipe(format!("the recipe's config cannot be read back: {e}")))?;
     let (model_record, start) = {
         let index = store.index()?;
         let model = index
@@ -193,12 +193,19 @@ pub fn execute<B: AutodiffBackend>(
         let rows = open_rows(&record, config)?;
         let has_answers = record.spec.get("format").and_then(Canon::as_str) != Some("text");
         let name = used.name.split('/').next().unwrap_or(&used.name).to_string();
-        let name = if used.role.starts_with("ancestor") && used.role.ends_with("val") {
+        let name = if used.role == "ancestor_val" {
             format!("val@{}", used.name.rsplit('@').next().unwrap_or(""))
         } else {
             name
         };
-        eval_sets.push(EvalSet::collect(name, used.role.starts_with("ancestor"), has_answers, rows, data_settings.eval_examples, settings.optim.batch_size)?);
+        let set = EvalSet::collect(name, used.role.starts_with("ancestor"), has_answers, rows, data_settings.eval_examples, settings.optim.batch_size)?;
+        if set.batches.is_empty() {
+            return Err(TrainError::Recipe(format!(
+                "eval set `{}`: no example keeps a token to score within data.seq_len = {} (raise seq_len)",
+                set.name, data_settings.seq_len
+            )));
+        }
+        eval_sets.push(set);
     }
 
     let total = settings.train.steps;
@@ -211,11 +218,11 @@ pub fn execute<B: AutodiffBackend>(
     let layers = model.model.layers.len();
     let mut open_blocks = Vec::new();
 
+    let loop_started = Instant::now();
     let result = (|| -> Result<(u64, bool), TrainError> {
         model = apply_trainability(model, adapter.is_some(), &settings, trainer.step.max(1), &mut open_blocks, layers);
         optimizer.retain(&model.trainable_param_names());
         let trainable_count = count_trainable(&model);
-        let started = Instant::now();
         record_time += timed(|| recorder.log_metrics(trainer.step, &[("trainable_params", trainable_count as f64)]))?;
         if settings.train.baseline_eval && !resuming && !eval_sets.is_empty() {
             let results = eval::evaluate_all(&model.valid(), &eval_sets);
@@ -319,16 +326,18 @@ pub fn execute<B: AutodiffBackend>(
             if step % settings.train.checkpoint_every.max(1) == 0 || last || early_stopped {
                 let eval_loss = metrics.get(crate::store::refs::BEST_METRIC).copied();
                 let write = Instant::now();
+                // Retention is decided before saving, so the saved state is
+                // what an uninterrupted run carries on with. The new entry's
+                // id is only known after saving; it is filled in after.
                 trainer.kept.push(Kept { step, id: Id([0; 32]), eval_loss });
-                // The state saved must list this checkpoint as kept; its id is
-                // only known after saving, so the entry is filled in after.
+                let retired = retention(&mut trainer.kept, settings.train.keep_last, settings.train.keep_best);
                 let id = state::save(recorder, &model, &optimizer, &trainer, &inherited, adapter.as_ref(), metrics)?;
                 if let Some(entry) = trainer.kept.last_mut() {
                     entry.id = id;
                 }
                 checkpoints_written.push((step, id));
-                for retired in retention(&mut trainer.kept, settings.train.keep_last, settings.train.keep_best) {
-                    recorder.retire_checkpoint(retired)?;
+                for checkpoint in retired {
+                    recorder.retire_checkpoint(checkpoint)?;
                 }
                 record_time += write.elapsed();
             }
@@ -336,10 +345,9 @@ pub fn execute<B: AutodiffBackend>(
                 break;
             }
         }
-        let _ = started;
         Ok((trainer.step, early_stopped))
     })();
-    let loop_time = Instant::now();
+    let loop_time = loop_started.elapsed();
     match result {
         Ok((final_step, early_stopped)) => {
             recorder.end(ExecutionStatus::Completed, None, early_stopped.then(|| "early stop".to_string()))?;
@@ -350,7 +358,7 @@ pub fn execute<B: AutodiffBackend>(
                 final_step,
                 checkpoints: checkpoints_written,
                 early_stopped,
-                loop_time: loop_time.elapsed() + record_time,
+                loop_time,
                 record_time,
                 last_eval,
             })
