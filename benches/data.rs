@@ -26,7 +26,13 @@ fn peak_rss_mb() -> f64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
@@ -39,8 +45,8 @@ fn reset_peak_rss() {
 /// written as they are generated so the generator holds no file in memory.
 fn generate(path: &Path, megabytes: u64) {
     let syllables = [
-        "ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "en", "or", "th", "ing", "st", "pre", "con",
-        "al", "de", "ri", "qu", "x", "z", "an", "ex", "ment", "ly",
+        "ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "en", "or", "th", "ing", "st", "pre",
+        "con", "al", "de", "ri", "qu", "x", "z", "an", "ex", "ment", "ly",
     ];
     let words: Vec<String> = (0..20_000u32)
         .map(|i| {

@@ -186,3 +186,32 @@ fn model_template_is_required_when_asked_for() {
         .unwrap();
     assert!(err.to_string().contains("llama9"));
 }
+
+#[test]
+fn cached_encoding_equals_the_tokenizers_own_on_varied_text() {
+    let tokenizer = tokenizer();
+    assert!(
+        tokenizer.is_cached(),
+        "the fixture is a plain byte-level BPE"
+    );
+    let mut texts: Vec<String> = graft::data::synth("arithmetic", 50, 1).unwrap();
+    texts.extend(graft::data::synth("reverse", 50, 1).unwrap());
+    texts.extend([
+        "  two leading spaces,   three inside, trailing   ".to_string(),
+        "tab\tsep\t\tdouble\ttab\n\nnew  lines \n indented\r\nwindows".to_string(),
+        "unicode café — “quotes” 日本語 😀 mixed\u{a0}nbsp \u{3000}ideographic space x".to_string(),
+        "specials<|eos|>glued<|bos|> <|pad|> spaced <|eos|><|eos|>".to_string(),
+        "contractions: it's they'll we've I'M don't; numbers 1234567 3.14 -42 1e-9".to_string(),
+        "punctuation!!! ... ??? (a) [b] {c} <d> \"e\" 'f' `g` ~h^ |i| \\j/".to_string(),
+    ]);
+    for text in &texts {
+        // Twice: once filling the cache, once reading it.
+        for _ in 0..2 {
+            assert_eq!(
+                tokenizer.encode(text).unwrap(),
+                tokenizer.encode_uncached(text).unwrap(),
+                "{text:?}"
+            );
+        }
+    }
+}

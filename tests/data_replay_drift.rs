@@ -262,7 +262,11 @@ fn answer_examples_split_prompt_and_answer_as_training_tokenizes_them() {
 
 #[test]
 fn an_encoder_rebuilt_from_a_dataset_spec_reads_the_same_way() {
-    for (format, template) in [(Format::Chat, "plain"), (Format::Chat, "chatml"), (Format::Alpaca, "auto")] {
+    for (format, template) in [
+        (Format::Chat, "plain"),
+        (Format::Chat, "chatml"),
+        (Format::Alpaca, "auto"),
+    ] {
         let original = Encoder::new(tokenizer(), format, template).unwrap();
         let spec = dataset_spec(&original, 64, true);
         let rebuilt = Encoder::from_spec(tokenizer(), &spec).unwrap();

@@ -76,9 +76,8 @@ fn synth(args: SynthArgs) -> CliResult {
     let mut text = lines.join("\n");
     text.push('\n');
     match &args.output {
-        Some(path) => std::fs::write(path, text).map_err(|e| {
-            CliError::user(format!("cannot write {}: {e}", path.display()))
-        })?,
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| CliError::user(format!("cannot write {}: {e}", path.display())))?,
         None => {
             // A closed pipe (`| head`) is not an error.
             let _ = std::io::stdout().lock().write_all(text.as_bytes());

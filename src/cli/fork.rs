@@ -46,5 +46,5 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             Experiment::parse_for(&text, std::path::Path::new("<parent recipe>"), &args.overrides, Some(&args.reference))?
         }
     };
-    train_experiment(&experiment, &args.common, context)
+    train_experiment(&experiment, &args.common, context, false).map(|_| ())
 }

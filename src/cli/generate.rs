@@ -1,22 +1,17 @@
-//! `graft generate MODEL "prompt"`: sample text from a model folder, optionally with a
-//! PEFT adapter, using the KV cache.
-
-use std::path::PathBuf;
+//! `graft generate REF "prompt"`: sample text from a model or checkpoint,
+//! with the KV cache.
 
 use super::{output, CliResult, Context};
-use crate::model::{
-    generate, load_adapter, load_model_dir, load_tokenizer, CpuBackend, SamplingConfig,
-};
+use crate::model::{generate, load_tokenizer, CpuBackend, SamplingConfig};
+use crate::train::restore::restore;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A Hugging Face model folder (with tokenizer.json).
-    pub model: PathBuf,
+    /// A model (id, tag) or checkpoint (RUN@STEP, RUN@best, a run = its last checkpoint).
+    #[arg(value_name = "REF")]
+    pub reference: String,
     /// The text to continue.
     pub prompt: String,
-    /// A PEFT adapter folder to apply.
-    #[arg(long)]
-    pub adapter: Option<PathBuf>,
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
@@ -31,22 +26,19 @@ pub struct Args {
     pub seed: u64,
 }
 
-pub fn run(args: Args, _context: &Context) -> CliResult {
-    let device = Default::default();
-    let mut model = load_model_dir::<CpuBackend>(&args.model, &device)?;
-    if let Some(adapter) = &args.adapter {
-        model = load_adapter(model, adapter)?;
-    }
-    let tokenizer = load_tokenizer(&args.model)?;
+pub fn run(args: Args, context: &Context) -> CliResult {
+    let store = context.store()?;
+    let restored = restore::<CpuBackend>(&store, &args.reference, &Default::default())?;
+    let tokenizer = load_tokenizer(&restored.folder)?;
     let config = SamplingConfig {
         max_new_tokens: args.max_tokens,
         temperature: args.temperature,
         top_p: args.top_p,
         seed: args.seed,
-        stop_tokens: model.config.eos_token_ids.clone(),
+        stop_tokens: restored.model.config.eos_token_ids.clone(),
         use_cache: true,
     };
-    let text = generate(&model, &tokenizer, &args.prompt, &config)?;
+    let text = generate(&restored.model, &tokenizer, &args.prompt, &config)?;
     output::println_safe(&format!("{}{}", args.prompt, text));
     Ok(())
 }

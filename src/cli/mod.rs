@@ -6,7 +6,10 @@ pub mod error;
 pub mod output;
 
 mod bench;
+mod data;
 mod diff;
+mod eval;
+mod export;
 mod fork;
 mod generate;
 mod gc;
@@ -17,6 +20,7 @@ mod metrics;
 mod model;
 mod plot;
 mod progress;
+mod quickstart;
 mod reproduce;
 mod resume;
 mod runs;
@@ -45,6 +49,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The whole story on a tiny model: pretrain, fine-tune task A, fork to
+    /// task B with and without replay, then show lineage and accuracy.
+    Quickstart(quickstart::Args),
     /// Create a store (default ./store).
     Init(init::Args),
     /// Run a recipe from an experiment file (new, or from a checkpoint via `from`).
@@ -55,8 +62,12 @@ pub enum Command {
     Resume(resume::Args),
     /// Execute a run's recipe again and compare checkpoint ids and metrics.
     Reproduce(reproduce::Args),
-    /// Sample text from a model folder.
+    /// Evaluate a model or checkpoint on a data file.
+    Eval(eval::Args),
+    /// Sample text from a model or checkpoint.
     Generate(generate::Args),
+    /// Write a checkpoint as a PEFT adapter or a merged Hugging Face folder.
+    Export(export::Args),
     /// Runs, newest first; `--graph` draws forks as a tree.
     Log(log::Args),
     /// One run, checkpoint, dataset or model in full.
@@ -71,6 +82,8 @@ pub enum Command {
     Metrics(metrics::Args),
     /// Name a run, checkpoint, dataset or model.
     Tag(tag::Args),
+    /// Synthetic data, and a look at a data file as training reads it.
+    Data(data::Args),
     /// Register, list and check base models.
     Model(model::Args),
     /// Throughput benchmarks (`bench train`: the HF + PEFT reference workload).
@@ -102,24 +115,34 @@ pub fn run(cli: Cli) -> CliResult {
     let context = Context {
         store_root: crate::store::default_root(cli.store.as_deref()),
     };
-    match cli.command {
-        Command::Init(args) => init::run(args, &context),
-        Command::Train(args) => train::run(args, &context),
-        Command::Fork(args) => fork::run(args, &context),
-        Command::Resume(args) => resume::run(args, &context),
-        Command::Reproduce(args) => reproduce::run(args, &context),
-        Command::Generate(args) => generate::run(args, &context),
-        Command::Log(args) => log::run(args, &context),
-        Command::Show(args) => show::run(args, &context),
-        Command::Lineage(args) => lineage::run(args, &context),
-        Command::Diff(args) => diff::run(args, &context),
-        Command::Runs(args) => runs::run(args, &context),
-        Command::Metrics(args) => metrics::run(args, &context),
-        Command::Tag(args) => tag::run(args, &context),
-        Command::Model(args) => model::run(args, &context),
-        Command::Bench(args) => bench::run(args, &context),
-        Command::Gc(args) => gc::run(args, &context),
-        Command::Verify(args) => verify::run(args, &context),
+    dispatch(cli.command, &context)
+}
+
+/// Run one command against a context (the quickstart chains several).
+pub fn dispatch(command: Command, context: &Context) -> CliResult {
+    let context = context;
+    match command {
+        Command::Quickstart(args) => quickstart::run(args, context),
+        Command::Init(args) => init::run(args, context),
+        Command::Train(args) => train::run(args, context),
+        Command::Fork(args) => fork::run(args, context),
+        Command::Resume(args) => resume::run(args, context),
+        Command::Reproduce(args) => reproduce::run(args, context),
+        Command::Eval(args) => eval::run(args, context),
+        Command::Generate(args) => generate::run(args, context),
+        Command::Export(args) => export::run(args, context),
+        Command::Log(args) => log::run(args, context),
+        Command::Show(args) => show::run(args, context),
+        Command::Lineage(args) => lineage::run(args, context),
+        Command::Diff(args) => diff::run(args, context),
+        Command::Runs(args) => runs::run(args, context),
+        Command::Metrics(args) => metrics::run(args, context),
+        Command::Tag(args) => tag::run(args, context),
+        Command::Model(args) => model::run(args, context),
+        Command::Data(args) => data::run(args, context),
+        Command::Bench(args) => bench::run(args, context),
+        Command::Gc(args) => gc::run(args, context),
+        Command::Verify(args) => verify::run(args, context),
     }
 }
 

@@ -29,6 +29,29 @@ pub enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a randomly initialised Llama model folder, for pretraining from
+    /// scratch (the quickstart's base model starts here).
+    Init {
+        /// The folder to write.
+        out: PathBuf,
+        /// A folder holding the tokenizer.json to use (its size sets the vocabulary).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        hidden: usize,
+        #[arg(long, default_value_t = 2)]
+        layers: usize,
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        #[arg(long, default_value_t = 2)]
+        kv_heads: usize,
+        #[arg(long, default_value_t = 192)]
+        intermediate: usize,
+        #[arg(long, default_value_t = 256)]
+        positions: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// List registered models.
     Ls {
         /// Print JSON.
@@ -93,6 +116,36 @@ pub fn run(args: Args, context: &Context) -> CliResult {
                 record.tensors.len(),
                 if record.copied { ", copied" } else { ", referenced in place" }
             ));
+            Ok(())
+        }
+        ModelCommand::Init { out, tokenizer, hidden, layers, heads, kv_heads, intermediate, positions, seed } => {
+            let tokenizer_file = tokenizer.join("tokenizer.json");
+            let vocab = crate::data::Tokenizer::from_dir(&tokenizer)?.vocab_size();
+            let config = crate::model::ModelConfig::from_json_str(
+                &serde_json::json!({
+                    "model_type": "llama",
+                    "vocab_size": vocab,
+                    "hidden_size": hidden,
+                    "intermediate_size": intermediate,
+                    "num_hidden_layers": layers,
+                    "num_attention_heads": heads,
+                    "num_key_value_heads": kv_heads,
+                    "max_position_embeddings": positions,
+                    "rms_norm_eps": 1e-5,
+                    "rope_theta": 10000.0,
+                    "tie_word_embeddings": false,
+                })
+                .to_string(),
+            )?;
+            if !tokenizer_file.is_file() {
+                return Err(CliError::user(format!("{}: missing", tokenizer_file.display())));
+            }
+            let device = Default::default();
+            <crate::model::CpuBackend as burn::tensor::backend::Backend>::seed(&device, seed);
+            let model = crate::model::CausalLm::<crate::model::CpuBackend>::random(&config, &device);
+            crate::model::save_model_dir(&model, &out, None)?;
+            crate::model::weights::copy_tokenizer_files(&tokenizer, &out)?;
+            output::println_safe(&format!("wrote a random {layers}-layer, {hidden}-wide Llama with a {vocab}-token vocabulary to {}", out.display()));
             Ok(())
         }
         ModelCommand::Ls { json } => {

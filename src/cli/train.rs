@@ -68,11 +68,12 @@ impl From<crate::data::DataError> for CliError {
 
 pub fn run(args: Args, context: &Context) -> CliResult {
     let experiment = Experiment::load(&args.experiment, &args.overrides)?;
-    train_experiment(&experiment, &args.common, context)
+    train_experiment(&experiment, &args.common, context, false).map(|_| ())
 }
 
-/// Plan, refuse a recipe that already ran, execute, tag, report.
-pub fn train_experiment(experiment: &Experiment, options: &RunOptions, context: &Context) -> CliResult {
+/// Plan, refuse a recipe that already ran (or, with `reuse`, return it),
+/// execute, tag, report. Returns the run id.
+pub fn train_experiment(experiment: &Experiment, options: &RunOptions, context: &Context, reuse: bool) -> CliResult<crate::store::Id> {
     if let Some(tag) = &options.tag {
         crate::store::refs::validate_tag_name(tag)?;
     }
@@ -83,6 +84,14 @@ pub fn train_experiment(experiment: &Experiment, options: &RunOptions, context: 
         let index = store.index()?;
         if let Some(last) = index.executions(&run_id)?.into_iter().rfind(|e| e.purpose != "reproduce") {
             match last.status {
+                ExecutionStatus::Completed if reuse => {
+                    drop(index);
+                    if !options.quiet {
+                        eprintln!("run {} already trained with this exact recipe: reusing it", run_id.short());
+                    }
+                    tag_run(&store, run_id, options)?;
+                    return Ok(run_id);
+                }
                 ExecutionStatus::Completed => {
                     return Err(CliError::user(format!("run {run_id} already exists: this exact recipe was trained before"))
                         .with_hint(format!("`graft reproduce {}` executes it again and compares; change a key (--set) for a new run", run_id.short())));
@@ -99,7 +108,17 @@ pub fn train_experiment(experiment: &Experiment, options: &RunOptions, context: 
         eprintln!("{drift}");
     }
     let outcome = execute_plan(&store, &plan, ExecutionKind::Train, options)?;
-    finish(&store, &outcome, options)
+    finish(&store, &outcome, options)?;
+    Ok(outcome.run)
+}
+
+fn tag_run(store: &Store, run: crate::store::Id, options: &RunOptions) -> CliResult {
+    if let Some(tag) = &options.tag {
+        let index = store.index()?;
+        index.set_tag(tag, Target::Run(run))?;
+        index.flush()?;
+    }
+    Ok(())
 }
 
 pub fn execute_plan(store: &Store, plan: &Plan, kind: ExecutionKind, options: &RunOptions) -> CliResult<Outcome> {
@@ -121,11 +140,7 @@ fn execute_with<B: AutodiffBackend>(
 
 /// Tag the run and print what it produced.
 pub fn finish(store: &Store, outcome: &Outcome, options: &RunOptions) -> CliResult {
-    if let Some(tag) = &options.tag {
-        let index = store.index()?;
-        index.set_tag(tag, Target::Run(outcome.run))?;
-        index.flush()?;
-    }
+    tag_run(store, outcome.run, options)?;
     if options.json {
         return output::print_json(&serde_json::json!({
             "run": outcome.run.to_hex(),

@@ -11,6 +11,7 @@
 //! This module knows nothing of the store's database: it produces
 //! `DatasetRecord`s and reads data from a path or from bytes.
 
+mod chunk_cache;
 pub mod dataset;
 pub mod drift;
 pub mod encode;

@@ -23,7 +23,14 @@ use super::source::{DataSource, LineReader};
 use rand::RngCore;
 use rand_chacha::ChaCha8Rng;
 
-pub const TASKS: [&str; 2] = ["arithmetic", "reverse"];
+pub const TASKS: [&str; 6] = [
+    "arithmetic",
+    "reverse",
+    "add",
+    "reverse-short",
+    "copy",
+    "successor",
+];
 
 fn below(rng: &mut ChaCha8Rng, bound: u64) -> u64 {
     ((rng.next_u64() as u128 * bound as u128) >> 64) as u64
@@ -44,6 +51,32 @@ pub fn synth_pair(task: &str, seed: u64, example: u64) -> Result<(String, String
                 .collect();
             let reversed: String = word.chars().rev().collect();
             Ok((format!("Reverse the string: {word}"), reversed))
+        }
+        // Short tasks a tiny model learns in a few hundred steps: the
+        // quickstart pretrains on `copy` and `successor`, then fine-tunes on
+        // `add` (task A) and `reverse-short` (task B).
+        "add" => {
+            let (a, b) = (below(&mut rng, 10), below(&mut rng, 10));
+            Ok((format!("add {a} {b}"), (a + b).to_string()))
+        }
+        "reverse-short" | "copy" => {
+            let length = if task == "copy" {
+                3 + below(&mut rng, 4)
+            } else {
+                2 + below(&mut rng, 2)
+            };
+            let word: String = (0..length)
+                .map(|_| (b'a' + below(&mut rng, 26) as u8) as char)
+                .collect();
+            if task == "copy" {
+                Ok((format!("copy {word}"), word))
+            } else {
+                Ok((format!("reverse {word}"), word.chars().rev().collect()))
+            }
+        }
+        "successor" => {
+            let digit = below(&mut rng, 10);
+            Ok((format!("next {digit}"), ((digit + 1) % 10).to_string()))
         }
         other => Err(DataError::UnknownTask {
             name: other.to_string(),

@@ -14,6 +14,7 @@
 //! tokens written literally in the text (a template's `<|im_end|>`, a
 //! `{{ eos_token }}`) are still recognised as single tokens.
 
+use super::chunk_cache::ChunkedEncoder;
 use super::error::{DataError, Result};
 use crate::store::canonical::{object_id, Id};
 use serde_json::Value;
@@ -43,6 +44,8 @@ pub struct Tokenizer {
     eos: Option<SpecialToken>,
     pad_id: u32,
     chat_template: Option<String>,
+    /// The cached fast path, for tokenizers it is exact for.
+    chunked: Option<ChunkedEncoder>,
 }
 
 impl Tokenizer {
@@ -107,6 +110,8 @@ impl Tokenizer {
             }
         };
         let config = parse(tokenizer_config, "tokenizer_config.json")?;
+        let tokenizer_value = parse(Some(tokenizer_json), "tokenizer.json")?;
+        let chunked = ChunkedEncoder::new(&tokenizer_value, &inner);
         let generation = parse(generation_config, "generation_config.json")?;
 
         let bos = resolve_special(&inner, &config, &generation, "bos", &BOS_NAMES);
@@ -122,6 +127,7 @@ impl Tokenizer {
             eos,
             pad_id,
             chat_template: chat_template(&config),
+            chunked,
         })
     }
 
@@ -132,13 +138,32 @@ impl Tokenizer {
 
     /// Token ids of `text`, with no bos/eos added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        // encode_fast skips offset tracking, which nothing here needs.
+        let ids = match &self.chunked {
+            Some(chunked) => chunked.encode(&self.inner, text),
+            None => self
+                .inner
+                .encode_fast(text, false)
+                .map(|encoding| encoding.get_ids().to_vec()),
+        };
+        ids.map_err(|err| DataError::Tokenizer {
+            message: err.to_string(),
+        })
+    }
+
+    /// Token ids straight from `tokenizers`, bypassing the chunk cache (to
+    /// check that the two agree).
+    pub fn encode_uncached(&self, text: &str) -> Result<Vec<u32>> {
         self.inner
             .encode_fast(text, false)
             .map(|encoding| encoding.get_ids().to_vec())
             .map_err(|err| DataError::Tokenizer {
                 message: err.to_string(),
             })
+    }
+
+    /// Whether [`Tokenizer::encode`] uses the exact chunk cache.
+    pub fn is_cached(&self) -> bool {
+        self.chunked.is_some()
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {

@@ -176,7 +176,15 @@ impl<B: Backend> Attention<B> {
         let mask = self.sliding_window.and_then(|window| {
             sliding_window_mask::<B>(batch, self.num_heads, seq, k.dims()[2], window, &k.device())
         });
-        let context = attention(q, k, v, mask, None, options);
+        // Training without a window mask: the blocked attention keeps O(seq) memory
+        // per layer where burn's autodiff would keep the O(seq²) probabilities.
+        let context = match mask {
+            None => match super::attention::causal_attention(q, k, v) {
+                Ok(context) => context,
+                Err((q, k, v)) => attention(q, k, v, None, None, options),
+            },
+            Some(mask) => attention(q, k, v, Some(mask), None, options),
+        };
         let context = context
             .swap_dims(1, 2)
             .reshape([batch, seq, self.num_heads * self.head_dim]);

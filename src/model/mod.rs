@@ -7,6 +7,7 @@
 //! by name.
 
 pub mod adapter;
+pub mod attention;
 pub mod config;
 pub mod error;
 pub mod generate;

@@ -136,7 +136,7 @@ pub fn run_bench<B: AutodiffBackend>(
     };
 
     let mut peak = MemorySample::default();
-    let mut observe = |peak: &mut MemorySample| {
+    let observe = |peak: &mut MemorySample| {
         B::sync(device).ok();
         if let Some(sample) = memory() {
             peak.reserved = peak.reserved.max(sample.reserved);
@@ -205,7 +205,11 @@ pub fn run_bench<B: AutodiffBackend>(
         seq: config.seq,
         batch: config.batch,
         rank: config.rank,
-        attn: "burn-fallback".into(),
+        attn: if crate::model::attention::uses_blocked_attention::<B>() {
+            "blocked".into()
+        } else {
+            "burn".into()
+        },
         dtype: config.dtype_label.clone(),
         grad_ckpt: config.grad_ckpt,
         compile: false,

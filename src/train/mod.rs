@@ -11,6 +11,7 @@ pub mod optim;
 pub mod plan;
 pub mod registry;
 pub mod reproduce;
+pub mod restore;
 pub mod schedule;
 pub mod state;
 pub mod unfreeze;

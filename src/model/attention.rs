@@ -1,0 +1,356 @@
+//! Causal attention for training that keeps O(seq) memory per layer instead of
+//! O(seq²).
+//!
+//! burn 0.21's autodiff backend has no attention backward of its own: it differentiates
+//! `softmax(Q Kᵀ) V` op by op and so keeps several `[batch, heads, seq, seq]` tensors
+//! per layer until the backward pass (at seq 2048 that is gigabytes per layer, more
+//! than the rest of the model). Here attention is one autodiff node in the manner of
+//! FlashAttention: the forward pass runs over blocks of queries, keeps only the output
+//! and the log-sum-exp of each row, and the backward pass recomputes each block's
+//! probabilities from them. The blocks are ordinary tensor ops on the inner backend
+//! (big batched matmuls), not a fused kernel; causal blocks skip the keys they cannot
+//! see, which halves the work.
+//!
+//! The model is generic over any burn backend, and a custom autodiff node needs the
+//! concrete `Autodiff<I, C>` type, so [`causal_attention`] recognises the training
+//! backends graft runs on by type and hands anything else back for burn's own op.
+
+use std::any::Any;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, FloatDType, Int, Tensor, TensorPrimitive};
+
+/// Scores of one block are at most this many elements (512 MiB in f32), which bounds
+/// the transient memory of a block whatever the sequence length.
+const BLOCK_ELEMENTS: usize = 1 << 27;
+
+/// Causal softmax attention, `softmax(Q Kᵀ / sqrt(d)) V`, with queries aligned to the
+/// last `seq` of `t` key positions. q: `[batch, heads, seq, d]`, k and v:
+/// `[batch, heads, t, d]` (kv heads already repeated) -> `[batch, heads, seq, d]`.
+///
+/// `Err` hands the inputs back when `B` is not one of the training backends this
+/// module knows; the caller then uses burn's attention.
+#[allow(clippy::type_complexity)]
+pub fn causal_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+    if !uses_blocked_attention::<B>() {
+        return Err((q, k, v));
+    }
+    // Only the GPU backends: on the CPU the op-by-op version fits in memory at the
+    // sequence lengths used there, and keeps the parity fixtures' exact op order.
+    #[cfg(feature = "cuda")]
+    {
+        use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
+        use burn::backend::Cuda;
+        use burn::tensor::bf16;
+        macro_rules! dispatch {
+            ($inner:ty, $strategy:ty) => {
+                if let Some(out) = with_backend::<B, $inner, $strategy>(&q, &k, &v) {
+                    return Ok(out);
+                }
+            };
+        }
+        dispatch!(Cuda<f32>, NoCheckpointing);
+        dispatch!(Cuda<bf16>, NoCheckpointing);
+        dispatch!(Cuda<f32>, BalancedCheckpointing);
+        dispatch!(Cuda<bf16>, BalancedCheckpointing);
+    }
+    Err((q, k, v))
+}
+
+/// Set to use burn's op-by-op attention everywhere (for measuring the difference).
+pub const DISABLE_ENV: &str = "GRAFT_BURN_ATTENTION";
+
+/// Whether [`causal_attention`] takes the blocked path on backend `B`.
+pub fn uses_blocked_attention<B: Backend>() -> bool {
+    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some()) {
+        return false;
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
+        use burn::backend::Cuda;
+        use burn::tensor::bf16;
+        use std::any::TypeId;
+        let id = TypeId::of::<B>();
+        return [
+            TypeId::of::<Autodiff<Cuda<f32>, NoCheckpointing>>(),
+            TypeId::of::<Autodiff<Cuda<bf16>, NoCheckpointing>>(),
+            TypeId::of::<Autodiff<Cuda<f32>, BalancedCheckpointing>>(),
+            TypeId::of::<Autodiff<Cuda<bf16>, BalancedCheckpointing>>(),
+        ]
+        .contains(&id);
+    }
+    #[allow(unreachable_code)]
+    false
+}
+
+/// Runs the blocked attention if `B` is `Autodiff<I, C>`.
+fn with_backend<B: Backend, I: Backend, C: CheckpointStrategy>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+) -> Option<Tensor<B, 4>> {
+    let q = downcast::<B, Autodiff<I, C>>(q.clone())?;
+    let k = downcast::<B, Autodiff<I, C>>(k.clone())?;
+    let v = downcast::<B, Autodiff<I, C>>(v.clone())?;
+    downcast::<Autodiff<I, C>, B>(blocked_attention_autodiff::<I, C>(q, k, v, BLOCK_ELEMENTS))
+}
+
+fn downcast<From: Backend, To: Backend>(tensor: Tensor<From, 4>) -> Option<Tensor<To, 4>> {
+    let boxed: Box<dyn Any> = Box::new(tensor);
+    boxed.downcast::<Tensor<To, 4>>().ok().map(|t| *t)
+}
+
+/// The blocked attention as one autodiff node over `I`, with blocks of at most
+/// `block_elements` scores. Public for tests that compare it with burn's op-by-op
+/// gradients on the CPU.
+pub fn blocked_attention_autodiff<I: Backend, C: CheckpointStrategy>(
+    q: Tensor<Autodiff<I, C>, 4>,
+    k: Tensor<Autodiff<I, C>, 4>,
+    v: Tensor<Autodiff<I, C>, 4>,
+    block_elements: usize,
+) -> Tensor<Autodiff<I, C>, 4> {
+    let q = q.into_primitive().tensor();
+    let k = k.into_primitive().tensor();
+    let v = v.into_primitive().tensor();
+    let inner = |p: I::FloatTensorPrimitive| -> Tensor<I, 4> { Tensor::from_primitive(TensorPrimitive::Float(p)) };
+    let (q_in, k_in, v_in) = (inner(q.primitive.clone()), inner(k.primitive.clone()), inner(v.primitive.clone()));
+    let prepared = BlockedAttentionBackward
+        .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
+        .compute_bound()
+        .stateful();
+    let output = match prepared {
+        OpsKind::Tracked(prep) => {
+            let (out, lse) = forward(&q_in, &k_in, &v_in, block_elements);
+            let state = AttentionState {
+                block_elements,
+                q: q_in.into_primitive().tensor(),
+                k: k_in.into_primitive().tensor(),
+                v: v_in.into_primitive().tensor(),
+                out: out.clone().into_primitive().tensor(),
+                lse: lse.into_primitive().tensor(),
+            };
+            prep.finish(state, out.into_primitive().tensor())
+        }
+        OpsKind::UnTracked(prep) => {
+            let (out, _) = forward(&q_in, &k_in, &v_in, block_elements);
+            prep.finish(out.into_primitive().tensor())
+        }
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+#[derive(Debug)]
+struct BlockedAttentionBackward;
+
+/// What the backward pass needs: the inputs, the output and each row's log-sum-exp
+/// (`[batch, heads, seq, 1]`, f32): O(seq) per layer.
+#[derive(Debug, Clone)]
+struct AttentionState<I: Backend> {
+    block_elements: usize,
+    q: I::FloatTensorPrimitive,
+    k: I::FloatTensorPrimitive,
+    v: I::FloatTensorPrimitive,
+    out: I::FloatTensorPrimitive,
+    lse: I::FloatTensorPrimitive,
+}
+
+impl<I: Backend> Backward<I, 3> for BlockedAttentionBackward {
+    type State = AttentionState<I>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let grad_out: Tensor<I, 4> = Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
+        let wrap = |p: I::FloatTensorPrimitive| -> Tensor<I, 4> { Tensor::from_primitive(TensorPrimitive::Float(p)) };
+        let state = ops.state;
+        let (dq, dk, dv) = backward(
+            &wrap(state.q),
+            &wrap(state.k),
+            &wrap(state.v),
+            &wrap(state.out),
+            &wrap(state.lse),
+            grad_out,
+            state.block_elements,
+        );
+        for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+            if let Some(node) = node {
+                grads.register::<I>(node.id, grad.into_primitive().tensor());
+            }
+        }
+    }
+}
+
+/// Query blocks `[start, end)` and, for each, how many keys it can see.
+fn blocks(batch: usize, heads: usize, seq: usize, keys: usize, budget: usize) -> Vec<(usize, usize, usize)> {
+    let per_row = (batch * heads * keys).max(1);
+    let size = (budget / per_row).clamp(16, seq.max(16));
+    let offset = keys - seq;
+    (0..seq)
+        .step_by(size)
+        .map(|start| {
+            let end = (start + size).min(seq);
+            (start, end, offset + end)
+        })
+        .collect()
+}
+
+/// `[1, 1, rows, visible]` of 0 where query `offset + start + i` may see key `j` and
+/// -inf where `j` is in its future.
+fn causal_bias<I: Backend>(start: usize, end: usize, offset: usize, visible: usize, device: &I::Device) -> Tensor<I, 4> {
+    let rows = Tensor::<I, 1, Int>::arange((offset + start) as i64..(offset + end) as i64, device).reshape([end - start, 1]);
+    let cols = Tensor::<I, 1, Int>::arange(0..visible as i64, device).reshape([1, visible]);
+    let future = cols.greater(rows);
+    Tensor::<I, 2>::zeros([end - start, visible], (device, DType::F32))
+        .mask_fill(future, f32::NEG_INFINITY)
+        .reshape([1, 1, end - start, visible])
+}
+
+/// f32 scores of one query block against its visible keys, masked.
+fn block_scores<I: Backend>(q_block: &Tensor<I, 4>, k_visible: &Tensor<I, 4>, bias: Tensor<I, 4>, scale: f64) -> Tensor<I, 4> {
+    q_block
+        .clone()
+        .matmul(k_visible.clone().swap_dims(2, 3))
+        .cast(FloatDType::F32)
+        .mul_scalar(scale)
+        + bias
+}
+
+/// Returns the output (input dtype) and the log-sum-exp of each row (f32).
+fn forward<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, v: &Tensor<I, 4>, budget: usize) -> (Tensor<I, 4>, Tensor<I, 4>) {
+    let [batch, heads, seq, head_dim] = q.dims();
+    let keys = k.dims()[2];
+    let dtype: DType = q.dtype();
+    let device = q.device();
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let mut outputs = Vec::new();
+    let mut lses = Vec::new();
+    for (start, end, visible) in blocks(batch, heads, seq, keys, budget) {
+        let q_block = q.clone().narrow(2, start, end - start);
+        let k_visible = k.clone().narrow(2, 0, visible);
+        let v_visible = v.clone().narrow(2, 0, visible);
+        let bias = causal_bias::<I>(start, end, keys - seq, visible, &device);
+        let scores = block_scores(&q_block, &k_visible, bias, scale);
+        let row_max = scores.clone().max_dim(3);
+        let weights = (scores - row_max.clone()).exp();
+        let row_sum = weights.clone().sum_dim(3);
+        let context = weights.cast(dtype).matmul(v_visible).cast(FloatDType::F32) / row_sum.clone();
+        outputs.push(context.cast(dtype));
+        lses.push(row_max + row_sum.log());
+    }
+    (Tensor::cat(outputs, 2), Tensor::cat(lses, 2))
+}
+
+/// Gradients of q, k, v from the output's gradient, recomputing each block's
+/// probabilities from the saved log-sum-exp.
+fn backward<I: Backend>(
+    q: &Tensor<I, 4>,
+    k: &Tensor<I, 4>,
+    v: &Tensor<I, 4>,
+    out: &Tensor<I, 4>,
+    lse: &Tensor<I, 4>,
+    grad_out: Tensor<I, 4>,
+    budget: usize,
+) -> (Tensor<I, 4>, Tensor<I, 4>, Tensor<I, 4>) {
+    let [batch, heads, seq, head_dim] = q.dims();
+    let keys = k.dims()[2];
+    let dtype: DType = q.dtype();
+    let device = q.device();
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let grad_out = grad_out.cast(dtype);
+    // D_i = sum_j dO_ij O_ij, the softmax backward's row term.
+    let row_dot = (grad_out.clone().cast(FloatDType::F32) * out.clone().cast(FloatDType::F32)).sum_dim(3);
+    let mut dq_blocks = Vec::new();
+    let mut dk = Tensor::<I, 4>::zeros([batch, heads, keys, head_dim], (&device, DType::F32));
+    let mut dv = Tensor::<I, 4>::zeros([batch, heads, keys, head_dim], (&device, DType::F32));
+    for (start, end, visible) in blocks(batch, heads, seq, keys, budget) {
+        let rows = end - start;
+        let q_block = q.clone().narrow(2, start, rows);
+        let do_block = grad_out.clone().narrow(2, start, rows);
+        let k_visible = k.clone().narrow(2, 0, visible);
+        let v_visible = v.clone().narrow(2, 0, visible);
+        let bias = causal_bias::<I>(start, end, keys - seq, visible, &device);
+        let scores = block_scores(&q_block, &k_visible, bias, scale);
+        let probs = (scores - lse.clone().narrow(2, start, rows)).exp();
+        let probs_low = probs.clone().cast(dtype);
+        let dv_part = probs_low.swap_dims(2, 3).matmul(do_block.clone()).cast(FloatDType::F32);
+        let dprobs = do_block.matmul(v_visible.swap_dims(2, 3)).cast(FloatDType::F32);
+        let dscores = (probs * (dprobs - row_dot.clone().narrow(2, start, rows))).mul_scalar(scale).cast(dtype);
+        dq_blocks.push(dscores.clone().matmul(k_visible));
+        let dk_part = dscores.swap_dims(2, 3).matmul(q_block).cast(FloatDType::F32);
+        let range = [0..batch, 0..heads, 0..visible, 0..head_dim];
+        dk = dk.clone().slice_assign(range.clone(), dk.slice(range.clone()) + dk_part);
+        dv = dv.clone().slice_assign(range.clone(), dv.slice(range) + dv_part);
+    }
+    (Tensor::cat(dq_blocks, 2), dk.cast(dtype), dv.cast(dtype))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::tensor::ops::AttentionModuleOptions;
+    use burn::tensor::{Distribution, Tolerance};
+
+    type Inner = burn::backend::Flex;
+    type B = Autodiff<Inner>;
+
+    fn check(batch: usize, heads: usize, seq: usize, keys: usize, head_dim: usize, budget: usize) {
+        let device = Default::default();
+        let make = |len: usize| {
+            Tensor::<Inner, 4>::random([batch, heads, len, head_dim], Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (q0, k0, v0) = (make(seq), make(keys), make(keys));
+        let weight = make(seq);
+        let run = |blocked: bool| {
+            let q = Tensor::<B, 4>::from_inner(q0.clone()).require_grad();
+            let k = Tensor::<B, 4>::from_inner(k0.clone()).require_grad();
+            let v = Tensor::<B, 4>::from_inner(v0.clone()).require_grad();
+            let out = if blocked {
+                blocked_attention_autodiff::<Inner, NoCheckpointing>(q.clone(), k.clone(), v.clone(), budget)
+            } else {
+                let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+                burn::tensor::module::attention(q.clone(), k.clone(), v.clone(), None, None, options)
+            };
+            // A weighted sum so that every output element has its own gradient.
+            let loss = (out.clone() * Tensor::from_inner(weight.clone())).sum();
+            let grads = loss.backward();
+            let grad = |t: &Tensor<B, 4>| t.grad(&grads).map(|g| g.into_data());
+            (out.inner().into_data(), grad(&q), grad(&k), grad(&v))
+        };
+        let (out_a, dq_a, dk_a, dv_a) = run(true);
+        let (out_b, dq_b, dk_b, dv_b) = run(false);
+        let tolerance = Tolerance::<f32>::absolute(1e-4);
+        out_a.assert_approx_eq::<f32>(&out_b, tolerance);
+        for (a, b) in [(dq_a, dq_b), (dk_a, dk_b), (dv_a, dv_b)] {
+            a.expect("gradient").assert_approx_eq::<f32>(&b.expect("gradient"), tolerance);
+        }
+    }
+
+    #[test]
+    fn blocked_attention_matches_burns_attention_and_its_gradients() {
+        check(2, 3, 17, 17, 8, BLOCK_ELEMENTS);
+    }
+
+    #[test]
+    fn blocked_attention_matches_with_cached_keys_before_the_queries() {
+        check(1, 2, 5, 12, 4, BLOCK_ELEMENTS);
+    }
+
+    #[test]
+    fn blocked_attention_matches_across_several_query_blocks() {
+        // 16 rows of 40 keys a block: three blocks, the last one short.
+        assert_eq!(blocks(1, 1, 40, 40, 16 * 40).len(), 3);
+        check(1, 1, 40, 40, 4, 16 * 40);
+        check(2, 2, 33, 45, 4, 16 * 45 * 4);
+    }
+}

@@ -1,0 +1,61 @@
+//! Rebuilding a model from the store: a base model, or a checkpoint (its
+//! base, its adapter config and every tensor it changed).
+
+use super::registry::{self, RegistryError};
+use super::state;
+use crate::model::{load_model_dir, CausalLm, LoraConfig};
+use crate::store::{Id, Store, StoreError, Target};
+use burn::tensor::backend::Backend;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error("`{reference}` names a {kind}: give a model or a checkpoint (a run means its last checkpoint)")]
+    NotAModel { reference: String, kind: &'static str },
+}
+
+/// A model rebuilt from a ref, with where it came from.
+pub struct Restored<B: Backend> {
+    pub model: CausalLm<B>,
+    /// The base model's folder (tokenizer, config).
+    pub folder: PathBuf,
+    pub adapter: Option<LoraConfig>,
+    /// The checkpoint, when the ref named one.
+    pub checkpoint: Option<Id>,
+    pub base_model: Id,
+}
+
+pub fn restore<B: Backend>(store: &Store, reference: &str, device: &B::Device) -> Result<Restored<B>, RestoreError> {
+    let index = store.index()?;
+    let (model_id, checkpoint) = match index.resolve(reference)? {
+        Target::Model(id) => (id, None),
+        Target::Checkpoint(id) => {
+            let checkpoint = index.checkpoint(&id)?;
+            (index.run(&checkpoint.run)?.recipe.base_model, Some(checkpoint))
+        }
+        Target::Run(_) => {
+            let checkpoint = index.checkpoint(&index.resolve_checkpoint(reference)?)?;
+            (index.run(&checkpoint.run)?.recipe.base_model, Some(checkpoint))
+        }
+        other => return Err(RestoreError::NotAModel { reference: reference.into(), kind: other.kind() }),
+    };
+    let record = index.get_model(&model_id)?.ok_or(StoreError::NotFound { kind: "model", id: model_id })?;
+    drop(index);
+    let folder = registry::model_folder(&record)?;
+    let mut model: CausalLm<B> = load_model_dir(&folder, device)?;
+    let mut adapter = None;
+    if let Some(checkpoint) = &checkpoint {
+        adapter = state::load_adapter_config(store, checkpoint)?;
+        if let Some(config) = &adapter {
+            model = model.with_new_lora(config, 0)?;
+        }
+        model = model.load_named_tensors(state::load_tensors(store, checkpoint)?)?;
+    }
+    Ok(Restored { model, folder, adapter, checkpoint: checkpoint.map(|c| c.id), base_model: model_id })
+}
