@@ -94,6 +94,39 @@ fn generate(path: &Path, megabytes: u64) {
     out.flush().expect("flush bench file");
 }
 
+/// CPU seconds (user + system) this process has used, all threads.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+fn breakdown(path: &Path, encoder: &Encoder) {
+    use rayon::prelude::*;
+    let text = std::fs::read_to_string(path).expect("read");
+    let lines: Vec<&str> = text.lines().collect();
+    let mb = text.len() as f64 / 1e6;
+    let t = Instant::now();
+    let examples: Vec<_> = lines.par_iter().map(|l| Format::Chat.parse_line(l, "f", 1).unwrap()).collect();
+    println!("  parse json      {:>7.1} MB/s", mb / t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let segments: Vec<_> = examples.par_iter().map(|e| encoder.segments(e, "f", 1).unwrap()).collect();
+    println!("  render          {:>7.1} MB/s", mb / t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let _: Vec<_> = segments.par_iter().map(|s| encoder.encode_segments(s).unwrap()).collect();
+    println!("  encode (cold)   {:>7.1} MB/s", mb / t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let _: Vec<_> = segments.par_iter().map(|s| encoder.encode_segments(s).unwrap()).collect();
+    println!("  encode (warm)   {:>7.1} MB/s", mb / t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let _: Vec<_> = segments.par_iter().map(|s| s.iter().map(|s| encoder.tokenizer().encode_uncached(&s.text).unwrap().len()).sum::<usize>()).collect();
+    println!("  encode uncached {:>7.1} MB/s", mb / t.elapsed().as_secs_f64());
+}
+
 fn main() {
     let sizes: Vec<u64> = std::env::var("GRAFT_BENCH_DATA_MB")
         .unwrap_or_else(|_| "10,100".to_string())
@@ -113,6 +146,9 @@ fn main() {
         generate(&path, megabytes);
         let bytes = std::fs::metadata(&path).expect("bench file").len() as f64;
         let source = DataSource::file(&path);
+        if std::env::var("GRAFT_BENCH_BREAKDOWN").is_ok() {
+            breakdown(&path, &encoder);
+        }
 
         reset_peak_rss();
         let started = Instant::now();

@@ -36,23 +36,35 @@ thread_local! {
     static CACHE: RefCell<ChunkCache> = RefCell::new(ChunkCache::default());
 }
 
-/// FNV-1a: chunks are short, and SipHash's setup costs more than the hash.
+/// A word-at-a-time hash with a full avalanche at the end: chunks are
+/// short, SipHash's setup costs more than the hashing, and the table indexes
+/// by the low bits, which a plain FNV leaves poorly mixed.
 #[derive(Default)]
-struct Fnv(u64);
-impl Hasher for Fnv {
+struct ChunkHasher(u64);
+impl Hasher for ChunkHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // murmur3's fmix64.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51afd7ed558ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ceb9fe1a85ec53);
+        h ^ (h >> 33)
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf29ce484222325
-        } else {
-            self.0
+        let mut words = bytes.chunks_exact(8);
+        let mut mix = |word: u64| {
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517cc1b727220a95);
         };
-        for &byte in bytes {
-            hash = (hash ^ byte as u64).wrapping_mul(0x100000001b3);
+        for word in &mut words {
+            mix(u64::from_le_bytes([
+                word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
+            ]));
         }
-        self.0 = hash;
+        let mut tail = [0u8; 8];
+        let rest = words.remainder();
+        tail[..rest.len()].copy_from_slice(rest);
+        mix(u64::from_le_bytes(tail) ^ ((rest.len() as u64) << 56));
     }
 }
 
@@ -60,7 +72,7 @@ impl Hasher for Fnv {
 struct ChunkCache {
     /// Which encoder the cached ids belong to.
     owner: u64,
-    ids: HashMap<Box<str>, Box<[u32]>, BuildHasherDefault<Fnv>>,
+    ids: HashMap<Box<str>, Box<[u32]>, BuildHasherDefault<ChunkHasher>>,
 }
 
 pub(crate) struct ChunkedEncoder {
