@@ -26,9 +26,12 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Cached chunks per thread before the cache is dropped and refilled, which
-/// bounds memory (a chunk is about a word: tens of bytes with its ids).
-const CACHE_CHUNKS: usize = 200_000;
+/// Bytes of cached chunks per thread before the cache is dropped and
+/// refilled: the bound on the memory this cache adds, whatever the file size.
+const CACHE_BYTES: usize = 16 << 20;
+
+/// Approximate heap cost of one entry beyond its bytes (boxes, table slot).
+const ENTRY_OVERHEAD: usize = 48;
 
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
@@ -72,6 +75,7 @@ impl Hasher for ChunkHasher {
 struct ChunkCache {
     /// Which encoder the cached ids belong to.
     owner: u64,
+    bytes: usize,
     ids: HashMap<Box<str>, Box<[u32]>, BuildHasherDefault<ChunkHasher>>,
 }
 
@@ -145,9 +149,10 @@ impl ChunkedEncoder {
     ) -> tokenizers::Result<Vec<u32>> {
         CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();
-            if cache.owner != self.instance || cache.ids.len() > CACHE_CHUNKS {
+            if cache.owner != self.instance || cache.bytes > CACHE_BYTES {
                 cache.owner = self.instance;
-                cache.ids.clear();
+                cache.ids = HashMap::default();
+                cache.bytes = 0;
             }
             let mut out = Vec::with_capacity(text.len() / 2);
             let bytes = text.as_bytes();
@@ -206,6 +211,7 @@ fn encode_chunk(
     }
     let ids: Box<[u32]> = tokenizer.encode_fast(chunk, false)?.get_ids().into();
     out.extend_from_slice(&ids);
+    cache.bytes += chunk.len() + 4 * ids.len() + ENTRY_OVERHEAD;
     cache.ids.insert(chunk.into(), ids);
     Ok(())
 }

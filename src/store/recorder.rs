@@ -34,7 +34,8 @@ pub trait Recorder {
     fn log_metrics(&mut self, step: u64, values: &[(&str, f64)]) -> Result<()>;
     /// Write buffered metrics durably.
     fn flush(&mut self) -> Result<()>;
-    /// Store bytes (a tensor, optimizer state) as an object.
+    /// Store bytes (a tensor, optimizer state) as an object; it is durable
+    /// once a checkpoint that refers to it has been added.
     fn put_object(&mut self, bytes: &[u8]) -> Result<Id>;
     /// Record a checkpoint whose objects are already stored; returns its id.
     fn add_checkpoint(
@@ -161,7 +162,8 @@ impl Recorder for StoreRecorder {
     }
 
     fn put_object(&mut self, bytes: &[u8]) -> Result<Id> {
-        self.store.objects().put_bytes(bytes)
+        // Made durable in one sync when the checkpoint that needs it is added.
+        self.store.objects().put_bytes_deferred(bytes)
     }
 
     fn add_checkpoint(
@@ -172,6 +174,8 @@ impl Recorder for StoreRecorder {
         metrics: BTreeMap<String, f64>,
     ) -> Result<Id> {
         self.flush()?;
+        // The objects must be on disk before a record points at them.
+        self.store.objects().sync()?;
         let active = self.active();
         let id = CheckpointRecord::compute_id(active.run, step, &tensors, &state);
         let record = CheckpointRecord {
