@@ -66,7 +66,7 @@ fn generate(path: &Path, megabytes: u64) {
         })
         .collect();
     let mut rng = rand_chacha::ChaCha8Rng::from_seed([7; 32]);
-    let mut sentence = |rng: &mut rand_chacha::ChaCha8Rng, length: u64| {
+    let sentence = |rng: &mut rand_chacha::ChaCha8Rng, length: u64| {
         let mut text = String::new();
         for i in 0..length {
             let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;

@@ -371,3 +371,27 @@ fn validation_split_is_deterministic_and_disjoint_from_training() {
         })
     );
 }
+
+#[test]
+fn dataset_id_of_a_known_file_is_pinned() {
+    // An accidental change to the spec's encoding, the tokenization rules
+    // or the object hash changes this id: update it only on purpose.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_lines(
+        dir.path(),
+        "pinned.jsonl",
+        graft::data::synth("arithmetic", 3, 0).unwrap(),
+    );
+    let prepared = prepare_dataset(
+        &DataSource::file(&path),
+        &encoder(Format::Chat),
+        64,
+        true,
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    assert_eq!(
+        prepared.record.id.to_hex(),
+        "78feb77db8cc197da3290a05106b9bde09873c2b8bdf52fc1520639e4674de3c"
+    );
+}

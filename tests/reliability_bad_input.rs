@@ -205,7 +205,7 @@ fn bad_input_is_named_and_changes_nothing() {
         vec!["tag", "x", "no-such-tag"],
     ] {
         let stderr = fails(dir, &store, &args);
-        let named = args.iter().skip(1).any(|a| stderr.contains(a));
+        let named = args.iter().skip(1).any(|a| stderr.contains(&format!("`{}", a.split('@').next().unwrap())));
         assert!(named, "{args:?}: the error names the ref:\n{stderr}");
     }
     let stderr = fails(dir, &store, &["show", &prefix]);

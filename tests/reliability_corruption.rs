@@ -39,11 +39,13 @@ fn a_flipped_and_a_truncated_object_are_named_and_only_their_run_is_affected() {
     ok(dir, &store, &["train", "exp.toml", "--tag", "damaged", "-q"]);
     ok(dir, &store, &["train", "exp.toml", "--set", "train.seed=6", "--tag", "healthy", "-q"]);
     // A third run stops on a NaN after its step-4 checkpoint: resumable.
-    let output = command(dir, &store, &["train", "exp.toml", "--set", "train.seed=7", "--tag", "stopped", "-q"])
+    let output = command(dir, &store, &["train", "exp.toml", "--set", "train.seed=7", "-q"])
         .env("GRAFT_INJECT_NAN_AT_STEP", "6")
         .output()
         .unwrap();
     assert!(!output.status.success());
+    // A failed run is not tagged: name it by id.
+    let stopped = json(&ok(dir, &store, &["log", "--json"]))[0]["id"].as_str().unwrap().to_string();
     verify_clean(dir, &store);
 
     let healthy = objects_of(dir, &store, "healthy");
@@ -62,7 +64,7 @@ fn a_flipped_and_a_truncated_object_are_named_and_only_their_run_is_affected() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     // The stopped run's trainer state (needed to resume) is cut to nothing.
-    let stopped_last = checkpoint(dir, &store, "stopped@last");
+    let stopped_last = checkpoint(dir, &store, &format!("{stopped}@last"));
     assert_eq!(stopped_last["step"], 4);
     let trainer = stopped_last["state"]["trainer"].as_str().unwrap().to_string();
     std::fs::write(object_path(&store, &trainer), b"").unwrap();
@@ -94,7 +96,7 @@ fn a_flipped_and_a_truncated_object_are_named_and_only_their_run_is_affected() {
     names_damage(&fails(dir, &store, &["export", "damaged@last", "--merged", "merged-damaged"]));
     names_damage(&fails(dir, &store, &["fork", "damaged@last", "--set", "train.steps=12", "-q"]));
     names_damage(&fails(dir, &store, &["fork", "damaged", "exp.toml", "--set", "optim.lr=1e-3", "-q"]));
-    let stderr = fails(dir, &store, &["resume", "stopped", "-q"]);
+    let stderr = fails(dir, &store, &["resume", &stopped, "-q"]);
     assert!(stderr.contains(&trainer) && stderr.contains("corrupt"), "{stderr}");
     assert!(!dir.join("adapter-damaged").join("adapter_model.safetensors").exists());
     assert_eq!(fingerprint(&store), before, "failed loads record nothing");

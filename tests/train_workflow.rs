@@ -209,3 +209,35 @@ fn a_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint() {
     let show = json(&graft_ok(&store, &["show", run, "--json"]));
     assert!(show["executions"][0]["error"].as_str().unwrap().contains("step 7"));
 }
+
+#[test]
+fn eval_export_and_generate_agree_with_what_training_recorded() {
+    let work = workspace();
+    let store = work.path().join("store");
+    ok_in(work.path(), &store, &["train", "a.toml", "--tag", "task-a", "-q"]);
+    let best = json(&graft_ok(&store, &["show", "task-a@best", "--json"]));
+    let recorded = best["metrics"]["eval_loss"].as_f64().unwrap();
+    let eval_args = ["--data", "reverse-val.jsonl", "--template", "plain", "--seq-len", "64", "--json"];
+    let mut args = vec!["eval", "task-a@best"];
+    args.extend(eval_args);
+    let evaluated = json(&ok_in(work.path(), &store, &args));
+    assert!((evaluated["loss"].as_f64().unwrap() - recorded).abs() < 1e-5, "{evaluated} vs {recorded}");
+
+    // A merged export is a plain model with the same behaviour.
+    let merged = work.path().join("merged");
+    ok_in(work.path(), &store, &["export", "task-a@best", "--merged", merged.to_str().unwrap()]);
+    let model = json(&ok_in(work.path(), &store, &["model", "add", merged.to_str().unwrap(), "--json"]));
+    let mut args = vec!["eval", model["id"].as_str().unwrap()];
+    args.extend(eval_args);
+    let merged_eval = json(&ok_in(work.path(), &store, &args));
+    assert!((merged_eval["loss"].as_f64().unwrap() - recorded).abs() < 1e-4, "{merged_eval} vs {recorded}");
+
+    let peft = work.path().join("adapter");
+    ok_in(work.path(), &store, &["export", "task-a@best", "--peft", peft.to_str().unwrap()]);
+    let config = json(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap());
+    assert_eq!(config["r"], 4);
+    assert!(peft.join("adapter_model.safetensors").is_file());
+
+    let generated = ok_in(work.path(), &store, &["generate", "task-a@best", "user: Reverse the string: abc", "--max-tokens", "8"]);
+    assert!(generated.starts_with("user: Reverse the string: abc"), "{generated}");
+}

@@ -72,6 +72,7 @@ impl ObjectStore {
             .prefix(".tmp-")
             .tempfile_in(&self.root)
             .map_err(|e| StoreError::io(&self.root, e))?;
+        full_disk_hook(temp.path())?;
         temp.write_all(bytes).map_err(|e| StoreError::io(temp.path(), e))?;
         if durable {
             temp.as_file().sync_all().map_err(|e| StoreError::io(temp.path(), e))?;
@@ -96,6 +97,7 @@ impl ObjectStore {
             .prefix(".tmp-")
             .tempfile_in(&self.root)
             .map_err(|e| StoreError::io(&self.root, e))?;
+        full_disk_hook(temp.path())?;
         let mut hasher = ObjectHasher::new();
         let mut buffer = vec![0u8; 1 << 20];
         loop {
@@ -231,6 +233,27 @@ impl ObjectStore {
 pub struct ObjectListing {
     pub objects: Vec<Id>,
     pub temp_files: Vec<PathBuf>,
+}
+
+/// Test hook: `GRAFT_FAIL_OBJECT_WRITES_AFTER=N` lets a process write N
+/// objects, then fails every later write as a full disk would (the temp file
+/// is removed, nothing lands under the object's name).
+fn full_disk_hook(temp: &Path) -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let limit = LIMIT.get_or_init(|| {
+        std::env::var("GRAFT_FAIL_OBJECT_WRITES_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    match limit {
+        Some(limit) if WRITES.fetch_add(1, Ordering::Relaxed) >= *limit => Err(StoreError::io(
+            temp,
+            std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// fsync a directory so a rename into it survives a power cut. Best effort:

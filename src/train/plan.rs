@@ -1,9 +1,11 @@
 //! From an experiment file to a recipe: resolve the base model or starting
 //! checkpoint, register every dataset (train, eval, replay, ancestors' eval
 //! sets), check the new data against the parent's, and fill in every
-//! default. Nothing is written to the index here: the records are handed to
-//! the recorder, which registers them when the execution begins, so a plan
-//! that fails leaves the store untouched (objects aside, which `gc` reclaims).
+//! default. Nothing is written to the index here but, once every check has
+//! passed, a base model folder seen for the first time: datasets and the run
+//! are handed to the recorder, which registers them when the execution
+//! begins, so a plan that fails leaves the index untouched (objects aside,
+//! which `gc` reclaims).
 
 use super::config::{Experiment, ReplayFrom};
 use super::registry::{self, RegistryError};
@@ -187,6 +189,9 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
 
     records.sort_by_key(|r| r.id);
     records.dedup_by_key(|r| r.id);
+    // Every check has passed: only now does a new base model enter the index
+    // (execution reads it from there).
+    let model = registry::record_model(store, model)?;
     Ok(Plan {
         recipe: Recipe {
             config: experiment.recipe_config(),

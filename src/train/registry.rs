@@ -48,6 +48,15 @@ pub fn tensor_object(raw: &RawTensor) -> (Id, Vec<u8>) {
 
 /// Hash (and with `copy`, store) a Hugging Face folder; record it.
 pub fn register_model(store: &Store, dir: &Path, copy: bool) -> Result<ModelRecord, RegistryError> {
+    let record = describe_model(store, dir, copy)?;
+    record_model(store, record)
+}
+
+/// Hash a Hugging Face folder into a model record without touching the
+/// index (its small files, and with `copy` its tensors, become objects,
+/// which `gc` reclaims if the record is never written): a plan describes
+/// its base model first and records it only once every check has passed.
+pub fn describe_model(store: &Store, dir: &Path, copy: bool) -> Result<ModelRecord, RegistryError> {
     let dir = dir.canonicalize().map_err(|e| RegistryError::Folder {
         path: dir.to_path_buf(),
         message: format!("{e}: expected a Hugging Face model folder"),
@@ -99,23 +108,28 @@ pub fn register_model(store: &Store, dir: &Path, copy: bool) -> Result<ModelReco
         summary,
         added_at: chrono::Utc::now(),
     };
+    Ok(record)
+}
+
+/// Write a described model to the index.
+pub fn record_model(store: &Store, record: ModelRecord) -> Result<ModelRecord, RegistryError> {
     let index = store.index()?;
-    match index.get_model(&id)? {
+    match index.get_model(&record.id)? {
         // Same content already known: keep its first registration, but
         // remember the copy if one was made now.
-        Some(existing) if existing.copied || !copy => return Ok(existing),
+        Some(existing) if existing.copied || !record.copied => return Ok(existing),
         _ => index.put_model(&record)?,
     }
     index.flush()?;
     Ok(record)
 }
 
-/// `model.base` of an experiment: a folder (registered on the fly), or a
-/// model id prefix or tag already in the store.
+/// `model.base` of an experiment: a folder (described, not yet recorded:
+/// see [`record_model`]), or a model id prefix or tag already in the store.
 pub fn resolve_base(store: &Store, base: &str) -> Result<ModelRecord, RegistryError> {
     let path = Path::new(base);
     if path.is_dir() {
-        return register_model(store, path, false);
+        return describe_model(store, path, false);
     }
     let index = store.index()?;
     match index.resolve(base) {
