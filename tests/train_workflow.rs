@@ -241,3 +241,24 @@ fn eval_export_and_generate_agree_with_what_training_recorded() {
     let generated = ok_in(work.path(), &store, &["generate", "task-a@best", "user: Reverse the string: abc", "--max-tokens", "8"]);
     assert!(generated.starts_with("user: Reverse the string: abc"), "{generated}");
 }
+
+#[test]
+fn a_fork_with_another_data_format_fails_unless_allowed() {
+    let work = workspace();
+    let store = work.path().join("store");
+    ok_in(work.path(), &store, &["train", "a.toml", "--tag", "task-a", "-q", "--set", "train.steps=4"]);
+    let texts: Vec<String> = (0..32).map(|i| serde_json::json!({"text": format!("plain text number {i}")}).to_string()).collect();
+    std::fs::write(work.path().join("text.jsonl"), texts.join("\n") + "\n").unwrap();
+    std::fs::write(
+        work.path().join("c.toml"),
+        "[data]\ntrain = [{ path = \"text.jsonl\", format = \"text\" }]\nseq_len = 32\n[train]\nsteps = 2\n",
+    )
+    .unwrap();
+    let runs_before = json(&graft_ok(&store, &["log", "--json"])).as_array().unwrap().len();
+    let refused = run_in(work.path(), &store, &["fork", "task-a@last", "c.toml", "-q"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("allow_format_change"), "{}", stderr(&refused));
+    assert_eq!(json(&graft_ok(&store, &["log", "--json"])).as_array().unwrap().len(), runs_before, "nothing recorded");
+    ok_in(work.path(), &store, &["fork", "task-a@last", "c.toml", "-q", "--set", "data.allow_format_change=true"]);
+    assert_eq!(json(&graft_ok(&store, &["log", "--json"])).as_array().unwrap().len(), runs_before + 1);
+}

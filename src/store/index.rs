@@ -53,6 +53,7 @@ impl Index {
         let start = Instant::now();
         let timeout = lock_timeout();
         let mut attempt: u64 = 0;
+        let mut repaired = false;
         let db = loop {
             let config = sled::Config::new()
                 .path(path)
@@ -71,6 +72,9 @@ impl Index {
                     attempt += 1;
                     let jitter = (std::process::id() as u64 * 7 + attempt * 13) % 17;
                     std::thread::sleep(Duration::from_millis(3 + jitter + attempt.min(20)));
+                }
+                Err(sled::Error::Corruption { .. }) if !repaired && remove_torn_snapshots(path) => {
+                    repaired = true;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -448,6 +452,45 @@ pub fn summary_key(run: &Id, series: &str) -> Vec<u8> {
     let mut key = run.0.to_vec();
     key.extend_from_slice(series.as_bytes());
     key
+}
+
+/// sled writes a snapshot to `snap.N.generating` and renames it once
+/// complete, but on open it reads the newest `snap.*` file, `.generating`
+/// included: a snapshot cut short (a full disk, a kill) makes the index
+/// unopenable, every record in it out of reach. Such a file is never a
+/// finished snapshot (the older one and the log still hold every record), so
+/// it is removed, under sled's own lock (flock on `db`) so that no live
+/// process is writing it. Returns whether any was removed.
+fn remove_torn_snapshots(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return false;
+    };
+    let torn: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|file| {
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("snap.") && name.ends_with(".generating")
+        })
+        .collect();
+    if torn.is_empty() {
+        return false;
+    }
+    let Ok(db) = std::fs::OpenOptions::new().read(true).write(true).open(path.join("db")) else {
+        return false;
+    };
+    // SAFETY: flock only reads the descriptor, which `db` keeps open; closing
+    // it (the drop below) releases the lock.
+    if unsafe { libc::flock(db.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return false;
+    }
+    let mut removed = false;
+    for file in torn {
+        removed |= std::fs::remove_file(&file).is_ok();
+    }
+    drop(db);
+    removed
 }
 
 fn is_lock_error(e: &std::io::Error) -> bool {

@@ -103,9 +103,15 @@ pub fn decode_frames(bytes: &[u8]) -> Vec<(JournalEntry, usize)> {
 pub struct JournalWriter {
     file: File,
     path: PathBuf,
-    /// Test hook: fail every write after this many bytes (simulates a full disk).
+    /// Test hook: the journal has room for this many bytes; a write that
+    /// crosses it writes what fits and fails, as a full disk does.
     fail_after: Option<u64>,
     written: u64,
+    /// The file's length after the last append that succeeded.
+    length: u64,
+    /// A failed append left bytes that could not be cut off: anything
+    /// appended after them would be unreadable, so appends are refused.
+    torn: bool,
 }
 
 impl JournalWriter {
@@ -119,6 +125,7 @@ impl JournalWriter {
             .open(&path)
             .map_err(|e| StoreError::io(&path, e))?;
         super::objects::sync_dir(&dir);
+        let length = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
         let fail_after = std::env::var("GRAFT_FAIL_JOURNAL_AFTER_BYTES")
             .ok()
             .and_then(|v| v.parse().ok());
@@ -127,6 +134,8 @@ impl JournalWriter {
             path,
             fail_after,
             written: 0,
+            length,
+            torn: false,
         })
     }
 
@@ -135,26 +144,42 @@ impl JournalWriter {
     }
 
     /// Append entries as one write and fsync: when this returns, they survive
-    /// a crash.
+    /// a crash. A write that fails part way (a full disk) is cut off again,
+    /// so that a later append is not hidden behind a torn frame.
     pub fn append(&mut self, entries: &[JournalEntry]) -> Result<()> {
+        if self.torn {
+            return Err(StoreError::io(
+                &self.path,
+                std::io::Error::other("an earlier write failed and its torn tail could not be cut off"),
+            ));
+        }
         let mut buffer = Vec::new();
         for entry in entries {
             buffer.extend_from_slice(&encode_frame(entry));
         }
-        if let Some(limit) = self.fail_after {
-            if self.written + buffer.len() as u64 > limit {
-                return Err(StoreError::io(
-                    &self.path,
-                    std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device"),
-                ));
+        match self.write_durably(&buffer) {
+            Ok(()) => {
+                self.length += buffer.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.torn = self.file.set_len(self.length).is_err();
+                Err(StoreError::io(&self.path, e))
             }
         }
-        self.file
-            .write_all(&buffer)
-            .map_err(|e| StoreError::io(&self.path, e))?;
-        self.file
-            .sync_data()
-            .map_err(|e| StoreError::io(&self.path, e))?;
+    }
+
+    fn write_durably(&mut self, buffer: &[u8]) -> std::io::Result<()> {
+        if let Some(limit) = self.fail_after {
+            let room = limit.saturating_sub(self.written) as usize;
+            if buffer.len() > room {
+                self.file.write_all(&buffer[..room])?;
+                self.written += room as u64;
+                return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device"));
+            }
+        }
+        self.file.write_all(buffer)?;
+        self.file.sync_data()?;
         self.written += buffer.len() as u64;
         Ok(())
     }
