@@ -10,7 +10,11 @@ use std::path::Path;
 fn main() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("train.jsonl");
-    std::fs::write(&data, graft::data::synth("reverse", 512, 1).unwrap().join("\n") + "\n").unwrap();
+    std::fs::write(
+        &data,
+        graft::data::synth("reverse", 512, 1).unwrap().join("\n") + "\n",
+    )
+    .unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/llama-tiny");
     let text = format!(
         r#"[model]

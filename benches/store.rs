@@ -96,7 +96,12 @@ fn main() {
     let model_id = model(&store.index().unwrap());
     let mut recorder = StoreRecorder::new(store.clone());
     let (run, _) = recorder
-        .begin(&recipe(model_id, None, 0), &[], ExecutionKind::Train, BTreeMap::new())
+        .begin(
+            &recipe(model_id, None, 0),
+            &[],
+            ExecutionKind::Train,
+            BTreeMap::new(),
+        )
         .unwrap();
     let index_before = dir_size(&store.index_path());
     let points = 1_000_000u64;
@@ -192,11 +197,17 @@ fn main() {
     // Bytes added by a fork: one run record from a checkpoint plus its
     // execution, flushed.
     let before = dir_size(&store.index_path());
-    let fork = index.register_run(&recipe(model_id, start_checkpoint, 5000), BTreeMap::new()).unwrap();
-    let execution = index.begin_execution(&fork.id, ExecutionKind::Train).unwrap();
+    let fork = index
+        .register_run(&recipe(model_id, start_checkpoint, 5000), BTreeMap::new())
+        .unwrap();
+    let execution = index
+        .begin_execution(&fork.id, ExecutionKind::Train)
+        .unwrap();
     index.flush().unwrap();
     let after = dir_size(&store.index_path());
-    let record_bytes = graft::store::index::encode(&fork).len() + graft::store::index::encode(&execution).len() + 2 * 40;
+    let record_bytes = graft::store::index::encode(&fork).len()
+        + graft::store::index::encode(&execution).len()
+        + 2 * 40;
     println!(
         "bytes added by a fork: {} on disk after flush (sled rewrites the pages it touches); the new records and keys themselves: {} bytes",
         after.saturating_sub(before),

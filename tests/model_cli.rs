@@ -14,17 +14,38 @@ fn model_parity_passes_on_both_fixtures_and_fails_past_tolerance() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["llama-tiny", "qwen2-tiny"] {
         let folder = fixtures().join(name);
-        let out = graft_ok(dir.path(), &["model", "parity", folder.to_str().unwrap(), folder.join("reference.json").to_str().unwrap()]);
-        assert!(out.contains("with_lora") && out.contains("lora grads"), "{out}");
+        let out = graft_ok(
+            dir.path(),
+            &[
+                "model",
+                "parity",
+                folder.to_str().unwrap(),
+                folder.join("reference.json").to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.contains("with_lora") && out.contains("lora grads"),
+            "{out}"
+        );
     }
     // A reference whose logits were nudged must fail with exit code 1.
     let folder = fixtures().join("llama-tiny");
-    let mut reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(folder.join("reference.json")).unwrap()).unwrap();
+    let mut reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("reference.json")).unwrap())
+            .unwrap();
     let first = reference["logits"][0][0][0].as_f64().unwrap();
     reference["logits"][0][0][0] = serde_json::json!(first + 0.5);
     let tampered = dir.path().join("reference.json");
     std::fs::write(&tampered, reference.to_string()).unwrap();
-    let output = graft(dir.path(), &["model", "parity", folder.to_str().unwrap(), tampered.to_str().unwrap()]);
+    let output = graft(
+        dir.path(),
+        &[
+            "model",
+            "parity",
+            folder.to_str().unwrap(),
+            tampered.to_str().unwrap(),
+        ],
+    );
     assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
     assert!(stderr(&output).contains("parity outside tolerance"));
 }
@@ -34,14 +55,36 @@ fn model_add_registers_a_folder_once_and_lists_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let folder = fixtures().join("qwen2-tiny");
-    let first: serde_json::Value = serde_json::from_str(&graft_ok(&store, &["model", "add", folder.to_str().unwrap(), "--tag", "qwen", "--json"])).unwrap();
-    let second: serde_json::Value = serde_json::from_str(&graft_ok(&store, &["model", "add", folder.to_str().unwrap(), "--json"])).unwrap();
+    let first: serde_json::Value = serde_json::from_str(&graft_ok(
+        &store,
+        &[
+            "model",
+            "add",
+            folder.to_str().unwrap(),
+            "--tag",
+            "qwen",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let second: serde_json::Value = serde_json::from_str(&graft_ok(
+        &store,
+        &["model", "add", folder.to_str().unwrap(), "--json"],
+    ))
+    .unwrap();
     assert_eq!(first["id"], second["id"], "same content, same id");
     let listed = graft_ok(&store, &["model", "ls"]);
-    assert!(listed.contains("qwen") && listed.contains("qwen2"), "{listed}");
-    let shown: serde_json::Value = serde_json::from_str(&graft_ok(&store, &["show", "qwen", "--json"])).unwrap();
+    assert!(
+        listed.contains("qwen") && listed.contains("qwen2"),
+        "{listed}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&graft_ok(&store, &["show", "qwen", "--json"])).unwrap();
     assert_eq!(shown["kind"], "model");
-    let missing = graft(&store, &["model", "add", dir.path().join("nowhere").to_str().unwrap()]);
+    let missing = graft(
+        &store,
+        &["model", "add", dir.path().join("nowhere").to_str().unwrap()],
+    );
     assert_eq!(missing.status.code(), Some(2));
     assert!(stderr(&missing).contains("nowhere"), "{}", stderr(&missing));
 }

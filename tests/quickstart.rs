@@ -20,7 +20,10 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn quickstart_replay_keeps_more_of_task_a_than_the_fork_without_replay() {
     let work = tempfile::tempdir().unwrap();
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments"), &work.path().join("experiments"));
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments"),
+        &work.path().join("experiments"),
+    );
     let output = Command::new(env!("CARGO_BIN_EXE_graft"))
         .args(["quickstart", "--json"])
         .current_dir(work.path())
@@ -28,16 +31,33 @@ fn quickstart_replay_keeps_more_of_task_a_than_the_fork_without_replay() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     // The fork tree comes first; the JSON report is the rest.
     let json_start = stdout.find("\n{\n").map(|i| i + 1).unwrap();
     let report: serde_json::Value = serde_json::from_str(&stdout[json_start..]).unwrap();
     let accuracy = |row: usize, task: &str| report["accuracy"][row][1][task].as_f64().unwrap();
-    let (before, without_replay, with_replay) = (accuracy(1, "add"), accuracy(2, "add"), accuracy(3, "add"));
+    let (before, without_replay, with_replay) =
+        (accuracy(1, "add"), accuracy(2, "add"), accuracy(3, "add"));
     assert!(before > 0.3, "task A was learned: {report}");
-    assert!(with_replay > without_replay + 0.1, "replay keeps task A: {report}");
-    assert!(accuracy(3, "reverse") > accuracy(1, "reverse"), "task B was learned: {report}");
-    assert!(stdout.contains("[task-b-replay] @200"), "the fork tree is printed: {stdout}");
+    assert!(
+        with_replay > without_replay + 0.1,
+        "replay keeps task A: {report}"
+    );
+    assert!(
+        accuracy(3, "reverse") > accuracy(1, "reverse"),
+        "task B was learned: {report}"
+    );
+    assert!(
+        stdout.contains("[task-b-replay] @200"),
+        "the fork tree is printed: {stdout}"
+    );
     assert!(work.path().join("quickstart-loss.svg").is_file());
-    assert!(work.path().join("models/tiny-base/model.safetensors").is_file());
+    assert!(work
+        .path()
+        .join("models/tiny-base/model.safetensors")
+        .is_file());
 }

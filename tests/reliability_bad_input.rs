@@ -380,3 +380,34 @@ fn a_real_full_disk_loses_nothing_once_there_is_room_again() {
     }
     panic!("no disk size made the run fail after it began");
 }
+
+/// A journal append that a full disk cuts short must not hide what is
+/// appended after it once there is room again: the torn frame is cut off.
+#[test]
+fn a_journal_write_cut_short_by_a_full_disk_hides_nothing_after_it() {
+    use graft::store::journal::{decode_frames, JournalEntry, JournalWriter, MetricPoint};
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let Some(_mount) = Mount::tmpfs(&root, "64k") else {
+        eprintln!("note: cannot mount a tmpfs here: the torn journal write is not tried");
+        return;
+    };
+    let points = |steps: std::ops::Range<u64>| {
+        JournalEntry::Metrics(steps.map(|step| MetricPoint { step, series: "loss".into(), value: step as f64 }).collect())
+    };
+    let mut writer = JournalWriter::create(&root, &graft::store::Id([7; 32]), 1).unwrap();
+    writer.append(&[points(1..2)]).unwrap();
+    // Fill the disk: the journal's last page still has room for part of a
+    // large frame, not all of it.
+    let filler_path = root.join("filler");
+    let mut filler = std::fs::File::create(&filler_path).unwrap();
+    while filler.write_all(&[0u8; 4096]).is_ok() {}
+    drop(filler);
+    let error = writer.append(&[points(2..2000)]).unwrap_err().to_string();
+    assert!(error.contains("No space left on device"), "{error}");
+    std::fs::remove_file(&filler_path).unwrap();
+    writer.append(&[points(2..3)]).unwrap();
+    let frames = decode_frames(&std::fs::read(writer.path()).unwrap());
+    assert_eq!(frames.iter().map(|(entry, _)| entry.clone()).collect::<Vec<_>>(), vec![points(1..2), points(2..3)]);
+}

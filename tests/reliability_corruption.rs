@@ -128,3 +128,29 @@ fn a_flipped_and_a_truncated_object_are_named_and_only_their_run_is_affected() {
     ok(dir, &store, &["fork", "healthy@last", "--set", "train.steps=10", "--tag", "child", "-q"]);
     assert_eq!(checkpoint(dir, &store, "child@last")["step"], 10);
 }
+
+/// sled reads the newest `snap.*` file on open, a half-written
+/// `snap.N.generating` included (left by a full disk or a kill while a
+/// snapshot was written): the index must still open, with every record.
+#[test]
+fn a_snapshot_cut_short_does_not_lock_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    ok(dir.path(), &store, &["init"]);
+    ok(dir.path(), &store, &["model", "add", &fixture().display().to_string(), "--tag", "tiny"]);
+    let before = fingerprint(&store);
+    for (name, bytes) in [("snap.FFFFFFFFFFFFFFF0.generating", &b""[..]), ("snap.FFFFFFFFFFFFFFFF.generating", &[7u8; 40][..])] {
+        std::fs::write(store.join("index").join(name), bytes).unwrap();
+    }
+    let models = json(&ok(dir.path(), &store, &["model", "ls", "--json"]));
+    assert_eq!(models.as_array().unwrap().len(), 1);
+    ok(dir.path(), &store, &["show", "tiny"]);
+    assert_eq!(fingerprint(&store), before);
+    verify_clean(dir.path(), &store);
+    let left: Vec<_> = std::fs::read_dir(store.join("index"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".generating"))
+        .collect();
+    assert!(left.is_empty(), "the torn snapshots are removed");
+}

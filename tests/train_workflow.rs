@@ -15,7 +15,12 @@ fn fixture() -> PathBuf {
 /// A work folder with synthetic task files and an experiment for task A.
 fn workspace() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (name, task, n, seed) in [("reverse.jsonl", "reverse", 64, 1), ("reverse-val.jsonl", "reverse", 16, 2), ("arith.jsonl", "arithmetic", 64, 3), ("arith-val.jsonl", "arithmetic", 16, 4)] {
+    for (name, task, n, seed) in [
+        ("reverse.jsonl", "reverse", 64, 1),
+        ("reverse-val.jsonl", "reverse", 16, 2),
+        ("arith.jsonl", "arithmetic", 64, 3),
+        ("arith-val.jsonl", "arithmetic", 16, 4),
+    ] {
         let lines = graft::data::synth(task, n, seed).unwrap();
         std::fs::write(dir.path().join(name), lines.join("\n") + "\n").unwrap();
     }
@@ -95,7 +100,12 @@ fn run_in(dir: &Path, store: &Path, args: &[&str]) -> std::process::Output {
 
 fn ok_in(dir: &Path, store: &Path, args: &[&str]) -> String {
     let output = run_in(dir, store, args);
-    assert!(output.status.success(), "graft {args:?}: {}\n{}", stderr(&output), stdout(&output));
+    assert!(
+        output.status.success(),
+        "graft {args:?}: {}\n{}",
+        stderr(&output),
+        stdout(&output)
+    );
     stdout(&output)
 }
 
@@ -107,15 +117,38 @@ fn json(text: &str) -> Value {
 fn fork_records_a_lineage_and_leaves_the_parent_untouched() {
     let work = workspace();
     let store = work.path().join("store");
-    let a = json(&ok_in(work.path(), &store, &["train", "a.toml", "--tag", "task-a", "-q", "--json"]));
+    let a = json(&ok_in(
+        work.path(),
+        &store,
+        &["train", "a.toml", "--tag", "task-a", "-q", "--json"],
+    ));
     let a_run = a["run"].as_str().unwrap().to_string();
     let parent_show = graft_ok(&store, &["show", "task-a", "--json"]);
     let parent_metrics = graft_ok(&store, &["metrics", "task-a", "--json"]);
 
-    let b = json(&ok_in(work.path(), &store, &["fork", "task-a@best", "b.toml", "--tag", "task-b", "-q", "--json"]));
+    let b = json(&ok_in(
+        work.path(),
+        &store,
+        &[
+            "fork",
+            "task-a@best",
+            "b.toml",
+            "--tag",
+            "task-b",
+            "-q",
+            "--json",
+        ],
+    ));
     let b_run = b["run"].as_str().unwrap();
-    let forgetting = b["eval"].as_object().unwrap().keys().find(|k| k.starts_with("forget/reverse@"));
-    assert!(forgetting.is_some(), "the ancestor's eval set is measured for forgetting: {b}");
+    let forgetting = b["eval"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|k| k.starts_with("forget/reverse@"));
+    assert!(
+        forgetting.is_some(),
+        "the ancestor's eval set is measured for forgetting: {b}"
+    );
     assert!(b["eval"]["eval/arith/acc"].is_number(), "{b}");
 
     let lineage = json(&graft_ok(&store, &["lineage", "task-b", "--json"]));
@@ -123,23 +156,82 @@ fn fork_records_a_lineage_and_leaves_the_parent_untouched() {
     assert_eq!(hops.len(), 2);
     assert_eq!(hops[0]["run"], b_run);
     assert_eq!(hops[1]["run"], a_run.as_str());
-    let roles: Vec<&str> = hops[0]["datasets"].as_array().unwrap().iter().map(|d| d["role"].as_str().unwrap()).collect();
-    assert!(roles.contains(&"train") && roles.contains(&"replay") && roles.contains(&"ancestor_eval"), "{roles:?}");
-    let replayed = hops[0]["datasets"].as_array().unwrap().iter().find(|d| d["role"] == "replay").unwrap();
-    let parent_train = hops[1]["datasets"].as_array().unwrap().iter().find(|d| d["role"] == "train").unwrap();
-    assert_eq!(replayed["dataset"], parent_train["dataset"], "replay draws the parent's training data");
-    let changed: Vec<&str> = hops[0]["hyperparameters"].as_array().unwrap().iter().map(|h| h["key"].as_str().unwrap()).collect();
-    assert!(changed.contains(&"optim.lr") && changed.contains(&"train.steps"), "{changed:?}");
-    assert_eq!(lineage["base_model_path"].as_str().map(PathBuf::from), Some(fixture().canonicalize().unwrap()));
+    let roles: Vec<&str> = hops[0]["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["role"].as_str().unwrap())
+        .collect();
+    assert!(
+        roles.contains(&"train") && roles.contains(&"replay") && roles.contains(&"ancestor_eval"),
+        "{roles:?}"
+    );
+    let replayed = hops[0]["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["role"] == "replay")
+        .unwrap();
+    let parent_train = hops[1]["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["role"] == "train")
+        .unwrap();
+    assert_eq!(
+        replayed["dataset"], parent_train["dataset"],
+        "replay draws the parent's training data"
+    );
+    let changed: Vec<&str> = hops[0]["hyperparameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        changed.contains(&"optim.lr") && changed.contains(&"train.steps"),
+        "{changed:?}"
+    );
+    assert_eq!(
+        lineage["base_model_path"].as_str().map(PathBuf::from),
+        Some(fixture().canonicalize().unwrap())
+    );
 
     let show_b = json(&graft_ok(&store, &["show", "task-b", "--json"]));
-    assert!(show_b["notes"]["drift"].is_object(), "drift report stored with the run");
-    let trainable = json(&graft_ok(&store, &["metrics", "task-b", "--series", "trainable_params", "--json"]));
-    let counts: Vec<f64> = trainable["series"]["trainable_params"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect();
-    assert!(counts.len() == 2 && counts[1] > counts[0], "unfreezing at step 4 opens a layer: {counts:?}");
+    assert!(
+        show_b["notes"]["drift"].is_object(),
+        "drift report stored with the run"
+    );
+    let trainable = json(&graft_ok(
+        &store,
+        &[
+            "metrics",
+            "task-b",
+            "--series",
+            "trainable_params",
+            "--json",
+        ],
+    ));
+    let counts: Vec<f64> = trainable["series"]["trainable_params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_f64().unwrap())
+        .collect();
+    assert!(
+        counts.len() == 2 && counts[1] > counts[0],
+        "unfreezing at step 4 opens a layer: {counts:?}"
+    );
 
-    assert_eq!(graft_ok(&store, &["show", "task-a", "--json"]), parent_show, "the parent's record is unchanged");
-    assert_eq!(graft_ok(&store, &["metrics", "task-a", "--json"]), parent_metrics);
+    assert_eq!(
+        graft_ok(&store, &["show", "task-a", "--json"]),
+        parent_show,
+        "the parent's record is unchanged"
+    );
+    assert_eq!(
+        graft_ok(&store, &["metrics", "task-a", "--json"]),
+        parent_metrics
+    );
     graft_ok(&store, &["verify"]);
 }
 
@@ -148,8 +240,17 @@ fn a_run_killed_with_sigkill_resumes_to_the_checkpoint_of_an_uninterrupted_run()
     let work = workspace();
     let longer = ["--set", "train.steps=40"];
     let reference_store = work.path().join("reference");
-    let uninterrupted = json(&ok_in(work.path(), &reference_store, &["train", "a.toml", longer[0], longer[1], "-q", "--json"]));
-    let final_id = uninterrupted["checkpoints"].as_array().unwrap().last().unwrap()["id"].clone();
+    let uninterrupted = json(&ok_in(
+        work.path(),
+        &reference_store,
+        &["train", "a.toml", longer[0], longer[1], "-q", "--json"],
+    ));
+    let final_id = uninterrupted["checkpoints"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["id"]
+        .clone();
 
     let store = work.path().join("store");
     let mut child = Command::new(env!("CARGO_BIN_EXE_graft"))
@@ -165,22 +266,50 @@ fn a_run_killed_with_sigkill_resumes_to_the_checkpoint_of_an_uninterrupted_run()
     loop {
         std::thread::sleep(std::time::Duration::from_millis(20));
         let shown = graft(&store, &["show", run, "--json"]);
-        if shown.status.success() && json(&stdout(&shown))["checkpoints"].as_array().is_some_and(|c| c.len() >= 3) {
+        if shown.status.success()
+            && json(&stdout(&shown))["checkpoints"]
+                .as_array()
+                .is_some_and(|c| c.len() >= 3)
+        {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run finished before it could be killed"
+        );
     }
     child.kill().unwrap();
     child.wait().unwrap();
 
     let log = json(&graft_ok(&store, &["log", "--json"]));
     assert_eq!(log[0]["status"], "interrupted");
-    let resumed = json(&ok_in(work.path(), &store, &["resume", run, "-q", "--json"]));
-    assert_eq!(resumed["checkpoints"].as_array().unwrap().last().unwrap()["id"], final_id);
-    assert_eq!(json(&graft_ok(&store, &["show", &format!("{run}@last"), "--json"]))["id"], final_id);
+    let resumed = json(&ok_in(
+        work.path(),
+        &store,
+        &["resume", run, "-q", "--json"],
+    ));
+    assert_eq!(
+        resumed["checkpoints"].as_array().unwrap().last().unwrap()["id"],
+        final_id
+    );
+    assert_eq!(
+        json(&graft_ok(
+            &store,
+            &["show", &format!("{run}@last"), "--json"]
+        ))["id"],
+        final_id
+    );
     // Every step is recorded exactly once across the two executions.
-    let loss = json(&graft_ok(&store, &["metrics", run, "--series", "loss", "--json"]));
-    let steps: Vec<u64> = loss["series"]["loss"].as_array().unwrap().iter().map(|p| p[0].as_u64().unwrap()).collect();
+    let loss = json(&graft_ok(
+        &store,
+        &["metrics", run, "--series", "loss", "--json"],
+    ));
+    let steps: Vec<u64> = loss["series"]["loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, (1..=40).collect::<Vec<_>>());
     graft_ok(&store, &["verify"]);
 
@@ -200,65 +329,172 @@ fn a_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("the loss became NaN at step 7"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("the loss became NaN at step 7"),
+        "{}",
+        stderr(&output)
+    );
     let log = json(&graft_ok(&store, &["log", "--json"]));
     assert_eq!(log[0]["status"], "failed");
     let run = log[0]["id"].as_str().unwrap();
-    let last = json(&graft_ok(&store, &["show", &format!("{run}@last"), "--json"]));
+    let last = json(&graft_ok(
+        &store,
+        &["show", &format!("{run}@last"), "--json"],
+    ));
     assert_eq!(last["step"], 4);
     let show = json(&graft_ok(&store, &["show", run, "--json"]));
-    assert!(show["executions"][0]["error"].as_str().unwrap().contains("step 7"));
+    assert!(show["executions"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("step 7"));
 }
 
 #[test]
 fn eval_export_and_generate_agree_with_what_training_recorded() {
     let work = workspace();
     let store = work.path().join("store");
-    ok_in(work.path(), &store, &["train", "a.toml", "--tag", "task-a", "-q"]);
+    ok_in(
+        work.path(),
+        &store,
+        &["train", "a.toml", "--tag", "task-a", "-q"],
+    );
     let best = json(&graft_ok(&store, &["show", "task-a@best", "--json"]));
     let recorded = best["metrics"]["eval_loss"].as_f64().unwrap();
-    let eval_args = ["--data", "reverse-val.jsonl", "--template", "plain", "--seq-len", "64", "--json"];
+    let eval_args = [
+        "--data",
+        "reverse-val.jsonl",
+        "--template",
+        "plain",
+        "--seq-len",
+        "64",
+        "--json",
+    ];
     let mut args = vec!["eval", "task-a@best"];
     args.extend(eval_args);
     let evaluated = json(&ok_in(work.path(), &store, &args));
-    assert!((evaluated["loss"].as_f64().unwrap() - recorded).abs() < 1e-5, "{evaluated} vs {recorded}");
+    assert!(
+        (evaluated["loss"].as_f64().unwrap() - recorded).abs() < 1e-5,
+        "{evaluated} vs {recorded}"
+    );
 
     // A merged export is a plain model with the same behaviour.
     let merged = work.path().join("merged");
-    ok_in(work.path(), &store, &["export", "task-a@best", "--merged", merged.to_str().unwrap()]);
-    let model = json(&ok_in(work.path(), &store, &["model", "add", merged.to_str().unwrap(), "--json"]));
+    ok_in(
+        work.path(),
+        &store,
+        &[
+            "export",
+            "task-a@best",
+            "--merged",
+            merged.to_str().unwrap(),
+        ],
+    );
+    let model = json(&ok_in(
+        work.path(),
+        &store,
+        &["model", "add", merged.to_str().unwrap(), "--json"],
+    ));
     let mut args = vec!["eval", model["id"].as_str().unwrap()];
     args.extend(eval_args);
     let merged_eval = json(&ok_in(work.path(), &store, &args));
-    assert!((merged_eval["loss"].as_f64().unwrap() - recorded).abs() < 1e-4, "{merged_eval} vs {recorded}");
+    assert!(
+        (merged_eval["loss"].as_f64().unwrap() - recorded).abs() < 1e-4,
+        "{merged_eval} vs {recorded}"
+    );
 
     let peft = work.path().join("adapter");
-    ok_in(work.path(), &store, &["export", "task-a@best", "--peft", peft.to_str().unwrap()]);
+    ok_in(
+        work.path(),
+        &store,
+        &["export", "task-a@best", "--peft", peft.to_str().unwrap()],
+    );
     let config = json(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap());
     assert_eq!(config["r"], 4);
     assert!(peft.join("adapter_model.safetensors").is_file());
 
-    let generated = ok_in(work.path(), &store, &["generate", "task-a@best", "user: Reverse the string: abc", "--max-tokens", "8"]);
-    assert!(generated.starts_with("user: Reverse the string: abc"), "{generated}");
+    let generated = ok_in(
+        work.path(),
+        &store,
+        &[
+            "generate",
+            "task-a@best",
+            "user: Reverse the string: abc",
+            "--max-tokens",
+            "8",
+        ],
+    );
+    assert!(
+        generated.starts_with("user: Reverse the string: abc"),
+        "{generated}"
+    );
 }
 
 #[test]
 fn a_fork_with_another_data_format_fails_unless_allowed() {
     let work = workspace();
     let store = work.path().join("store");
-    ok_in(work.path(), &store, &["train", "a.toml", "--tag", "task-a", "-q", "--set", "train.steps=4"]);
-    let texts: Vec<String> = (0..32).map(|i| serde_json::json!({"text": format!("plain text number {i}")}).to_string()).collect();
+    ok_in(
+        work.path(),
+        &store,
+        &[
+            "train",
+            "a.toml",
+            "--tag",
+            "task-a",
+            "-q",
+            "--set",
+            "train.steps=4",
+        ],
+    );
+    let texts: Vec<String> = (0..32)
+        .map(|i| serde_json::json!({"text": format!("plain text number {i}")}).to_string())
+        .collect();
     std::fs::write(work.path().join("text.jsonl"), texts.join("\n") + "\n").unwrap();
     std::fs::write(
         work.path().join("c.toml"),
         "[data]\ntrain = [{ path = \"text.jsonl\", format = \"text\" }]\nseq_len = 32\n[train]\nsteps = 2\n",
     )
     .unwrap();
-    let runs_before = json(&graft_ok(&store, &["log", "--json"])).as_array().unwrap().len();
-    let refused = run_in(work.path(), &store, &["fork", "task-a@last", "c.toml", "-q"]);
+    let runs_before = json(&graft_ok(&store, &["log", "--json"]))
+        .as_array()
+        .unwrap()
+        .len();
+    let refused = run_in(
+        work.path(),
+        &store,
+        &["fork", "task-a@last", "c.toml", "-q"],
+    );
     assert_eq!(refused.status.code(), Some(2));
-    assert!(stderr(&refused).contains("allow_format_change"), "{}", stderr(&refused));
-    assert_eq!(json(&graft_ok(&store, &["log", "--json"])).as_array().unwrap().len(), runs_before, "nothing recorded");
-    ok_in(work.path(), &store, &["fork", "task-a@last", "c.toml", "-q", "--set", "data.allow_format_change=true"]);
-    assert_eq!(json(&graft_ok(&store, &["log", "--json"])).as_array().unwrap().len(), runs_before + 1);
+    assert!(
+        stderr(&refused).contains("allow_format_change"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        json(&graft_ok(&store, &["log", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        runs_before,
+        "nothing recorded"
+    );
+    ok_in(
+        work.path(),
+        &store,
+        &[
+            "fork",
+            "task-a@last",
+            "c.toml",
+            "-q",
+            "--set",
+            "data.allow_format_change=true",
+        ],
+    );
+    assert_eq!(
+        json(&graft_ok(&store, &["log", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        runs_before + 1
+    );
 }

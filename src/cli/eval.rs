@@ -41,9 +41,20 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let tokenizer = Arc::new(Tokenizer::from_dir(&restored.folder)?);
     let format: Format = args.format.parse()?;
     let encoder = Encoder::new(tokenizer, format, &args.template)?;
-    let rows = RowStream::open(DataSource::file(&args.data), Arc::new(encoder), StreamConfig::eval(args.seq_len, false))?;
+    let rows = RowStream::open(
+        DataSource::file(&args.data),
+        Arc::new(encoder),
+        StreamConfig::eval(args.seq_len, false),
+    )?;
     let name = args.data.display().to_string();
-    let set = EvalSet::collect(name.clone(), false, format != Format::Text, rows, args.max_examples, args.batch_size)?;
+    let set = EvalSet::collect(
+        name.clone(),
+        false,
+        format != Format::Text,
+        rows,
+        args.max_examples,
+        args.batch_size,
+    )?;
     let result = evaluate(&restored.model, &set);
     if args.json {
         return output::print_json(&serde_json::json!({
@@ -51,7 +62,10 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             "accuracy": result.accuracy, "examples": result.examples,
         }));
     }
-    let accuracy = result.accuracy.map(|a| format!("  exact-match accuracy {:.1}%", a * 100.0)).unwrap_or_default();
+    let accuracy = result
+        .accuracy
+        .map(|a| format!("  exact-match accuracy {:.1}%", a * 100.0))
+        .unwrap_or_default();
     output::println_safe(&format!(
         "{name}: {} examples  loss {:.4}  perplexity {:.3}{accuracy}",
         result.examples,

@@ -33,16 +33,25 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let store = context.store()?;
     let restored = restore::<CpuBackend>(&store, &args.reference, &Default::default())?;
     if restored.checkpoint.is_none() {
-        return Err(CliError::user(format!("`{}` is a base model: export takes a checkpoint", args.reference)));
+        return Err(CliError::user(format!(
+            "`{}` is a base model: export takes a checkpoint",
+            args.reference
+        )));
     }
     let base_name = restored.folder.display().to_string();
     if let Some(dir) = &args.peft {
         let adapter = restored.adapter.as_ref().ok_or_else(|| {
-            CliError::user("this checkpoint comes from full fine-tuning and has no adapter").with_hint("use --merged DIR for a full model folder")
+            CliError::user("this checkpoint comes from full fine-tuning and has no adapter")
+                .with_hint("use --merged DIR for a full model folder")
         })?;
         let tensors = restored.model.named_tensors(|p| p.is_lora);
         write_peft_adapter(dir, adapter, &tensors, Some(&base_name))?;
-        let unfrozen = restored.model.params().iter().filter(|p| !p.is_lora && p.trainable).count();
+        let unfrozen = restored
+            .model
+            .params()
+            .iter()
+            .filter(|p| !p.is_lora && p.trainable)
+            .count();
         if unfrozen > 0 {
             eprintln!("note: the checkpoint also changed {unfrozen} base tensors, which a PEFT adapter cannot carry; use --merged for the whole model");
         }

@@ -25,7 +25,8 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let experiment = match &args.experiment {
         Some(path) => {
             // `from` on the command line replaces the file's [model].
-            let text = std::fs::read_to_string(path).map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
             Experiment::parse_for(&text, path, &args.overrides, Some(&args.reference))?
         }
         None => {
@@ -35,7 +36,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             let parent = index.run(&checkpoint.run)?;
             drop(index);
             let mut tree: toml::Table = toml::Value::try_from(
-                Experiment::from_recipe(&parent.recipe).map_err(|e| CliError::internal(e))?,
+                Experiment::from_recipe(&parent.recipe).map_err(CliError::internal)?,
             )
             .map_err(|e| CliError::internal(e.to_string()))?
             .as_table()
@@ -43,7 +44,12 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             .unwrap_or_default();
             tree.remove("model");
             let text = toml::to_string(&tree).map_err(|e| CliError::internal(e.to_string()))?;
-            Experiment::parse_for(&text, std::path::Path::new("<parent recipe>"), &args.overrides, Some(&args.reference))?
+            Experiment::parse_for(
+                &text,
+                std::path::Path::new("<parent recipe>"),
+                &args.overrides,
+                Some(&args.reference),
+            )?
         }
     };
     train_experiment(&experiment, &args.common, context, false).map(|_| ())

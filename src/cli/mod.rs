@@ -120,7 +120,6 @@ pub fn run(cli: Cli) -> CliResult {
 
 /// Run one command against a context (the quickstart chains several).
 pub fn dispatch(command: Command, context: &Context) -> CliResult {
-    let context = context;
     match command {
         Command::Quickstart(args) => quickstart::run(args, context),
         Command::Init(args) => init::run(args, context),

@@ -95,7 +95,12 @@ impl From<crate::model::ModelError> for CliError {
 
 pub fn run(args: Args, context: &Context) -> CliResult {
     match args.command {
-        ModelCommand::Add { dir, copy, tag, json } => {
+        ModelCommand::Add {
+            dir,
+            copy,
+            tag,
+            json,
+        } => {
             if let Some(tag) = &tag {
                 crate::store::refs::validate_tag_name(tag)?;
             }
@@ -114,11 +119,25 @@ pub fn run(args: Args, context: &Context) -> CliResult {
                 record.id,
                 record.path,
                 record.tensors.len(),
-                if record.copied { ", copied" } else { ", referenced in place" }
+                if record.copied {
+                    ", copied"
+                } else {
+                    ", referenced in place"
+                }
             ));
             Ok(())
         }
-        ModelCommand::Init { out, tokenizer, hidden, layers, heads, kv_heads, intermediate, positions, seed } => {
+        ModelCommand::Init {
+            out,
+            tokenizer,
+            hidden,
+            layers,
+            heads,
+            kv_heads,
+            intermediate,
+            positions,
+            seed,
+        } => {
             let tokenizer_file = tokenizer.join("tokenizer.json");
             let vocab = crate::data::Tokenizer::from_dir(&tokenizer)?.vocab_size();
             let config = crate::model::ModelConfig::from_json_str(
@@ -138,11 +157,15 @@ pub fn run(args: Args, context: &Context) -> CliResult {
                 .to_string(),
             )?;
             if !tokenizer_file.is_file() {
-                return Err(CliError::user(format!("{}: missing", tokenizer_file.display())));
+                return Err(CliError::user(format!(
+                    "{}: missing",
+                    tokenizer_file.display()
+                )));
             }
             let device = Default::default();
             <crate::model::CpuBackend as burn::tensor::backend::Backend>::seed(&device, seed);
-            let model = crate::model::CausalLm::<crate::model::CpuBackend>::random(&config, &device);
+            let model =
+                crate::model::CausalLm::<crate::model::CpuBackend>::random(&config, &device);
             crate::model::save_model_dir(&model, &out, None)?;
             crate::model::weights::copy_tokenizer_files(&tokenizer, &out)?;
             output::println_safe(&format!("wrote a random {layers}-layer, {hidden}-wide Llama with a {vocab}-token vocabulary to {}", out.display()));
@@ -162,17 +185,36 @@ pub fn run(args: Args, context: &Context) -> CliResult {
                     vec![
                         m.id.short(),
                         tags.get(&m.id).map(|t| t.join(",")).unwrap_or_default(),
-                        m.summary.get("model_type").map(|v| v.to_string()).unwrap_or_default(),
-                        m.summary.get("parameters").map(|v| v.to_string()).unwrap_or_default(),
+                        m.summary
+                            .get("model_type")
+                            .map(|v| v.to_string())
+                            .unwrap_or_default(),
+                        m.summary
+                            .get("parameters")
+                            .map(|v| v.to_string())
+                            .unwrap_or_default(),
                         m.path.clone(),
                     ]
                 })
                 .collect();
-            output::println_safe(&output::table(&["model", "tag", "type", "parameters", "path"], &rows));
+            output::println_safe(&output::table(
+                &["model", "tag", "type", "parameters", "path"],
+                &rows,
+            ));
             Ok(())
         }
-        ModelCommand::Parity { dir, reference, backend, bf16, json } => {
-            let tolerance = if bf16 { Tolerance::bf16() } else { Tolerance::default() };
+        ModelCommand::Parity {
+            dir,
+            reference,
+            backend,
+            bf16,
+            json,
+        } => {
+            let tolerance = if bf16 {
+                Tolerance::bf16()
+            } else {
+                Tolerance::default()
+            };
             let report = crate::on_backend!(backend, parity(&dir, &reference, tolerance))?;
             if json {
                 output::print_json(&serde_json::to_value(&report).unwrap_or_default())?;
@@ -197,7 +239,10 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             if report.passes() {
                 Ok(())
             } else {
-                Err(CliError::check(format!("{}: parity outside tolerance", dir.display())))
+                Err(CliError::check(format!(
+                    "{}: parity outside tolerance",
+                    dir.display()
+                )))
             }
         }
     }

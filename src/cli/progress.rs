@@ -35,9 +35,11 @@ impl Events for TerminalEvents {
         let bar = ProgressBar::new(total);
         bar.set_position(first_step.saturating_sub(1));
         bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed} < {eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed} < {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_prefix(format!("run {}", run.short()));
         self.bar = Some(bar);

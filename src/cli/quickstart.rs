@@ -58,35 +58,90 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     say("1/5 writing synthetic data and a random tiny Llama");
     write_data(&experiments.join("data"))?;
     if !Path::new(INIT).join("model.safetensors").is_file() {
-        super::dispatch(parse(&["graft", "model", "init", INIT, "--tokenizer", "experiments/tokenizer", "--seed", "0"])?, context)?;
+        super::dispatch(
+            parse(&[
+                "graft",
+                "model",
+                "init",
+                INIT,
+                "--tokenizer",
+                "experiments/tokenizer",
+                "--seed",
+                "0",
+            ])?,
+            context,
+        )?;
     }
 
-    let options = |tag: &str| RunOptions { backend: args.backend, tag: Some(tag.to_string()), quiet: false, json: false };
+    let options = |tag: &str| RunOptions {
+        backend: args.backend,
+        tag: Some(tag.to_string()),
+        quiet: false,
+        json: false,
+    };
     say("2/5 pretraining the base model from scratch");
-    let pretrain = train_experiment(&load("pretrain.toml", None)?, &options("pretrain"), context, true)?;
+    let pretrain = train_experiment(
+        &load("pretrain.toml", None)?,
+        &options("pretrain"),
+        context,
+        true,
+    )?;
     if !Path::new(BASE).join("model.safetensors").is_file() {
-        super::dispatch(parse(&["graft", "export", &pretrain.to_hex(), "--merged", BASE])?, context)?;
+        super::dispatch(
+            parse(&["graft", "export", &pretrain.to_hex(), "--merged", BASE])?,
+            context,
+        )?;
     }
 
     say("3/5 task A: LoRA fine-tuning on addition");
-    train_experiment(&load("task-a.toml", None)?, &options("task-a"), context, true)?;
+    train_experiment(
+        &load("task-a.toml", None)?,
+        &options("task-a"),
+        context,
+        true,
+    )?;
     say("4/5 task B: forking from task-a@best, without and with replay");
-    train_experiment(&load("task-b.toml", Some("task-a@best"))?, &options("task-b"), context, true)?;
-    train_experiment(&load("task-b-replay.toml", Some("task-a@best"))?, &options("task-b-replay"), context, true)?;
+    train_experiment(
+        &load("task-b.toml", Some("task-a@best"))?,
+        &options("task-b"),
+        context,
+        true,
+    )?;
+    train_experiment(
+        &load("task-b-replay.toml", Some("task-a@best"))?,
+        &options("task-b-replay"),
+        context,
+        true,
+    )?;
 
     say("5/5 results");
     super::dispatch(parse(&["graft", "log", "--graph"])?, context)?;
     let table = accuracy_table(context)?;
     write_plot(context, &args.plot)?;
     if args.json {
-        return output::print_json(&serde_json::json!({ "accuracy": table, "seconds": started.elapsed().as_secs_f64() }));
+        return output::print_json(
+            &serde_json::json!({ "accuracy": table, "seconds": started.elapsed().as_secs_f64() }),
+        );
     }
     let rows: Vec<Vec<String>> = table
         .iter()
-        .map(|(name, scores)| vec![name.clone(), percent(scores.get("add")), percent(scores.get("reverse"))])
+        .map(|(name, scores)| {
+            vec![
+                name.clone(),
+                percent(scores.get("add")),
+                percent(scores.get("reverse")),
+            ]
+        })
         .collect();
     output::println_safe("");
-    output::println_safe(&output::table(&["checkpoint", "task A (add) accuracy", "task B (reverse) accuracy"], &rows));
+    output::println_safe(&output::table(
+        &[
+            "checkpoint",
+            "task A (add) accuracy",
+            "task B (reverse) accuracy",
+        ],
+        &rows,
+    ));
     output::println_safe(&format!(
         "\nloss plot: {}\nquickstart took {:.0} s; try `graft lineage task-b-replay`, `graft diff task-b task-b-replay`, `graft runs --where 'best.eval_loss < 2'`",
         args.plot.display(),
@@ -107,7 +162,8 @@ fn parse(argv: &[&str]) -> CliResult<super::Command> {
 
 fn load(file: &str, fork_from: Option<&str>) -> CliResult<Experiment> {
     let path = Path::new(EXPERIMENTS).join(file);
-    let text = std::fs::read_to_string(&path).map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
     Ok(Experiment::parse_for(&text, &path, &[], fork_from)?)
 }
 
@@ -116,11 +172,18 @@ fn write_data(dir: &Path) -> CliResult {
     std::fs::create_dir_all(dir).map_err(|e| CliError::user(format!("{}: {e}", dir.display())))?;
     let write = |name: &str, lines: Vec<String>| -> CliResult {
         let path = dir.join(name);
-        std::fs::write(&path, lines.join("\n") + "\n").map_err(|e| CliError::user(format!("{}: {e}", path.display())))
+        std::fs::write(&path, lines.join("\n") + "\n")
+            .map_err(|e| CliError::user(format!("{}: {e}", path.display())))
     };
     let copy = synth("copy", 1500, 10)?;
     let successor = synth("successor", 1500, 11)?;
-    write("pretrain.jsonl", copy.into_iter().zip(successor).flat_map(|(a, b)| [a, b]).collect())?;
+    write(
+        "pretrain.jsonl",
+        copy.into_iter()
+            .zip(successor)
+            .flat_map(|(a, b)| [a, b])
+            .collect(),
+    )?;
     for (name, task, n, seed) in DATA {
         write(name, synth(task, *n, *seed)?)?;
     }
@@ -128,7 +191,9 @@ fn write_data(dir: &Path) -> CliResult {
 }
 
 fn percent(value: Option<&f64>) -> String {
-    value.map(|v| format!("{:.1}%", v * 100.0)).unwrap_or_else(|| "-".into())
+    value
+        .map(|v| format!("{:.1}%", v * 100.0))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// Task A and task B exact-match accuracy at each step of the story.
@@ -142,9 +207,16 @@ fn accuracy_table(context: &Context) -> CliResult<Vec<(String, BTreeMap<String, 
         for (name, file) in [("add", "add-val.jsonl"), ("reverse", "reverse-val.jsonl")] {
             let encoder = Encoder::new(tokenizer.clone(), Format::Chat, "plain")?;
             let path = Path::new(EXPERIMENTS).join("data").join(file);
-            let rows = RowStream::open(DataSource::file(&path), Arc::new(encoder), StreamConfig::eval(32, false))?;
+            let rows = RowStream::open(
+                DataSource::file(&path),
+                Arc::new(encoder),
+                StreamConfig::eval(32, false),
+            )?;
             let set = EvalSet::collect(name.into(), false, true, rows, 64, 32)?;
-            scores.insert(name.to_string(), evaluate(&restored.model, &set).accuracy.unwrap_or(0.0));
+            scores.insert(
+                name.to_string(),
+                evaluate(&restored.model, &set).accuracy.unwrap_or(0.0),
+            );
         }
         let label = match reference {
             "pretrain" => "base (pretrained)",

@@ -33,7 +33,10 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let run = index.run(&run_id)?;
     drop(index);
     let mut recorder = ReproduceRecorder::new(StoreRecorder::new(store.clone()));
-    let outcome = crate::on_backend!(args.backend, reexecute(&store, &run.recipe, &mut recorder, args.quiet))?;
+    let outcome = crate::on_backend!(
+        args.backend,
+        reexecute(&store, &run.recipe, &mut recorder, args.quiet)
+    )?;
     let index = store.index()?;
     let comparison = compare(&index, &run_id, outcome.execution, &recorder.checkpoints)?;
     if args.json {
@@ -58,7 +61,10 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     if comparison.identical {
         Ok(())
     } else {
-        Err(CliError::check(format!("run {} does not reproduce", run_id.short())))
+        Err(CliError::check(format!(
+            "run {} does not reproduce",
+            run_id.short()
+        )))
     }
 }
 
@@ -70,5 +76,14 @@ fn reexecute<B: AutodiffBackend>(
     quiet: bool,
 ) -> CliResult<Outcome> {
     let mut events = TerminalEvents::new(quiet);
-    Ok(train::execute::<B>(device, store, recipe, &[], BTreeMap::new(), ExecutionKind::Reproduce, recorder, &mut events)?)
+    Ok(train::execute::<B>(
+        device,
+        store,
+        recipe,
+        &[],
+        BTreeMap::new(),
+        ExecutionKind::Reproduce,
+        recorder,
+        &mut events,
+    )?)
 }

@@ -22,11 +22,21 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let run_id = index.resolve_run(&args.run)?;
     let run = index.run(&run_id)?;
     let executions = index.executions(&run_id)?;
-    if executions.iter().rfind(|e| e.purpose != "reproduce").is_some_and(|e| e.status == ExecutionStatus::Completed) {
-        return Err(CliError::user(format!("run {} has completed: there is nothing to resume", run_id.short()))
-            .with_hint("`graft fork RUN@last --set train.steps=N` trains further as a new run"));
+    if executions
+        .iter()
+        .rfind(|e| e.purpose != "reproduce")
+        .is_some_and(|e| e.status == ExecutionStatus::Completed)
+    {
+        return Err(CliError::user(format!(
+            "run {} has completed: there is nothing to resume",
+            run_id.short()
+        ))
+        .with_hint("`graft fork RUN@last --set train.steps=N` trains further as a new run"));
     }
-    if let Some(running) = executions.iter().find(|e| e.status == ExecutionStatus::Running) {
+    if let Some(running) = executions
+        .iter()
+        .find(|e| e.status == ExecutionStatus::Running)
+    {
         return Err(CliError::user(format!(
             "run {} is still running (execution {}, pid {} on {})",
             run_id.short(),
@@ -35,22 +45,40 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             running.host
         )));
     }
-    let last = index
-        .run_checkpoints(&run_id)?
-        .into_iter()
-        .filter(|c| !c.retired && executions.iter().any(|e| e.number == c.execution && e.purpose != "reproduce"))
-        .next_back();
+    let last = index.run_checkpoints(&run_id)?.into_iter().rfind(|c| {
+        !c.retired
+            && executions
+                .iter()
+                .any(|e| e.number == c.execution && e.purpose != "reproduce")
+    });
     drop(index);
     let kind = match &last {
         Some(checkpoint) => ExecutionKind::Resume(checkpoint.id),
         None => ExecutionKind::Train,
     };
-    let model = store.index()?.get_model(&run.recipe.base_model)?.ok_or_else(|| CliError::user("the run's base model is not in the store"))?;
-    let plan = Plan { recipe: run.recipe.clone(), model, datasets: Vec::new(), notes: BTreeMap::new(), drift: None };
+    let model = store
+        .index()?
+        .get_model(&run.recipe.base_model)?
+        .ok_or_else(|| CliError::user("the run's base model is not in the store"))?;
+    let plan = Plan {
+        recipe: run.recipe.clone(),
+        model,
+        datasets: Vec::new(),
+        notes: BTreeMap::new(),
+        drift: None,
+    };
     if !args.common.quiet {
         match &last {
-            Some(c) => eprintln!("resuming run {} from step {} (checkpoint {})", run_id.short(), c.step, c.id.short()),
-            None => eprintln!("run {} has no checkpoint yet: starting it again from step 1", run_id.short()),
+            Some(c) => eprintln!(
+                "resuming run {} from step {} (checkpoint {})",
+                run_id.short(),
+                c.step,
+                c.id.short()
+            ),
+            None => eprintln!(
+                "run {} has no checkpoint yet: starting it again from step 1",
+                run_id.short()
+            ),
         }
     }
     let outcome = execute_plan(&store, &plan, kind, &args.common)?;

@@ -48,7 +48,9 @@ impl From<TrainError> for CliError {
     fn from(e: TrainError) -> Self {
         match e {
             TrainError::Store(e) => e.into(),
-            TrainError::NonFinite { .. } => CliError::check(e.to_string()).with_hint("lower optim.lr or raise optim.warmup_steps, then fork from the last checkpoint"),
+            TrainError::NonFinite { .. } => CliError::check(e.to_string()).with_hint(
+                "lower optim.lr or raise optim.warmup_steps, then fork from the last checkpoint",
+            ),
             other => CliError::user(other.to_string()),
         }
     }
@@ -73,7 +75,12 @@ pub fn run(args: Args, context: &Context) -> CliResult {
 
 /// Plan, refuse a recipe that already ran (or, with `reuse`, return it),
 /// execute, tag, report. Returns the run id.
-pub fn train_experiment(experiment: &Experiment, options: &RunOptions, context: &Context, reuse: bool) -> CliResult<crate::store::Id> {
+pub fn train_experiment(
+    experiment: &Experiment,
+    options: &RunOptions,
+    context: &Context,
+    reuse: bool,
+) -> CliResult<crate::store::Id> {
     if let Some(tag) = &options.tag {
         crate::store::refs::validate_tag_name(tag)?;
     }
@@ -82,12 +89,19 @@ pub fn train_experiment(experiment: &Experiment, options: &RunOptions, context: 
     let run_id = plan.recipe.run_id();
     {
         let index = store.index()?;
-        if let Some(last) = index.executions(&run_id)?.into_iter().rfind(|e| e.purpose != "reproduce") {
+        if let Some(last) = index
+            .executions(&run_id)?
+            .into_iter()
+            .rfind(|e| e.purpose != "reproduce")
+        {
             match last.status {
                 ExecutionStatus::Completed if reuse => {
                     drop(index);
                     if !options.quiet {
-                        eprintln!("run {} already trained with this exact recipe: reusing it", run_id.short());
+                        eprintln!(
+                            "run {} already trained with this exact recipe: reusing it",
+                            run_id.short()
+                        );
                     }
                     tag_run(&store, run_id, options)?;
                     return Ok(run_id);
@@ -97,8 +111,13 @@ pub fn train_experiment(experiment: &Experiment, options: &RunOptions, context: 
                         .with_hint(format!("`graft reproduce {}` executes it again and compares; change a key (--set) for a new run", run_id.short())));
                 }
                 ExecutionStatus::Running | ExecutionStatus::Interrupted => {
-                    return Err(CliError::user(format!("run {run_id} has an unfinished execution"))
-                        .with_hint(format!("`graft resume {}` continues it from its last checkpoint", run_id.short())));
+                    return Err(CliError::user(format!(
+                        "run {run_id} has an unfinished execution"
+                    ))
+                    .with_hint(format!(
+                        "`graft resume {}` continues it from its last checkpoint",
+                        run_id.short()
+                    )));
                 }
                 ExecutionStatus::Failed => {}
             }
@@ -121,9 +140,17 @@ fn tag_run(store: &Store, run: crate::store::Id, options: &RunOptions) -> CliRes
     Ok(())
 }
 
-pub fn execute_plan(store: &Store, plan: &Plan, kind: ExecutionKind, options: &RunOptions) -> CliResult<Outcome> {
+pub fn execute_plan(
+    store: &Store,
+    plan: &Plan,
+    kind: ExecutionKind,
+    options: &RunOptions,
+) -> CliResult<Outcome> {
     let mut recorder = StoreRecorder::new(store.clone());
-    crate::on_backend!(options.backend, execute_with(store, plan, kind, &mut recorder, options.quiet))
+    crate::on_backend!(
+        options.backend,
+        execute_with(store, plan, kind, &mut recorder, options.quiet)
+    )
 }
 
 fn execute_with<B: AutodiffBackend>(
@@ -135,7 +162,16 @@ fn execute_with<B: AutodiffBackend>(
     quiet: bool,
 ) -> CliResult<Outcome> {
     let mut events = TerminalEvents::new(quiet);
-    Ok(train::execute::<B>(device, store, &plan.recipe, &plan.datasets, plan.notes.clone(), kind, recorder, &mut events)?)
+    Ok(train::execute::<B>(
+        device,
+        store,
+        &plan.recipe,
+        &plan.datasets,
+        plan.notes.clone(),
+        kind,
+        recorder,
+        &mut events,
+    )?)
 }
 
 /// Tag the run and print what it produced.
@@ -156,9 +192,17 @@ pub fn finish(store: &Store, outcome: &Outcome, options: &RunOptions) -> CliResu
         "run {} finished at step {}{} with {} checkpoints; last checkpoint {}",
         outcome.run,
         outcome.final_step,
-        if outcome.early_stopped { " (early stop)" } else { "" },
+        if outcome.early_stopped {
+            " (early stop)"
+        } else {
+            ""
+        },
         outcome.checkpoints.len(),
-        outcome.checkpoints.last().map(|(_, id)| id.short()).unwrap_or_else(|| "-".into())
+        outcome
+            .checkpoints
+            .last()
+            .map(|(_, id)| id.short())
+            .unwrap_or_else(|| "-".into())
     ));
     Ok(())
 }

@@ -477,7 +477,11 @@ fn remove_torn_snapshots(path: &Path) -> bool {
     if torn.is_empty() {
         return false;
     }
-    let Ok(db) = std::fs::OpenOptions::new().read(true).write(true).open(path.join("db")) else {
+    let Ok(db) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path.join("db"))
+    else {
         return false;
     };
     // SAFETY: flock only reads the descriptor, which `db` keeps open; closing

@@ -150,7 +150,9 @@ impl JournalWriter {
         if self.torn {
             return Err(StoreError::io(
                 &self.path,
-                std::io::Error::other("an earlier write failed and its torn tail could not be cut off"),
+                std::io::Error::other(
+                    "an earlier write failed and its torn tail could not be cut off",
+                ),
             ));
         }
         let mut buffer = Vec::new();
@@ -175,7 +177,10 @@ impl JournalWriter {
             if buffer.len() > room {
                 self.file.write_all(&buffer[..room])?;
                 self.written += room as u64;
-                return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "no space left on device",
+                ));
             }
         }
         self.file.write_all(buffer)?;

@@ -73,11 +73,15 @@ impl ObjectStore {
             .tempfile_in(&self.root)
             .map_err(|e| StoreError::io(&self.root, e))?;
         full_disk_hook(temp.path())?;
-        temp.write_all(bytes).map_err(|e| StoreError::io(temp.path(), e))?;
+        temp.write_all(bytes)
+            .map_err(|e| StoreError::io(temp.path(), e))?;
         if durable {
-            temp.as_file().sync_all().map_err(|e| StoreError::io(temp.path(), e))?;
+            temp.as_file()
+                .sync_all()
+                .map_err(|e| StoreError::io(temp.path(), e))?;
         }
-        temp.persist(&target).map_err(|e| StoreError::io(&target, e.error))?;
+        temp.persist(&target)
+            .map_err(|e| StoreError::io(&target, e.error))?;
         if durable {
             sync_dir(&parent);
         }

@@ -185,7 +185,8 @@ impl Index {
         let even = &lower[..lower.len() & !1];
         let prefix_bytes = hex_to_bytes(even).unwrap_or_default();
         let mut matches = Vec::new();
-        let trees: [(&sled::Tree, fn(Id) -> Target); 4] = [
+        type Make = fn(Id) -> Target;
+        let trees: [(&sled::Tree, Make); 4] = [
             (&self.models, Target::Model),
             (&self.datasets, Target::Dataset),
             (&self.runs, Target::Run),

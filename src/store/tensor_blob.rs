@@ -43,19 +43,28 @@ impl TensorBlob {
             return Err(bad("bad magic"));
         }
         if bytes[8] != VERSION {
-            return Err(bad(&format!("version {} (this graft reads {VERSION})", bytes[8])));
+            return Err(bad(&format!(
+                "version {} (this graft reads {VERSION})",
+                bytes[8]
+            )));
         }
         let dtype_len = bytes[9] as usize;
         let mut cursor = 10;
-        let dtype = std::str::from_utf8(bytes.get(cursor..cursor + dtype_len).ok_or_else(|| bad("truncated"))?)
-            .map_err(|_| bad("dtype is not ASCII"))?
-            .to_string();
+        let dtype = std::str::from_utf8(
+            bytes
+                .get(cursor..cursor + dtype_len)
+                .ok_or_else(|| bad("truncated"))?,
+        )
+        .map_err(|_| bad("dtype is not ASCII"))?
+        .to_string();
         cursor += dtype_len;
         let ndims = *bytes.get(cursor).ok_or_else(|| bad("truncated"))? as usize;
         cursor += 1;
         let mut shape = Vec::with_capacity(ndims);
         for _ in 0..ndims {
-            let dim = bytes.get(cursor..cursor + 8).ok_or_else(|| bad("truncated"))?;
+            let dim = bytes
+                .get(cursor..cursor + 8)
+                .ok_or_else(|| bad("truncated"))?;
             shape.push(u64::from_be_bytes(dim.try_into().unwrap_or([0; 8])) as usize);
             cursor += 8;
         }
@@ -67,7 +76,10 @@ impl TensorBlob {
         };
         let data = bytes[cursor..].to_vec();
         if data.len() != shape.iter().product::<usize>() * element {
-            return Err(bad(&format!("{} data bytes for shape {shape:?} {dtype}", data.len())));
+            return Err(bad(&format!(
+                "{} data bytes for shape {shape:?} {dtype}",
+                data.len()
+            )));
         }
         Ok(TensorBlob { dtype, shape, data })
     }
@@ -79,10 +91,16 @@ mod tests {
 
     #[test]
     fn tensor_blobs_round_trip_and_reject_truncation() {
-        let blob = TensorBlob { dtype: "F32".into(), shape: vec![2, 3], data: (0..24).collect() };
+        let blob = TensorBlob {
+            dtype: "F32".into(),
+            shape: vec![2, 3],
+            data: (0..24).collect(),
+        };
         let bytes = blob.encode();
         assert_eq!(TensorBlob::decode(&bytes, "t").unwrap(), blob);
-        let error = TensorBlob::decode(&bytes[..bytes.len() - 1], "lora_A").unwrap_err().to_string();
+        let error = TensorBlob::decode(&bytes[..bytes.len() - 1], "lora_A")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("lora_A"), "{error}");
     }
 }

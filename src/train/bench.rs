@@ -110,8 +110,12 @@ pub fn run_bench<B: AutodiffBackend>(
         model = model.map_params(|info, value| {
             info.is_lora.then(|| {
                 let value = match value {
-                    crate::model::AnyTensor::D1(t) => crate::model::AnyTensor::D1(t.cast(FloatDType::F32)),
-                    crate::model::AnyTensor::D2(t) => crate::model::AnyTensor::D2(t.cast(FloatDType::F32)),
+                    crate::model::AnyTensor::D1(t) => {
+                        crate::model::AnyTensor::D1(t.cast(FloatDType::F32))
+                    }
+                    crate::model::AnyTensor::D2(t) => {
+                        crate::model::AnyTensor::D2(t.cast(FloatDType::F32))
+                    }
                 };
                 (value, true)
             })
@@ -132,7 +136,11 @@ pub fn run_bench<B: AutodiffBackend>(
     });
     let vocab = model_config.vocab_size as f64;
     let ids = || {
-        Tensor::<B, 2, Int>::random([config.batch, config.seq], Distribution::Uniform(0.0, vocab), device)
+        Tensor::<B, 2, Int>::random(
+            [config.batch, config.seq],
+            Distribution::Uniform(0.0, vocab),
+            device,
+        )
     };
 
     let mut peak = MemorySample::default();
@@ -168,7 +176,11 @@ pub fn run_bench<B: AutodiffBackend>(
 
     // One more step, synced between phases, gives the memory peaks (the allocator is
     // asked only after the work that allocates has run) and, if asked, the phase times.
-    let phase_steps = if config.phases { config.steps.clamp(1, 5) } else { 1 };
+    let phase_steps = if config.phases {
+        config.steps.clamp(1, 5)
+    } else {
+        1
+    };
     let mut phase_totals = [0.0f64; 3];
     for _ in 0..phase_steps {
         let mut clock = Instant::now();

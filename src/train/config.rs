@@ -78,9 +78,17 @@ fn default_alpha() -> f64 {
     32.0
 }
 pub fn default_targets() -> Vec<String> {
-    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        .map(String::from)
-        .to_vec()
+    [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
@@ -326,12 +334,19 @@ impl Experiment {
 
     /// Parse an experiment for `graft fork REF FILE`: the file's `[model]`
     /// is replaced by `from = REF`.
-    pub fn parse_for(text: &str, path: &Path, overrides: &[String], fork_from: Option<&str>) -> Result<Experiment, ConfigError> {
+    pub fn parse_for(
+        text: &str,
+        path: &Path,
+        overrides: &[String],
+        fork_from: Option<&str>,
+    ) -> Result<Experiment, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,
         };
-        let mut tree: toml::Table = text.parse().map_err(|e: toml::de::Error| invalid(with_hint(&e.to_string())))?;
+        let mut tree: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| invalid(with_hint(&e.to_string())))?;
         if let Some(reference) = fork_from {
             let mut model = toml::Table::new();
             model.insert("from".into(), toml::Value::String(reference.into()));
@@ -356,7 +371,10 @@ impl Experiment {
     pub fn from_recipe(recipe: &crate::store::Recipe) -> Result<Experiment, String> {
         let mut json = recipe.config.to_json();
         if let Some(object) = json.as_object_mut() {
-            object.insert("model".into(), serde_json::json!({ "base": recipe.base_model.to_hex() }));
+            object.insert(
+                "model".into(),
+                serde_json::json!({ "base": recipe.base_model.to_hex() }),
+            );
         }
         serde_json::from_value(json).map_err(|e| e.to_string())
     }
@@ -368,12 +386,24 @@ impl Experiment {
 
     fn validate(&self) -> Result<(), String> {
         match (&self.model.base, &self.model.from) {
-            (Some(_), Some(_)) => return Err("[model] sets both `base` and `from`: a run starts from one of them".into()),
-            (None, None) => return Err("[model] needs `base` (a model folder, id or tag) or `from` (a checkpoint ref)".into()),
+            (Some(_), Some(_)) => {
+                return Err(
+                    "[model] sets both `base` and `from`: a run starts from one of them".into(),
+                )
+            }
+            (None, None) => {
+                return Err(
+                    "[model] needs `base` (a model folder, id or tag) or `from` (a checkpoint ref)"
+                        .into(),
+                )
+            }
             _ => {}
         }
         if !["constant", "linear", "cosine"].contains(&self.optim.schedule.as_str()) {
-            return Err(format!("optim.schedule = {:?}: expected constant, linear or cosine", self.optim.schedule));
+            return Err(format!(
+                "optim.schedule = {:?}: expected constant, linear or cosine",
+                self.optim.schedule
+            ));
         }
         if let Some(adapter) = &self.adapter {
             if adapter.kind != "lora" {
@@ -391,14 +421,21 @@ impl Experiment {
         }
         if let Some(replay) = &self.data.replay {
             if !(0.0..1.0).contains(&replay.ratio) {
-                return Err(format!("data.replay.ratio = {}: must be in [0, 1)", replay.ratio));
+                return Err(format!(
+                    "data.replay.ratio = {}: must be in [0, 1)",
+                    replay.ratio
+                ));
             }
         }
         if !(0.0..1.0).contains(&self.data.val_fraction) {
-            return Err(format!("data.val_fraction = {}: must be in [0, 1)", self.data.val_fraction));
+            return Err(format!(
+                "data.val_fraction = {}: must be in [0, 1)",
+                self.data.val_fraction
+            ));
         }
         for step in &self.unfreeze.schedule {
-            super::unfreeze::parse_layers(&step.layers).map_err(|e| format!("unfreeze.schedule at = {}: {e}", step.at))?;
+            super::unfreeze::parse_layers(&step.layers)
+                .map_err(|e| format!("unfreeze.schedule at = {}: {e}", step.at))?;
         }
         Ok(())
     }
@@ -430,7 +467,9 @@ pub fn apply_overrides(tree: &mut toml::Table, overrides: &[String]) -> Result<(
             assignment: assignment.clone(),
             reason: reason.into(),
         };
-        let (key, raw) = assignment.split_once('=').ok_or_else(|| bad("expected key=value"))?;
+        let (key, raw) = assignment
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=value"))?;
         let key = key.trim();
         let value: toml::Value = match format!("v = {raw}").parse::<toml::Table>() {
             Ok(mut table) => table.remove("v").unwrap_or(toml::Value::String(raw.into())),
@@ -445,7 +484,9 @@ pub fn apply_overrides(tree: &mut toml::Table, overrides: &[String]) -> Result<(
             let entry = table
                 .entry(part.to_string())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            table = entry.as_table_mut().ok_or_else(|| bad(&format!("`{part}` is not a table")))?;
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| bad(&format!("`{part}` is not a table")))?;
         }
         table.insert(parts[parts.len() - 1].to_string(), value);
     }
@@ -463,7 +504,10 @@ fn with_hint(message: &str) -> String {
     };
     let unknown = &rest[..end];
     let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
-    match expected.iter().min_by_key(|candidate| edit_distance(unknown, candidate)) {
+    match expected
+        .iter()
+        .min_by_key(|candidate| edit_distance(unknown, candidate))
+    {
         Some(best) if edit_distance(unknown, best) <= unknown.len().max(2) / 2 + 1 => {
             format!("{}\nhint: did you mean `{best}`?", message.trim_end())
         }
@@ -477,7 +521,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut current = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            current.push((previous[j] + (ca != *cb) as usize).min(previous[j + 1] + 1).min(current[j] + 1));
+            current.push(
+                (previous[j] + (ca != *cb) as usize)
+                    .min(previous[j + 1] + 1)
+                    .min(current[j] + 1),
+            );
         }
         previous = current;
     }
@@ -491,7 +539,9 @@ mod tests {
     #[test]
     fn unknown_keys_name_the_line_and_suggest_the_key() {
         let text = "[model]\nbase = \"m\"\n\n[optim]\nlrr = 1e-4\n";
-        let error = Experiment::parse(text, Path::new("exp.toml"), &[]).unwrap_err().to_string();
+        let error = Experiment::parse(text, Path::new("exp.toml"), &[])
+            .unwrap_err()
+            .to_string();
         assert!(error.starts_with("exp.toml:"), "{error}");
         assert!(error.contains("line 5"), "{error}");
         assert!(error.contains("did you mean `lr`?"), "{error}");
@@ -500,14 +550,24 @@ mod tests {
     #[test]
     fn overrides_apply_before_checking_and_defaults_fill_the_rest() {
         let text = "[model]\nbase = \"m\"\n";
-        let experiment = Experiment::parse(text, Path::new("e.toml"), &["optim.lr=1e-5".into(), "train.steps=7".into()]).unwrap();
+        let experiment = Experiment::parse(
+            text,
+            Path::new("e.toml"),
+            &["optim.lr=1e-5".into(), "train.steps=7".into()],
+        )
+        .unwrap();
         assert_eq!(experiment.optim.lr, 1e-5);
         assert_eq!(experiment.train.steps, 7);
         assert_eq!(experiment.optim.schedule, "cosine");
         let config = experiment.recipe_config();
         assert_eq!(config.get_path("optim.batch_size"), Some(&Canon::Int(8)));
-        assert!(config.get("model").is_none(), "paths and refs are ids in the recipe");
-        let error = Experiment::parse(text, Path::new("e.toml"), &["optim.lrr=1".into()]).unwrap_err().to_string();
+        assert!(
+            config.get("model").is_none(),
+            "paths and refs are ids in the recipe"
+        );
+        let error = Experiment::parse(text, Path::new("e.toml"), &["optim.lrr=1".into()])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("did you mean `lr`?"), "{error}");
     }
 }

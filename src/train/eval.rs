@@ -53,13 +53,25 @@ impl EvalSet {
         if !current.is_empty() {
             batches.push(to_batch(current));
         }
-        Ok(EvalSet { name, inherited, has_answers, batches })
+        Ok(EvalSet {
+            name,
+            inherited,
+            has_answers,
+            batches,
+        })
     }
 }
 
 fn to_batch(rows: Vec<crate::data::Row>) -> Batch {
     let seq_len = rows[0].input_ids.len();
-    let mut batch = Batch { batch: 0, seq_len, input_ids: Vec::new(), target_ids: Vec::new(), loss_mask: Vec::new(), replay_rows: 0 };
+    let mut batch = Batch {
+        batch: 0,
+        seq_len,
+        input_ids: Vec::new(),
+        target_ids: Vec::new(),
+        loss_mask: Vec::new(),
+        replay_rows: 0,
+    };
     for row in rows {
         batch.input_ids.extend(row.input_ids);
         batch.target_ids.extend(row.target_ids);
@@ -76,10 +88,15 @@ pub fn evaluate<B: Backend>(model: &CausalLm<B>, set: &EvalSet) -> EvalResult {
     for batch in &set.batches {
         let tensors = BatchTensors::<B>::new(batch, &device);
         let logits = model.forward(tensors.inputs.clone());
-        loss_sum += masked_loss_sum(logits.clone(), &tensors).into_scalar().elem::<f64>();
+        loss_sum += masked_loss_sum(logits.clone(), &tensors)
+            .into_scalar()
+            .elem::<f64>();
         tokens += tensors.tokens;
         if set.has_answers {
-            correct += exact_match_rows(logits, &tensors).iter().filter(|&&ok| ok).count();
+            correct += exact_match_rows(logits, &tensors)
+                .iter()
+                .filter(|&&ok| ok)
+                .count();
         }
         examples += batch.batch;
     }
@@ -90,6 +107,11 @@ pub fn evaluate<B: Backend>(model: &CausalLm<B>, set: &EvalSet) -> EvalResult {
     }
 }
 
-pub fn evaluate_all<B: Backend>(model: &CausalLm<B>, sets: &[EvalSet]) -> Vec<(String, EvalResult)> {
-    sets.iter().map(|set| (set.name.clone(), evaluate(model, set))).collect()
+pub fn evaluate_all<B: Backend>(
+    model: &CausalLm<B>,
+    sets: &[EvalSet],
+) -> Vec<(String, EvalResult)> {
+    sets.iter()
+        .map(|set| (set.name.clone(), evaluate(model, set)))
+        .collect()
 }

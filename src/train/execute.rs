@@ -14,11 +14,15 @@ use super::plan::object_source;
 use super::registry::{self, RegistryError};
 use super::state::{self, Kept, TrainerState};
 use super::{loss, schedule, unfreeze};
-use crate::data::{self, BatchStream, Encoder, ReplaySource, RowStream, Split, StreamConfig, Tokenizer};
+use crate::data::{
+    self, BatchStream, Encoder, ReplaySource, RowStream, Split, StreamConfig, Tokenizer,
+};
 use crate::model::{load_model_dir, CausalLm, LoraConfig};
-use crate::store::{Canon, DatasetRecord, ExecutionKind, ExecutionStatus, Id, Recipe, Recorder, Store, StoreError};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use crate::store::{
+    Canon, DatasetRecord, ExecutionKind, ExecutionStatus, Id, Recipe, Recorder, Store, StoreError,
+};
 use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -85,12 +89,16 @@ pub fn execute<B: AutodiffBackend>(
     recorder: &mut dyn Recorder,
     events: &mut dyn Events,
 ) -> Result<Outcome, TrainError> {
-    let settings = Experiment::from_recipe(recipe).map_err(|e| TrainError::Recipe(format!("the recipe's config cannot be read back: {e}")))?;
+    let settings = Experiment::from_recipe(recipe)
+        .map_err(|e| TrainError::Recipe(format!("the recipe's config cannot be read back: {e}")))?;
     let (model_record, start) = {
         let index = store.index()?;
         let model = index
             .get_model(&recipe.base_model)?
-            .ok_or(StoreError::NotFound { kind: "model", id: recipe.base_model })?;
+            .ok_or(StoreError::NotFound {
+                kind: "model",
+                id: recipe.base_model,
+            })?;
         let start = match kind.resumed_from().or(recipe.start_checkpoint) {
             Some(id) => Some(index.checkpoint(&id)?),
             None => None,
@@ -136,7 +144,8 @@ pub fn execute<B: AutodiffBackend>(
     });
     let mut trainer = TrainerState::default();
     if let (true, Some(checkpoint)) = (resuming, &start) {
-        let (restored, moments) = state::load_trainer::<B::InnerBackend>(store, checkpoint, device)?;
+        let (restored, moments) =
+            state::load_trainer::<B::InnerBackend>(store, checkpoint, device)?;
         optimizer.import(moments, device);
         trainer = restored;
         // The newest entry was saved before its own id existed.
@@ -153,27 +162,65 @@ pub fn execute<B: AutodiffBackend>(
     let record_of = |id: &Id| -> Result<DatasetRecord, TrainError> {
         match by_id.get(id) {
             Some(record) => Ok((*record).clone()),
-            None => Ok(store.index()?.get_dataset(id)?.ok_or(StoreError::NotFound { kind: "dataset", id: *id })?),
+            None => Ok(store
+                .index()?
+                .get_dataset(id)?
+                .ok_or(StoreError::NotFound {
+                    kind: "dataset",
+                    id: *id,
+                })?),
         }
     };
-    let open_rows = |record: &DatasetRecord, config: StreamConfig| -> Result<RowStream, TrainError> {
-        let encoder = Encoder::from_spec(tokenizer.clone(), &record.spec)?;
-        Ok(RowStream::open(object_source(store, record)?, Arc::new(encoder), config)?)
-    };
-    let train_use = recipe.datasets.iter().find(|d| d.role == "train").ok_or_else(|| TrainError::Recipe("no train dataset".into()))?;
+    let open_rows =
+        |record: &DatasetRecord, config: StreamConfig| -> Result<RowStream, TrainError> {
+            let encoder = Encoder::from_spec(tokenizer.clone(), &record.spec)?;
+            Ok(RowStream::open(
+                object_source(store, record)?,
+                Arc::new(encoder),
+                config,
+            )?)
+        };
+    let train_use = recipe
+        .datasets
+        .iter()
+        .find(|d| d.role == "train")
+        .ok_or_else(|| TrainError::Recipe("no train dataset".into()))?;
     let own_val = recipe.datasets.iter().any(|d| d.role == "val");
     let mut train_config = StreamConfig::train(data_settings.seq_len, data_settings.pack, seed);
     if own_val {
-        train_config.split = Split::Train { val_fraction: data_settings.val_fraction, seed };
+        train_config.split = Split::Train {
+            val_fraction: data_settings.val_fraction,
+            seed,
+        };
     }
     let mut replay_sources = Vec::new();
     for used in recipe.datasets.iter().filter(|d| d.role == "replay") {
-        let rows = open_rows(&record_of(&used.dataset)?, StreamConfig::train(data_settings.seq_len, data_settings.pack, seed))?;
-        replay_sources.push(ReplaySource { rows, weight: used.weight });
+        let rows = open_rows(
+            &record_of(&used.dataset)?,
+            StreamConfig::train(data_settings.seq_len, data_settings.pack, seed),
+        )?;
+        replay_sources.push(ReplaySource {
+            rows,
+            weight: used.weight,
+        });
     }
-    let replay_ratio = data_settings.replay.as_ref().map(|r| r.ratio).unwrap_or(0.0);
-    let mut stream = BatchStream::new(open_rows(&record_of(&train_use.dataset)?, train_config)?, settings.optim.batch_size)?
-        .with_replay(replay_sources, if recipe.datasets.iter().any(|d| d.role == "replay") { replay_ratio } else { 0.0 })?;
+    let replay_ratio = data_settings
+        .replay
+        .as_ref()
+        .map(|r| r.ratio)
+        .unwrap_or(0.0);
+    let mut stream = BatchStream::new(
+        open_rows(&record_of(&train_use.dataset)?, train_config)?,
+        settings.optim.batch_size,
+    )?
+    .with_replay(
+        replay_sources,
+        if recipe.datasets.iter().any(|d| d.role == "replay") {
+            replay_ratio
+        } else {
+            0.0
+        },
+    )?;
     if resuming {
         stream.seek(&trainer.stream)?;
     }
@@ -192,13 +239,25 @@ pub fn execute<B: AutodiffBackend>(
         let record = record_of(&used.dataset)?;
         let rows = open_rows(&record, config)?;
         let has_answers = record.spec.get("format").and_then(Canon::as_str) != Some("text");
-        let name = used.name.split('/').next().unwrap_or(&used.name).to_string();
+        let name = used
+            .name
+            .split('/')
+            .next()
+            .unwrap_or(&used.name)
+            .to_string();
         let name = if used.role == "ancestor_val" {
             format!("val@{}", used.name.rsplit('@').next().unwrap_or(""))
         } else {
             name
         };
-        let set = EvalSet::collect(name, used.role.starts_with("ancestor"), has_answers, rows, data_settings.eval_examples, settings.optim.batch_size)?;
+        let set = EvalSet::collect(
+            name,
+            used.role.starts_with("ancestor"),
+            has_answers,
+            rows,
+            data_settings.eval_examples,
+            settings.optim.batch_size,
+        )?;
         if set.batches.is_empty() {
             return Err(TrainError::Recipe(format!(
                 "eval set `{}`: no example keeps a token to score within data.seq_len = {} (raise seq_len)",
@@ -220,10 +279,22 @@ pub fn execute<B: AutodiffBackend>(
 
     let loop_started = Instant::now();
     let result = (|| -> Result<(u64, bool), TrainError> {
-        model = apply_trainability(model, adapter.is_some(), &settings, trainer.step.max(1), &mut open_blocks, layers);
+        model = apply_trainability(
+            model,
+            adapter.is_some(),
+            &settings,
+            trainer.step.max(1),
+            &mut open_blocks,
+            layers,
+        );
         optimizer.retain(&model.trainable_param_names());
         let trainable_count = count_trainable(&model);
-        record_time += timed(|| recorder.log_metrics(trainer.step, &[("trainable_params", trainable_count as f64)]))?;
+        record_time += timed(|| {
+            recorder.log_metrics(
+                trainer.step,
+                &[("trainable_params", trainable_count as f64)],
+            )
+        })?;
         if settings.train.baseline_eval && !resuming && !eval_sets.is_empty() {
             let results = eval::evaluate_all(&model.valid(), &eval_sets);
             // Forgetting is tracked on the ancestors' sets only.
@@ -245,12 +316,23 @@ pub fn execute<B: AutodiffBackend>(
             let step = trainer.step + 1;
             B::seed(device, mix_seed(seed, step));
             let before = open_blocks.clone();
-            model = apply_trainability(model, adapter.is_some(), &settings, step, &mut open_blocks, layers);
+            model = apply_trainability(
+                model,
+                adapter.is_some(),
+                &settings,
+                step,
+                &mut open_blocks,
+                layers,
+            );
             if open_blocks != before {
                 optimizer.retain(&model.trainable_param_names());
                 let count = count_trainable(&model);
-                events.message(&format!("step {step}: training {count} parameters ({} base blocks open)", open_blocks.len()));
-                record_time += timed(|| recorder.log_metrics(step, &[("trainable_params", count as f64)]))?;
+                events.message(&format!(
+                    "step {step}: training {count} parameters ({} base blocks open)",
+                    open_blocks.len()
+                ));
+                record_time +=
+                    timed(|| recorder.log_metrics(step, &[("trainable_params", count as f64)]))?;
             }
 
             let mut grads = GradAccumulator::<B::InnerBackend>::default();
@@ -263,7 +345,8 @@ pub fn execute<B: AutodiffBackend>(
                 let tensors = loss::BatchTensors::<B>::new(&batch, device);
                 step_tokens += batch.batch * batch.seq_len;
                 let denominator = tensors.tokens.max(1) as f64;
-                let loss = loss::masked_loss_sum(model.forward(tensors.inputs.clone()), &tensors) / denominator;
+                let loss = loss::masked_loss_sum(model.forward(tensors.inputs.clone()), &tensors)
+                    / denominator;
                 loss_total += loss.clone().into_scalar().elem::<f64>();
                 grads.add(&model, &loss.backward());
             }
@@ -273,17 +356,39 @@ pub fn execute<B: AutodiffBackend>(
                 loss_value = f64::NAN;
             }
             if !loss_value.is_finite() {
-                return Err(TrainError::NonFinite { step, value: loss_value });
+                return Err(TrainError::NonFinite {
+                    step,
+                    value: loss_value,
+                });
             }
             let grad_norm = grads.norm() / accum;
             let clip = settings.optim.grad_clip;
-            let clip_factor = if clip > 0.0 && grad_norm > clip { clip / (grad_norm + 1e-6) } else { 1.0 };
-            let lr = schedule::learning_rate(&settings.optim.schedule, settings.optim.lr, settings.optim.warmup_steps, settings.optim.min_lr_ratio, step, total);
-            let embedding_lr = settings.optim.embedding_lr.map(|e| e * lr / settings.optim.lr);
-            model = optimizer.step(model, grads, clip_factor / accum, |info| match embedding_lr {
-                Some(e) if is_embedding_block(info) => e,
-                _ => lr,
-            });
+            let clip_factor = if clip > 0.0 && grad_norm > clip {
+                clip / (grad_norm + 1e-6)
+            } else {
+                1.0
+            };
+            let lr = schedule::learning_rate(
+                &settings.optim.schedule,
+                settings.optim.lr,
+                settings.optim.warmup_steps,
+                settings.optim.min_lr_ratio,
+                step,
+                total,
+            );
+            let embedding_lr = settings
+                .optim
+                .embedding_lr
+                .map(|e| e * lr / settings.optim.lr);
+            model = optimizer.step(
+                model,
+                grads,
+                clip_factor / accum,
+                |info| match embedding_lr {
+                    Some(e) if is_embedding_block(info) => e,
+                    _ => lr,
+                },
+            );
             trainer.step = step;
             trainer.tokens_seen += step_tokens as u64;
             trainer.stream = stream.position();
@@ -307,7 +412,8 @@ pub fn execute<B: AutodiffBackend>(
             let mut metrics = BTreeMap::new();
             if !eval_sets.is_empty() && (step % settings.train.eval_every.max(1) == 0 || last) {
                 let results = eval::evaluate_all(&model.valid(), &eval_sets);
-                record_time += timed(|| log_eval(recorder, step, &results, &baseline, &mut last_eval))?;
+                record_time +=
+                    timed(|| log_eval(recorder, step, &results, &baseline, &mut last_eval))?;
                 events.eval(step, &results);
                 let main = results[0].1.loss;
                 metrics.insert(crate::store::refs::BEST_METRIC.to_string(), main);
@@ -320,7 +426,9 @@ pub fn execute<B: AutodiffBackend>(
                 let patience = settings.train.early_stop_patience;
                 if patience > 0 && trainer.evals_since_best >= patience {
                     early_stopped = true;
-                    events.message(&format!("step {step}: no improvement in {patience} evaluations, stopping early"));
+                    events.message(&format!(
+                        "step {step}: no improvement in {patience} evaluations, stopping early"
+                    ));
                 }
             }
             if step % settings.train.checkpoint_every.max(1) == 0 || last || early_stopped {
@@ -329,9 +437,25 @@ pub fn execute<B: AutodiffBackend>(
                 // Retention is decided before saving, so the saved state is
                 // what an uninterrupted run carries on with. The new entry's
                 // id is only known after saving; it is filled in after.
-                trainer.kept.push(Kept { step, id: Id([0; 32]), eval_loss });
-                let retired = retention(&mut trainer.kept, settings.train.keep_last, settings.train.keep_best);
-                let id = state::save(recorder, &model, &optimizer, &trainer, &inherited, adapter.as_ref(), metrics)?;
+                trainer.kept.push(Kept {
+                    step,
+                    id: Id([0; 32]),
+                    eval_loss,
+                });
+                let retired = retention(
+                    &mut trainer.kept,
+                    settings.train.keep_last,
+                    settings.train.keep_best,
+                );
+                let id = state::save(
+                    recorder,
+                    &model,
+                    &optimizer,
+                    &trainer,
+                    &inherited,
+                    adapter.as_ref(),
+                    metrics,
+                )?;
                 if let Some(entry) = trainer.kept.last_mut() {
                     entry.id = id;
                 }
@@ -350,7 +474,11 @@ pub fn execute<B: AutodiffBackend>(
     let loop_time = loop_started.elapsed();
     match result {
         Ok((final_step, early_stopped)) => {
-            recorder.end(ExecutionStatus::Completed, None, early_stopped.then(|| "early stop".to_string()))?;
+            recorder.end(
+                ExecutionStatus::Completed,
+                None,
+                early_stopped.then(|| "early stop".to_string()),
+            )?;
             events.end();
             Ok(Outcome {
                 run: run.id,
@@ -366,7 +494,9 @@ pub fn execute<B: AutodiffBackend>(
         Err(error) => {
             events.end();
             let reason = match &error {
-                TrainError::NonFinite { step, .. } => Some(format!("non-finite loss at step {step}")),
+                TrainError::NonFinite { step, .. } => {
+                    Some(format!("non-finite loss at step {step}"))
+                }
                 _ => None,
             };
             recorder.end(ExecutionStatus::Failed, Some(error.to_string()), reason)?;
@@ -396,11 +526,16 @@ fn apply_trainability<B: Backend>(
         return model;
     }
     *open_blocks = wanted.clone();
-    model.set_trainable(|p| p.is_lora || (wanted.contains(&p.block) && !p.is_lora))
+    model.set_trainable(|p| p.is_lora || wanted.contains(&p.block))
 }
 
 fn count_trainable<B: Backend>(model: &CausalLm<B>) -> usize {
-    model.params().iter().filter(|p| p.trainable).map(|p| p.shape.iter().product::<usize>()).sum()
+    model
+        .params()
+        .iter()
+        .filter(|p| p.trainable)
+        .map(|p| p.shape.iter().product::<usize>())
+        .sum()
 }
 
 /// A per-step seed: dropout masks depend on (seed, step) only, so a resumed
@@ -445,11 +580,19 @@ fn log_eval(
 }
 
 /// The step-0 eval losses recorded by an earlier execution of the run.
-fn recorded_baseline(store: &Store, run: &Id, sets: &[EvalSet]) -> Result<BTreeMap<String, f64>, StoreError> {
+fn recorded_baseline(
+    store: &Store,
+    run: &Id,
+    sets: &[EvalSet],
+) -> Result<BTreeMap<String, f64>, StoreError> {
     let index = store.index()?;
     let mut out = BTreeMap::new();
     for set in sets.iter().filter(|s| s.inherited) {
-        if let Some((0, value)) = index.series(run, &format!("eval/{}/loss", set.name))?.first().copied() {
+        if let Some((0, value)) = index
+            .series(run, &format!("eval/{}/loss", set.name))?
+            .first()
+            .copied()
+        {
             out.insert(set.name.clone(), value);
         }
     }
@@ -469,11 +612,28 @@ fn parse_val_split(name: &str) -> Option<Split> {
 /// Keep the last `keep_last` checkpoints and the `keep_best` best by eval
 /// loss; return the ids to retire (removed from `kept`).
 pub fn retention(kept: &mut Vec<Kept>, keep_last: usize, keep_best: usize) -> Vec<Id> {
-    let mut keep: Vec<Id> = kept.iter().rev().take(keep_last.max(1)).map(|k| k.id).collect();
-    let mut scored: Vec<&Kept> = kept.iter().filter(|k| k.eval_loss.is_some_and(f64::is_finite)).collect();
-    scored.sort_by(|a, b| a.eval_loss.unwrap_or(f64::MAX).total_cmp(&b.eval_loss.unwrap_or(f64::MAX)).then(b.step.cmp(&a.step)));
+    let mut keep: Vec<Id> = kept
+        .iter()
+        .rev()
+        .take(keep_last.max(1))
+        .map(|k| k.id)
+        .collect();
+    let mut scored: Vec<&Kept> = kept
+        .iter()
+        .filter(|k| k.eval_loss.is_some_and(f64::is_finite))
+        .collect();
+    scored.sort_by(|a, b| {
+        a.eval_loss
+            .unwrap_or(f64::MAX)
+            .total_cmp(&b.eval_loss.unwrap_or(f64::MAX))
+            .then(b.step.cmp(&a.step))
+    });
     keep.extend(scored.iter().take(keep_best).map(|k| k.id));
-    let retired: Vec<Id> = kept.iter().filter(|k| !keep.contains(&k.id)).map(|k| k.id).collect();
+    let retired: Vec<Id> = kept
+        .iter()
+        .filter(|k| !keep.contains(&k.id))
+        .map(|k| k.id)
+        .collect();
     kept.retain(|k| keep.contains(&k.id));
     retired
 }

@@ -19,7 +19,10 @@ impl<B: Backend> BatchTensors<B> {
     pub fn new(batch: &Batch, device: &B::Device) -> Self {
         let shape = [batch.batch, batch.seq_len];
         let ints = |ids: &[u32]| -> Tensor<B, 2, Int> {
-            Tensor::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), shape), device)
+            Tensor::from_data(
+                TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), shape),
+                device,
+            )
         };
         BatchTensors {
             inputs: ints(&batch.input_ids),
@@ -35,7 +38,9 @@ impl<B: Backend> BatchTensors<B> {
 pub fn masked_loss_sum<B: Backend>(logits: Tensor<B, 3>, batch: &BatchTensors<B>) -> Tensor<B, 1> {
     let [b, s, _] = logits.dims();
     let log_probs = log_softmax(logits, 2);
-    let picked = log_probs.gather(2, batch.targets.clone().reshape([b, s, 1])).reshape([b, s]);
+    let picked = log_probs
+        .gather(2, batch.targets.clone().reshape([b, s, 1]))
+        .reshape([b, s]);
     (picked * batch.mask.clone()).sum().neg()
 }
 
@@ -47,8 +52,20 @@ pub fn exact_match_rows<B: Backend>(logits: Tensor<B, 3>, batch: &BatchTensors<B
     let [b, s, _] = logits.dims();
     let predicted = logits.argmax(2).reshape([b, s]);
     let wrong = predicted.not_equal(batch.targets.clone()).float() * batch.mask.clone();
-    let wrong_per_row: Vec<f32> = wrong.sum_dim(1).into_data().convert::<f32>().to_vec().unwrap_or_default();
-    let trained_per_row: Vec<f32> = batch.mask.clone().sum_dim(1).into_data().convert::<f32>().to_vec().unwrap_or_default();
+    let wrong_per_row: Vec<f32> = wrong
+        .sum_dim(1)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap_or_default();
+    let trained_per_row: Vec<f32> = batch
+        .mask
+        .clone()
+        .sum_dim(1)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap_or_default();
     wrong_per_row
         .iter()
         .zip(&trained_per_row)

@@ -37,7 +37,9 @@ pub struct GradAccumulator<B: Backend> {
 
 impl<B: Backend> Default for GradAccumulator<B> {
     fn default() -> Self {
-        GradAccumulator { grads: BTreeMap::new() }
+        GradAccumulator {
+            grads: BTreeMap::new(),
+        }
     }
 }
 
@@ -53,7 +55,11 @@ fn flatten<B: Backend>(tensor: AnyTensor<B>) -> Tensor<B, 1> {
 
 impl<B: Backend> GradAccumulator<B> {
     /// Add the gradients of `model`'s trainable parameters from one backward pass.
-    pub fn add<A: AutodiffBackend<InnerBackend = B>>(&mut self, model: &CausalLm<A>, grads: &A::Gradients) {
+    pub fn add<A: AutodiffBackend<InnerBackend = B>>(
+        &mut self,
+        model: &CausalLm<A>,
+        grads: &A::Gradients,
+    ) {
         for (info, value) in model.params_with_values() {
             if !info.trainable {
                 continue;
@@ -74,7 +80,11 @@ impl<B: Backend> GradAccumulator<B> {
 
     /// The global L2 norm (one device read).
     pub fn norm(&self) -> f64 {
-        let squares: Vec<Tensor<B, 1>> = self.grads.values().map(|g| g.clone().powi_scalar(2).sum()).collect();
+        let squares: Vec<Tensor<B, 1>> = self
+            .grads
+            .values()
+            .map(|g| g.clone().powi_scalar(2).sum())
+            .collect();
         if squares.is_empty() {
             return 0.0;
         }
@@ -87,7 +97,10 @@ use burn::tensor::ElementConversion;
 
 impl<B: Backend> AdamW<B> {
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config, state: BTreeMap::new() }
+        AdamW {
+            config,
+            state: BTreeMap::new(),
+        }
     }
 
     /// One update of every parameter that has a gradient. `scale` multiplies
@@ -100,7 +113,12 @@ impl<B: Backend> AdamW<B> {
         scale: f64,
         lr_of: impl Fn(&ParamInfo) -> f64,
     ) -> CausalLm<A> {
-        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.config;
+        let AdamWConfig {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.config;
         let mut grads = grads.grads;
         let state = &mut self.state;
         model.map_params(|info, value| {
@@ -127,7 +145,8 @@ impl<B: Backend> AdamW<B> {
             let correction1 = 1.0 - beta1.powi(moments.steps as i32);
             let correction2 = 1.0 - beta2.powi(moments.steps as i32);
             let lr = lr_of(info);
-            let update = (moments.m.clone() / correction1) / ((moments.v.clone() / correction2).sqrt() + eps);
+            let update = (moments.m.clone() / correction1)
+                / ((moments.v.clone() / correction2).sqrt() + eps);
             // Decoupled weight decay, on matrices only (not norms or biases).
             let decayed = if shape.len() >= 2 && weight_decay > 0.0 {
                 param.clone() * (1.0 - lr * weight_decay)
@@ -157,7 +176,11 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// Restore moments from a checkpoint.
-    pub fn import(&mut self, entries: Vec<(String, TensorData, TensorData, u64)>, device: &B::Device) {
+    pub fn import(
+        &mut self,
+        entries: Vec<(String, TensorData, TensorData, u64)>,
+        device: &B::Device,
+    ) {
         for (name, m, v, steps) in entries {
             self.state.insert(
                 name,

@@ -11,7 +11,9 @@ use super::config::{Experiment, ReplayFrom};
 use super::registry::{self, RegistryError};
 use crate::data::{self, check_format_change, DataSource, DriftReport, Encoder, Format, Tokenizer};
 use crate::lineage::ancestors;
-use crate::store::{Canon, CheckpointRecord, DatasetRecord, DatasetUse, Id, ModelRecord, Recipe, Store, StoreError};
+use crate::store::{
+    Canon, CheckpointRecord, DatasetRecord, DatasetUse, Id, ModelRecord, Recipe, Store, StoreError,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -75,7 +77,12 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
         if let Some(parent) = &parent_run {
             let index = store.index()?;
             for used in parent.recipe.datasets.iter().filter(|d| d.role == "train") {
-                let record = index.get_dataset(&used.dataset)?.ok_or(StoreError::NotFound { kind: "dataset", id: used.dataset })?;
+                let record = index
+                    .get_dataset(&used.dataset)?
+                    .ok_or(StoreError::NotFound {
+                        kind: "dataset",
+                        id: used.dataset,
+                    })?;
                 uses.push(used.clone());
                 records.push(record);
             }
@@ -84,8 +91,14 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
     for file in train_files.drain(..) {
         let format: Format = file.format.parse()?;
         let encoder = Encoder::new(tokenizer.clone(), format, &data.template)?;
-        let (record, profile) = register_file(store, &file.path, &encoder, data.seq_len, data.pack)?;
-        uses.push(DatasetUse { dataset: record.id, role: "train".into(), name: file_name(&file.path), weight: file.weight });
+        let (record, profile) =
+            register_file(store, &file.path, &encoder, data.seq_len, data.pack)?;
+        uses.push(DatasetUse {
+            dataset: record.id,
+            role: "train".into(),
+            name: file_name(&file.path),
+            weight: file.weight,
+        });
         train_profiles.push(profile);
         records.push(record);
     }
@@ -99,25 +112,47 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
         let encoder = Encoder::new(tokenizer.clone(), format, &data.template)?;
         let (record, _) = register_file(store, &file.path, &encoder, data.seq_len, false)?;
         let name = file.name.clone().unwrap_or_else(|| file_name(&file.path));
-        uses.push(DatasetUse { dataset: record.id, role: "eval".into(), name, weight: 1.0 });
+        uses.push(DatasetUse {
+            dataset: record.id,
+            role: "eval".into(),
+            name,
+            weight: 1.0,
+        });
         records.push(record);
     }
     let inherit_data = data.train.is_empty() && data.eval.is_empty();
     if let (true, Some(parent)) = (inherit_data, &parent_run) {
         // A fork without new data also keeps the parent's evaluation sets.
         let index = store.index()?;
-        for used in parent.recipe.datasets.iter().filter(|d| d.role == "eval" || d.role == "val") {
+        for used in parent
+            .recipe
+            .datasets
+            .iter()
+            .filter(|d| d.role == "eval" || d.role == "val")
+        {
             if let Some(record) = index.get_dataset(&used.dataset)? {
                 uses.push(used.clone());
                 records.push(record);
             }
         }
     }
-    if data.eval.is_empty() && data.val_fraction > 0.0 && !uses.iter().any(|u| u.role == "eval" || u.role == "val") {
+    if data.eval.is_empty()
+        && data.val_fraction > 0.0
+        && !uses.iter().any(|u| u.role == "eval" || u.role == "val")
+    {
         // The validation split of the train file, carved by hash of the
         // example index and seed (the data module's split).
-        let train = uses.iter().find(|u| u.role == "train").cloned().expect("one train set");
-        uses.push(DatasetUse { dataset: train.dataset, role: "val".into(), name: format!("val/{}/{}", data.val_fraction, experiment.train.seed), weight: 1.0 });
+        let train = uses
+            .iter()
+            .find(|u| u.role == "train")
+            .cloned()
+            .expect("one train set");
+        uses.push(DatasetUse {
+            dataset: train.dataset,
+            role: "val".into(),
+            name: format!("val/{}/{}", data.val_fraction, experiment.train.seed),
+            weight: 1.0,
+        });
     }
 
     let mut notes = BTreeMap::new();
@@ -127,10 +162,22 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
         let chain = ancestors(&index, &parent.id)?;
         // Format and template must match the parent's training data.
         let parent_train = parent.recipe.datasets.iter().find(|d| d.role == "train");
-        let new_train = records.iter().find(|r| uses.iter().any(|u| u.role == "train" && u.dataset == r.id));
+        let new_train = records
+            .iter()
+            .find(|r| uses.iter().any(|u| u.role == "train" && u.dataset == r.id));
         if let (Some(parent_use), Some(new_record)) = (parent_train, new_train) {
-            let parent_record = index.get_dataset(&parent_use.dataset)?.ok_or(StoreError::NotFound { kind: "dataset", id: parent_use.dataset })?;
-            check_format_change(&parent_record.spec, &new_record.spec, data.allow_format_change)?;
+            let parent_record =
+                index
+                    .get_dataset(&parent_use.dataset)?
+                    .ok_or(StoreError::NotFound {
+                        kind: "dataset",
+                        id: parent_use.dataset,
+                    })?;
+            check_format_change(
+                &parent_record.spec,
+                &new_record.spec,
+                data.allow_format_change,
+            )?;
             if let Some(new_profile) = train_profiles.first() {
                 let parent_encoder = Encoder::from_spec(tokenizer.clone(), &parent_record.spec)?;
                 let parent_source = object_source(store, &parent_record)?;
@@ -143,48 +190,104 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
         if let Some(replay) = &data.replay {
             let sources: Vec<Id> = match &replay.from {
                 ReplayFrom::Named(name) if name == "parent" => vec![parent.id],
-                ReplayFrom::Named(name) if name == "ancestors" => chain.iter().map(|r| r.id).collect(),
+                ReplayFrom::Named(name) if name == "ancestors" => {
+                    chain.iter().map(|r| r.id).collect()
+                }
                 ReplayFrom::Named(other) => vec![index.resolve_run(other)?],
-                ReplayFrom::Refs(refs) => refs.iter().map(|r| index.resolve_run(r)).collect::<Result<_, _>>()?,
+                ReplayFrom::Refs(refs) => refs
+                    .iter()
+                    .map(|r| index.resolve_run(r))
+                    .collect::<Result<_, _>>()?,
             };
             let mut seen = Vec::new();
             for run in sources {
-                for used in index.run(&run)?.recipe.datasets.iter().filter(|d| d.role == "train") {
-                    if seen.contains(&used.dataset) || uses.iter().any(|u| u.role == "train" && u.dataset == used.dataset) {
+                for used in index
+                    .run(&run)?
+                    .recipe
+                    .datasets
+                    .iter()
+                    .filter(|d| d.role == "train")
+                {
+                    if seen.contains(&used.dataset)
+                        || uses
+                            .iter()
+                            .any(|u| u.role == "train" && u.dataset == used.dataset)
+                    {
                         continue;
                     }
                     seen.push(used.dataset);
-                    let record = index.get_dataset(&used.dataset)?.ok_or(StoreError::NotFound { kind: "dataset", id: used.dataset })?;
-                    uses.push(DatasetUse { dataset: record.id, role: "replay".into(), name: format!("{}@{}", used.name, &run.short()[..8]), weight: 1.0 });
+                    let record = index
+                        .get_dataset(&used.dataset)?
+                        .ok_or(StoreError::NotFound {
+                            kind: "dataset",
+                            id: used.dataset,
+                        })?;
+                    uses.push(DatasetUse {
+                        dataset: record.id,
+                        role: "replay".into(),
+                        name: format!("{}@{}", used.name, &run.short()[..8]),
+                        weight: 1.0,
+                    });
                     records.push(record);
                 }
             }
             if seen.is_empty() && replay.ratio > 0.0 {
-                return Err(PlanError::Invalid("data.replay: the runs named by `from` have no training data to replay".into()));
+                return Err(PlanError::Invalid(
+                    "data.replay: the runs named by `from` have no training data to replay".into(),
+                ));
             }
         }
         if data.eval_ancestors {
             for run in &chain {
-                for used in run.recipe.datasets.iter().filter(|d| d.role == "eval" || d.role == "val") {
-                    if uses.iter().any(|u| u.dataset == used.dataset && u.name == used.name) {
+                for used in run
+                    .recipe
+                    .datasets
+                    .iter()
+                    .filter(|d| d.role == "eval" || d.role == "val")
+                {
+                    if uses
+                        .iter()
+                        .any(|u| u.dataset == used.dataset && u.name == used.name)
+                    {
                         continue;
                     }
-                    let record = index.get_dataset(&used.dataset)?.ok_or(StoreError::NotFound { kind: "dataset", id: used.dataset })?;
+                    let record = index
+                        .get_dataset(&used.dataset)?
+                        .ok_or(StoreError::NotFound {
+                            kind: "dataset",
+                            id: used.dataset,
+                        })?;
                     // An ancestor's validation split is carved with its own
                     // fraction and seed, which the name carries.
                     let name = if used.role == "val" {
-                        let fraction = run.recipe.config.get_path("data.val_fraction").and_then(Canon::as_f64).unwrap_or(0.0);
-                        format!("val/{fraction}/{}@{}", run.recipe.seed, &run.id.short()[..8])
+                        let fraction = run
+                            .recipe
+                            .config
+                            .get_path("data.val_fraction")
+                            .and_then(Canon::as_f64)
+                            .unwrap_or(0.0);
+                        format!(
+                            "val/{fraction}/{}@{}",
+                            run.recipe.seed,
+                            &run.id.short()[..8]
+                        )
                     } else {
                         format!("{}@{}", used.name, &run.id.short()[..8])
                     };
-                    uses.push(DatasetUse { dataset: record.id, role: format!("ancestor_{}", used.role), name, weight: 1.0 });
+                    uses.push(DatasetUse {
+                        dataset: record.id,
+                        role: format!("ancestor_{}", used.role),
+                        name,
+                        weight: 1.0,
+                    });
                     records.push(record);
                 }
             }
         }
     } else if data.replay.as_ref().is_some_and(|r| r.ratio > 0.0) {
-        return Err(PlanError::Invalid("data.replay needs a run to replay: set model.from to a checkpoint".into()));
+        return Err(PlanError::Invalid(
+            "data.replay needs a run to replay: set model.from to a checkpoint".into(),
+        ));
     }
 
     records.sort_by_key(|r| r.id);
@@ -209,22 +312,38 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
 }
 
 /// The base model and the starting checkpoint (for a fork).
-fn resolve_start(store: &Store, experiment: &Experiment) -> Result<(ModelRecord, Option<CheckpointRecord>), PlanError> {
+fn resolve_start(
+    store: &Store,
+    experiment: &Experiment,
+) -> Result<(ModelRecord, Option<CheckpointRecord>), PlanError> {
     if let Some(from) = &experiment.model.from {
         let index = store.index()?;
         let checkpoint = index.checkpoint(&index.resolve_checkpoint(from)?)?;
         let run = index.run(&checkpoint.run)?;
         let model = index
             .get_model(&run.recipe.base_model)?
-            .ok_or(StoreError::NotFound { kind: "model", id: run.recipe.base_model })?;
+            .ok_or(StoreError::NotFound {
+                kind: "model",
+                id: run.recipe.base_model,
+            })?;
         return Ok((model, Some(checkpoint)));
     }
-    let base = experiment.model.base.as_deref().ok_or_else(|| PlanError::Invalid("[model] needs base or from".into()))?;
+    let base = experiment
+        .model
+        .base
+        .as_deref()
+        .ok_or_else(|| PlanError::Invalid("[model] needs base or from".into()))?;
     Ok((registry::resolve_base(store, base)?, None))
 }
 
 /// Copy a data file into the store and describe it.
-fn register_file(store: &Store, path: &str, encoder: &Encoder, seq_len: usize, pack: bool) -> Result<(DatasetRecord, data::DataProfile), PlanError> {
+fn register_file(
+    store: &Store,
+    path: &str,
+    encoder: &Encoder,
+    seq_len: usize,
+    pack: bool,
+) -> Result<(DatasetRecord, data::DataProfile), PlanError> {
     let source = DataSource::file(path);
     if !Path::new(path).is_file() {
         return Err(PlanError::Invalid(format!("{path}: no such data file")));
@@ -232,7 +351,9 @@ fn register_file(store: &Store, path: &str, encoder: &Encoder, seq_len: usize, p
     let prepared = data::prepare_dataset(&source, encoder, seq_len, pack, chrono::Utc::now())?;
     let stored = store.objects().put_file(Path::new(path))?;
     if stored != prepared.record.file_object {
-        return Err(PlanError::Invalid(format!("{path} changed while it was read; try again")));
+        return Err(PlanError::Invalid(format!(
+            "{path} changed while it was read; try again"
+        )));
     }
     Ok((prepared.record, prepared.profile))
 }
@@ -240,15 +361,24 @@ fn register_file(store: &Store, path: &str, encoder: &Encoder, seq_len: usize, p
 /// A dataset's bytes, read back from the object store (verified first).
 pub fn object_source(store: &Store, record: &DatasetRecord) -> Result<DataSource, StoreError> {
     store.objects().check(&record.file_object)?;
-    Ok(DataSource::file(store.objects().path_of(&record.file_object)))
+    Ok(DataSource::file(
+        store.objects().path_of(&record.file_object),
+    ))
 }
 
 fn file_name(path: &str) -> String {
-    Path::new(path).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| path.to_string())
+    Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| path.to_string())
 }
 
 /// The tokenizer must cover the model's vocabulary ids it will produce.
-fn check_tokenizer(tokenizer: &Tokenizer, config: &crate::model::ModelConfig, folder: &Path) -> Result<(), PlanError> {
+fn check_tokenizer(
+    tokenizer: &Tokenizer,
+    config: &crate::model::ModelConfig,
+    folder: &Path,
+) -> Result<(), PlanError> {
     if tokenizer.vocab_size() > config.vocab_size {
         return Err(PlanError::Invalid(format!(
             "{}: the tokenizer has {} tokens but the model's vocab_size is {} (config.json): they do not belong together",
@@ -259,4 +389,3 @@ fn check_tokenizer(tokenizer: &Tokenizer, config: &crate::model::ModelConfig, fo
     }
     Ok(())
 }
-

@@ -32,7 +32,11 @@ pub enum RegistryError {
     #[error("{path}: {message}")]
     Folder { path: PathBuf, message: String },
     #[error("model {id} was registered from {path}, but its tensor `{tensor}` has changed since: register the folder again (`graft model add`) to train on the new weights")]
-    Changed { id: Id, path: String, tensor: String },
+    Changed {
+        id: Id,
+        path: String,
+        tensor: String,
+    },
 }
 
 /// The object id a tensor has (the same whether or not it is copied).
@@ -90,13 +94,22 @@ pub fn describe_model(store: &Store, dir: &Path, copy: bool) -> Result<ModelReco
     let tokenizer_id = files["tokenizer.json"];
     let id = ModelRecord::compute_id(config_id, tokenizer_id, &tensors);
     let summary = Canon::map()
-        .with("model_type", format!("{:?}", config.model_type).to_lowercase())
+        .with(
+            "model_type",
+            format!("{:?}", config.model_type).to_lowercase(),
+        )
         .with("layers", config.num_hidden_layers)
         .with("hidden_size", config.hidden_size)
         .with("vocab_size", config.vocab_size)
         .with("max_positions", config.max_position_embeddings)
         .with("parameters", parameters)
-        .with("dtype", raw.values().next().map(|t| t.dtype.clone()).unwrap_or_default());
+        .with(
+            "dtype",
+            raw.values()
+                .next()
+                .map(|t| t.dtype.clone())
+                .unwrap_or_default(),
+        );
     let record = ModelRecord {
         id,
         path: dir.display().to_string(),
@@ -152,7 +165,10 @@ pub fn model_folder(record: &ModelRecord) -> Result<PathBuf, RegistryError> {
     if !dir.is_dir() {
         return Err(RegistryError::Folder {
             path: dir,
-            message: format!("model {} was registered from this folder, which is gone", record.id.short()),
+            message: format!(
+                "model {} was registered from this folder, which is gone",
+                record.id.short()
+            ),
         });
     }
     let raw = read_raw_tensors(&dir)?;

@@ -5,7 +5,10 @@
 //! computed and compared with the ids the run recorded, step by step.
 
 use crate::store::canonical::object_id;
-use crate::store::{Canon, CheckpointRecord, DatasetRecord, ExecutionKind, ExecutionRecord, ExecutionStatus, Id, Index, Recipe, Recorder, Result, RunRecord, StoreRecorder};
+use crate::store::{
+    Canon, CheckpointRecord, DatasetRecord, ExecutionKind, ExecutionRecord, ExecutionStatus, Id,
+    Index, Recipe, Recorder, Result, RunRecord, StoreRecorder,
+};
 use std::collections::BTreeMap;
 
 pub struct ReproduceRecorder {
@@ -16,13 +19,25 @@ pub struct ReproduceRecorder {
 
 impl ReproduceRecorder {
     pub fn new(inner: StoreRecorder) -> Self {
-        ReproduceRecorder { inner, run: None, checkpoints: Vec::new() }
+        ReproduceRecorder {
+            inner,
+            run: None,
+            checkpoints: Vec::new(),
+        }
     }
 }
 
 impl Recorder for ReproduceRecorder {
-    fn begin(&mut self, recipe: &Recipe, datasets: &[DatasetRecord], _kind: ExecutionKind, notes: BTreeMap<String, Canon>) -> Result<(RunRecord, ExecutionRecord)> {
-        let begun = self.inner.begin(recipe, datasets, ExecutionKind::Reproduce, notes)?;
+    fn begin(
+        &mut self,
+        recipe: &Recipe,
+        datasets: &[DatasetRecord],
+        _kind: ExecutionKind,
+        notes: BTreeMap<String, Canon>,
+    ) -> Result<(RunRecord, ExecutionRecord)> {
+        let begun = self
+            .inner
+            .begin(recipe, datasets, ExecutionKind::Reproduce, notes)?;
         self.run = Some(begun.0.id);
         Ok(begun)
     }
@@ -36,8 +51,15 @@ impl Recorder for ReproduceRecorder {
     fn put_object(&mut self, bytes: &[u8]) -> Result<Id> {
         Ok(object_id(bytes))
     }
-    fn add_checkpoint(&mut self, step: u64, tensors: BTreeMap<String, Id>, state: BTreeMap<String, Id>, _metrics: BTreeMap<String, f64>) -> Result<Id> {
-        let id = CheckpointRecord::compute_id(self.run.unwrap_or(Id([0; 32])), step, &tensors, &state);
+    fn add_checkpoint(
+        &mut self,
+        step: u64,
+        tensors: BTreeMap<String, Id>,
+        state: BTreeMap<String, Id>,
+        _metrics: BTreeMap<String, f64>,
+    ) -> Result<Id> {
+        let id =
+            CheckpointRecord::compute_id(self.run.unwrap_or(Id([0; 32])), step, &tensors, &state);
         self.checkpoints.push((step, id));
         Ok(id)
     }
@@ -47,7 +69,12 @@ impl Recorder for ReproduceRecorder {
     fn note(&mut self, _key: &str, _value: Canon) -> Result<()> {
         Ok(())
     }
-    fn end(&mut self, status: ExecutionStatus, error: Option<String>, reason: Option<String>) -> Result<()> {
+    fn end(
+        &mut self,
+        status: ExecutionStatus,
+        error: Option<String>,
+        reason: Option<String>,
+    ) -> Result<()> {
         self.inner.end(status, error, reason)
     }
 }
@@ -63,27 +90,41 @@ pub struct Comparison {
 }
 
 /// Compare a reproduction (execution `number`) with the run's history.
-pub fn compare(index: &Index, run: &Id, number: u32, reproduced: &[(u64, Id)]) -> Result<Comparison> {
+pub fn compare(
+    index: &Index,
+    run: &Id,
+    number: u32,
+    reproduced: &[(u64, Id)],
+) -> Result<Comparison> {
     let executions = index.executions(run)?;
     let original: BTreeMap<u64, Id> = index
         .run_checkpoints(run)?
         .into_iter()
-        .filter(|c| executions.iter().any(|e| e.number == c.execution && e.purpose != "reproduce"))
+        .filter(|c| {
+            executions
+                .iter()
+                .any(|e| e.number == c.execution && e.purpose != "reproduce")
+        })
         .map(|c| (c.step, c.id))
         .collect();
     let new: BTreeMap<u64, Id> = reproduced.iter().copied().collect();
-    let steps: std::collections::BTreeSet<u64> = original.keys().chain(new.keys()).copied().collect();
+    let steps: std::collections::BTreeSet<u64> =
+        original.keys().chain(new.keys()).copied().collect();
     let first_difference = steps.into_iter().find(|s| original.get(s) != new.get(s));
     let record = index.run(run)?;
     let mut metric_differences = BTreeMap::new();
     for name in index.run_series(run)? {
-        let Some(series) = index.series_id(&name)? else { continue };
+        let Some(series) = index.series_id(&name)? else {
+            continue;
+        };
         let history: BTreeMap<u64, f64> = index.series(run, &name)?.into_iter().collect();
         let again = index.execution_series(record.seq, number, series)?;
         let worst = again
             .iter()
             .filter_map(|(step, value)| history.get(step).map(|h| (h - value).abs()))
-            .fold(None, |acc: Option<f64>, d| Some(acc.map_or(d, |a| a.max(d))));
+            .fold(None, |acc: Option<f64>, d| {
+                Some(acc.map_or(d, |a| a.max(d)))
+            });
         if let Some(worst) = worst {
             if !name.starts_with("tokens_per_s") {
                 metric_differences.insert(name, worst);

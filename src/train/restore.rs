@@ -17,7 +17,10 @@ pub enum RestoreError {
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
     #[error("`{reference}` names a {kind}: give a model or a checkpoint (a run means its last checkpoint)")]
-    NotAModel { reference: String, kind: &'static str },
+    NotAModel {
+        reference: String,
+        kind: &'static str,
+    },
 }
 
 /// A model rebuilt from a ref, with where it came from.
@@ -31,21 +34,39 @@ pub struct Restored<B: Backend> {
     pub base_model: Id,
 }
 
-pub fn restore<B: Backend>(store: &Store, reference: &str, device: &B::Device) -> Result<Restored<B>, RestoreError> {
+pub fn restore<B: Backend>(
+    store: &Store,
+    reference: &str,
+    device: &B::Device,
+) -> Result<Restored<B>, RestoreError> {
     let index = store.index()?;
     let (model_id, checkpoint) = match index.resolve(reference)? {
         Target::Model(id) => (id, None),
         Target::Checkpoint(id) => {
             let checkpoint = index.checkpoint(&id)?;
-            (index.run(&checkpoint.run)?.recipe.base_model, Some(checkpoint))
+            (
+                index.run(&checkpoint.run)?.recipe.base_model,
+                Some(checkpoint),
+            )
         }
         Target::Run(_) => {
             let checkpoint = index.checkpoint(&index.resolve_checkpoint(reference)?)?;
-            (index.run(&checkpoint.run)?.recipe.base_model, Some(checkpoint))
+            (
+                index.run(&checkpoint.run)?.recipe.base_model,
+                Some(checkpoint),
+            )
         }
-        other => return Err(RestoreError::NotAModel { reference: reference.into(), kind: other.kind() }),
+        other => {
+            return Err(RestoreError::NotAModel {
+                reference: reference.into(),
+                kind: other.kind(),
+            })
+        }
     };
-    let record = index.get_model(&model_id)?.ok_or(StoreError::NotFound { kind: "model", id: model_id })?;
+    let record = index.get_model(&model_id)?.ok_or(StoreError::NotFound {
+        kind: "model",
+        id: model_id,
+    })?;
     drop(index);
     let folder = registry::model_folder(&record)?;
     let mut model: CausalLm<B> = load_model_dir(&folder, device)?;
@@ -57,5 +78,11 @@ pub fn restore<B: Backend>(store: &Store, reference: &str, device: &B::Device) -
         }
         model = model.load_named_tensors(state::load_tensors(store, checkpoint)?)?;
     }
-    Ok(Restored { model, folder, adapter, checkpoint: checkpoint.map(|c| c.id), base_model: model_id })
+    Ok(Restored {
+        model,
+        folder,
+        adapter,
+        checkpoint: checkpoint.map(|c| c.id),
+        base_model: model_id,
+    })
 }

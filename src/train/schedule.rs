@@ -1,7 +1,14 @@
 //! Learning-rate schedule: linear warmup, then constant, linear or cosine
 //! decay to `min_lr_ratio * lr` at the last step.
 
-pub fn learning_rate(kind: &str, base_lr: f64, warmup: u64, min_ratio: f64, step: u64, total: u64) -> f64 {
+pub fn learning_rate(
+    kind: &str,
+    base_lr: f64,
+    warmup: u64,
+    min_ratio: f64,
+    step: u64,
+    total: u64,
+) -> f64 {
     if warmup > 0 && step <= warmup {
         return base_lr * step as f64 / warmup as f64;
     }
@@ -10,7 +17,9 @@ pub fn learning_rate(kind: &str, base_lr: f64, warmup: u64, min_ratio: f64, step
     let floor = base_lr * min_ratio;
     match kind {
         "linear" => floor + (base_lr - floor) * (1.0 - progress),
-        "cosine" => floor + (base_lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        "cosine" => {
+            floor + (base_lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
         _ => base_lr,
     }
 }

@@ -60,7 +60,10 @@ impl TrainerState {
             return Err("not a graft trainer state".into());
         }
         if bytes[8] != TRAINER_VERSION {
-            return Err(format!("trainer state version {} (this graft reads {TRAINER_VERSION})", bytes[8]));
+            return Err(format!(
+                "trainer state version {} (this graft reads {TRAINER_VERSION})",
+                bytes[8]
+            ));
         }
         rmp_serde::from_slice(&bytes[9..]).map_err(|e| e.to_string())
     }
@@ -72,17 +75,38 @@ fn blob(data: &TensorData) -> Vec<u8> {
     for value in values {
         bytes.extend_from_slice(&value.to_le_bytes());
     }
-    TensorBlob { dtype: "F32".into(), shape: data.shape.to_vec(), data: bytes }.encode()
+    TensorBlob {
+        dtype: "F32".into(),
+        shape: data.shape.to_vec(),
+        data: bytes,
+    }
+    .encode()
 }
 
 fn unblob(bytes: &[u8], what: &str) -> Result<TensorData, StoreError> {
     let blob = TensorBlob::decode(bytes, what)?;
     let values: Vec<f32> = match blob.dtype.as_str() {
-        "F32" => blob.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        "BF16" => blob.data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        "F16" => blob.data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        "F32" => blob
+            .data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        "BF16" => blob
+            .data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        "F16" => blob
+            .data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
         other => {
-            return Err(StoreError::BadRecord { tree: "objects", key: what.into(), reason: format!("unsupported dtype {other}") })
+            return Err(StoreError::BadRecord {
+                tree: "objects",
+                key: what.into(),
+                reason: format!("unsupported dtype {other}"),
+            })
         }
     };
     Ok(TensorData::new(values, blob.shape))
@@ -111,7 +135,10 @@ pub fn save<B: AutodiffBackend>(
         objects.insert(format!("{MOMENT_V}{name}"), recorder.put_object(&blob(&v))?);
         trainer.optimizer_steps.insert(name, steps);
     }
-    objects.insert(TRAINER_KEY.to_string(), recorder.put_object(&trainer.encode())?);
+    objects.insert(
+        TRAINER_KEY.to_string(),
+        recorder.put_object(&trainer.encode())?,
+    );
     if let Some(adapter) = adapter {
         let json = serde_json::to_vec(adapter).expect("adapter config serializes");
         objects.insert(ADAPTER_KEY.to_string(), recorder.put_object(&json)?);
@@ -120,43 +147,70 @@ pub fn save<B: AutodiffBackend>(
 }
 
 /// The tensors of a checkpoint, by name (HF layout).
-pub fn load_tensors(store: &Store, checkpoint: &CheckpointRecord) -> Result<HashMap<String, TensorData>, StoreError> {
+pub fn load_tensors(
+    store: &Store,
+    checkpoint: &CheckpointRecord,
+) -> Result<HashMap<String, TensorData>, StoreError> {
     checkpoint
         .tensors
         .iter()
         .map(|(name, id)| {
             let bytes = store.objects().get(id)?;
-            Ok((name.clone(), unblob(&bytes, &format!("checkpoint {} tensor {name}", checkpoint.id.short()))?))
+            Ok((
+                name.clone(),
+                unblob(
+                    &bytes,
+                    &format!("checkpoint {} tensor {name}", checkpoint.id.short()),
+                )?,
+            ))
         })
         .collect()
 }
 
 /// The adapter config a checkpoint was trained with, if any.
-pub fn load_adapter_config(store: &Store, checkpoint: &CheckpointRecord) -> Result<Option<LoraConfig>, StoreError> {
+pub fn load_adapter_config(
+    store: &Store,
+    checkpoint: &CheckpointRecord,
+) -> Result<Option<LoraConfig>, StoreError> {
     let Some(id) = checkpoint.state.get(ADAPTER_KEY) else {
         return Ok(None);
     };
     let bytes = store.objects().get(id)?;
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::BadRecord {
-        tree: "objects",
-        key: format!("checkpoint {} adapter", checkpoint.id.short()),
-        reason: e.to_string(),
-    })
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::BadRecord {
+            tree: "objects",
+            key: format!("checkpoint {} adapter", checkpoint.id.short()),
+            reason: e.to_string(),
+        })
 }
+
+/// Optimizer moments by parameter: (name, m, v, Adam steps).
+pub type SavedMoments = Vec<(String, TensorData, TensorData, u64)>;
 
 /// Trainer state and optimizer moments of a checkpoint, for an exact resume.
 pub fn load_trainer<B: Backend>(
     store: &Store,
     checkpoint: &CheckpointRecord,
     device: &B::Device,
-) -> Result<(TrainerState, Vec<(String, TensorData, TensorData, u64)>), StoreError> {
-    let bad = |reason: String| StoreError::BadRecord { tree: "checkpoints", key: checkpoint.id.to_hex(), reason };
-    let id = checkpoint.state.get(TRAINER_KEY).ok_or_else(|| bad("no trainer state".into()))?;
+) -> Result<(TrainerState, SavedMoments), StoreError> {
+    let bad = |reason: String| StoreError::BadRecord {
+        tree: "checkpoints",
+        key: checkpoint.id.to_hex(),
+        reason,
+    };
+    let id = checkpoint
+        .state
+        .get(TRAINER_KEY)
+        .ok_or_else(|| bad("no trainer state".into()))?;
     let state = TrainerState::decode(&store.objects().get(id)?).map_err(bad)?;
     let mut moments = Vec::new();
     for (name, steps) in &state.optimizer_steps {
         let get = |prefix: &str| -> Result<TensorData, StoreError> {
-            let id = checkpoint.state.get(&format!("{prefix}{name}")).ok_or_else(|| bad(format!("no optimizer moment for {name}")))?;
+            let id = checkpoint
+                .state
+                .get(&format!("{prefix}{name}"))
+                .ok_or_else(|| bad(format!("no optimizer moment for {name}")))?;
             unblob(&store.objects().get(id)?, name)
         };
         moments.push((name.clone(), get(MOMENT_M)?, get(MOMENT_V)?, *steps));

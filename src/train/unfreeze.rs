@@ -42,7 +42,11 @@ pub fn parse_layers(text: &str) -> Result<Layers, String> {
 
 /// The base blocks open at `step` under `schedule` (sorted by `at`): the
 /// latest entry whose `at` has been reached wins.
-pub fn open_blocks(schedule: &[super::config::UnfreezeStep], step: u64, layers: usize) -> Vec<Block> {
+pub fn open_blocks(
+    schedule: &[super::config::UnfreezeStep],
+    step: u64,
+    layers: usize,
+) -> Vec<Block> {
     let mut current = Layers::None;
     let mut entries: Vec<_> = schedule.iter().collect();
     entries.sort_by_key(|e| e.at);
@@ -58,7 +62,9 @@ pub fn open_blocks(schedule: &[super::config::UnfreezeStep], step: u64, layers: 
             all.extend([Block::Embeddings, Block::FinalNorm, Block::LmHead]);
             all
         }
-        Layers::Top(k) => (layers.saturating_sub(k)..layers).map(Block::Layer).collect(),
+        Layers::Top(k) => (layers.saturating_sub(k)..layers)
+            .map(Block::Layer)
+            .collect(),
         Layers::Blocks(blocks) => blocks,
     }
 }

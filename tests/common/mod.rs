@@ -119,7 +119,12 @@ pub fn record_run(
 ) -> (Id, Vec<Id>) {
     let mut recorder = StoreRecorder::new(store.clone());
     let (run, _) = recorder
-        .begin(recipe, std::slice::from_ref(data), ExecutionKind::Train, BTreeMap::new())
+        .begin(
+            recipe,
+            std::slice::from_ref(data),
+            ExecutionKind::Train,
+            BTreeMap::new(),
+        )
         .unwrap();
     let mut checkpoints = Vec::new();
     for step in 1..=steps {
