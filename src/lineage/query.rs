@@ -188,10 +188,16 @@ fn tokenize(source: &str) -> Result<Vec<(Token, usize)>, QueryError> {
     Ok(tokens)
 }
 
+/// Limits that keep parsing and evaluation off the end of the stack: how
+/// deeply `(` and `not` may nest, and how many tokens an expression may have.
+const MAX_NESTING: usize = 64;
+const MAX_TOKENS: usize = 1000;
+
 struct Parser<'a> {
     source: &'a str,
     tokens: Vec<(Token, usize)>,
     position: usize,
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -228,6 +234,22 @@ impl Parser<'_> {
     }
 
     fn unary(&mut self) -> Result<Query, QueryError> {
+        let nests = matches!(self.peek().0, Token::Not | Token::Open);
+        if nests {
+            self.depth += 1;
+            if self.depth > MAX_NESTING {
+                let column = self.peek().1;
+                return Err(self.error(column, format!("nested more than {MAX_NESTING} levels deep")));
+            }
+        }
+        let query = self.unary_inner();
+        if nests {
+            self.depth -= 1;
+        }
+        query
+    }
+
+    fn unary_inner(&mut self) -> Result<Query, QueryError> {
         match self.peek().0 {
             Token::Not => {
                 self.next();
@@ -277,10 +299,18 @@ impl Parser<'_> {
 impl Query {
     pub fn parse(source: &str) -> Result<Query, QueryError> {
         let tokens = tokenize(source)?;
+        if let Some((_, column)) = tokens.get(MAX_TOKENS) {
+            return Err(QueryError::new(
+                source,
+                *column,
+                format!("the expression is longer than {MAX_TOKENS} tokens"),
+            ));
+        }
         let mut parser = Parser {
             source,
             tokens,
             position: 0,
+            depth: 0,
         };
         let query = parser.expr()?;
         match parser.next() {

@@ -516,10 +516,17 @@ pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     out
 }
 
+/// How deeply a stored record may nest (msgpack containers).
+const MAX_RECORD_DEPTH: usize = 64;
+
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], tree: &'static str, key: &str) -> Result<T> {
     match bytes.first() {
         Some(&SCHEMA_VERSION) => {
-            rmp_serde::from_slice(&bytes[1..]).map_err(|e| bad(tree, key, &e.to_string()))
+            // Records nest a dozen levels at most; a damaged one that claims
+            // hundreds must fail to decode, not overflow the stack.
+            let mut deserializer = rmp_serde::Deserializer::from_read_ref(&bytes[1..]);
+            deserializer.set_max_depth(MAX_RECORD_DEPTH);
+            T::deserialize(&mut deserializer).map_err(|e| bad(tree, key, &e.to_string()))
         }
         Some(version) => Err(bad(
             tree,

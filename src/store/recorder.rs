@@ -8,13 +8,21 @@
 //! written in batches: a crash loses at most the points logged since the last
 //! flush, which happens at least every [`FLUSH_INTERVAL`] and at every
 //! checkpoint.
+//!
+//! Writing happens on a background thread so the training loop does not wait
+//! for the disk: the loop hashes a checkpoint's objects and gets its id at
+//! once; the writer stores the objects, syncs them, and only then journals
+//! the checkpoint, in the order the calls were made. `flush` and `end` wait
+//! for the writer, and report the first error it met (a full disk, say).
 
 use super::canonical::{Canon, Id};
-use super::error::Result;
+use super::error::{Result, StoreError};
 use super::journal::{JournalEntry, JournalWriter, MetricPoint};
+use super::objects::ObjectStore;
 use super::records::*;
 use super::Store;
 use std::collections::BTreeMap;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
@@ -66,10 +74,95 @@ pub struct StoreRecorder {
 struct Active {
     run: Id,
     execution: u32,
-    journal: JournalWriter,
+    writer: Writer,
     pending: Vec<MetricPoint>,
     last_flush: Instant,
     last_checkpoint: Option<Id>,
+}
+
+enum Job {
+    Object(Vec<u8>),
+    /// Journal entries; `sync_objects` makes every object written so far
+    /// durable first (a checkpoint must never point at a lost object).
+    Append {
+        entries: Vec<JournalEntry>,
+        sync_objects: bool,
+    },
+    /// Reply once everything before it is written, with the first error.
+    Barrier(mpsc::Sender<Option<String>>),
+}
+
+/// The background writer of one execution.
+struct Writer {
+    jobs: mpsc::Sender<Job>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(objects: ObjectStore, mut journal: JournalWriter) -> Writer {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("graft-recorder".into())
+            .spawn(move || {
+                let mut failure: Option<StoreError> = None;
+                for job in queue {
+                    let outcome = match job {
+                        Job::Barrier(reply) => {
+                            let _ = reply.send(failure.as_ref().map(|e| e.to_string()));
+                            continue;
+                        }
+                        // After a failure nothing more is written: a journal
+                        // must not record a checkpoint whose objects failed.
+                        _ if failure.is_some() => continue,
+                        Job::Object(bytes) => objects.put_bytes_deferred(&bytes).map(|_| ()),
+                        Job::Append {
+                            entries,
+                            sync_objects,
+                        } => {
+                            let synced = if sync_objects { objects.sync() } else { Ok(()) };
+                            synced.and_then(|()| journal.append(&entries))
+                        }
+                    };
+                    if let Err(e) = outcome {
+                        failure = Some(e);
+                    }
+                }
+            })
+            .expect("the recorder thread starts");
+        Writer {
+            jobs,
+            thread: Some(thread),
+        }
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Index("the recorder's writer thread has stopped".into()))
+    }
+
+    /// Wait until everything sent so far is written.
+    fn wait(&self) -> Result<()> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Job::Barrier(reply))?;
+        match answer.recv() {
+            Ok(None) => Ok(()),
+            Ok(Some(error)) => Err(StoreError::Index(format!("recording failed: {error}"))),
+            Err(_) => Err(StoreError::Index(
+                "the recorder's writer thread has stopped".into(),
+            )),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let (jobs, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, jobs));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl StoreRecorder {
@@ -97,6 +190,20 @@ impl StoreRecorder {
     pub fn execution(&self) -> Option<u32> {
         self.active.as_ref().map(|a| a.execution)
     }
+
+    /// Hand buffered metrics to the writer without waiting.
+    fn send_pending(&mut self) -> Result<()> {
+        let active = self.active();
+        active.last_flush = Instant::now();
+        if active.pending.is_empty() {
+            return Ok(());
+        }
+        let points = std::mem::take(&mut active.pending);
+        active.writer.send(Job::Append {
+            entries: vec![JournalEntry::Metrics(points)],
+            sync_objects: false,
+        })
+    }
 }
 
 impl Recorder for StoreRecorder {
@@ -121,7 +228,7 @@ impl Recorder for StoreRecorder {
         self.active = Some(Active {
             run: run.id,
             execution: execution.number,
-            journal,
+            writer: Writer::start(self.store.objects().clone(), journal),
             pending: Vec::new(),
             last_flush: Instant::now(),
             last_checkpoint: kind.resumed_from().or(recipe.start_checkpoint),
@@ -139,31 +246,22 @@ impl Recorder for StoreRecorder {
             });
         }
         if active.pending.len() >= FLUSH_POINTS || active.last_flush.elapsed() >= FLUSH_INTERVAL {
-            self.flush()?;
+            self.send_pending()?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        let active = self.active();
-        if !active.pending.is_empty() {
-            let points = std::mem::take(&mut active.pending);
-            if let Err(e) = active
-                .journal
-                .append(&[JournalEntry::Metrics(points.clone())])
-            {
-                // Keep the points so a later flush can retry them.
-                active.pending = points;
-                return Err(e);
-            }
-        }
-        active.last_flush = Instant::now();
-        Ok(())
+        self.send_pending()?;
+        self.active().writer.wait()
     }
 
     fn put_object(&mut self, bytes: &[u8]) -> Result<Id> {
-        // Made durable in one sync when the checkpoint that needs it is added.
-        self.store.objects().put_bytes_deferred(bytes)
+        let id = super::canonical::object_id(bytes);
+        if !self.store.objects().contains(&id) {
+            self.active().writer.send(Job::Object(bytes.to_vec()))?;
+        }
+        Ok(id)
     }
 
     fn add_checkpoint(
@@ -173,9 +271,7 @@ impl Recorder for StoreRecorder {
         state: BTreeMap<String, Id>,
         metrics: BTreeMap<String, f64>,
     ) -> Result<Id> {
-        self.flush()?;
-        // The objects must be on disk before a record points at them.
-        self.store.objects().sync()?;
+        self.send_pending()?;
         let active = self.active();
         let id = CheckpointRecord::compute_id(active.run, step, &tensors, &state);
         let record = CheckpointRecord {
@@ -190,22 +286,30 @@ impl Recorder for StoreRecorder {
             created_at: chrono::Utc::now(),
             retired: false,
         };
-        active.journal.append(&[JournalEntry::Checkpoint(record)])?;
+        active.writer.send(Job::Append {
+            entries: vec![JournalEntry::Checkpoint(record)],
+            sync_objects: true,
+        })?;
         active.last_checkpoint = Some(id);
         Ok(id)
     }
 
     fn retire_checkpoint(&mut self, checkpoint: Id) -> Result<()> {
-        self.active()
-            .journal
-            .append(&[JournalEntry::Retire(checkpoint)])
+        self.active().writer.send(Job::Append {
+            entries: vec![JournalEntry::Retire(checkpoint)],
+            sync_objects: false,
+        })
     }
 
     fn note(&mut self, key: &str, value: Canon) -> Result<()> {
-        self.active().journal.append(&[JournalEntry::Note {
+        let entry = JournalEntry::Note {
             key: key.to_string(),
             value,
-        }])
+        };
+        self.active().writer.send(Job::Append {
+            entries: vec![entry],
+            sync_objects: false,
+        })
     }
 
     fn end(
@@ -214,14 +318,21 @@ impl Recorder for StoreRecorder {
         error: Option<String>,
         reason: Option<String>,
     ) -> Result<()> {
-        self.flush()?;
-        self.active().journal.append(&[JournalEntry::End {
+        self.send_pending()?;
+        let end = JournalEntry::End {
             status,
             ended_at: chrono::Utc::now(),
             error,
             reason,
-        }])?;
+        };
+        let active = self.active();
+        active.writer.send(Job::Append {
+            entries: vec![end],
+            sync_objects: true,
+        })?;
+        let written = active.writer.wait();
         self.active = None;
+        written?;
         // Absorb now so the result is in the index at once; if another
         // process holds it, the next one to open the index absorbs instead.
         if let Ok(index) = self.store.index() {

@@ -57,6 +57,14 @@ impl Index {
     pub fn resolve(&self, reference: &str) -> Result<Target> {
         let reference = reference.trim();
         if let Some((run_part, selector)) = reference.rsplit_once('@') {
+            if run_part.contains('@') {
+                // Tags cannot hold `@`: only one selector makes sense (and
+                // resolving them one by one would recurse without bound).
+                return Err(StoreError::BadRef {
+                    reference: reference.into(),
+                    reason: "a ref takes one `@`: RUN@STEP, RUN@best or RUN@last".into(),
+                });
+            }
             let run = match self.resolve(run_part)? {
                 Target::Run(id) => id,
                 Target::Checkpoint(id) => self.checkpoint(&id)?.run,

@@ -75,7 +75,10 @@ impl TensorBlob {
             _ => 1,
         };
         let data = bytes[cursor..].to_vec();
-        if data.len() != shape.iter().product::<usize>() * element {
+        let expected = shape
+            .iter()
+            .try_fold(element as usize, |bytes: usize, dim| bytes.checked_mul(*dim));
+        if expected != Some(data.len()) {
             return Err(bad(&format!(
                 "{} data bytes for shape {shape:?} {dtype}",
                 data.len()

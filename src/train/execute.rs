@@ -279,6 +279,25 @@ pub fn execute<B: AutodiffBackend>(
 
     let loop_started = Instant::now();
     let result = (|| -> Result<(u64, bool), TrainError> {
+        if let (true, Some(checkpoint)) = (resuming, &start) {
+            // A crash between recording a checkpoint and retiring the ones
+            // retention no longer keeps leaves those live: retire them now,
+            // so the kept set is what an uninterrupted run keeps.
+            let stale: Vec<Id> = store
+                .index()?
+                .run_checkpoints(&run.id)?
+                .into_iter()
+                .filter(|c| {
+                    !c.retired
+                        && c.step < checkpoint.step
+                        && !trainer.kept.iter().any(|k| k.id == c.id)
+                })
+                .map(|c| c.id)
+                .collect();
+            for id in stale {
+                recorder.retire_checkpoint(id)?;
+            }
+        }
         model = apply_trainability(
             model,
             adapter.is_some(),

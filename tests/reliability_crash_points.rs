@@ -1,0 +1,152 @@
+//! Crashes at exact points of recording: a training process (this test
+//! binary re-run as a child) records through a recorder that aborts the
+//! process at a chosen call: mid checkpoint (after some of its objects),
+//! right after a checkpoint is recorded but before retention retires the
+//! checkpoints it no longer keeps, between steps with metrics buffered, at the end.
+//! `graft resume` must then end exactly where an uninterrupted run ends: the
+//! same last checkpoint, the same kept (not retired) checkpoints, every
+//! metric step once, `verify` clean.
+
+mod reliability_support;
+use graft::store::{Canon, DatasetRecord, ExecutionKind, ExecutionRecord, ExecutionStatus, Id, Recipe, Recorder, RunRecord, Store, StoreRecorder};
+use reliability_support::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const STEPS: u64 = 16;
+
+/// Aborts the process at the `n`-th call of `site`.
+struct Crashing {
+    inner: StoreRecorder,
+    site: String,
+    n: usize,
+    calls: BTreeMap<&'static str, usize>,
+}
+
+impl Crashing {
+    fn at(&mut self, site: &'static str) {
+        let count = self.calls.entry(site).or_default();
+        *count += 1;
+        if site == self.site && *count == self.n {
+            eprintln!("crashing at {site} #{}", self.n);
+            std::process::abort();
+        }
+    }
+}
+
+impl Recorder for Crashing {
+    fn begin(&mut self, recipe: &Recipe, datasets: &[DatasetRecord], kind: ExecutionKind, notes: BTreeMap<String, Canon>) -> graft::store::Result<(RunRecord, ExecutionRecord)> {
+        let begun = self.inner.begin(recipe, datasets, kind, notes)?;
+        self.at("after-begin");
+        Ok(begun)
+    }
+    fn log_metrics(&mut self, step: u64, values: &[(&str, f64)]) -> graft::store::Result<()> {
+        self.inner.log_metrics(step, values)?;
+        self.at("after-metrics");
+        Ok(())
+    }
+    fn flush(&mut self) -> graft::store::Result<()> {
+        self.inner.flush()
+    }
+    fn put_object(&mut self, bytes: &[u8]) -> graft::store::Result<Id> {
+        self.at("before-object");
+        self.inner.put_object(bytes)
+    }
+    fn add_checkpoint(&mut self, step: u64, tensors: BTreeMap<String, Id>, state: BTreeMap<String, Id>, metrics: BTreeMap<String, f64>) -> graft::store::Result<Id> {
+        self.at("before-checkpoint");
+        let id = self.inner.add_checkpoint(step, tensors, state, metrics)?;
+        self.at("after-checkpoint");
+        Ok(id)
+    }
+    fn retire_checkpoint(&mut self, checkpoint: Id) -> graft::store::Result<()> {
+        self.at("before-retire");
+        self.inner.retire_checkpoint(checkpoint)
+    }
+    fn note(&mut self, key: &str, value: Canon) -> graft::store::Result<()> {
+        self.inner.note(key, value)
+    }
+    fn end(&mut self, status: ExecutionStatus, error: Option<String>, reason: Option<String>) -> graft::store::Result<()> {
+        self.at("before-end");
+        self.inner.end(status, error, reason)
+    }
+}
+
+/// Not a test of its own: the body of a training process that crashes.
+#[test]
+fn crash_child() {
+    let Ok(spec) = std::env::var("GRAFT_TEST_CRASH") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let (store, site, n) = (Path::new(parts[0]), parts[1].to_string(), parts[2].parse().unwrap());
+    let experiment = graft::train::Experiment::load(Path::new("exp.toml"), &[]).unwrap();
+    let store = Store::open_or_init(store).unwrap();
+    let plan = graft::train::plan(&store, &experiment).unwrap();
+    let mut recorder = Crashing { inner: StoreRecorder::new(store.clone()), site, n, calls: BTreeMap::new() };
+    graft::train::execute::<graft::model::CpuTrainBackend>(
+        &Default::default(),
+        &store,
+        &plan.recipe,
+        &plan.datasets,
+        plan.notes.clone(),
+        ExecutionKind::Train,
+        &mut recorder,
+        &mut graft::train::Silent,
+    )
+    .unwrap();
+    panic!("the crash site {spec} was never reached");
+}
+
+fn crash_at(dir: &Path, store: &Path, site: &str, n: usize) {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .current_dir(dir)
+        .env("GRAFT_TEST_CRASH", format!("{}|{site}|{n}", store.display()))
+        .output()
+        .unwrap();
+    let stderr = err(&output);
+    assert!(!output.status.success() && stderr.contains("crashing at"), "{site} #{n}: {stderr}");
+}
+
+#[test]
+fn a_crash_at_each_recording_point_resumes_to_the_uninterrupted_result() {
+    let work = workspace(STEPS, 5);
+    let dir = work.path();
+    let reference = json(&ok(dir, &dir.join("reference"), &["train", "exp.toml", "-q", "--json"]));
+    let run = reference["run"].as_str().unwrap().to_string();
+    let reference_live = live_checkpoints(dir, &dir.join("reference"), &run);
+    let reference_series = series(dir, &dir.join("reference"), &run);
+    assert!(reference_live.len() < (STEPS / 4) as usize, "retention retires some checkpoints");
+
+    // Checkpoints fall at steps 4, 8, 12, 16; retention first retires one at
+    // step 12 (the third checkpoint). A checkpoint is about 90 objects.
+    let sites = [
+        ("after-begin", 1),
+        ("after-metrics", 10),
+        ("before-object", 130),
+        ("before-checkpoint", 2),
+        ("after-checkpoint", 3),
+        ("before-retire", 1),
+        ("after-checkpoint", 4),
+        ("before-end", 1),
+    ];
+    for (site, n) in sites {
+        let store = dir.join(format!("store-{site}-{n}"));
+        crash_at(dir, &store, site, n);
+        let log = json(&ok(dir, &store, &["log", "--json"]));
+        assert_eq!(log[0]["status"], "interrupted", "{site} #{n}");
+        verify_clean(dir, &store);
+        ok(dir, &store, &["resume", &run, "-q"]);
+        let last = json(&ok(dir, &store, &["show", &format!("{run}@last"), "--json"]));
+        assert_eq!(last["id"], reference["checkpoints"].as_array().unwrap().last().unwrap()["id"], "{site} #{n}");
+        assert_eq!(live_checkpoints(dir, &store, &run), reference_live, "{site} #{n}: the same checkpoints are kept");
+        let got = series(dir, &store, &run);
+        for name in ["loss", "grad_norm", "eval_loss", "eval/reverse/acc"] {
+            assert_eq!(got.get(name), reference_series.get(name), "{site} #{n}: series {name}");
+        }
+        for (name, points) in &got {
+            assert!(points.windows(2).all(|w| w[0].0 < w[1].0), "{site} #{n}: {name} has a step twice");
+        }
+        verify_clean(dir, &store);
+    }
+}
