@@ -139,6 +139,10 @@ fn bad_input_is_named_and_changes_nothing() {
     assert!(stderr.contains("--set optim.lr") && stderr.contains("key=value"), "{stderr}");
     let stderr = fails(dir, &store, &["train", "exp.toml", "--set", "optim.schedule=\"cosin\""]);
     assert!(stderr.contains("optim.schedule"), "{stderr}");
+    let stderr = fails(dir, &store, &["train", "exp.toml", "--set", "optim.lr=nan"]);
+    assert!(stderr.contains("optim.lr = NaN") && stderr.contains("finite"), "{stderr}");
+    let stderr = fails(dir, &store, &["train", "exp.toml", "--set", "adapter.alpha=inf"]);
+    assert!(stderr.contains("adapter.alpha = inf"), "{stderr}");
     let stderr = fails(dir, &store, &["train", "missing.toml"]);
     assert!(stderr.contains("missing.toml"), "{stderr}");
     unchanged(dir, &store, &state, "bad --set");

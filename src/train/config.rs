@@ -385,6 +385,28 @@ impl Experiment {
     }
 
     fn validate(&self) -> Result<(), String> {
+        // NaN and infinities parse as TOML floats, but train nothing and
+        // cannot be read back from the recipe (JSON has no such numbers).
+        let optim = &self.optim;
+        let mut numbers = vec![
+            ("optim.lr", optim.lr),
+            ("optim.min_lr_ratio", optim.min_lr_ratio),
+            ("optim.weight_decay", optim.weight_decay),
+            ("optim.grad_clip", optim.grad_clip),
+            ("optim.beta1", optim.beta1),
+            ("optim.beta2", optim.beta2),
+            ("optim.eps", optim.eps),
+            ("data.val_fraction", self.data.val_fraction),
+        ];
+        numbers.extend(optim.embedding_lr.map(|lr| ("optim.embedding_lr", lr)));
+        if let Some(adapter) = &self.adapter {
+            numbers.extend([("adapter.alpha", adapter.alpha), ("adapter.dropout", adapter.dropout)]);
+        }
+        numbers.extend(self.data.replay.as_ref().map(|r| ("data.replay.ratio", r.ratio)));
+        numbers.extend(self.data.train.iter().map(|file| ("data.train.weight", file.weight)));
+        if let Some((key, value)) = numbers.iter().find(|(_, value)| !value.is_finite()) {
+            return Err(format!("{key} = {value}: expected a finite number"));
+        }
         match (&self.model.base, &self.model.from) {
             (Some(_), Some(_)) => {
                 return Err(

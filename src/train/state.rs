@@ -65,7 +65,10 @@ impl TrainerState {
                 bytes[8]
             ));
         }
-        rmp_serde::from_slice(&bytes[9..]).map_err(|e| e.to_string())
+        // A damaged state that nests deeply must fail, not overflow the stack.
+        let mut deserializer = rmp_serde::Deserializer::from_read_ref(&bytes[9..]);
+        deserializer.set_max_depth(32);
+        TrainerState::deserialize(&mut deserializer).map_err(|e| e.to_string())
     }
 }
 
