@@ -24,11 +24,22 @@ fn four_trainers_and_a_reader_share_one_store() {
     let mut trainers: Vec<(u64, Child)> = SEEDS
         .iter()
         .map(|seed| {
-            let child = command(&dir, &store, &["train", "exp.toml", "--set", &format!("train.seed={seed}"), "-q", "--json"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+            let child = command(
+                &dir,
+                &store,
+                &[
+                    "train",
+                    "exp.toml",
+                    "--set",
+                    &format!("train.seed={seed}"),
+                    "-q",
+                    "--json",
+                ],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
             (*seed, child)
         })
         .collect();
@@ -40,7 +51,13 @@ fn four_trainers_and_a_reader_share_one_store() {
     let reads = Arc::new(Mutex::new(0usize));
     let readers: Vec<_> = (0..2)
         .map(|reader| {
-            let (dir, store, done, failures, reads) = (dir.clone(), store.clone(), done.clone(), failures.clone(), reads.clone());
+            let (dir, store, done, failures, reads) = (
+                dir.clone(),
+                store.clone(),
+                done.clone(),
+                failures.clone(),
+                reads.clone(),
+            );
             std::thread::spawn(move || {
                 let mut round = 0usize;
                 while !done.load(Ordering::SeqCst) {
@@ -51,18 +68,36 @@ fn four_trainers_and_a_reader_share_one_store() {
                         let runs = json(&out(&log));
                         for entry in runs.as_array().unwrap() {
                             let id = entry["id"].as_str().unwrap().to_string();
-                            let args = if reader == 0 { vec!["metrics", &id, "--json"] } else { vec!["show", &id, "--json"] };
-                            outputs.push((args.iter().map(|a| a.to_string()).collect(), run(&dir, &store, &args)));
+                            let args = if reader == 0 {
+                                vec!["metrics", &id, "--json"]
+                            } else {
+                                vec!["show", &id, "--json"]
+                            };
+                            outputs.push((
+                                args.iter().map(|a| a.to_string()).collect(),
+                                run(&dir, &store, &args),
+                            ));
                         }
                     }
                     if round % 5 == 0 {
-                        let args = if reader == 0 { vec!["runs", "--where", "optim.lr > 0", "--json"] } else { vec!["verify"] };
-                        outputs.push((args.iter().map(|a| a.to_string()).collect(), run(&dir, &store, &args)));
+                        let args = if reader == 0 {
+                            vec!["runs", "--where", "optim.lr > 0", "--json"]
+                        } else {
+                            vec!["verify"]
+                        };
+                        outputs.push((
+                            args.iter().map(|a| a.to_string()).collect(),
+                            run(&dir, &store, &args),
+                        ));
                     }
                     for (args, output) in outputs {
                         *reads.lock().unwrap() += 1;
                         if !output.status.success() {
-                            failures.lock().unwrap().push(format!("graft {args:?}: {}{}", err(&output), out(&output)));
+                            failures.lock().unwrap().push(format!(
+                                "graft {args:?}: {}{}",
+                                err(&output),
+                                out(&output)
+                            ));
                         }
                     }
                 }
@@ -82,35 +117,85 @@ fn four_trainers_and_a_reader_share_one_store() {
         reader.join().unwrap();
     }
     let failures = failures.lock().unwrap();
-    assert!(failures.is_empty(), "{} reads failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} reads failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     let reads = *reads.lock().unwrap();
     assert!(reads >= 8, "the readers kept reading ({reads} reads)");
-    eprintln!("4 trainers in {:.1} s with {reads} reads beside them", elapsed.as_secs_f64());
+    eprintln!(
+        "4 trainers in {:.1} s with {reads} reads beside them",
+        elapsed.as_secs_f64()
+    );
 
     let log = json(&ok(&dir, &store, &["log", "--json"]));
     assert_eq!(log.as_array().unwrap().len(), 4);
     for (seed, result) in &results {
         let run_id = result["run"].as_str().unwrap();
-        let entry = log.as_array().unwrap().iter().find(|r| r["id"] == run_id).unwrap();
+        let entry = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == run_id)
+            .unwrap();
         assert_eq!(entry["status"], "completed", "run of seed {seed}");
         let series = series(&dir, &store, run_id);
         for name in ["loss", "lr", "grad_norm", "tokens_seen"] {
             let steps: Vec<u64> = series[name].iter().map(|p| p.0).collect();
-            assert_eq!(steps, (1..=STEPS).collect::<Vec<_>>(), "seed {seed}: every step of `{name}` once");
+            assert_eq!(
+                steps,
+                (1..=STEPS).collect::<Vec<_>>(),
+                "seed {seed}: every step of `{name}` once"
+            );
         }
         let evals: Vec<u64> = series["eval_loss"].iter().map(|p| p.0).collect();
         assert_eq!(evals, vec![0, 4, 8, 12], "seed {seed}");
         let shown = json(&ok(&dir, &store, &["show", run_id, "--json"]));
-        let steps: Vec<u64> = shown["checkpoints"].as_array().unwrap().iter().map(|c| c["step"].as_u64().unwrap()).collect();
-        assert_eq!(steps, vec![4, 8, 12], "seed {seed}: every checkpoint recorded");
-        let written: Vec<&str> = result["checkpoints"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
-        let recorded: Vec<&str> = shown["checkpoints"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+        let steps: Vec<u64> = shown["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            steps,
+            vec![4, 8, 12],
+            "seed {seed}: every checkpoint recorded"
+        );
+        let written: Vec<&str> = result["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap())
+            .collect();
+        let recorded: Vec<&str> = shown["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap())
+            .collect();
         assert_eq!(written, recorded, "seed {seed}");
     }
     verify_clean(&dir, &store);
 
     // Sharing the store changed nothing about what a run computes.
-    let alone = json(&ok(&dir, &dir.join("alone"), &["train", "exp.toml", "--set", "train.seed=11", "-q", "--json"]));
+    let alone = json(&ok(
+        &dir,
+        &dir.join("alone"),
+        &[
+            "train",
+            "exp.toml",
+            "--set",
+            "train.seed=11",
+            "-q",
+            "--json",
+        ],
+    ));
     assert_eq!(alone["checkpoints"], results[0].1["checkpoints"]);
-    assert_eq!(series(&dir, &dir.join("alone"), alone["run"].as_str().unwrap())["loss"], series(&dir, &store, alone["run"].as_str().unwrap())["loss"]);
+    assert_eq!(
+        series(&dir, &dir.join("alone"), alone["run"].as_str().unwrap())["loss"],
+        series(&dir, &store, alone["run"].as_str().unwrap())["loss"]
+    );
 }

@@ -36,24 +36,53 @@ fn a_flipped_and_a_truncated_object_are_named_and_only_their_run_is_affected() {
     let work = workspace(8, 5);
     let dir = work.path();
     let store = dir.join("store");
-    ok(dir, &store, &["train", "exp.toml", "--tag", "damaged", "-q"]);
-    ok(dir, &store, &["train", "exp.toml", "--set", "train.seed=6", "--tag", "healthy", "-q"]);
+    ok(
+        dir,
+        &store,
+        &["train", "exp.toml", "--tag", "damaged", "-q"],
+    );
+    ok(
+        dir,
+        &store,
+        &[
+            "train",
+            "exp.toml",
+            "--set",
+            "train.seed=6",
+            "--tag",
+            "healthy",
+            "-q",
+        ],
+    );
     // A third run stops on a NaN after its step-4 checkpoint: resumable.
-    let output = command(dir, &store, &["train", "exp.toml", "--set", "train.seed=7", "-q"])
-        .env("GRAFT_INJECT_NAN_AT_STEP", "6")
-        .output()
-        .unwrap();
+    let output = command(
+        dir,
+        &store,
+        &["train", "exp.toml", "--set", "train.seed=7", "-q"],
+    )
+    .env("GRAFT_INJECT_NAN_AT_STEP", "6")
+    .output()
+    .unwrap();
     assert!(!output.status.success());
     // A failed run is not tagged: name it by id.
-    let stopped = json(&ok(dir, &store, &["log", "--json"]))[0]["id"].as_str().unwrap().to_string();
+    let stopped = json(&ok(dir, &store, &["log", "--json"]))[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     verify_clean(dir, &store);
 
     let healthy = objects_of(dir, &store, "healthy");
     let last = checkpoint(dir, &store, "damaged@last");
     // A LoRA tensor gets a flipped byte; the optimizer moment of another
     // tensor is cut in half. Neither is shared with the healthy run.
-    let flipped = last["tensors"]["model.layers.0.self_attn.q_proj.lora_B.weight"].as_str().unwrap().to_string();
-    let truncated = last["state"]["optim.m/model.layers.1.mlp.up_proj.lora_A.weight"].as_str().unwrap().to_string();
+    let flipped = last["tensors"]["model.layers.0.self_attn.q_proj.lora_B.weight"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let truncated = last["state"]["optim.m/model.layers.1.mlp.up_proj.lora_A.weight"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!healthy.contains(&flipped) && !healthy.contains(&truncated));
     let path = object_path(&store, &flipped);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -66,7 +95,10 @@ fn a_flipped_and_a_truncated_object_are_named_and_only_their_run_is_affected() {
     // The stopped run's trainer state (needed to resume) is cut to nothing.
     let stopped_last = checkpoint(dir, &store, &format!("{stopped}@last"));
     assert_eq!(stopped_last["step"], 4);
-    let trainer = stopped_last["state"]["trainer"].as_str().unwrap().to_string();
+    let trainer = stopped_last["state"]["trainer"]
+        .as_str()
+        .unwrap()
+        .to_string();
     std::fs::write(object_path(&store, &trainer), b"").unwrap();
 
     // verify names each damaged object by id and path, and exits 1.
@@ -78,27 +110,64 @@ fn a_flipped_and_a_truncated_object_are_named_and_only_their_run_is_affected() {
             .lines()
             .find(|l| l.contains(id.as_str()))
             .unwrap_or_else(|| panic!("verify names {id}:\n{report}"));
-        assert!(line.contains(&object_path(&store, id).display().to_string()), "{line}");
+        assert!(
+            line.contains(&object_path(&store, id).display().to_string()),
+            "{line}"
+        );
     }
     assert!(report.contains("PROBLEMS FOUND"), "{report}");
     let listed = json(&out(&run(dir, &store, &["verify", "--json"])));
-    assert_eq!(listed["corrupt_objects"].as_array().unwrap().len(), 3, "{listed:#}");
+    assert_eq!(
+        listed["corrupt_objects"].as_array().unwrap().len(),
+        3,
+        "{listed:#}"
+    );
 
     let before = fingerprint(&store);
     let names_damage = |stderr: &str| {
         assert!(
-            (stderr.contains(&flipped) || stderr.contains(&truncated)) && stderr.contains("corrupt"),
+            (stderr.contains(&flipped) || stderr.contains(&truncated))
+                && stderr.contains("corrupt"),
             "the error names the damaged object:\n{stderr}"
         );
     };
     // Loading the damaged checkpoint fails clearly, whichever way it is loaded.
-    names_damage(&fails(dir, &store, &["export", "damaged", "--peft", "adapter-damaged"]));
-    names_damage(&fails(dir, &store, &["export", "damaged@last", "--merged", "merged-damaged"]));
-    names_damage(&fails(dir, &store, &["fork", "damaged@last", "--set", "train.steps=12", "-q"]));
-    names_damage(&fails(dir, &store, &["fork", "damaged", "exp.toml", "--set", "optim.lr=1e-3", "-q"]));
+    names_damage(&fails(
+        dir,
+        &store,
+        &["export", "damaged", "--peft", "adapter-damaged"],
+    ));
+    names_damage(&fails(
+        dir,
+        &store,
+        &["export", "damaged@last", "--merged", "merged-damaged"],
+    ));
+    names_damage(&fails(
+        dir,
+        &store,
+        &["fork", "damaged@last", "--set", "train.steps=12", "-q"],
+    ));
+    names_damage(&fails(
+        dir,
+        &store,
+        &[
+            "fork",
+            "damaged",
+            "exp.toml",
+            "--set",
+            "optim.lr=1e-3",
+            "-q",
+        ],
+    ));
     let stderr = fails(dir, &store, &["resume", &stopped, "-q"]);
-    assert!(stderr.contains(&trainer) && stderr.contains("corrupt"), "{stderr}");
-    assert!(!dir.join("adapter-damaged").join("adapter_model.safetensors").exists());
+    assert!(
+        stderr.contains(&trainer) && stderr.contains("corrupt"),
+        "{stderr}"
+    );
+    assert!(!dir
+        .join("adapter-damaged")
+        .join("adapter_model.safetensors")
+        .exists());
     assert_eq!(fingerprint(&store), before, "failed loads record nothing");
 
     // Everything else is as usable as before.
@@ -107,8 +176,15 @@ fn a_flipped_and_a_truncated_object_are_named_and_only_their_run_is_affected() {
     ok(dir, &store, &["metrics", "damaged", "--json"]);
     ok(dir, &store, &["lineage", "healthy"]);
     ok(dir, &store, &["log"]);
-    ok(dir, &store, &["export", "healthy", "--peft", "adapter-healthy"]);
-    assert!(dir.join("adapter-healthy").join("adapter_model.safetensors").is_file());
+    ok(
+        dir,
+        &store,
+        &["export", "healthy", "--peft", "adapter-healthy"],
+    );
+    assert!(dir
+        .join("adapter-healthy")
+        .join("adapter_model.safetensors")
+        .is_file());
     // An older checkpoint of the damaged run that does not share the
     // damaged objects still exports.
     let kept: Vec<Value> = json(&ok(dir, &store, &["show", "damaged", "--json"]))["checkpoints"]
@@ -119,13 +195,34 @@ fn a_flipped_and_a_truncated_object_are_named_and_only_their_run_is_affected() {
         .cloned()
         .collect();
     for older in &kept {
-        let ids: Vec<&str> = older["tensors"].as_object().unwrap().values().map(|v| v.as_str().unwrap()).collect();
+        let ids: Vec<&str> = older["tensors"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         if !ids.contains(&flipped.as_str()) {
             let reference = format!("damaged@{}", older["step"]);
-            ok(dir, &store, &["export", &reference, "--peft", "adapter-older"]);
+            ok(
+                dir,
+                &store,
+                &["export", &reference, "--peft", "adapter-older"],
+            );
         }
     }
-    ok(dir, &store, &["fork", "healthy@last", "--set", "train.steps=10", "--tag", "child", "-q"]);
+    ok(
+        dir,
+        &store,
+        &[
+            "fork",
+            "healthy@last",
+            "--set",
+            "train.steps=10",
+            "--tag",
+            "child",
+            "-q",
+        ],
+    );
     assert_eq!(checkpoint(dir, &store, "child@last")["step"], 10);
 }
 
@@ -137,9 +234,22 @@ fn a_snapshot_cut_short_does_not_lock_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     ok(dir.path(), &store, &["init"]);
-    ok(dir.path(), &store, &["model", "add", &fixture().display().to_string(), "--tag", "tiny"]);
+    ok(
+        dir.path(),
+        &store,
+        &[
+            "model",
+            "add",
+            &fixture().display().to_string(),
+            "--tag",
+            "tiny",
+        ],
+    );
     let before = fingerprint(&store);
-    for (name, bytes) in [("snap.FFFFFFFFFFFFFFF0.generating", &b""[..]), ("snap.FFFFFFFFFFFFFFFF.generating", &[7u8; 40][..])] {
+    for (name, bytes) in [
+        ("snap.FFFFFFFFFFFFFFF0.generating", &b""[..]),
+        ("snap.FFFFFFFFFFFFFFFF.generating", &[7u8; 40][..]),
+    ] {
         std::fs::write(store.join("index").join(name), bytes).unwrap();
     }
     let models = json(&ok(dir.path(), &store, &["model", "ls", "--json"]));

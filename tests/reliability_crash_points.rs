@@ -8,7 +8,10 @@
 //! metric step once, `verify` clean.
 
 mod reliability_support;
-use graft::store::{Canon, DatasetRecord, ExecutionKind, ExecutionRecord, ExecutionStatus, Id, Recipe, Recorder, RunRecord, Store, StoreRecorder};
+use graft::store::{
+    Canon, DatasetRecord, ExecutionKind, ExecutionRecord, ExecutionStatus, Id, Recipe, Recorder,
+    RunRecord, Store, StoreRecorder,
+};
 use reliability_support::*;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,6 +24,7 @@ struct Crashing {
     site: String,
     n: usize,
     calls: BTreeMap<&'static str, usize>,
+    last_step: u64,
 }
 
 impl Crashing {
@@ -35,12 +39,19 @@ impl Crashing {
 }
 
 impl Recorder for Crashing {
-    fn begin(&mut self, recipe: &Recipe, datasets: &[DatasetRecord], kind: ExecutionKind, notes: BTreeMap<String, Canon>) -> graft::store::Result<(RunRecord, ExecutionRecord)> {
+    fn begin(
+        &mut self,
+        recipe: &Recipe,
+        datasets: &[DatasetRecord],
+        kind: ExecutionKind,
+        notes: BTreeMap<String, Canon>,
+    ) -> graft::store::Result<(RunRecord, ExecutionRecord)> {
         let begun = self.inner.begin(recipe, datasets, kind, notes)?;
         self.at("after-begin");
         Ok(begun)
     }
     fn log_metrics(&mut self, step: u64, values: &[(&str, f64)]) -> graft::store::Result<()> {
+        self.last_step = self.last_step.max(step);
         self.inner.log_metrics(step, values)?;
         self.at("after-metrics");
         Ok(())
@@ -52,7 +63,13 @@ impl Recorder for Crashing {
         self.at("before-object");
         self.inner.put_object(bytes)
     }
-    fn add_checkpoint(&mut self, step: u64, tensors: BTreeMap<String, Id>, state: BTreeMap<String, Id>, metrics: BTreeMap<String, f64>) -> graft::store::Result<Id> {
+    fn add_checkpoint(
+        &mut self,
+        step: u64,
+        tensors: BTreeMap<String, Id>,
+        state: BTreeMap<String, Id>,
+        metrics: BTreeMap<String, f64>,
+    ) -> graft::store::Result<Id> {
         self.at("before-checkpoint");
         let id = self.inner.add_checkpoint(step, tensors, state, metrics)?;
         self.at("after-checkpoint");
@@ -65,7 +82,12 @@ impl Recorder for Crashing {
     fn note(&mut self, key: &str, value: Canon) -> graft::store::Result<()> {
         self.inner.note(key, value)
     }
-    fn end(&mut self, status: ExecutionStatus, error: Option<String>, reason: Option<String>) -> graft::store::Result<()> {
+    fn end(
+        &mut self,
+        status: ExecutionStatus,
+        error: Option<String>,
+        reason: Option<String>,
+    ) -> graft::store::Result<()> {
         self.at("before-end");
         self.inner.end(status, error, reason)
     }
@@ -78,12 +100,22 @@ fn crash_child() {
         return;
     };
     let parts: Vec<&str> = spec.split('|').collect();
-    let (store, site, n) = (Path::new(parts[0]), parts[1].to_string(), parts[2].parse().unwrap());
+    let (store, site, n) = (
+        Path::new(parts[0]),
+        parts[1].to_string(),
+        parts[2].parse().unwrap(),
+    );
     let experiment = graft::train::Experiment::load(Path::new("exp.toml"), &[]).unwrap();
     let store = Store::open_or_init(store).unwrap();
     let plan = graft::train::plan(&store, &experiment).unwrap();
-    let mut recorder = Crashing { inner: StoreRecorder::new(store.clone()), site, n, calls: BTreeMap::new() };
-    graft::train::execute::<graft::model::CpuTrainBackend>(
+    let mut recorder = Crashing {
+        inner: StoreRecorder::new(store.clone()),
+        site,
+        n,
+        calls: BTreeMap::new(),
+        last_step: 0,
+    };
+    let outcome = graft::train::execute::<graft::model::CpuTrainBackend>(
         &Default::default(),
         &store,
         &plan.recipe,
@@ -92,8 +124,16 @@ fn crash_child() {
         ExecutionKind::Train,
         &mut recorder,
         &mut graft::train::Silent,
-    )
-    .unwrap();
+    );
+    if recorder.site == "none" {
+        eprintln!(
+            "error: {}",
+            outcome.err().map(|e| e.to_string()).unwrap_or_default()
+        );
+        eprintln!("stopped after step {}", recorder.last_step);
+        return;
+    }
+    outcome.unwrap();
     panic!("the crash site {spec} was never reached");
 }
 
@@ -101,22 +141,35 @@ fn crash_at(dir: &Path, store: &Path, site: &str, n: usize) {
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .current_dir(dir)
-        .env("GRAFT_TEST_CRASH", format!("{}|{site}|{n}", store.display()))
+        .env(
+            "GRAFT_TEST_CRASH",
+            format!("{}|{site}|{n}", store.display()),
+        )
         .output()
         .unwrap();
     let stderr = err(&output);
-    assert!(!output.status.success() && stderr.contains("crashing at"), "{site} #{n}: {stderr}");
+    assert!(
+        !output.status.success() && stderr.contains("crashing at"),
+        "{site} #{n}: {stderr}"
+    );
 }
 
 #[test]
 fn a_crash_at_each_recording_point_resumes_to_the_uninterrupted_result() {
     let work = workspace(STEPS, 5);
     let dir = work.path();
-    let reference = json(&ok(dir, &dir.join("reference"), &["train", "exp.toml", "-q", "--json"]));
+    let reference = json(&ok(
+        dir,
+        &dir.join("reference"),
+        &["train", "exp.toml", "-q", "--json"],
+    ));
     let run = reference["run"].as_str().unwrap().to_string();
     let reference_live = live_checkpoints(dir, &dir.join("reference"), &run);
     let reference_series = series(dir, &dir.join("reference"), &run);
-    assert!(reference_live.len() < (STEPS / 4) as usize, "retention retires some checkpoints");
+    assert!(
+        reference_live.len() < (STEPS / 4) as usize,
+        "retention retires some checkpoints"
+    );
 
     // Checkpoints fall at steps 4, 8, 12, 16; retention first retires one at
     // step 12 (the third checkpoint). A checkpoint is about 90 objects.
@@ -137,16 +190,68 @@ fn a_crash_at_each_recording_point_resumes_to_the_uninterrupted_result() {
         assert_eq!(log[0]["status"], "interrupted", "{site} #{n}");
         verify_clean(dir, &store);
         ok(dir, &store, &["resume", &run, "-q"]);
-        let last = json(&ok(dir, &store, &["show", &format!("{run}@last"), "--json"]));
-        assert_eq!(last["id"], reference["checkpoints"].as_array().unwrap().last().unwrap()["id"], "{site} #{n}");
-        assert_eq!(live_checkpoints(dir, &store, &run), reference_live, "{site} #{n}: the same checkpoints are kept");
+        let last = json(&ok(
+            dir,
+            &store,
+            &["show", &format!("{run}@last"), "--json"],
+        ));
+        assert_eq!(
+            last["id"],
+            reference["checkpoints"].as_array().unwrap().last().unwrap()["id"],
+            "{site} #{n}"
+        );
+        assert_eq!(
+            live_checkpoints(dir, &store, &run),
+            reference_live,
+            "{site} #{n}: the same checkpoints are kept"
+        );
         let got = series(dir, &store, &run);
         for name in ["loss", "grad_norm", "eval_loss", "eval/reverse/acc"] {
-            assert_eq!(got.get(name), reference_series.get(name), "{site} #{n}: series {name}");
+            assert_eq!(
+                got.get(name),
+                reference_series.get(name),
+                "{site} #{n}: series {name}"
+            );
         }
         for (name, points) in &got {
-            assert!(points.windows(2).all(|w| w[0].0 < w[1].0), "{site} #{n}: {name} has a step twice");
+            assert!(
+                points.windows(2).all(|w| w[0].0 < w[1].0),
+                "{site} #{n}: {name} has a step twice"
+            );
         }
         verify_clean(dir, &store);
     }
+}
+
+/// A disk that fills while a checkpoint's objects are written in the
+/// background: the trainer stops at its next write with the error, instead
+/// of training on to the end with nothing recorded.
+#[test]
+fn a_trainer_stops_when_its_recording_fails() {
+    let work = workspace(24, 5);
+    let dir = work.path();
+    let store = dir.join("store");
+    // The plan writes 5 objects (model files, data), a checkpoint about 90:
+    // the second checkpoint (step 8) fails.
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .current_dir(dir)
+        .env("GRAFT_TEST_CRASH", format!("{}|none|0", store.display()))
+        .env("GRAFT_FAIL_OBJECT_WRITES_AFTER", "150")
+        .output()
+        .unwrap();
+    let stderr = err(&output);
+    assert!(stderr.contains("no space left on device"), "{stderr}");
+    let step: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("stopped after step "))
+        .unwrap_or_else(|| panic!("{stderr}"))
+        .parse()
+        .unwrap();
+    // It notices at its next write (the next checkpoint), not at the end.
+    assert!(
+        step <= 16,
+        "the trainer went on to step {step} of 24 after its checkpoint at step 8 failed"
+    );
+    verify_clean(dir, &store);
 }

@@ -20,16 +20,24 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 fn iterations() -> usize {
-    std::env::var("GRAFT_FUZZ_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
+    std::env::var("GRAFT_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000)
 }
 
 fn seed() -> u64 {
-    std::env::var("GRAFT_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed)
+    std::env::var("GRAFT_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed)
 }
 
 /// The seed corpus of a target: every file of `fuzz/corpus/<target>/`.
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .flatten()
@@ -43,11 +51,75 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
 
 /// Tokens that make mutations of text inputs more interesting.
 const DICTIONARY: &[&str] = &[
-    "(", ")", "((((", "))))", " and ", " or ", "not ", "<", "<=", ">=", "==", "!=", "=", "'", "\"", "@", "@best", "@last",
-    "@0", "@18446744073709551616", "-", ".", "e", "E+", "1e-4", "nan", "inf", "-inf", "[", "]", "[[", "]]", "{", "}",
-    "=", "\n", "[optim]", "[train]", "[data]", "[model]", "[adapter]", "[unfreeze]", "lr", "steps", "seed", "top:",
-    "layer.", "none", "all", "from", "base", "ratio", "0", "-1", "1e400", "18446744073709551615", "\u{0}", "\u{1F600}",
-    "é", "\\", "\\u", "ff", "abcd", "0123456789abcdef", "true", "false", "1979-05-27T07:32:00Z", "'''", "\"\"\"",
+    "(",
+    ")",
+    "((((",
+    "))))",
+    " and ",
+    " or ",
+    "not ",
+    "<",
+    "<=",
+    ">=",
+    "==",
+    "!=",
+    "=",
+    "'",
+    "\"",
+    "@",
+    "@best",
+    "@last",
+    "@0",
+    "@18446744073709551616",
+    "-",
+    ".",
+    "e",
+    "E+",
+    "1e-4",
+    "nan",
+    "inf",
+    "-inf",
+    "[",
+    "]",
+    "[[",
+    "]]",
+    "{",
+    "}",
+    "=",
+    "\n",
+    "[optim]",
+    "[train]",
+    "[data]",
+    "[model]",
+    "[adapter]",
+    "[unfreeze]",
+    "lr",
+    "steps",
+    "seed",
+    "top:",
+    "layer.",
+    "none",
+    "all",
+    "from",
+    "base",
+    "ratio",
+    "0",
+    "-1",
+    "1e400",
+    "18446744073709551615",
+    "\u{0}",
+    "\u{1F600}",
+    "é",
+    "\\",
+    "\\u",
+    "ff",
+    "abcd",
+    "0123456789abcdef",
+    "true",
+    "false",
+    "1979-05-27T07:32:00Z",
+    "'''",
+    "\"\"\"",
 ];
 
 fn mutate(rng: &mut Rng, corpus: &[Vec<u8>], text: bool) -> Vec<u8> {
@@ -75,7 +147,11 @@ fn mutate(rng: &mut Rng, corpus: &[Vec<u8>], text: bool) -> Vec<u8> {
             4 if len > 0 => input.truncate(rng.range(0, len) as usize),
             5 => {
                 let word = DICTIONARY[rng.range(0, DICTIONARY.len() as u64) as usize];
-                let at = if text { char_boundary(&input, rng.range(0, len + 1) as usize) } else { rng.range(0, len + 1) as usize };
+                let at = if text {
+                    char_boundary(&input, rng.range(0, len + 1) as usize)
+                } else {
+                    rng.range(0, len + 1) as usize
+                };
                 input.splice(at..at, word.bytes());
             }
             6 if len > 0 => {
@@ -85,7 +161,10 @@ fn mutate(rng: &mut Rng, corpus: &[Vec<u8>], text: bool) -> Vec<u8> {
                 let piece = input[from..to].to_vec();
                 let times = rng.range(2, 2000) as usize;
                 let at = to;
-                input.splice(at..at, piece.iter().cycle().take(piece.len() * times).copied());
+                input.splice(
+                    at..at,
+                    piece.iter().cycle().take(piece.len() * times).copied(),
+                );
             }
             7 => {
                 // Splice in a piece of another seed.
@@ -118,13 +197,18 @@ fn char_boundary(bytes: &[u8], mut at: usize) -> usize {
 /// the input and saves it.
 fn fuzz(target: &str, text: bool, mut check: impl FnMut(&[u8])) {
     let seeds = corpus(target);
-    let mut rng = Rng(seed() ^ target.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
+    let mut rng = Rng(seed()
+        ^ target
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
     let mut failures = Vec::new();
     for n in 0..iterations() + seeds.len() {
         let input = if n < seeds.len() {
             seeds[n].clone()
         } else if rng.chance(1, 10) {
-            (0..rng.range(0, 300)).map(|_| rng.next_u64() as u8).collect()
+            (0..rng.range(0, 300))
+                .map(|_| rng.next_u64() as u8)
+                .collect()
         } else {
             mutate(&mut rng, &seeds, text)
         };
@@ -133,13 +217,21 @@ fn fuzz(target: &str, text: bool, mut check: impl FnMut(&[u8])) {
             std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join(format!("{target}-{n}"));
             std::fs::write(&path, &input).unwrap();
-            failures.push(format!("{} ({:?})", path.display(), String::from_utf8_lossy(&input[..input.len().min(200)])));
+            failures.push(format!(
+                "{} ({:?})",
+                path.display(),
+                String::from_utf8_lossy(&input[..input.len().min(200)])
+            ));
             if failures.len() >= 5 {
                 break;
             }
         }
     }
-    assert!(failures.is_empty(), "{target}: inputs that panic:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{target}: inputs that panic:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -153,7 +245,8 @@ fn record_decoder() {
         let _ = index::decode::<RefRecord>(bytes, "refs", "k");
         let _ = index::decode::<metrics::SeriesSummary>(bytes, "summaries", "k");
         if let Ok(record) = index::decode::<CheckpointRecord>(bytes, "checkpoints", "k") {
-            let again: CheckpointRecord = index::decode(&index::encode(&record), "checkpoints", "k").unwrap();
+            let again: CheckpointRecord =
+                index::decode(&index::encode(&record), "checkpoints", "k").unwrap();
             assert_eq!(format!("{again:?}"), format!("{record:?}"));
         }
     });
@@ -190,14 +283,20 @@ fn tag_names_and_refs() {
         config: Canon::map().with("optim", Canon::map().with("lr", 1e-3)),
         base_model: Id([2; 32]),
         start_checkpoint: None,
-        datasets: vec![graft::store::DatasetUse { dataset: data, role: "train".into(), name: "d".into(), weight: 1.0 }],
+        datasets: vec![graft::store::DatasetUse {
+            dataset: data,
+            role: "train".into(),
+            name: "d".into(),
+            weight: 1.0,
+        }],
         seed: 1,
         graft_version: "fuzz".into(),
     };
     let run = index.register_run(&recipe, Default::default()).unwrap();
     for step in [4u64, 8, 12] {
         let tensors = std::collections::BTreeMap::from([("w".to_string(), Id([step as u8; 32]))]);
-        let id = graft::store::CheckpointRecord::compute_id(run.id, step, &tensors, &Default::default());
+        let id =
+            graft::store::CheckpointRecord::compute_id(run.id, step, &tensors, &Default::default());
         index
             .put_checkpoint(&graft::store::CheckpointRecord {
                 id,
@@ -206,7 +305,10 @@ fn tag_names_and_refs() {
                 tensors,
                 state: Default::default(),
                 parent: None,
-                metrics: std::collections::BTreeMap::from([("eval_loss".to_string(), 1.0 / step as f64)]),
+                metrics: std::collections::BTreeMap::from([(
+                    "eval_loss".to_string(),
+                    1.0 / step as f64,
+                )]),
                 execution: 1,
                 created_at: chrono::Utc::now(),
                 retired: step == 4,
@@ -224,7 +326,8 @@ fn tag_names_and_refs() {
             // What resolves is something the store holds.
             let id = target.id();
             assert!(
-                index.get_run(&id).unwrap().is_some() || index.get_checkpoint(&id).unwrap().is_some(),
+                index.get_run(&id).unwrap().is_some()
+                    || index.get_checkpoint(&id).unwrap().is_some(),
                 "{text} resolved to {id}"
             );
         }
@@ -248,7 +351,10 @@ fn where_language() {
             }
             Err(error) => {
                 // The caret points into (or just past) the expression.
-                assert!(error.column >= 1 && error.column <= text.chars().count() + 1, "{error}");
+                assert!(
+                    error.column >= 1 && error.column <= text.chars().count() + 1,
+                    "{error}"
+                );
             }
         }
     });
@@ -292,7 +398,10 @@ fn write_seed_corpus() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(name), bytes).unwrap();
     };
-    let store = Store::open(Path::new(&std::env::var("GRAFT_SEED_STORE").expect("GRAFT_SEED_STORE"))).unwrap();
+    let store = Store::open(Path::new(
+        &std::env::var("GRAFT_SEED_STORE").expect("GRAFT_SEED_STORE"),
+    ))
+    .unwrap();
     let index = store.index().unwrap();
     let trees = [
         ("models", &index.models),
@@ -314,13 +423,27 @@ fn write_seed_corpus() {
         let points = metrics::decode_chunk(first, &value).unwrap();
         write("journal", &format!("chunk-{n}"), &value);
         let entry = journal::JournalEntry::Metrics(
-            points.iter().take(20).map(|(step, value)| journal::MetricPoint { step: *step, series: "loss".into(), value: *value }).collect(),
+            points
+                .iter()
+                .take(20)
+                .map(|(step, value)| journal::MetricPoint {
+                    step: *step,
+                    series: "loss".into(),
+                    value: *value,
+                })
+                .collect(),
         );
-        write("journal", &format!("metrics-frame-{n}"), &journal::encode_frame(&entry));
+        write(
+            "journal",
+            &format!("metrics-frame-{n}"),
+            &journal::encode_frame(&entry),
+        );
     }
     let checkpoint = index.all_checkpoints().unwrap().into_iter().next().unwrap();
     let mut frames = journal::encode_frame(&journal::JournalEntry::Checkpoint(checkpoint.clone()));
-    frames.extend(journal::encode_frame(&journal::JournalEntry::Retire(checkpoint.id)));
+    frames.extend(journal::encode_frame(&journal::JournalEntry::Retire(
+        checkpoint.id,
+    )));
     frames.extend(journal::encode_frame(&journal::JournalEntry::End {
         status: graft::store::ExecutionStatus::Completed,
         ended_at: chrono::Utc::now(),
@@ -329,8 +452,16 @@ fn write_seed_corpus() {
     }));
     write("journal", "checkpoint-retire-end", &frames);
     let tensor = checkpoint.tensors.values().next().unwrap();
-    write("journal", "tensor-blob", &store.objects().get(tensor).unwrap());
-    write("journal", "trainer-state", &store.objects().get(&checkpoint.state["trainer"]).unwrap());
+    write(
+        "journal",
+        "tensor-blob",
+        &store.objects().get(tensor).unwrap(),
+    );
+    write(
+        "journal",
+        "trainer-state",
+        &store.objects().get(&checkpoint.state["trainer"]).unwrap(),
+    );
 
     let run = checkpoint.run.to_hex();
     for (n, text) in [
@@ -367,10 +498,18 @@ fn write_seed_corpus() {
     let experiments = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
     for entry in std::fs::read_dir(experiments).unwrap().flatten() {
         if entry.path().extension().is_some_and(|e| e == "toml") {
-            write("experiment", &entry.file_name().to_string_lossy(), &std::fs::read(entry.path()).unwrap());
+            write(
+                "experiment",
+                &entry.file_name().to_string_lossy(),
+                &std::fs::read(entry.path()).unwrap(),
+            );
         }
     }
-    write("experiment", "reliability.toml", reliability_support::experiment(12, 5).as_bytes());
+    write(
+        "experiment",
+        "reliability.toml",
+        reliability_support::experiment(12, 5).as_bytes(),
+    );
     write(
         "experiment",
         "fork.toml",

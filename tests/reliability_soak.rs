@@ -118,7 +118,12 @@ fn soak(kills_wanted: usize, steps: u64, seed: u64) -> Report {
         let span = clock.elapsed().as_millis() as u64;
         let (early, late) = (span * 8 / 100, span * 40 / 100);
         let run = uninterrupted["run"].as_str().unwrap().to_string();
-        let final_id = uninterrupted["checkpoints"].as_array().unwrap().last().unwrap()["id"].clone();
+        let final_id = uninterrupted["checkpoints"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()["id"]
+            .clone();
         let reference_shown = json(&ok(dir, &reference_store, &["show", &run, "--json"]));
         let reference_objects = checkpoint_objects(&reference_shown);
         let reference_live = live_checkpoints(dir, &reference_store, &run);
@@ -130,12 +135,19 @@ fn soak(kills_wanted: usize, steps: u64, seed: u64) -> Report {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            assert!(attempts < 20 * kills_wanted.max(5), "the run never completes");
+            assert!(
+                attempts < 20 * kills_wanted.max(5),
+                "the run never completes"
+            );
             let status = run_status(dir, &store, &run);
             if status.as_deref() == Some("completed") {
                 break;
             }
-            let args: &[&str] = if status.is_none() { &train_args } else { &resume_args };
+            let args: &[&str] = if status.is_none() {
+                &train_args
+            } else {
+                &resume_args
+            };
             let temp_before = temp_files(&store);
             let mut child = command(dir, &store, args)
                 .stdout(Stdio::null())
@@ -159,8 +171,13 @@ fn soak(kills_wanted: usize, steps: u64, seed: u64) -> Report {
             };
             if let Some(status) = exited {
                 let mut stderr = String::new();
-                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-                assert!(status.success(), "graft {args:?} after {} kills: {stderr}", report.kills);
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+                    .unwrap();
+                assert!(
+                    status.success(),
+                    "graft {args:?} after {} kills: {stderr}",
+                    report.kills
+                );
                 continue;
             }
             child.kill().unwrap();
@@ -224,7 +241,11 @@ fn soak(kills_wanted: usize, steps: u64, seed: u64) -> Report {
         report.steps += steps;
 
         // The interrupted run ends where the uninterrupted one did.
-        let last = json(&ok(dir, &store, &["show", &format!("{run}@last"), "--json"]));
+        let last = json(&ok(
+            dir,
+            &store,
+            &["show", &format!("{run}@last"), "--json"],
+        ));
         assert_eq!(last["id"], final_id, "final checkpoint of run {run}");
         assert_eq!(
             live_checkpoints(dir, &store, &run),
@@ -239,7 +260,14 @@ fn soak(kills_wanted: usize, steps: u64, seed: u64) -> Report {
                 "series {name}: every step exactly once, in order: {steps:?}"
             );
         }
-        for name in ["loss", "lr", "grad_norm", "eval_loss", "eval/reverse/loss", "eval/reverse/acc"] {
+        for name in [
+            "loss",
+            "lr",
+            "grad_norm",
+            "eval_loss",
+            "eval/reverse/loss",
+            "eval/reverse/acc",
+        ] {
             assert_eq!(
                 got.get(name),
                 reference_series.get(name),
@@ -261,8 +289,15 @@ fn soak(kills_wanted: usize, steps: u64, seed: u64) -> Report {
     ok(dir, &store, &["gc", "--grace", "0"]);
     verify_clean(dir, &store);
     assert_eq!(temp_files(&store), 0);
-    let last_run = json(&ok(dir, &store, &["log", "--json"]))[0]["id"].as_str().unwrap().to_string();
-    ok(dir, &store, &["export", &format!("{last_run}@last"), "--peft", "adapter"]);
+    let last_run = json(&ok(dir, &store, &["log", "--json"]))[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        dir,
+        &store,
+        &["export", &format!("{last_run}@last"), "--peft", "adapter"],
+    );
     report.elapsed = started.elapsed();
     report
 }

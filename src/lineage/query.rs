@@ -239,7 +239,10 @@ impl Parser<'_> {
             self.depth += 1;
             if self.depth > MAX_NESTING {
                 let column = self.peek().1;
-                return Err(self.error(column, format!("nested more than {MAX_NESTING} levels deep")));
+                return Err(self.error(
+                    column,
+                    format!("nested more than {MAX_NESTING} levels deep"),
+                ));
             }
         }
         let query = self.unary_inner();

@@ -96,11 +96,17 @@ enum Job {
 struct Writer {
     jobs: mpsc::Sender<Job>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The first error the writer met, for `send` to report at once: a
+    /// trainer whose recording failed (a full disk) stops instead of
+    /// training on with nothing recorded.
+    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Writer {
     fn start(objects: ObjectStore, mut journal: JournalWriter) -> Writer {
         let (jobs, queue) = mpsc::channel::<Job>();
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let failed_in_thread = failed.clone();
         let thread = std::thread::Builder::new()
             .name("graft-recorder".into())
             .spawn(move || {
@@ -124,6 +130,9 @@ impl Writer {
                         }
                     };
                     if let Err(e) = outcome {
+                        if let Ok(mut failed) = failed_in_thread.lock() {
+                            *failed = Some(e.to_string());
+                        }
                         failure = Some(e);
                     }
                 }
@@ -132,10 +141,16 @@ impl Writer {
         Writer {
             jobs,
             thread: Some(thread),
+            failed,
         }
     }
 
     fn send(&self, job: Job) -> Result<()> {
+        if !matches!(job, Job::Barrier(_)) {
+            if let Some(error) = self.failed.lock().ok().and_then(|f| f.clone()) {
+                return Err(StoreError::Index(format!("recording failed: {error}")));
+            }
+        }
         self.jobs
             .send(job)
             .map_err(|_| StoreError::Index("the recorder's writer thread has stopped".into()))

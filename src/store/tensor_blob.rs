@@ -77,7 +77,9 @@ impl TensorBlob {
         let data = bytes[cursor..].to_vec();
         let expected = shape
             .iter()
-            .try_fold(element as usize, |bytes: usize, dim| bytes.checked_mul(*dim));
+            .try_fold(element as usize, |bytes: usize, dim| {
+                bytes.checked_mul(*dim)
+            });
         if expected != Some(data.len()) {
             return Err(bad(&format!(
                 "{} data bytes for shape {shape:?} {dtype}",

@@ -400,10 +400,23 @@ impl Experiment {
         ];
         numbers.extend(optim.embedding_lr.map(|lr| ("optim.embedding_lr", lr)));
         if let Some(adapter) = &self.adapter {
-            numbers.extend([("adapter.alpha", adapter.alpha), ("adapter.dropout", adapter.dropout)]);
+            numbers.extend([
+                ("adapter.alpha", adapter.alpha),
+                ("adapter.dropout", adapter.dropout),
+            ]);
         }
-        numbers.extend(self.data.replay.as_ref().map(|r| ("data.replay.ratio", r.ratio)));
-        numbers.extend(self.data.train.iter().map(|file| ("data.train.weight", file.weight)));
+        numbers.extend(
+            self.data
+                .replay
+                .as_ref()
+                .map(|r| ("data.replay.ratio", r.ratio)),
+        );
+        numbers.extend(
+            self.data
+                .train
+                .iter()
+                .map(|file| ("data.train.weight", file.weight)),
+        );
         if let Some((key, value)) = numbers.iter().find(|(_, value)| !value.is_finite()) {
             return Err(format!("{key} = {value}: expected a finite number"));
         }

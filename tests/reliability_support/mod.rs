@@ -83,7 +83,9 @@ pub fn command(dir: &Path, store: &Path, args: &[&str]) -> Command {
 }
 
 pub fn run(dir: &Path, store: &Path, args: &[&str]) -> Output {
-    command(dir, store, args).output().expect("the graft binary runs")
+    command(dir, store, args)
+        .output()
+        .expect("the graft binary runs")
 }
 
 pub fn out(output: &Output) -> String {
@@ -244,7 +246,12 @@ pub fn live_checkpoints(dir: &Path, store: &Path, run: &str) -> Vec<(u64, String
         .unwrap()
         .iter()
         .filter(|c| c["retired"] != Value::Bool(true))
-        .map(|c| (c["step"].as_u64().unwrap(), c["id"].as_str().unwrap().to_string()))
+        .map(|c| {
+            (
+                c["step"].as_u64().unwrap(),
+                c["id"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
