@@ -133,6 +133,10 @@ impl Index {
         get(&self.datasets, "datasets", &id.0)
     }
 
+    pub fn dataset(&self, id: &Id) -> Result<DatasetRecord> {
+        self.get_dataset(id)?.ok_or(StoreError::NotFound { kind: "dataset", id: *id })
+    }
+
     pub fn datasets(&self) -> Result<Vec<DatasetRecord>> {
         all(&self.datasets, "datasets")
     }

@@ -162,13 +162,7 @@ pub fn execute<B: AutodiffBackend>(
     let record_of = |id: &Id| -> Result<DatasetRecord, TrainError> {
         match by_id.get(id) {
             Some(record) => Ok((*record).clone()),
-            None => Ok(store
-                .index()?
-                .get_dataset(id)?
-                .ok_or(StoreError::NotFound {
-                    kind: "dataset",
-                    id: *id,
-                })?),
+            None => Ok(store.index()?.dataset(id)?),
         }
     };
     let open_rows =

@@ -77,12 +77,7 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
         if let Some(parent) = &parent_run {
             let index = store.index()?;
             for used in parent.recipe.datasets.iter().filter(|d| d.role == "train") {
-                let record = index
-                    .get_dataset(&used.dataset)?
-                    .ok_or(StoreError::NotFound {
-                        kind: "dataset",
-                        id: used.dataset,
-                    })?;
+                let record = index.dataset(&used.dataset)?;
                 uses.push(used.clone());
                 records.push(record);
             }
@@ -167,12 +162,7 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
             .find(|r| uses.iter().any(|u| u.role == "train" && u.dataset == r.id));
         if let (Some(parent_use), Some(new_record)) = (parent_train, new_train) {
             let parent_record =
-                index
-                    .get_dataset(&parent_use.dataset)?
-                    .ok_or(StoreError::NotFound {
-                        kind: "dataset",
-                        id: parent_use.dataset,
-                    })?;
+                index.dataset(&parent_use.dataset)?;
             check_format_change(
                 &parent_record.spec,
                 &new_record.spec,
@@ -216,12 +206,7 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
                         continue;
                     }
                     seen.push(used.dataset);
-                    let record = index
-                        .get_dataset(&used.dataset)?
-                        .ok_or(StoreError::NotFound {
-                            kind: "dataset",
-                            id: used.dataset,
-                        })?;
+                    let record = index.dataset(&used.dataset)?;
                     uses.push(DatasetUse {
                         dataset: record.id,
                         role: "replay".into(),
@@ -251,12 +236,7 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
                     {
                         continue;
                     }
-                    let record = index
-                        .get_dataset(&used.dataset)?
-                        .ok_or(StoreError::NotFound {
-                            kind: "dataset",
-                            id: used.dataset,
-                        })?;
+                    let record = index.dataset(&used.dataset)?;
                     // An ancestor's validation split is carved with its own
                     // fraction and seed, which the name carries.
                     let name = if used.role == "val" {
