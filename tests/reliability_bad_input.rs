@@ -281,6 +281,21 @@ fn bad_input_is_named_and_changes_nothing() {
         "{stderr}"
     );
     unchanged(dir, &store, &state, "seq_len beyond the model's positions");
+    let stderr = fails(
+        dir,
+        &store,
+        &["train", "exp.toml", "--set", "data.seq_len=6"],
+    );
+    assert!(
+        stderr.contains("eval set `reverse`") && stderr.contains("seq_len = 6"),
+        "{stderr}"
+    );
+    unchanged(
+        dir,
+        &store,
+        &state,
+        "seq_len too short for any eval example",
+    );
 
     // ----- data files -----------------------------------------------------
     let mut lines: Vec<String> = std::fs::read_to_string(dir.join("reverse.jsonl"))
@@ -511,7 +526,7 @@ fn a_disk_that_fills_during_a_checkpoint_leaves_a_resumable_store() {
         let shown = json(&ok(dir, &store, &["show", &run_id, "--json"]));
         let recorded = shown["checkpoints"].as_array().unwrap().len();
         assert!(
-            recorded >= 1 && recorded < 4,
+            (1..4).contains(&recorded),
             "{hook}: the checkpoints before the full disk are kept ({recorded})"
         );
         let resumed = json(&ok(dir, &store, &["resume", &run_id, "-q", "--json"]));

@@ -79,7 +79,7 @@ fn four_trainers_and_a_reader_share_one_store() {
                             ));
                         }
                     }
-                    if round % 5 == 0 {
+                    if round.is_multiple_of(5) {
                         let args = if reader == 0 {
                             vec!["runs", "--where", "optim.lr > 0", "--json"]
                         } else {

@@ -54,6 +54,19 @@ impl Recorder for Crashing {
         self.last_step = self.last_step.max(step);
         self.inner.log_metrics(step, values)?;
         self.at("after-metrics");
+        if self.site == "after-durable-metrics" {
+            // As if the flush timer had just fired.
+            let next = self
+                .calls
+                .get("after-durable-metrics")
+                .copied()
+                .unwrap_or(0)
+                + 1;
+            if next == self.n {
+                self.inner.flush()?;
+            }
+            self.at("after-durable-metrics");
+        }
         Ok(())
     }
     fn flush(&mut self) -> graft::store::Result<()> {
@@ -105,9 +118,32 @@ fn crash_child() {
         parts[1].to_string(),
         parts[2].parse().unwrap(),
     );
-    let experiment = graft::train::Experiment::load(Path::new("exp.toml"), &[]).unwrap();
     let store = Store::open_or_init(store).unwrap();
-    let plan = graft::train::plan(&store, &experiment).unwrap();
+    // `resume`: continue the store's one run from its last kept checkpoint,
+    // as `graft resume` does.
+    let (plan, kind) = if parts.get(3) == Some(&"resume") {
+        let index = store.index().unwrap();
+        let run = index.all_runs().unwrap().remove(0);
+        let last = index
+            .run_checkpoints(&run.id)
+            .unwrap()
+            .into_iter()
+            .rfind(|c| !c.retired)
+            .unwrap();
+        let model = index.get_model(&run.recipe.base_model).unwrap().unwrap();
+        let plan = graft::train::Plan {
+            recipe: run.recipe,
+            model,
+            datasets: Vec::new(),
+            notes: BTreeMap::new(),
+            drift: None,
+        };
+        (plan, ExecutionKind::Resume(last.id))
+    } else {
+        let experiment = graft::train::Experiment::load(Path::new("exp.toml"), &[]).unwrap();
+        let plan = graft::train::plan(&store, &experiment).unwrap();
+        (plan, ExecutionKind::Train)
+    };
     let mut recorder = Crashing {
         inner: StoreRecorder::new(store.clone()),
         site,
@@ -121,7 +157,7 @@ fn crash_child() {
         &plan.recipe,
         &plan.datasets,
         plan.notes.clone(),
-        ExecutionKind::Train,
+        kind,
         &mut recorder,
         &mut graft::train::Silent,
     );
@@ -138,12 +174,16 @@ fn crash_child() {
 }
 
 fn crash_at(dir: &Path, store: &Path, site: &str, n: usize) {
+    crash_in(dir, store, site, n, "train")
+}
+
+fn crash_in(dir: &Path, store: &Path, site: &str, n: usize, mode: &str) {
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .current_dir(dir)
         .env(
             "GRAFT_TEST_CRASH",
-            format!("{}|{site}|{n}", store.display()),
+            format!("{}|{site}|{n}|{mode}", store.display()),
         )
         .output()
         .unwrap();
@@ -253,5 +293,46 @@ fn a_trainer_stops_when_its_recording_fails() {
         step <= 16,
         "the trainer went on to step {step} of 24 after its checkpoint at step 8 failed"
     );
+    verify_clean(dir, &store);
+}
+
+/// Two resumes from the same checkpoint, each crashing after its first
+/// metrics are durable but before its next checkpoint: the points each
+/// logs at the resume step must not appear twice.
+#[test]
+fn resuming_twice_from_one_checkpoint_records_each_step_once() {
+    let work = workspace(STEPS, 5);
+    let dir = work.path();
+    let reference = json(&ok(
+        dir,
+        &dir.join("reference"),
+        &["train", "exp.toml", "-q", "--json"],
+    ));
+    let run = reference["run"].as_str().unwrap().to_string();
+    let store = dir.join("store");
+    // Crash between the checkpoints at steps 4 and 8, then twice more right
+    // after each resume's first durable metrics (at step 4 and 5).
+    crash_at(dir, &store, "after-durable-metrics", 10);
+    crash_in(dir, &store, "after-durable-metrics", 2, "resume");
+    crash_in(dir, &store, "after-durable-metrics", 2, "resume");
+    ok(dir, &store, &["resume", &run, "-q"]);
+    let shown = json(&ok(dir, &store, &["show", &run, "--json"]));
+    assert_eq!(shown["executions"].as_array().unwrap().len(), 4);
+    let last = json(&ok(
+        dir,
+        &store,
+        &["show", &format!("{run}@last"), "--json"],
+    ));
+    assert_eq!(
+        last["id"],
+        reference["checkpoints"].as_array().unwrap().last().unwrap()["id"]
+    );
+    for (name, points) in series(dir, &store, &run) {
+        let steps: Vec<u64> = points.iter().map(|p| p.0).collect();
+        assert!(
+            steps.windows(2).all(|w| w[0] < w[1]),
+            "{name}: a step twice: {steps:?}"
+        );
+    }
     verify_clean(dir, &store);
 }

@@ -13,7 +13,7 @@
 
 mod reliability_support;
 use graft::lineage::Query;
-use graft::store::{index, journal, metrics, refs, tensor_blob::TensorBlob, Canon, Id, Store};
+use graft::store::{journal, metrics, refs, tensor_blob::TensorBlob, Canon, Id, Store};
 use graft::train::Experiment;
 use reliability_support::Rng;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -435,6 +435,16 @@ impl Index {
                 None => merged.clear(),
             }
             merged.extend(points);
+            // A point at the resume step itself (what a resumed execution
+            // logs as it starts) may also come from an earlier execution
+            // that resumed there: the later one stands.
+            merged.dedup_by(|later, earlier| {
+                let same = later.0 == earlier.0;
+                if same {
+                    *earlier = *later;
+                }
+                same
+            });
         }
         Ok(merged)
     }

@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, ElementConversion, FloatDType, Int, Tensor};
 use serde::Serialize;
 
@@ -200,7 +200,7 @@ pub fn run_bench<B: AutodiffBackend>(
         lap(2, &mut peak);
     }
     let phases = config.phases.then(|| {
-        let per_step = |total: f64| 1000.0 * total / phase_steps as f64;
+        let per_step = |total: f64| (100_000.0 * total / phase_steps as f64).round() / 100.0;
         Phases {
             forward_ms: per_step(phase_totals[0]),
             backward_ms: per_step(phase_totals[1]),
@@ -261,27 +261,7 @@ fn optimizer_step<B: AutodiffBackend>(
 ) -> CausalLm<B> {
     let mut accumulated = GradAccumulator::<B::InnerBackend>::default();
     accumulated.add(&model, grads);
-    let factor = clip_factor(&accumulated, CLIP);
-    if let Some(factor) = factor {
-        for grad in accumulated.grads.values_mut() {
-            let dtype = grad.dtype();
-            *grad = grad.clone() * factor.clone().cast(dtype);
-        }
-    }
-    optimizer.step(model, accumulated, 1.0, |_| LEARNING_RATE)
-}
-
-/// `min(1, clip / (norm + 1e-6))` as a one-element tensor, torch's `clip_grad_norm_`,
-/// computed on the device (no read-back). `None` when there are no gradients.
-fn clip_factor<B: Backend>(grads: &GradAccumulator<B>, clip: f64) -> Option<Tensor<B, 1>> {
-    let squares: Vec<Tensor<B, 1>> = grads
-        .grads
-        .values()
-        .map(|g| g.clone().cast(FloatDType::F32).powi_scalar(2).sum())
-        .collect();
-    if squares.is_empty() {
-        return None;
-    }
-    let norm = Tensor::cat(squares, 0).sum().sqrt();
-    Some((norm + 1e-6).recip().mul_scalar(clip).clamp_max(1.0))
+    optimizer
+        .step_clipped(model, accumulated, 1.0, CLIP, |_| LEARNING_RATE)
+        .0
 }
