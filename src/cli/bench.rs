@@ -97,7 +97,9 @@ fn train(args: TrainArgs) -> CliResult {
     let report = match (args.backend, dtype) {
         (BackendKind::Cpu, Dtype::F32) => on_cpu(&config, args.grad_ckpt)?,
         (BackendKind::Cpu, Dtype::Bf16) => {
-            return Err(CliError::user("bf16 is for --backend cuda; the CPU benchmark runs in f32"))
+            return Err(CliError::user(
+                "bf16 is for --backend cuda; the CPU benchmark runs in f32",
+            ))
         }
         (BackendKind::Cuda, dtype) => on_cuda(&config, dtype, args.grad_ckpt)?,
     };

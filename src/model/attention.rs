@@ -15,8 +15,6 @@
 //! concrete `Autodiff<I, C>` type, so [`causal_attention`] recognises the training
 //! backends graft runs on by type and hands anything else back for burn's own op.
 
-use std::any::Any;
-
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -27,7 +25,7 @@ use burn::tensor::{DType, FloatDType, Int, Tensor, TensorPrimitive};
 
 /// Scores of one block are at most this many elements (512 MiB in f32), which bounds
 /// the transient memory of a block whatever the sequence length.
-const BLOCK_ELEMENTS: usize = 1 << 27;
+pub const BLOCK_ELEMENTS: usize = 1 << 27;
 
 /// Causal softmax attention, `softmax(Q Kᵀ / sqrt(d)) V`, with queries aligned to the
 /// last `seq` of `t` key positions. q: `[batch, heads, seq, d]`, k and v:
@@ -48,7 +46,9 @@ pub fn causal_attention<B: Backend>(
     // sequence lengths used there, and keeps the parity fixtures' exact op order.
     #[cfg(feature = "cuda")]
     {
-        use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
+        use burn::backend::autodiff::checkpoint::strategy::{
+            BalancedCheckpointing, NoCheckpointing,
+        };
         use burn::backend::Cuda;
         use burn::tensor::bf16;
         macro_rules! dispatch {
@@ -77,7 +77,9 @@ pub fn uses_blocked_attention<B: Backend>() -> bool {
     }
     #[cfg(feature = "cuda")]
     {
-        use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
+        use burn::backend::autodiff::checkpoint::strategy::{
+            BalancedCheckpointing, NoCheckpointing,
+        };
         use burn::backend::Cuda;
         use burn::tensor::bf16;
         use std::any::TypeId;
@@ -95,6 +97,7 @@ pub fn uses_blocked_attention<B: Backend>() -> bool {
 }
 
 /// Runs the blocked attention if `B` is `Autodiff<I, C>`.
+#[cfg(feature = "cuda")]
 fn with_backend<B: Backend, I: Backend, C: CheckpointStrategy>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
@@ -106,8 +109,9 @@ fn with_backend<B: Backend, I: Backend, C: CheckpointStrategy>(
     downcast::<Autodiff<I, C>, B>(blocked_attention_autodiff::<I, C>(q, k, v, BLOCK_ELEMENTS))
 }
 
+#[cfg(feature = "cuda")]
 fn downcast<From: Backend, To: Backend>(tensor: Tensor<From, 4>) -> Option<Tensor<To, 4>> {
-    let boxed: Box<dyn Any> = Box::new(tensor);
+    let boxed: Box<dyn std::any::Any> = Box::new(tensor);
     boxed.downcast::<Tensor<To, 4>>().ok().map(|t| *t)
 }
 
@@ -123,8 +127,14 @@ pub fn blocked_attention_autodiff<I: Backend, C: CheckpointStrategy>(
     let q = q.into_primitive().tensor();
     let k = k.into_primitive().tensor();
     let v = v.into_primitive().tensor();
-    let inner = |p: I::FloatTensorPrimitive| -> Tensor<I, 4> { Tensor::from_primitive(TensorPrimitive::Float(p)) };
-    let (q_in, k_in, v_in) = (inner(q.primitive.clone()), inner(k.primitive.clone()), inner(v.primitive.clone()));
+    let inner = |p: I::FloatTensorPrimitive| -> Tensor<I, 4> {
+        Tensor::from_primitive(TensorPrimitive::Float(p))
+    };
+    let (q_in, k_in, v_in) = (
+        inner(q.primitive.clone()),
+        inner(k.primitive.clone()),
+        inner(v.primitive.clone()),
+    );
     let prepared = BlockedAttentionBackward
         .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
         .compute_bound()
@@ -168,10 +178,18 @@ struct AttentionState<I: Backend> {
 impl<I: Backend> Backward<I, 3> for BlockedAttentionBackward {
     type State = AttentionState<I>;
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
         let [node_q, node_k, node_v] = ops.parents;
-        let grad_out: Tensor<I, 4> = Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
-        let wrap = |p: I::FloatTensorPrimitive| -> Tensor<I, 4> { Tensor::from_primitive(TensorPrimitive::Float(p)) };
+        let grad_out: Tensor<I, 4> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
+        let wrap = |p: I::FloatTensorPrimitive| -> Tensor<I, 4> {
+            Tensor::from_primitive(TensorPrimitive::Float(p))
+        };
         let state = ops.state;
         let (dq, dk, dv) = backward(
             &wrap(state.q),
@@ -191,7 +209,13 @@ impl<I: Backend> Backward<I, 3> for BlockedAttentionBackward {
 }
 
 /// Query blocks `[start, end)` and, for each, how many keys it can see.
-fn blocks(batch: usize, heads: usize, seq: usize, keys: usize, budget: usize) -> Vec<(usize, usize, usize)> {
+fn blocks(
+    batch: usize,
+    heads: usize,
+    seq: usize,
+    keys: usize,
+    budget: usize,
+) -> Vec<(usize, usize, usize)> {
     let per_row = (batch * heads * keys).max(1);
     let size = (budget / per_row).clamp(16, seq.max(16));
     let offset = keys - seq;
@@ -206,8 +230,15 @@ fn blocks(batch: usize, heads: usize, seq: usize, keys: usize, budget: usize) ->
 
 /// `[1, 1, rows, visible]` of 0 where query `offset + start + i` may see key `j` and
 /// -inf where `j` is in its future.
-fn causal_bias<I: Backend>(start: usize, end: usize, offset: usize, visible: usize, device: &I::Device) -> Tensor<I, 4> {
-    let rows = Tensor::<I, 1, Int>::arange((offset + start) as i64..(offset + end) as i64, device).reshape([end - start, 1]);
+fn causal_bias<I: Backend>(
+    start: usize,
+    end: usize,
+    offset: usize,
+    visible: usize,
+    device: &I::Device,
+) -> Tensor<I, 4> {
+    let rows = Tensor::<I, 1, Int>::arange((offset + start) as i64..(offset + end) as i64, device)
+        .reshape([end - start, 1]);
     let cols = Tensor::<I, 1, Int>::arange(0..visible as i64, device).reshape([1, visible]);
     let future = cols.greater(rows);
     Tensor::<I, 2>::zeros([end - start, visible], (device, DType::F32))
@@ -216,7 +247,12 @@ fn causal_bias<I: Backend>(start: usize, end: usize, offset: usize, visible: usi
 }
 
 /// f32 scores of one query block against its visible keys, masked.
-fn block_scores<I: Backend>(q_block: &Tensor<I, 4>, k_visible: &Tensor<I, 4>, bias: Tensor<I, 4>, scale: f64) -> Tensor<I, 4> {
+fn block_scores<I: Backend>(
+    q_block: &Tensor<I, 4>,
+    k_visible: &Tensor<I, 4>,
+    bias: Tensor<I, 4>,
+    scale: f64,
+) -> Tensor<I, 4> {
     q_block
         .clone()
         .matmul(k_visible.clone().swap_dims(2, 3))
@@ -226,7 +262,12 @@ fn block_scores<I: Backend>(q_block: &Tensor<I, 4>, k_visible: &Tensor<I, 4>, bi
 }
 
 /// Returns the output (input dtype) and the log-sum-exp of each row (f32).
-fn forward<I: Backend>(q: &Tensor<I, 4>, k: &Tensor<I, 4>, v: &Tensor<I, 4>, budget: usize) -> (Tensor<I, 4>, Tensor<I, 4>) {
+fn forward<I: Backend>(
+    q: &Tensor<I, 4>,
+    k: &Tensor<I, 4>,
+    v: &Tensor<I, 4>,
+    budget: usize,
+) -> (Tensor<I, 4>, Tensor<I, 4>) {
     let [batch, heads, seq, head_dim] = q.dims();
     let keys = k.dims()[2];
     let dtype: DType = q.dtype();
@@ -268,7 +309,8 @@ fn backward<I: Backend>(
     let scale = 1.0 / (head_dim as f64).sqrt();
     let grad_out = grad_out.cast(dtype);
     // D_i = sum_j dO_ij O_ij, the softmax backward's row term.
-    let row_dot = (grad_out.clone().cast(FloatDType::F32) * out.clone().cast(FloatDType::F32)).sum_dim(3);
+    let row_dot =
+        (grad_out.clone().cast(FloatDType::F32) * out.clone().cast(FloatDType::F32)).sum_dim(3);
     let mut dq_blocks = Vec::new();
     let mut dk = Tensor::<I, 4>::zeros([batch, heads, keys, head_dim], (&device, DType::F32));
     let mut dv = Tensor::<I, 4>::zeros([batch, heads, keys, head_dim], (&device, DType::F32));
@@ -282,14 +324,28 @@ fn backward<I: Backend>(
         let scores = block_scores(&q_block, &k_visible, bias, scale);
         let probs = (scores - lse.clone().narrow(2, start, rows)).exp();
         let probs_low = probs.clone().cast(dtype);
-        let dv_part = probs_low.swap_dims(2, 3).matmul(do_block.clone()).cast(FloatDType::F32);
-        let dprobs = do_block.matmul(v_visible.swap_dims(2, 3)).cast(FloatDType::F32);
-        let dscores = (probs * (dprobs - row_dot.clone().narrow(2, start, rows))).mul_scalar(scale).cast(dtype);
+        let dv_part = probs_low
+            .swap_dims(2, 3)
+            .matmul(do_block.clone())
+            .cast(FloatDType::F32);
+        let dprobs = do_block
+            .matmul(v_visible.swap_dims(2, 3))
+            .cast(FloatDType::F32);
+        let dscores = (probs * (dprobs - row_dot.clone().narrow(2, start, rows)))
+            .mul_scalar(scale)
+            .cast(dtype);
         dq_blocks.push(dscores.clone().matmul(k_visible));
-        let dk_part = dscores.swap_dims(2, 3).matmul(q_block).cast(FloatDType::F32);
+        let dk_part = dscores
+            .swap_dims(2, 3)
+            .matmul(q_block)
+            .cast(FloatDType::F32);
         let range = [0..batch, 0..heads, 0..visible, 0..head_dim];
-        dk = dk.clone().slice_assign(range.clone(), dk.slice(range.clone()) + dk_part);
-        dv = dv.clone().slice_assign(range.clone(), dv.slice(range) + dv_part);
+        dk = dk
+            .clone()
+            .slice_assign(range.clone(), dk.slice(range.clone()) + dk_part);
+        dv = dv
+            .clone()
+            .slice_assign(range.clone(), dv.slice(range) + dv_part);
     }
     (Tensor::cat(dq_blocks, 2), dk.cast(dtype), dv.cast(dtype))
 }
@@ -307,7 +363,11 @@ mod tests {
     fn check(batch: usize, heads: usize, seq: usize, keys: usize, head_dim: usize, budget: usize) {
         let device = Default::default();
         let make = |len: usize| {
-            Tensor::<Inner, 4>::random([batch, heads, len, head_dim], Distribution::Normal(0.0, 1.0), &device)
+            Tensor::<Inner, 4>::random(
+                [batch, heads, len, head_dim],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            )
         };
         let (q0, k0, v0) = (make(seq), make(keys), make(keys));
         let weight = make(seq);
@@ -316,10 +376,26 @@ mod tests {
             let k = Tensor::<B, 4>::from_inner(k0.clone()).require_grad();
             let v = Tensor::<B, 4>::from_inner(v0.clone()).require_grad();
             let out = if blocked {
-                blocked_attention_autodiff::<Inner, NoCheckpointing>(q.clone(), k.clone(), v.clone(), budget)
+                blocked_attention_autodiff::<Inner, NoCheckpointing>(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    budget,
+                )
             } else {
-                let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-                burn::tensor::module::attention(q.clone(), k.clone(), v.clone(), None, None, options)
+                let options = AttentionModuleOptions {
+                    scale: None,
+                    softcap: None,
+                    is_causal: true,
+                };
+                burn::tensor::module::attention(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    None,
+                    None,
+                    options,
+                )
             };
             // A weighted sum so that every output element has its own gradient.
             let loss = (out.clone() * Tensor::from_inner(weight.clone())).sum();
@@ -332,7 +408,8 @@ mod tests {
         let tolerance = Tolerance::<f32>::absolute(1e-4);
         out_a.assert_approx_eq::<f32>(&out_b, tolerance);
         for (a, b) in [(dq_a, dq_b), (dk_a, dk_b), (dv_a, dv_b)] {
-            a.expect("gradient").assert_approx_eq::<f32>(&b.expect("gradient"), tolerance);
+            a.expect("gradient")
+                .assert_approx_eq::<f32>(&b.expect("gradient"), tolerance);
         }
     }
 

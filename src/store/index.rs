@@ -134,7 +134,10 @@ impl Index {
     }
 
     pub fn dataset(&self, id: &Id) -> Result<DatasetRecord> {
-        self.get_dataset(id)?.ok_or(StoreError::NotFound { kind: "dataset", id: *id })
+        self.get_dataset(id)?.ok_or(StoreError::NotFound {
+            kind: "dataset",
+            id: *id,
+        })
     }
 
     pub fn datasets(&self) -> Result<Vec<DatasetRecord>> {

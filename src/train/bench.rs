@@ -4,10 +4,16 @@
 //! gradient clipping at 1.0), timed after warm-up steps, reported in that script's JSON
 //! schema so the two lines can be compared key for key.
 //!
-//! The step is the trainer's step (`AdamW`, `GradAccumulator`) with one difference: the
-//! clip factor stays on the device. The trainer reads the norm back to log it; here a
-//! read every step would stall the host until the GPU drains, which the reference does
-//! not do either (`clip_grad_norm_` keeps the norm on the device).
+//! The step is the trainer's step (`GradAccumulator`, then `AdamW`) with one difference:
+//! clipping goes through [`AdamW::step_clipped`], which keeps the clip factor on the
+//! device. The trainer reads the norm back to log it; here a read every step would stall
+//! the host until the GPU drains, which the reference does not do either
+//! (`clip_grad_norm_` keeps the norm on the device).
+//!
+//! Peak memory is what cubecl's pool has reserved (the card must have that much free),
+//! an upper bound on torch's `max_memory_allocated` that the reference reports; the
+//! peak held by live tensors, sampled at the phase boundaries of an extra synced step,
+//! is reported beside it as `peak_in_use_gib`.
 
 use std::time::Instant;
 

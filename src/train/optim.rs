@@ -272,7 +272,10 @@ impl<B: Backend> AdamW<B> {
                 return None;
             }
             let norm = Tensor::cat(squares, 0).sum().sqrt();
-            let factor = (norm.clone() + 1e-6).recip().mul_scalar(clip).clamp_max(1.0);
+            let factor = (norm.clone() + 1e-6)
+                .recip()
+                .mul_scalar(clip)
+                .clamp_max(1.0);
             for (grad, _) in flat_groups.iter_mut() {
                 *grad = grad.clone() * factor.clone().cast(grad.dtype());
             }
@@ -285,7 +288,10 @@ impl<B: Backend> AdamW<B> {
             Some(fused)
                 if flat_groups.iter().any(|(_, group)| {
                     group.len() == fused.members.len()
-                        && group.iter().zip(&fused.members).all(|(e, (name, _))| &e.name == name)
+                        && group
+                            .iter()
+                            .zip(&fused.members)
+                            .all(|(e, (name, _))| &e.name == name)
                 }) =>
             {
                 Some(fused)
@@ -302,13 +308,18 @@ impl<B: Backend> AdamW<B> {
         for (grad, group) in flat_groups {
             let first = &group[0];
             let (lr, decays, steps) = (first.lr, first.decays, first.steps + 1);
-            let members: Vec<(String, usize)> = group.iter().map(|e| (e.name.clone(), e.param.dims()[0])).collect();
+            let members: Vec<(String, usize)> = group
+                .iter()
+                .map(|e| (e.name.clone(), e.param.dims()[0]))
+                .collect();
             let param = if group.len() == 1 {
                 first.param.clone()
             } else {
                 Tensor::cat(group.iter().map(|e| e.param.clone()).collect(), 0)
             };
-            let reuse = cached.as_ref().is_some_and(|fused| fused.members == members);
+            let reuse = cached
+                .as_ref()
+                .is_some_and(|fused| fused.members == members);
             let (m, v) = if reuse {
                 let fused = cached.take().expect("checked above");
                 (fused.m, fused.v)
@@ -336,7 +347,12 @@ impl<B: Backend> AdamW<B> {
                 updated.insert(name.clone(), param.clone().narrow(0, offset, *len));
                 offset += len;
             }
-            let moments = FusedMoments { members, m, v, steps };
+            let moments = FusedMoments {
+                members,
+                m,
+                v,
+                steps,
+            };
             if moments.members.len() > 1 && self.fused.is_none() {
                 self.fused = Some(moments);
             } else {
