@@ -202,10 +202,19 @@ fn main() {
     let before = dir_size(&store.index_path());
     let mut record_bytes = 0;
     for i in 0..forks {
-        let fork = index.register_run(&recipe(model_id, start_checkpoint, 5000 + i), BTreeMap::new()).unwrap();
-        let execution = index.begin_execution(&fork.id, ExecutionKind::Train).unwrap();
+        let fork = index
+            .register_run(
+                &recipe(model_id, start_checkpoint, 5000 + i),
+                BTreeMap::new(),
+            )
+            .unwrap();
+        let execution = index
+            .begin_execution(&fork.id, ExecutionKind::Train)
+            .unwrap();
         index.flush().unwrap();
-        record_bytes += graft::store::index::encode(&fork).len() + graft::store::index::encode(&execution).len() + 2 * 40;
+        record_bytes += graft::store::index::encode(&fork).len()
+            + graft::store::index::encode(&execution).len()
+            + 2 * 40;
     }
     let after = dir_size(&store.index_path());
     println!(

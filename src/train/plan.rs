@@ -161,8 +161,7 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
             .iter()
             .find(|r| uses.iter().any(|u| u.role == "train" && u.dataset == r.id));
         if let (Some(parent_use), Some(new_record)) = (parent_train, new_train) {
-            let parent_record =
-                index.dataset(&parent_use.dataset)?;
+            let parent_record = index.dataset(&parent_use.dataset)?;
             check_format_change(
                 &parent_record.spec,
                 &new_record.spec,
