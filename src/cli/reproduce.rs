@@ -3,12 +3,11 @@
 //! metrics differ. Exits 1 when the run does not reproduce.
 
 use super::backend::BackendKind;
-use super::progress::TerminalEvents;
+use super::train::execute_plan_with;
 use super::{output, CliError, CliResult, Context};
-use crate::store::{ExecutionKind, Store, StoreRecorder};
+use crate::store::{ExecutionKind, StoreRecorder};
 use crate::train::reproduce::{compare, ReproduceRecorder};
-use crate::train::{self, Outcome};
-use burn::tensor::backend::AutodiffBackend;
+use crate::train::Plan;
 use std::collections::BTreeMap;
 
 #[derive(clap::Args, Debug)]
@@ -31,11 +30,29 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let index = store.index()?;
     let run_id = index.resolve_run(&args.run)?;
     let run = index.run(&run_id)?;
+    let model =
+        index
+            .get_model(&run.recipe.base_model)?
+            .ok_or(crate::store::StoreError::NotFound {
+                kind: "model",
+                id: run.recipe.base_model,
+            })?;
     drop(index);
+    let plan = Plan {
+        recipe: run.recipe.clone(),
+        model,
+        datasets: Vec::new(),
+        notes: BTreeMap::new(),
+        drift: None,
+    };
     let mut recorder = ReproduceRecorder::new(StoreRecorder::new(store.clone()));
-    let outcome = crate::on_backend!(
+    let outcome = execute_plan_with(
+        &store,
+        &plan,
+        ExecutionKind::Reproduce,
+        &mut recorder,
         args.backend,
-        reexecute(&store, &run.recipe, &mut recorder, args.quiet)
+        args.quiet,
     )?;
     let index = store.index()?;
     let comparison = compare(&index, &run_id, outcome.execution, &recorder.checkpoints)?;
@@ -66,24 +83,4 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             run_id.short()
         )))
     }
-}
-
-fn reexecute<B: AutodiffBackend>(
-    device: &B::Device,
-    store: &Store,
-    recipe: &crate::store::Recipe,
-    recorder: &mut ReproduceRecorder,
-    quiet: bool,
-) -> CliResult<Outcome> {
-    let mut events = TerminalEvents::new(quiet);
-    Ok(train::execute::<B>(
-        device,
-        store,
-        recipe,
-        &[],
-        BTreeMap::new(),
-        ExecutionKind::Reproduce,
-        recorder,
-        &mut events,
-    )?)
 }

@@ -147,10 +147,26 @@ pub fn execute_plan(
     options: &RunOptions,
 ) -> CliResult<Outcome> {
     let mut recorder = StoreRecorder::new(store.clone());
-    crate::on_backend!(
+    execute_plan_with(
+        store,
+        plan,
+        kind,
+        &mut recorder,
         options.backend,
-        execute_with(store, plan, kind, &mut recorder, options.quiet)
+        options.quiet,
     )
+}
+
+/// Execute a plan on the chosen backend, recording through `recorder`.
+pub fn execute_plan_with(
+    store: &Store,
+    plan: &Plan,
+    kind: ExecutionKind,
+    recorder: &mut dyn crate::store::Recorder,
+    backend: super::backend::BackendKind,
+    quiet: bool,
+) -> CliResult<Outcome> {
+    crate::on_backend!(backend, execute_with(store, plan, kind, recorder, quiet))
 }
 
 fn execute_with<B: AutodiffBackend>(
