@@ -4,7 +4,6 @@
 
 use graft::store::{ExecutionKind, Store, StoreRecorder};
 use graft::train::{execute, plan, Experiment, Silent};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 fn main() {
@@ -43,9 +42,7 @@ checkpoint_every = 50
     let outcome = execute::<graft::model::CpuTrainBackend>(
         &Default::default(),
         &store,
-        &plan.recipe,
-        &plan.datasets,
-        BTreeMap::new(),
+        &plan,
         ExecutionKind::Train,
         &mut recorder,
         &mut Silent,

@@ -154,9 +154,7 @@ fn crash_child() {
     let outcome = graft::train::execute::<graft::model::CpuTrainBackend>(
         &Default::default(),
         &store,
-        &plan.recipe,
-        &plan.datasets,
-        plan.notes.clone(),
+        &plan,
         kind,
         &mut recorder,
         &mut graft::train::Silent,

@@ -498,3 +498,28 @@ fn a_fork_with_another_data_format_fails_unless_allowed() {
         runs_before + 1
     );
 }
+
+#[test]
+fn a_run_that_cannot_start_leaves_no_model_or_run_on_record() {
+    let work = workspace();
+    let store = work.path().join("store");
+    let refused = run_in(
+        work.path(),
+        &store,
+        &["train", "a.toml", "-q", "--set", "data.seq_len=6"],
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("seq_len = 6"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        json(&graft_ok(&store, &["model", "ls", "--json"])),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        json(&graft_ok(&store, &["log", "--json"])),
+        serde_json::json!([])
+    );
+}

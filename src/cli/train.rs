@@ -181,9 +181,7 @@ fn execute_with<B: AutodiffBackend>(
     Ok(train::execute::<B>(
         device,
         store,
-        &plan.recipe,
-        &plan.datasets,
-        plan.notes.clone(),
+        plan,
         kind,
         recorder,
         &mut events,

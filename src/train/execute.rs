@@ -10,7 +10,7 @@
 use super::config::Experiment;
 use super::eval::{self, EvalSet};
 use super::optim::{is_embedding_block, AdamW, AdamWConfig, GradAccumulator};
-use super::plan::object_source;
+use super::plan::{object_source, Plan};
 use super::registry::{self, RegistryError};
 use super::state::{self, Kept, TrainerState};
 use super::{loss, schedule, unfreeze};
@@ -19,7 +19,7 @@ use crate::data::{
 };
 use crate::model::{load_model_dir, CausalLm, LoraConfig};
 use crate::store::{
-    Canon, DatasetRecord, ExecutionKind, ExecutionStatus, Id, Recipe, Recorder, Store, StoreError,
+    Canon, DatasetRecord, ExecutionKind, ExecutionStatus, Id, Recorder, Store, StoreError,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -82,30 +82,20 @@ fn injected_nan_step() -> Option<u64> {
 pub fn execute<B: AutodiffBackend>(
     device: &B::Device,
     store: &Store,
-    recipe: &Recipe,
-    datasets: &[DatasetRecord],
-    notes: BTreeMap<String, Canon>,
+    plan: &Plan,
     kind: ExecutionKind,
     recorder: &mut dyn Recorder,
     events: &mut dyn Events,
 ) -> Result<Outcome, TrainError> {
+    let (recipe, datasets) = (&plan.recipe, plan.datasets.as_slice());
     let settings = Experiment::from_recipe(recipe)
         .map_err(|e| TrainError::Recipe(format!("the recipe's config cannot be read back: {e}")))?;
-    let (model_record, start) = {
-        let index = store.index()?;
-        let model = index
-            .get_model(&recipe.base_model)?
-            .ok_or(StoreError::NotFound {
-                kind: "model",
-                id: recipe.base_model,
-            })?;
-        let start = match kind.resumed_from().or(recipe.start_checkpoint) {
-            Some(id) => Some(index.checkpoint(&id)?),
-            None => None,
-        };
-        (model, start)
+    let model_record = &plan.model;
+    let start = match kind.resumed_from().or(recipe.start_checkpoint) {
+        Some(id) => Some(store.index()?.checkpoint(&id)?),
+        None => None,
     };
-    let folder = registry::model_folder(&model_record)?;
+    let folder = registry::model_folder(model_record)?;
     let tokenizer = Arc::new(Tokenizer::from_dir(&folder)?);
     let seed = recipe.seed;
     let resuming = matches!(kind, ExecutionKind::Resume(_));
@@ -262,7 +252,11 @@ pub fn execute<B: AutodiffBackend>(
     }
 
     let total = settings.train.steps;
-    let (run, execution) = recorder.begin(recipe, datasets, kind, notes)?;
+    // Every input has been read and checked: only now does a base model seen
+    // for the first time enter the index, so a run that cannot start records
+    // nothing.
+    registry::record_model(store, model_record.clone())?;
+    let (run, execution) = recorder.begin(recipe, datasets, kind, plan.notes.clone())?;
     events.begin(&run.id, trainer.step + 1, total);
     let mut record_time = Duration::ZERO;
     let mut checkpoints_written = Vec::new();

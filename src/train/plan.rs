@@ -271,9 +271,9 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
 
     records.sort_by_key(|r| r.id);
     records.dedup_by_key(|r| r.id);
-    // Every check has passed: only now does a new base model enter the index
-    // (execution reads it from there).
-    let model = registry::record_model(store, model)?;
+    // The model record enters the index when the execution begins (see
+    // `execute`), so a plan that fails, or a run that cannot start, leaves
+    // the index as it was.
     Ok(Plan {
         recipe: Recipe {
             config: experiment.recipe_config(),
