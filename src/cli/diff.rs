@@ -32,7 +32,13 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         .iter()
         .map(|name| {
             let (x, y) = (a.best(name), b.best(name));
-            serde_json::json!({"series": name, "left": x, "right": y, "delta": x.zip(y).map(|(x, y)| y - x)})
+            let last = |s: &RunSummary| s.series.get(*name).map(|v| v.last);
+            let (p, q) = (last(&a), last(&b));
+            serde_json::json!({
+                "series": name,
+                "left": x, "right": y, "delta": x.zip(y).map(|(x, y)| y - x),
+                "left_last": p, "right_last": q, "delta_last": p.zip(q).map(|(p, q)| q - p),
+            })
         })
         .collect();
     if args.json {
@@ -74,11 +80,22 @@ pub fn run(args: Args, context: &Context) -> CliResult {
                     f(&m["left"]),
                     f(&m["right"]),
                     f(&m["delta"]),
+                    f(&m["left_last"]),
+                    f(&m["right_last"]),
+                    f(&m["delta_last"]),
                 ]
             })
             .collect();
         output::println_safe(&output::table(
-            &["best of series", "left", "right", "delta"],
+            &[
+                "series",
+                "best left",
+                "best right",
+                "delta",
+                "last left",
+                "last right",
+                "delta",
+            ],
             &rows,
         ));
     }

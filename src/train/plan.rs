@@ -276,7 +276,7 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
     // the index as it was.
     Ok(Plan {
         recipe: Recipe {
-            config: experiment.recipe_config(),
+            config: resolved_config(store, experiment, start.as_ref())?,
             base_model: model.id,
             start_checkpoint: start.map(|c| c.id),
             datasets: uses,
@@ -288,6 +288,33 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
         notes,
         drift: drift_text,
     })
+}
+
+/// The config as the recipe records it. A fork continues the adapter of the
+/// checkpoint it starts from, whatever `[adapter]` says, so the recipe
+/// records that adapter: lineage and diffs then show what really trained.
+fn resolved_config(
+    store: &Store,
+    experiment: &Experiment,
+    start: Option<&CheckpointRecord>,
+) -> Result<Canon, PlanError> {
+    let inherited = match start {
+        Some(checkpoint) => super::state::load_adapter_config(store, checkpoint)?,
+        None => None,
+    };
+    let Some(adapter) = inherited else {
+        return Ok(experiment.recipe_config());
+    };
+    let mut resolved = experiment.clone();
+    resolved.adapter = Some(super::config::AdapterSection {
+        kind: "lora".into(),
+        rank: adapter.rank,
+        alpha: adapter.alpha,
+        dropout: adapter.dropout,
+        targets: adapter.targets,
+        rslora: adapter.use_rslora,
+    });
+    Ok(resolved.recipe_config())
 }
 
 /// The base model and the starting checkpoint (for a fork).
