@@ -2,7 +2,7 @@
 //! answers) exact-match accuracy of a model or checkpoint on a data file.
 
 use super::{output, CliResult, Context};
-use crate::data::{DataSource, Encoder, Format, RowStream, StreamConfig, Tokenizer};
+use crate::data::{DataSource, Encoder, Format, Tokenizer};
 use crate::model::CpuBackend;
 use crate::train::eval::{evaluate, EvalSet};
 use crate::train::restore::restore;
@@ -41,17 +41,12 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let tokenizer = Arc::new(Tokenizer::from_dir(&restored.folder)?);
     let format: Format = args.format.parse()?;
     let encoder = Encoder::new(tokenizer, format, &args.template)?;
-    let rows = RowStream::open(
-        DataSource::file(&args.data),
-        Arc::new(encoder),
-        StreamConfig::eval(args.seq_len, false),
-    )?;
     let name = args.data.display().to_string();
-    let set = EvalSet::collect(
+    let set = EvalSet::from_source(
         name.clone(),
-        false,
-        format != Format::Text,
-        rows,
+        DataSource::file(&args.data),
+        encoder,
+        args.seq_len,
         args.max_examples,
         args.batch_size,
     )?;

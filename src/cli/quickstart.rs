@@ -15,7 +15,7 @@
 
 use super::train::{train_experiment, RunOptions};
 use super::{output, plot, CliError, CliResult, Context};
-use crate::data::{synth, DataSource, Encoder, Format, RowStream, StreamConfig, Tokenizer};
+use crate::data::{synth, DataSource, Encoder, Format, Tokenizer};
 use crate::model::CpuBackend;
 use crate::train::eval::{evaluate, EvalSet};
 use crate::train::restore::restore;
@@ -207,12 +207,8 @@ fn accuracy_table(context: &Context) -> CliResult<Vec<(String, BTreeMap<String, 
         for (name, file) in [("add", "add-val.jsonl"), ("reverse", "reverse-val.jsonl")] {
             let encoder = Encoder::new(tokenizer.clone(), Format::Chat, "plain")?;
             let path = Path::new(EXPERIMENTS).join("data").join(file);
-            let rows = RowStream::open(
-                DataSource::file(&path),
-                Arc::new(encoder),
-                StreamConfig::eval(32, false),
-            )?;
-            let set = EvalSet::collect(name.into(), false, true, rows, 64, 32)?;
+            let set =
+                EvalSet::from_source(name.into(), DataSource::file(&path), encoder, 32, 64, 32)?;
             scores.insert(
                 name.to_string(),
                 evaluate(&restored.model, &set).accuracy.unwrap_or(0.0),

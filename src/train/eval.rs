@@ -4,10 +4,11 @@
 //! row, so a row's answer is whole) and reused at every evaluation.
 
 use super::loss::{exact_match_rows, masked_loss_sum, BatchTensors};
-use crate::data::{Batch, DataError, RowStream};
+use crate::data::{Batch, DataError, DataSource, Encoder, Format, RowStream, StreamConfig};
 use crate::model::CausalLm;
 use burn::tensor::backend::Backend;
 use burn::tensor::ElementConversion;
+use std::sync::Arc;
 
 pub struct EvalSet {
     pub name: String,
@@ -59,6 +60,27 @@ impl EvalSet {
             has_answers,
             batches,
         })
+    }
+}
+
+impl EvalSet {
+    /// A data file read for evaluation: one example per row, in file order.
+    /// Accuracy is scored wherever the format has answers (all but `text`).
+    pub fn from_source(
+        name: String,
+        source: DataSource,
+        encoder: Encoder,
+        seq_len: usize,
+        max_examples: usize,
+        batch_size: usize,
+    ) -> Result<EvalSet, DataError> {
+        let has_answers = encoder.format() != Format::Text;
+        let rows = RowStream::open(
+            source,
+            Arc::new(encoder),
+            StreamConfig::eval(seq_len, false),
+        )?;
+        EvalSet::collect(name, false, has_answers, rows, max_examples, batch_size)
     }
 }
 
