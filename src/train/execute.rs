@@ -91,9 +91,21 @@ pub fn execute<B: AutodiffBackend>(
     let settings = Experiment::from_recipe(recipe)
         .map_err(|e| TrainError::Recipe(format!("the recipe's config cannot be read back: {e}")))?;
     let model_record = &plan.model;
-    let start = match kind.resumed_from().or(recipe.start_checkpoint) {
-        Some(id) => Some(store.index()?.checkpoint(&id)?),
-        None => None,
+    // What the plan did not bring (a resume or reproduction brings only the
+    // recipe) is read from the index, in one open.
+    let mut by_id: BTreeMap<Id, DatasetRecord> =
+        datasets.iter().map(|d| (d.id, d.clone())).collect();
+    let start = {
+        let index = store.index()?;
+        for used in &recipe.datasets {
+            if let std::collections::btree_map::Entry::Vacant(slot) = by_id.entry(used.dataset) {
+                slot.insert(index.dataset(&used.dataset)?);
+            }
+        }
+        match kind.resumed_from().or(recipe.start_checkpoint) {
+            Some(id) => Some(index.checkpoint(&id)?),
+            None => None,
+        }
     };
     let folder = registry::model_folder(model_record)?;
     let tokenizer = Arc::new(Tokenizer::from_dir(&folder)?);
@@ -148,12 +160,11 @@ pub fn execute<B: AutodiffBackend>(
 
     // Data: the train file (less its validation split), replay mixed in.
     let data_settings = &settings.data;
-    let by_id: BTreeMap<Id, &DatasetRecord> = datasets.iter().map(|d| (d.id, d)).collect();
     let record_of = |id: &Id| -> Result<DatasetRecord, TrainError> {
-        match by_id.get(id) {
-            Some(record) => Ok((*record).clone()),
-            None => Ok(store.index()?.dataset(id)?),
-        }
+        Ok(by_id.get(id).cloned().ok_or(StoreError::NotFound {
+            kind: "dataset",
+            id: *id,
+        })?)
     };
     let open_rows =
         |record: &DatasetRecord, config: StreamConfig| -> Result<RowStream, TrainError> {
