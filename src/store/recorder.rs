@@ -78,6 +78,8 @@ struct Active {
     pending: Vec<MetricPoint>,
     last_flush: Instant,
     last_checkpoint: Option<Id>,
+    /// Settles when the last checkpoint added is on disk.
+    previous_commit: Option<mpsc::Receiver<Option<String>>>,
 }
 
 enum Job {
@@ -158,8 +160,17 @@ impl Writer {
 
     /// Wait until everything sent so far is written.
     fn wait(&self) -> Result<()> {
+        Writer::settle(self.mark()?)
+    }
+
+    /// A mark in the queue: settles once everything sent before it is written.
+    fn mark(&self) -> Result<mpsc::Receiver<Option<String>>> {
         let (reply, answer) = mpsc::channel();
         self.send(Job::Barrier(reply))?;
+        Ok(answer)
+    }
+
+    fn settle(answer: mpsc::Receiver<Option<String>>) -> Result<()> {
         match answer.recv() {
             Ok(None) => Ok(()),
             Ok(Some(error)) => Err(StoreError::Index(format!("recording failed: {error}"))),
@@ -247,6 +258,7 @@ impl Recorder for StoreRecorder {
             pending: Vec::new(),
             last_flush: Instant::now(),
             last_checkpoint: kind.resumed_from().or(recipe.start_checkpoint),
+            previous_commit: None,
         });
         Ok((run, execution))
     }
@@ -288,6 +300,12 @@ impl Recorder for StoreRecorder {
     ) -> Result<Id> {
         self.send_pending()?;
         let active = self.active();
+        // At most one checkpoint is in flight: the previous one must be on
+        // disk before this one is journaled, so a failing disk stops the
+        // trainer one checkpoint later at the latest, however slow the writer.
+        if let Some(previous) = active.previous_commit.take() {
+            Writer::settle(previous)?;
+        }
         let id = CheckpointRecord::compute_id(active.run, step, &tensors, &state);
         let record = CheckpointRecord {
             id,
@@ -305,6 +323,7 @@ impl Recorder for StoreRecorder {
             entries: vec![JournalEntry::Checkpoint(record)],
             sync_objects: true,
         })?;
+        active.previous_commit = Some(active.writer.mark()?);
         active.last_checkpoint = Some(id);
         Ok(id)
     }
