@@ -383,7 +383,7 @@ impl<B: Backend> CausalLm<B> {
     pub fn head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => burn::tensor::module::linear(
+            None => super::lora::project(
                 hidden,
                 self.model.embed_tokens.weight.val().transpose(),
                 None,

@@ -119,7 +119,7 @@ impl<B: Backend> Linear<B> {
 
     /// x: `[..., d_in]` -> `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let base = burn::tensor::module::linear(
+        let base = project(
             x.clone(),
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
@@ -140,8 +140,8 @@ impl<B: Backend> Linear<B> {
                 // activations' dtype, as autocast would: the cast is differentiable, so
                 // gradients and optimizer state stay f32. Same dtype: no cast, no node.
                 let dtype = x.dtype();
-                let down = burn::tensor::module::linear(x, lora.lora_a.val().cast(dtype), None);
-                let up = burn::tensor::module::linear(down, lora.lora_b.val().cast(dtype), None);
+                let down = project(x, lora.lora_a.val().cast(dtype), None);
+                let up = project(down, lora.lora_b.val().cast(dtype), None);
                 base + up * lora.scale
             }
         }
@@ -188,4 +188,28 @@ impl<B: Backend> Linear<B> {
             self.weight = Param::from_tensor(merged.detach()).set_require_grad(require_grad);
         }
     }
+}
+
+/// `x W (+ b)` for x `[..., d_in]` and W `[d_in, d_out]`. Where the products reach
+/// cuBLAS (`gemm::accelerated`), the leading dims are folded into one so W is a single
+/// matrix rather than broadcast; elsewhere this is burn's `linear`, unchanged.
+pub fn project<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    if !super::gemm::accelerated::<B>() {
+        return burn::tensor::module::linear(x, weight, bias);
+    }
+    let dims = x.dims();
+    let d_out = weight.dims()[1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let product = super::gemm::matmul(x.reshape([rows, dims[D - 1]]), weight);
+    let product = match bias {
+        Some(bias) => product + bias.unsqueeze(),
+        None => product,
+    };
+    let mut out_dims = dims;
+    out_dims[D - 1] = d_out;
+    product.reshape(out_dims)
 }

@@ -9,7 +9,10 @@
 pub mod adapter;
 pub mod attention;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cublas;
 pub mod error;
+pub mod gemm;
 pub mod generate;
 pub mod llama;
 pub mod lora;

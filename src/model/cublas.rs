@@ -1,0 +1,298 @@
+//! Matrix products on CUDA through cuBLAS, on the buffers burn-cuda already holds.
+//!
+//! burn 0.21's own CUDA matmul (cubek) ran graft's training shapes at about 25 TFLOP/s
+//! on an H100, where cuBLAS reaches several hundred; it also rounds f32 operands to TF32,
+//! which keeps f32 parity out of reach. This module hands cubecl's device pointers to
+//! `cublasGemmStridedBatchedEx` instead: no copies, transposed views read in place, f32
+//! accumulation for bf16 and f16, and full f32 arithmetic for f32 (cuBLAS's default math
+//! mode does not use TF32).
+//!
+//! cubecl does not expose the CUDA stream its kernels run on, so the product runs on a
+//! stream of its own, ordered against cubecl's work on the device rather than from the
+//! host: `cuCtxRecordEvent` captures everything queued in the context (the inputs'
+//! kernels among it), the product's stream waits for that, and `cuCtxWaitEvent` makes
+//! all work queued after it wait for the product. The host never blocks, so it keeps
+//! running ahead of the GPU as it does with burn's own kernels. Drivers older than CUDA
+//! 12.5 lack those two calls; there the product is fenced from the host instead.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+
+use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+use burn::tensor::{DType, Shape};
+use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{CubeBackend, FloatElement};
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{FusionRuntime, FusionTensor};
+use cudarc::cublas::sys as blas;
+use cudarc::driver::result as driver;
+use cudarc::driver::sys as csys;
+
+use super::gemm::Operand;
+
+/// The fusion-side tensor primitive of `burn::backend::Cuda`.
+pub type CudaFusionTensor = FusionTensor<FusionCubeRuntime<CudaRuntime>>;
+type Cube<F> = CubeBackend<CudaRuntime, F, i32, u8>;
+
+/// Whether libcublas could be loaded (checked once).
+pub fn available() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: only probes for the shared library; nothing is called through it.
+    *PRESENT.get_or_init(|| unsafe { blas::is_culib_present() })
+}
+
+/// Whether cuBLAS computes in this dtype.
+pub fn supports(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+}
+
+/// `lhs @ rhs` as a fusion custom op, so it takes its place in the fusion stream like
+/// any other op. Shapes `[..., m, k]` and `[..., k, n]` with equal batch dims.
+pub fn fusion_matmul<F: FloatElement>(
+    lhs: CudaFusionTensor,
+    rhs: CudaFusionTensor,
+) -> CudaFusionTensor {
+    let client = lhs.client.clone();
+    let rank = lhs.shape.num_dims();
+    let mut dims = lhs.shape.to_vec();
+    dims[rank - 1] = rhs.shape[rank - 1];
+    let streams = OperationStreams::with_inputs([&lhs, &rhs]);
+    let out = TensorIr::uninit(client.create_empty_handle(), Shape::from(dims), lhs.dtype);
+    let desc = CustomOpIr::new(
+        "graft_cublas_matmul",
+        &[lhs.into_ir(), rhs.into_ir()],
+        &[out],
+    );
+    client
+        .register(
+            streams,
+            OperationIr::Custom(desc.clone()),
+            CublasMatmul::<F> {
+                desc,
+                _float: std::marker::PhantomData,
+            },
+        )
+        .output()
+}
+
+#[derive(Debug)]
+struct CublasMatmul<F> {
+    desc: CustomOpIr,
+    _float: std::marker::PhantomData<F>,
+}
+
+impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for CublasMatmul<F> {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<
+            <FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle,
+        >,
+    ) {
+        let ([lhs, rhs], [out]) = self.desc.as_fixed();
+        let lhs = handles.get_float_tensor::<Cube<F>>(lhs);
+        let rhs = handles.get_float_tensor::<Cube<F>>(rhs);
+        let product = matmul(lhs, rhs);
+        handles.register_float_tensor::<Cube<F>>(&out.id, product);
+    }
+}
+
+/// Reads the layout of `[..., rows, cols]`, copying to contiguous only when the matrix
+/// is neither row-major nor a transposed view, or its batch dims do not collapse into
+/// one stride.
+fn operand(tensor: CubeTensor<CudaRuntime>) -> (CubeTensor<CudaRuntime>, Operand) {
+    if let Some(layout) = Operand::of(tensor.meta.shape(), tensor.meta.strides()) {
+        return (tensor, layout);
+    }
+    let tensor = burn_cubecl::kernel::into_contiguous(tensor);
+    let layout = Operand::of(tensor.meta.shape(), tensor.meta.strides())
+        .expect("a contiguous tensor is row-major");
+    (tensor, layout)
+}
+
+/// `lhs @ rhs` on cubecl tensors: `[..., m, k] @ [..., k, n]` with equal batch dims
+/// and one float dtype (checked by the caller, [`super::gemm`]).
+pub fn matmul(
+    lhs: CubeTensor<CudaRuntime>,
+    rhs: CubeTensor<CudaRuntime>,
+) -> CubeTensor<CudaRuntime> {
+    let rank = lhs.meta.shape().len();
+    let m = lhs.meta.shape()[rank - 2];
+    let k = lhs.meta.shape()[rank - 1];
+    let n = rhs.meta.shape()[rank - 1];
+    let batch: usize = lhs.meta.shape()[..rank - 2].iter().product();
+    let dtype = lhs.dtype;
+    let mut dims = lhs.meta.shape().to_vec();
+    dims[rank - 1] = n;
+    let client = lhs.client.clone();
+    let device = lhs.device.clone();
+    let (lhs, a) = operand(lhs);
+    let (rhs, b) = operand(rhs);
+    let out = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        client.clone(),
+        device.clone(),
+        Shape::from(dims),
+        dtype,
+    );
+
+    // Each lookup is answered after everything submitted before it, so every kernel
+    // writing the inputs has been launched once these return.
+    let lhs_memory = client.get_resource(lhs.handle.clone()).expect("lhs buffer");
+    let rhs_memory = client.get_resource(rhs.handle.clone()).expect("rhs buffer");
+    let out_memory = client
+        .get_resource(out.handle.clone())
+        .expect("output buffer");
+    let ordering = ordering();
+    if ordering == Ordering::Host {
+        burn_cubecl::cubecl::future::block_on(client.sync()).expect("CUDA stream failed");
+    }
+
+    let int = |value: i64| i32::try_from(value).expect("matmul dim fits cuBLAS's int");
+    let op = |transposed: bool| {
+        if transposed {
+            blas::cublasOperation_t::CUBLAS_OP_T
+        } else {
+            blas::cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    let alpha = 1.0f32;
+    let beta = 0.0f32;
+    BLAS.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let state = cell.get_or_insert_with(|| create_blas(device.index));
+        // SAFETY: the pointers are live cubecl allocations held by the `*_memory`
+        // guards, and the ordering below keeps cubecl from reusing them before the
+        // product ends; dims and strides come from the tensors' metadata; alpha and
+        // beta are read when the call is made.
+        unsafe {
+            driver::ctx::set_current(state.context).expect("CUDA context");
+            if ordering == Ordering::Device {
+                csys::cuCtxRecordEvent(state.context, state.inputs_ready)
+                    .result()
+                    .expect("cuCtxRecordEvent");
+                driver::stream::wait_event(
+                    state.stream,
+                    state.inputs_ready,
+                    csys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                )
+                .expect("cuStreamWaitEvent");
+            }
+            // Row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ: B goes first, and a
+            // row-major buffer read column-major is already the transpose.
+            blas::cublasGemmStridedBatchedEx(
+                state.handle,
+                op(b.transposed),
+                op(a.transposed),
+                int(n as i64),
+                int(m as i64),
+                int(k as i64),
+                &alpha as *const f32 as *const c_void,
+                rhs_memory.resource().ptr as *const c_void,
+                cuda_type(dtype),
+                int(b.leading),
+                b.batch_stride,
+                lhs_memory.resource().ptr as *const c_void,
+                cuda_type(dtype),
+                int(a.leading),
+                a.batch_stride,
+                &beta as *const f32 as *const c_void,
+                out_memory.resource().ptr as *mut c_void,
+                cuda_type(dtype),
+                int(n as i64),
+                (m * n) as i64,
+                int(batch as i64),
+                blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+            .result()
+            .expect("cublasGemmStridedBatchedEx");
+            match ordering {
+                Ordering::Device => {
+                    driver::event::record(state.product_done, state.stream).expect("cuEventRecord");
+                    csys::cuCtxWaitEvent(state.context, state.product_done)
+                        .result()
+                        .expect("cuCtxWaitEvent");
+                }
+                Ordering::Host => {
+                    driver::stream::synchronize(state.stream).expect("cuBLAS stream failed")
+                }
+            }
+        }
+    });
+    drop((lhs_memory, rhs_memory, out_memory));
+    out
+}
+
+/// How a product is ordered against cubecl's kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ordering {
+    /// With context-wide events, on the device (CUDA 12.5 drivers and later).
+    Device,
+    /// By waiting on the host before and after.
+    Host,
+}
+
+fn ordering() -> Ordering {
+    static ORDERING: std::sync::OnceLock<Ordering> = std::sync::OnceLock::new();
+    *ORDERING.get_or_init(|| {
+        let mut version = 0;
+        // SAFETY: writes one int; the driver was initialised by cubecl.
+        let known = unsafe { csys::cuDriverGetVersion(&mut version) }
+            .result()
+            .is_ok();
+        if known && version >= 12050 {
+            Ordering::Device
+        } else {
+            Ordering::Host
+        }
+    })
+}
+
+/// A cuBLAS handle, the stream it runs on and the events that order it against
+/// cubecl's work, one set per thread.
+struct Blas {
+    context: csys::CUcontext,
+    handle: blas::cublasHandle_t,
+    stream: csys::CUstream,
+    inputs_ready: csys::CUevent,
+    product_done: csys::CUevent,
+}
+
+thread_local! {
+    static BLAS: RefCell<Option<Blas>> = const { RefCell::new(None) };
+}
+
+fn cuda_type(dtype: DType) -> blas::cudaDataType {
+    match dtype {
+        DType::F32 => blas::cudaDataType::CUDA_R_32F,
+        DType::BF16 => blas::cudaDataType::CUDA_R_16BF,
+        DType::F16 => blas::cudaDataType::CUDA_R_16F,
+        other => panic!("cuBLAS matmul called with {other:?}"),
+    }
+}
+
+fn create_blas(index: usize) -> Blas {
+    // SAFETY: the primary context is the one cubecl's kernels run in; it is made
+    // current before the handle, stream and events are created, so all belong to it.
+    unsafe {
+        driver::init().expect("CUDA driver");
+        let device = driver::device::get(index as i32).expect("CUDA device");
+        let context = driver::primary_ctx::retain(device).expect("CUDA primary context");
+        driver::ctx::set_current(context).expect("CUDA context");
+        let stream =
+            driver::stream::create(driver::stream::StreamKind::NonBlocking).expect("CUDA stream");
+        let handle = cudarc::cublas::result::create_handle().expect("cuBLAS handle");
+        cudarc::cublas::result::set_stream(handle, stream as _).expect("cuBLAS stream");
+        let event = || {
+            driver::event::create(csys::CUevent_flags::CU_EVENT_DISABLE_TIMING).expect("CUDA event")
+        };
+        Blas {
+            context,
+            handle,
+            stream,
+            inputs_ready: event(),
+            product_done: event(),
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The model's matrix products, sent to cuBLAS on CUDA and to burn's matmul elsewhere.
+//!
+//! The model is generic over burn backends and stable Rust has no specialisation, so
+//! [`matmul`] recognises the CUDA backends by type (as `attention` does) and otherwise
+//! calls burn's `matmul`, leaving the CPU path exactly as it was. On the autodiff CUDA
+//! backends the product is one autodiff node whose backward pass (`dA = dC Bᵀ`,
+//! `dB = Aᵀ dC`, only for tracked sides) runs through [`matmul`] again, so both passes
+//! reach cuBLAS.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{binary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+/// Set to keep every product on burn's own CUDA matmul (for measuring the difference).
+pub const DISABLE_ENV: &str = "GRAFT_CUBEK_MATMUL";
+
+/// Half-precision products with fewer multiply-adds than this stay on burn's matmul:
+/// cuBLAS runs behind two host-side waits (see `cublas`), which small products do not
+/// repay. f32 products always go to cuBLAS, because burn's kernel rounds f32 operands
+/// to TF32.
+pub const MIN_HALF_MACS_ENV: &str = "GRAFT_CUBLAS_MIN_MACS";
+#[cfg(feature = "cuda")]
+const DEFAULT_MIN_HALF_MACS: usize = 1 << 20;
+
+/// `lhs @ rhs` for `[..., m, k]` and `[..., k, n]` with equal batch dims (burn's
+/// broadcasting cases take burn's matmul).
+pub fn matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "cuda")]
+    if worth_cublas(&lhs, &rhs) {
+        return match cuda::matmul(lhs, rhs) {
+            Ok(product) => product,
+            Err((lhs, rhs)) => lhs.matmul(rhs),
+        };
+    }
+    lhs.matmul(rhs)
+}
+
+/// Whether [`matmul`] can reach cuBLAS on backend `B` in this process.
+pub fn accelerated<B: Backend>() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        enabled() && cuda::is_cuda::<B>()
+    }
+    #[cfg(not(feature = "cuda"))]
+    false
+}
+
+#[cfg(feature = "cuda")]
+fn enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        if std::env::var_os(DISABLE_ENV).is_some() {
+            return false;
+        }
+        let present = super::cublas::available();
+        if !present {
+            eprintln!(
+                "warning: libcublas was not found (add its folder to LD_LIBRARY_PATH); \
+                 CUDA matmuls use burn's kernel"
+            );
+        }
+        present
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn min_half_macs() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var(MIN_HALF_MACS_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MIN_HALF_MACS)
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn worth_cublas<B: Backend, const D: usize>(lhs: &Tensor<B, D>, rhs: &Tensor<B, D>) -> bool {
+    if D < 2 || !accelerated::<B>() {
+        return false;
+    }
+    let (l, r) = (lhs.dims(), rhs.dims());
+    let dtype = lhs.dtype();
+    let shapes_fit = l[..D - 2] == r[..D - 2]
+        && l[D - 1] == r[D - 2]
+        && l.iter().chain(r.iter()).all(|&d| d > 0);
+    if !shapes_fit || dtype != rhs.dtype() || !super::cublas::supports(dtype) {
+        return false;
+    }
+    let macs = l.iter().product::<usize>() * r[D - 1];
+    dtype == burn::tensor::DType::F32 || macs >= min_half_macs()
+}
+
+/// How one operand's last two dims lie in memory, in cuBLAS's column-major terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operand {
+    /// The buffer holds the row-major matrix's transpose (a `transpose()` view).
+    pub transposed: bool,
+    pub leading: i64,
+    pub batch_stride: i64,
+}
+
+impl Operand {
+    /// The layout of a `[..., rows, cols]` tensor with these strides, or `None` when
+    /// it must be copied first: neither rows nor columns are unit-stride, or the batch
+    /// dims do not step by one stride.
+    pub fn of(shape: &[usize], strides: &[usize]) -> Option<Operand> {
+        let rank = shape.len();
+        let (rows, cols) = (shape[rank - 2], shape[rank - 1]);
+        let (row_stride, col_stride) = (strides[rank - 2], strides[rank - 1]);
+        let (transposed, leading) = if (col_stride == 1 || cols == 1) && row_stride >= cols {
+            (false, row_stride)
+        } else if (row_stride == 1 || rows == 1) && col_stride >= rows {
+            (true, col_stride)
+        } else {
+            return None;
+        };
+        // `[b, h]` collapses into one batch dim when h's stride times h is b's stride.
+        let mut batch: Option<(usize, usize)> = None;
+        for dim in (0..rank - 2).rev() {
+            if shape[dim] == 1 {
+                continue;
+            }
+            batch = match batch {
+                None => Some((strides[dim], shape[dim])),
+                Some((stride, count)) if strides[dim] == stride * count => {
+                    Some((stride, count * shape[dim]))
+                }
+                Some(_) => return None,
+            };
+        }
+        Some(Operand {
+            transposed,
+            leading: leading.max(1) as i64,
+            batch_stride: batch.map_or(0, |(stride, _)| stride) as i64,
+        })
+    }
+}
+
+/// The product as one autodiff node over inner backend `I`, each pass through
+/// [`matmul`] on `I`. Public so tests can compare it with burn's gradients on the CPU.
+pub fn autodiff_matmul<I: Backend, C: CheckpointStrategy, const D: usize>(
+    lhs: Tensor<Autodiff<I, C>, D>,
+    rhs: Tensor<Autodiff<I, C>, D>,
+) -> Tensor<Autodiff<I, C>, D> {
+    let lhs = lhs.into_primitive().tensor();
+    let rhs = rhs.into_primitive().tensor();
+    let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
+    let output = match MatmulBackward::<D>
+        .prepare::<C>([lhs.node.clone(), rhs.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            // Each side's gradient needs the other side's value, and only then.
+            let lhs_state = rhs_tracked.then(|| prep.checkpoint(&lhs));
+            let rhs_state = lhs_tracked.then(|| prep.checkpoint(&rhs));
+            let product = inner_product::<I, D>(lhs.primitive, rhs.primitive);
+            prep.finish((lhs_state, rhs_state), product)
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(inner_product::<I, D>(lhs.primitive, rhs.primitive))
+        }
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+fn inner_product<I: Backend, const D: usize>(
+    lhs: I::FloatTensorPrimitive,
+    rhs: I::FloatTensorPrimitive,
+) -> I::FloatTensorPrimitive {
+    let wrap = |p| Tensor::<I, D>::from_primitive(TensorPrimitive::Float(p));
+    matmul(wrap(lhs), wrap(rhs)).into_primitive().tensor()
+}
+
+fn transposed<I: Backend, const D: usize>(p: I::FloatTensorPrimitive) -> I::FloatTensorPrimitive {
+    Tensor::<I, D>::from_primitive(TensorPrimitive::Float(p))
+        .transpose()
+        .into_primitive()
+        .tensor()
+}
+
+#[derive(Debug)]
+struct MatmulBackward<const D: usize>;
+
+impl<I: Backend, const D: usize> Backward<I, 2> for MatmulBackward<D> {
+    type State = (Option<NodeId>, Option<NodeId>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let (lhs, rhs) = ops.state;
+        let lhs: Option<I::FloatTensorPrimitive> =
+            lhs.map(|id| checkpointer.retrieve_node_output(id));
+        let rhs: Option<I::FloatTensorPrimitive> =
+            rhs.map(|id| checkpointer.retrieve_node_output(id));
+        binary::<I, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |grad| inner_product::<I, D>(grad, transposed::<I, D>(rhs.expect("rhs kept"))),
+            |grad| inner_product::<I, D>(transposed::<I, D>(lhs.expect("lhs kept")), grad),
+        );
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! The type dispatch onto the CUDA backends graft runs.
+
+    use std::any::{Any, TypeId};
+
+    use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
+    use burn::backend::{Autodiff, Cuda};
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{bf16, Tensor, TensorPrimitive};
+    use burn_cubecl::FloatElement;
+
+    use crate::model::cublas;
+
+    pub fn is_cuda<B: Backend>() -> bool {
+        let id = TypeId::of::<B>();
+        [
+            TypeId::of::<Cuda<f32>>(),
+            TypeId::of::<Cuda<bf16>>(),
+            TypeId::of::<Autodiff<Cuda<f32>, NoCheckpointing>>(),
+            TypeId::of::<Autodiff<Cuda<bf16>, NoCheckpointing>>(),
+            TypeId::of::<Autodiff<Cuda<f32>, BalancedCheckpointing>>(),
+            TypeId::of::<Autodiff<Cuda<bf16>, BalancedCheckpointing>>(),
+        ]
+        .contains(&id)
+    }
+
+    /// Moves a tensor to backend `To` when `From` is `To`, else hands it back.
+    fn retype<From: Backend, To: Backend, const D: usize>(
+        tensor: Tensor<From, D>,
+    ) -> Result<Tensor<To, D>, Tensor<From, D>> {
+        if TypeId::of::<From>() != TypeId::of::<To>() {
+            return Err(tensor);
+        }
+        let boxed: Box<dyn Any> = Box::new(tensor);
+        Ok(*boxed.downcast::<Tensor<To, D>>().expect("same type id"))
+    }
+
+    type Pair<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>);
+
+    pub fn matmul<B: Backend, const D: usize>(
+        lhs: Tensor<B, D>,
+        rhs: Tensor<B, D>,
+    ) -> Result<Tensor<B, D>, Pair<B, D>> {
+        macro_rules! inner {
+            ($float:ty) => {
+                if TypeId::of::<B>() == TypeId::of::<Cuda<$float>>() {
+                    let (l, r) = (retype::<B, Cuda<$float>, D>(lhs), retype(rhs));
+                    let (l, r) = (l.ok().unwrap(), r.ok().unwrap());
+                    let product = fusion_product::<$float, D>(l, r);
+                    return Ok(retype::<Cuda<$float>, B, D>(product).ok().unwrap());
+                }
+            };
+        }
+        macro_rules! outer {
+            ($float:ty, $strategy:ty) => {
+                type Outer = Autodiff<Cuda<$float>, $strategy>;
+                if TypeId::of::<B>() == TypeId::of::<Outer>() {
+                    let (l, r) = (retype::<B, Outer, D>(lhs), retype(rhs));
+                    let (l, r) = (l.ok().unwrap(), r.ok().unwrap());
+                    let product = super::autodiff_matmul::<Cuda<$float>, $strategy, D>(l, r);
+                    return Ok(retype::<Outer, B, D>(product).ok().unwrap());
+                }
+            };
+        }
+        inner!(f32);
+        inner!(bf16);
+        {
+            outer!(f32, NoCheckpointing);
+        }
+        {
+            outer!(bf16, NoCheckpointing);
+        }
+        {
+            outer!(f32, BalancedCheckpointing);
+        }
+        {
+            outer!(bf16, BalancedCheckpointing);
+        }
+        Err((lhs, rhs))
+    }
+
+    fn fusion_product<F: FloatElement, const D: usize>(
+        lhs: Tensor<Cuda<F>, D>,
+        rhs: Tensor<Cuda<F>, D>,
+    ) -> Tensor<Cuda<F>, D> {
+        let product = cublas::fusion_matmul::<F>(
+            lhs.into_primitive().tensor(),
+            rhs.into_primitive().tensor(),
+        );
+        Tensor::from_primitive(TensorPrimitive::Float(product))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn layouts_are_read_in_place_where_cublas_can() {
+        let row = Operand::of(&[4, 3], &[3, 1]).unwrap();
+        assert_eq!(
+            (row.transposed, row.leading, row.batch_stride),
+            (false, 3, 0)
+        );
+        let transposed = Operand::of(&[3, 4], &[1, 3]).unwrap();
+        assert_eq!((transposed.transposed, transposed.leading), (true, 3));
+        let batched = Operand::of(&[2, 5, 4, 3], &[60, 12, 3, 1]).unwrap();
+        assert_eq!(batched.batch_stride, 12);
+        let swapped = Operand::of(&[2, 5, 3, 4], &[60, 12, 1, 3]).unwrap();
+        assert!(swapped.transposed && swapped.batch_stride == 12);
+        // A narrowed sequence keeps its row stride as the leading dimension.
+        let narrowed = Operand::of(&[2, 5, 4, 3], &[150, 30, 3, 1]).unwrap();
+        assert_eq!((narrowed.leading, narrowed.batch_stride), (3, 30));
+        // Heads before batch in memory: the batch dims do not collapse.
+        assert!(Operand::of(&[2, 5, 4, 3], &[12, 24, 3, 1]).is_none());
+        // Neither rows nor columns are unit-stride.
+        assert!(Operand::of(&[4, 3], &[6, 2]).is_none());
+    }
+
+    /// The node's value and both gradients equal burn's matmul's on the CPU, with the
+    /// right-hand side seen through a transpose as the model's tied head does.
+    #[test]
+    fn autodiff_matmul_matches_burns_matmul_and_its_gradients() {
+        type Inner = burn::backend::Flex;
+        type B = Autodiff<Inner, NoCheckpointing>;
+        let device = Default::default();
+        let a = Tensor::<Inner, 3>::random([2, 5, 7], Distribution::Normal(0.0, 1.0), &device);
+        let b = Tensor::<Inner, 3>::random([2, 4, 7], Distribution::Normal(0.0, 1.0), &device);
+        let weights =
+            Tensor::<Inner, 3>::random([2, 5, 4], Distribution::Normal(0.0, 1.0), &device);
+        let run = |ours: bool| {
+            let a = Tensor::<B, 3>::from_inner(a.clone()).require_grad();
+            let b = Tensor::<B, 3>::from_inner(b.clone()).require_grad();
+            let bt = b.clone().swap_dims(1, 2);
+            let out = if ours {
+                autodiff_matmul::<Inner, NoCheckpointing, 3>(a.clone(), bt)
+            } else {
+                a.clone().matmul(bt)
+            };
+            let loss = (out.clone() * Tensor::from_inner(weights.clone())).sum();
+            let grads = loss.backward();
+            (
+                out.inner(),
+                a.grad(&grads).unwrap(),
+                b.grad(&grads).unwrap(),
+            )
+        };
+        let (ours, theirs) = (run(true), run(false));
+        ours.0
+            .into_data()
+            .assert_approx_eq::<f32>(&theirs.0.into_data(), Default::default());
+        ours.1
+            .into_data()
+            .assert_approx_eq::<f32>(&theirs.1.into_data(), Default::default());
+        ours.2
+            .into_data()
+            .assert_approx_eq::<f32>(&theirs.2.into_data(), Default::default());
+    }
+
+    /// A frozen side gets no gradient and costs no product.
+    #[test]
+    fn autodiff_matmul_leaves_a_frozen_side_without_gradient() {
+        type Inner = burn::backend::Flex;
+        type B = Autodiff<Inner, NoCheckpointing>;
+        let device = Default::default();
+        let x =
+            Tensor::<B, 2>::random([3, 4], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let w = Tensor::<B, 2>::random([4, 2], Distribution::Normal(0.0, 1.0), &device);
+        let out = autodiff_matmul::<Inner, NoCheckpointing, 2>(x.clone(), w.clone());
+        let grads = out.sum().backward();
+        assert!(w.grad(&grads).is_none());
+        let expected = Tensor::<Inner, 2>::ones([3, 2], &device).matmul(w.inner().transpose());
+        x.grad(&grads)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Default::default());
+    }
+}
