@@ -11,8 +11,9 @@
 //! stream of its own, ordered against cubecl's work on the device rather than from the
 //! host: `cuCtxRecordEvent` captures everything queued in the context (the inputs'
 //! kernels among it), the product's stream waits for that, and `cuCtxWaitEvent` makes
-//! all work queued after it wait for the product. The host never blocks, so it keeps
-//! running ahead of the GPU as it does with burn's own kernels. Drivers older than CUDA
+//! all work queued after it wait for the product. The product is handed to cubecl's
+//! device thread like a kernel launch, so nothing on the host waits either: the
+//! training thread keeps running ahead of the GPU as it does with burn's own kernels. Drivers older than CUDA
 //! 12.5 lack those two calls; there the product is fenced from the host instead.
 
 use std::cell::RefCell;
@@ -26,6 +27,11 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, FloatElement};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{FusionRuntime, FusionTensor};
+use cubecl_common::device::Device;
+use cubecl_common::device_handle::DeviceHandle;
+use cubecl_common::stream_id::StreamId;
+use cubecl_runtime::runtime::Runtime;
+use cubecl_runtime::server::{Binding, ComputeServer};
 use cudarc::cublas::sys as blas;
 use cudarc::driver::result as driver;
 use cudarc::driver::sys as csys;
@@ -35,6 +41,8 @@ use super::gemm::Operand;
 /// The fusion-side tensor primitive of `burn::backend::Cuda`.
 pub type CudaFusionTensor = FusionTensor<FusionCubeRuntime<CudaRuntime>>;
 type Cube<F> = CubeBackend<CudaRuntime, F, i32, u8>;
+/// cubecl's server for one CUDA device, the state its device thread owns.
+type CudaServer = <CudaRuntime as Runtime>::Server;
 
 /// Whether libcublas could be loaded (checked once).
 pub fn available() -> bool {
@@ -136,92 +144,132 @@ pub fn matmul(
         dtype,
     );
 
-    // Each lookup is answered after everything submitted before it, so every kernel
-    // writing the inputs has been launched once these return.
-    let lhs_memory = client.get_resource(lhs.handle.clone()).expect("lhs buffer");
-    let rhs_memory = client.get_resource(rhs.handle.clone()).expect("rhs buffer");
-    let out_memory = client
-        .get_resource(out.handle.clone())
-        .expect("output buffer");
-    let ordering = ordering();
-    if ordering == Ordering::Host {
-        burn_cubecl::cubecl::future::block_on(client.sync()).expect("CUDA stream failed");
-    }
-
-    let int = |value: i64| i32::try_from(value).expect("matmul dim fits cuBLAS's int");
-    let op = |transposed: bool| {
-        if transposed {
-            blas::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            blas::cublasOperation_t::CUBLAS_OP_N
-        }
+    let product = Product {
+        m,
+        n,
+        k,
+        batch,
+        dtype,
+        a,
+        b,
+        lhs: lhs.handle.clone().binding(),
+        rhs: rhs.handle.clone().binding(),
+        out: out.handle.clone().binding(),
     };
-    let alpha = 1.0f32;
-    let beta = 0.0f32;
-    BLAS.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        let state = cell.get_or_insert_with(|| create_blas(device.index));
-        // SAFETY: the pointers are live cubecl allocations held by the `*_memory`
-        // guards, and the ordering below keeps cubecl from reusing them before the
-        // product ends; dims and strides come from the tensors' metadata; alpha and
-        // beta are read when the call is made.
-        unsafe {
-            driver::ctx::set_current(state.context).expect("CUDA context");
-            if ordering == Ordering::Device {
-                csys::cuCtxRecordEvent(state.context, state.inputs_ready)
-                    .result()
-                    .expect("cuCtxRecordEvent");
-                driver::stream::wait_event(
-                    state.stream,
-                    state.inputs_ready,
-                    csys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
-                )
-                .expect("cuStreamWaitEvent");
-            }
-            // Row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ: B goes first, and a
-            // row-major buffer read column-major is already the transpose.
-            blas::cublasGemmStridedBatchedEx(
-                state.handle,
-                op(b.transposed),
-                op(a.transposed),
-                int(n as i64),
-                int(m as i64),
-                int(k as i64),
-                &alpha as *const f32 as *const c_void,
-                rhs_memory.resource().ptr as *const c_void,
-                cuda_type(dtype),
-                int(b.leading),
-                b.batch_stride,
-                lhs_memory.resource().ptr as *const c_void,
-                cuda_type(dtype),
-                int(a.leading),
-                a.batch_stride,
-                &beta as *const f32 as *const c_void,
-                out_memory.resource().ptr as *mut c_void,
-                cuda_type(dtype),
-                int(n as i64),
-                (m * n) as i64,
-                int(batch as i64),
-                blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-            .result()
-            .expect("cublasGemmStridedBatchedEx");
-            match ordering {
-                Ordering::Device => {
-                    driver::event::record(state.product_done, state.stream).expect("cuEventRecord");
-                    csys::cuCtxWaitEvent(state.context, state.product_done)
-                        .result()
-                        .expect("cuCtxWaitEvent");
-                }
-                Ordering::Host => {
-                    driver::stream::synchronize(state.stream).expect("cuBLAS stream failed")
-                }
-            }
-        }
-    });
-    drop((lhs_memory, rhs_memory, out_memory));
+    // cubecl launches kernels from its device thread, in the order they were
+    // submitted; the product is submitted the same way, so it sits in that order
+    // without the caller waiting for the device thread to catch up.
+    let stream_id = StreamId::current();
+    DeviceHandle::<CudaServer>::new(device.to_id())
+        .submit(move |server: &mut CudaServer| product.run(server, stream_id, device.index));
     out
+}
+
+/// One product's shapes, layouts and buffers, run on cubecl's device thread.
+struct Product {
+    m: usize,
+    n: usize,
+    k: usize,
+    batch: usize,
+    dtype: DType,
+    a: Operand,
+    b: Operand,
+    lhs: Binding,
+    rhs: Binding,
+    out: Binding,
+}
+
+impl Product {
+    fn run(self, server: &mut CudaServer, stream_id: StreamId, device_index: usize) {
+        let resource = |server: &mut CudaServer, binding| {
+            server
+                .get_resource(binding, stream_id)
+                .expect("cubecl buffer")
+        };
+        let lhs = resource(server, self.lhs);
+        let rhs = resource(server, self.rhs);
+        let out = resource(server, self.out);
+        let ordering = ordering();
+        if ordering == Ordering::Host {
+            burn_cubecl::cubecl::future::block_on(server.sync(stream_id))
+                .expect("CUDA stream failed");
+        }
+        let int = |value: i64| i32::try_from(value).expect("matmul dim fits cuBLAS's int");
+        let op = |transposed: bool| {
+            if transposed {
+                blas::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let (m, n, k) = (self.m as i64, self.n as i64, self.k as i64);
+        let (a, b, dtype) = (self.a, self.b, cuda_type(self.dtype));
+        let alpha = 1.0f32;
+        let beta = 0.0f32;
+        BLAS.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let state = cell.get_or_insert_with(|| create_blas(device_index));
+            // SAFETY: the pointers are live cubecl allocations held by the resource
+            // guards, and the ordering below keeps cubecl from reusing them before the
+            // product ends; dims and strides come from the tensors' metadata; alpha
+            // and beta are read when the call is made.
+            unsafe {
+                driver::ctx::set_current(state.context).expect("CUDA context");
+                if ordering == Ordering::Device {
+                    csys::cuCtxRecordEvent(state.context, state.inputs_ready)
+                        .result()
+                        .expect("cuCtxRecordEvent");
+                    driver::stream::wait_event(
+                        state.stream,
+                        state.inputs_ready,
+                        csys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                    )
+                    .expect("cuStreamWaitEvent");
+                }
+                // Row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ: B goes first, and a
+                // row-major buffer read column-major is already the transpose.
+                blas::cublasGemmStridedBatchedEx(
+                    state.handle,
+                    op(b.transposed),
+                    op(a.transposed),
+                    int(n),
+                    int(m),
+                    int(k),
+                    &alpha as *const f32 as *const c_void,
+                    rhs.resource().ptr as *const c_void,
+                    dtype,
+                    int(b.leading),
+                    b.batch_stride,
+                    lhs.resource().ptr as *const c_void,
+                    dtype,
+                    int(a.leading),
+                    a.batch_stride,
+                    &beta as *const f32 as *const c_void,
+                    out.resource().ptr as *mut c_void,
+                    dtype,
+                    int(n),
+                    m * n,
+                    int(self.batch as i64),
+                    blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+                .result()
+                .expect("cublasGemmStridedBatchedEx");
+                match ordering {
+                    Ordering::Device => {
+                        driver::event::record(state.product_done, state.stream)
+                            .expect("cuEventRecord");
+                        csys::cuCtxWaitEvent(state.context, state.product_done)
+                            .result()
+                            .expect("cuCtxWaitEvent");
+                    }
+                    Ordering::Host => {
+                        driver::stream::synchronize(state.stream).expect("cuBLAS stream failed")
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// How a product is ordered against cubecl's kernels.
