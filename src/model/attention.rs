@@ -23,7 +23,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorPrimitive};
 
-use super::gemm::matmul;
+use super::gemm::{matmul, matmul_f32};
 
 /// Scores of one block are at most this many elements (512 MiB in f32), which bounds
 /// the transient memory of a block whatever the sequence length.
@@ -255,10 +255,7 @@ fn block_scores<I: Backend>(
     bias: Tensor<I, 4>,
     scale: f64,
 ) -> Tensor<I, 4> {
-    matmul(q_block.clone(), k_visible.clone().swap_dims(2, 3))
-        .cast(FloatDType::F32)
-        .mul_scalar(scale)
-        + bias
+    matmul_f32(q_block.clone(), k_visible.clone().swap_dims(2, 3), scale) + bias
 }
 
 /// Returns the output (input dtype) and the log-sum-exp of each row (f32).
@@ -284,8 +281,7 @@ fn forward<I: Backend>(
         let row_max = scores.clone().max_dim(3);
         let weights = (scores - row_max.clone()).exp();
         let row_sum = weights.clone().sum_dim(3);
-        let context =
-            matmul(weights.cast(dtype), v_visible).cast(FloatDType::F32) / row_sum.clone();
+        let context = matmul_f32(weights.cast(dtype), v_visible, 1.0) / row_sum.clone();
         outputs.push(context.cast(dtype));
         lses.push(row_max + row_sum.log());
     }
@@ -325,13 +321,13 @@ fn backward<I: Backend>(
         let scores = block_scores(&q_block, &k_visible, bias, scale);
         let probs = (scores - lse.clone().narrow(2, start, rows)).exp();
         let probs_low = probs.clone().cast(dtype);
-        let dv_part = matmul(probs_low.swap_dims(2, 3), do_block.clone()).cast(FloatDType::F32);
-        let dprobs = matmul(do_block, v_visible.swap_dims(2, 3)).cast(FloatDType::F32);
+        let dv_part = matmul_f32(probs_low.swap_dims(2, 3), do_block.clone(), 1.0);
+        let dprobs = matmul_f32(do_block, v_visible.swap_dims(2, 3), 1.0);
         let dscores = (probs * (dprobs - row_dot.clone().narrow(2, start, rows)))
             .mul_scalar(scale)
             .cast(dtype);
         dq_blocks.push(matmul(dscores.clone(), k_visible));
-        let dk_part = matmul(dscores.swap_dims(2, 3), q_block).cast(FloatDType::F32);
+        let dk_part = matmul_f32(dscores.swap_dims(2, 3), q_block, 1.0);
         let range = [0..batch, 0..heads, 0..visible, 0..head_dim];
         dk = dk
             .clone()

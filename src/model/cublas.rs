@@ -56,18 +56,22 @@ pub fn supports(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
 }
 
-/// `lhs @ rhs` as a fusion custom op, so it takes its place in the fusion stream like
-/// any other op. Shapes `[..., m, k]` and `[..., k, n]` with equal batch dims.
+/// `alpha · lhs @ rhs` in `out_dtype` as a fusion custom op, so it takes its place in
+/// the fusion stream like any other op. Shapes `[..., m, k]` and `[..., k, n]` with
+/// equal batch dims; `out_dtype` is the inputs' dtype or f32 (cuBLAS accumulates in
+/// f32 either way, so an f32 output skips a cast pass).
 pub fn fusion_matmul<F: FloatElement>(
     lhs: CudaFusionTensor,
     rhs: CudaFusionTensor,
+    out_dtype: DType,
+    alpha: f32,
 ) -> CudaFusionTensor {
     let client = lhs.client.clone();
     let rank = lhs.shape.num_dims();
     let mut dims = lhs.shape.to_vec();
     dims[rank - 1] = rhs.shape[rank - 1];
     let streams = OperationStreams::with_inputs([&lhs, &rhs]);
-    let out = TensorIr::uninit(client.create_empty_handle(), Shape::from(dims), lhs.dtype);
+    let out = TensorIr::uninit(client.create_empty_handle(), Shape::from(dims), out_dtype);
     let desc = CustomOpIr::new(
         "graft_cublas_matmul",
         &[lhs.into_ir(), rhs.into_ir()],
@@ -79,6 +83,7 @@ pub fn fusion_matmul<F: FloatElement>(
             OperationIr::Custom(desc.clone()),
             CublasMatmul::<F> {
                 desc,
+                alpha,
                 _float: std::marker::PhantomData,
             },
         )
@@ -88,6 +93,7 @@ pub fn fusion_matmul<F: FloatElement>(
 #[derive(Debug)]
 struct CublasMatmul<F> {
     desc: CustomOpIr,
+    alpha: f32,
     _float: std::marker::PhantomData<F>,
 }
 
@@ -101,7 +107,7 @@ impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for CublasMatmul
         let ([lhs, rhs], [out]) = self.desc.as_fixed();
         let lhs = handles.get_float_tensor::<Cube<F>>(lhs);
         let rhs = handles.get_float_tensor::<Cube<F>>(rhs);
-        let product = matmul(lhs, rhs);
+        let product = matmul(lhs, rhs, out.dtype, self.alpha);
         handles.register_float_tensor::<Cube<F>>(&out.id, product);
     }
 }
@@ -119,11 +125,14 @@ fn operand(tensor: CubeTensor<CudaRuntime>) -> (CubeTensor<CudaRuntime>, Operand
     (tensor, layout)
 }
 
-/// `lhs @ rhs` on cubecl tensors: `[..., m, k] @ [..., k, n]` with equal batch dims
-/// and one float dtype (checked by the caller, [`super::gemm`]).
+/// `alpha · lhs @ rhs` on cubecl tensors: `[..., m, k] @ [..., k, n]` with equal batch
+/// dims and one float dtype (checked by the caller, [`super::gemm`]), written in
+/// `out_dtype`.
 pub fn matmul(
     lhs: CubeTensor<CudaRuntime>,
     rhs: CubeTensor<CudaRuntime>,
+    out_dtype: DType,
+    alpha: f32,
 ) -> CubeTensor<CudaRuntime> {
     let rank = lhs.meta.shape().len();
     let m = lhs.meta.shape()[rank - 2];
@@ -141,7 +150,7 @@ pub fn matmul(
         client.clone(),
         device.clone(),
         Shape::from(dims),
-        dtype,
+        out_dtype,
     );
 
     let product = Product {
@@ -150,6 +159,8 @@ pub fn matmul(
         k,
         batch,
         dtype,
+        out_dtype,
+        alpha,
         a,
         b,
         lhs: lhs.handle.clone().binding(),
@@ -172,6 +183,8 @@ struct Product {
     k: usize,
     batch: usize,
     dtype: DType,
+    out_dtype: DType,
+    alpha: f32,
     a: Operand,
     b: Operand,
     lhs: Binding,
@@ -204,7 +217,8 @@ impl Product {
         };
         let (m, n, k) = (self.m as i64, self.n as i64, self.k as i64);
         let (a, b, dtype) = (self.a, self.b, cuda_type(self.dtype));
-        let alpha = 1.0f32;
+        let out_dtype = cuda_type(self.out_dtype);
+        let alpha = self.alpha;
         let beta = 0.0f32;
         BLAS.with(|cell| {
             let mut cell = cell.borrow_mut();
@@ -246,7 +260,7 @@ impl Product {
                     a.batch_stride,
                     &beta as *const f32 as *const c_void,
                     out.resource().ptr as *mut c_void,
-                    dtype,
+                    out_dtype,
                     int(n),
                     m * n,
                     int(self.batch as i64),

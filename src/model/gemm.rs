@@ -14,7 +14,7 @@ use burn::backend::autodiff::ops::{binary, Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{FloatDType, Tensor, TensorPrimitive};
 
 /// Set to keep every product on burn's own CUDA matmul (for measuring the difference).
 pub const DISABLE_ENV: &str = "GRAFT_CUBEK_MATMUL";
@@ -38,6 +38,32 @@ pub fn matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) 
         };
     }
     lhs.matmul(rhs)
+}
+
+/// `alpha · lhs @ rhs` in f32 whatever the inputs' dtype, for products whose result
+/// feeds f32 arithmetic (attention scores). On inner CUDA backends cuBLAS writes f32
+/// with the scale applied; elsewhere it is `matmul`, a cast and a scalar multiply.
+pub fn matmul_f32<B: Backend, const D: usize>(
+    lhs: Tensor<B, D>,
+    rhs: Tensor<B, D>,
+    alpha: f64,
+) -> Tensor<B, D> {
+    #[cfg(feature = "cuda")]
+    if worth_cublas(&lhs, &rhs) {
+        match cuda::matmul_f32(lhs, rhs, alpha) {
+            Ok(product) => return product,
+            Err((lhs, rhs)) => return scaled(lhs.matmul(rhs).cast(FloatDType::F32), alpha),
+        }
+    }
+    scaled(matmul(lhs, rhs).cast(FloatDType::F32), alpha)
+}
+
+fn scaled<B: Backend, const D: usize>(tensor: Tensor<B, D>, alpha: f64) -> Tensor<B, D> {
+    if alpha == 1.0 {
+        tensor
+    } else {
+        tensor.mul_scalar(alpha)
+    }
 }
 
 /// Whether [`matmul`] can reach cuBLAS on backend `B` in this process.
@@ -216,39 +242,17 @@ impl<I: Backend, const D: usize> Backward<I, 2> for MatmulBackward<D> {
 mod cuda {
     //! The type dispatch onto the CUDA backends graft runs.
 
-    use std::any::{Any, TypeId};
+    use std::any::TypeId;
 
-    use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
-    use burn::backend::{Autodiff, Cuda};
+    use burn::backend::Cuda;
     use burn::tensor::backend::Backend;
-    use burn::tensor::{bf16, Tensor, TensorPrimitive};
+    use burn::tensor::{bf16, DType, Tensor, TensorPrimitive};
     use burn_cubecl::FloatElement;
 
     use crate::model::cublas;
+    use crate::model::cuda_backends::{retype, with_cuda_autodiff};
 
-    pub fn is_cuda<B: Backend>() -> bool {
-        let id = TypeId::of::<B>();
-        [
-            TypeId::of::<Cuda<f32>>(),
-            TypeId::of::<Cuda<bf16>>(),
-            TypeId::of::<Autodiff<Cuda<f32>, NoCheckpointing>>(),
-            TypeId::of::<Autodiff<Cuda<bf16>, NoCheckpointing>>(),
-            TypeId::of::<Autodiff<Cuda<f32>, BalancedCheckpointing>>(),
-            TypeId::of::<Autodiff<Cuda<bf16>, BalancedCheckpointing>>(),
-        ]
-        .contains(&id)
-    }
-
-    /// Moves a tensor to backend `To` when `From` is `To`, else hands it back.
-    fn retype<From: Backend, To: Backend, const D: usize>(
-        tensor: Tensor<From, D>,
-    ) -> Result<Tensor<To, D>, Tensor<From, D>> {
-        if TypeId::of::<From>() != TypeId::of::<To>() {
-            return Err(tensor);
-        }
-        let boxed: Box<dyn Any> = Box::new(tensor);
-        Ok(*boxed.downcast::<Tensor<To, D>>().expect("same type id"))
-    }
+    pub use crate::model::cuda_backends::is_cuda;
 
     type Pair<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>);
 
@@ -259,38 +263,47 @@ mod cuda {
         macro_rules! inner {
             ($float:ty) => {
                 if TypeId::of::<B>() == TypeId::of::<Cuda<$float>>() {
-                    let (l, r) = (retype::<B, Cuda<$float>, D>(lhs), retype(rhs));
-                    let (l, r) = (l.ok().unwrap(), r.ok().unwrap());
-                    let product = fusion_product::<$float, D>(l, r);
-                    return Ok(retype::<Cuda<$float>, B, D>(product).ok().unwrap());
-                }
-            };
-        }
-        macro_rules! outer {
-            ($float:ty, $strategy:ty) => {
-                type Outer = Autodiff<Cuda<$float>, $strategy>;
-                if TypeId::of::<B>() == TypeId::of::<Outer>() {
-                    let (l, r) = (retype::<B, Outer, D>(lhs), retype(rhs));
-                    let (l, r) = (l.ok().unwrap(), r.ok().unwrap());
-                    let product = super::autodiff_matmul::<Cuda<$float>, $strategy, D>(l, r);
-                    return Ok(retype::<Outer, B, D>(product).ok().unwrap());
+                    let l: Tensor<Cuda<$float>, D> = retype(lhs).ok().unwrap();
+                    let r: Tensor<Cuda<$float>, D> = retype(rhs).ok().unwrap();
+                    return Ok(retype(fusion_product::<$float, D>(l, r)).ok().unwrap());
                 }
             };
         }
         inner!(f32);
         inner!(bf16);
-        {
-            outer!(f32, NoCheckpointing);
+        with_cuda_autodiff!(B, |Float, Strategy, Outer| {
+            let l: Tensor<Outer, D> = retype(lhs).ok().unwrap();
+            let r: Tensor<Outer, D> = retype(rhs).ok().unwrap();
+            let product = super::autodiff_matmul::<Cuda<Float>, Strategy, D>(l, r);
+            return Ok(retype(product).ok().unwrap());
+        });
+        Err((lhs, rhs))
+    }
+
+    pub fn matmul_f32<B: Backend, const D: usize>(
+        lhs: Tensor<B, D>,
+        rhs: Tensor<B, D>,
+        alpha: f64,
+    ) -> Result<Tensor<B, D>, Pair<B, D>> {
+        macro_rules! inner {
+            ($float:ty) => {
+                if TypeId::of::<B>() == TypeId::of::<Cuda<$float>>() {
+                    let l: Tensor<Cuda<$float>, D> = retype(lhs).ok().unwrap();
+                    let r: Tensor<Cuda<$float>, D> = retype(rhs).ok().unwrap();
+                    let product = cublas::fusion_matmul::<$float>(
+                        l.into_primitive().tensor(),
+                        r.into_primitive().tensor(),
+                        DType::F32,
+                        alpha as f32,
+                    );
+                    let product: Tensor<Cuda<$float>, D> =
+                        Tensor::from_primitive(TensorPrimitive::Float(product));
+                    return Ok(retype(product).ok().unwrap());
+                }
+            };
         }
-        {
-            outer!(bf16, NoCheckpointing);
-        }
-        {
-            outer!(f32, BalancedCheckpointing);
-        }
-        {
-            outer!(bf16, BalancedCheckpointing);
-        }
+        inner!(f32);
+        inner!(bf16);
         Err((lhs, rhs))
     }
 
@@ -298,9 +311,12 @@ mod cuda {
         lhs: Tensor<Cuda<F>, D>,
         rhs: Tensor<Cuda<F>, D>,
     ) -> Tensor<Cuda<F>, D> {
+        let dtype = lhs.dtype();
         let product = cublas::fusion_matmul::<F>(
             lhs.into_primitive().tensor(),
             rhs.into_primitive().tensor(),
+            dtype,
+            1.0,
         );
         Tensor::from_primitive(TensorPrimitive::Float(product))
     }

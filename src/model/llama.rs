@@ -10,7 +10,7 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{activation, Int, Tensor, TensorData};
+use burn::tensor::{activation, DType, FloatDType, Int, Tensor, TensorData};
 
 use super::config::ModelConfig;
 use super::lora::{Linear, LoraConfig};
@@ -429,6 +429,14 @@ pub fn causal_lm_loss<B: Backend>(
     loss_mask: Option<Tensor<B, 2>>,
 ) -> Tensor<B, 1> {
     let [batch, seq, _vocab] = logits.dims();
+    if super::cross_entropy::fused_available::<B>() {
+        return fused_causal_lm_loss(logits, ids, loss_mask);
+    }
+    // In f32 whatever the compute dtype, as transformers upcasts the logits.
+    let logits = match logits.dtype() {
+        DType::F32 => logits,
+        _ => logits.cast(FloatDType::F32),
+    };
     let predicting = logits.narrow(1, 0, seq - 1);
     let targets = ids.narrow(1, 1, seq - 1);
     let log_probs = activation::log_softmax(predicting, 2);
@@ -443,4 +451,36 @@ pub fn causal_lm_loss<B: Backend>(
             (picked * mask).sum().neg() / count
         }
     }
+}
+
+/// [`causal_lm_loss`] through the fused cross-entropy: every position is a row, the
+/// last of each sequence with weight 0 (it has no next token), so the logits are used
+/// in place rather than narrowed into a copy.
+fn fused_causal_lm_loss<B: Backend>(
+    logits: Tensor<B, 3>,
+    ids: Tensor<B, 2, Int>,
+    loss_mask: Option<Tensor<B, 2>>,
+) -> Tensor<B, 1> {
+    let [batch, seq, vocab] = logits.dims();
+    let device = logits.device();
+    let targets = Tensor::cat(
+        vec![
+            ids.narrow(1, 1, seq - 1),
+            Tensor::zeros([batch, 1], &device),
+        ],
+        1,
+    );
+    let counted = match loss_mask {
+        Some(mask) => mask.narrow(1, 1, seq - 1),
+        None => Tensor::ones([batch, seq - 1], &device),
+    };
+    let weights =
+        Tensor::cat(vec![counted, Tensor::zeros([batch, 1], &device)], 1).reshape([batch * seq]);
+    let weights = weights.clone() / weights.sum();
+    super::cross_entropy::fused_cross_entropy_sum(
+        logits.reshape([batch * seq, vocab]),
+        targets.reshape([batch * seq]),
+        weights,
+    )
+    .expect("checked by the caller")
 }

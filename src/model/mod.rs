@@ -9,8 +9,11 @@
 pub mod adapter;
 pub mod attention;
 pub mod config;
+pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cublas;
+#[cfg(feature = "cuda")]
+pub mod cuda_backends;
 pub mod error;
 pub mod gemm;
 pub mod generate;

@@ -197,7 +197,7 @@ pub fn run_bench<B: AutodiffBackend>(
         };
         let ids = ids();
         let logits = model.forward(ids.clone());
-        let loss = causal_lm_loss(logits.cast(FloatDType::F32), ids, None);
+        let loss = causal_lm_loss(logits, ids, None);
         lap(0, &mut peak);
         let grads = loss.backward();
         lap(1, &mut peak);
@@ -253,8 +253,7 @@ fn train_step<B: AutodiffBackend>(
     ids: Tensor<B, 2, Int>,
 ) -> (CausalLm<B>, Tensor<B::InnerBackend, 1>) {
     let logits = model.forward(ids.clone());
-    // The loss in f32 whatever the compute dtype, as transformers upcasts the logits.
-    let loss = causal_lm_loss(logits.cast(FloatDType::F32), ids, None);
+    let loss = causal_lm_loss(logits, ids, None);
     let grads = loss.backward();
     let model = optimizer_step(model, optimizer, &grads);
     (model, loss.inner())

@@ -2,6 +2,7 @@
 //! whose rows carry their own targets and loss mask.
 
 use crate::data::Batch;
+use crate::model::cross_entropy::{fused_available, fused_cross_entropy_sum};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -36,7 +37,15 @@ impl<B: Backend> BatchTensors<B> {
 /// Sum of the masked token losses `[1]` (divide by `tokens` for the mean).
 /// logits: [batch, seq, vocab]
 pub fn masked_loss_sum<B: Backend>(logits: Tensor<B, 3>, batch: &BatchTensors<B>) -> Tensor<B, 1> {
-    let [b, s, _] = logits.dims();
+    let [b, s, vocab] = logits.dims();
+    if fused_available::<B>() {
+        return fused_cross_entropy_sum(
+            logits.reshape([b * s, vocab]),
+            batch.targets.clone().reshape([b * s]),
+            batch.mask.clone().reshape([b * s]),
+        )
+        .expect("checked above");
+    }
     let log_probs = log_softmax(logits, 2);
     let picked = log_probs
         .gather(2, batch.targets.clone().reshape([b, s, 1]))

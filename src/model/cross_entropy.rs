@@ -1,0 +1,192 @@
+//! Token cross-entropy as one autodiff node, for the GPU.
+//!
+//! Differentiated op by op, `log_softmax` then `gather` keeps an f32 copy of the
+//! log-probabilities (`[tokens, vocab]`: 4 GiB at Llama-3.2-1B's vocabulary and 8k
+//! tokens) and passes over it several times in each direction. This node keeps the
+//! logits as they came (bf16 on the GPU) and one log-sum-exp per row; its backward pass
+//! is `w (softmax(x) - onehot(target))` in one element-wise pass and one scatter. The
+//! value is the same sum, `Σ w (logsumexp(x) - x[target])`, computed in f32.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Tensor, TensorPrimitive};
+
+/// `Σ_n weights[n] · (logsumexp(logits[n]) - logits[n, targets[n]])` as `[1]`, for
+/// logits `[n, vocab]`, targets `[n]` and weights `[n]` (f32, not differentiated).
+///
+/// On the autodiff CUDA backends ([`fused_available`]) this is the fused node;
+/// elsewhere it returns `None`, so callers check first and keep their op-by-op loss,
+/// whose exact operations the CPU's bit-exact resume relies on.
+pub fn fused_cross_entropy_sum<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    weights: Tensor<B, 1>,
+) -> Option<Tensor<B, 1>> {
+    #[cfg(feature = "cuda")]
+    {
+        use super::cuda_backends::{retype, with_cuda_autodiff};
+        with_cuda_autodiff!(B, |Float, Strategy, Outer| {
+            let logits: Tensor<Outer, 2> = retype(logits).ok().unwrap();
+            let targets: Tensor<Outer, 1, Int> = retype(targets).ok().unwrap();
+            let weights: Tensor<Outer, 1> = retype(weights).ok().unwrap();
+            let loss = cross_entropy_autodiff::<Cuda<Float>, Strategy>(
+                logits,
+                targets.inner(),
+                weights.inner(),
+            );
+            return Some(retype(loss).ok().unwrap());
+        });
+    }
+    let _ = (logits, targets, weights);
+    None
+}
+
+/// Whether [`fused_cross_entropy_sum`] runs on backend `B`.
+pub fn fused_available<B: Backend>() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        super::cuda_backends::is_cuda::<B>() && B::ad_enabled(&Default::default())
+    }
+    #[cfg(not(feature = "cuda"))]
+    false
+}
+
+/// The node over inner backend `I`. Public so tests compare it with the op-by-op loss
+/// on the CPU.
+pub fn cross_entropy_autodiff<I: Backend, C: CheckpointStrategy>(
+    logits: Tensor<Autodiff<I, C>, 2>,
+    targets: Tensor<I, 1, Int>,
+    weights: Tensor<I, 1>,
+) -> Tensor<Autodiff<I, C>, 1> {
+    let logits = logits.into_primitive().tensor();
+    let x: Tensor<I, 2> = Tensor::from_primitive(TensorPrimitive::Float(logits.primitive.clone()));
+    let [rows, _] = x.dims();
+    let targets = targets.reshape([rows, 1]);
+    let lse = log_sum_exp(&x);
+    let picked = x.clone().gather(1, targets.clone()).cast(FloatDType::F32);
+    let weights = weights.cast(FloatDType::F32).reshape([rows, 1]);
+    let loss = ((lse.clone() - picked) * weights.clone()).sum();
+    let output = match CrossEntropyBackward
+        .prepare::<C>([logits.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            CrossEntropyState {
+                logits: x.into_primitive().tensor(),
+                lse: lse.into_primitive().tensor(),
+                targets,
+                weights: weights.into_primitive().tensor(),
+            },
+            loss.into_primitive().tensor(),
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(loss.into_primitive().tensor()),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+/// `[n, 1]` f32 log-sum-exp of each row, shifted by the row max for range.
+fn log_sum_exp<I: Backend>(x: &Tensor<I, 2>) -> Tensor<I, 2> {
+    let x = x.clone().cast(FloatDType::F32);
+    let max = x.clone().max_dim(1);
+    max.clone() + (x - max).exp().sum_dim(1).log()
+}
+
+#[derive(Debug)]
+struct CrossEntropyBackward;
+
+#[derive(Debug, Clone)]
+struct CrossEntropyState<I: Backend> {
+    logits: I::FloatTensorPrimitive,
+    lse: I::FloatTensorPrimitive,
+    targets: Tensor<I, 2, Int>,
+    weights: I::FloatTensorPrimitive,
+}
+
+impl<I: Backend> Backward<I, 1> for CrossEntropyBackward {
+    type State = CrossEntropyState<I>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node] = ops.parents;
+        let grad: Tensor<I, 1> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
+        let Some(node) = node else { return };
+        let state = ops.state;
+        let wrap = |p: I::FloatTensorPrimitive| -> Tensor<I, 2> {
+            Tensor::from_primitive(TensorPrimitive::Float(p))
+        };
+        let logits = wrap(state.logits);
+        let dtype = logits.dtype();
+        // d/dx of w (lse - x[t]) is w softmax(x) - w onehot(t); the upstream gradient
+        // of the sum scales every row alike.
+        let row_weight = wrap(state.weights) * grad.cast(FloatDType::F32).reshape([1, 1]);
+        let softmax = (logits.cast(FloatDType::F32) - wrap(state.lse)).exp() * row_weight.clone();
+        let dlogits = softmax.scatter(1, state.targets, row_weight.neg(), IndexingUpdateOp::Add);
+        grads.register::<I>(node.id, dlogits.cast(dtype).into_primitive().tensor());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::tensor::activation::log_softmax;
+    use burn::tensor::{Distribution, TensorData};
+
+    type Inner = burn::backend::Flex;
+    type B = Autodiff<Inner, NoCheckpointing>;
+
+    /// Value and gradient equal the op-by-op `log_softmax` + `gather` loss, weights
+    /// (a mask with a zero row) included.
+    #[test]
+    fn fused_cross_entropy_matches_the_op_by_op_loss_and_its_gradient() {
+        let device = Default::default();
+        let x = Tensor::<Inner, 2>::random([5, 11], Distribution::Normal(0.0, 3.0), &device);
+        let targets =
+            Tensor::<Inner, 1, Int>::from_data(TensorData::from([3i64, 0, 10, 7, 3]), &device);
+        let weights =
+            Tensor::<Inner, 1>::from_data(TensorData::from([0.5f32, 0.0, 1.0, 2.0, 0.25]), &device);
+
+        let fused_logits = Tensor::<B, 2>::from_inner(x.clone()).require_grad();
+        let fused = cross_entropy_autodiff::<Inner, NoCheckpointing>(
+            fused_logits.clone(),
+            targets.clone(),
+            weights.clone(),
+        );
+        let fused_grad = fused_logits.grad(&fused.backward()).unwrap();
+
+        let logits = Tensor::<B, 2>::from_inner(x).require_grad();
+        let picked = log_softmax(logits.clone(), 1)
+            .gather(1, Tensor::from_inner(targets.reshape([5, 1])))
+            .reshape([5]);
+        let reference = (picked * Tensor::from_inner(weights)).sum().neg();
+        let reference_grad = logits.grad(&reference.backward()).unwrap();
+
+        fused
+            .inner()
+            .into_data()
+            .assert_approx_eq::<f32>(&reference.inner().into_data(), Default::default());
+        fused_grad
+            .into_data()
+            .assert_approx_eq::<f32>(&reference_grad.into_data(), Default::default());
+    }
+
+    #[test]
+    fn there_is_no_fused_loss_on_the_cpu() {
+        assert!(!fused_available::<B>());
+        let device = Default::default();
+        let logits = Tensor::<B, 2>::zeros([2, 3], &device);
+        let targets = Tensor::<B, 1, Int>::zeros([2], &device);
+        let weights = Tensor::<B, 1>::ones([2], &device);
+        assert!(fused_cross_entropy_sum(logits, targets, weights).is_none());
+    }
+}
