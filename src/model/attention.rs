@@ -25,9 +25,25 @@ use burn::tensor::{DType, FloatDType, Int, Tensor, TensorPrimitive};
 
 use super::gemm::{matmul, matmul_f32};
 
-/// Scores of one block are at most this many elements (512 MiB in f32), which bounds
+/// Scores of one block are at most this many elements (1 GiB in f32), which bounds
 /// the transient memory of a block whatever the sequence length.
-pub const BLOCK_ELEMENTS: usize = 1 << 27;
+pub const BLOCK_ELEMENTS: usize = 1 << 28;
+
+/// Overrides [`BLOCK_ELEMENTS`] (for measuring: smaller blocks skip more of the causal
+/// triangle but launch more kernels).
+pub const BLOCK_ELEMENTS_ENV: &str = "GRAFT_ATTENTION_BLOCK_ELEMENTS";
+
+#[cfg(feature = "cuda")]
+fn block_elements() -> usize {
+    static ELEMENTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ELEMENTS.get_or_init(|| {
+        std::env::var(BLOCK_ELEMENTS_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or(BLOCK_ELEMENTS)
+    })
+}
 
 /// Causal softmax attention, `softmax(Q Kᵀ / sqrt(d)) V`, with queries aligned to the
 /// last `seq` of `t` key positions. q: `[batch, heads, seq, d]`, k and v:
@@ -108,7 +124,12 @@ fn with_backend<B: Backend, I: Backend, C: CheckpointStrategy>(
     let q = downcast::<B, Autodiff<I, C>>(q.clone())?;
     let k = downcast::<B, Autodiff<I, C>>(k.clone())?;
     let v = downcast::<B, Autodiff<I, C>>(v.clone())?;
-    downcast::<Autodiff<I, C>, B>(blocked_attention_autodiff::<I, C>(q, k, v, BLOCK_ELEMENTS))
+    downcast::<Autodiff<I, C>, B>(blocked_attention_autodiff::<I, C>(
+        q,
+        k,
+        v,
+        block_elements(),
+    ))
 }
 
 #[cfg(feature = "cuda")]

@@ -41,8 +41,9 @@ pub fn matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) 
 }
 
 /// `alpha · lhs @ rhs` in f32 whatever the inputs' dtype, for products whose result
-/// feeds f32 arithmetic (attention scores). On inner CUDA backends cuBLAS writes f32
-/// with the scale applied; elsewhere it is `matmul`, a cast and a scalar multiply.
+/// feeds f32 arithmetic (attention scores, f32 gradients of bf16 products). On inner
+/// CUDA backends cuBLAS writes f32 with the scale applied; elsewhere it is `matmul`, a
+/// cast and a scalar multiply.
 pub fn matmul_f32<B: Backend, const D: usize>(
     lhs: Tensor<B, D>,
     rhs: Tensor<B, D>,
@@ -50,12 +51,29 @@ pub fn matmul_f32<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
     if worth_cublas(&lhs, &rhs) {
-        match cuda::matmul_f32(lhs, rhs, alpha) {
+        match cuda::matmul_with(lhs, rhs, alpha, true) {
             Ok(product) => return product,
             Err((lhs, rhs)) => return scaled(lhs.matmul(rhs).cast(FloatDType::F32), alpha),
         }
     }
     scaled(matmul(lhs, rhs).cast(FloatDType::F32), alpha)
+}
+
+/// `alpha · lhs @ rhs` in the inputs' dtype, the scale applied by cuBLAS where the
+/// product reaches it.
+pub fn matmul_scaled<B: Backend, const D: usize>(
+    lhs: Tensor<B, D>,
+    rhs: Tensor<B, D>,
+    alpha: f64,
+) -> Tensor<B, D> {
+    #[cfg(feature = "cuda")]
+    if worth_cublas(&lhs, &rhs) {
+        match cuda::matmul_with(lhs, rhs, alpha, false) {
+            Ok(product) => return product,
+            Err((lhs, rhs)) => return scaled(lhs.matmul(rhs), alpha),
+        }
+    }
+    scaled(matmul(lhs, rhs), alpha)
 }
 
 fn scaled<B: Backend, const D: usize>(tensor: Tensor<B, D>, alpha: f64) -> Tensor<B, D> {
@@ -280,20 +298,23 @@ mod cuda {
         Err((lhs, rhs))
     }
 
-    pub fn matmul_f32<B: Backend, const D: usize>(
+    /// On the inner CUDA backends only (the autodiff ones go through `matmul`'s node).
+    pub fn matmul_with<B: Backend, const D: usize>(
         lhs: Tensor<B, D>,
         rhs: Tensor<B, D>,
         alpha: f64,
+        out_f32: bool,
     ) -> Result<Tensor<B, D>, Pair<B, D>> {
         macro_rules! inner {
             ($float:ty) => {
                 if TypeId::of::<B>() == TypeId::of::<Cuda<$float>>() {
                     let l: Tensor<Cuda<$float>, D> = retype(lhs).ok().unwrap();
                     let r: Tensor<Cuda<$float>, D> = retype(rhs).ok().unwrap();
+                    let out_dtype = if out_f32 { DType::F32 } else { l.dtype() };
                     let product = cublas::fusion_matmul::<$float>(
                         l.into_primitive().tensor(),
                         r.into_primitive().tensor(),
-                        DType::F32,
+                        out_dtype,
                         alpha as f32,
                     );
                     let product: Tensor<Cuda<$float>, D> =
