@@ -119,6 +119,11 @@ impl<B: Backend> Linear<B> {
 
     /// x: `[..., d_in]` -> `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if let Some(lora) = &self.lora {
+            if lora.dropout == 0.0 && super::lora_product::fused_available::<B>() {
+                return self.fused_forward(x, lora);
+            }
+        }
         let base = project(
             x.clone(),
             self.weight.val(),
@@ -145,6 +150,27 @@ impl<B: Backend> Linear<B> {
                 base + up * lora.scale
             }
         }
+    }
+
+    /// The adapted projection as one autodiff node (`lora_product`), on the GPU.
+    fn fused_forward<const D: usize>(&self, x: Tensor<B, D>, lora: &LoraBranch<B>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let out = super::lora_product::fused_lora_projection(
+            x.reshape([rows, dims[D - 1]]),
+            self.weight.val(),
+            lora.lora_a.val(),
+            lora.lora_b.val(),
+            lora.scale,
+        )
+        .expect("checked by the caller");
+        let out = match &self.bias {
+            Some(bias) => out + bias.val().unsqueeze(),
+            None => out,
+        };
+        let mut out_dims = dims;
+        out_dims[D - 1] = self.d_out();
+        out.reshape(out_dims)
     }
 
     /// Attaches a fresh LoRA branch: `A` kaiming-uniform as PEFT

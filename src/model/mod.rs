@@ -19,6 +19,7 @@ pub mod gemm;
 pub mod generate;
 pub mod llama;
 pub mod lora;
+pub mod lora_product;
 pub mod params;
 pub mod parity;
 pub mod weights;

@@ -1,0 +1,256 @@
+//! An adapted projection, `x W + s (x A) B`, as one autodiff node, for the GPU.
+//!
+//! Op by op, the projection is seven autodiff nodes (two casts of the f32 adapter to
+//! the activations' dtype, three products, a scale and a sum), and on the GPU the
+//! launch cost of each node's forward and backward work is what bounds a step at these
+//! sizes. As one node the forward pass is three products (the scale applied by cuBLAS)
+//! and a sum, and the backward pass is five products and a sum, with the adapter's
+//! gradients written in f32 directly by cuBLAS instead of cast back.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+
+use super::gemm::{matmul, matmul_f32, matmul_scaled};
+
+/// Set to keep adapted projections op by op on the GPU too (for measuring the
+/// difference).
+pub const DISABLE_ENV: &str = "GRAFT_UNFUSED_LORA";
+
+/// Whether [`fused_lora_projection`] runs on backend `B`: the autodiff CUDA backends.
+pub fn fused_available<B: Backend>() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        !*DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some())
+            && super::gemm::accelerated::<B>()
+            && B::ad_enabled(&Default::default())
+    }
+    #[cfg(not(feature = "cuda"))]
+    false
+}
+
+/// `x W + scale (x A) B` for x `[n, d_in]`, W `[d_in, d_out]`, A `[d_in, r]` and B
+/// `[r, d_out]`, with A and B used in x's dtype. `None` where [`fused_available`] is
+/// false; callers check it first and otherwise keep the op-by-op projection.
+pub fn fused_lora_projection<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    lora_a: Tensor<B, 2>,
+    lora_b: Tensor<B, 2>,
+    scale: f64,
+) -> Option<Tensor<B, 2>> {
+    #[cfg(feature = "cuda")]
+    {
+        use super::cuda_backends::{retype, with_cuda_autodiff};
+        with_cuda_autodiff!(B, |Float, Strategy, Outer| {
+            let x: Tensor<Outer, 2> = retype(x).ok().unwrap();
+            let weight: Tensor<Outer, 2> = retype(weight).ok().unwrap();
+            let lora_a: Tensor<Outer, 2> = retype(lora_a).ok().unwrap();
+            let lora_b: Tensor<Outer, 2> = retype(lora_b).ok().unwrap();
+            let out =
+                lora_projection_autodiff::<Cuda<Float>, Strategy>(x, weight, lora_a, lora_b, scale);
+            return Some(retype(out).ok().unwrap());
+        });
+    }
+    let _ = (x, weight, lora_a, lora_b, scale);
+    None
+}
+
+/// The node over inner backend `I`. Public so tests compare it with the op-by-op
+/// projection on the CPU.
+pub fn lora_projection_autodiff<I: Backend, C: CheckpointStrategy>(
+    x: Tensor<Autodiff<I, C>, 2>,
+    weight: Tensor<Autodiff<I, C>, 2>,
+    lora_a: Tensor<Autodiff<I, C>, 2>,
+    lora_b: Tensor<Autodiff<I, C>, 2>,
+    scale: f64,
+) -> Tensor<Autodiff<I, C>, 2> {
+    let [x, weight, lora_a, lora_b] =
+        [x, weight, lora_a, lora_b].map(|t| t.into_primitive().tensor());
+    let inner = |p: &I::FloatTensorPrimitive| {
+        Tensor::<I, 2>::from_primitive(TensorPrimitive::Float(p.clone()))
+    };
+    let x_in = inner(&x.primitive);
+    let dtype = x_in.dtype();
+    let in_dtype = |t: Tensor<I, 2>| if t.dtype() == dtype { t } else { t.cast(dtype) };
+    let (a_full, b_full) = (inner(&lora_a.primitive), inner(&lora_b.primitive));
+    let (a_dtype, b_dtype) = (a_full.dtype(), b_full.dtype());
+    let a_low = in_dtype(a_full);
+    let b_low = in_dtype(b_full);
+    let w_in = inner(&weight.primitive);
+    let weight_dtype = w_in.dtype();
+    let down = matmul(x_in.clone(), a_low.clone());
+    let out =
+        matmul(x_in.clone(), w_in.clone()) + matmul_scaled(down.clone(), b_low.clone(), scale);
+    let parents = [
+        x.node.clone(),
+        weight.node.clone(),
+        lora_a.node.clone(),
+        lora_b.node.clone(),
+    ];
+    let output = match LoraProjectionBackward
+        .prepare::<C>(parents)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            LoraProjectionState {
+                x: x_in.into_primitive().tensor(),
+                weight: w_in.into_primitive().tensor(),
+                a_low: a_low.into_primitive().tensor(),
+                b_low: b_low.into_primitive().tensor(),
+                down: down.into_primitive().tensor(),
+                weight_dtype,
+                a_dtype,
+                b_dtype,
+                scale,
+            },
+            out.into_primitive().tensor(),
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(out.into_primitive().tensor()),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+#[derive(Debug)]
+struct LoraProjectionBackward;
+
+#[derive(Debug, Clone)]
+struct LoraProjectionState<I: Backend> {
+    x: I::FloatTensorPrimitive,
+    weight: I::FloatTensorPrimitive,
+    a_low: I::FloatTensorPrimitive,
+    b_low: I::FloatTensorPrimitive,
+    /// `x A`, `[n, r]`: small, and both `dB` and nothing else need it.
+    down: I::FloatTensorPrimitive,
+    weight_dtype: DType,
+    a_dtype: DType,
+    b_dtype: DType,
+    scale: f64,
+}
+
+impl<I: Backend> Backward<I, 4> for LoraProjectionBackward {
+    type State = LoraProjectionState<I>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 4>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_w, node_a, node_b] = ops.parents;
+        let wrap = |p: I::FloatTensorPrimitive| -> Tensor<I, 2> {
+            Tensor::from_primitive(TensorPrimitive::Float(p))
+        };
+        let dy = wrap(grads.consume::<I>(&ops.node));
+        let state = ops.state;
+        let s = state.scale;
+        let (x, weight) = (wrap(state.x), wrap(state.weight));
+        let (a_low, b_low) = (wrap(state.a_low), wrap(state.b_low));
+        let as_dtype = |t: Tensor<I, 2>, dtype: DType| {
+            if t.dtype() == dtype {
+                t
+            } else {
+                t.cast(dtype)
+            }
+        };
+        // dy Bᵀ, `[n, r]`: shared by dx and dA.
+        let up_grad =
+            (node_x.is_some() || node_a.is_some()).then(|| matmul(dy.clone(), b_low.transpose()));
+        if let Some(node) = node_x {
+            let up_grad = up_grad.clone().expect("computed for dx");
+            let dx = matmul(dy.clone(), weight.transpose())
+                + matmul_scaled(up_grad, a_low.transpose(), s);
+            grads.register::<I>(node.id, dx.into_primitive().tensor());
+        }
+        if let Some(node) = node_a {
+            let up_grad = up_grad.expect("computed for dA");
+            let da = as_dtype(matmul_f32(x.clone().transpose(), up_grad, s), state.a_dtype);
+            grads.register::<I>(node.id, da.into_primitive().tensor());
+        }
+        if let Some(node) = node_b {
+            let db = as_dtype(
+                matmul_f32(wrap(state.down).transpose(), dy.clone(), s),
+                state.b_dtype,
+            );
+            grads.register::<I>(node.id, db.into_primitive().tensor());
+        }
+        if let Some(node) = node_w {
+            let dw = as_dtype(matmul_f32(x.transpose(), dy, 1.0), state.weight_dtype);
+            grads.register::<I>(node.id, dw.into_primitive().tensor());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::tensor::Distribution;
+
+    type Inner = burn::backend::Flex;
+    type B = Autodiff<Inner, NoCheckpointing>;
+
+    /// Value and all four gradients equal the op-by-op projection's.
+    #[test]
+    fn fused_projection_matches_the_op_by_op_projection_and_its_gradients() {
+        let device = Default::default();
+        let normal = |shape: [usize; 2]| {
+            Tensor::<Inner, 2>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (x, w, a, b) = (
+            normal([6, 5]),
+            normal([5, 7]),
+            normal([5, 3]),
+            normal([3, 7]),
+        );
+        let upstream = normal([6, 7]);
+        let scale = 2.5;
+        let run = |fused: bool| {
+            let track = |t: &Tensor<Inner, 2>| Tensor::<B, 2>::from_inner(t.clone()).require_grad();
+            let (x, w, a, b) = (track(&x), track(&w), track(&a), track(&b));
+            let out = if fused {
+                lora_projection_autodiff::<Inner, NoCheckpointing>(
+                    x.clone(),
+                    w.clone(),
+                    a.clone(),
+                    b.clone(),
+                    scale,
+                )
+            } else {
+                x.clone().matmul(w.clone()) + x.clone().matmul(a.clone()).matmul(b.clone()) * scale
+            };
+            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
+                .sum()
+                .backward();
+            let grad = |t: &Tensor<B, 2>| t.grad(&grads).unwrap();
+            [out.inner(), grad(&x), grad(&w), grad(&a), grad(&b)]
+        };
+        for (ours, theirs) in run(true).into_iter().zip(run(false)) {
+            ours.into_data()
+                .assert_approx_eq::<f32>(&theirs.into_data(), Default::default());
+        }
+    }
+
+    /// A frozen base weight (the LoRA case) gets no gradient.
+    #[test]
+    fn a_frozen_weight_gets_no_gradient() {
+        let device = Default::default();
+        let x = Tensor::<B, 2>::ones([2, 3], &device).require_grad();
+        let w = Tensor::<B, 2>::ones([3, 4], &device);
+        let a = Tensor::<B, 2>::ones([3, 2], &device).require_grad();
+        let b = Tensor::<B, 2>::zeros([2, 4], &device).require_grad();
+        let out =
+            lora_projection_autodiff::<Inner, NoCheckpointing>(x, w.clone(), a.clone(), b, 1.0);
+        let grads = out.sum().backward();
+        assert!(w.grad(&grads).is_none());
+        // B = 0: no signal reaches A yet.
+        let da: Vec<f32> = a.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        assert!(da.iter().all(|&g| g == 0.0));
+    }
+}
