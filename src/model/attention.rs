@@ -25,9 +25,9 @@ use burn::tensor::{DType, FloatDType, Int, Tensor, TensorPrimitive};
 
 use super::gemm::{matmul, matmul_f32};
 
-/// Scores of one block are at most this many elements (1 GiB in f32), which bounds
+/// Scores of one block are at most this many elements (512 MiB in f32), which bounds
 /// the transient memory of a block whatever the sequence length.
-pub const BLOCK_ELEMENTS: usize = 1 << 28;
+pub const BLOCK_ELEMENTS: usize = 1 << 27;
 
 /// Overrides [`BLOCK_ELEMENTS`] (for measuring: smaller blocks skip more of the causal
 /// triangle but launch more kernels).
@@ -240,7 +240,12 @@ fn blocks(
     budget: usize,
 ) -> Vec<(usize, usize, usize)> {
     let per_row = (batch * heads * keys).max(1);
-    let size = (budget / per_row).clamp(16, seq.max(16));
+    let largest = (budget / per_row).clamp(16, seq.max(16));
+    // As many blocks as the budget needs, of equal size: a short last block would cost
+    // a block's launches for few rows, and equal blocks skip more of the causal
+    // triangle than full ones plus a remainder.
+    let count = seq.div_ceil(largest).max(1);
+    let size = seq.div_ceil(count).max(1);
     let offset = keys - seq;
     (0..seq)
         .step_by(size)
