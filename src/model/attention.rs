@@ -36,13 +36,7 @@ pub const BLOCK_ELEMENTS_ENV: &str = "GRAFT_ATTENTION_BLOCK_ELEMENTS";
 #[cfg(feature = "cuda")]
 fn block_elements() -> usize {
     static ELEMENTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *ELEMENTS.get_or_init(|| {
-        std::env::var(BLOCK_ELEMENTS_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&v| v > 0)
-            .unwrap_or(BLOCK_ELEMENTS)
-    })
+    *ELEMENTS.get_or_init(|| super::env_count(BLOCK_ELEMENTS_ENV).unwrap_or(BLOCK_ELEMENTS))
 }
 
 /// Causal softmax attention, `softmax(Q Kᵀ / sqrt(d)) V`, with queries aligned to the
@@ -64,22 +58,15 @@ pub fn causal_attention<B: Backend>(
     // sequence lengths used there, and keeps the parity fixtures' exact op order.
     #[cfg(feature = "cuda")]
     {
-        use burn::backend::autodiff::checkpoint::strategy::{
-            BalancedCheckpointing, NoCheckpointing,
-        };
-        use burn::backend::Cuda;
-        use burn::tensor::bf16;
-        macro_rules! dispatch {
-            ($inner:ty, $strategy:ty) => {
-                if let Some(out) = with_backend::<B, $inner, $strategy>(&q, &k, &v) {
-                    return Ok(out);
-                }
-            };
-        }
-        dispatch!(Cuda<f32>, NoCheckpointing);
-        dispatch!(Cuda<bf16>, NoCheckpointing);
-        dispatch!(Cuda<f32>, BalancedCheckpointing);
-        dispatch!(Cuda<bf16>, BalancedCheckpointing);
+        use super::cuda_backends::{retype, with_cuda_autodiff};
+        with_cuda_autodiff!(B, |Float, Strategy, Outer| {
+            let q: Tensor<Outer, 4> = retype(q).ok().unwrap();
+            let k: Tensor<Outer, 4> = retype(k).ok().unwrap();
+            let v: Tensor<Outer, 4> = retype(v).ok().unwrap();
+            let out =
+                blocked_attention_autodiff::<Cuda<Float>, Strategy>(q, k, v, block_elements());
+            return Ok(retype(out).ok().unwrap());
+        });
     }
     Err((q, k, v))
 }
@@ -87,7 +74,8 @@ pub fn causal_attention<B: Backend>(
 /// Set to use burn's op-by-op attention everywhere (for measuring the difference).
 pub const DISABLE_ENV: &str = "GRAFT_BURN_ATTENTION";
 
-/// Whether [`causal_attention`] takes the blocked path on backend `B`.
+/// Whether [`causal_attention`] takes the blocked path on backend `B`: the autodiff
+/// CUDA backends.
 pub fn uses_blocked_attention<B: Backend>() -> bool {
     static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some()) {
@@ -95,47 +83,10 @@ pub fn uses_blocked_attention<B: Backend>() -> bool {
     }
     #[cfg(feature = "cuda")]
     {
-        use burn::backend::autodiff::checkpoint::strategy::{
-            BalancedCheckpointing, NoCheckpointing,
-        };
-        use burn::backend::Cuda;
-        use burn::tensor::bf16;
-        use std::any::TypeId;
-        let id = TypeId::of::<B>();
-        return [
-            TypeId::of::<Autodiff<Cuda<f32>, NoCheckpointing>>(),
-            TypeId::of::<Autodiff<Cuda<bf16>, NoCheckpointing>>(),
-            TypeId::of::<Autodiff<Cuda<f32>, BalancedCheckpointing>>(),
-            TypeId::of::<Autodiff<Cuda<bf16>, BalancedCheckpointing>>(),
-        ]
-        .contains(&id);
+        super::cuda_backends::is_cuda::<B>() && B::ad_enabled(&Default::default())
     }
-    #[allow(unreachable_code)]
+    #[cfg(not(feature = "cuda"))]
     false
-}
-
-/// Runs the blocked attention if `B` is `Autodiff<I, C>`.
-#[cfg(feature = "cuda")]
-fn with_backend<B: Backend, I: Backend, C: CheckpointStrategy>(
-    q: &Tensor<B, 4>,
-    k: &Tensor<B, 4>,
-    v: &Tensor<B, 4>,
-) -> Option<Tensor<B, 4>> {
-    let q = downcast::<B, Autodiff<I, C>>(q.clone())?;
-    let k = downcast::<B, Autodiff<I, C>>(k.clone())?;
-    let v = downcast::<B, Autodiff<I, C>>(v.clone())?;
-    downcast::<Autodiff<I, C>, B>(blocked_attention_autodiff::<I, C>(
-        q,
-        k,
-        v,
-        block_elements(),
-    ))
-}
-
-#[cfg(feature = "cuda")]
-fn downcast<From: Backend, To: Backend>(tensor: Tensor<From, 4>) -> Option<Tensor<To, 4>> {
-    let boxed: Box<dyn std::any::Any> = Box::new(tensor);
-    boxed.downcast::<Tensor<To, 4>>().ok().map(|t| *t)
 }
 
 /// The blocked attention as one autodiff node over `I`, with blocks of at most

@@ -49,14 +49,7 @@ pub fn matmul_f32<B: Backend, const D: usize>(
     rhs: Tensor<B, D>,
     alpha: f64,
 ) -> Tensor<B, D> {
-    #[cfg(feature = "cuda")]
-    if worth_cublas(&lhs, &rhs) {
-        match cuda::matmul_with(lhs, rhs, alpha, true) {
-            Ok(product) => return product,
-            Err((lhs, rhs)) => return scaled(lhs.matmul(rhs).cast(FloatDType::F32), alpha),
-        }
-    }
-    scaled(matmul(lhs, rhs).cast(FloatDType::F32), alpha)
+    scaled_product(lhs, rhs, alpha, true)
 }
 
 /// `alpha · lhs @ rhs` in the inputs' dtype, the scale applied by cuBLAS where the
@@ -66,14 +59,31 @@ pub fn matmul_scaled<B: Backend, const D: usize>(
     rhs: Tensor<B, D>,
     alpha: f64,
 ) -> Tensor<B, D> {
+    scaled_product(lhs, rhs, alpha, false)
+}
+
+fn scaled_product<B: Backend, const D: usize>(
+    lhs: Tensor<B, D>,
+    rhs: Tensor<B, D>,
+    alpha: f64,
+    out_f32: bool,
+) -> Tensor<B, D> {
+    let finish = |product: Tensor<B, D>| {
+        let product = if out_f32 {
+            product.cast(FloatDType::F32)
+        } else {
+            product
+        };
+        scaled(product, alpha)
+    };
     #[cfg(feature = "cuda")]
     if worth_cublas(&lhs, &rhs) {
-        match cuda::matmul_with(lhs, rhs, alpha, false) {
-            Ok(product) => return product,
-            Err((lhs, rhs)) => return scaled(lhs.matmul(rhs), alpha),
-        }
+        return match cuda::matmul_with(lhs, rhs, alpha, out_f32) {
+            Ok(product) => product,
+            Err((lhs, rhs)) => finish(lhs.matmul(rhs)),
+        };
     }
-    scaled(matmul(lhs, rhs), alpha)
+    finish(matmul(lhs, rhs))
 }
 
 fn scaled<B: Backend, const D: usize>(tensor: Tensor<B, D>, alpha: f64) -> Tensor<B, D> {
@@ -115,12 +125,7 @@ fn enabled() -> bool {
 #[cfg(feature = "cuda")]
 fn min_half_macs() -> usize {
     static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MIN.get_or_init(|| {
-        std::env::var(MIN_HALF_MACS_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_MIN_HALF_MACS)
-    })
+    *MIN.get_or_init(|| super::env_count(MIN_HALF_MACS_ENV).unwrap_or(DEFAULT_MIN_HALF_MACS))
 }
 
 #[cfg(feature = "cuda")]

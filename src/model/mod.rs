@@ -47,3 +47,13 @@ pub fn save_merged<B: burn::tensor::backend::Backend>(
 ) -> Result<(), ModelError> {
     save_model_dir(&model.merge_lora(), out_dir, source_dir)
 }
+
+/// A positive count from environment variable `name`, for the knobs that measure the
+/// GPU path's alternatives.
+#[cfg(feature = "cuda")]
+fn env_count(name: &str) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0)
+}
