@@ -98,7 +98,7 @@ fn scaled<B: Backend, const D: usize>(tensor: Tensor<B, D>, alpha: f64) -> Tenso
 pub fn accelerated<B: Backend>() -> bool {
     #[cfg(feature = "cuda")]
     {
-        enabled() && cuda::is_cuda::<B>()
+        cuda::is_cuda::<B>() && enabled()
     }
     #[cfg(not(feature = "cuda"))]
     false
