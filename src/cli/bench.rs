@@ -19,6 +19,13 @@ pub struct Args {
 pub enum BenchCommand {
     /// LoRA training steps on a preset with random weights and tokens (the workload of
     /// shared/bench/hf_peft_lora.py); prints one JSON line in that script's schema.
+    ///
+    /// On CUDA, matrix products go through cuBLAS, loaded at run time: put the folder
+    /// of libcublas.so on LD_LIBRARY_PATH. For comparisons, these environment variables
+    /// switch to the alternatives: GRAFT_CUBEK_MATMUL=1 (burn's matmul),
+    /// GRAFT_UNFUSED_LORA=1 (adapted projections op by op), GRAFT_BURN_ATTENTION=1
+    /// (burn's attention), GRAFT_ATTENTION_BLOCK_ELEMENTS=N (most scores per attention
+    /// block, default 2^27).
     Train(TrainArgs),
 }
 
