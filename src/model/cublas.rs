@@ -134,6 +134,7 @@ pub fn matmul(
     out_dtype: DType,
     alpha: f32,
 ) -> CubeTensor<CudaRuntime> {
+    check_earlier_failure();
     let rank = lhs.meta.shape().len();
     let m = lhs.meta.shape()[rank - 2];
     let k = lhs.meta.shape()[rank - 1];
@@ -171,9 +172,33 @@ pub fn matmul(
     // submitted; the product is submitted the same way, so it sits in that order
     // without the caller waiting for the device thread to catch up.
     let stream_id = StreamId::current();
-    DeviceHandle::<CudaServer>::new(device.to_id())
-        .submit(move |server: &mut CudaServer| product.run(server, stream_id, device.index));
+    DeviceHandle::<CudaServer>::new(device.to_id()).submit(move |server: &mut CudaServer| {
+        // cubecl's device thread catches a task's panic and carries on, which would
+        // leave the output unwritten and training going: keep the message, and fail
+        // the next product on the training thread with it.
+        let run = std::panic::AssertUnwindSafe(|| product.run(server, stream_id, device.index));
+        if let Err(panic) = std::panic::catch_unwind(run) {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown error".into());
+            FAILURE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(message);
+        }
+    });
     out
+}
+
+/// The first failure of a product on cubecl's device thread, if any.
+static FAILURE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn check_earlier_failure() {
+    if let Some(message) = FAILURE.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        panic!("a cuBLAS matrix product failed on the GPU: {message}");
+    }
 }
 
 /// One product's shapes, layouts and buffers, run on cubecl's device thread.
