@@ -1,11 +1,13 @@
 //! Token cross-entropy as one autodiff node, for the GPU.
 //!
-//! Differentiated op by op, `log_softmax` then `gather` keeps an f32 copy of the
-//! log-probabilities (`[tokens, vocab]`: 4 GiB at Llama-3.2-1B's vocabulary and 8k
-//! tokens) and passes over it several times in each direction. This node keeps the
-//! logits as they came (bf16 on the GPU) and one log-sum-exp per row; its backward pass
-//! is `w (softmax(x) - onehot(target))` in one element-wise pass and one scatter. The
-//! value is the same sum, `Σ w (logsumexp(x) - x[target])`, computed in f32.
+//! Differentiated op by op, `log_softmax` then `gather` keeps f32 copies of the
+//! logits and log-probabilities (`[tokens, vocab]`: 4 GiB each at Llama-3.2-1B's
+//! vocabulary and 8k tokens) from the forward pass to the backward pass, and passes
+//! over them several times in each direction. This node keeps the logits as they came
+//! (bf16 on the GPU) and one log-sum-exp per row; its backward pass builds
+//! `w (softmax(x) - onehot(target))` in f32 (one element-wise pass and one scatter) and
+//! casts it to the logits' dtype. The value is the same sum,
+//! `Σ w (logsumexp(x) - x[target])`, computed in f32.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;

@@ -66,6 +66,8 @@ pub fn fusion_matmul<F: FloatElement>(
     out_dtype: DType,
     alpha: f32,
 ) -> CudaFusionTensor {
+    // Registering runs on the training thread; the op itself runs later on fusion's.
+    check_earlier_failure();
     let client = lhs.client.clone();
     let rank = lhs.shape.num_dims();
     let mut dims = lhs.shape.to_vec();
@@ -134,7 +136,6 @@ pub fn matmul(
     out_dtype: DType,
     alpha: f32,
 ) -> CubeTensor<CudaRuntime> {
-    check_earlier_failure();
     let rank = lhs.meta.shape().len();
     let m = lhs.meta.shape()[rank - 2];
     let k = lhs.meta.shape()[rank - 1];
@@ -175,7 +176,7 @@ pub fn matmul(
     DeviceHandle::<CudaServer>::new(device.to_id()).submit(move |server: &mut CudaServer| {
         // cubecl's device thread catches a task's panic and carries on, which would
         // leave the output unwritten and training going: keep the message, and fail
-        // the next product on the training thread with it.
+        // the next product registered on the training thread with it.
         let run = std::panic::AssertUnwindSafe(|| product.run(server, stream_id, device.index));
         if let Err(panic) = std::panic::catch_unwind(run) {
             let message = panic
@@ -227,11 +228,7 @@ impl Product {
         let lhs = resource(server, self.lhs);
         let rhs = resource(server, self.rhs);
         let out = resource(server, self.out);
-        let ordering = ordering();
-        if ordering == Ordering::Host {
-            burn_cubecl::cubecl::future::block_on(server.sync(stream_id))
-                .expect("CUDA stream failed");
-        }
+        let mut ordering = ordering();
         let int = |value: i64| i32::try_from(value).expect("matmul dim fits cuBLAS's int");
         let op = |transposed: bool| {
             if transposed {
@@ -255,15 +252,21 @@ impl Product {
             unsafe {
                 driver::ctx::set_current(state.context).expect("CUDA context");
                 if ordering == Ordering::Device {
-                    csys::cuCtxRecordEvent(state.context, state.inputs_ready)
-                        .result()
-                        .expect("cuCtxRecordEvent");
-                    driver::stream::wait_event(
-                        state.stream,
-                        state.inputs_ready,
-                        csys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
-                    )
-                    .expect("cuStreamWaitEvent");
+                    let recorded = csys::cuCtxRecordEvent(state.context, state.inputs_ready);
+                    if recorded == csys::CUresult::CUDA_SUCCESS {
+                        driver::stream::wait_event(
+                            state.stream,
+                            state.inputs_ready,
+                            csys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                        )
+                        .expect("cuStreamWaitEvent");
+                    } else {
+                        ordering = fall_back_to_host(recorded);
+                    }
+                }
+                if ordering == Ordering::Host {
+                    burn_cubecl::cubecl::future::block_on(server.sync(stream_id))
+                        .expect("CUDA stream failed");
                 }
                 // Row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ: B goes first, and a
                 // row-major buffer read column-major is already the transpose.
@@ -294,17 +297,15 @@ impl Product {
                 )
                 .result()
                 .expect("cublasGemmStridedBatchedEx");
-                match ordering {
-                    Ordering::Device => {
-                        driver::event::record(state.product_done, state.stream)
-                            .expect("cuEventRecord");
-                        csys::cuCtxWaitEvent(state.context, state.product_done)
-                            .result()
-                            .expect("cuCtxWaitEvent");
+                if ordering == Ordering::Device {
+                    driver::event::record(state.product_done, state.stream).expect("cuEventRecord");
+                    let waiting = csys::cuCtxWaitEvent(state.context, state.product_done);
+                    if waiting != csys::CUresult::CUDA_SUCCESS {
+                        ordering = fall_back_to_host(waiting);
                     }
-                    Ordering::Host => {
-                        driver::stream::synchronize(state.stream).expect("cuBLAS stream failed")
-                    }
+                }
+                if ordering == Ordering::Host {
+                    driver::stream::synchronize(state.stream).expect("cuBLAS stream failed");
                 }
             }
         });
@@ -320,20 +321,44 @@ enum Ordering {
     Host,
 }
 
+/// The ordering in use: device events where the driver has them, until a call fails.
+static ORDERING: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+const UNKNOWN: u8 = 0;
+const DEVICE: u8 = 1;
+const HOST: u8 = 2;
+
 fn ordering() -> Ordering {
-    static ORDERING: std::sync::OnceLock<Ordering> = std::sync::OnceLock::new();
-    *ORDERING.get_or_init(|| {
-        let mut version = 0;
-        // SAFETY: writes one int; the driver was initialised by cubecl.
-        let known = unsafe { csys::cuDriverGetVersion(&mut version) }
-            .result()
-            .is_ok();
-        if known && version >= 12050 {
-            Ordering::Device
-        } else {
-            Ordering::Host
+    use std::sync::atomic::Ordering::Relaxed;
+    match ORDERING.load(Relaxed) {
+        DEVICE => Ordering::Device,
+        HOST => Ordering::Host,
+        _ => {
+            let mut version = 0;
+            // SAFETY: writes one int; the driver was initialised by cubecl.
+            let known = unsafe { csys::cuDriverGetVersion(&mut version) }
+                .result()
+                .is_ok();
+            let chosen = if known && version >= 12050 {
+                DEVICE
+            } else {
+                HOST
+            };
+            let _ = ORDERING.compare_exchange(UNKNOWN, chosen, Relaxed, Relaxed);
+            ordering()
         }
-    })
+    }
+}
+
+/// Falls back to host fences for good after a context-event call failed.
+fn fall_back_to_host(error: csys::CUresult) -> Ordering {
+    use std::sync::atomic::Ordering::Relaxed;
+    if ORDERING.swap(HOST, Relaxed) != HOST {
+        eprintln!(
+            "warning: CUDA context events failed ({error:?}); cuBLAS products now wait \
+             on the host, which is slower"
+        );
+    }
+    Ordering::Host
 }
 
 /// A cuBLAS handle, the stream it runs on and the events that order it against

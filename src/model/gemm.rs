@@ -20,9 +20,9 @@ use burn::tensor::{FloatDType, Tensor, TensorPrimitive};
 pub const DISABLE_ENV: &str = "GRAFT_CUBEK_MATMUL";
 
 /// Half-precision products with fewer multiply-adds than this stay on burn's matmul:
-/// cuBLAS runs behind two host-side waits (see `cublas`), which small products do not
-/// repay. f32 products always go to cuBLAS, because burn's kernel rounds f32 operands
-/// to TF32.
+/// each cuBLAS product costs a few driver calls and buffer lookups on cubecl's device
+/// thread, which the smallest products do not repay. f32 products always go to
+/// cuBLAS, because burn's kernel rounds f32 operands to TF32.
 pub const MIN_HALF_MACS_ENV: &str = "GRAFT_CUBLAS_MIN_MACS";
 #[cfg(feature = "cuda")]
 const DEFAULT_MIN_HALF_MACS: usize = 1 << 20;
@@ -80,7 +80,7 @@ fn scaled_product<B: Backend, const D: usize>(
     if worth_cublas(&lhs, &rhs) {
         return match cuda::matmul_with(lhs, rhs, alpha, out_f32) {
             Ok(product) => product,
-            Err((lhs, rhs)) => finish(lhs.matmul(rhs)),
+            Err((lhs, rhs)) => finish(matmul(lhs, rhs)),
         };
     }
     finish(matmul(lhs, rhs))

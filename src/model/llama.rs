@@ -470,12 +470,14 @@ fn fused_causal_lm_loss<B: Backend>(
         ],
         1,
     );
+    // Weights, their count and their normalisation in f32: in bf16 a count such as
+    // 16,376 rounds to 16,384.
     let counted = match loss_mask {
-        Some(mask) => mask.narrow(1, 1, seq - 1),
-        None => Tensor::ones([batch, seq - 1], &device),
+        Some(mask) => mask.narrow(1, 1, seq - 1).cast(FloatDType::F32),
+        None => Tensor::ones([batch, seq - 1], (&device, DType::F32)),
     };
-    let weights =
-        Tensor::cat(vec![counted, Tensor::zeros([batch, 1], &device)], 1).reshape([batch * seq]);
+    let padding = Tensor::zeros([batch, 1], (&device, DType::F32));
+    let weights = Tensor::cat(vec![counted, padding], 1).reshape([batch * seq]);
     let weights = weights.clone() / weights.sum();
     super::cross_entropy::fused_cross_entropy_sum(
         logits.reshape([batch * seq, vocab]),
