@@ -88,3 +88,54 @@ fn model_add_registers_a_folder_once_and_lists_it() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(stderr(&missing).contains("nowhere"), "{}", stderr(&missing));
 }
+
+/// `graft bench train` on the CPU prints one JSON line in the reference script's schema,
+/// with a finite loss near ln(vocab) (random weights predict about uniformly).
+#[test]
+fn bench_train_prints_the_reference_schema_with_a_plausible_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = graft_ok(
+        dir.path(),
+        &[
+            "bench",
+            "train",
+            "--backend",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--seq",
+            "16",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+        ],
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    let report: serde_json::Value = serde_json::from_str(line).unwrap();
+    for key in [
+        "tokens_per_s",
+        "ms_per_step",
+        "peak_gib",
+        "trainable",
+        "loss",
+    ] {
+        assert!(report.get(key).is_some(), "no {key} in {line}");
+    }
+    assert_eq!(report["impl"], "graft");
+    assert_eq!(report["preset"], "tiny");
+    // The reference script counts 295,936 trainable parameters for this preset at r=16.
+    assert_eq!(report["trainable"], 295_936, "{line}");
+    assert!(report["tokens_per_s"].as_f64().unwrap() > 0.0, "{line}");
+    let uniform = (4096f64).ln();
+    let loss = report["loss"].as_f64().unwrap();
+    assert!(
+        (loss - uniform).abs() < 1.0,
+        "loss {loss} far from ln(4096) = {uniform}"
+    );
+}

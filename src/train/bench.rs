@@ -18,7 +18,7 @@
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Distribution, ElementConversion, FloatDType, Int, Tensor};
+use burn::tensor::{Distribution, FloatDType, Int, Tensor};
 use serde::Serialize;
 
 use super::optim::{AdamW, AdamWConfig, GradAccumulator};
@@ -174,7 +174,15 @@ pub fn run_bench<B: AutodiffBackend>(
         last_loss = Some(loss);
     }
     let loss: f64 = match last_loss {
-        Some(loss) => loss.into_scalar().elem(),
+        // Read in the loss's own dtype (f32 from the fused loss), not through the
+        // backend's float type, which is bf16 on the GPU.
+        Some(loss) => loss
+            .into_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .ok()
+            .and_then(|values| values.first().copied())
+            .unwrap_or(f64::NAN),
         None => f64::NAN,
     };
     B::sync(device).ok();
