@@ -326,6 +326,36 @@ mod tests {
     type Inner = burn::backend::Flex;
     type B = Autodiff<Inner>;
 
+    /// Blocks tile the queries in order, as few as the budget allows, of sizes that
+    /// differ by at most one row, each seeing the keys up to its last query.
+    #[test]
+    fn query_blocks_are_equal_and_as_few_as_the_budget_allows() {
+        // smol-135m's shape: 8 x 9 heads x 2048 keys a row, 2^27 scores a block.
+        let (batch, heads, seq) = (8, 9, 2048);
+        let blocks = blocks(batch, heads, seq, seq, 1 << 27);
+        let largest = (1usize << 27) / (batch * heads * seq);
+        assert_eq!(blocks.len(), seq.div_ceil(largest));
+        assert_eq!(blocks[0].0, 0);
+        assert_eq!(blocks.last().unwrap().1, seq);
+        for pair in blocks.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0);
+        }
+        let sizes: Vec<usize> = blocks.iter().map(|(start, end, _)| end - start).collect();
+        assert!(
+            sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+            "{sizes:?}"
+        );
+        assert!(sizes.iter().all(|&size| size <= largest));
+        for (_, end, visible) in &blocks {
+            assert_eq!(visible, end);
+        }
+        // Cached keys before the queries are visible to every block.
+        let with_cache = super::blocks(1, 1, 10, 14, 16 * 14);
+        assert!(with_cache
+            .iter()
+            .all(|(_, end, visible)| *visible == end + 4));
+    }
+
     fn check(batch: usize, heads: usize, seq: usize, keys: usize, head_dim: usize, budget: usize) {
         let device = Default::default();
         let make = |len: usize| {
