@@ -8,7 +8,6 @@ use super::{output, CliError, CliResult, Context};
 use crate::store::{ExecutionKind, StoreRecorder};
 use crate::train::reproduce::{compare, ReproduceRecorder};
 use crate::train::Plan;
-use std::collections::BTreeMap;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -38,13 +37,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
                 id: run.recipe.base_model,
             })?;
     drop(index);
-    let plan = Plan {
-        recipe: run.recipe.clone(),
-        model,
-        datasets: Vec::new(),
-        notes: BTreeMap::new(),
-        drift: None,
-    };
+    let plan = Plan::of_recorded_run(run.recipe.clone(), model);
     let mut recorder = ReproduceRecorder::new(StoreRecorder::new(store.clone()));
     let outcome = execute_plan_with(
         &store,

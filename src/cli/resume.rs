@@ -5,7 +5,6 @@ use super::train::{execute_plan, finish, RunOptions};
 use super::{CliError, CliResult, Context};
 use crate::store::{ExecutionKind, ExecutionStatus};
 use crate::train::Plan;
-use std::collections::BTreeMap;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -60,13 +59,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         .index()?
         .get_model(&run.recipe.base_model)?
         .ok_or_else(|| CliError::user("the run's base model is not in the store"))?;
-    let plan = Plan {
-        recipe: run.recipe.clone(),
-        model,
-        datasets: Vec::new(),
-        notes: BTreeMap::new(),
-        drift: None,
-    };
+    let plan = Plan::of_recorded_run(run.recipe.clone(), model);
     if !args.common.quiet {
         match &last {
             Some(c) => eprintln!(

@@ -46,6 +46,20 @@ pub struct Plan {
     pub drift: Option<String>,
 }
 
+impl Plan {
+    /// A recorded run's recipe, to execute again (resume, reproduce): its model and
+    /// datasets are in the index already, so the plan introduces no records.
+    pub fn of_recorded_run(recipe: Recipe, model: ModelRecord) -> Plan {
+        Plan {
+            recipe,
+            model,
+            datasets: Vec::new(),
+            notes: BTreeMap::new(),
+            drift: None,
+        }
+    }
+}
+
 pub const GRAFT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
