@@ -78,17 +78,7 @@ fn default_alpha() -> f64 {
     32.0
 }
 pub fn default_targets() -> Vec<String> {
-    [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ]
-    .map(String::from)
-    .to_vec()
+    crate::model::ALL_TARGETS.map(String::from).to_vec()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
