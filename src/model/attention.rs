@@ -83,7 +83,7 @@ pub fn uses_blocked_attention<B: Backend>() -> bool {
     }
     #[cfg(feature = "cuda")]
     {
-        super::cuda_backends::is_cuda::<B>() && B::ad_enabled(&Default::default())
+        super::cuda_backends::is_cuda_autodiff::<B>()
     }
     #[cfg(not(feature = "cuda"))]
     false

@@ -51,7 +51,7 @@ pub fn fused_cross_entropy_sum<B: Backend>(
 pub fn fused_available<B: Backend>() -> bool {
     #[cfg(feature = "cuda")]
     {
-        super::cuda_backends::is_cuda::<B>() && B::ad_enabled(&Default::default())
+        super::cuda_backends::is_cuda_autodiff::<B>()
     }
     #[cfg(not(feature = "cuda"))]
     false

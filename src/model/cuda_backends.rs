@@ -42,13 +42,20 @@ pub(crate) use with_cuda_autodiff;
 
 /// Whether `B` is one of the CUDA backends, inner or autodiff.
 pub fn is_cuda<B: 'static>() -> bool {
+    use burn::backend::Cuda;
+    use burn::tensor::bf16;
+    let id = TypeId::of::<B>();
+    id == TypeId::of::<Cuda<f32>>() || id == TypeId::of::<Cuda<bf16>>() || is_cuda_autodiff::<B>()
+}
+
+/// Whether `B` is one of the autodiff CUDA backends that [`with_cuda_autodiff`]
+/// dispatches on: where the fused autodiff nodes run.
+pub fn is_cuda_autodiff<B: 'static>() -> bool {
     use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
     use burn::backend::{Autodiff, Cuda};
     use burn::tensor::bf16;
     let id = TypeId::of::<B>();
     [
-        TypeId::of::<Cuda<f32>>(),
-        TypeId::of::<Cuda<bf16>>(),
         TypeId::of::<Autodiff<Cuda<f32>, NoCheckpointing>>(),
         TypeId::of::<Autodiff<Cuda<bf16>, NoCheckpointing>>(),
         TypeId::of::<Autodiff<Cuda<f32>, BalancedCheckpointing>>(),

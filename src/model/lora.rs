@@ -154,23 +154,17 @@ impl<B: Backend> Linear<B> {
 
     /// The adapted projection as one autodiff node (`lora_product`), on the GPU.
     fn fused_forward<const D: usize>(&self, x: Tensor<B, D>, lora: &LoraBranch<B>) -> Tensor<B, D> {
-        let dims = x.dims();
-        let rows = dims[..D - 1].iter().product::<usize>();
-        let out = super::lora_product::fused_lora_projection(
-            x.reshape([rows, dims[D - 1]]),
-            self.weight.val(),
-            lora.lora_a.val(),
-            lora.lora_b.val(),
-            lora.scale,
-        )
-        .expect("checked by the caller");
-        let out = match &self.bias {
-            Some(bias) => out + bias.val().unsqueeze(),
-            None => out,
-        };
-        let mut out_dims = dims;
-        out_dims[D - 1] = self.d_out();
-        out.reshape(out_dims)
+        let bias = self.bias.as_ref().map(|b| b.val());
+        over_rows(x, self.d_out(), bias, |rows| {
+            super::lora_product::fused_lora_projection(
+                rows,
+                self.weight.val(),
+                lora.lora_a.val(),
+                lora.lora_b.val(),
+                lora.scale,
+            )
+            .expect("checked by the caller")
+        })
     }
 
     /// Attaches a fresh LoRA branch: `A` kaiming-uniform as PEFT
@@ -227,15 +221,26 @@ pub fn project<B: Backend, const D: usize>(
     if !super::gemm::accelerated::<B>() {
         return burn::tensor::module::linear(x, weight, bias);
     }
-    let dims = x.dims();
     let d_out = weight.dims()[1];
+    over_rows(x, d_out, bias, |rows| super::gemm::matmul(rows, weight))
+}
+
+/// `product` applied to x `[..., d_in]` folded into rows `[n, d_in]`, plus the bias,
+/// unfolded back to `[..., d_out]`.
+fn over_rows<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    d_out: usize,
+    bias: Option<Tensor<B, 1>>,
+    product: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Tensor<B, D> {
+    let dims = x.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
-    let product = super::gemm::matmul(x.reshape([rows, dims[D - 1]]), weight);
-    let product = match bias {
-        Some(bias) => product + bias.unsqueeze(),
-        None => product,
+    let out = product(x.reshape([rows, dims[D - 1]]));
+    let out = match bias {
+        Some(bias) => out + bias.unsqueeze(),
+        None => out,
     };
     let mut out_dims = dims;
     out_dims[D - 1] = d_out;
-    product.reshape(out_dims)
+    out.reshape(out_dims)
 }

@@ -27,8 +27,8 @@ pub fn fused_available<B: Backend>() -> bool {
     {
         static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         !*DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some())
+            && super::cuda_backends::is_cuda_autodiff::<B>()
             && super::gemm::accelerated::<B>()
-            && B::ad_enabled(&Default::default())
     }
     #[cfg(not(feature = "cuda"))]
     false
@@ -77,11 +77,10 @@ pub fn lora_projection_autodiff<I: Backend, C: CheckpointStrategy>(
     };
     let x_in = inner(&x.primitive);
     let dtype = x_in.dtype();
-    let in_dtype = |t: Tensor<I, 2>| if t.dtype() == dtype { t } else { t.cast(dtype) };
     let (a_full, b_full) = (inner(&lora_a.primitive), inner(&lora_b.primitive));
     let (a_dtype, b_dtype) = (a_full.dtype(), b_full.dtype());
-    let a_low = in_dtype(a_full);
-    let b_low = in_dtype(b_full);
+    let a_low = in_dtype(a_full, dtype);
+    let b_low = in_dtype(b_full, dtype);
     let w_in = inner(&weight.primitive);
     let weight_dtype = w_in.dtype();
     let down = matmul(x_in.clone(), a_low.clone());
@@ -115,6 +114,15 @@ pub fn lora_projection_autodiff<I: Backend, C: CheckpointStrategy>(
         OpsKind::UnTracked(prep) => prep.finish(out.into_primitive().tensor()),
     };
     Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+/// `tensor` in `dtype`, without a cast when it already is.
+fn in_dtype<I: Backend>(tensor: Tensor<I, 2>, dtype: DType) -> Tensor<I, 2> {
+    if tensor.dtype() == dtype {
+        tensor
+    } else {
+        tensor.cast(dtype)
+    }
 }
 
 #[derive(Debug)]
@@ -152,13 +160,6 @@ impl<I: Backend> Backward<I, 4> for LoraProjectionBackward {
         let s = state.scale;
         let (x, weight) = (wrap(state.x), wrap(state.weight));
         let (a_low, b_low) = (wrap(state.a_low), wrap(state.b_low));
-        let as_dtype = |t: Tensor<I, 2>, dtype: DType| {
-            if t.dtype() == dtype {
-                t
-            } else {
-                t.cast(dtype)
-            }
-        };
         // dy Bᵀ, `[n, r]`: shared by dx and dA.
         let up_grad =
             (node_x.is_some() || node_a.is_some()).then(|| matmul(dy.clone(), b_low.transpose()));
@@ -170,18 +171,18 @@ impl<I: Backend> Backward<I, 4> for LoraProjectionBackward {
         }
         if let Some(node) = node_a {
             let up_grad = up_grad.expect("computed for dA");
-            let da = as_dtype(matmul_f32(x.clone().transpose(), up_grad, s), state.a_dtype);
+            let da = in_dtype(matmul_f32(x.clone().transpose(), up_grad, s), state.a_dtype);
             grads.register::<I>(node.id, da.into_primitive().tensor());
         }
         if let Some(node) = node_b {
-            let db = as_dtype(
+            let db = in_dtype(
                 matmul_f32(wrap(state.down).transpose(), dy.clone(), s),
                 state.b_dtype,
             );
             grads.register::<I>(node.id, db.into_primitive().tensor());
         }
         if let Some(node) = node_w {
-            let dw = as_dtype(matmul_f32(x.transpose(), dy, 1.0), state.weight_dtype);
+            let dw = in_dtype(matmul_f32(x.transpose(), dy, 1.0), state.weight_dtype);
             grads.register::<I>(node.id, dw.into_primitive().tensor());
         }
     }
