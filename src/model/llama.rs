@@ -14,6 +14,7 @@ use burn::tensor::{activation, DType, FloatDType, Int, Tensor, TensorData};
 
 use super::config::ModelConfig;
 use super::lora::{Linear, LoraConfig};
+use super::reduce::ordered_sum;
 
 /// Token embedding table.
 #[derive(Module, Debug)]
@@ -444,11 +445,14 @@ pub fn causal_lm_loss<B: Backend>(
         .gather(2, targets.unsqueeze_dim::<3>(2))
         .reshape([batch, seq - 1]);
     match loss_mask {
-        None => picked.mean().neg(),
+        // burn's mean, summed in a fixed order.
+        None => ordered_sum(picked)
+            .div_scalar((batch * (seq - 1)) as f32)
+            .neg(),
         Some(mask) => {
             let mask = mask.narrow(1, 1, seq - 1);
-            let count = mask.clone().sum();
-            (picked * mask).sum().neg() / count
+            let count = ordered_sum(mask.clone());
+            ordered_sum(picked * mask).neg() / count
         }
     }
 }

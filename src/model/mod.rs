@@ -17,11 +17,13 @@ pub mod cuda_backends;
 pub mod error;
 pub mod gemm;
 pub mod generate;
+pub mod host_memory;
 pub mod llama;
 pub mod lora;
 pub mod lora_product;
 pub mod params;
 pub mod parity;
+pub mod reduce;
 pub mod weights;
 
 pub use adapter::{load_adapter, read_adapter_config, save_adapter, write_peft_adapter};

@@ -3,6 +3,7 @@
 
 use crate::data::Batch;
 use crate::model::cross_entropy::{fused_available, fused_cross_entropy_sum};
+use crate::model::reduce::ordered_sum;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -50,7 +51,7 @@ pub fn masked_loss_sum<B: Backend>(logits: Tensor<B, 3>, batch: &BatchTensors<B>
     let picked = log_probs
         .gather(2, batch.targets.clone().reshape([b, s, 1]))
         .reshape([b, s]);
-    (picked * batch.mask.clone()).sum().neg()
+    ordered_sum(picked * batch.mask.clone()).neg()
 }
 
 /// Per row: whether the greedy prediction matches every trained target.

@@ -6,6 +6,7 @@
 //! (a block unfrozen at step 300 starts with fresh moments), and the
 //! gradient norm is global across parameters.
 
+use crate::model::reduce::ordered_sum;
 use crate::model::{AnyTensor, Block, CausalLm, ParamInfo};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Tensor, TensorData};
@@ -126,7 +127,7 @@ impl<B: Backend> GradAccumulator<B> {
         let squares: Vec<Tensor<B, 1>> = self
             .grads
             .values()
-            .map(|g| g.clone().powi_scalar(2).sum())
+            .map(|g| ordered_sum(g.clone().powi_scalar(2)))
             .collect();
         if squares.is_empty() {
             return 0.0;
@@ -266,7 +267,7 @@ impl<B: Backend> AdamW<B> {
         let norm = clip.and_then(|clip| {
             let squares: Vec<Tensor<B, 1>> = flat_groups
                 .iter()
-                .map(|(grad, _)| grad.clone().cast(FloatDType::F32).powi_scalar(2).sum())
+                .map(|(grad, _)| ordered_sum(grad.clone().cast(FloatDType::F32).powi_scalar(2)))
                 .collect();
             if squares.is_empty() {
                 return None;
