@@ -11,19 +11,25 @@
 //! (big batched matmuls), not a fused kernel; causal blocks skip the keys they cannot
 //! see, which halves the work.
 //!
+//! This blocked version serves the CUDA backends. On the CPU training backend
+//! [`causal_attention`] hands over to `super::cpu_attention`, the same scheme written
+//! per head on the host.
+//!
 //! The model is generic over any burn backend, and a custom autodiff node needs the
 //! concrete `Autodiff<I, C>` type, so [`causal_attention`] recognises the training
 //! backends graft runs on by type and hands anything else back for burn's own op.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::Autodiff;
+use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorPrimitive};
 
 use super::gemm::{matmul, matmul_f32};
+use super::retype;
 
 /// Scores of one block are at most this many elements (512 MiB in f32), which bounds
 /// the transient memory of a block whatever the sequence length.
@@ -54,11 +60,9 @@ pub fn causal_attention<B: Backend>(
     if !uses_blocked_attention::<B>() {
         return Err((q, k, v));
     }
-    // Only the GPU backends: on the CPU the op-by-op version fits in memory at the
-    // sequence lengths used there, and keeps the parity fixtures' exact op order.
     #[cfg(feature = "cuda")]
     {
-        use super::cuda_backends::{retype, with_cuda_autodiff};
+        use super::cuda_backends::with_cuda_autodiff;
         with_cuda_autodiff!(B, |Float, Strategy, Outer| {
             let q: Tensor<Outer, 4> = retype(q).ok().unwrap();
             let k: Tensor<Outer, 4> = retype(k).ok().unwrap();
@@ -68,25 +72,60 @@ pub fn causal_attention<B: Backend>(
             return Ok(retype(out).ok().unwrap());
         });
     }
-    Err((q, k, v))
+    cpu_attention::<B, NoCheckpointing>(q, k, v)
+        .or_else(|(q, k, v)| cpu_attention::<B, BalancedCheckpointing>(q, k, v))
+}
+
+/// [`super::cpu_attention::causal_attention`] when `B` is `Autodiff<Flex, C>`.
+#[allow(clippy::type_complexity)]
+fn cpu_attention<B: Backend, C: CheckpointStrategy>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+    if std::any::TypeId::of::<B>() != std::any::TypeId::of::<Autodiff<Flex, C>>() {
+        return Err((q, k, v));
+    }
+    let (q, k, v) = (
+        retype(q).ok().unwrap(),
+        retype(k).ok().unwrap(),
+        retype(v).ok().unwrap(),
+    );
+    match super::cpu_attention::causal_attention::<C>(q, k, v) {
+        Ok(out) => Ok(retype(out).ok().unwrap()),
+        Err([q, k, v]) => Err((
+            retype(q).ok().unwrap(),
+            retype(k).ok().unwrap(),
+            retype(v).ok().unwrap(),
+        )),
+    }
 }
 
 /// Set to use burn's op-by-op attention everywhere (for measuring the difference).
 pub const DISABLE_ENV: &str = "GRAFT_BURN_ATTENTION";
 
-/// Whether [`causal_attention`] takes the blocked path on backend `B`: the autodiff
-/// CUDA backends.
+/// Whether [`causal_attention`] takes a fused path on backend `B`: the autodiff CPU
+/// and CUDA backends.
 pub fn uses_blocked_attention<B: Backend>() -> bool {
     static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some()) {
         return false;
     }
-    #[cfg(feature = "cuda")]
-    {
-        super::cuda_backends::is_cuda_autodiff::<B>()
+    is_cpu_autodiff::<B>() || {
+        #[cfg(feature = "cuda")]
+        {
+            super::cuda_backends::is_cuda_autodiff::<B>()
+        }
+        #[cfg(not(feature = "cuda"))]
+        false
     }
-    #[cfg(not(feature = "cuda"))]
-    false
+}
+
+/// Whether `B` is the CPU training backend, with or without checkpointing.
+fn is_cpu_autodiff<B: Backend>() -> bool {
+    let id = std::any::TypeId::of::<B>();
+    id == std::any::TypeId::of::<Autodiff<Flex, NoCheckpointing>>()
+        || id == std::any::TypeId::of::<Autodiff<Flex, BalancedCheckpointing>>()
 }
 
 /// The blocked attention as one autodiff node over `I`, with blocks of at most
@@ -357,6 +396,21 @@ mod tests {
     }
 
     fn check(batch: usize, heads: usize, seq: usize, keys: usize, head_dim: usize, budget: usize) {
+        check_against_burn(batch, heads, seq, keys, head_dim, |q, k, v| {
+            blocked_attention_autodiff::<Inner, NoCheckpointing>(q, k, v, budget)
+        });
+    }
+
+    /// `attend`'s output and its gradients for q, k and v against burn's op-by-op
+    /// attention.
+    fn check_against_burn(
+        batch: usize,
+        heads: usize,
+        seq: usize,
+        keys: usize,
+        head_dim: usize,
+        attend: impl Fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 4>,
+    ) {
         let device = Default::default();
         let make = |len: usize| {
             Tensor::<Inner, 4>::random(
@@ -372,12 +426,7 @@ mod tests {
             let k = Tensor::<B, 4>::from_inner(k0.clone()).require_grad();
             let v = Tensor::<B, 4>::from_inner(v0.clone()).require_grad();
             let out = if blocked {
-                blocked_attention_autodiff::<Inner, NoCheckpointing>(
-                    q.clone(),
-                    k.clone(),
-                    v.clone(),
-                    budget,
-                )
+                attend(q.clone(), k.clone(), v.clone())
             } else {
                 let options = AttentionModuleOptions {
                     scale: None,
@@ -425,5 +474,21 @@ mod tests {
         assert_eq!(blocks(1, 1, 40, 40, 16 * 40).len(), 3);
         check(1, 1, 40, 40, 4, 16 * 40);
         check(2, 2, 33, 45, 4, 16 * 45 * 4);
+    }
+
+    #[test]
+    fn cpu_attention_matches_burns_attention_and_its_gradients() {
+        let cpu = |q, k, v| super::super::cpu_attention::causal_attention(q, k, v).unwrap();
+        check_against_burn(2, 3, 17, 17, 8, cpu);
+        // Cached keys before the queries.
+        check_against_burn(1, 2, 5, 12, 4, cpu);
+        // Three query blocks, the last one short, and more keys than queries.
+        check_against_burn(1, 2, 150, 160, 8, cpu);
+    }
+
+    #[test]
+    fn the_cpu_training_backend_takes_the_fused_path() {
+        assert!(uses_blocked_attention::<B>());
+        assert!(!uses_blocked_attention::<Inner>());
     }
 }

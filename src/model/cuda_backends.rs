@@ -4,16 +4,9 @@
 //! code with a faster CUDA path (cuBLAS products, the fused cross-entropy) checks the
 //! backend's `TypeId` against this list and moves its tensors over with [`retype`].
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
-/// `value` as type `To` when `From` is `To`, else `value` back.
-pub fn retype<From: 'static, To: 'static>(value: From) -> Result<To, From> {
-    if TypeId::of::<From>() != TypeId::of::<To>() {
-        return Err(value);
-    }
-    let boxed: Box<dyn Any> = Box::new(value);
-    Ok(*boxed.downcast::<To>().expect("same type id"))
-}
+pub use super::retype;
 
 /// Runs `$body` with `$outer` bound to the autodiff CUDA backend that `$backend` is,
 /// with `$float` and `$strategy` its element type and checkpointing, if it is one.

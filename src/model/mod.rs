@@ -9,6 +9,7 @@
 pub mod adapter;
 pub mod attention;
 pub mod config;
+pub mod cpu_attention;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cublas;
@@ -58,4 +59,15 @@ fn env_count(name: &str) -> Option<usize> {
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&v| v > 0)
+}
+
+/// `value` as type `To` when `From` is `To`, else `value` back: how code with a
+/// faster path for one backend moves its tensors over (stable Rust has no
+/// specialisation).
+pub fn retype<From: 'static, To: 'static>(value: From) -> Result<To, From> {
+    if std::any::TypeId::of::<From>() != std::any::TypeId::of::<To>() {
+        return Err(value);
+    }
+    let boxed: Box<dyn std::any::Any> = Box::new(value);
+    Ok(*boxed.downcast::<To>().expect("same type id"))
 }
