@@ -356,17 +356,13 @@ fn from_host(values: Vec<f32>, shape: [usize; 4]) -> FlexPrimitive {
 /// with queries aligned to the last `seq` of the key positions. q: `[batch, heads,
 /// seq, d]`, k and v: `[batch, heads, keys, d]` (kv heads already repeated).
 ///
-/// `Err` hands the inputs back unless all three are f32, the only dtype CPU training
-/// uses.
-#[allow(clippy::type_complexity)]
+/// All three must be f32 (see [`supports`]).
 pub fn causal_attention<C: CheckpointStrategy>(
     q: Tensor<Autodiff<Flex, C>, 4>,
     k: Tensor<Autodiff<Flex, C>, 4>,
     v: Tensor<Autodiff<Flex, C>, 4>,
-) -> Result<Tensor<Autodiff<Flex, C>, 4>, [Tensor<Autodiff<Flex, C>, 4>; 3]> {
-    if [&q, &k, &v].iter().any(|t| t.dtype() != DType::F32) {
-        return Err([q, k, v]);
-    }
+) -> Tensor<Autodiff<Flex, C>, 4> {
+    assert!(supports(&[q.dtype(), k.dtype(), v.dtype()]));
     let [batch, heads, seq, dim] = q.dims();
     let keys = k.dims()[2];
     let dims = Dims {
@@ -406,7 +402,13 @@ pub fn causal_attention<C: CheckpointStrategy>(
         }
         OpsKind::UnTracked(prep) => prep.finish(output),
     };
-    Ok(Tensor::from_primitive(TensorPrimitive::Float(output)))
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+/// Whether [`causal_attention`] takes inputs of these dtypes: f32 only, the dtype of
+/// CPU training.
+pub fn supports(dtypes: &[DType]) -> bool {
+    dtypes.iter().all(|&dtype| dtype == DType::F32)
 }
 
 #[derive(Debug)]
