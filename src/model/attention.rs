@@ -21,10 +21,9 @@
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorPrimitive};
 
@@ -72,29 +71,17 @@ pub fn causal_attention<B: Backend>(
             return Ok(retype(out).ok().unwrap());
         });
     }
-    cpu_attention::<B, NoCheckpointing>(q, k, v)
-        .or_else(|(q, k, v)| cpu_attention::<B, BalancedCheckpointing>(q, k, v))
-}
-
-/// [`super::cpu_attention::causal_attention`] when `B` is `Autodiff<Flex, C>`.
-#[allow(clippy::type_complexity)]
-fn cpu_attention<B: Backend, C: CheckpointStrategy>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
-    use super::cpu_attention::{causal_attention, supports};
-    if std::any::TypeId::of::<B>() != std::any::TypeId::of::<Autodiff<Flex, C>>()
-        || !supports(&[q.dtype(), k.dtype(), v.dtype()])
-    {
-        return Err((q, k, v));
+    if super::cpu_attention::supports(&[q.dtype(), k.dtype(), v.dtype()]) {
+        use super::cpu_backends::with_cpu_autodiff;
+        with_cpu_autodiff!(B, |Strategy, Outer| {
+            let q: Tensor<Outer, 4> = retype(q).ok().unwrap();
+            let k: Tensor<Outer, 4> = retype(k).ok().unwrap();
+            let v: Tensor<Outer, 4> = retype(v).ok().unwrap();
+            let out = super::cpu_attention::causal_attention::<Strategy>(q, k, v);
+            return Ok(retype(out).ok().unwrap());
+        });
     }
-    let (q, k, v) = (
-        retype(q).ok().unwrap(),
-        retype(k).ok().unwrap(),
-        retype(v).ok().unwrap(),
-    );
-    Ok(retype(causal_attention::<C>(q, k, v)).ok().unwrap())
+    Err((q, k, v))
 }
 
 /// Set to use burn's op-by-op attention everywhere (for measuring the difference).
@@ -107,7 +94,7 @@ pub fn uses_blocked_attention<B: Backend>() -> bool {
     if *DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some()) {
         return false;
     }
-    is_cpu_autodiff::<B>() || {
+    super::cpu_backends::is_cpu_autodiff::<B>() || {
         #[cfg(feature = "cuda")]
         {
             super::cuda_backends::is_cuda_autodiff::<B>()
@@ -115,13 +102,6 @@ pub fn uses_blocked_attention<B: Backend>() -> bool {
         #[cfg(not(feature = "cuda"))]
         false
     }
-}
-
-/// Whether `B` is the CPU training backend, with or without checkpointing.
-fn is_cpu_autodiff<B: Backend>() -> bool {
-    let id = std::any::TypeId::of::<B>();
-    id == std::any::TypeId::of::<Autodiff<Flex, NoCheckpointing>>()
-        || id == std::any::TypeId::of::<Autodiff<Flex, BalancedCheckpointing>>()
 }
 
 /// The blocked attention as one autodiff node over `I`, with blocks of at most

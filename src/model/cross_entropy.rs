@@ -1,4 +1,4 @@
-//! Token cross-entropy as one autodiff node, for the GPU.
+//! Token cross-entropy as one autodiff node, for the CPU and CUDA training backends.
 //!
 //! Differentiated op by op, `log_softmax` then `gather` keeps f32 copies of the
 //! logits and log-probabilities (`[tokens, vocab]`: 4 GiB each at Llama-3.2-1B's
@@ -13,16 +13,18 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::Autodiff;
+use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Tensor, TensorPrimitive};
+
+use super::retype;
 
 /// `Σ_n weights[n] · (logsumexp(logits[n]) - logits[n, targets[n]])` as `[1]`, for
 /// logits `[n, vocab]`, targets `[n]` and weights `[n]` (f32, not differentiated).
 ///
-/// On the autodiff CUDA backends ([`fused_available`]) this is the fused node;
-/// elsewhere it returns `None`, so callers check first and keep their op-by-op loss,
-/// whose exact operations the CPU's bit-exact resume relies on.
+/// On the autodiff CPU and CUDA backends ([`fused_available`]) this is the fused
+/// node; elsewhere it returns `None`, so callers check first and keep their op-by-op
+/// loss. Both are deterministic on the CPU.
 pub fn fused_cross_entropy_sum<B: Backend>(
     logits: Tensor<B, 2>,
     targets: Tensor<B, 1, Int>,
@@ -30,7 +32,7 @@ pub fn fused_cross_entropy_sum<B: Backend>(
 ) -> Option<Tensor<B, 1>> {
     #[cfg(feature = "cuda")]
     {
-        use super::cuda_backends::{retype, with_cuda_autodiff};
+        use super::cuda_backends::with_cuda_autodiff;
         with_cuda_autodiff!(B, |Float, Strategy, Outer| {
             let logits: Tensor<Outer, 2> = retype(logits).ok().unwrap();
             let targets: Tensor<Outer, 1, Int> = retype(targets).ok().unwrap();
@@ -43,18 +45,32 @@ pub fn fused_cross_entropy_sum<B: Backend>(
             return Some(retype(loss).ok().unwrap());
         });
     }
+    if fused_available::<B>() {
+        use super::cpu_backends::with_cpu_autodiff;
+        with_cpu_autodiff!(B, |Strategy, Outer| {
+            let logits: Tensor<Outer, 2> = retype(logits).ok().unwrap();
+            let targets: Tensor<Outer, 1, Int> = retype(targets).ok().unwrap();
+            let weights: Tensor<Outer, 1> = retype(weights).ok().unwrap();
+            let loss =
+                cross_entropy_autodiff::<Flex, Strategy>(logits, targets.inner(), weights.inner());
+            return Some(retype(loss).ok().unwrap());
+        });
+    }
     let _ = (logits, targets, weights);
     None
 }
 
-/// Whether [`fused_cross_entropy_sum`] runs on backend `B`.
+/// Whether [`fused_cross_entropy_sum`] runs on backend `B`: the autodiff CPU and
+/// CUDA backends.
 pub fn fused_available<B: Backend>() -> bool {
-    #[cfg(feature = "cuda")]
-    {
-        super::cuda_backends::is_cuda_autodiff::<B>()
+    super::cpu_backends::is_cpu_autodiff::<B>() || {
+        #[cfg(feature = "cuda")]
+        {
+            super::cuda_backends::is_cuda_autodiff::<B>()
+        }
+        #[cfg(not(feature = "cuda"))]
+        false
     }
-    #[cfg(not(feature = "cuda"))]
-    false
 }
 
 /// The node over inner backend `I`. Public so tests compare it with the op-by-op loss
@@ -183,12 +199,22 @@ mod tests {
     }
 
     #[test]
-    fn there_is_no_fused_loss_on_the_cpu() {
-        assert!(!fused_available::<B>());
+    fn the_fused_loss_serves_the_cpu_training_backend_only() {
+        assert!(fused_available::<B>());
+        assert!(!fused_available::<Inner>());
         let device = Default::default();
-        let logits = Tensor::<B, 2>::zeros([2, 3], &device);
-        let targets = Tensor::<B, 1, Int>::zeros([2], &device);
+        let logits = Tensor::<B, 2>::from_floats([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]], &device);
+        let targets = Tensor::<B, 1, Int>::from_ints([2, 0], &device);
         let weights = Tensor::<B, 1>::ones([2], &device);
-        assert!(fused_cross_entropy_sum(logits, targets, weights).is_none());
+        let fused = fused_cross_entropy_sum(logits.clone(), targets.clone(), weights.clone())
+            .expect("fused on the CPU training backend");
+        // log(1 + e + e²) - 2 and log(e³ + 2) - 3.
+        let expected =
+            (1.0f32 + 1f32.exp() + 2f32.exp()).ln() - 2.0 + (3f32.exp() + 2.0).ln() - 3.0;
+        fused
+            .into_data()
+            .assert_approx_eq::<f32>(&TensorData::from([expected]), Default::default());
+        let inner = |t: Tensor<B, 2>| t.inner();
+        assert!(fused_cross_entropy_sum(inner(logits), targets.inner(), weights.inner()).is_none());
     }
 }

@@ -152,7 +152,8 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    /// The adapted projection as one autodiff node (`lora_product`), on the GPU.
+    /// The adapted projection as one autodiff node (`lora_product`), on the training
+    /// backends.
     fn fused_forward<const D: usize>(&self, x: Tensor<B, D>, lora: &LoraBranch<B>) -> Tensor<B, D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         over_rows(x, self.d_out(), bias, |rows| {

@@ -1,4 +1,5 @@
-//! An adapted projection, `x W + s (x A) B`, as one autodiff node, for the GPU.
+//! An adapted projection, `x W + s (x A) B`, as one autodiff node, for the CPU and
+//! CUDA training backends.
 //!
 //! Op by op, the projection is seven autodiff nodes (two casts of the f32 adapter to
 //! the activations' dtype, three products, a scale and a sum), and on the GPU the
@@ -11,27 +12,31 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::Autodiff;
+use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 
 use super::gemm::{matmul, matmul_f32, matmul_scaled};
+use super::retype;
 
-/// Set to keep adapted projections op by op on the GPU too (for measuring the
-/// difference).
+/// Set to keep adapted projections op by op (for measuring the difference).
 pub const DISABLE_ENV: &str = "GRAFT_UNFUSED_LORA";
 
-/// Whether [`fused_lora_projection`] runs on backend `B`: the autodiff CUDA backends.
+/// Whether [`fused_lora_projection`] runs on backend `B`: the autodiff CPU backend,
+/// and the autodiff CUDA backends where cuBLAS is loaded.
 pub fn fused_available<B: Backend>() -> bool {
-    #[cfg(feature = "cuda")]
-    {
-        static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        !*DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some())
-            && super::cuda_backends::is_cuda_autodiff::<B>()
-            && super::gemm::accelerated::<B>()
+    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some()) {
+        return false;
     }
-    #[cfg(not(feature = "cuda"))]
-    false
+    super::cpu_backends::is_cpu_autodiff::<B>() || {
+        #[cfg(feature = "cuda")]
+        {
+            super::cuda_backends::is_cuda_autodiff::<B>() && super::gemm::accelerated::<B>()
+        }
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
 }
 
 /// `x W + scale (x A) B` for x `[n, d_in]`, W `[d_in, d_out]`, A `[d_in, r]` and B
@@ -46,7 +51,7 @@ pub fn fused_lora_projection<B: Backend>(
 ) -> Option<Tensor<B, 2>> {
     #[cfg(feature = "cuda")]
     {
-        use super::cuda_backends::{retype, with_cuda_autodiff};
+        use super::cuda_backends::with_cuda_autodiff;
         with_cuda_autodiff!(B, |Float, Strategy, Outer| {
             let x: Tensor<Outer, 2> = retype(x).ok().unwrap();
             let weight: Tensor<Outer, 2> = retype(weight).ok().unwrap();
@@ -54,6 +59,17 @@ pub fn fused_lora_projection<B: Backend>(
             let lora_b: Tensor<Outer, 2> = retype(lora_b).ok().unwrap();
             let out =
                 lora_projection_autodiff::<Cuda<Float>, Strategy>(x, weight, lora_a, lora_b, scale);
+            return Some(retype(out).ok().unwrap());
+        });
+    }
+    if fused_available::<B>() {
+        use super::cpu_backends::with_cpu_autodiff;
+        with_cpu_autodiff!(B, |Strategy, Outer| {
+            let x: Tensor<Outer, 2> = retype(x).ok().unwrap();
+            let weight: Tensor<Outer, 2> = retype(weight).ok().unwrap();
+            let lora_a: Tensor<Outer, 2> = retype(lora_a).ok().unwrap();
+            let lora_b: Tensor<Outer, 2> = retype(lora_b).ok().unwrap();
+            let out = lora_projection_autodiff::<Flex, Strategy>(x, weight, lora_a, lora_b, scale);
             return Some(retype(out).ok().unwrap());
         });
     }
@@ -253,5 +269,26 @@ mod tests {
         // B = 0: no signal reaches A yet.
         let da: Vec<f32> = a.grad(&grads).unwrap().into_data().to_vec().unwrap();
         assert!(da.iter().all(|&g| g == 0.0));
+    }
+
+    #[test]
+    fn the_fused_projection_serves_the_cpu_training_backend_only() {
+        assert!(fused_available::<B>());
+        assert!(!fused_available::<Inner>());
+        let device = Default::default();
+        let make = |shape: [usize; 2]| {
+            Tensor::<Inner, 2>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (x, w, a, b) = (make([5, 4]), make([4, 3]), make([4, 2]), make([2, 3]));
+        let expected =
+            x.clone().matmul(w.clone()) + x.clone().matmul(a.clone()).matmul(b.clone()) * 0.5;
+        let outer = |t: &Tensor<Inner, 2>| Tensor::<B, 2>::from_inner(t.clone());
+        let fused = fused_lora_projection(outer(&x), outer(&w), outer(&a), outer(&b), 0.5)
+            .expect("fused on the CPU training backend");
+        fused
+            .inner()
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Default::default());
+        assert!(fused_lora_projection(x, w, a, b, 0.5).is_none());
     }
 }

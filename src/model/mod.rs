@@ -10,6 +10,7 @@ pub mod adapter;
 pub mod attention;
 pub mod config;
 pub mod cpu_attention;
+pub mod cpu_backends;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cublas;
