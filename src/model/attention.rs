@@ -46,7 +46,8 @@ fn block_elements() -> usize {
 
 /// Causal softmax attention, `softmax(Q Kᵀ / sqrt(d)) V`, with queries aligned to the
 /// last `seq` of `t` key positions. q: `[batch, heads, seq, d]`, k and v:
-/// `[batch, heads, t, d]` (kv heads already repeated) -> `[batch, heads, seq, d]`.
+/// `[batch, kv_heads, t, d]` with each kv head serving `heads / kv_heads` query heads
+/// (not yet repeated) -> `[batch, heads, seq, d]`.
 ///
 /// `Err` hands the inputs back when `B` is not one of the training backends this
 /// module knows; the caller then uses burn's attention.
@@ -62,7 +63,10 @@ pub fn causal_attention<B: Backend>(
     #[cfg(feature = "cuda")]
     {
         use super::cuda_backends::with_cuda_autodiff;
+        let groups = q.dims()[1] / k.dims()[1];
         with_cuda_autodiff!(B, |Float, Strategy, Outer| {
+            let k = repeat_kv(k, groups);
+            let v = repeat_kv(v, groups);
             let q: Tensor<Outer, 4> = retype(q).ok().unwrap();
             let k: Tensor<Outer, 4> = retype(k).ok().unwrap();
             let v: Tensor<Outer, 4> = retype(v).ok().unwrap();
@@ -82,6 +86,18 @@ pub fn causal_attention<B: Backend>(
         });
     }
     Err((q, k, v))
+}
+
+/// x: `[batch, kv_heads, t, head_dim]` -> `[batch, kv_heads * groups, t, head_dim]`, each
+/// kv head repeated for the `groups` query heads that share it (HF's `repeat_kv`).
+pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    if groups == 1 {
+        return x;
+    }
+    let [batch, kv_heads, t, head_dim] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([batch, kv_heads, groups, t, head_dim])
+        .reshape([batch, kv_heads * groups, t, head_dim])
 }
 
 /// Set to use burn's op-by-op attention everywhere (for measuring the difference).
@@ -372,31 +388,31 @@ mod tests {
     }
 
     fn check(batch: usize, heads: usize, seq: usize, keys: usize, head_dim: usize, budget: usize) {
-        check_against_burn(batch, heads, seq, keys, head_dim, |q, k, v| {
+        check_against_burn(batch, (heads, heads), seq, keys, head_dim, |q, k, v| {
             blocked_attention_autodiff::<Inner, NoCheckpointing>(q, k, v, budget)
         });
     }
 
     /// `attend`'s output and its gradients for q, k and v against burn's op-by-op
-    /// attention.
+    /// attention, with `heads` query heads over `kv_heads` kv heads (repeated for burn).
     fn check_against_burn(
         batch: usize,
-        heads: usize,
+        (heads, kv_heads): (usize, usize),
         seq: usize,
         keys: usize,
         head_dim: usize,
         attend: impl Fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 4>,
     ) {
         let device = Default::default();
-        let make = |len: usize| {
+        let make = |heads: usize, len: usize| {
             Tensor::<Inner, 4>::random(
                 [batch, heads, len, head_dim],
                 Distribution::Normal(0.0, 1.0),
                 &device,
             )
         };
-        let (q0, k0, v0) = (make(seq), make(keys), make(keys));
-        let weight = make(seq);
+        let (q0, k0, v0) = (make(heads, seq), make(kv_heads, keys), make(kv_heads, keys));
+        let weight = make(heads, seq);
         let run = |blocked: bool| {
             let q = Tensor::<B, 4>::from_inner(q0.clone()).require_grad();
             let k = Tensor::<B, 4>::from_inner(k0.clone()).require_grad();
@@ -409,10 +425,11 @@ mod tests {
                     softcap: None,
                     is_causal: true,
                 };
+                let groups = heads / kv_heads;
                 burn::tensor::module::attention(
                     q.clone(),
-                    k.clone(),
-                    v.clone(),
+                    repeat_kv(k.clone(), groups),
+                    repeat_kv(v.clone(), groups),
                     None,
                     None,
                     options,
@@ -455,11 +472,13 @@ mod tests {
     #[test]
     fn cpu_attention_matches_burns_attention_and_its_gradients() {
         let cpu = super::super::cpu_attention::causal_attention;
-        check_against_burn(2, 3, 17, 17, 8, cpu);
+        check_against_burn(2, (3, 3), 17, 17, 8, cpu);
         // Cached keys before the queries.
-        check_against_burn(1, 2, 5, 12, 4, cpu);
+        check_against_burn(1, (2, 2), 5, 12, 4, cpu);
         // Three query blocks, the last one short, and more keys than queries.
-        check_against_burn(1, 2, 150, 160, 8, cpu);
+        check_against_burn(1, (2, 2), 150, 160, 8, cpu);
+        // Grouped kv heads: two batches of six query heads over two kv heads.
+        check_against_burn(2, (6, 2), 70, 70, 4, cpu);
     }
 
     #[test]

@@ -21,18 +21,24 @@ use rayon::prelude::*;
 /// sequence lengths the CPU trains on, and blocks skip the keys in their future.
 const ROWS: usize = 64;
 
-/// Shapes of one call: q is `[batch, heads, seq, dim]`, k and v `[batch, heads, keys,
-/// dim]`, with the queries at the last `seq` of the `keys` positions.
+/// Shapes of one call: q is `[batch, heads, seq, dim]`, k and v `[batch, kv_heads,
+/// keys, dim]`, with the queries at the last `seq` of the `keys` positions. Each kv
+/// head serves `heads / kv_heads` consecutive query heads.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
     batch: usize,
     heads: usize,
+    kv_heads: usize,
     seq: usize,
     keys: usize,
     dim: usize,
 }
 
 impl Dims {
+    fn groups(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
     fn scale(&self) -> f32 {
         1.0 / (self.dim as f32).sqrt()
     }
@@ -285,54 +291,63 @@ fn backward_head(x: HeadInputs, g: HeadGrads, dims: Dims, scratch: &mut Backward
     }
 }
 
-/// The output and log-sum-exp of every head, heads in parallel.
+/// The output and log-sum-exp of every head. Tasks are kv heads, each with the query
+/// heads it serves.
 fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims) -> (Vec<f32>, Vec<f32>) {
-    let (seq, keys, dim) = (dims.seq, dims.keys, dims.dim);
+    let (seq, keys, dim, groups) = (dims.seq, dims.keys, dims.dim, dims.groups());
     let heads = dims.batch * dims.heads;
     let mut out = vec![0.0; heads * seq * dim];
     let mut lse = vec![0.0; heads * seq];
-    out.par_chunks_mut(seq * dim)
-        .zip(lse.par_chunks_mut(seq))
+    out.par_chunks_mut(groups * seq * dim)
+        .zip(lse.par_chunks_mut(groups * seq))
         .enumerate()
-        .for_each_init(Vec::new, |scores, (h, (out, lse))| {
-            let kv = h * keys * dim..(h + 1) * keys * dim;
-            forward_head(
-                &q[h * seq * dim..(h + 1) * seq * dim],
-                &k[kv.clone()],
-                &v[kv],
-                out,
-                lse,
-                dims,
-                scores,
-            );
+        .for_each_init(Vec::new, |scores, (kv, (out, lse))| {
+            let kv_range = kv * keys * dim..(kv + 1) * keys * dim;
+            let (k, v) = (&k[kv_range.clone()], &v[kv_range]);
+            let outs = out.chunks_mut(seq * dim).zip(lse.chunks_mut(seq));
+            for (g, (out, lse)) in outs.enumerate() {
+                let h = kv * groups + g;
+                let q = &q[h * seq * dim..(h + 1) * seq * dim];
+                forward_head(q, k, v, out, lse, dims, scores);
+            }
         });
     (out, lse)
 }
 
-/// Gradients of q, k and v, heads in parallel.
+/// Gradients of q, k and v. Tasks are kv heads: each adds its query heads'
+/// contributions to its keys' and values' gradients in a fixed order.
 fn backward(state: &AttentionState, dout: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let dims = state.dims;
-    let (seq, keys, dim) = (dims.seq, dims.keys, dims.dim);
+    let (seq, keys, dim, groups) = (dims.seq, dims.keys, dims.dim, dims.groups());
     let heads = dims.batch * dims.heads;
+    let kv_heads = dims.batch * dims.kv_heads;
     let mut dq = vec![0.0; heads * seq * dim];
-    let mut dk = vec![0.0; heads * keys * dim];
-    let mut dv = vec![0.0; heads * keys * dim];
-    dq.par_chunks_mut(seq * dim)
+    let mut dk = vec![0.0; kv_heads * keys * dim];
+    let mut dv = vec![0.0; kv_heads * keys * dim];
+    dq.par_chunks_mut(groups * seq * dim)
         .zip(dk.par_chunks_mut(keys * dim))
         .zip(dv.par_chunks_mut(keys * dim))
         .enumerate()
-        .for_each_init(BackwardScratch::default, |scratch, (h, ((dq, dk), dv))| {
-            let queries = h * seq * dim..(h + 1) * seq * dim;
-            let kv = h * keys * dim..(h + 1) * keys * dim;
-            let inputs = HeadInputs {
-                q: &state.q[queries.clone()],
-                k: &state.k[kv.clone()],
-                v: &state.v[kv],
-                out: &state.out[queries.clone()],
-                lse: &state.lse[h * seq..(h + 1) * seq],
-                dout: &dout[queries],
-            };
-            backward_head(inputs, HeadGrads { dq, dk, dv }, dims, scratch);
+        .for_each_init(BackwardScratch::default, |scratch, (kv, ((dq, dk), dv))| {
+            let kv_range = kv * keys * dim..(kv + 1) * keys * dim;
+            for (g, dq) in dq.chunks_mut(seq * dim).enumerate() {
+                let h = kv * groups + g;
+                let queries = h * seq * dim..(h + 1) * seq * dim;
+                let inputs = HeadInputs {
+                    q: &state.q[queries.clone()],
+                    k: &state.k[kv_range.clone()],
+                    v: &state.v[kv_range.clone()],
+                    out: &state.out[queries.clone()],
+                    lse: &state.lse[h * seq..(h + 1) * seq],
+                    dout: &dout[queries],
+                };
+                let grads = HeadGrads {
+                    dq,
+                    dk: &mut *dk,
+                    dv: &mut *dv,
+                };
+                backward_head(inputs, grads, dims, scratch);
+            }
         });
     (dq, dk, dv)
 }
@@ -354,7 +369,8 @@ fn from_host(values: Vec<f32>, shape: [usize; 4]) -> FlexPrimitive {
 
 /// Causal softmax attention, `softmax(Q Kᵀ / sqrt(d)) V`, on the CPU training backend,
 /// with queries aligned to the last `seq` of the key positions. q: `[batch, heads,
-/// seq, d]`, k and v: `[batch, heads, keys, d]` (kv heads already repeated).
+/// seq, d]`, k and v: `[batch, kv_heads, keys, d]`, where `kv_heads` divides `heads`
+/// and query head `h` reads kv head `h / (heads / kv_heads)` (HF's `repeat_kv`).
 ///
 /// All three must be f32 (see [`supports`]).
 pub fn causal_attention<C: CheckpointStrategy>(
@@ -364,10 +380,16 @@ pub fn causal_attention<C: CheckpointStrategy>(
 ) -> Tensor<Autodiff<Flex, C>, 4> {
     assert!(supports(&[q.dtype(), k.dtype(), v.dtype()]));
     let [batch, heads, seq, dim] = q.dims();
-    let keys = k.dims()[2];
+    let [_, kv_heads, keys, _] = k.dims();
+    assert_eq!(
+        heads % kv_heads,
+        0,
+        "{heads} query heads over {kv_heads} kv heads"
+    );
     let dims = Dims {
         batch,
         heads,
+        kv_heads,
         seq,
         keys,
         dim,
@@ -442,13 +464,18 @@ impl Backward<Flex, 3> for CpuAttentionBackward {
         let Dims {
             batch,
             heads,
+            kv_heads,
             seq,
             keys,
             dim,
         } = state.dims;
-        for (node, grad, len) in [(node_q, dq, seq), (node_k, dk, keys), (node_v, dv, keys)] {
+        for (node, grad, shape) in [
+            (node_q, dq, [batch, heads, seq, dim]),
+            (node_k, dk, [batch, kv_heads, keys, dim]),
+            (node_v, dv, [batch, kv_heads, keys, dim]),
+        ] {
             if let Some(node) = node {
-                grads.register::<Flex>(node.id, from_host(grad, [batch, heads, len, dim]));
+                grads.register::<Flex>(node.id, from_host(grad, shape));
             }
         }
     }
@@ -463,6 +490,7 @@ mod tests {
         let dims = Dims {
             batch: 1,
             heads: 1,
+            kv_heads: 1,
             seq: 150,
             keys: 160,
             dim: 4,

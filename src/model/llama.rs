@@ -12,6 +12,7 @@ use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, DType, FloatDType, Int, Tensor, TensorData};
 
+use super::attention::repeat_kv;
 use super::config::ModelConfig;
 use super::lora::{Linear, LoraConfig};
 use super::reduce::ordered_sum;
@@ -167,8 +168,6 @@ impl<B: Backend> Attention<B> {
         };
 
         let groups = self.num_heads / self.num_kv_heads;
-        let k = repeat_kv(k, groups);
-        let v = repeat_kv(v, groups);
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,
@@ -177,14 +176,28 @@ impl<B: Backend> Attention<B> {
         let mask = self.sliding_window.and_then(|window| {
             sliding_window_mask::<B>(batch, self.num_heads, seq, k.dims()[2], window, &k.device())
         });
-        // Training without a window mask: the blocked attention keeps O(seq) memory
+        // Training without a window mask: the fused attention keeps O(seq) memory
         // per layer where burn's autodiff would keep the O(seq²) probabilities.
         let context = match mask {
             None => match super::attention::causal_attention(q, k, v) {
                 Ok(context) => context,
-                Err((q, k, v)) => attention(q, k, v, None, None, options),
+                Err((q, k, v)) => attention(
+                    q,
+                    repeat_kv(k, groups),
+                    repeat_kv(v, groups),
+                    None,
+                    None,
+                    options,
+                ),
             },
-            Some(mask) => attention(q, k, v, Some(mask), None, options),
+            Some(mask) => attention(
+                q,
+                repeat_kv(k, groups),
+                repeat_kv(v, groups),
+                Some(mask),
+                None,
+                options,
+            ),
         };
         let context = context
             .swap_dims(1, 2)
@@ -220,18 +233,6 @@ fn sliding_window_mask<B: Backend>(
         mask.reshape([1, 1, seq_q, seq_k])
             .expand([batch, heads, seq_q, seq_k]),
     )
-}
-
-/// x: `[batch, kv_heads, t, head_dim]` -> `[batch, kv_heads * groups, t, head_dim]`, each
-/// kv head repeated for the `groups` query heads that share it (HF's `repeat_kv`).
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
-    if groups == 1 {
-        return x;
-    }
-    let [batch, kv_heads, t, head_dim] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([batch, kv_heads, groups, t, head_dim])
-        .reshape([batch, kv_heads * groups, t, head_dim])
 }
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
