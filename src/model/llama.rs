@@ -80,6 +80,19 @@ pub fn rope_tables<B: Backend>(
 /// x: `[batch, heads, seq, head_dim]` rotated as HF's `x * cos + rotate_half(x) * sin`,
 /// where `rotate_half([x1, x2]) = [-x2, x1]` over the two halves of head_dim.
 fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    // On the CPU training backend, one node (the same values, bit for bit).
+    if x.dtype() == DType::F32 {
+        use super::cpu_backends::with_cpu_autodiff;
+        use super::retype;
+        with_cpu_autodiff!(B, |Strategy, Outer| {
+            let x: Tensor<Outer, 4> = retype(x).ok().unwrap();
+            let cos: Tensor<Outer, 4> = retype(cos.clone()).ok().unwrap();
+            let sin: Tensor<Outer, 4> = retype(sin.clone()).ok().unwrap();
+            return retype(super::cpu_rope::rotate::<Strategy>(x, &cos, &sin))
+                .ok()
+                .unwrap();
+        });
+    }
     let head_dim = x.dims()[3];
     let half = head_dim / 2;
     let x1 = x.clone().narrow(3, 0, half);

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod config;
 pub mod cpu_attention;
 pub mod cpu_backends;
+pub mod cpu_rope;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cublas;
