@@ -259,9 +259,26 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = activation::silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        let up = self.up_proj.forward(x);
+        self.down_proj.forward(swiglu_gate(gate, up))
     }
+}
+
+/// `silu(gate) * up`: one node on the CPU training backend, op by op elsewhere.
+fn swiglu_gate<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    if gate.dtype() == DType::F32 && up.dtype() == DType::F32 {
+        use super::cpu_backends::with_cpu_autodiff;
+        use super::retype;
+        with_cpu_autodiff!(B, |Strategy, Outer| {
+            let gate: Tensor<Outer, 3> = retype(gate).ok().unwrap();
+            let up: Tensor<Outer, 3> = retype(up).ok().unwrap();
+            return retype(super::cpu_swiglu::gate::<Strategy>(gate, up))
+                .ok()
+                .unwrap();
+        });
+    }
+    activation::silu(gate) * up
 }
 
 /// One pre-norm decoder block.

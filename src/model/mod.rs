@@ -12,6 +12,7 @@ pub mod config;
 pub mod cpu_attention;
 pub mod cpu_backends;
 pub mod cpu_rope;
+pub mod cpu_swiglu;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cublas;

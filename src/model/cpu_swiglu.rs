@@ -1,0 +1,163 @@
+//! SwiGLU's gating, `silu(gate) * up`, on the CPU training backend as one autodiff
+//! node.
+//!
+//! Op by op it is a sigmoid, two products and, backward, six more element-wise passes
+//! over `[tokens, intermediate]` tensors, each a separate Flex op with its own buffer.
+//! Here the forward pass is one parallel loop, and the backward pass one loop that
+//! writes both gradients.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use rayon::prelude::*;
+
+/// Elements per rayon task.
+const CHUNK: usize = 16 * 1024;
+
+/// `silu(gate) * up` for f32 tensors of one shape, as one node.
+pub fn gate<C: CheckpointStrategy>(
+    gate: Tensor<Autodiff<Flex, C>, 3>,
+    up: Tensor<Autodiff<Flex, C>, 3>,
+) -> Tensor<Autodiff<Flex, C>, 3> {
+    let shape = gate.dims();
+    assert_eq!(shape, up.dims());
+    assert!(gate.dtype() == DType::F32 && up.dtype() == DType::F32);
+    let (gate, up) = (gate.into_primitive().tensor(), up.into_primitive().tensor());
+    let prepared = SwigluBackward
+        .prepare::<C>([gate.node.clone(), up.node.clone()])
+        .compute_bound()
+        .stateful();
+    let (g, u) = (to_host(gate.primitive), to_host(up.primitive));
+    let mut out = vec![0.0; g.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+        .for_each(|(out, (g, u))| {
+            for ((y, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                *y = silu(g) * u;
+            }
+        });
+    let out = from_host(out, shape);
+    let output = match prepared {
+        OpsKind::Tracked(prep) => prep.finish(
+            SwigluState {
+                shape,
+                gate: g,
+                up: u,
+            },
+            out,
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn silu(x: f32) -> f32 {
+    x * sigmoid(x)
+}
+
+fn to_host(primitive: burn::tensor::ops::FloatTensor<Flex>) -> Vec<f32> {
+    Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(primitive))
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32, checked on entry")
+}
+
+fn from_host(values: Vec<f32>, shape: [usize; 3]) -> burn::tensor::ops::FloatTensor<Flex> {
+    Tensor::<Flex, 3>::from_data(TensorData::new(values, shape), &Default::default())
+        .into_primitive()
+        .tensor()
+}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+#[derive(Debug, Clone)]
+struct SwigluState {
+    shape: [usize; 3],
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl Backward<Flex, 2> for SwigluBackward {
+    type State = SwigluState;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_gate, node_up] = ops.parents;
+        let dy = to_host(grads.consume::<Flex>(&ops.node));
+        let state = ops.state;
+        let mut dgate = vec![0.0; dy.len()];
+        let mut dup = vec![0.0; dy.len()];
+        dgate
+            .par_chunks_mut(CHUNK)
+            .zip(dup.par_chunks_mut(CHUNK))
+            .zip(dy.par_chunks(CHUNK))
+            .zip(state.gate.par_chunks(CHUNK).zip(state.up.par_chunks(CHUNK)))
+            .for_each(|(((dgate, dup), dy), (g, u))| {
+                for i in 0..dy.len() {
+                    let s = sigmoid(g[i]);
+                    // silu'(g) = s (1 + g (1 - s))
+                    dgate[i] = dy[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
+                    dup[i] = dy[i] * (g[i] * s);
+                }
+            });
+        for (node, grad) in [(node_gate, dgate), (node_up, dup)] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, from_host(grad, state.shape));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::tensor::activation::silu as burn_silu;
+    use burn::tensor::{Distribution, Tolerance};
+
+    type B = Autodiff<Flex, NoCheckpointing>;
+
+    #[test]
+    fn the_node_matches_the_op_by_op_gating_and_its_gradients() {
+        let device = Default::default();
+        // More elements than one task takes, so several tasks run.
+        let shape = [2, 7, 3000];
+        let random = || Tensor::<Flex, 3>::random(shape, Distribution::Normal(0.0, 3.0), &device);
+        let (g0, u0, weight) = (random(), random(), random());
+        let run = |fused: bool| {
+            let g = Tensor::<B, 3>::from_inner(g0.clone()).require_grad();
+            let u = Tensor::<B, 3>::from_inner(u0.clone()).require_grad();
+            let y = if fused {
+                gate(g.clone(), u.clone())
+            } else {
+                burn_silu(g.clone()) * u.clone()
+            };
+            let grads = (y.clone() * Tensor::from_inner(weight.clone()))
+                .sum()
+                .backward();
+            (
+                y.inner().into_data(),
+                g.grad(&grads).unwrap().into_data(),
+                u.grad(&grads).unwrap().into_data(),
+            )
+        };
+        let (y, dg, du) = run(true);
+        let (y_ref, dg_ref, du_ref) = run(false);
+        let tolerance = Tolerance::<f32>::rel_abs(1e-5, 1e-5);
+        y.assert_approx_eq::<f32>(&y_ref, tolerance);
+        dg.assert_approx_eq::<f32>(&dg_ref, tolerance);
+        du.assert_approx_eq::<f32>(&du_ref, tolerance);
+    }
+}
