@@ -14,8 +14,10 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
+
+use super::cpu_backends::{flex_primitive, host_values};
 
 /// Queries per block: a block's scores (`ROWS x keys` f32) stay in cache at the
 /// sequence lengths the CPU trains on, and blocks skip the keys in their future.
@@ -352,21 +354,6 @@ fn backward(state: &AttentionState, dout: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f3
     (dq, dk, dv)
 }
 
-type FlexPrimitive = burn::tensor::ops::FloatTensor<Flex>;
-
-fn to_host(primitive: FlexPrimitive) -> Vec<f32> {
-    Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(primitive))
-        .into_data()
-        .to_vec::<f32>()
-        .expect("f32, checked by the caller")
-}
-
-fn from_host(values: Vec<f32>, shape: [usize; 4]) -> FlexPrimitive {
-    Tensor::<Flex, 4>::from_data(TensorData::new(values, shape), &Default::default())
-        .into_primitive()
-        .tensor()
-}
-
 /// Causal softmax attention, `softmax(Q Kᵀ / sqrt(d)) V`, on the CPU training backend,
 /// with queries aligned to the last `seq` of the key positions. q: `[batch, heads,
 /// seq, d]`, k and v: `[batch, kv_heads, keys, d]`, where `kv_heads` divides `heads`
@@ -404,12 +391,12 @@ pub fn causal_attention<C: CheckpointStrategy>(
         .compute_bound()
         .stateful();
     let (q, k, v) = (
-        to_host(q.primitive),
-        to_host(k.primitive),
-        to_host(v.primitive),
+        host_values(q.primitive),
+        host_values(k.primitive),
+        host_values(v.primitive),
     );
     let (out, lse) = forward(&q, &k, &v, dims);
-    let output = from_host(out.clone(), [batch, heads, seq, dim]);
+    let output = flex_primitive(out.clone(), [batch, heads, seq, dim]);
     let output = match prepared {
         OpsKind::Tracked(prep) => {
             let state = AttentionState {
@@ -458,7 +445,7 @@ impl Backward<Flex, 3> for CpuAttentionBackward {
         _checkpointer: &mut Checkpointer,
     ) {
         let [node_q, node_k, node_v] = ops.parents;
-        let dout = to_host(grads.consume::<Flex>(&ops.node));
+        let dout = host_values(grads.consume::<Flex>(&ops.node));
         let state = ops.state;
         let (dq, dk, dv) = backward(&state, &dout);
         let Dims {
@@ -475,7 +462,7 @@ impl Backward<Flex, 3> for CpuAttentionBackward {
             (node_v, dv, [batch, kv_heads, keys, dim]),
         ] {
             if let Some(node) = node {
-                grads.register::<Flex>(node.id, from_host(grad, shape));
+                grads.register::<Flex>(node.id, flex_primitive(grad, shape));
             }
         }
     }

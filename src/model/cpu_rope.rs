@@ -13,8 +13,10 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
+
+use super::cpu_backends::{flex_primitive, host_values};
 
 /// `x * cos + rotate_half(x) * sin` (HF's RoPE, `rotate_half([a, b]) = [-b, a]` over the
 /// halves of the last dim) for x `[batch, heads, seq, dim]` in f32 and tables
@@ -40,23 +42,14 @@ pub fn rotate<C: CheckpointStrategy>(
         .prepare::<C>([x.node.clone()])
         .compute_bound()
         .stateful();
-    let values = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(x.primitive))
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap();
+    let values = host_values(x.primitive);
     let out = apply(&values, &cos, &sin, shape, Pass::Rotate);
-    let out = to_primitive(out, shape);
+    let out = flex_primitive(out, shape);
     let output = match prepared {
         OpsKind::Tracked(prep) => prep.finish(RopeState { shape, cos, sin }, out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     Tensor::from_primitive(TensorPrimitive::Float(output))
-}
-
-fn to_primitive(values: Vec<f32>, shape: [usize; 4]) -> burn::tensor::ops::FloatTensor<Flex> {
-    Tensor::<Flex, 4>::from_data(TensorData::new(values, shape), &Default::default())
-        .into_primitive()
-        .tensor()
 }
 
 #[derive(Clone, Copy)]
@@ -115,16 +108,11 @@ impl Backward<Flex, 1> for RopeBackward {
         _checkpointer: &mut Checkpointer,
     ) {
         let [node] = ops.parents;
-        let dy = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(
-            grads.consume::<Flex>(&ops.node),
-        ))
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap();
+        let dy = host_values(grads.consume::<Flex>(&ops.node));
         if let Some(node) = node {
             let state = ops.state;
             let dx = apply(&dy, &state.cos, &state.sin, state.shape, Pass::Gradient);
-            grads.register::<Flex>(node.id, to_primitive(dx, state.shape));
+            grads.register::<Flex>(node.id, flex_primitive(dx, state.shape));
         }
     }
 }

@@ -11,8 +11,10 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
+
+use super::cpu_backends::{flex_primitive, host_values};
 
 /// Elements per rayon task.
 const CHUNK: usize = 16 * 1024;
@@ -30,7 +32,7 @@ pub fn gate<C: CheckpointStrategy>(
         .prepare::<C>([gate.node.clone(), up.node.clone()])
         .compute_bound()
         .stateful();
-    let (g, u) = (to_host(gate.primitive), to_host(up.primitive));
+    let (g, u) = (host_values(gate.primitive), host_values(up.primitive));
     let mut out = vec![0.0; g.len()];
     out.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
@@ -39,7 +41,7 @@ pub fn gate<C: CheckpointStrategy>(
                 *y = silu(g) * u;
             }
         });
-    let out = from_host(out, shape);
+    let out = flex_primitive(out, shape);
     let output = match prepared {
         OpsKind::Tracked(prep) => prep.finish(
             SwigluState {
@@ -62,19 +64,6 @@ fn silu(x: f32) -> f32 {
     x * sigmoid(x)
 }
 
-fn to_host(primitive: burn::tensor::ops::FloatTensor<Flex>) -> Vec<f32> {
-    Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(primitive))
-        .into_data()
-        .to_vec::<f32>()
-        .expect("f32, checked on entry")
-}
-
-fn from_host(values: Vec<f32>, shape: [usize; 3]) -> burn::tensor::ops::FloatTensor<Flex> {
-    Tensor::<Flex, 3>::from_data(TensorData::new(values, shape), &Default::default())
-        .into_primitive()
-        .tensor()
-}
-
 #[derive(Debug)]
 struct SwigluBackward;
 
@@ -95,7 +84,7 @@ impl Backward<Flex, 2> for SwigluBackward {
         _checkpointer: &mut Checkpointer,
     ) {
         let [node_gate, node_up] = ops.parents;
-        let dy = to_host(grads.consume::<Flex>(&ops.node));
+        let dy = host_values(grads.consume::<Flex>(&ops.node));
         let state = ops.state;
         let mut dgate = vec![0.0; dy.len()];
         let mut dup = vec![0.0; dy.len()];
@@ -114,7 +103,7 @@ impl Backward<Flex, 2> for SwigluBackward {
             });
         for (node, grad) in [(node_gate, dgate), (node_up, dup)] {
             if let Some(node) = node {
-                grads.register::<Flex>(node.id, from_host(grad, state.shape));
+                grads.register::<Flex>(node.id, flex_primitive(grad, state.shape));
             }
         }
     }
