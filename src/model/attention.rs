@@ -110,14 +110,7 @@ pub fn uses_blocked_attention<B: Backend>() -> bool {
     if *DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some()) {
         return false;
     }
-    super::cpu_backends::is_cpu_autodiff::<B>() || {
-        #[cfg(feature = "cuda")]
-        {
-            super::cuda_backends::is_cuda_autodiff::<B>()
-        }
-        #[cfg(not(feature = "cuda"))]
-        false
-    }
+    super::cpu_backends::is_fused_autodiff::<B>()
 }
 
 /// The blocked attention as one autodiff node over `I`, with blocks of at most

@@ -396,9 +396,11 @@ pub fn causal_attention<C: CheckpointStrategy>(
         host_values(v.primitive),
     );
     let (out, lse) = forward(&q, &k, &v, dims);
-    let output = flex_primitive(out.clone(), [batch, heads, seq, dim]);
+    let shape = [batch, heads, seq, dim];
     let output = match prepared {
         OpsKind::Tracked(prep) => {
+            // The backward pass needs the output too: only then is it copied.
+            let output = flex_primitive(out.clone(), shape);
             let state = AttentionState {
                 dims,
                 q,
@@ -409,7 +411,7 @@ pub fn causal_attention<C: CheckpointStrategy>(
             };
             prep.finish(state, output)
         }
-        OpsKind::UnTracked(prep) => prep.finish(output),
+        OpsKind::UnTracked(prep) => prep.finish(flex_primitive(out, shape)),
     };
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }

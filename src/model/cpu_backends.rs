@@ -24,12 +24,23 @@ pub(crate) use with_cpu_autodiff;
 /// Whether `B` is the autodiff CPU backend, with or without checkpointing: where the
 /// fused CPU nodes run.
 pub fn is_cpu_autodiff<B: 'static>() -> bool {
-    use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
-    use burn::backend::{Autodiff, Flex};
-    use std::any::TypeId;
-    let id = TypeId::of::<B>();
-    id == TypeId::of::<Autodiff<Flex, NoCheckpointing>>()
-        || id == TypeId::of::<Autodiff<Flex, BalancedCheckpointing>>()
+    with_cpu_autodiff!(B, |Strategy, Outer| {
+        return true;
+    });
+    false
+}
+
+/// Whether `B` is an autodiff backend with graft's fused training nodes: the CPU one,
+/// or (with the `cuda` feature) a CUDA one.
+pub fn is_fused_autodiff<B: 'static>() -> bool {
+    is_cpu_autodiff::<B>() || {
+        #[cfg(feature = "cuda")]
+        {
+            super::cuda_backends::is_cuda_autodiff::<B>()
+        }
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
 }
 
 /// The values of a CPU tensor primitive in logical (row-major) order, for the fused

@@ -29,12 +29,7 @@ pub fn rotate<C: CheckpointStrategy>(
     let shape = x.dims();
     assert_eq!(x.dtype(), DType::F32, "the CPU trains in f32");
     let table = |t: &Tensor<Autodiff<Flex, C>, 4>| -> Vec<f32> {
-        t.clone()
-            .inner()
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap()
+        host_values(t.clone().inner().into_primitive().tensor())
     };
     let (cos, sin) = (table(cos), table(sin));
     let x = x.into_primitive().tensor();
@@ -108,8 +103,9 @@ impl Backward<Flex, 1> for RopeBackward {
         _checkpointer: &mut Checkpointer,
     ) {
         let [node] = ops.parents;
-        let dy = host_values(grads.consume::<Flex>(&ops.node));
+        let dy = grads.consume::<Flex>(&ops.node);
         if let Some(node) = node {
+            let dy = host_values(dy);
             let state = ops.state;
             let dx = apply(&dy, &state.cos, &state.sin, state.shape, Pass::Gradient);
             grads.register::<Flex>(node.id, flex_primitive(dx, state.shape));

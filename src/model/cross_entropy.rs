@@ -17,6 +17,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Tensor, TensorPrimitive};
 
+use super::reduce::ordered_sum;
 use super::retype;
 
 /// `Σ_n weights[n] · (logsumexp(logits[n]) - logits[n, targets[n]])` as `[1]`, for
@@ -63,14 +64,7 @@ pub fn fused_cross_entropy_sum<B: Backend>(
 /// Whether [`fused_cross_entropy_sum`] runs on backend `B`: the autodiff CPU and
 /// CUDA backends.
 pub fn fused_available<B: Backend>() -> bool {
-    super::cpu_backends::is_cpu_autodiff::<B>() || {
-        #[cfg(feature = "cuda")]
-        {
-            super::cuda_backends::is_cuda_autodiff::<B>()
-        }
-        #[cfg(not(feature = "cuda"))]
-        false
-    }
+    super::cpu_backends::is_fused_autodiff::<B>()
 }
 
 /// The node over inner backend `I`. Public so tests compare it with the op-by-op loss
@@ -87,7 +81,7 @@ pub fn cross_entropy_autodiff<I: Backend, C: CheckpointStrategy>(
     let lse = log_sum_exp(&x);
     let picked = x.clone().gather(1, targets.clone()).cast(FloatDType::F32);
     let weights = weights.cast(FloatDType::F32).reshape([rows, 1]);
-    let loss = ((lse.clone() - picked) * weights.clone()).sum();
+    let loss = ordered_sum((lse.clone() - picked) * weights.clone());
     let output = match CrossEntropyBackward
         .prepare::<C>([logits.node.clone()])
         .compute_bound()

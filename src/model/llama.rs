@@ -513,7 +513,7 @@ fn fused_causal_lm_loss<B: Backend>(
     };
     let padding = Tensor::zeros([batch, 1], (&device, DType::F32));
     let weights = Tensor::cat(vec![counted, padding], 1).reshape([batch * seq]);
-    let weights = weights.clone() / weights.sum();
+    let weights = weights.clone() / ordered_sum(weights);
     super::cross_entropy::fused_cross_entropy_sum(
         logits.reshape([batch * seq, vocab]),
         targets.reshape([batch * seq]),
