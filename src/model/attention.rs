@@ -61,6 +61,11 @@ pub fn causal_attention<B: Backend>(
         return Err((q, k, v));
     }
     #[cfg(feature = "cuda")]
+    let (q, k, v) = match super::flash_attention::causal_attention(q, k, v) {
+        Ok(out) => return Ok(out),
+        Err(inputs) => inputs,
+    };
+    #[cfg(feature = "cuda")]
     {
         use super::cuda_backends::with_cuda_autodiff;
         let groups = q.dims()[1] / k.dims()[1];

@@ -7,14 +7,9 @@
 //! accumulation for bf16 and f16, and full f32 arithmetic for f32 (cuBLAS's default math
 //! mode does not use TF32).
 //!
-//! cubecl does not expose the CUDA stream its kernels run on, so the product runs on a
-//! stream of its own, ordered against cubecl's work on the device rather than from the
-//! host: `cuCtxRecordEvent` captures everything queued in the context (the inputs'
-//! kernels among it), the product's stream waits for that, and `cuCtxWaitEvent` makes
-//! all work queued after it wait for the product. The product is handed to cubecl's
-//! device thread like a kernel launch, so nothing on the host waits either: the
-//! training thread keeps running ahead of the GPU as it does with burn's own kernels. Drivers older than CUDA
-//! 12.5 lack those two calls; there the product is fenced from the host instead.
+//! The product runs on graft's side stream (`super::cuda_stream`), ordered against
+//! cubecl's kernels on the device, and is handed to cubecl's device thread like a
+//! kernel launch, so the training thread never waits for it.
 
 use std::cell::RefCell;
 use std::ffi::c_void;
@@ -27,22 +22,16 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, FloatElement};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{FusionRuntime, FusionTensor};
-use cubecl_common::device::Device;
-use cubecl_common::device_handle::DeviceHandle;
 use cubecl_common::stream_id::StreamId;
-use cubecl_runtime::runtime::Runtime;
 use cubecl_runtime::server::{Binding, ComputeServer};
 use cudarc::cublas::sys as blas;
-use cudarc::driver::result as driver;
-use cudarc::driver::sys as csys;
 
+use super::cuda_stream::{self, CudaServer};
 use super::gemm::Operand;
 
 /// The fusion-side tensor primitive of `burn::backend::Cuda`.
 pub type CudaFusionTensor = FusionTensor<FusionCubeRuntime<CudaRuntime>>;
 type Cube<F> = CubeBackend<CudaRuntime, F, i32, u8>;
-/// cubecl's server for one CUDA device, the state its device thread owns.
-type CudaServer = <CudaRuntime as Runtime>::Server;
 
 /// Whether libcublas could be loaded (checked once).
 pub fn available() -> bool {
@@ -67,7 +56,7 @@ pub fn fusion_matmul<F: FloatElement>(
     alpha: f32,
 ) -> CudaFusionTensor {
     // Registering runs on the training thread; the op itself runs later on fusion's.
-    check_earlier_failure();
+    cuda_stream::check_earlier_failure();
     let client = lhs.client.clone();
     let rank = lhs.shape.num_dims();
     let mut dims = lhs.shape.to_vec();
@@ -172,34 +161,11 @@ pub fn matmul(
     // cubecl launches kernels from its device thread, in the order they were
     // submitted; the product is submitted the same way, so it sits in that order
     // without the caller waiting for the device thread to catch up.
-    let stream_id = StreamId::current();
-    DeviceHandle::<CudaServer>::new(device.to_id()).submit(move |server: &mut CudaServer| {
-        // cubecl's device thread catches a task's panic and carries on, which would
-        // leave the output unwritten and training going: keep the message, and fail
-        // the next product registered on the training thread with it.
-        let run = std::panic::AssertUnwindSafe(|| product.run(server, stream_id, device.index));
-        if let Err(panic) = std::panic::catch_unwind(run) {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown error".into());
-            FAILURE
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert(message);
-        }
+    let index = device.index;
+    cuda_stream::submit(&device, move |server, stream_id| {
+        product.run(server, stream_id, index)
     });
     out
-}
-
-/// The first failure of a product on cubecl's device thread, if any.
-static FAILURE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
-fn check_earlier_failure() {
-    if let Some(message) = FAILURE.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        panic!("a cuBLAS matrix product failed on the GPU: {message}");
-    }
 }
 
 /// One product's shapes, layouts and buffers, run on cubecl's device thread.
@@ -228,7 +194,6 @@ impl Product {
         let lhs = resource(server, self.lhs);
         let rhs = resource(server, self.rhs);
         let out = resource(server, self.out);
-        let mut ordering = ordering();
         let int = |value: i64| i32::try_from(value).expect("matmul dim fits cuBLAS's int");
         let op = |transposed: bool| {
             if transposed {
@@ -242,137 +207,62 @@ impl Product {
         let out_dtype = cuda_type(self.out_dtype);
         let alpha = self.alpha;
         let beta = 0.0f32;
-        BLAS.with(|cell| {
-            let mut cell = cell.borrow_mut();
-            let state = cell.get_or_insert_with(|| create_blas(device_index));
-            // SAFETY: the pointers are live cubecl allocations held by the resource
-            // guards, and the ordering below keeps cubecl from reusing them before the
-            // product ends; dims and strides come from the tensors' metadata; alpha
-            // and beta are read when the call is made.
-            unsafe {
-                driver::ctx::set_current(state.context).expect("CUDA context");
-                if ordering == Ordering::Device {
-                    let recorded = csys::cuCtxRecordEvent(state.context, state.inputs_ready);
-                    if recorded == csys::CUresult::CUDA_SUCCESS {
-                        driver::stream::wait_event(
-                            state.stream,
-                            state.inputs_ready,
-                            csys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
-                        )
-                        .expect("cuStreamWaitEvent");
-                    } else {
-                        ordering = fall_back_to_host(recorded);
-                    }
+        cuda_stream::run_ordered(server, stream_id, device_index, |side| {
+            BLAS.with(|cell| {
+                let mut cell = cell.borrow_mut();
+                let handle = *cell.get_or_insert_with(|| create_handle(side));
+                // SAFETY: the pointers are live cubecl allocations held by the resource
+                // guards, and the side stream's ordering keeps cubecl from reusing them
+                // before the product ends; dims and strides come from the tensors'
+                // metadata; alpha and beta are read when the call is made.
+                unsafe {
+                    // Row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ: B goes first, and a
+                    // row-major buffer read column-major is already the transpose.
+                    blas::cublasGemmStridedBatchedEx(
+                        handle,
+                        op(b.transposed),
+                        op(a.transposed),
+                        int(n),
+                        int(m),
+                        int(k),
+                        &alpha as *const f32 as *const c_void,
+                        rhs.resource().ptr as *const c_void,
+                        dtype,
+                        int(b.leading),
+                        b.batch_stride,
+                        lhs.resource().ptr as *const c_void,
+                        dtype,
+                        int(a.leading),
+                        a.batch_stride,
+                        &beta as *const f32 as *const c_void,
+                        out.resource().ptr as *mut c_void,
+                        out_dtype,
+                        int(n),
+                        m * n,
+                        int(self.batch as i64),
+                        blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                    .result()
+                    .expect("cublasGemmStridedBatchedEx");
                 }
-                if ordering == Ordering::Host {
-                    burn_cubecl::cubecl::future::block_on(server.sync(stream_id))
-                        .expect("CUDA stream failed");
-                }
-                // Row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ: B goes first, and a
-                // row-major buffer read column-major is already the transpose.
-                blas::cublasGemmStridedBatchedEx(
-                    state.handle,
-                    op(b.transposed),
-                    op(a.transposed),
-                    int(n),
-                    int(m),
-                    int(k),
-                    &alpha as *const f32 as *const c_void,
-                    rhs.resource().ptr as *const c_void,
-                    dtype,
-                    int(b.leading),
-                    b.batch_stride,
-                    lhs.resource().ptr as *const c_void,
-                    dtype,
-                    int(a.leading),
-                    a.batch_stride,
-                    &beta as *const f32 as *const c_void,
-                    out.resource().ptr as *mut c_void,
-                    out_dtype,
-                    int(n),
-                    m * n,
-                    int(self.batch as i64),
-                    blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-                .result()
-                .expect("cublasGemmStridedBatchedEx");
-                if ordering == Ordering::Device {
-                    driver::event::record(state.product_done, state.stream).expect("cuEventRecord");
-                    let waiting = csys::cuCtxWaitEvent(state.context, state.product_done);
-                    if waiting != csys::CUresult::CUDA_SUCCESS {
-                        ordering = fall_back_to_host(waiting);
-                    }
-                }
-                if ordering == Ordering::Host {
-                    driver::stream::synchronize(state.stream).expect("cuBLAS stream failed");
-                }
-            }
+            })
         });
     }
 }
 
-/// How a product is ordered against cubecl's kernels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ordering {
-    /// With context-wide events, on the device (CUDA 12.5 drivers and later).
-    Device,
-    /// By waiting on the host before and after.
-    Host,
-}
-
-/// The ordering in use: device events where the driver has them, until a call fails.
-static ORDERING: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-const UNKNOWN: u8 = 0;
-const DEVICE: u8 = 1;
-const HOST: u8 = 2;
-
-fn ordering() -> Ordering {
-    use std::sync::atomic::Ordering::Relaxed;
-    match ORDERING.load(Relaxed) {
-        DEVICE => Ordering::Device,
-        HOST => Ordering::Host,
-        _ => {
-            let mut version = 0;
-            // SAFETY: writes one int; the driver was initialised by cubecl.
-            let known = unsafe { csys::cuDriverGetVersion(&mut version) }
-                .result()
-                .is_ok();
-            let chosen = if known && version >= 12050 {
-                DEVICE
-            } else {
-                HOST
-            };
-            let _ = ORDERING.compare_exchange(UNKNOWN, chosen, Relaxed, Relaxed);
-            ordering()
-        }
-    }
-}
-
-/// Falls back to host fences for good after a context-event call failed.
-fn fall_back_to_host(error: csys::CUresult) -> Ordering {
-    use std::sync::atomic::Ordering::Relaxed;
-    if ORDERING.swap(HOST, Relaxed) != HOST {
-        eprintln!(
-            "warning: CUDA context events failed ({error:?}); cuBLAS products now wait \
-             on the host, which is slower"
-        );
-    }
-    Ordering::Host
-}
-
-/// A cuBLAS handle, the stream it runs on and the events that order it against
-/// cubecl's work, one set per thread.
-struct Blas {
-    context: csys::CUcontext,
-    handle: blas::cublasHandle_t,
-    stream: csys::CUstream,
-    inputs_ready: csys::CUevent,
-    product_done: csys::CUevent,
-}
-
 thread_local! {
-    static BLAS: RefCell<Option<Blas>> = const { RefCell::new(None) };
+    /// The cuBLAS handle of cubecl's device thread, bound to its side stream.
+    static BLAS: RefCell<Option<blas::cublasHandle_t>> = const { RefCell::new(None) };
+}
+
+fn create_handle(side: &cuda_stream::SideStream) -> blas::cublasHandle_t {
+    // SAFETY: the side stream's context is current on this thread (run_ordered).
+    unsafe {
+        let handle = cudarc::cublas::result::create_handle().expect("cuBLAS handle");
+        cudarc::cublas::result::set_stream(handle, side.stream as _).expect("cuBLAS stream");
+        handle
+    }
 }
 
 fn cuda_type(dtype: DType) -> blas::cudaDataType {
@@ -381,30 +271,5 @@ fn cuda_type(dtype: DType) -> blas::cudaDataType {
         DType::BF16 => blas::cudaDataType::CUDA_R_16BF,
         DType::F16 => blas::cudaDataType::CUDA_R_16F,
         other => panic!("cuBLAS matmul called with {other:?}"),
-    }
-}
-
-fn create_blas(index: usize) -> Blas {
-    // SAFETY: the primary context is the one cubecl's kernels run in; it is made
-    // current before the handle, stream and events are created, so all belong to it.
-    unsafe {
-        driver::init().expect("CUDA driver");
-        let device = driver::device::get(index as i32).expect("CUDA device");
-        let context = driver::primary_ctx::retain(device).expect("CUDA primary context");
-        driver::ctx::set_current(context).expect("CUDA context");
-        let stream =
-            driver::stream::create(driver::stream::StreamKind::NonBlocking).expect("CUDA stream");
-        let handle = cudarc::cublas::result::create_handle().expect("cuBLAS handle");
-        cudarc::cublas::result::set_stream(handle, stream as _).expect("cuBLAS stream");
-        let event = || {
-            driver::event::create(csys::CUevent_flags::CU_EVENT_DISABLE_TIMING).expect("CUDA event")
-        };
-        Blas {
-            context,
-            handle,
-            stream,
-            inputs_ready: event(),
-            product_done: event(),
-        }
     }
 }

@@ -18,7 +18,11 @@ pub mod cross_entropy;
 pub mod cublas;
 #[cfg(feature = "cuda")]
 pub mod cuda_backends;
+#[cfg(feature = "cuda")]
+pub mod cuda_stream;
 pub mod error;
+#[cfg(feature = "cuda")]
+pub mod flash_attention;
 pub mod gemm;
 pub mod generate;
 pub mod host_memory;

@@ -231,11 +231,7 @@ pub fn run_bench<B: AutodiffBackend>(
         seq: config.seq,
         batch: config.batch,
         rank: config.rank,
-        attn: if crate::model::attention::uses_blocked_attention::<B>() {
-            "blocked".into()
-        } else {
-            "burn".into()
-        },
+        attn: attention_label::<B>(&model_config),
         dtype: config.dtype_label.clone(),
         grad_ckpt: config.grad_ckpt,
         compile: false,
@@ -277,4 +273,23 @@ fn optimizer_step<B: AutodiffBackend>(
     optimizer
         .step_clipped(model, accumulated, 1.0, CLIP, |_| LEARNING_RATE)
         .0
+}
+
+/// Which attention the step ran: `flash` (the fused CUDA kernels), `blocked` (the
+/// fused CPU node or the blocked CUDA node) or `burn` (burn's op by op).
+fn attention_label<B: AutodiffBackend>(model: &ModelConfig) -> String {
+    #[cfg(feature = "cuda")]
+    {
+        use burn::tensor::Element;
+        let dtype = <B::FloatElem as Element>::dtype();
+        if crate::model::flash_attention::serves::<B>(model.head_dim, dtype) {
+            return "flash".into();
+        }
+    }
+    let _ = model;
+    if crate::model::attention::uses_blocked_attention::<B>() {
+        "blocked".into()
+    } else {
+        "burn".into()
+    }
 }

@@ -1,0 +1,842 @@
+//! Fused causal attention on CUDA for training in bf16: the forward and backward
+//! passes of FlashAttention-2 as three kernels (`flash_attention.cu`) that keep each
+//! 64 x 64 block of scores in shared memory and registers, with the products on
+//! tensor cores.
+//!
+//! The blocked attention in `super::attention` writes every block of scores to global
+//! memory in f32 and passes over it several times in each direction (mask, max, exp,
+//! sum, casts); at llama-1b's shapes those passes, not the products, were most of
+//! attention's time. Here the scores never leave the chip, and grouped kv heads are
+//! read in place rather than repeated.
+//!
+//! The kernels are CUDA C++ compiled at run time by NVRTC (which burn-cuda already
+//! loads), launched on graft's side stream (`super::cuda_stream`) from fusion custom
+//! ops, like the cuBLAS products. [`available`] compiles them once per process and
+//! says whether that worked; where it does not (no CUDA headers, a card older than
+//! compute capability 8.0), attention stays on the blocked path.
+
+use std::ffi::{c_void, CString};
+use std::sync::OnceLock;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+use burn::backend::{Autodiff, Cuda};
+use burn::tensor::backend::Backend;
+use burn::tensor::{bf16, DType, Shape};
+use burn::tensor::{Tensor, TensorPrimitive};
+use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeBackend;
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::FusionRuntime;
+use cubecl_runtime::server::{Binding, ComputeServer};
+use cudarc::driver::result as driver;
+use cudarc::driver::sys as csys;
+
+use super::cublas::CudaFusionTensor;
+use super::cuda_stream::{self, CudaServer};
+
+/// Set to keep attention on the blocked path (for measuring the difference).
+pub const DISABLE_ENV: &str = "GRAFT_BLOCKED_ATTENTION";
+
+const SOURCE: &str = include_str!("flash_attention.cu");
+/// Rows of queries or keys per block (`TILE` in the source).
+const TILE: usize = 64;
+/// Threads per block: four warps (`THREADS` in the source).
+const THREADS: u32 = 128;
+
+type Cube = CubeBackend<CudaRuntime, bf16, i32, u8>;
+type Handles = HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>;
+
+/// Whether the kernels serve attention with this head size and dtype.
+pub fn supports(head_dim: usize, dtype: DType) -> bool {
+    HEAD_DIMS.contains(&head_dim) && dtype == DType::BF16
+}
+
+/// The head sizes the source instantiates (`ENTRY_POINTS`).
+const HEAD_DIMS: [usize; 3] = [32, 64, 128];
+
+/// Whether attention with this head size and dtype takes the kernels on backend `B`
+/// (device 0), for reports.
+pub fn serves<B: Backend>(head_dim: usize, dtype: DType) -> bool {
+    let id = std::any::TypeId::of::<B>();
+    let bf16_autodiff = id == std::any::TypeId::of::<Autodiff<Inner, NoCheckpointing>>()
+        || id == std::any::TypeId::of::<Autodiff<Inner, BalancedCheckpointing>>();
+    bf16_autodiff && supports(head_dim, dtype) && available(0)
+}
+
+/// Causal attention through the kernels when `B` is a bf16 autodiff CUDA backend and
+/// the kernels serve these shapes (see `super::attention::causal_attention` for the
+/// arguments); `Err` hands the inputs back otherwise.
+#[allow(clippy::type_complexity)]
+pub fn causal_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+    let [_, heads, _, head_dim] = q.dims();
+    let fits = supports(head_dim, q.dtype())
+        && [k.dtype(), v.dtype()] == [DType::BF16; 2]
+        && k.dims()[3] == head_dim
+        && heads % k.dims()[1] == 0;
+    if !fits {
+        return Err((q, k, v));
+    }
+    macro_rules! with_strategy {
+        ($strategy:ty) => {
+            type Outer = Autodiff<Inner, $strategy>;
+            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<Outer>() {
+                let q: Tensor<Outer, 4> = super::retype(q).ok().unwrap();
+                if !available(q.device().index) {
+                    return Err((super::retype(q).ok().unwrap(), k, v));
+                }
+                let k = super::retype(k).ok().unwrap();
+                let v = super::retype(v).ok().unwrap();
+                let out = attention_autodiff::<$strategy>(q, k, v);
+                return Ok(super::retype(out).ok().unwrap());
+            }
+        };
+    }
+    {
+        with_strategy!(NoCheckpointing);
+    }
+    {
+        with_strategy!(BalancedCheckpointing);
+    }
+    Err((q, k, v))
+}
+
+type Inner = Cuda<bf16>;
+
+/// The kernels as one autodiff node: the forward keeps q, k, v, the output and the
+/// log-sum-exp; the backward runs the two gradient kernels.
+fn attention_autodiff<C: CheckpointStrategy>(
+    q: Tensor<Autodiff<Inner, C>, 4>,
+    k: Tensor<Autodiff<Inner, C>, 4>,
+    v: Tensor<Autodiff<Inner, C>, 4>,
+) -> Tensor<Autodiff<Inner, C>, 4> {
+    let q = q.into_primitive().tensor();
+    let k = k.into_primitive().tensor();
+    let v = v.into_primitive().tensor();
+    let prepared = FlashAttentionBackward
+        .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
+        .compute_bound()
+        .stateful();
+    let output = match prepared {
+        OpsKind::Tracked(prep) => {
+            let (out, lse) = forward(
+                q.primitive.clone(),
+                k.primitive.clone(),
+                v.primitive.clone(),
+            );
+            let state = FlashState {
+                q: q.primitive,
+                k: k.primitive,
+                v: v.primitive,
+                out: out.clone(),
+                lse,
+            };
+            prep.finish(state, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(q.primitive, k.primitive, v.primitive).0),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+#[derive(Debug)]
+struct FlashAttentionBackward;
+
+#[derive(Debug, Clone)]
+struct FlashState {
+    q: CudaFusionTensor,
+    k: CudaFusionTensor,
+    v: CudaFusionTensor,
+    out: CudaFusionTensor,
+    lse: CudaFusionTensor,
+}
+
+impl Backward<Inner, 3> for FlashAttentionBackward {
+    type State = FlashState;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let grad = grads.consume::<Inner>(&ops.node);
+        let grad = if grad.dtype == DType::BF16 {
+            grad
+        } else {
+            Tensor::<Inner, 4>::from_primitive(TensorPrimitive::Float(grad))
+                .cast(DType::BF16)
+                .into_primitive()
+                .tensor()
+        };
+        let s = ops.state;
+        let (dq, dk, dv) = backward(s.q, s.k, s.v, s.out, s.lse, grad);
+        for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+            if let Some(node) = node {
+                grads.register::<Inner>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// Whether the kernels compiled for device `index` (compiled on the first call; a
+/// failure is reported once and leaves attention on the blocked path).
+pub fn available(index: usize) -> bool {
+    static KERNELS_USABLE: OnceLock<bool> = OnceLock::new();
+    *KERNELS_USABLE.get_or_init(|| {
+        if std::env::var_os(DISABLE_ENV).is_some() {
+            return false;
+        }
+        match kernels(index) {
+            Ok(_) => true,
+            Err(message) => {
+                eprintln!(
+                    "warning: graft's flash-attention kernels could not be built ({message}); \
+                     attention uses the slower blocked path"
+                );
+                false
+            }
+        }
+    })
+}
+
+/// The compiled kernels, by head size.
+struct Kernels {
+    device: usize,
+    by_head_dim: [(usize, Functions); HEAD_DIMS.len()],
+}
+
+#[derive(Clone, Copy)]
+struct Functions {
+    forward: csys::CUfunction,
+    backward_dq: csys::CUfunction,
+    backward_dkv: csys::CUfunction,
+}
+
+// SAFETY: CUfunction handles are valid in their context from any thread; they are
+// only launched with that context current.
+unsafe impl Send for Kernels {}
+unsafe impl Sync for Kernels {}
+
+static KERNELS: OnceLock<Result<Kernels, String>> = OnceLock::new();
+
+fn kernels(index: usize) -> Result<&'static Kernels, String> {
+    let kernels = KERNELS
+        .get_or_init(|| compile(index))
+        .as_ref()
+        .map_err(Clone::clone)?;
+    if kernels.device != index {
+        return Err(format!(
+            "compiled for GPU {}, asked for GPU {index}",
+            kernels.device
+        ));
+    }
+    Ok(kernels)
+}
+
+fn functions(head_dim: usize) -> Functions {
+    let kernels = KERNELS
+        .get()
+        .and_then(|k| k.as_ref().ok())
+        .expect("kernels compiled before launch");
+    kernels
+        .by_head_dim
+        .iter()
+        .find(|(d, _)| *d == head_dim)
+        .map(|(_, f)| *f)
+        .expect("supported head size")
+}
+
+/// Shared memory of each kernel for head size `d`, as laid out in the source.
+fn shared_bytes(d: usize) -> (u32, u32, u32) {
+    let tiles = 2 * TILE * (d + 8) * 2;
+    let scratch = 4 * 16 * (d.max(TILE) + 4) * 4;
+    let probs = 4 * 16 * (TILE + 8) * 2;
+    let forward = tiles + scratch + probs;
+    let dq = tiles + 2 * scratch + probs;
+    let dkv = tiles + 2 * scratch + 2 * probs + 2 * TILE * 4;
+    (forward as u32, dq as u32, dkv as u32)
+}
+
+fn cuda_include_dir() -> std::path::PathBuf {
+    let root = std::env::var_os("CUDA_PATH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/local/cuda".into());
+    root.join("include")
+}
+
+fn compile(index: usize) -> Result<Kernels, String> {
+    let started = std::time::Instant::now();
+    // SAFETY: driver and NVRTC calls with valid arguments; the module and functions
+    // live for the process, in the primary context cubecl's kernels use.
+    let kernels = unsafe {
+        cuda_stream::primary_context(index);
+        let device = driver::device::get(index as i32).map_err(|e| format!("{e:?}"))?;
+        let attribute = |a| driver::device::get_attribute(device, a).map_err(|e| format!("{e:?}"));
+        let major =
+            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor =
+            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        if major < 8 {
+            return Err(format!(
+                "compute capability {major}.{minor}; bf16 tensor cores need 8.0"
+            ));
+        }
+        let include = cuda_include_dir();
+        if !include.join("mma.h").exists() && !include.join("crt/mma.h").exists() {
+            return Err(format!(
+                "no CUDA headers in {} (set CUDA_PATH)",
+                include.display()
+            ));
+        }
+        let options = vec![
+            format!("--gpu-architecture=sm_{major}{minor}"),
+            format!("--include-path={}", include.display()),
+            "--std=c++17".to_string(),
+        ];
+        let source = CString::new(SOURCE).expect("source has no NUL");
+        let program = cudarc::nvrtc::result::create_program(&source, None)
+            .map_err(|e| format!("NVRTC: {e:?}"))?;
+        if cudarc::nvrtc::result::compile_program(program, &options).is_err() {
+            let log = cudarc::nvrtc::result::get_program_log(program)
+                .map(|raw| {
+                    std::ffi::CStr::from_ptr(raw.as_ptr())
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .unwrap_or_default();
+            return Err(format!("NVRTC compilation failed:\n{log}"));
+        }
+        let ptx = cudarc::nvrtc::result::get_ptx(program).map_err(|e| format!("{e:?}"))?;
+        let _ = cudarc::nvrtc::result::destroy_program(program);
+        let module = driver::module::load_data(ptx.as_ptr() as *const c_void)
+            .map_err(|e| format!("{e:?}"))?;
+        let function = |name: String, shared: u32| -> Result<csys::CUfunction, String> {
+            let f = driver::module::get_function(module, CString::new(name.clone()).unwrap())
+                .map_err(|e| format!("{name}: {e:?}"))?;
+            driver::function::set_function_attribute(
+                f,
+                csys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared as i32,
+            )
+            .map_err(|e| format!("{name}: {shared} bytes of shared memory: {e:?}"))?;
+            Ok(f)
+        };
+        let mut by_head_dim = Vec::new();
+        for d in HEAD_DIMS {
+            let (forward, dq, dkv) = shared_bytes(d);
+            by_head_dim.push((
+                d,
+                Functions {
+                    forward: function(format!("flash_forward_{d}"), forward)?,
+                    backward_dq: function(format!("flash_backward_dq_{d}"), dq)?,
+                    backward_dkv: function(format!("flash_backward_dkv_{d}"), dkv)?,
+                },
+            ));
+        }
+        Kernels {
+            device: index,
+            by_head_dim: by_head_dim
+                .try_into()
+                .ok()
+                .expect("one entry per head size"),
+        }
+    };
+    if std::env::var_os("GRAFT_VERBOSE_CUDA").is_some() {
+        eprintln!(
+            "flash-attention kernels compiled in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(kernels)
+}
+
+/// Batch, head and row strides of a `[batch, heads, rows, d]` operand, in elements
+/// (`struct Strides` in the source).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct Strides {
+    batch: i64,
+    head: i64,
+    row: i64,
+}
+
+/// The operand with unit stride along its last dim and the others multiples of 8
+/// elements (16-byte rows for the kernels' vector loads), copying when it has not.
+fn operand(tensor: CubeTensor<CudaRuntime>) -> (CubeTensor<CudaRuntime>, Strides) {
+    let fits = |t: &CubeTensor<CudaRuntime>| {
+        let strides = t.meta.strides();
+        let shape = t.meta.shape();
+        strides[3] == 1 && (0..3).all(|i| shape[i] == 1 || strides[i] % 8 == 0)
+    };
+    let tensor = if fits(&tensor) {
+        tensor
+    } else {
+        burn_cubecl::kernel::into_contiguous(tensor)
+    };
+    let s = tensor.meta.strides();
+    let strides = Strides {
+        batch: s[0] as i64,
+        head: s[1] as i64,
+        row: s[2] as i64,
+    };
+    (tensor, strides)
+}
+
+/// The shapes one launch needs.
+#[derive(Debug, Clone, Copy)]
+struct Problem {
+    batch: usize,
+    heads: usize,
+    kv_heads: usize,
+    seq: usize,
+    keys: usize,
+    head_dim: usize,
+}
+
+impl Problem {
+    fn of(q: &[usize], k: &[usize]) -> Problem {
+        Problem {
+            batch: q[0],
+            heads: q[1],
+            kv_heads: k[1],
+            seq: q[2],
+            keys: k[2],
+            head_dim: q[3],
+        }
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+}
+
+/// Output and per-row log2-sum-exp2 of causal attention over q `[b, h, s, d]` and k, v
+/// `[b, kv_h, t, d]` (bf16, `h` a multiple of `kv_h`): `[b, h, s, d]` bf16 and
+/// `[b, h, s]` f32, as a fusion custom op.
+pub fn forward(
+    q: CudaFusionTensor,
+    k: CudaFusionTensor,
+    v: CudaFusionTensor,
+) -> (CudaFusionTensor, CudaFusionTensor) {
+    cuda_stream::check_earlier_failure();
+    let client = q.client.clone();
+    let dims = q.shape.to_vec();
+    let streams = OperationStreams::with_inputs([&q, &k, &v]);
+    let out = TensorIr::uninit(
+        client.create_empty_handle(),
+        Shape::from(dims.clone()),
+        DType::BF16,
+    );
+    let lse = TensorIr::uninit(
+        client.create_empty_handle(),
+        Shape::from(dims[..3].to_vec()),
+        DType::F32,
+    );
+    let desc = CustomOpIr::new(
+        "graft_flash_attention_forward",
+        &[q.into_ir(), k.into_ir(), v.into_ir()],
+        &[out, lse],
+    );
+    let [out, lse] = client
+        .register(
+            streams,
+            OperationIr::Custom(desc.clone()),
+            FlashForward { desc },
+        )
+        .outputs();
+    (out, lse)
+}
+
+/// Gradients of q, k and v from the output's gradient `dout`, with the forward's
+/// output and log-sum-exp.
+pub fn backward(
+    q: CudaFusionTensor,
+    k: CudaFusionTensor,
+    v: CudaFusionTensor,
+    out: CudaFusionTensor,
+    lse: CudaFusionTensor,
+    dout: CudaFusionTensor,
+) -> (CudaFusionTensor, CudaFusionTensor, CudaFusionTensor) {
+    cuda_stream::check_earlier_failure();
+    let client = q.client.clone();
+    let shape = |t: &CudaFusionTensor| Shape::from(t.shape.to_vec());
+    let (q_shape, k_shape) = (shape(&q), shape(&k));
+    let streams = OperationStreams::with_inputs([&q, &k, &v, &out, &lse, &dout]);
+    let grad = |shape: Shape| TensorIr::uninit(client.create_empty_handle(), shape, DType::BF16);
+    let (dq, dk, dv) = (grad(q_shape), grad(k_shape.clone()), grad(k_shape));
+    let desc = CustomOpIr::new(
+        "graft_flash_attention_backward",
+        &[
+            q.into_ir(),
+            k.into_ir(),
+            v.into_ir(),
+            out.into_ir(),
+            lse.into_ir(),
+            dout.into_ir(),
+        ],
+        &[dq, dk, dv],
+    );
+    let [dq, dk, dv] = client
+        .register(
+            streams,
+            OperationIr::Custom(desc.clone()),
+            FlashBackward { desc },
+        )
+        .outputs();
+    (dq, dk, dv)
+}
+
+#[derive(Debug)]
+struct FlashForward {
+    desc: CustomOpIr,
+}
+
+impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashForward {
+    fn execute(&self, handles: &mut Handles) {
+        let ([q, k, v], [out_ir, lse_ir]) = self.desc.as_fixed();
+        let (q, qs) = operand(handles.get_float_tensor::<Cube>(q));
+        let (k, ks) = operand(handles.get_float_tensor::<Cube>(k));
+        let (v, vs) = operand(handles.get_float_tensor::<Cube>(v));
+        let problem = Problem::of(q.meta.shape(), k.meta.shape());
+        let out = empty(&q, out_ir.shape.clone(), DType::BF16);
+        let lse = empty(&q, lse_ir.shape.clone(), DType::F32);
+        let buffers = [&q, &k, &v, &out, &lse].map(|t| t.handle.clone().binding());
+        launch(&q, buffers, move |pointers, stream| {
+            let [q, k, v, out, lse] = pointers;
+            let f = functions(problem.head_dim).forward;
+            let (shared, _, _) = shared_bytes(problem.head_dim);
+            let grid = (
+                problem.seq.div_ceil(TILE) as u32,
+                (problem.batch * problem.heads) as u32,
+            );
+            let mut args = Args::default();
+            args.pointer(q)
+                .strides(qs)
+                .pointer(k)
+                .strides(ks)
+                .pointer(v)
+                .strides(vs)
+                .pointer(out)
+                .pointer(lse)
+                .shape(&problem);
+            args.launch(f, grid, shared, stream);
+        });
+        handles.register_float_tensor::<Cube>(&out_ir.id, out);
+        handles.register_float_tensor::<Cube>(&lse_ir.id, lse);
+    }
+}
+
+#[derive(Debug)]
+struct FlashBackward {
+    desc: CustomOpIr,
+}
+
+impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashBackward {
+    fn execute(&self, handles: &mut Handles) {
+        let ([q, k, v, out, lse, dout], [dq_ir, dk_ir, dv_ir]) = self.desc.as_fixed();
+        let (q, qs) = operand(handles.get_float_tensor::<Cube>(q));
+        let (k, ks) = operand(handles.get_float_tensor::<Cube>(k));
+        let (v, vs) = operand(handles.get_float_tensor::<Cube>(v));
+        let (dout, dos) = operand(handles.get_float_tensor::<Cube>(dout));
+        // The forward wrote both contiguous.
+        let out = handles.get_float_tensor::<Cube>(out);
+        let lse = handles.get_float_tensor::<Cube>(lse);
+        let problem = Problem::of(q.meta.shape(), k.meta.shape());
+        let dq = empty(&q, dq_ir.shape.clone(), DType::BF16);
+        let dk = empty(&q, dk_ir.shape.clone(), DType::BF16);
+        let dv = empty(&q, dv_ir.shape.clone(), DType::BF16);
+        let delta = empty(&q, Shape::from(lse.meta.shape().to_vec()), DType::F32);
+        let buffers = [&q, &k, &v, &out, &lse, &dout, &delta, &dq, &dk, &dv]
+            .map(|t| t.handle.clone().binding());
+        launch(&q, buffers, move |pointers, stream| {
+            let [q, k, v, out, lse, dout, delta, dq, dk, dv] = pointers;
+            let functions = functions(problem.head_dim);
+            let (_, dq_shared, dkv_shared) = shared_bytes(problem.head_dim);
+            let heads = (problem.batch * problem.heads) as u32;
+            let mut args = Args::default();
+            args.pointer(q)
+                .strides(qs)
+                .pointer(k)
+                .strides(ks)
+                .pointer(v)
+                .strides(vs)
+                .pointer(out)
+                .pointer(dout)
+                .strides(dos)
+                .pointer(lse)
+                .pointer(delta)
+                .pointer(dq)
+                .shape(&problem);
+            let grid = (problem.seq.div_ceil(TILE) as u32, heads);
+            args.launch(functions.backward_dq, grid, dq_shared, stream);
+            // Queued after dQ on the same stream, so it reads the finished deltas.
+            let mut args = Args::default();
+            args.pointer(q)
+                .strides(qs)
+                .pointer(k)
+                .strides(ks)
+                .pointer(v)
+                .strides(vs)
+                .pointer(dout)
+                .strides(dos)
+                .pointer(lse)
+                .pointer(delta)
+                .pointer(dk)
+                .pointer(dv)
+                .shape(&problem);
+            let grid = (
+                problem.keys.div_ceil(TILE) as u32,
+                (problem.batch * problem.kv_heads) as u32,
+            );
+            args.launch(functions.backward_dkv, grid, dkv_shared, stream);
+        });
+        handles.register_float_tensor::<Cube>(&dq_ir.id, dq);
+        handles.register_float_tensor::<Cube>(&dk_ir.id, dk);
+        handles.register_float_tensor::<Cube>(&dv_ir.id, dv);
+    }
+}
+
+fn empty(like: &CubeTensor<CudaRuntime>, shape: Shape, dtype: DType) -> CubeTensor<CudaRuntime> {
+    burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        dtype,
+    )
+}
+
+/// Queues `work` on cubecl's device thread, which runs it on the side stream with the
+/// device addresses of `buffers`, ordered against cubecl's kernels.
+fn launch<const N: usize>(
+    like: &CubeTensor<CudaRuntime>,
+    buffers: [Binding; N],
+    work: impl FnOnce([u64; N], csys::CUstream) + Send + 'static,
+) {
+    let device = like.device.clone();
+    let index = device.index;
+    cuda_stream::submit(&device, move |server: &mut CudaServer, stream_id| {
+        // The guards keep the buffers alive until the launches are queued; the side
+        // stream's ordering keeps cubecl from reusing them before the kernels end.
+        let guards = buffers.map(|binding| {
+            server
+                .get_resource(binding, stream_id)
+                .expect("cubecl buffer")
+        });
+        let pointers = std::array::from_fn(|i| {
+            let ptr = guards[i].resource().ptr;
+            assert!(
+                ptr % 16 == 0,
+                "flash attention: a buffer is not 16-byte aligned"
+            );
+            ptr
+        });
+        cuda_stream::run_ordered(server, stream_id, index, |side| work(pointers, side.stream));
+        drop(guards);
+    });
+}
+
+/// A kernel's arguments, each boxed so its address stays fixed until the launch.
+#[derive(Default)]
+struct Args {
+    values: Vec<Box<dyn std::any::Any>>,
+    pointers: Vec<*mut c_void>,
+}
+
+impl Args {
+    fn push<T: 'static>(&mut self, value: T) -> &mut Self {
+        let mut boxed = Box::new(value);
+        self.pointers.push(&mut *boxed as *mut T as *mut c_void);
+        self.values.push(boxed);
+        self
+    }
+
+    fn pointer(&mut self, address: u64) -> &mut Self {
+        self.push(address)
+    }
+
+    fn strides(&mut self, strides: Strides) -> &mut Self {
+        self.push(strides)
+    }
+
+    /// `heads, kv_heads, seq, keys, scale, scale_log2`, the last arguments of every
+    /// kernel.
+    fn shape(&mut self, p: &Problem) -> &mut Self {
+        let int = |n: usize| i32::try_from(n).expect("attention dims fit in int");
+        let scale = p.scale();
+        self.push(int(p.heads))
+            .push(int(p.kv_heads))
+            .push(int(p.seq))
+            .push(int(p.keys))
+            .push(scale)
+            .push(scale * std::f32::consts::LOG2_E)
+    }
+
+    fn launch(
+        mut self,
+        f: csys::CUfunction,
+        grid: (u32, u32),
+        shared: u32,
+        stream: csys::CUstream,
+    ) {
+        // SAFETY: the arguments match the kernel's parameters in order and type (see
+        // the source); the addresses stay valid while the launch is queued.
+        unsafe {
+            driver::launch_kernel(
+                f,
+                (grid.0, grid.1, 1),
+                (THREADS, 1, 1),
+                shared,
+                stream,
+                &mut self.pointers,
+            )
+        }
+        .expect("flash-attention kernel launch");
+    }
+}
+
+/// These need a CUDA GPU (run with `--features cuda` on the device machine).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    type B = Autodiff<Inner>;
+    type Exact = Autodiff<Cuda<f32>>;
+
+    /// Max |a - b| over max |b|.
+    fn relative_error(a: burn::tensor::TensorData, b: burn::tensor::TensorData) -> f32 {
+        let (a, b): (Vec<f32>, Vec<f32>) = (a.iter().collect(), b.iter().collect());
+        let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        worst / scale
+    }
+
+    /// The kernels' output and gradients against burn's op-by-op attention in f32 on
+    /// the same bf16 inputs, with `heads` query heads over `kv_heads`.
+    fn check(batch: usize, (heads, kv_heads): (usize, usize), seq: usize, head_dim: usize) {
+        let device = Default::default();
+        // Drawn on the host and rounded to bf16, so both sides see the same values.
+        let mut seed = 0u64;
+        let mut make = |heads: usize| {
+            seed += 1;
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+            let shape = [batch, heads, seq, head_dim];
+            // Box-Muller: standard normal values.
+            let values: Vec<f32> = (0..shape.iter().product::<usize>())
+                .map(|_| {
+                    let (u, v): (f32, f32) =
+                        (rand::Rng::random(&mut rng), rand::Rng::random(&mut rng));
+                    (-2.0 * (1.0 - u).ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+                })
+                .collect();
+            let data = burn::tensor::TensorData::new(values, shape);
+            data.convert::<bf16>()
+        };
+        let (q0, k0, v0, weight) = (make(heads), make(kv_heads), make(kv_heads), make(heads));
+        let low = |t: &burn::tensor::TensorData| Tensor::<B, 4>::from_data(t.clone(), &device);
+        let (q, k, v) = (
+            low(&q0).require_grad(),
+            low(&k0).require_grad(),
+            low(&v0).require_grad(),
+        );
+        let out = causal_attention(q.clone(), k.clone(), v.clone())
+            .ok()
+            .expect("the flash path serves bf16 autodiff CUDA");
+        let grads = (out.clone() * low(&weight)).sum().backward();
+        let high = |t: Tensor<Inner, 4>| t.into_data().convert::<f32>();
+        let flash = [
+            high(out.inner()),
+            high(q.grad(&grads).unwrap()),
+            high(k.grad(&grads).unwrap()),
+            high(v.grad(&grads).unwrap()),
+        ];
+        eprintln!("flash done");
+
+        let exact = |t: &burn::tensor::TensorData| {
+            Tensor::<Exact, 4>::from_data(t.clone().convert::<f32>(), &device)
+        };
+        let (q, k, v) = (
+            exact(&q0).require_grad(),
+            exact(&k0).require_grad(),
+            exact(&v0).require_grad(),
+        );
+        let groups = heads / kv_heads;
+        let k_all = super::super::attention::repeat_kv(k.clone(), groups);
+        let v_all = super::super::attention::repeat_kv(v.clone(), groups);
+        let scores = q.clone().matmul(k_all.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+        let future: Vec<bool> = (0..batch * heads * seq * seq)
+            .map(|i| (i % seq) > (i / seq) % seq)
+            .collect();
+        let future = Tensor::<Exact, 4, burn::tensor::Bool>::from_data(
+            burn::tensor::TensorData::new(future, [batch, heads, seq, seq]),
+            &device,
+        );
+        let probs =
+            burn::tensor::activation::softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
+        let out = probs.matmul(v_all);
+        let grads = (out.clone() * exact(&weight)).sum().backward();
+        let reference = [
+            out.inner().into_data(),
+            q.grad(&grads).unwrap().into_data(),
+            k.grad(&grads).unwrap().into_data(),
+            v.grad(&grads).unwrap().into_data(),
+        ];
+        eprintln!("reference done");
+        for (name, (a, b)) in ["out", "dq", "dk", "dv"]
+            .iter()
+            .zip(flash.into_iter().zip(reference))
+        {
+            let error = relative_error(a, b);
+            println!("{batch}x{heads}/{kv_heads}x{seq}x{head_dim} {name}: {error:.2e}");
+            // bf16 keeps 8 bits: a few roundings of the inputs, probabilities and
+            // outputs stay well inside 2%.
+            assert!(error < 2e-2, "{name}: relative error {error}");
+        }
+    }
+
+    #[test]
+    fn flash_attention_matches_f32_attention_and_its_gradients() {
+        // Grouped heads (llama's 4 query heads per kv head), a short last tile.
+        check(2, (8, 2), 200, 64);
+        check(1, (3, 3), 64, 64);
+        check(1, (4, 2), 130, 128);
+        check(2, (8, 4), 100, 32);
+    }
+
+    #[test]
+    fn flash_attention_gradients_are_the_same_bits_on_every_run() {
+        let device = Default::default();
+        let make = |heads: usize| {
+            Tensor::<Inner, 4>::random([2, heads, 300, 64], Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (q0, k0, v0) = (make(8), make(2), make(2));
+        let run = || {
+            let (q, k, v) = (
+                Tensor::<B, 4>::from_inner(q0.clone()).require_grad(),
+                Tensor::<B, 4>::from_inner(k0.clone()).require_grad(),
+                Tensor::<B, 4>::from_inner(v0.clone()).require_grad(),
+            );
+            let out = causal_attention(q.clone(), k.clone(), v.clone())
+                .ok()
+                .unwrap();
+            let grads = out.sum().backward();
+            [q.grad(&grads), k.grad(&grads), v.grad(&grads)].map(|g| g.unwrap().into_data())
+        };
+        assert_eq!(run(), run());
+    }
+}
