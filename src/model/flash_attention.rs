@@ -15,7 +15,6 @@
 //! says whether that worked; where it does not (no CUDA headers, a card older than
 //! compute capability 8.0), attention stays on the blocked path.
 
-use std::ffi::{c_void, CString};
 use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -35,12 +34,10 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::FusionRuntime;
-use cubecl_runtime::server::{Binding, ComputeServer};
-use cudarc::driver::result as driver;
-use cudarc::driver::sys as csys;
 
 use super::cublas::CudaFusionTensor;
-use super::cuda_stream::{self, CudaServer};
+use super::cuda_kernels::{self, empty, launch, Args, Function};
+use super::cuda_stream;
 
 /// Set to keep attention on the blocked path (for measuring the difference).
 pub const DISABLE_ENV: &str = "GRAFT_BLOCKED_ATTENTION";
@@ -219,15 +216,10 @@ struct Kernels {
 
 #[derive(Clone, Copy)]
 struct Functions {
-    forward: csys::CUfunction,
-    backward_dq: csys::CUfunction,
-    backward_dkv: csys::CUfunction,
+    forward: Function,
+    backward_dq: Function,
+    backward_dkv: Function,
 }
-
-// SAFETY: CUfunction handles are valid in their context from any thread; they are
-// only launched with that context current.
-unsafe impl Send for Kernels {}
-unsafe impl Sync for Kernels {}
 
 static KERNELS: OnceLock<Result<Kernels, String>> = OnceLock::new();
 
@@ -269,97 +261,40 @@ fn shared_bytes(d: usize) -> (u32, u32, u32) {
     (forward as u32, dq as u32, dkv as u32)
 }
 
-fn cuda_include_dir() -> std::path::PathBuf {
-    let root = std::env::var_os("CUDA_PATH")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/usr/local/cuda".into());
-    root.join("include")
-}
-
 fn compile(index: usize) -> Result<Kernels, String> {
     let started = std::time::Instant::now();
-    // SAFETY: driver and NVRTC calls with valid arguments; the module and functions
-    // live for the process, in the primary context cubecl's kernels use.
-    let kernels = unsafe {
-        cuda_stream::primary_context(index);
-        let device = driver::device::get(index as i32).map_err(|e| format!("{e:?}"))?;
-        let attribute = |a| driver::device::get_attribute(device, a).map_err(|e| format!("{e:?}"));
-        let major =
-            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
-        let minor =
-            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
-        if major < 8 {
-            return Err(format!(
-                "compute capability {major}.{minor}; bf16 tensor cores need 8.0"
-            ));
-        }
-        let include = cuda_include_dir();
-        if !include.join("mma.h").exists() && !include.join("crt/mma.h").exists() {
-            return Err(format!(
-                "no CUDA headers in {} (set CUDA_PATH)",
-                include.display()
-            ));
-        }
-        let options = vec![
-            format!("--gpu-architecture=sm_{major}{minor}"),
-            format!("--include-path={}", include.display()),
-            "--std=c++17".to_string(),
-        ];
-        let source = CString::new(SOURCE).expect("source has no NUL");
-        let program = cudarc::nvrtc::result::create_program(&source, None)
-            .map_err(|e| format!("NVRTC: {e:?}"))?;
-        if cudarc::nvrtc::result::compile_program(program, &options).is_err() {
-            let log = cudarc::nvrtc::result::get_program_log(program)
-                .map(|raw| {
-                    std::ffi::CStr::from_ptr(raw.as_ptr())
-                        .to_string_lossy()
-                        .into_owned()
-                })
-                .unwrap_or_default();
-            return Err(format!("NVRTC compilation failed:\n{log}"));
-        }
-        let ptx = cudarc::nvrtc::result::get_ptx(program).map_err(|e| format!("{e:?}"))?;
-        let _ = cudarc::nvrtc::result::destroy_program(program);
-        let module = driver::module::load_data(ptx.as_ptr() as *const c_void)
-            .map_err(|e| format!("{e:?}"))?;
-        let function = |name: String, shared: u32| -> Result<csys::CUfunction, String> {
-            let f = driver::module::get_function(module, CString::new(name.clone()).unwrap())
-                .map_err(|e| format!("{name}: {e:?}"))?;
-            driver::function::set_function_attribute(
-                f,
-                csys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                shared as i32,
-            )
-            .map_err(|e| format!("{name}: {shared} bytes of shared memory: {e:?}"))?;
-            Ok(f)
-        };
-        let mut by_head_dim = Vec::new();
-        for d in HEAD_DIMS {
-            let (forward, dq, dkv) = shared_bytes(d);
-            by_head_dim.push((
-                d,
-                Functions {
-                    forward: function(format!("flash_forward_{d}"), forward)?,
-                    backward_dq: function(format!("flash_backward_dq_{d}"), dq)?,
-                    backward_dkv: function(format!("flash_backward_dkv_{d}"), dkv)?,
-                },
-            ));
-        }
-        Kernels {
-            device: index,
-            by_head_dim: by_head_dim
-                .try_into()
-                .ok()
-                .expect("one entry per head size"),
-        }
-    };
+    let module = cuda_kernels::compile(SOURCE, index, &["mma.h", "cuda_bf16.h"])?;
+    let (major, minor) = module.capability;
+    if major < 8 {
+        return Err(format!(
+            "compute capability {major}.{minor}; bf16 tensor cores need 8.0"
+        ));
+    }
+    let mut by_head_dim = Vec::new();
+    for d in HEAD_DIMS {
+        let (forward, dq, dkv) = shared_bytes(d);
+        by_head_dim.push((
+            d,
+            Functions {
+                forward: module.function(&format!("flash_forward_{d}"), forward)?,
+                backward_dq: module.function(&format!("flash_backward_dq_{d}"), dq)?,
+                backward_dkv: module.function(&format!("flash_backward_dkv_{d}"), dkv)?,
+            },
+        ));
+    }
     if std::env::var_os("GRAFT_VERBOSE_CUDA").is_some() {
         eprintln!(
             "flash-attention kernels compiled in {:.1} s",
             started.elapsed().as_secs_f64()
         );
     }
-    Ok(kernels)
+    Ok(Kernels {
+        device: index,
+        by_head_dim: by_head_dim
+            .try_into()
+            .ok()
+            .expect("one entry per head size"),
+    })
 }
 
 /// Batch, head and row strides of a `[batch, heads, rows, d]` operand, in elements
@@ -512,9 +447,11 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashForward {
         let problem = Problem::of(q.meta.shape(), k.meta.shape());
         let out = empty(&q, out_ir.shape.clone(), DType::BF16);
         let lse = empty(&q, lse_ir.shape.clone(), DType::F32);
-        let buffers = [&q, &k, &v, &out, &lse].map(|t| t.handle.clone().binding());
-        launch(&q, buffers, move |pointers, stream| {
-            let [q, k, v, out, lse] = pointers;
+        let buffers = [&q, &k, &v, &out, &lse]
+            .map(|t| t.handle.clone().binding())
+            .to_vec();
+        launch(&q, buffers.to_vec(), move |pointers, stream| {
+            let [q, k, v, out, lse] = aligned(pointers);
             let f = functions(problem.head_dim).forward;
             let (shared, _, _) = shared_bytes(problem.head_dim);
             let grid = (
@@ -522,16 +459,18 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashForward {
                 (problem.batch * problem.heads) as u32,
             );
             let mut args = Args::default();
-            args.pointer(q)
-                .strides(qs)
-                .pointer(k)
-                .strides(ks)
-                .pointer(v)
-                .strides(vs)
-                .pointer(out)
-                .pointer(lse)
-                .shape(&problem);
-            args.launch(f, grid, shared, stream);
+            args.push(q)
+                .push(qs)
+                .push(k)
+                .push(ks)
+                .push(v)
+                .push(vs)
+                .push(out)
+                .push(lse);
+            shape_args(&mut args, &problem);
+            // SAFETY: the arguments follow flash_forward's parameters; the buffers are
+            // held until the kernel ends (cuda_kernels::launch).
+            unsafe { args.launch(f, grid, THREADS, shared, stream) };
         });
         handles.register_float_tensor::<Cube>(&out_ir.id, out);
         handles.register_float_tensor::<Cube>(&lse_ir.id, lse);
@@ -560,47 +499,49 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashBackward {
         let delta = empty(&q, Shape::from(lse.meta.shape().to_vec()), DType::F32);
         let buffers = [&q, &k, &v, &out, &lse, &dout, &delta, &dq, &dk, &dv]
             .map(|t| t.handle.clone().binding());
-        launch(&q, buffers, move |pointers, stream| {
-            let [q, k, v, out, lse, dout, delta, dq, dk, dv] = pointers;
+        launch(&q, buffers.to_vec(), move |pointers, stream| {
+            let [q, k, v, out, lse, dout, delta, dq, dk, dv] = aligned(pointers);
             let functions = functions(problem.head_dim);
             let (_, dq_shared, dkv_shared) = shared_bytes(problem.head_dim);
             let heads = (problem.batch * problem.heads) as u32;
             let mut args = Args::default();
-            args.pointer(q)
-                .strides(qs)
-                .pointer(k)
-                .strides(ks)
-                .pointer(v)
-                .strides(vs)
-                .pointer(out)
-                .pointer(dout)
-                .strides(dos)
-                .pointer(lse)
-                .pointer(delta)
-                .pointer(dq)
-                .shape(&problem);
+            args.push(q)
+                .push(qs)
+                .push(k)
+                .push(ks)
+                .push(v)
+                .push(vs)
+                .push(out)
+                .push(dout)
+                .push(dos)
+                .push(lse)
+                .push(delta)
+                .push(dq);
+            shape_args(&mut args, &problem);
             let grid = (problem.seq.div_ceil(TILE) as u32, heads);
-            args.launch(functions.backward_dq, grid, dq_shared, stream);
+            // SAFETY: as for the forward, with flash_backward_dq's parameters.
+            unsafe { args.launch(functions.backward_dq, grid, THREADS, dq_shared, stream) };
             // Queued after dQ on the same stream, so it reads the finished deltas.
             let mut args = Args::default();
-            args.pointer(q)
-                .strides(qs)
-                .pointer(k)
-                .strides(ks)
-                .pointer(v)
-                .strides(vs)
-                .pointer(dout)
-                .strides(dos)
-                .pointer(lse)
-                .pointer(delta)
-                .pointer(dk)
-                .pointer(dv)
-                .shape(&problem);
+            args.push(q)
+                .push(qs)
+                .push(k)
+                .push(ks)
+                .push(v)
+                .push(vs)
+                .push(dout)
+                .push(dos)
+                .push(lse)
+                .push(delta)
+                .push(dk)
+                .push(dv);
+            shape_args(&mut args, &problem);
             let grid = (
                 problem.keys.div_ceil(TILE) as u32,
                 (problem.batch * problem.kv_heads) as u32,
             );
-            args.launch(functions.backward_dkv, grid, dkv_shared, stream);
+            // SAFETY: as for the forward, with flash_backward_dkv's parameters.
+            unsafe { args.launch(functions.backward_dkv, grid, THREADS, dkv_shared, stream) };
         });
         handles.register_float_tensor::<Cube>(&dq_ir.id, dq);
         handles.register_float_tensor::<Cube>(&dk_ir.id, dk);
@@ -608,102 +549,27 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashBackward {
     }
 }
 
-fn empty(like: &CubeTensor<CudaRuntime>, shape: Shape, dtype: DType) -> CubeTensor<CudaRuntime> {
-    burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
-        like.client.clone(),
-        like.device.clone(),
-        shape,
-        dtype,
-    )
+/// The device addresses, checked for the 16-byte alignment of the kernels' vector
+/// loads.
+fn aligned<const N: usize>(pointers: Vec<u64>) -> [u64; N] {
+    assert!(
+        pointers.iter().all(|p| p % 16 == 0),
+        "flash attention: a buffer is not 16-byte aligned"
+    );
+    pointers.try_into().expect("one address per buffer")
 }
 
-/// Queues `work` on cubecl's device thread, which runs it on the side stream with the
-/// device addresses of `buffers`, ordered against cubecl's kernels.
-fn launch<const N: usize>(
-    like: &CubeTensor<CudaRuntime>,
-    buffers: [Binding; N],
-    work: impl FnOnce([u64; N], csys::CUstream) + Send + 'static,
-) {
-    let device = like.device.clone();
-    let index = device.index;
-    cuda_stream::submit(&device, move |server: &mut CudaServer, stream_id| {
-        // The guards keep the buffers alive until the launches are queued; the side
-        // stream's ordering keeps cubecl from reusing them before the kernels end.
-        let guards = buffers.map(|binding| {
-            server
-                .get_resource(binding, stream_id)
-                .expect("cubecl buffer")
-        });
-        let pointers = std::array::from_fn(|i| {
-            let ptr = guards[i].resource().ptr;
-            assert!(
-                ptr % 16 == 0,
-                "flash attention: a buffer is not 16-byte aligned"
-            );
-            ptr
-        });
-        cuda_stream::run_ordered(server, stream_id, index, |side| work(pointers, side.stream));
-        drop(guards);
-    });
-}
-
-/// A kernel's arguments, each boxed so its address stays fixed until the launch.
-#[derive(Default)]
-struct Args {
-    values: Vec<Box<dyn std::any::Any>>,
-    pointers: Vec<*mut c_void>,
-}
-
-impl Args {
-    fn push<T: 'static>(&mut self, value: T) -> &mut Self {
-        let mut boxed = Box::new(value);
-        self.pointers.push(&mut *boxed as *mut T as *mut c_void);
-        self.values.push(boxed);
-        self
-    }
-
-    fn pointer(&mut self, address: u64) -> &mut Self {
-        self.push(address)
-    }
-
-    fn strides(&mut self, strides: Strides) -> &mut Self {
-        self.push(strides)
-    }
-
-    /// `heads, kv_heads, seq, keys, scale, scale_log2`, the last arguments of every
-    /// kernel.
-    fn shape(&mut self, p: &Problem) -> &mut Self {
-        let int = |n: usize| i32::try_from(n).expect("attention dims fit in int");
-        let scale = p.scale();
-        self.push(int(p.heads))
-            .push(int(p.kv_heads))
-            .push(int(p.seq))
-            .push(int(p.keys))
-            .push(scale)
-            .push(scale * std::f32::consts::LOG2_E)
-    }
-
-    fn launch(
-        mut self,
-        f: csys::CUfunction,
-        grid: (u32, u32),
-        shared: u32,
-        stream: csys::CUstream,
-    ) {
-        // SAFETY: the arguments match the kernel's parameters in order and type (see
-        // the source); the addresses stay valid while the launch is queued.
-        unsafe {
-            driver::launch_kernel(
-                f,
-                (grid.0, grid.1, 1),
-                (THREADS, 1, 1),
-                shared,
-                stream,
-                &mut self.pointers,
-            )
-        }
-        .expect("flash-attention kernel launch");
-    }
+/// `heads, kv_heads, seq, keys, scale, scale_log2`, the last arguments of every
+/// kernel.
+fn shape_args(args: &mut Args, p: &Problem) {
+    let int = |n: usize| i32::try_from(n).expect("attention dims fit in int");
+    let scale = p.scale();
+    args.push(int(p.heads))
+        .push(int(p.kv_heads))
+        .push(int(p.seq))
+        .push(int(p.keys))
+        .push(scale)
+        .push(scale * std::f32::consts::LOG2_E);
 }
 
 /// These need a CUDA GPU (run with `--features cuda` on the device machine).

@@ -19,6 +19,8 @@ pub mod cublas;
 #[cfg(feature = "cuda")]
 pub mod cuda_backends;
 #[cfg(feature = "cuda")]
+pub mod cuda_kernels;
+#[cfg(feature = "cuda")]
 pub mod cuda_stream;
 pub mod error;
 #[cfg(feature = "cuda")]

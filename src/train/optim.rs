@@ -232,9 +232,24 @@ impl<B: Backend> AdamW<B> {
                 decays: shape.len() >= 2 && weight_decay > 0.0,
                 name: info.name,
                 param,
-                grad: grad * scale,
+                grad,
             });
         }
+        #[cfg(feature = "cuda")]
+        let entries = match self.device_update(entries, scale, clip) {
+            Ok((updated, norm)) => return (with_updates(model, updated), norm),
+            Err(entries) => entries,
+        };
+        // (x * 1.0 is x: skipping it saves an op per parameter.)
+        let entries: Vec<Entry<B>> = entries
+            .into_iter()
+            .map(|mut entry| {
+                if scale != 1.0 {
+                    entry.grad = entry.grad * scale;
+                }
+                entry
+            })
+            .collect();
 
         // Groups that can share one flat update, in order of first appearance.
         let mut groups: Vec<Vec<Entry<B>>> = Vec::new();
@@ -361,16 +376,99 @@ impl<B: Backend> AdamW<B> {
             }
         }
 
-        let model = model.map_params(|info, value| {
-            let updated = updated.remove(&info.name)?;
-            let shape = value.dims();
-            let value = match shape.len() {
-                1 => AnyTensor::D1(Tensor::from_inner(updated)),
-                _ => AnyTensor::D2(Tensor::from_inner(updated.reshape([shape[0], shape[1]]))),
-            };
-            Some((value, true))
+        (with_updates(model, updated), norm)
+    }
+
+    /// The whole update in `super::fused_adamw`'s kernels, when the backend is CUDA and
+    /// the parameters form one f32 group whose moments are fused or not yet created;
+    /// hands the entries back otherwise. Returns the new values by name and, with
+    /// `clip`, the gradients' norm.
+    #[cfg(feature = "cuda")]
+    #[allow(clippy::type_complexity)]
+    fn device_update(
+        &mut self,
+        entries: Vec<Entry<B>>,
+        scale: f64,
+        clip: Option<f64>,
+    ) -> Result<
+        (
+            std::collections::HashMap<String, Tensor<B, 1>>,
+            Option<Tensor<B, 1>>,
+        ),
+        Vec<Entry<B>>,
+    > {
+        use super::fused_adamw;
+        let Some(first) = entries.first() else {
+            return Err(entries);
+        };
+        let one_group = entries.iter().all(|e| {
+            e.steps == first.steps
+                && e.lr == first.lr
+                && e.decays == first.decays
+                && e.param.dtype() == burn::tensor::DType::F32
+                && e.grad.dtype() == burn::tensor::DType::F32
         });
-        (model, norm)
+        let members: Vec<(String, usize)> = entries
+            .iter()
+            .map(|e| (e.name.clone(), e.param.dims()[0]))
+            .collect();
+        let fused_matches = self.fused.as_ref().is_some_and(|f| f.members == members);
+        let fresh =
+            self.fused.is_none() && entries.iter().all(|e| !self.state.contains_key(&e.name));
+        if entries.len() < 2
+            || !one_group
+            || !(fused_matches || fresh)
+            || clip.is_some_and(|c| c <= 0.0)
+            || !fused_adamw::serves::<B>()
+        {
+            return Err(entries);
+        }
+        let (lr, decays, steps) = (first.lr, first.decays, first.steps + 1);
+        let AdamWConfig {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.config;
+        let (m, v) = match self.fused.take() {
+            Some(fused) => (fused.m, fused.v),
+            None => {
+                let total = members.iter().map(|(_, len)| len).sum::<usize>();
+                let device = first.param.device();
+                let zeros = || Tensor::<B, 1>::zeros([total], (&device, burn::tensor::DType::F32));
+                (zeros(), zeros())
+            }
+        };
+        let hyper = fused_adamw::Hyper {
+            scale: scale as f32,
+            lr: lr as f32,
+            beta1: beta1 as f32,
+            beta2: beta2 as f32,
+            eps: eps as f32,
+            decay: if decays {
+                (1.0 - lr * weight_decay) as f32
+            } else {
+                1.0
+            },
+            correction1: (1.0 - beta1.powi(steps as i32)) as f32,
+            correction2: (1.0 - beta2.powi(steps as i32)) as f32,
+        };
+        let (params, grads): (Vec<_>, Vec<_>) =
+            entries.into_iter().map(|e| (e.param, e.grad)).unzip();
+        let (params, m, v, norm) =
+            fused_adamw::step(params, grads, m, v, hyper, clip.unwrap_or(0.0) as f32);
+        let updated = members
+            .iter()
+            .map(|(name, _)| name.clone())
+            .zip(params)
+            .collect();
+        self.fused = Some(FusedMoments {
+            members,
+            m,
+            v,
+            steps,
+        });
+        Ok((updated, clip.map(|_| norm)))
     }
 
     /// The AdamW arithmetic on one (possibly flat) parameter; returns the new
@@ -452,4 +550,20 @@ impl<B: Backend> AdamW<B> {
 /// Embedding-side blocks take `embedding_lr` when one is set.
 pub fn is_embedding_block(info: &ParamInfo) -> bool {
     !info.is_lora && matches!(info.block, Block::Embeddings | Block::LmHead)
+}
+
+/// `model` with the parameters in `updated` (flat, by name) put back in their shapes.
+fn with_updates<A: AutodiffBackend>(
+    model: CausalLm<A>,
+    mut updated: std::collections::HashMap<String, Tensor<A::InnerBackend, 1>>,
+) -> CausalLm<A> {
+    model.map_params(|info, value| {
+        let updated = updated.remove(&info.name)?;
+        let shape = value.dims();
+        let value = match shape.len() {
+            1 => AnyTensor::D1(Tensor::from_inner(updated)),
+            _ => AnyTensor::D2(Tensor::from_inner(updated.reshape([shape[0], shape[1]]))),
+        };
+        Some((value, true))
+    })
 }

@@ -1,0 +1,192 @@
+//! graft's own CUDA kernels: CUDA C++ sources compiled at run time by NVRTC (which
+//! burn-cuda already loads), and launched on the side stream (`super::cuda_stream`)
+//! from fusion custom ops with the device addresses of cubecl's buffers.
+
+use std::ffi::{c_void, CString};
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl_runtime::server::{Binding, ComputeServer};
+use cudarc::driver::result as driver;
+use cudarc::driver::sys as csys;
+
+use super::cuda_stream::{self, CudaServer};
+
+/// A compiled module in device `index`'s primary context.
+pub struct Module {
+    module: csys::CUmodule,
+    /// Compute capability, major and minor.
+    pub capability: (i32, i32),
+}
+
+/// The CUDA toolkit's headers (`CUDA_PATH`, else /usr/local/cuda).
+fn cuda_include_dir() -> std::path::PathBuf {
+    let root = std::env::var_os("CUDA_PATH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/local/cuda".into());
+    root.join("include")
+}
+
+/// Compiles `source` for device `index` and loads it. `headers` names headers the
+/// source includes from the CUDA toolkit, checked for first so that a machine without
+/// them gets a clear reason.
+pub fn compile(source: &str, index: usize, headers: &[&str]) -> Result<Module, String> {
+    // SAFETY: driver and NVRTC calls with valid arguments; the module lives for the
+    // process, in the primary context cubecl's kernels use.
+    unsafe {
+        cuda_stream::primary_context(index);
+        let device = driver::device::get(index as i32).map_err(|e| format!("{e:?}"))?;
+        let attribute = |a| driver::device::get_attribute(device, a).map_err(|e| format!("{e:?}"));
+        let major =
+            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor =
+            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        let mut options = vec![
+            format!("--gpu-architecture=sm_{major}{minor}"),
+            "--std=c++17".to_string(),
+        ];
+        if !headers.is_empty() {
+            let include = cuda_include_dir();
+            if let Some(missing) = headers.iter().find(|h| !include.join(h).exists()) {
+                return Err(format!(
+                    "{missing} is not in {} (set CUDA_PATH)",
+                    include.display()
+                ));
+            }
+            options.push(format!("--include-path={}", include.display()));
+        }
+        let source = CString::new(source).expect("source has no NUL");
+        let program = cudarc::nvrtc::result::create_program(&source, None)
+            .map_err(|e| format!("NVRTC: {e:?}"))?;
+        if cudarc::nvrtc::result::compile_program(program, &options).is_err() {
+            let log = cudarc::nvrtc::result::get_program_log(program)
+                .map(|raw| {
+                    std::ffi::CStr::from_ptr(raw.as_ptr())
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .unwrap_or_default();
+            return Err(format!("NVRTC compilation failed:\n{log}"));
+        }
+        let ptx = cudarc::nvrtc::result::get_ptx(program).map_err(|e| format!("{e:?}"))?;
+        let _ = cudarc::nvrtc::result::destroy_program(program);
+        let module = driver::module::load_data(ptx.as_ptr() as *const c_void)
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(Module {
+            module,
+            capability: (major, minor),
+        })
+    }
+}
+
+impl Module {
+    /// Kernel `name`, allowed `shared` bytes of dynamic shared memory.
+    pub fn function(&self, name: &str, shared: u32) -> Result<Function, String> {
+        // SAFETY: the module is loaded; the attribute call only raises a limit.
+        unsafe {
+            let f = driver::module::get_function(self.module, CString::new(name).unwrap())
+                .map_err(|e| format!("{name}: {e:?}"))?;
+            if shared > 0 {
+                driver::function::set_function_attribute(
+                    f,
+                    csys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    shared as i32,
+                )
+                .map_err(|e| format!("{name}: {shared} bytes of shared memory: {e:?}"))?;
+            }
+            Ok(Function(f))
+        }
+    }
+}
+
+/// A kernel of a loaded module.
+#[derive(Debug, Clone, Copy)]
+pub struct Function(csys::CUfunction);
+
+// SAFETY: CUfunction handles are valid in their context from any thread; they are
+// only launched with that context current (cuda_stream::run_ordered).
+unsafe impl Send for Function {}
+unsafe impl Sync for Function {}
+
+/// A contiguous buffer shaped like `like`'s device, for a custom op's outputs.
+pub fn empty(
+    like: &CubeTensor<CudaRuntime>,
+    shape: Shape,
+    dtype: DType,
+) -> CubeTensor<CudaRuntime> {
+    burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        dtype,
+    )
+}
+
+/// Queues `work` on cubecl's device thread, which runs it on the side stream with the
+/// device addresses of `buffers` (in order), ordered against cubecl's kernels.
+pub fn launch(
+    like: &CubeTensor<CudaRuntime>,
+    buffers: Vec<Binding>,
+    work: impl FnOnce(Vec<u64>, csys::CUstream) + Send + 'static,
+) {
+    let device = like.device.clone();
+    let index = device.index;
+    cuda_stream::submit(&device, move |server: &mut CudaServer, stream_id| {
+        // The guards keep the buffers alive until the launches are queued; the side
+        // stream's ordering keeps cubecl from reusing them before the kernels end.
+        let guards: Vec<_> = buffers
+            .into_iter()
+            .map(|binding| {
+                server
+                    .get_resource(binding, stream_id)
+                    .expect("cubecl buffer")
+            })
+            .collect();
+        let pointers: Vec<u64> = guards.iter().map(|g| g.resource().ptr).collect();
+        cuda_stream::run_ordered(server, stream_id, index, |side| work(pointers, side.stream));
+        drop(guards);
+    });
+}
+
+/// A kernel's arguments, each boxed so that its address stays fixed until the launch.
+#[derive(Default)]
+pub struct Args {
+    values: Vec<Box<dyn std::any::Any>>,
+    pointers: Vec<*mut c_void>,
+}
+
+impl Args {
+    /// Appends one argument, passed by value as its C counterpart (`#[repr(C)]` for
+    /// structs, `u64` for device pointers).
+    pub fn push<T: 'static>(&mut self, value: T) -> &mut Self {
+        let mut boxed = Box::new(value);
+        self.pointers.push(&mut *boxed as *mut T as *mut c_void);
+        self.values.push(boxed);
+        self
+    }
+
+    /// Launches `f` on `stream` with these arguments.
+    ///
+    /// # Safety
+    /// The arguments must match the kernel's parameters in order and type, and the
+    /// addresses among them must stay valid until the kernel ends.
+    pub unsafe fn launch(
+        mut self,
+        f: Function,
+        grid: (u32, u32),
+        threads: u32,
+        shared: u32,
+        stream: csys::CUstream,
+    ) {
+        driver::launch_kernel(
+            f.0,
+            (grid.0, grid.1, 1),
+            (threads, 1, 1),
+            shared,
+            stream,
+            &mut self.pointers,
+        )
+        .expect("kernel launch");
+    }
+}

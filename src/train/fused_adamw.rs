@@ -1,0 +1,429 @@
+//! AdamW with global-norm clipping over a group of f32 parameters on CUDA, in a few
+//! kernel launches (`fused_adamw.cu`) instead of several ops per parameter.
+//!
+//! The optimizer's general path concatenates the group's gradients and parameters
+//! into flat tensors, updates them, and hands each parameter a view back: with
+//! LoRA's 224 matrices on llama-1b that was about 700 small kernels and 20 ms a step,
+//! nearly all of it the host issuing them. Here the gradients, parameters and the
+//! flat moments go to one fusion custom op; the kernels read each tensor where it is.
+
+use std::sync::OnceLock;
+
+use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+use burn::backend::Cuda;
+use burn::tensor::backend::Backend;
+use burn::tensor::{bf16, DType, Shape, Tensor, TensorPrimitive};
+use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{CubeBackend, FloatElement};
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::FusionRuntime;
+
+use crate::model::cublas::CudaFusionTensor;
+use crate::model::cuda_kernels::{self, empty, launch, Args, Function};
+use crate::model::cuda_stream;
+use crate::model::retype;
+
+const SOURCE: &str = include_str!("fused_adamw.cu");
+/// Tensors per launch (`MAX_TENSORS` in the source).
+const MAX_TENSORS: usize = 48;
+/// Elements per block (`CHUNK`).
+const CHUNK: usize = 4096;
+/// Threads per block (`THREADS`).
+const THREADS: u32 = 256;
+
+/// Set to keep the optimizer on its op-by-op path (for measuring the difference).
+pub const DISABLE_ENV: &str = "GRAFT_UNFUSED_ADAMW";
+
+/// The update's scalars (`struct Hyper` in the source).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Hyper {
+    /// Gradient scale, applied before the norm.
+    pub scale: f32,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// What the parameter is multiplied by before the update (decoupled weight decay).
+    pub decay: f32,
+    pub correction1: f32,
+    pub correction2: f32,
+}
+
+/// Whether [`step`] runs on backend `B`: an inner CUDA backend, with the kernels built.
+pub fn serves<B: Backend>() -> bool {
+    let id = std::any::TypeId::of::<B>();
+    let cuda =
+        id == std::any::TypeId::of::<Cuda<f32>>() || id == std::any::TypeId::of::<Cuda<bf16>>();
+    cuda && std::env::var_os(DISABLE_ENV).is_none() && kernels().is_some()
+}
+
+/// One AdamW step over `params` (each with its gradient) and the group's flat moments
+/// `m` and `v` (the members' in order), clipping the scaled gradients' global norm to
+/// `clip` when it is positive. All tensors f32. Returns the new parameters, moments
+/// and the gradients' norm (`[1]`, before clipping). Call only where [`serves`].
+#[allow(clippy::type_complexity)]
+pub fn step<B: Backend>(
+    params: Vec<Tensor<B, 1>>,
+    grads: Vec<Tensor<B, 1>>,
+    m: Tensor<B, 1>,
+    v: Tensor<B, 1>,
+    hyper: Hyper,
+    clip: f32,
+) -> (Vec<Tensor<B, 1>>, Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
+    macro_rules! on {
+        ($float:ty) => {
+            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<Cuda<$float>>() {
+                let to = |t: Tensor<B, 1>| -> CudaFusionTensor {
+                    let t: Tensor<Cuda<$float>, 1> = retype(t).ok().unwrap();
+                    t.into_primitive().tensor()
+                };
+                let back = |p: CudaFusionTensor| -> Tensor<B, 1> {
+                    let t = Tensor::<Cuda<$float>, 1>::from_primitive(TensorPrimitive::Float(p));
+                    retype(t).ok().unwrap()
+                };
+                let (params, m, v, norm) = register::<$float>(
+                    params.into_iter().map(to).collect(),
+                    grads.into_iter().map(to).collect(),
+                    to(m),
+                    to(v),
+                    hyper,
+                    clip,
+                );
+                return (
+                    params.into_iter().map(back).collect(),
+                    back(m),
+                    back(v),
+                    back(norm),
+                );
+            }
+        };
+    }
+    on!(f32);
+    on!(bf16);
+    panic!("fused AdamW called on a backend it does not serve");
+}
+
+struct Kernels {
+    sum_squares: Function,
+    clip_factor: Function,
+    adamw: Function,
+}
+
+fn kernels() -> Option<&'static Kernels> {
+    static KERNELS: OnceLock<Option<Kernels>> = OnceLock::new();
+    KERNELS
+        .get_or_init(|| {
+            let built = cuda_kernels::compile(SOURCE, 0, &[]).and_then(|module| {
+                Ok(Kernels {
+                    sum_squares: module.function("sum_squares", 0)?,
+                    clip_factor: module.function("clip_factor", 0)?,
+                    adamw: module.function("adamw", 0)?,
+                })
+            });
+            match built {
+                Ok(kernels) => Some(kernels),
+                Err(message) => {
+                    eprintln!(
+                        "warning: graft's fused AdamW kernels could not be built ({message}); \
+                         the optimizer runs op by op"
+                    );
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+#[allow(clippy::type_complexity)]
+fn register<F: FloatElement>(
+    params: Vec<CudaFusionTensor>,
+    grads: Vec<CudaFusionTensor>,
+    m: CudaFusionTensor,
+    v: CudaFusionTensor,
+    hyper: Hyper,
+    clip: f32,
+) -> (
+    Vec<CudaFusionTensor>,
+    CudaFusionTensor,
+    CudaFusionTensor,
+    CudaFusionTensor,
+) {
+    cuda_stream::check_earlier_failure();
+    let count = params.len();
+    assert_eq!(count, grads.len());
+    let client = m.client.clone();
+    let inputs: Vec<&CudaFusionTensor> = params.iter().chain(&grads).chain([&m, &v]).collect();
+    let streams = OperationStreams::with_inputs(inputs);
+    let output = |t: &CudaFusionTensor| {
+        TensorIr::uninit(
+            client.create_empty_handle(),
+            Shape::from(t.shape.to_vec()),
+            DType::F32,
+        )
+    };
+    let mut outputs: Vec<TensorIr> = params.iter().chain([&m, &v]).map(output).collect();
+    outputs.push(TensorIr::uninit(
+        client.create_empty_handle(),
+        Shape::from(vec![1]),
+        DType::F32,
+    ));
+    let inputs: Vec<TensorIr> = params
+        .into_iter()
+        .chain(grads)
+        .chain([m, v])
+        .map(|t| t.into_ir())
+        .collect();
+    let desc = CustomOpIr::new("graft_fused_adamw", &inputs, &outputs);
+    let mut out = client.register(
+        streams,
+        OperationIr::Custom(desc.clone()),
+        FusedAdamW::<F> {
+            desc,
+            count,
+            hyper,
+            clip,
+            _float: std::marker::PhantomData,
+        },
+    );
+    let norm = out.pop().expect("norm");
+    let v = out.pop().expect("v");
+    let m = out.pop().expect("m");
+    (out, m, v, norm)
+}
+
+#[derive(Debug)]
+struct FusedAdamW<F> {
+    desc: CustomOpIr,
+    count: usize,
+    hyper: Hyper,
+    clip: f32,
+    _float: std::marker::PhantomData<F>,
+}
+
+/// The kernels' table of tensors (`struct TensorList` in the source).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TensorList {
+    param: [u64; MAX_TENSORS],
+    grad: [u64; MAX_TENSORS],
+    out: [u64; MAX_TENSORS],
+    offset: [i64; MAX_TENSORS],
+    len: [i64; MAX_TENSORS],
+    count: i32,
+    first: i32,
+}
+
+type Handles = HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>;
+
+impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for FusedAdamW<F> {
+    fn execute(&self, handles: &mut Handles) {
+        type Cube<F> = CubeBackend<CudaRuntime, F, i32, u8>;
+        let n = self.count;
+        let contiguous = |t: CubeTensor<CudaRuntime>| {
+            if t.meta.strides()[0] == 1 {
+                t
+            } else {
+                burn_cubecl::kernel::into_contiguous(t)
+            }
+        };
+        let inputs: Vec<CubeTensor<CudaRuntime>> = self
+            .desc
+            .inputs
+            .iter()
+            .map(|ir| contiguous(handles.get_float_tensor::<Cube<F>>(ir)))
+            .collect();
+        let lens: Vec<usize> = inputs[..n].iter().map(|t| t.meta.shape()[0]).collect();
+        let total: usize = lens.iter().sum();
+        let m = &inputs[2 * n];
+        assert_eq!(m.meta.shape()[0], total, "moments cover the group");
+        let outputs: Vec<CubeTensor<CudaRuntime>> = self
+            .desc
+            .outputs
+            .iter()
+            .map(|ir| empty(m, ir.shape.clone(), DType::F32))
+            .collect();
+        let chunks = lens
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or(1)
+            .div_ceil(CHUNK)
+            .max(1);
+        let partials = empty(m, Shape::from(vec![n * chunks]), DType::F32);
+        let factor = empty(m, Shape::from(vec![1]), DType::F32);
+        // Buffers in order: params, grads, m, v, params out, m out, v out, norm,
+        // partials, factor.
+        let buffers = inputs
+            .iter()
+            .chain(&outputs)
+            .chain([&partials, &factor])
+            .map(|t| t.handle.clone().binding())
+            .collect();
+        let (hyper, clip) = (self.hyper, self.clip);
+        let kernels = kernels().expect("kernels built before use");
+        launch(m, buffers, move |p, stream| {
+            let (params, grads) = (&p[..n], &p[n..2 * n]);
+            let (m, v) = (p[2 * n], p[2 * n + 1]);
+            let params_out = &p[2 * n + 2..3 * n + 2];
+            let (m_out, v_out, norm) = (p[3 * n + 2], p[3 * n + 3], p[3 * n + 4]);
+            let (partials, factor) = (p[3 * n + 5], p[3 * n + 6]);
+            let mut offset = 0i64;
+            let lists: Vec<TensorList> = (0..n)
+                .step_by(MAX_TENSORS)
+                .map(|first| {
+                    let mut list = TensorList {
+                        param: [0; MAX_TENSORS],
+                        grad: [0; MAX_TENSORS],
+                        out: [0; MAX_TENSORS],
+                        offset: [0; MAX_TENSORS],
+                        len: [0; MAX_TENSORS],
+                        count: (n - first).min(MAX_TENSORS) as i32,
+                        first: first as i32,
+                    };
+                    for j in 0..list.count as usize {
+                        let i = first + j;
+                        list.param[j] = params[i];
+                        list.grad[j] = grads[i];
+                        list.out[j] = params_out[i];
+                        list.offset[j] = offset;
+                        list.len[j] = lens[i] as i64;
+                        offset += lens[i] as i64;
+                    }
+                    list
+                })
+                .collect();
+            let grid = |list: &TensorList| (chunks as u32, list.count as u32);
+            // SAFETY: each launch's arguments follow its kernel's parameters in the
+            // source; the buffers are held until the kernels end (cuda_kernels::launch).
+            unsafe {
+                for list in &lists {
+                    let mut args = Args::default();
+                    args.push(*list)
+                        .push(hyper.scale)
+                        .push(partials)
+                        .push(chunks as i32);
+                    args.launch(kernels.sum_squares, grid(list), THREADS, 0, stream);
+                }
+                let mut args = Args::default();
+                args.push(partials)
+                    .push((n * chunks) as i32)
+                    .push(clip)
+                    .push(norm)
+                    .push(factor);
+                args.launch(kernels.clip_factor, (1, 1), THREADS, 0, stream);
+                for list in &lists {
+                    let mut args = Args::default();
+                    args.push(*list)
+                        .push(hyper)
+                        .push(factor)
+                        .push(m)
+                        .push(v)
+                        .push(m_out)
+                        .push(v_out);
+                    args.launch(kernels.adamw, grid(list), THREADS, 0, stream);
+                }
+            }
+        });
+        for (ir, tensor) in self.desc.outputs.iter().zip(outputs) {
+            handles.register_float_tensor::<Cube<F>>(&ir.id, tensor);
+        }
+    }
+}
+
+/// These need a CUDA GPU (run with `--features cuda` on the device machine).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    /// The kernels against the same arithmetic on the host, over more tensors than one
+    /// launch takes, lengths that do and do not fill a block, with and without
+    /// clipping.
+    #[test]
+    fn fused_adamw_matches_the_update_on_the_host() {
+        type B = Cuda<bf16>;
+        assert!(serves::<B>());
+        let device = Default::default();
+        let lens: Vec<usize> = (0..53).map(|i| 1 + (i * 977) % 9000).collect();
+        let total: usize = lens.iter().sum();
+        let value =
+            |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 2001) as f32 / 1000.0 - 1.0;
+        let host = |salt: usize, len: usize| (0..len).map(|i| value(i, salt)).collect::<Vec<_>>();
+        let tensor = |data: Vec<f32>| {
+            let len = data.len();
+            // f32 as the optimizer keeps them (the backend's default is bf16).
+            Tensor::<B, 1>::from_data(TensorData::new(data, [len]), (&device, DType::F32))
+        };
+        let params: Vec<Vec<f32>> = lens.iter().enumerate().map(|(i, &l)| host(i, l)).collect();
+        let grads: Vec<Vec<f32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| host(100 + i, l))
+            .collect();
+        let (m0, v0) = (
+            host(1000, total),
+            host(1001, total)
+                .iter()
+                .map(|x| x.abs())
+                .collect::<Vec<_>>(),
+        );
+        let hyper = Hyper {
+            scale: 0.5,
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            decay: 1.0 - 1e-3 * 0.01,
+            correction1: 1.0 - 0.9f32.powi(3),
+            correction2: 1.0 - 0.999f32.powi(3),
+        };
+        for clip in [0.0f32, 1.0] {
+            let (out, m, v, norm) = step::<B>(
+                params.iter().cloned().map(tensor).collect(),
+                grads.iter().cloned().map(tensor).collect(),
+                tensor(m0.clone()),
+                tensor(v0.clone()),
+                hyper,
+                clip,
+            );
+            let read = |t: Tensor<B, 1>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
+            let expected_norm = grads
+                .iter()
+                .flatten()
+                .map(|g| ((g * hyper.scale) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt() as f32;
+            let norm = read(norm)[0];
+            assert!(
+                (norm - expected_norm).abs() <= 1e-5 * expected_norm,
+                "{norm} {expected_norm}"
+            );
+            let factor = if clip > 0.0 {
+                (clip / (norm + 1e-6)).min(1.0)
+            } else {
+                1.0
+            };
+            let (m, v) = (read(m), read(v));
+            let mut offset = 0;
+            for (i, out) in out.into_iter().enumerate() {
+                let out = read(out);
+                for (j, &p) in params[i].iter().enumerate() {
+                    let g = grads[i][j] * factor * hyper.scale;
+                    let k = offset + j;
+                    let m1 = m0[k] * hyper.beta1 + g * (1.0 - hyper.beta1);
+                    let v1 = v0[k] * hyper.beta2 + g * g * (1.0 - hyper.beta2);
+                    let update =
+                        (m1 / hyper.correction1) / ((v1 / hyper.correction2).sqrt() + hyper.eps);
+                    let expected = p * hyper.decay - update * hyper.lr;
+                    let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * (1.0 + b.abs());
+                    assert!(close(m[k], m1) && close(v[k], v1), "moments of {i}[{j}]");
+                    assert!(close(out[j], expected), "{i}[{j}]: {} {expected}", out[j]);
+                }
+                offset += params[i].len();
+            }
+        }
+    }
+}
