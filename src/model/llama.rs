@@ -265,8 +265,20 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
-/// `silu(gate) * up`: one node on the CPU training backend, op by op elsewhere.
+/// `silu(gate) * up`: one node on the CPU and CUDA training backends, op by op
+/// elsewhere.
 fn swiglu_gate<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    #[cfg(feature = "cuda")]
+    if !super::fused_swiglu::disabled() {
+        use super::cuda_backends::with_cuda_autodiff;
+        use super::retype;
+        with_cuda_autodiff!(B, |Float, Strategy, Outer| {
+            let gate: Tensor<Outer, 3> = retype(gate).ok().unwrap();
+            let up: Tensor<Outer, 3> = retype(up).ok().unwrap();
+            let out = super::fused_swiglu::gate::<Cuda<Float>, Strategy>(gate, up);
+            return retype(out).ok().unwrap();
+        });
+    }
     if gate.dtype() == DType::F32 && up.dtype() == DType::F32 {
         use super::cpu_backends::with_cpu_autodiff;
         use super::retype;

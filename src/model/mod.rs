@@ -25,6 +25,7 @@ pub mod cuda_stream;
 pub mod error;
 #[cfg(feature = "cuda")]
 pub mod flash_attention;
+pub mod fused_swiglu;
 pub mod gemm;
 pub mod generate;
 pub mod host_memory;
