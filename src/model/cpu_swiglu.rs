@@ -111,42 +111,9 @@ impl Backward<Flex, 2> for SwigluBackward {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-    use burn::tensor::activation::silu as burn_silu;
-    use burn::tensor::{Distribution, Tolerance};
-
-    type B = Autodiff<Flex, NoCheckpointing>;
-
     #[test]
     fn the_node_matches_the_op_by_op_gating_and_its_gradients() {
-        let device = Default::default();
         // More elements than one task takes, so several tasks run.
-        let shape = [2, 7, 3000];
-        let random = || Tensor::<Flex, 3>::random(shape, Distribution::Normal(0.0, 3.0), &device);
-        let (g0, u0, weight) = (random(), random(), random());
-        let run = |fused: bool| {
-            let g = Tensor::<B, 3>::from_inner(g0.clone()).require_grad();
-            let u = Tensor::<B, 3>::from_inner(u0.clone()).require_grad();
-            let y = if fused {
-                gate(g.clone(), u.clone())
-            } else {
-                burn_silu(g.clone()) * u.clone()
-            };
-            let grads = (y.clone() * Tensor::from_inner(weight.clone()))
-                .sum()
-                .backward();
-            (
-                y.inner().into_data(),
-                g.grad(&grads).unwrap().into_data(),
-                u.grad(&grads).unwrap().into_data(),
-            )
-        };
-        let (y, dg, du) = run(true);
-        let (y_ref, dg_ref, du_ref) = run(false);
-        let tolerance = Tolerance::<f32>::rel_abs(1e-5, 1e-5);
-        y.assert_approx_eq::<f32>(&y_ref, tolerance);
-        dg.assert_approx_eq::<f32>(&dg_ref, tolerance);
-        du.assert_approx_eq::<f32>(&du_ref, tolerance);
+        super::super::fused_swiglu::tests::check_against_op_by_op([2, 7, 3000], super::gate);
     }
 }

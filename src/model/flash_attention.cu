@@ -54,6 +54,24 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, long long 
     }
 }
 
+struct Strides {
+    long long batch, head, row;
+};
+
+// One past the last key that any row of the query tile starting at q0 sees.
+__device__ __forceinline__ int key_end(int q0, int seq, int keys) {
+    return min(keys, min(q0 + TILE, seq) + keys - seq);
+}
+
+// The key and value tiles that start at key k0, from one kv head's rows.
+template <int D>
+__device__ __forceinline__ void load_kv(bf16* k_tile, bf16* v_tile, const bf16* k, Strides ks, const bf16* v,
+                                        Strides vs, int k0, int keys) {
+    const int valid = min(TILE, keys - k0);
+    load_tile<D>(k_tile, k + k0 * ks.row, ks.row, valid);
+    load_tile<D>(v_tile, v + k0 * vs.row, vs.row, valid);
+}
+
 // This warp's 16 rows of a shared [64][D] tile as D/16 row-major A fragments.
 template <int D>
 __device__ __forceinline__ void load_rows(FragA* frags, const bf16* tile, int warp) {
@@ -117,10 +135,6 @@ __device__ __forceinline__ void store_rows(bf16* out, const FragC* acc, float* s
     __syncwarp();
 }
 
-struct Strides {
-    long long batch, head, row;
-};
-
 // Forward: out = softmax(scale q kᵀ, causal) v and each row's lse. Grid: (query
 // tiles, batch * heads), the longest rows first.
 template <int D>
@@ -157,14 +171,10 @@ __device__ void forward(const bf16* __restrict__ q, Strides qs, const bf16* __re
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) acc[i] = 0.0f;
 
-    const int last_row = min(q0 + TILE, seq) - 1;
-    const int key_end = min(keys, last_row + offset + 1);
     const bf16* k_base = k + batch * ks.batch + kv_head * ks.head;
     const bf16* v_base = v + batch * vs.batch + kv_head * vs.head;
-    for (int k0 = 0; k0 < key_end; k0 += TILE) {
-        const int valid = min(TILE, keys - k0);
-        load_tile<D>(k_tile, k_base + k0 * ks.row, ks.row, valid);
-        load_tile<D>(v_tile, v_base + k0 * vs.row, vs.row, valid);
+    for (int k0 = 0; k0 < key_end(q0, seq, keys); k0 += TILE) {
+        load_kv<D>(k_tile, v_tile, k_base, ks, v_base, vs, k0, keys);
         __syncthreads();
         rows_times_tile_t<D>(scratch, q_rows, k_tile);
         __syncwarp();
@@ -272,14 +282,10 @@ __device__ void backward_dq(const bf16* __restrict__ q, Strides qs, const bf16* 
 #pragma unroll
     for (int n = 0; n < D / 16; ++n) wmma::fill_fragment(dq_acc[n], 0.0f);
 
-    const int last_row = min(q0 + TILE, seq) - 1;
-    const int key_end = min(keys, last_row + offset + 1);
     const bf16* k_base = k + batch * ks.batch + kv_head * ks.head;
     const bf16* v_base = v + batch * vs.batch + kv_head * vs.head;
-    for (int k0 = 0; k0 < key_end; k0 += TILE) {
-        const int valid = min(TILE, keys - k0);
-        load_tile<D>(k_tile, k_base + k0 * ks.row, ks.row, valid);
-        load_tile<D>(v_tile, v_base + k0 * vs.row, vs.row, valid);
+    for (int k0 = 0; k0 < key_end(q0, seq, keys); k0 += TILE) {
+        load_kv<D>(k_tile, v_tile, k_base, ks, v_base, vs, k0, keys);
         __syncthreads();
         rows_times_tile_t<D>(scores, q_rows, k_tile);
         rows_times_tile_t<D>(dprobs, do_rows, v_tile);

@@ -313,7 +313,7 @@ fn operand(tensor: CubeTensor<CudaRuntime>) -> (CubeTensor<CudaRuntime>, Strides
     let fits = |t: &CubeTensor<CudaRuntime>| {
         let strides = t.meta.strides();
         let shape = t.meta.shape();
-        strides[3] == 1 && (0..3).all(|i| shape[i] == 1 || strides[i] % 8 == 0)
+        strides[3] == 1 && (0..3).all(|i| shape[i] == 1 || strides[i].is_multiple_of(8))
     };
     let tensor = if fits(&tensor) {
         tensor
@@ -450,7 +450,7 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashForward {
         let buffers = [&q, &k, &v, &out, &lse]
             .map(|t| t.handle.clone().binding())
             .to_vec();
-        launch(&q, buffers.to_vec(), move |pointers, stream| {
+        launch(&q, buffers, move |pointers, stream| {
             let [q, k, v, out, lse] = aligned(pointers);
             let f = functions(problem.head_dim).forward;
             let (shared, _, _) = shared_bytes(problem.head_dim);
@@ -458,15 +458,8 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashForward {
                 problem.seq.div_ceil(TILE) as u32,
                 (problem.batch * problem.heads) as u32,
             );
-            let mut args = Args::default();
-            args.push(q)
-                .push(qs)
-                .push(k)
-                .push(ks)
-                .push(v)
-                .push(vs)
-                .push(out)
-                .push(lse);
+            let mut args = qkv_args([(q, qs), (k, ks), (v, vs)]);
+            args.push(out).push(lse);
             shape_args(&mut args, &problem);
             // SAFETY: the arguments follow flash_forward's parameters; the buffers are
             // held until the kernel ends (cuda_kernels::launch).
@@ -498,20 +491,15 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashBackward {
         let dv = empty(&q, dv_ir.shape.clone(), DType::BF16);
         let delta = empty(&q, Shape::from(lse.meta.shape().to_vec()), DType::F32);
         let buffers = [&q, &k, &v, &out, &lse, &dout, &delta, &dq, &dk, &dv]
-            .map(|t| t.handle.clone().binding());
-        launch(&q, buffers.to_vec(), move |pointers, stream| {
+            .map(|t| t.handle.clone().binding())
+            .to_vec();
+        launch(&q, buffers, move |pointers, stream| {
             let [q, k, v, out, lse, dout, delta, dq, dk, dv] = aligned(pointers);
             let functions = functions(problem.head_dim);
             let (_, dq_shared, dkv_shared) = shared_bytes(problem.head_dim);
             let heads = (problem.batch * problem.heads) as u32;
-            let mut args = Args::default();
-            args.push(q)
-                .push(qs)
-                .push(k)
-                .push(ks)
-                .push(v)
-                .push(vs)
-                .push(out)
+            let mut args = qkv_args([(q, qs), (k, ks), (v, vs)]);
+            args.push(out)
                 .push(dout)
                 .push(dos)
                 .push(lse)
@@ -522,14 +510,8 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashBackward {
             // SAFETY: as for the forward, with flash_backward_dq's parameters.
             unsafe { args.launch(functions.backward_dq, grid, THREADS, dq_shared, stream) };
             // Queued after dQ on the same stream, so it reads the finished deltas.
-            let mut args = Args::default();
-            args.push(q)
-                .push(qs)
-                .push(k)
-                .push(ks)
-                .push(v)
-                .push(vs)
-                .push(dout)
+            let mut args = qkv_args([(q, qs), (k, ks), (v, vs)]);
+            args.push(dout)
                 .push(dos)
                 .push(lse)
                 .push(delta)
@@ -557,6 +539,15 @@ fn aligned<const N: usize>(pointers: Vec<u64>) -> [u64; N] {
         "flash attention: a buffer is not 16-byte aligned"
     );
     pointers.try_into().expect("one address per buffer")
+}
+
+/// Arguments that open every kernel's list: q, k and v, each address then strides.
+fn qkv_args(operands: [(u64, Strides); 3]) -> Args {
+    let mut args = Args::default();
+    for (address, strides) in operands {
+        args.push(address).push(strides);
+    }
+    args
 }
 
 /// `heads, kv_heads, seq, keys, scale, scale_log2`, the last arguments of every
@@ -620,9 +611,9 @@ mod tests {
             low(&k0).require_grad(),
             low(&v0).require_grad(),
         );
-        let out = causal_attention(q.clone(), k.clone(), v.clone())
-            .ok()
-            .expect("the flash path serves bf16 autodiff CUDA");
+        let Ok(out) = causal_attention(q.clone(), k.clone(), v.clone()) else {
+            panic!("the flash path serves bf16 autodiff CUDA");
+        };
         let grads = (out.clone() * low(&weight)).sum().backward();
         let high = |t: Tensor<Inner, 4>| t.into_data().convert::<f32>();
         let flash = [

@@ -92,26 +92,29 @@ impl<I: Backend> Backward<I, 2> for SwigluBackward {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::Flex;
     use burn::tensor::activation::silu;
     use burn::tensor::{Distribution, Tolerance};
 
-    type B = Autodiff<Flex, NoCheckpointing>;
+    pub(crate) type B = Autodiff<Flex, NoCheckpointing>;
 
-    #[test]
-    fn the_node_matches_the_op_by_op_gating_and_its_gradients() {
+    /// `gating`'s output and gradients against burn's `silu(gate) * up`, on inputs of
+    /// `shape`. Shared with the CPU node's test.
+    pub(crate) fn check_against_op_by_op(
+        shape: [usize; 3],
+        gating: impl Fn(Tensor<B, 3>, Tensor<B, 3>) -> Tensor<B, 3>,
+    ) {
         let device = Default::default();
-        let shape = [2, 5, 300];
         let random = || Tensor::<Flex, 3>::random(shape, Distribution::Normal(0.0, 3.0), &device);
         let (g0, u0, weight) = (random(), random(), random());
         let run = |fused: bool| {
             let g = Tensor::<B, 3>::from_inner(g0.clone()).require_grad();
             let u = Tensor::<B, 3>::from_inner(u0.clone()).require_grad();
             let y = if fused {
-                gate(g.clone(), u.clone())
+                gating(g.clone(), u.clone())
             } else {
                 silu(g.clone()) * u.clone()
             };
@@ -130,5 +133,10 @@ mod tests {
         y.assert_approx_eq::<f32>(&y_ref, tolerance);
         dg.assert_approx_eq::<f32>(&dg_ref, tolerance);
         du.assert_approx_eq::<f32>(&du_ref, tolerance);
+    }
+
+    #[test]
+    fn the_node_matches_the_op_by_op_gating_and_its_gradients() {
+        check_against_op_by_op([2, 5, 300], gate::<Flex, NoCheckpointing>);
     }
 }

@@ -424,12 +424,22 @@ impl<B: Backend> AdamW<B> {
             return Err(entries);
         }
         let (lr, decays, steps) = (first.lr, first.decays, first.steps + 1);
-        let AdamWConfig {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } = self.config;
+        let config = &self.config;
+        let (beta1, beta2) = (config.beta1, config.beta2);
+        let hyper = fused_adamw::Hyper {
+            scale: scale as f32,
+            lr: lr as f32,
+            beta1: beta1 as f32,
+            beta2: beta2 as f32,
+            eps: config.eps as f32,
+            decay: if decays {
+                (1.0 - lr * config.weight_decay) as f32
+            } else {
+                1.0
+            },
+            correction1: (1.0 - beta1.powi(steps as i32)) as f32,
+            correction2: (1.0 - beta2.powi(steps as i32)) as f32,
+        };
         let (m, v) = match self.fused.take() {
             Some(fused) => (fused.m, fused.v),
             None => {
@@ -438,20 +448,6 @@ impl<B: Backend> AdamW<B> {
                 let zeros = || Tensor::<B, 1>::zeros([total], (&device, burn::tensor::DType::F32));
                 (zeros(), zeros())
             }
-        };
-        let hyper = fused_adamw::Hyper {
-            scale: scale as f32,
-            lr: lr as f32,
-            beta1: beta1 as f32,
-            beta2: beta2 as f32,
-            eps: eps as f32,
-            decay: if decays {
-                (1.0 - lr * weight_decay) as f32
-            } else {
-                1.0
-            },
-            correction1: (1.0 - beta1.powi(steps as i32)) as f32,
-            correction2: (1.0 - beta2.powi(steps as i32)) as f32,
         };
         let (params, grads): (Vec<_>, Vec<_>) =
             entries.into_iter().map(|e| (e.param, e.grad)).unzip();

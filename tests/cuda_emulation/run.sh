@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the flash-attention kernels (src/model/flash_attention.cu) on the CPU under a
+# functional emulation of the CUDA subset they use (cuda_emu.h: one thread per CUDA
+# thread, barriers, WMMA fragments as plain 16x16 matrices), and prints each output's
+# and gradient's largest error against a float64 reference next to its largest value.
+# For checking kernel changes on a machine without a GPU; bf16 rounding makes errors of
+# about 0.5% of the largest value normal. Needs g++ with C++20; takes about a minute.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+sed -e 's|#include <mma.h>|#include "cuda_emu.h"|' -e 's|#include <cuda_bf16.h>||' \
+  -e 's|extern __shared__ __align__(128) unsigned char smem\[\];|unsigned char* smem = g_smem;|' \
+  -e 's|extern "C" __global__|inline|' "$here/../../src/model/flash_attention.cu" >"$work/kernel_emu.h"
+cp "$here/cuda_emu.h" "$work/"
+g++ -std=c++20 -O1 -pthread -I"$work" "$here/flash_attention_check.cpp" -o "$work/check"
+"$work/check"
