@@ -139,3 +139,26 @@ fn bench_train_prints_the_reference_schema_with_a_plausible_loss() {
         "loss {loss} far from ln(4096) = {uniform}"
     );
 }
+
+#[test]
+fn model_parity_in_bf16_on_the_cpu_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = fixtures().join("llama-tiny");
+    let output = graft(
+        dir.path(),
+        &[
+            "model",
+            "parity",
+            folder.to_str().unwrap(),
+            folder.join("reference.json").to_str().unwrap(),
+            "--dtype",
+            "bf16",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    assert!(
+        stderr(&output).contains("--dtype bf16 is for --backend cuda"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -10,6 +10,13 @@ pub enum BackendKind {
     Cuda,
 }
 
+/// Float type the model computes in.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
 /// Call a generic function `f::<B>(&device, args...)` on the chosen
 /// autodiff backend.
 #[macro_export]

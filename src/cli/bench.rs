@@ -2,7 +2,7 @@
 //! the schema of `shared/bench/hf_peft_lora.py`, so that graft and HF + PEFT can be run
 //! side by side on one machine (`benches/gpu_vs_reference.sh`).
 
-use super::backend::BackendKind;
+use super::backend::{BackendKind, Dtype};
 use super::{output, CliError, CliResult, Context};
 use crate::train::bench::{run_bench, BenchConfig, BenchReport, MemorySample};
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
@@ -27,13 +27,6 @@ pub enum BenchCommand {
     /// (burn's attention), GRAFT_ATTENTION_BLOCK_ELEMENTS=N (most scores per attention
     /// block, default 2^27).
     Train(TrainArgs),
-}
-
-/// Float type the model computes in.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dtype {
-    F32,
-    Bf16,
 }
 
 #[derive(clap::Args, Debug)]

@@ -1,6 +1,6 @@
 //! `graft model add|ls|parity`: base models.
 
-use super::backend::BackendKind;
+use super::backend::{BackendKind, Dtype};
 use super::{output, CliError, CliResult, Context};
 use crate::model::{run_parity, Tolerance};
 use crate::train::registry::{self, RegistryError};
@@ -72,6 +72,10 @@ pub enum ModelCommand {
         /// Tolerances for weights stored in bf16.
         #[arg(long)]
         bf16: bool,
+        /// Compute dtype: bf16 runs the model in bf16 (with `--backend cuda`, the
+        /// training path's dtype) and compares at bf16 tolerance.
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: super::backend::Dtype,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -208,14 +212,33 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             reference,
             backend,
             bf16,
+            dtype,
             json,
         } => {
-            let tolerance = if bf16 {
+            let tolerance = if bf16 || dtype == Dtype::Bf16 {
                 Tolerance::bf16()
             } else {
                 Tolerance::default()
             };
-            let report = crate::on_backend!(backend, parity(&dir, &reference, tolerance))?;
+            let report = match (backend, dtype) {
+                (_, Dtype::F32) => crate::on_backend!(backend, parity(&dir, &reference, tolerance))?,
+                #[cfg(feature = "cuda")]
+                (BackendKind::Cuda, Dtype::Bf16) => {
+                    type Bf16Cuda = burn::backend::Autodiff<burn::backend::Cuda<burn::tensor::bf16>>;
+                    parity::<Bf16Cuda>(&Default::default(), &dir, &reference, tolerance)?
+                }
+                (BackendKind::Cpu, Dtype::Bf16) => {
+                    return Err(CliError::user(
+                        "--dtype bf16 is for --backend cuda; the CPU backend computes in f32",
+                    ))
+                }
+                #[cfg(not(feature = "cuda"))]
+                (BackendKind::Cuda, Dtype::Bf16) => {
+                    return Err(CliError::user(
+                        "this graft was built without CUDA: rebuild with `cargo build --release --features cuda`",
+                    ))
+                }
+            };
             if json {
                 output::print_json(&serde_json::to_value(&report).unwrap_or_default())?;
             } else {

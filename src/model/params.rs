@@ -184,6 +184,27 @@ fn hf_data_of(info: &ParamInfo, tensor: AnyTensor<impl Backend>) -> TensorData {
 }
 
 impl<B: Backend> CausalLm<B> {
+    /// The model with its LoRA matrices in f32, as training keeps them over a bf16
+    /// base (the others, and matrices already in f32, unchanged).
+    pub fn with_lora_in_f32(self) -> Self {
+        use burn::tensor::{DType, FloatDType};
+        self.map_params(|info, value| {
+            if !info.is_lora {
+                return None;
+            }
+            let value = match value {
+                AnyTensor::D1(t) if t.dtype() != DType::F32 => {
+                    AnyTensor::D1(t.cast(FloatDType::F32))
+                }
+                AnyTensor::D2(t) if t.dtype() != DType::F32 => {
+                    AnyTensor::D2(t.cast(FloatDType::F32))
+                }
+                _ => return None,
+            };
+            Some((value, true))
+        })
+    }
+
     /// Every parameter, in module order, without copying values.
     pub fn params(&self) -> Vec<ParamInfo> {
         let mut out = Vec::new();

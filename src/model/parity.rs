@@ -262,7 +262,8 @@ pub fn run_parity<B: AutodiffBackend>(
     let adapter_dir = dir.join("lora-adapter");
     let (with_lora, lora_grads) = match (&reference.with_lora, adapter_dir.exists()) {
         (Some(lora_ref), true) => {
-            let adapted = load_adapter(model, &adapter_dir)?;
+            // In f32 as training keeps them: on a bf16 backend the base alone is bf16.
+            let adapted = load_adapter(model, &adapter_dir)?.with_lora_in_f32();
             let comparison = compare(&adapted, ids.clone(), &lora_ref.logits, lora_ref.loss)?;
             let grads_path = adapter_dir.join("reference_grads.safetensors");
             let grads = if grads_path.exists() {

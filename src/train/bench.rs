@@ -18,7 +18,7 @@
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Distribution, FloatDType, Int, Tensor};
+use burn::tensor::{Distribution, Int, Tensor};
 use serde::Serialize;
 
 use super::optim::{AdamW, AdamWConfig, GradAccumulator};
@@ -113,19 +113,7 @@ pub fn run_bench<B: AutodiffBackend>(
     B::seed(device, 0);
     let mut model = CausalLm::<B>::random(&model_config, device).with_new_lora(&lora, 0)?;
     if config.adapter_f32 {
-        model = model.map_params(|info, value| {
-            info.is_lora.then(|| {
-                let value = match value {
-                    crate::model::AnyTensor::D1(t) => {
-                        crate::model::AnyTensor::D1(t.cast(FloatDType::F32))
-                    }
-                    crate::model::AnyTensor::D2(t) => {
-                        crate::model::AnyTensor::D2(t.cast(FloatDType::F32))
-                    }
-                };
-                (value, true)
-            })
-        });
+        model = model.with_lora_in_f32();
     }
     let trainable: usize = model
         .params()
