@@ -187,25 +187,26 @@ impl Backward<Inner, 3> for FlashAttentionBackward {
     }
 }
 
-/// Whether the kernels compiled for device `index` (compiled on the first call; a
+/// Whether the kernels are built for device `index` (compiled on the first call; a
 /// failure is reported once and leaves attention on the blocked path).
 pub fn available(index: usize) -> bool {
-    static KERNELS_USABLE: OnceLock<bool> = OnceLock::new();
-    *KERNELS_USABLE.get_or_init(|| {
-        if std::env::var_os(DISABLE_ENV).is_some() {
-            return false;
-        }
-        match kernels(index) {
-            Ok(_) => true,
-            Err(message) => {
+    static DISABLED: OnceLock<bool> = OnceLock::new();
+    if *DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some()) {
+        return false;
+    }
+    match kernels(index) {
+        Ok(_) => true,
+        Err(message) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
                 eprintln!(
                     "warning: graft's flash-attention kernels could not be built ({message}); \
                      attention uses the slower blocked path"
-                );
-                false
-            }
+                )
+            });
+            false
         }
-    })
+    }
 }
 
 /// The compiled kernels, by head size.

@@ -74,6 +74,18 @@ struct Entry<B: Backend> {
     steps: u64,
 }
 
+impl<B: Backend> Entry<B> {
+    /// Whether the two can share one flat update: same step count, learning rate,
+    /// decay and dtypes.
+    fn shares_update_with(&self, other: &Entry<B>) -> bool {
+        other.steps == self.steps
+            && other.lr == self.lr
+            && other.decays == self.decays
+            && other.param.dtype() == self.param.dtype()
+            && other.grad.dtype() == self.grad.dtype()
+    }
+}
+
 /// Flattened gradients of the trainable parameters, summed over micro-batches.
 pub struct GradAccumulator<B: Backend> {
     pub grads: BTreeMap<String, Tensor<B, 1>>,
@@ -254,14 +266,10 @@ impl<B: Backend> AdamW<B> {
         // Groups that can share one flat update, in order of first appearance.
         let mut groups: Vec<Vec<Entry<B>>> = Vec::new();
         for entry in entries {
-            let same = |other: &Entry<B>| {
-                other.steps == entry.steps
-                    && other.lr == entry.lr
-                    && other.decays == entry.decays
-                    && other.param.dtype() == entry.param.dtype()
-                    && other.grad.dtype() == entry.grad.dtype()
-            };
-            match groups.iter_mut().find(|group| same(&group[0])) {
+            match groups
+                .iter_mut()
+                .find(|group| group[0].shares_update_with(&entry))
+            {
                 Some(group) => group.push(entry),
                 None => groups.push(vec![entry]),
             }
@@ -401,13 +409,10 @@ impl<B: Backend> AdamW<B> {
         let Some(first) = entries.first() else {
             return Err(entries);
         };
-        let one_group = entries.iter().all(|e| {
-            e.steps == first.steps
-                && e.lr == first.lr
-                && e.decays == first.decays
-                && e.param.dtype() == burn::tensor::DType::F32
-                && e.grad.dtype() == burn::tensor::DType::F32
-        });
+        let f32 = burn::tensor::DType::F32;
+        let one_group = first.param.dtype() == f32
+            && first.grad.dtype() == f32
+            && entries.iter().all(|e| first.shares_update_with(e));
         let members: Vec<(String, usize)> = entries
             .iter()
             .map(|e| (e.name.clone(), e.param.dims()[0]))
