@@ -68,11 +68,14 @@ fn scaled_product<B: Backend, const D: usize>(
     alpha: f64,
     out_f32: bool,
 ) -> Tensor<B, D> {
-    let finish = |product: Tensor<B, D>| {
+    // Without cuBLAS, an f32 result is the product of the operands cast to f32: the
+    // same sums as cuBLAS accumulates, where a product in the inputs' dtype would round
+    // them first.
+    let product = |lhs: Tensor<B, D>, rhs: Tensor<B, D>| {
         let product = if out_f32 {
-            product.cast(FloatDType::F32)
+            matmul(lhs.cast(FloatDType::F32), rhs.cast(FloatDType::F32))
         } else {
-            product
+            matmul(lhs, rhs)
         };
         scaled(product, alpha)
     };
@@ -80,10 +83,10 @@ fn scaled_product<B: Backend, const D: usize>(
     if worth_cublas(&lhs, &rhs) {
         return match cuda::matmul_with(lhs, rhs, alpha, out_f32) {
             Ok(product) => product,
-            Err((lhs, rhs)) => finish(matmul(lhs, rhs)),
+            Err((lhs, rhs)) => product(lhs, rhs),
         };
     }
-    finish(matmul(lhs, rhs))
+    product(lhs, rhs)
 }
 
 fn scaled<B: Backend, const D: usize>(tensor: Tensor<B, D>, alpha: f64) -> Tensor<B, D> {

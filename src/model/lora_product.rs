@@ -1,12 +1,21 @@
 //! An adapted projection, `x W + s (x A) B`, as one autodiff node, for the CPU and
 //! CUDA training backends.
 //!
-//! Op by op, the projection is seven autodiff nodes (two casts of the f32 adapter to
-//! the activations' dtype, three products, a scale and a sum), and on the GPU the
-//! launch cost of each node's forward and backward work is what bounds a step at these
-//! sizes. As one node the forward pass is three products (the scale applied by cuBLAS)
-//! and a sum, and the backward pass is five products and a sum, with the adapter's
-//! gradients written in f32 directly by cuBLAS instead of cast back.
+//! Op by op, the projection is seven autodiff nodes or more (three products, a scale,
+//! a sum, and the casts between the activations' dtype and the branch's), and on the
+//! GPU the launch cost of each node's forward and backward work is what bounds a step
+//! at these sizes. As one node the forward pass is three products (the scale applied
+//! by cuBLAS) and a sum, and the backward pass is five products and a sum, with the
+//! adapter's gradients written in f32 directly by cuBLAS.
+//!
+//! Where the branch runs in f32 while the activations are bf16 ([`branch_dtype`], as
+//! PEFT computes), the forward pass does so without an f32 copy of the activations: `x A` is taken as
+//! `x A_hi + x A_lo`, where `A_hi` is A rounded to bf16 and `A_lo` the rounded
+//! remainder, in one bf16 product with f32 output. That carries A to about 16 bits of
+//! mantissa for the price of a product twice as wide at rank scale. The backward pass
+//! uses A, B and `x A` rounded to bf16: its error stays within the gradients' own
+//! rounding and does not feed the forward pass, where a coherent error along the
+//! adapter's few directions is what moves the outputs.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -14,9 +23,10 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive};
 
 use super::gemm::{matmul, matmul_f32, matmul_scaled};
+use super::lora::in_dtype;
 use super::retype;
 
 /// Set to keep adapted projections op by op (for measuring the difference).
@@ -40,14 +50,16 @@ pub fn fused_available<B: Backend>() -> bool {
 }
 
 /// `x W + scale (x A) B` for x `[n, d_in]`, W `[d_in, d_out]`, A `[d_in, r]` and B
-/// `[r, d_out]`, with A and B used in x's dtype. `None` where [`fused_available`] is
-/// false; callers check it first and otherwise keep the op-by-op projection.
+/// `[r, d_out]`, the branch computed in `branch` (x's dtype or the adapter's; see
+/// [`super::lora::branch_dtype`]). `None` where [`fused_available`] is false; callers
+/// check it first and otherwise keep the op-by-op projection.
 pub fn fused_lora_projection<B: Backend>(
     x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
     lora_a: Tensor<B, 2>,
     lora_b: Tensor<B, 2>,
     scale: f64,
+    branch: DType,
 ) -> Option<Tensor<B, 2>> {
     #[cfg(feature = "cuda")]
     {
@@ -57,8 +69,9 @@ pub fn fused_lora_projection<B: Backend>(
             let weight: Tensor<Outer, 2> = retype(weight).ok().unwrap();
             let lora_a: Tensor<Outer, 2> = retype(lora_a).ok().unwrap();
             let lora_b: Tensor<Outer, 2> = retype(lora_b).ok().unwrap();
-            let out =
-                lora_projection_autodiff::<Cuda<Float>, Strategy>(x, weight, lora_a, lora_b, scale);
+            let out = lora_projection_autodiff::<Cuda<Float>, Strategy>(
+                x, weight, lora_a, lora_b, scale, branch,
+            );
             return Some(retype(out).ok().unwrap());
         });
     }
@@ -69,11 +82,13 @@ pub fn fused_lora_projection<B: Backend>(
             let weight: Tensor<Outer, 2> = retype(weight).ok().unwrap();
             let lora_a: Tensor<Outer, 2> = retype(lora_a).ok().unwrap();
             let lora_b: Tensor<Outer, 2> = retype(lora_b).ok().unwrap();
-            let out = lora_projection_autodiff::<Flex, Strategy>(x, weight, lora_a, lora_b, scale);
+            let out = lora_projection_autodiff::<Flex, Strategy>(
+                x, weight, lora_a, lora_b, scale, branch,
+            );
             return Some(retype(out).ok().unwrap());
         });
     }
-    let _ = (x, weight, lora_a, lora_b, scale);
+    let _ = (x, weight, lora_a, lora_b, scale, branch);
     None
 }
 
@@ -85,6 +100,7 @@ pub fn lora_projection_autodiff<I: Backend, C: CheckpointStrategy>(
     lora_a: Tensor<Autodiff<I, C>, 2>,
     lora_b: Tensor<Autodiff<I, C>, 2>,
     scale: f64,
+    branch: DType,
 ) -> Tensor<Autodiff<I, C>, 2> {
     let [x, weight, lora_a, lora_b] =
         [x, weight, lora_a, lora_b].map(|t| t.into_primitive().tensor());
@@ -95,13 +111,25 @@ pub fn lora_projection_autodiff<I: Backend, C: CheckpointStrategy>(
     let dtype = x_in.dtype();
     let (a_full, b_full) = (inner(&lora_a.primitive), inner(&lora_b.primitive));
     let (a_dtype, b_dtype) = (a_full.dtype(), b_full.dtype());
-    let a_low = in_dtype(a_full, dtype);
-    let b_low = in_dtype(b_full, dtype);
     let w_in = inner(&weight.primitive);
     let weight_dtype = w_in.dtype();
-    let down = matmul(x_in.clone(), a_low.clone());
-    let out =
-        matmul(x_in.clone(), w_in.clone()) + matmul_scaled(down.clone(), b_low.clone(), scale);
+    let base = matmul(x_in.clone(), w_in.clone());
+    let (out, a_low, b_low, down) = if branch == dtype {
+        let a_low = in_dtype(a_full, dtype);
+        let b_low = in_dtype(b_full, dtype);
+        let down = matmul(x_in.clone(), a_low.clone());
+        let out = base + matmul_scaled(down.clone(), b_low.clone(), scale);
+        (out, a_low, b_low, down)
+    } else {
+        let rank = a_full.dims()[1];
+        let b_low = in_dtype(b_full.clone(), dtype);
+        let a_split = split_for_products(a_full, dtype);
+        let halves = matmul_f32(x_in.clone(), a_split.clone(), 1.0);
+        let down = halves.clone().narrow(1, 0, rank) + halves.narrow(1, rank, rank);
+        let up = matmul_scaled(down.clone(), b_full, scale);
+        let out = (base.cast(FloatDType::F32) + up).cast(dtype);
+        (out, a_split.narrow(1, 0, rank), b_low, down.cast(dtype))
+    };
     let parents = [
         x.node.clone(),
         weight.node.clone(),
@@ -132,13 +160,13 @@ pub fn lora_projection_autodiff<I: Backend, C: CheckpointStrategy>(
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }
 
-/// `tensor` in `dtype`, without a cast when it already is.
-fn in_dtype<I: Backend>(tensor: Tensor<I, 2>, dtype: DType) -> Tensor<I, 2> {
-    if tensor.dtype() == dtype {
-        tensor
-    } else {
-        tensor.cast(dtype)
-    }
+/// `[hi | lo]` for an f32 matrix `[d, r]`, `[d, 2r]` in `dtype`: `hi` is the matrix
+/// rounded to `dtype` and `lo` the remainder rounded, so that `x hi + x lo` is `x t` to
+/// about twice `dtype`'s mantissa, from one product whose operands are both in `dtype`.
+fn split_for_products<I: Backend>(matrix: Tensor<I, 2>, dtype: DType) -> Tensor<I, 2> {
+    let hi = matrix.clone().cast(dtype);
+    let lo = (matrix - hi.clone().cast(FloatDType::F32)).cast(dtype);
+    Tensor::cat(vec![hi, lo], 1)
 }
 
 #[derive(Debug)]
@@ -148,9 +176,10 @@ struct LoraProjectionBackward;
 struct LoraProjectionState<I: Backend> {
     x: I::FloatTensorPrimitive,
     weight: I::FloatTensorPrimitive,
+    /// A and B in the activations' dtype.
     a_low: I::FloatTensorPrimitive,
     b_low: I::FloatTensorPrimitive,
-    /// `x A`, `[n, r]`: small, and both `dB` and nothing else need it.
+    /// `x A` in the activations' dtype, `[n, r]`: small, and only `dB` needs it.
     down: I::FloatTensorPrimitive,
     weight_dtype: DType,
     a_dtype: DType,
@@ -238,6 +267,7 @@ mod tests {
                     a.clone(),
                     b.clone(),
                     scale,
+                    x.dtype(),
                 )
             } else {
                 x.clone().matmul(w.clone()) + x.clone().matmul(a.clone()).matmul(b.clone()) * scale
@@ -254,6 +284,61 @@ mod tests {
         }
     }
 
+    /// With a bf16 base, an f32 adapter and the branch in f32, the node's output is PEFT's op by op (the
+    /// branch in f32, summed with the base output in f32 and rounded to bf16 once) to
+    /// the bit nearly everywhere; a branch run in bf16 rounds three times more and
+    /// misses most elements by a unit in the last place. The backward pass runs on
+    /// bf16 operands, so gradients agree to bf16 precision.
+    #[test]
+    fn an_f32_adapter_on_a_bf16_base_computes_its_branch_in_f32() {
+        use burn::tensor::FloatDType::{BF16, F32};
+        let device = Default::default();
+        let normal = |shape: [usize; 2]| {
+            Tensor::<Inner, 2>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (x, w) = (normal([9, 8]).cast(BF16), normal([8, 6]).cast(BF16));
+        let (a, b) = (normal([8, 3]), normal([3, 6]));
+        let upstream = normal([9, 6]).cast(BF16);
+        let scale = 2.0;
+        let run = |fused: bool| {
+            let track = |t: &Tensor<Inner, 2>| Tensor::<B, 2>::from_inner(t.clone()).require_grad();
+            let (x, w, a, b) = (track(&x), track(&w), track(&a), track(&b));
+            let out = if fused {
+                lora_projection_autodiff::<Inner, NoCheckpointing>(
+                    x.clone(),
+                    w.clone(),
+                    a.clone(),
+                    b.clone(),
+                    scale,
+                    DType::F32,
+                )
+            } else {
+                let up = x.clone().cast(F32).matmul(a.clone()).matmul(b.clone()) * scale;
+                (x.clone().matmul(w.clone()).cast(F32) + up).cast(BF16)
+            };
+            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
+                .sum()
+                .backward();
+            let grad = |t: &Tensor<B, 2>| t.grad(&grads).unwrap();
+            [out.inner(), grad(&x), grad(&a), grad(&b)]
+                .map(|t| (t.dtype(), t.cast(F32).into_data().to_vec::<f32>().unwrap()))
+        };
+        let (ours, peft) = (run(true), run(false));
+        let dtypes = ours.each_ref().map(|(dtype, _)| *dtype);
+        assert_eq!(dtypes, [DType::BF16, DType::BF16, DType::F32, DType::F32]);
+        let (out, peft_out) = (&ours[0].1, &peft[0].1);
+        let same = out.iter().zip(peft_out).filter(|(a, b)| a == b).count();
+        assert!(
+            same * 100 >= out.len() * 95,
+            "{same} of {} outputs equal",
+            out.len()
+        );
+        for (what, i) in [("output", 0), ("dx", 1), ("dA", 2), ("dB", 3)] {
+            let err = crate::model::parity::max_rel_err(&ours[i].1, &peft[i].1);
+            assert!(err <= 2e-2, "{what}: {err:e}");
+        }
+    }
+
     /// A frozen base weight (the LoRA case) gets no gradient.
     #[test]
     fn a_frozen_weight_gets_no_gradient() {
@@ -262,8 +347,14 @@ mod tests {
         let w = Tensor::<B, 2>::ones([3, 4], &device);
         let a = Tensor::<B, 2>::ones([3, 2], &device).require_grad();
         let b = Tensor::<B, 2>::zeros([2, 4], &device).require_grad();
-        let out =
-            lora_projection_autodiff::<Inner, NoCheckpointing>(x, w.clone(), a.clone(), b, 1.0);
+        let out = lora_projection_autodiff::<Inner, NoCheckpointing>(
+            x,
+            w.clone(),
+            a.clone(),
+            b,
+            1.0,
+            DType::F32,
+        );
         let grads = out.sum().backward();
         assert!(w.grad(&grads).is_none());
         // B = 0: no signal reaches A yet.
@@ -283,12 +374,13 @@ mod tests {
         let expected =
             x.clone().matmul(w.clone()) + x.clone().matmul(a.clone()).matmul(b.clone()) * 0.5;
         let outer = |t: &Tensor<Inner, 2>| Tensor::<B, 2>::from_inner(t.clone());
-        let fused = fused_lora_projection(outer(&x), outer(&w), outer(&a), outer(&b), 0.5)
-            .expect("fused on the CPU training backend");
+        let fused =
+            fused_lora_projection(outer(&x), outer(&w), outer(&a), outer(&b), 0.5, DType::F32)
+                .expect("fused on the CPU training backend");
         fused
             .inner()
             .into_data()
             .assert_approx_eq::<f32>(&expected.into_data(), Default::default());
-        assert!(fused_lora_projection(x, w, a, b, 0.5).is_none());
+        assert!(fused_lora_projection(x, w, a, b, 0.5, DType::F32).is_none());
     }
 }
