@@ -92,10 +92,11 @@ pub const BRANCH_F32_ENV: &str = "GRAFT_LORA_BRANCH_F32";
 /// `(x A) B` and their sum with the base output in f32, rounded to bf16 once.
 ///
 /// The choice trades speed for closeness to an f32 run. On the H200, llama-1b made
-/// 37,848 tokens/s with the bf16 branch and 35,650 with the f32 one (2026-11-28). On
-/// the shared fixtures, transformers + PEFT itself drifts from its f32 output by up to
-/// 4.2e-2 (adapted logits) with its adapter in bf16 and 1.3e-2 with it in f32
-/// (`benches/hf_bf16_deviation.py`); rounding A, B and the rank-wide `x A` perturbs
+/// 39,060 tokens/s with the bf16 branch and 36,385 with the f32 one, in one call
+/// (2026-11-28), against 36,106 for transformers + PEFT. On the shared fixtures,
+/// transformers + PEFT itself drifts from its f32 output by up to 4.2e-2 (adapted
+/// logits) with its adapter in bf16 and 1.3e-2 with it in f32
+/// (`benches/hf_bf16_deviation.py`): rounding A, B and the rank-wide `x A` perturbs
 /// every output along the same few directions, so the error does not average out.
 pub fn branch_dtype(activations: DType, adapter: DType) -> DType {
     static IN_F32: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
