@@ -242,6 +242,31 @@ mod tests {
     type Inner = burn::backend::Flex;
     type B = Autodiff<Inner, NoCheckpointing>;
 
+    /// The node and a `reference` formula on the same inputs, each as the output and
+    /// the gradients of `sum(out * upstream)` for x, W, A and B.
+    fn node_and_reference(
+        inputs: [&Tensor<Inner, 2>; 4],
+        upstream: &Tensor<Inner, 2>,
+        scale: f64,
+        branch: DType,
+        reference: impl Fn([Tensor<B, 2>; 4]) -> Tensor<B, 2>,
+    ) -> [[Tensor<Inner, 2>; 5]; 2] {
+        [true, false].map(|fused| {
+            let [x, w, a, b] = inputs.map(|t| Tensor::<B, 2>::from_inner(t.clone()).require_grad());
+            let tracked = [x.clone(), w.clone(), a.clone(), b.clone()];
+            let out = if fused {
+                lora_projection_autodiff::<Inner, NoCheckpointing>(x, w, a, b, scale, branch)
+            } else {
+                reference([x, w, a, b])
+            };
+            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
+                .sum()
+                .backward();
+            let [dx, dw, da, db] = tracked.map(|t| t.grad(&grads).unwrap());
+            [out.inner(), dx, dw, da, db]
+        })
+    }
+
     /// Value and all four gradients equal the op-by-op projection's.
     #[test]
     fn fused_projection_matches_the_op_by_op_projection_and_its_gradients() {
@@ -255,40 +280,25 @@ mod tests {
             normal([5, 3]),
             normal([3, 7]),
         );
-        let upstream = normal([6, 7]);
         let scale = 2.5;
-        let run = |fused: bool| {
-            let track = |t: &Tensor<Inner, 2>| Tensor::<B, 2>::from_inner(t.clone()).require_grad();
-            let (x, w, a, b) = (track(&x), track(&w), track(&a), track(&b));
-            let out = if fused {
-                lora_projection_autodiff::<Inner, NoCheckpointing>(
-                    x.clone(),
-                    w.clone(),
-                    a.clone(),
-                    b.clone(),
-                    scale,
-                    x.dtype(),
-                )
-            } else {
-                x.clone().matmul(w.clone()) + x.clone().matmul(a.clone()).matmul(b.clone()) * scale
-            };
-            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
-                .sum()
-                .backward();
-            let grad = |t: &Tensor<B, 2>| t.grad(&grads).unwrap();
-            [out.inner(), grad(&x), grad(&w), grad(&a), grad(&b)]
-        };
-        for (ours, theirs) in run(true).into_iter().zip(run(false)) {
+        let [ours, theirs] = node_and_reference(
+            [&x, &w, &a, &b],
+            &normal([6, 7]),
+            scale,
+            DType::F32,
+            |[x, w, a, b]| x.clone().matmul(w) + x.matmul(a).matmul(b) * scale,
+        );
+        for (ours, theirs) in ours.into_iter().zip(theirs) {
             ours.into_data()
                 .assert_approx_eq::<f32>(&theirs.into_data(), Default::default());
         }
     }
 
-    /// With a bf16 base, an f32 adapter and the branch in f32, the node's output is PEFT's op by op (the
-    /// branch in f32, summed with the base output in f32 and rounded to bf16 once) to
-    /// the bit nearly everywhere; a branch run in bf16 rounds three times more and
-    /// misses most elements by a unit in the last place. The backward pass runs on
-    /// bf16 operands, so gradients agree to bf16 precision.
+    /// With a bf16 base, an f32 adapter and the branch in f32, the node's output is
+    /// PEFT's op by op (the branch in f32, summed with the base output in f32 and
+    /// rounded to bf16 once) to the bit nearly everywhere; a branch run in bf16 rounds
+    /// three times more and misses most elements by a unit in the last place. The
+    /// backward pass runs on bf16 operands, so gradients agree to bf16 precision.
     #[test]
     fn an_f32_adapter_on_a_bf16_base_computes_its_branch_in_f32() {
         use burn::tensor::FloatDType::{BF16, F32};
@@ -300,30 +310,22 @@ mod tests {
         let (a, b) = (normal([8, 3]), normal([3, 6]));
         let upstream = normal([9, 6]).cast(BF16);
         let scale = 2.0;
-        let run = |fused: bool| {
-            let track = |t: &Tensor<Inner, 2>| Tensor::<B, 2>::from_inner(t.clone()).require_grad();
-            let (x, w, a, b) = (track(&x), track(&w), track(&a), track(&b));
-            let out = if fused {
-                lora_projection_autodiff::<Inner, NoCheckpointing>(
-                    x.clone(),
-                    w.clone(),
-                    a.clone(),
-                    b.clone(),
-                    scale,
-                    DType::F32,
-                )
-            } else {
-                let up = x.clone().cast(F32).matmul(a.clone()).matmul(b.clone()) * scale;
-                (x.clone().matmul(w.clone()).cast(F32) + up).cast(BF16)
-            };
-            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
-                .sum()
-                .backward();
-            let grad = |t: &Tensor<B, 2>| t.grad(&grads).unwrap();
-            [out.inner(), grad(&x), grad(&a), grad(&b)]
-                .map(|t| (t.dtype(), t.cast(F32).into_data().to_vec::<f32>().unwrap()))
+        let [ours, peft] = node_and_reference(
+            [&x, &w, &a, &b],
+            &upstream,
+            scale,
+            DType::F32,
+            |[x, w, a, b]| {
+                let up = x.clone().cast(F32).matmul(a).matmul(b) * scale;
+                (x.matmul(w).cast(F32) + up).cast(BF16)
+            },
+        );
+        // Output, dx, dA and dB.
+        let values = |all: [Tensor<Inner, 2>; 5]| {
+            let [out, dx, _, da, db] = all;
+            [out, dx, da, db].map(|t| (t.dtype(), t.cast(F32).into_data().to_vec::<f32>().unwrap()))
         };
-        let (ours, peft) = (run(true), run(false));
+        let (ours, peft) = (values(ours), values(peft));
         let dtypes = ours.each_ref().map(|(dtype, _)| *dtype);
         assert_eq!(dtypes, [DType::BF16, DType::BF16, DType::F32, DType::F32]);
         let (out, peft_out) = (&ours[0].1, &peft[0].1);
