@@ -69,8 +69,9 @@ fn scaled_product<B: Backend, const D: usize>(
     out_f32: bool,
 ) -> Tensor<B, D> {
     // Without cuBLAS, an f32 result is the product of the operands cast to f32: the
-    // same sums as cuBLAS accumulates, where a product in the inputs' dtype would round
-    // them first.
+    // sums cuBLAS accumulates, where a product in the inputs' dtype would round them
+    // first. (Under GRAFT_CUBEK_MATMUL burn's kernel rounds f32 operands to TF32, which
+    // holds bf16 operands exactly.)
     let product = |lhs: Tensor<B, D>, rhs: Tensor<B, D>| {
         let product = if out_f32 {
             matmul(lhs.cast(FloatDType::F32), rhs.cast(FloatDType::F32))

@@ -4,18 +4,20 @@
 //! Op by op, the projection is seven autodiff nodes or more (three products, a scale,
 //! a sum, and the casts between the activations' dtype and the branch's), and on the
 //! GPU the launch cost of each node's forward and backward work is what bounds a step
-//! at these sizes. As one node the forward pass is three products (the scale applied
-//! by cuBLAS) and a sum, and the backward pass is five products and a sum, with the
-//! adapter's gradients written in f32 directly by cuBLAS.
+//! at these sizes. As one node, with the branch in the activations' dtype, the forward
+//! pass is three products (the scale applied by cuBLAS) and a sum, and the backward
+//! pass is five products and a sum, with the adapter's gradients written in f32
+//! directly by cuBLAS.
 //!
-//! Where the branch runs in f32 while the activations are bf16 ([`branch_dtype`], as
-//! PEFT computes), the forward pass does so without an f32 copy of the activations: `x A` is taken as
+//! Where an f32 adapter's branch runs in f32 on bf16 activations
+//! ([`super::lora::branch_dtype`], as PEFT computes), `x A` is taken as
 //! `x A_hi + x A_lo`, where `A_hi` is A rounded to bf16 and `A_lo` the rounded
-//! remainder, in one bf16 product with f32 output. That carries A to about 16 bits of
-//! mantissa for the price of a product twice as wide at rank scale. The backward pass
-//! uses A, B and `x A` rounded to bf16: its error stays within the gradients' own
-//! rounding and does not feed the forward pass, where a coherent error along the
-//! adapter's few directions is what moves the outputs.
+//! remainder, in one product of bf16 operands with an f32 result. That carries A to
+//! about 16 bits of mantissa for the price of a product twice as wide at rank scale,
+//! and where cuBLAS takes the product the activations are never copied to f32. The
+//! backward pass uses A, B and `x A` rounded to bf16: its error stays within the
+//! gradients' own rounding and does not feed the forward pass, where a coherent error
+//! along the adapter's few directions is what moves the outputs.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -114,7 +116,13 @@ pub fn lora_projection_autodiff<I: Backend, C: CheckpointStrategy>(
     let w_in = inner(&weight.primitive);
     let weight_dtype = w_in.dtype();
     let base = matmul(x_in.clone(), w_in.clone());
-    let (out, a_low, b_low, down) = if branch == dtype {
+    // The split below is written for an f32 adapter on narrower activations; any
+    // other combination runs the branch in the activations' dtype.
+    let f32_branch = branch == DType::F32
+        && dtype != DType::F32
+        && a_dtype == DType::F32
+        && b_dtype == DType::F32;
+    let (out, a_low, b_low, down) = if !f32_branch {
         let a_low = in_dtype(a_full, dtype);
         let b_low = in_dtype(b_full, dtype);
         let down = matmul(x_in.clone(), a_low.clone());
