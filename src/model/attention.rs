@@ -111,8 +111,7 @@ pub const DISABLE_ENV: &str = "GRAFT_BURN_ATTENTION";
 /// Whether [`causal_attention`] takes a fused path on backend `B`: the autodiff CPU
 /// and CUDA backends.
 pub fn uses_blocked_attention<B: Backend>() -> bool {
-    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some()) {
+    if super::env_flag!(DISABLE_ENV) {
         return false;
     }
     super::cpu_backends::is_fused_autodiff::<B>()

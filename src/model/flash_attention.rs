@@ -190,8 +190,7 @@ impl Backward<Inner, 3> for FlashAttentionBackward {
 /// Whether the kernels are built for device `index` (compiled on the first call; a
 /// failure is reported once and leaves attention on the blocked path).
 pub fn available(index: usize) -> bool {
-    static DISABLED: OnceLock<bool> = OnceLock::new();
-    if *DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some()) {
+    if super::env_flag!(DISABLE_ENV) {
         return false;
     }
     match kernels(index) {

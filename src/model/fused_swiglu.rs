@@ -23,8 +23,7 @@ pub const DISABLE_ENV: &str = "GRAFT_UNFUSED_SWIGLU";
 
 /// Whether the node is off for this process ([`DISABLE_ENV`]).
 pub fn disabled() -> bool {
-    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some())
+    super::env_flag!(DISABLE_ENV)
 }
 
 /// `silu(gate) * up` for tensors of one shape, as one node over inner backend `I`.

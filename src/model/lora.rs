@@ -100,8 +100,7 @@ pub const BRANCH_F32_ENV: &str = "GRAFT_LORA_BRANCH_F32";
 /// (`benches/hf_bf16_deviation.py`): rounding A, B and the rank-wide `x A` perturbs
 /// every output along the same few directions, so the error does not average out.
 pub fn branch_dtype(activations: DType, adapter: DType) -> DType {
-    static IN_F32: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if adapter == DType::F32 && *IN_F32.get_or_init(|| std::env::var_os(BRANCH_F32_ENV).is_some()) {
+    if adapter == DType::F32 && super::env_flag!(BRANCH_F32_ENV) {
         adapter
     } else {
         activations

@@ -37,8 +37,7 @@ pub const DISABLE_ENV: &str = "GRAFT_UNFUSED_LORA";
 /// Whether [`fused_lora_projection`] runs on backend `B`: the autodiff CPU backend,
 /// and the autodiff CUDA backends where cuBLAS is loaded.
 pub fn fused_available<B: Backend>() -> bool {
-    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *DISABLED.get_or_init(|| std::env::var_os(DISABLE_ENV).is_some()) {
+    if super::env_flag!(DISABLE_ENV) {
         return false;
     }
     super::cpu_backends::is_cpu_autodiff::<B>() || {

@@ -57,7 +57,7 @@ pub fn serves<B: Backend>() -> bool {
     let id = std::any::TypeId::of::<B>();
     let cuda =
         id == std::any::TypeId::of::<Cuda<f32>>() || id == std::any::TypeId::of::<Cuda<bf16>>();
-    cuda && std::env::var_os(DISABLE_ENV).is_none() && kernels().is_some()
+    cuda && !crate::model::env_flag!(DISABLE_ENV) && kernels().is_some()
 }
 
 /// One AdamW step over `params` (each with its gradient) and the group's flat moments
