@@ -19,6 +19,28 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
+/// The scalars of one update that depend on its number and learning rate, shared by
+/// the host arithmetic and the fused CUDA kernels.
+struct StepScalars {
+    /// Bias corrections `1 - beta^t` of the two moments.
+    correction1: f64,
+    correction2: f64,
+    /// What the parameter is multiplied by first (decoupled weight decay), where it
+    /// decays.
+    decay: Option<f64>,
+}
+
+impl AdamWConfig {
+    /// For update number `steps` (counting this one) at learning rate `lr`.
+    fn step_scalars(&self, steps: u64, lr: f64, decays: bool) -> StepScalars {
+        StepScalars {
+            correction1: 1.0 - self.beta1.powi(steps as i32),
+            correction2: 1.0 - self.beta2.powi(steps as i32),
+            decay: decays.then_some(1.0 - lr * self.weight_decay),
+        }
+    }
+}
+
 /// Moments of one parameter, flattened, in burn layout.
 pub struct Moments<B: Backend> {
     pub m: Tensor<B, 1>,
@@ -431,19 +453,16 @@ impl<B: Backend> AdamW<B> {
         let (lr, decays, steps) = (first.lr, first.decays, first.steps + 1);
         let config = &self.config;
         let (beta1, beta2) = (config.beta1, config.beta2);
+        let scalars = config.step_scalars(steps, lr, decays);
         let hyper = fused_adamw::Hyper {
             scale: scale as f32,
             lr: lr as f32,
             beta1: beta1 as f32,
             beta2: beta2 as f32,
             eps: config.eps as f32,
-            decay: if decays {
-                (1.0 - lr * config.weight_decay) as f32
-            } else {
-                1.0
-            },
-            correction1: (1.0 - beta1.powi(steps as i32)) as f32,
-            correction2: (1.0 - beta2.powi(steps as i32)) as f32,
+            decay: scalars.decay.unwrap_or(1.0) as f32,
+            correction1: scalars.correction1 as f32,
+            correction2: scalars.correction2 as f32,
         };
         let (m, v) = match self.fused.take() {
             Some(fused) => (fused.m, fused.v),
@@ -486,21 +505,20 @@ impl<B: Backend> AdamW<B> {
         decays: bool,
     ) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
         let AdamWConfig {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
+            beta1, beta2, eps, ..
         } = self.config;
+        let StepScalars {
+            correction1,
+            correction2,
+            decay,
+        } = self.config.step_scalars(steps, lr, decays);
         let m = m * beta1 + grad.clone() * (1.0 - beta1);
         let v = v * beta2 + grad.powi_scalar(2) * (1.0 - beta2);
-        let correction1 = 1.0 - beta1.powi(steps as i32);
-        let correction2 = 1.0 - beta2.powi(steps as i32);
         let update = (m.clone() / correction1) / ((v.clone() / correction2).sqrt() + eps);
         // Decoupled weight decay, on matrices only (not norms or biases).
-        let decayed = if decays {
-            param * (1.0 - lr * weight_decay)
-        } else {
-            param
+        let decayed = match decay {
+            Some(factor) => param * factor,
+            None => param,
         };
         (decayed - update * lr, m, v)
     }
