@@ -23,9 +23,13 @@ pub enum BenchCommand {
     /// On CUDA, matrix products go through cuBLAS, loaded at run time: put the folder
     /// of libcublas.so on LD_LIBRARY_PATH. For comparisons, these environment variables
     /// switch to the alternatives: GRAFT_CUBEK_MATMUL=1 (burn's matmul),
-    /// GRAFT_UNFUSED_LORA=1 (adapted projections op by op), GRAFT_BURN_ATTENTION=1
-    /// (burn's attention), GRAFT_ATTENTION_BLOCK_ELEMENTS=N (most scores per attention
-    /// block, default 2^27).
+    /// GRAFT_CUBLAS_MIN_MACS=N (smallest bf16 product sent to cuBLAS, default 2^20),
+    /// GRAFT_UNFUSED_LORA=1 (adapted projections op by op), GRAFT_LORA_BRANCH_F32=1
+    /// (each adapter's products in f32, as PEFT computes them),
+    /// GRAFT_BLOCKED_ATTENTION=1 (the blocked attention instead of the flash kernels),
+    /// GRAFT_BURN_ATTENTION=1 (burn's attention), GRAFT_ATTENTION_BLOCK_ELEMENTS=N
+    /// (most scores per attention block, default 2^27), GRAFT_UNFUSED_SWIGLU=1 (the
+    /// gating op by op), GRAFT_UNFUSED_ADAMW=1 (AdamW without the fused kernels).
     Train(TrainArgs),
 }
 

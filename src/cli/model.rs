@@ -75,7 +75,7 @@ pub enum ModelCommand {
         /// Compute dtype: bf16 runs the model in bf16 (with `--backend cuda`, the
         /// training path's dtype) and compares at bf16 tolerance.
         #[arg(long, value_enum, default_value = "f32")]
-        dtype: super::backend::Dtype,
+        dtype: Dtype,
         /// Print JSON.
         #[arg(long)]
         json: bool,
