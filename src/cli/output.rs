@@ -55,3 +55,12 @@ pub fn number(value: f64) -> String {
         format!("{value:.4}")
     }
 }
+
+/// `n` and the noun in the number it takes: "1 run", "3 runs".
+pub fn count(n: usize, singular: &str, plural: &str) -> String {
+    if n == 1 {
+        format!("1 {singular}")
+    } else {
+        format!("{n} {plural}")
+    }
+}

@@ -91,7 +91,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         })
         .collect();
     output::println_safe(&output::table(&header, &rows));
-    output::println_safe(&format!("{} runs", matches.len()));
+    output::println_safe(&output::count(matches.len(), "run", "runs"));
     Ok(())
 }
 

@@ -120,6 +120,13 @@ impl ChatTemplate {
         matches!(self, ChatTemplate::Builtin(_))
     }
 
+    /// Whether the rendering writes the bos token itself (a model's own
+    /// template does, where it wants one); otherwise the encoder prepends it,
+    /// and so must whoever tokenizes a prompt rendered by this template.
+    pub fn writes_bos(&self) -> bool {
+        matches!(self, ChatTemplate::Jinja(_))
+    }
+
     /// Render a conversation into segments; assistant turns carry the loss.
     /// `file` and `line` only name the record in errors.
     pub fn render_segments(

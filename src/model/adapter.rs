@@ -234,29 +234,74 @@ pub fn save_adapter<B: Backend>(
         message: "the model has no LoRA adapter to save".into(),
     })?;
     let tensors = model.named_tensors(|p| p.is_lora);
-    write_peft_adapter(dir, config, &tensors, base_model_name_or_path)
+    write_peft_adapter(dir, config, &tensors, &[], base_model_name_or_path)
+}
+
+/// Base tensors a PEFT adapter can carry whole, in `modules_to_save`: our tensor
+/// name and the module name PEFT's config lists. PEFT keeps a trainable copy of
+/// such a module as `<path>.modules_to_save.<adapter>.weight` in memory and saves it
+/// as `base_model.model.<path>.weight` (the adapter part of the name is dropped on
+/// save and put back on load, as for LoRA keys). Other base tensors (norms, the
+/// base weight of a LoRA-wrapped projection) have no PEFT form: only a merged
+/// export carries them.
+pub const SAVABLE_MODULES: [(&str, &str); 2] = [
+    ("model.embed_tokens.weight", "embed_tokens"),
+    ("lm_head.weight", "lm_head"),
+];
+
+/// The `modules_to_save` entry that carries base tensor `name`, if PEFT has one.
+pub fn savable_module(name: &str) -> Option<&'static str> {
+    SAVABLE_MODULES
+        .iter()
+        .find(|(tensor, _)| *tensor == name)
+        .map(|(_, module)| *module)
 }
 
 /// Writes a PEFT folder from LoRA tensors named as [`CausalLm::named_tensors`] names
 /// them (`model.layers.0.self_attn.q_proj.lora_A.weight`, HF layout), e.g. straight from
-/// a checkpoint without building a model.
+/// a checkpoint without building a model. `modules_to_save` are trained base tensors
+/// (same naming) that go out whole in PEFT's `modules_to_save` convention; a tensor
+/// PEFT has no such form for (see [`SAVABLE_MODULES`]) is an error naming it, never
+/// dropped.
 pub fn write_peft_adapter(
     dir: &Path,
     config: &LoraConfig,
     tensors: &[(String, TensorData)],
+    modules_to_save: &[(String, TensorData)],
     base_model_name_or_path: Option<&str>,
 ) -> Result<(), ModelError> {
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let uncarried: Vec<&str> = modules_to_save
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .filter(|name| savable_module(name).is_none())
+        .collect();
+    if !uncarried.is_empty() {
+        return Err(ModelError::Adapter {
+            message: format!(
+                "a PEFT adapter cannot carry the base tensors {}: only {} go in modules_to_save",
+                uncarried.join(", "),
+                SAVABLE_MODULES.map(|(name, _)| name).join(" and ")
+            ),
+        });
+    }
+    let mut saved_modules: Vec<&str> = modules_to_save
+        .iter()
+        .filter_map(|(name, _)| savable_module(name))
+        .collect();
+    saved_modules.sort_unstable();
+    saved_modules.dedup();
     let tensors: Vec<(String, TensorData)> = tensors
         .iter()
         .filter(|(name, _)| name.ends_with("lora_A.weight") || name.ends_with("lora_B.weight"))
+        .chain(modules_to_save)
         .map(|(name, data)| (format!("{PEFT_PREFIX}{name}"), data.clone()))
         .collect();
-    if tensors.is_empty() {
+    if !tensors.iter().any(|(name, _)| name.contains(".lora_")) {
         return Err(ModelError::Adapter {
             message: "no lora_A / lora_B tensors to write".into(),
         });
     }
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     write_safetensors(
         &dir.join("adapter_model.safetensors"),
         &tensors,
@@ -276,7 +321,7 @@ pub fn write_peft_adapter(
         "fan_in_fan_out": false,
         "inference_mode": true,
         "init_lora_weights": true,
-        "modules_to_save": null,
+        "modules_to_save": (!saved_modules.is_empty()).then_some(saved_modules),
         "layers_to_transform": null,
         "layers_pattern": null,
         "rank_pattern": {},
