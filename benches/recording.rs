@@ -44,6 +44,7 @@ checkpoint_every = 50
         &store,
         &plan,
         ExecutionKind::Train,
+        &graft::compute::Compute::new(Default::default(), experiment.compute),
         &mut recorder,
         &mut Silent,
     )

@@ -4,9 +4,8 @@
 
 use super::backend::{BackendKind, Dtype};
 use super::{output, CliError, CliResult, Context};
+use crate::compute::{Checkpointing, Compute, ComputeSection};
 use crate::train::bench::{run_bench, BenchConfig, BenchReport, MemorySample};
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
-use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 
 #[derive(clap::Args, Debug)]
@@ -20,16 +19,11 @@ pub enum BenchCommand {
     /// LoRA training steps on a preset with random weights and tokens (the workload of
     /// shared/bench/hf_peft_lora.py); prints one JSON line in that script's schema.
     ///
-    /// On CUDA, matrix products go through cuBLAS, loaded at run time: put the folder
-    /// of libcublas.so on LD_LIBRARY_PATH. For comparisons, these environment variables
-    /// switch to the alternatives: GRAFT_CUBEK_MATMUL=1 (burn's matmul),
-    /// GRAFT_CUBLAS_MIN_MACS=N (smallest bf16 product sent to cuBLAS, default 2^20),
-    /// GRAFT_UNFUSED_LORA=1 (adapted projections op by op), GRAFT_LORA_BRANCH_F32=1
-    /// (each adapter's products in f32, as PEFT computes them),
-    /// GRAFT_BLOCKED_ATTENTION=1 (the blocked attention instead of the flash kernels),
-    /// GRAFT_BURN_ATTENTION=1 (burn's attention), GRAFT_ATTENTION_BLOCK_ELEMENTS=N
-    /// (most scores per attention block, default 2^27), GRAFT_UNFUSED_SWIGLU=1 (the
-    /// gating op by op), GRAFT_UNFUSED_ADAMW=1 (AdamW without the fused kernels).
+    /// The step is `graft train`'s own step function. On CUDA, matrix products go
+    /// through cuBLAS, loaded at run time: put the folder of libcublas.so on
+    /// LD_LIBRARY_PATH. The kernel alternatives are the experiment's `[compute]` keys
+    /// (see the README's "Compute options"): `graft train --set compute.KEY=VALUE`
+    /// measures them on the trainer itself.
     Train(TrainArgs),
 }
 
@@ -98,15 +92,19 @@ fn train(args: TrainArgs) -> CliResult {
         },
         grad_ckpt: args.grad_ckpt,
     };
-    let report = match (args.backend, dtype) {
-        (BackendKind::Cpu, Dtype::F32) => on_cpu(&config, args.grad_ckpt)?,
-        (BackendKind::Cpu, Dtype::Bf16) => {
-            return Err(CliError::user(
-                "bf16 is for --backend cuda; the CPU benchmark runs in f32",
-            ))
-        }
-        (BackendKind::Cuda, dtype) => on_cuda(&config, dtype, args.grad_ckpt)?,
-    };
+    let compute = Compute::new(
+        args.backend,
+        ComputeSection {
+            dtype,
+            checkpointing: if args.grad_ckpt {
+                Checkpointing::Balanced
+            } else {
+                Checkpointing::None
+            },
+            ..Default::default()
+        },
+    );
+    let report: BenchReport = crate::on_compute!(compute, bench(&config, args.backend))?;
     let line = serde_json::to_string(&report).map_err(|e| CliError::internal(e.to_string()))?;
     output::println_safe(&line);
     Ok(())
@@ -115,52 +113,29 @@ fn train(args: TrainArgs) -> CliResult {
 fn bench<B: AutodiffBackend>(
     device: &B::Device,
     config: &BenchConfig,
-    memory: &dyn Fn() -> Option<MemorySample>,
+    backend: BackendKind,
 ) -> CliResult<BenchReport> {
-    Ok(run_bench::<B>(device, config, memory)?)
+    let memory = device_memory(backend);
+    Ok(run_bench::<B>(device, config, &*memory)?)
 }
 
-fn on_cpu(config: &BenchConfig, grad_ckpt: bool) -> CliResult<BenchReport> {
-    type Flex = burn::backend::Flex;
-    let device = Default::default();
-    let none = || None;
-    if grad_ckpt {
-        bench::<Autodiff<Flex, BalancedCheckpointing>>(&device, config, &none)
-    } else {
-        bench::<Autodiff<Flex>>(&device, config, &none)
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn on_cuda(_config: &BenchConfig, _dtype: Dtype, _grad_ckpt: bool) -> CliResult<BenchReport> {
-    Err(CliError::user(
-        "this graft was built without CUDA: rebuild with `cargo build --release --features cuda`",
-    ))
-}
-
-#[cfg(feature = "cuda")]
-fn on_cuda(config: &BenchConfig, dtype: Dtype, grad_ckpt: bool) -> CliResult<BenchReport> {
-    use burn::backend::cuda::CudaDevice;
-    use burn::backend::Cuda;
-    use burn::cubecl::{cuda::CudaRuntime, Runtime};
-    use burn::tensor::bf16;
-
-    let device = CudaDevice::default();
-    let client = CudaRuntime::client(&device);
-    let memory = move || {
-        client.memory_usage().ok().map(|usage| MemorySample {
-            reserved: usage.bytes_reserved,
-            in_use: usage.bytes_in_use,
-        })
-    };
-    match (dtype, grad_ckpt) {
-        (Dtype::F32, false) => bench::<Autodiff<Cuda<f32>>>(&device, config, &memory),
-        (Dtype::F32, true) => {
-            bench::<Autodiff<Cuda<f32>, BalancedCheckpointing>>(&device, config, &memory)
+/// How to sample device memory on `backend` (nothing to sample on the CPU).
+fn device_memory(backend: BackendKind) -> Box<dyn Fn() -> Option<MemorySample>> {
+    match backend {
+        BackendKind::Cpu => Box::new(|| None),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            use burn::backend::cuda::CudaDevice;
+            use burn::cubecl::{cuda::CudaRuntime, Runtime};
+            let client = CudaRuntime::client(&CudaDevice::default());
+            Box::new(move || {
+                client.memory_usage().ok().map(|usage| MemorySample {
+                    reserved: usage.bytes_reserved,
+                    in_use: usage.bytes_in_use,
+                })
+            })
         }
-        (Dtype::Bf16, false) => bench::<Autodiff<Cuda<bf16>>>(&device, config, &memory),
-        (Dtype::Bf16, true) => {
-            bench::<Autodiff<Cuda<bf16>, BalancedCheckpointing>>(&device, config, &memory)
-        }
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => Box::new(|| None),
     }
 }

@@ -220,25 +220,15 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             } else {
                 Tolerance::default()
             };
-            let report = match (backend, dtype) {
-                (_, Dtype::F32) => crate::on_backend!(backend, parity(&dir, &reference, tolerance))?,
-                #[cfg(feature = "cuda")]
-                (BackendKind::Cuda, Dtype::Bf16) => {
-                    type Bf16Cuda = burn::backend::Autodiff<burn::backend::Cuda<burn::tensor::bf16>>;
-                    parity::<Bf16Cuda>(&Default::default(), &dir, &reference, tolerance)?
-                }
-                (BackendKind::Cpu, Dtype::Bf16) => {
-                    return Err(CliError::user(
-                        "--dtype bf16 is for --backend cuda; the CPU backend computes in f32",
-                    ))
-                }
-                #[cfg(not(feature = "cuda"))]
-                (BackendKind::Cuda, Dtype::Bf16) => {
-                    return Err(CliError::user(
-                        "this graft was built without CUDA: rebuild with `cargo build --release --features cuda`",
-                    ))
-                }
-            };
+            let compute = crate::compute::Compute::new(
+                backend,
+                crate::compute::ComputeSection {
+                    dtype,
+                    ..Default::default()
+                },
+            );
+            let report: crate::model::ParityReport =
+                crate::on_compute!(compute, parity(&dir, &reference, tolerance))?;
             if json {
                 output::print_json(&serde_json::to_value(&report).unwrap_or_default())?;
             } else {

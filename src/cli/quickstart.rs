@@ -74,7 +74,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     }
 
     let options = |tag: &str| RunOptions {
-        backend: args.backend,
+        backend: Some(args.backend),
         tag: Some(tag.to_string()),
         quiet: false,
         json: false,

@@ -1,21 +1,29 @@
-//! `graft reproduce RUN`: execute the recipe again and report identical
-//! checkpoint ids, or the first step where they differ and by how much the
-//! metrics differ. Exits 1 when the run does not reproduce.
+//! `graft reproduce RUN`: execute the recipe again and report identical checkpoint
+//! ids, or the first step where they differ and by how much the metrics differ. Exits 1
+//! when the run does not reproduce.
 
 use super::backend::BackendKind;
 use super::train::execute_plan_with;
 use super::{output, CliError, CliResult, Context};
+use crate::compute::{Compute, ComputeSection, RECIPE_KEYS};
 use crate::store::{ExecutionKind, StoreRecorder};
-use crate::train::reproduce::{compare, ReproduceRecorder};
-use crate::train::Plan;
+use crate::train::reproduce::{compare, recorded_compute, ReproduceRecorder};
+use crate::train::{Experiment, Plan};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The run to execute again.
     #[arg(value_name = "RUN")]
     pub run: String,
-    #[arg(long, value_enum, default_value_t)]
-    pub backend: BackendKind,
+    /// The device [default: the one the run was trained on].
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// Change how the execution computes, e.g. `--set compute.attention=burn`. Only
+    /// the execution's keys may change (not compute.dtype or compute.lora_branch,
+    /// which are part of the recipe). With any compute option changed, checkpoint ids
+    /// are not expected to match and the losses are compared within a tolerance.
+    #[arg(long = "set", value_name = "compute.KEY=VALUE")]
+    pub overrides: Vec<String>,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -36,7 +44,17 @@ pub fn run(args: Args, context: &Context) -> CliResult {
                 kind: "model",
                 id: run.recipe.base_model,
             })?;
+    let original = recorded_compute(&index, &run_id)?;
     drop(index);
+    let recipe_compute = Experiment::from_recipe(&run.recipe)
+        .map(|e| e.compute)
+        .unwrap_or_default();
+    let mut compute =
+        original.unwrap_or_else(|| Compute::new(BackendKind::default(), recipe_compute));
+    compute.options = with_overrides(compute.options, &args.overrides)?;
+    if let Some(backend) = args.backend {
+        compute.backend = backend;
+    }
     let plan = Plan::of_recorded_run(run.recipe.clone(), model);
     let mut recorder = ReproduceRecorder::new(StoreRecorder::new(store.clone()));
     let outcome = execute_plan_with(
@@ -44,31 +62,53 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         &plan,
         ExecutionKind::Reproduce,
         &mut recorder,
-        args.backend,
+        compute,
         args.quiet,
     )?;
     let index = store.index()?;
-    let comparison = compare(&index, &run_id, outcome.execution, &recorder.checkpoints)?;
+    let comparison = compare(
+        &index,
+        &run_id,
+        outcome.execution,
+        &recorder.checkpoints,
+        original.as_ref(),
+        &compute,
+    )?;
     if args.json {
         output::print_json(&serde_json::to_value(&comparison).unwrap_or_default())?;
     } else {
-        match comparison.first_difference {
-            None if comparison.identical => output::println_safe(&format!(
+        for (key, was, now) in &comparison.compute_differences {
+            output::println_safe(&format!(
+                "{key} differs: {was} in the original execution, {now} in this one"
+            ));
+        }
+        match (comparison.identical, comparison.tolerance) {
+            (true, _) => output::println_safe(&format!(
                 "run {} reproduces: {} checkpoint ids identical",
                 run_id.short(),
                 comparison.checkpoints_compared
             )),
-            first => output::println_safe(&format!(
+            (false, Some(tolerance)) => output::println_safe(&format!(
+                "run {} {} within tolerance: losses differ by at most {:.3e} relative (tolerance {:.0e}; checkpoint ids are not compared across compute options)",
+                run_id.short(),
+                if comparison.reproduces { "reproduces" } else { "does NOT reproduce" },
+                comparison.max_relative_loss_difference,
+                tolerance
+            )),
+            (false, None) => output::println_safe(&format!(
                 "run {} does NOT reproduce: checkpoints first differ at step {}",
                 run_id.short(),
-                first.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
+                comparison
+                    .first_difference
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into())
             )),
         }
         for (series, difference) in &comparison.metric_differences {
             output::println_safe(&format!("  {series:<24} max |difference| {difference:.3e}"));
         }
     }
-    if comparison.identical {
+    if comparison.reproduces {
         Ok(())
     } else {
         Err(CliError::check(format!(
@@ -76,4 +116,37 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             run_id.short()
         )))
     }
+}
+
+/// The execution's compute options with `--set compute.KEY=VALUE` applied; keys of
+/// the recipe are refused, as are keys outside `[compute]`.
+fn with_overrides(options: ComputeSection, overrides: &[String]) -> CliResult<ComputeSection> {
+    if overrides.is_empty() {
+        return Ok(options);
+    }
+    let mut tree = toml::Table::new();
+    let current = toml::Value::try_from(options).map_err(|e| CliError::internal(e.to_string()))?;
+    tree.insert("compute".into(), current);
+    for assignment in overrides {
+        let key = assignment.split('=').next().unwrap_or("").trim();
+        let Some(name) = key.strip_prefix("compute.") else {
+            return Err(CliError::user(format!(
+                "--set {assignment}: reproduce executes the recorded recipe; only compute.KEY options can change"
+            ))
+            .with_hint("`graft fork RUN@STEP --set KEY=VALUE` trains a changed recipe"));
+        };
+        if RECIPE_KEYS.contains(&name) {
+            return Err(CliError::user(format!(
+                "--set {assignment}: compute.{name} is part of the recipe, so changing it makes another run"
+            ))
+            .with_hint("`graft fork` or `graft train --set` trains that recipe"));
+        }
+    }
+    crate::train::config::apply_overrides(&mut tree, overrides)?;
+    let section = tree
+        .remove("compute")
+        .unwrap_or(toml::Value::Table(Default::default()));
+    section
+        .try_into::<ComputeSection>()
+        .map_err(|e| CliError::user(format!("--set: {e}")))
 }

@@ -74,6 +74,20 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             ),
         }
     }
-    let outcome = execute_plan(&store, &plan, kind, &args.common)?;
+    // An execution continues as the run was computing, so a resume on the same
+    // backend is exact; `--backend` moves it.
+    let mut compute = crate::train::reproduce::recorded_compute(&store.index()?, &run_id)?
+        .unwrap_or_else(|| {
+            crate::compute::Compute::new(
+                Default::default(),
+                crate::train::Experiment::from_recipe(&run.recipe)
+                    .map(|e| e.compute)
+                    .unwrap_or_default(),
+            )
+        });
+    if let Some(backend) = args.common.backend {
+        compute.backend = backend;
+    }
+    let outcome = execute_plan(&store, &plan, kind, compute, &args.common)?;
     finish(&store, &outcome, &args.common)
 }

@@ -3,6 +3,7 @@
 use super::backend::BackendKind;
 use super::progress::TerminalEvents;
 use super::{output, CliError, CliResult, Context};
+use crate::compute::Compute;
 use crate::store::{ExecutionKind, ExecutionStatus, Store, StoreRecorder, Target};
 use crate::train::{self, Experiment, Outcome, Plan, PlanError, TrainError};
 use burn::tensor::backend::AutodiffBackend;
@@ -22,8 +23,10 @@ pub struct Args {
 /// Options shared by the commands that train.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunOptions {
-    #[arg(long, value_enum, default_value_t)]
-    pub backend: BackendKind,
+    /// The device [default: cpu; for resume, the backend the run was executing on].
+    /// How the numbers are computed on it is the experiment's `[compute]` section.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
     /// Tag the run with this name when it finishes.
     #[arg(long)]
     pub tag: Option<String>,
@@ -53,6 +56,12 @@ impl From<TrainError> for CliError {
             ),
             other => CliError::user(other.to_string()),
         }
+    }
+}
+
+impl From<crate::compute::ComputeError> for CliError {
+    fn from(e: crate::compute::ComputeError) -> Self {
+        CliError::user(e.to_string())
     }
 }
 
@@ -126,7 +135,8 @@ pub fn train_experiment(
     if let (Some(drift), false) = (&plan.drift, options.quiet) {
         eprintln!("{drift}");
     }
-    let outcome = execute_plan(&store, &plan, ExecutionKind::Train, options)?;
+    let compute = Compute::new(options.backend.unwrap_or_default(), experiment.compute);
+    let outcome = execute_plan(&store, &plan, ExecutionKind::Train, compute, options)?;
     finish(&store, &outcome, options)?;
     Ok(outcome.run)
 }
@@ -144,29 +154,26 @@ pub fn execute_plan(
     store: &Store,
     plan: &Plan,
     kind: ExecutionKind,
+    compute: Compute,
     options: &RunOptions,
 ) -> CliResult<Outcome> {
     let mut recorder = StoreRecorder::new(store.clone());
-    execute_plan_with(
-        store,
-        plan,
-        kind,
-        &mut recorder,
-        options.backend,
-        options.quiet,
-    )
+    execute_plan_with(store, plan, kind, &mut recorder, compute, options.quiet)
 }
 
-/// Execute a plan on the chosen backend, recording through `recorder`.
+/// Execute a plan as `compute` says, recording through `recorder`.
 pub fn execute_plan_with(
     store: &Store,
     plan: &Plan,
     kind: ExecutionKind,
     recorder: &mut dyn crate::store::Recorder,
-    backend: super::backend::BackendKind,
+    compute: Compute,
     quiet: bool,
 ) -> CliResult<Outcome> {
-    crate::on_backend!(backend, execute_with(store, plan, kind, recorder, quiet))
+    crate::on_compute!(
+        compute,
+        execute_with(store, plan, kind, &compute, recorder, quiet)
+    )
 }
 
 fn execute_with<B: AutodiffBackend>(
@@ -174,6 +181,7 @@ fn execute_with<B: AutodiffBackend>(
     store: &Store,
     plan: &Plan,
     kind: ExecutionKind,
+    compute: &Compute,
     recorder: &mut dyn crate::store::Recorder,
     quiet: bool,
 ) -> CliResult<Outcome> {
@@ -183,6 +191,7 @@ fn execute_with<B: AutodiffBackend>(
         store,
         plan,
         kind,
+        compute,
         recorder,
         &mut events,
     )?)
@@ -199,6 +208,7 @@ pub fn finish(store: &Store, outcome: &Outcome, options: &RunOptions) -> CliResu
             "early_stopped": outcome.early_stopped,
             "checkpoints": outcome.checkpoints.iter().map(|(s, id)| serde_json::json!({"step": s, "id": id.to_hex()})).collect::<Vec<_>>(),
             "eval": outcome.last_eval,
+            "tokens_per_s": outcome.tokens_per_s,
             "record_share": outcome.record_time.as_secs_f64() / outcome.loop_time.as_secs_f64().max(1e-9),
         }));
     }

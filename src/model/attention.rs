@@ -34,14 +34,11 @@ use super::retype;
 /// the transient memory of a block whatever the sequence length.
 pub const BLOCK_ELEMENTS: usize = 1 << 27;
 
-/// Overrides [`BLOCK_ELEMENTS`] (for measuring: smaller blocks skip more of the causal
-/// triangle but launch more kernels).
-pub const BLOCK_ELEMENTS_ENV: &str = "GRAFT_ATTENTION_BLOCK_ELEMENTS";
-
+/// The block size `compute.attention_block_elements` chose (smaller blocks skip more of
+/// the causal triangle but launch more kernels; the default is [`BLOCK_ELEMENTS`]).
 #[cfg(feature = "cuda")]
 fn block_elements() -> usize {
-    static ELEMENTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *ELEMENTS.get_or_init(|| super::env_count(BLOCK_ELEMENTS_ENV).unwrap_or(BLOCK_ELEMENTS))
+    crate::compute::kernels::current().attention_block_elements
 }
 
 /// Causal softmax attention, `softmax(Q Kᵀ / sqrt(d)) V`, with queries aligned to the
@@ -105,13 +102,10 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
         .reshape([batch, kv_heads * groups, t, head_dim])
 }
 
-/// Set to use burn's op-by-op attention everywhere (for measuring the difference).
-pub const DISABLE_ENV: &str = "GRAFT_BURN_ATTENTION";
-
 /// Whether [`causal_attention`] takes a fused path on backend `B`: the autodiff CPU
 /// and CUDA backends.
 pub fn uses_blocked_attention<B: Backend>() -> bool {
-    if super::env_flag!(DISABLE_ENV) {
+    if crate::compute::kernels::current().attention == crate::compute::Attention::Burn {
         return false;
     }
     super::cpu_backends::is_fused_autodiff::<B>()

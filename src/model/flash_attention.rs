@@ -39,9 +39,6 @@ use super::cublas::CudaFusionTensor;
 use super::cuda_kernels::{self, empty, launch, Args, Function};
 use super::cuda_stream;
 
-/// Set to keep attention on the blocked path (for measuring the difference).
-pub const DISABLE_ENV: &str = "GRAFT_BLOCKED_ATTENTION";
-
 const SOURCE: &str = include_str!("flash_attention.cu");
 /// Rows of queries or keys per block (`TILE` in the source).
 const TILE: usize = 64;
@@ -190,7 +187,7 @@ impl Backward<Inner, 3> for FlashAttentionBackward {
 /// Whether the kernels are built for device `index` (compiled on the first call; a
 /// failure is reported once and leaves attention on the blocked path).
 pub fn available(index: usize) -> bool {
-    if super::env_flag!(DISABLE_ENV) {
+    if crate::compute::kernels::current().attention != crate::compute::Attention::Flash {
         return false;
     }
     match kernels(index) {
@@ -262,7 +259,6 @@ fn shared_bytes(d: usize) -> (u32, u32, u32) {
 }
 
 fn compile(index: usize) -> Result<Kernels, String> {
-    let started = std::time::Instant::now();
     let module = cuda_kernels::compile(SOURCE, index, &["mma.h", "cuda_bf16.h"])?;
     let (major, minor) = module.capability;
     if major < 8 {
@@ -281,12 +277,6 @@ fn compile(index: usize) -> Result<Kernels, String> {
                 backward_dkv: module.function(&format!("flash_backward_dkv_{d}"), dkv)?,
             },
         ));
-    }
-    if std::env::var_os("GRAFT_VERBOSE_CUDA").is_some() {
-        eprintln!(
-            "flash-attention kernels compiled in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
     }
     Ok(Kernels {
         device: index,

@@ -18,12 +18,9 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor, TensorPrimitive};
 
-/// Set to keep SwiGLU's gating op by op on CUDA (for measuring the difference).
-pub const DISABLE_ENV: &str = "GRAFT_UNFUSED_SWIGLU";
-
-/// Whether the node is off for this process ([`DISABLE_ENV`]).
+/// Whether `compute.fused_swiglu = false` turned the node off.
 pub fn disabled() -> bool {
-    super::env_flag!(DISABLE_ENV)
+    !crate::compute::kernels::current().fused_swiglu
 }
 
 /// `silu(gate) * up` for tensors of one shape, as one node over inner backend `I`.

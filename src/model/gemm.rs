@@ -16,16 +16,10 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor, TensorPrimitive};
 
-/// Set to keep every product on burn's own CUDA matmul (for measuring the difference).
-pub const DISABLE_ENV: &str = "GRAFT_CUBEK_MATMUL";
-
-/// Half-precision products with fewer multiply-adds than this stay on burn's matmul:
-/// each cuBLAS product costs a few driver calls and buffer lookups on cubecl's device
-/// thread, which the smallest products do not repay. f32 products always go to
-/// cuBLAS, because burn's kernel rounds f32 operands to TF32.
-pub const MIN_HALF_MACS_ENV: &str = "GRAFT_CUBLAS_MIN_MACS";
-#[cfg(feature = "cuda")]
-const DEFAULT_MIN_HALF_MACS: usize = 1 << 20;
+// Half-precision products with fewer multiply-adds than `compute.cublas_min_macs`
+// stay on burn's matmul: each cuBLAS product costs a few driver calls and buffer
+// lookups on cubecl's device thread, which the smallest products do not repay. f32
+// products always go to cuBLAS, because burn's kernel rounds f32 operands to TF32.
 
 /// `lhs @ rhs` for `[..., m, k]` and `[..., k, n]` with equal batch dims (burn's
 /// broadcasting cases take burn's matmul).
@@ -70,7 +64,7 @@ fn scaled_product<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     // Without cuBLAS, an f32 result is the product of the operands cast to f32: the
     // sums cuBLAS accumulates, where a product in the inputs' dtype would round them
-    // first. (Under GRAFT_CUBEK_MATMUL burn's kernel rounds f32 operands to TF32, which
+    // first. (Under `compute.matmul = "burn"` burn's kernel rounds f32 operands to TF32, which
     // holds bf16 operands exactly.)
     let product = |lhs: Tensor<B, D>, rhs: Tensor<B, D>| {
         let product = if out_f32 {
@@ -110,11 +104,11 @@ pub fn accelerated<B: Backend>() -> bool {
 
 #[cfg(feature = "cuda")]
 fn enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        if std::env::var_os(DISABLE_ENV).is_some() {
-            return false;
-        }
+    if crate::compute::kernels::current().matmul != crate::compute::Matmul::Cublas {
+        return false;
+    }
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRESENT.get_or_init(|| {
         let present = super::cublas::available();
         if !present {
             eprintln!(
@@ -128,8 +122,7 @@ fn enabled() -> bool {
 
 #[cfg(feature = "cuda")]
 fn min_half_macs() -> usize {
-    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MIN.get_or_init(|| super::env_count(MIN_HALF_MACS_ENV).unwrap_or(DEFAULT_MIN_HALF_MACS))
+    crate::compute::kernels::current().cublas_min_macs
 }
 
 #[cfg(feature = "cuda")]

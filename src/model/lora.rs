@@ -78,16 +78,12 @@ impl LoraConfig {
     }
 }
 
-/// Set to run an f32 adapter's branch in f32, as PEFT does, instead of in the
-/// activations' dtype.
-pub const BRANCH_F32_ENV: &str = "GRAFT_LORA_BRANCH_F32";
-
 /// The dtype an adapted projection's branch computes in, for activations in
 /// `activations` and an adapter stored in `adapter`.
 ///
 /// By default the activations' dtype, as autocast (and Unsloth) would run an f32
 /// adapter on a bf16 base: A and B are rounded to bf16 for the products, while their
-/// gradients and optimizer state stay f32. With `GRAFT_LORA_BRANCH_F32` set, the
+/// gradients and optimizer state stay f32. With `compute.lora_branch = "f32"`, the
 /// adapter's own dtype when that is f32, as PEFT casts the input to
 /// `lora_A.weight.dtype`: `x A`, `(x A) B` and their sum with the base output in f32,
 /// rounded to bf16 once (a projection's bias, where it has one, is added after that).
@@ -100,7 +96,9 @@ pub const BRANCH_F32_ENV: &str = "GRAFT_LORA_BRANCH_F32";
 /// (`benches/hf_bf16_deviation.py`): rounding A, B and the rank-wide `x A` perturbs
 /// every output along the same few directions, so the error does not average out.
 pub fn branch_dtype(activations: DType, adapter: DType) -> DType {
-    if adapter == DType::F32 && super::env_flag!(BRANCH_F32_ENV) {
+    if adapter == DType::F32
+        && crate::compute::kernels::current().lora_branch == crate::compute::LoraBranch::F32
+    {
         adapter
     } else {
         activations

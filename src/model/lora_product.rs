@@ -31,13 +31,10 @@ use super::gemm::{matmul, matmul_f32, matmul_scaled};
 use super::lora::in_dtype;
 use super::retype;
 
-/// Set to keep adapted projections op by op (for measuring the difference).
-pub const DISABLE_ENV: &str = "GRAFT_UNFUSED_LORA";
-
 /// Whether [`fused_lora_projection`] runs on backend `B`: the autodiff CPU backend,
 /// and the autodiff CUDA backends where cuBLAS is loaded.
 pub fn fused_available<B: Backend>() -> bool {
-    if super::env_flag!(DISABLE_ENV) {
+    if !crate::compute::kernels::current().fused_lora {
         return false;
     }
     super::cpu_backends::is_cpu_autodiff::<B>() || {

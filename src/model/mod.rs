@@ -61,27 +61,6 @@ pub fn save_merged<B: burn::tensor::backend::Backend>(
     save_model_dir(&model.merge_lora(), out_dir, source_dir)
 }
 
-/// Whether environment variable `$name` is set, read once per call site: the
-/// switches that turn a fast path off or pick an alternative, for measuring the
-/// difference. The environment does not change while graft runs.
-macro_rules! env_flag {
-    ($name:expr) => {{
-        static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *SET.get_or_init(|| std::env::var_os($name).is_some())
-    }};
-}
-pub(crate) use env_flag;
-
-/// A positive count from environment variable `name`, for the knobs that measure the
-/// GPU path's alternatives.
-#[cfg(feature = "cuda")]
-fn env_count(name: &str) -> Option<usize> {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&v| v > 0)
-}
-
 /// `value` as type `To` when `From` is `To`, else `value` back: how code with a
 /// faster path for one backend moves its tensors over (stable Rust has no
 /// specialisation).

@@ -294,14 +294,22 @@ impl<B: Backend> CausalLm<B> {
             }
         }
         let device = self.device();
-        Ok(self.map_params(|info, _old| {
+        Ok(self.map_params(|info, old| {
             let data = tensors.get(&info.name)?.clone().convert::<f32>();
+            // Each tensor keeps the dtype its parameter has (an f32 adapter over a
+            // bf16 base stays f32, so a resumed run continues from exact values).
+            let dtype = match &old {
+                AnyTensor::D1(t) => t.dtype(),
+                AnyTensor::D2(t) => t.dtype(),
+            };
+            let options =
+                || burn::tensor::TensorCreationOptions::new(device.clone()).with_dtype(dtype);
             let value = match info.shape.len() {
-                1 => AnyTensor::D1(Tensor::from_data(data, &device)),
+                1 => AnyTensor::D1(Tensor::from_data(data, options())),
                 _ if is_transposed(&info.name) => {
-                    AnyTensor::D2(Tensor::<B, 2>::from_data(data, &device).transpose())
+                    AnyTensor::D2(Tensor::<B, 2>::from_data(data, options()).transpose())
                 }
-                _ => AnyTensor::D2(Tensor::from_data(data, &device)),
+                _ => AnyTensor::D2(Tensor::from_data(data, options())),
             };
             Some((value, info.trainable))
         }))

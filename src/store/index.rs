@@ -241,9 +241,27 @@ impl Index {
             resumed_from: kind.resumed_from(),
             end_reason: None,
             purpose: kind.purpose().to_string(),
+            compute: None,
         };
         self.put_execution(&record)?;
         Ok(record)
+    }
+
+    /// Records how execution `number` of `run` computes.
+    pub fn set_execution_compute(
+        &self,
+        run: &Id,
+        number: u32,
+        compute: super::Canon,
+    ) -> Result<()> {
+        let Some(mut record) = self.get_execution(run, number)? else {
+            return Err(StoreError::NotFound {
+                kind: "execution",
+                id: *run,
+            });
+        };
+        record.compute = Some(compute);
+        self.put_execution(&record)
     }
 
     pub fn put_execution(&self, record: &ExecutionRecord) -> Result<()> {

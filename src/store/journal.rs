@@ -126,9 +126,7 @@ impl JournalWriter {
             .map_err(|e| StoreError::io(&path, e))?;
         super::objects::sync_dir(&dir);
         let length = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
-        let fail_after = std::env::var("GRAFT_FAIL_JOURNAL_AFTER_BYTES")
-            .ok()
-            .and_then(|v| v.parse().ok());
+        let fail_after = super::faults::journal_byte_limit();
         Ok(JournalWriter {
             file,
             path,

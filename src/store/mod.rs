@@ -12,6 +12,7 @@
 pub mod absorb;
 pub mod canonical;
 pub mod error;
+pub mod faults;
 pub mod gc;
 pub mod index;
 pub mod journal;

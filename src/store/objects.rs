@@ -239,20 +239,13 @@ pub struct ObjectListing {
     pub temp_files: Vec<PathBuf>,
 }
 
-/// Test hook: `GRAFT_FAIL_OBJECT_WRITES_AFTER=N` lets a process write N
-/// objects, then fails every later write as a full disk would (the temp file
-/// is removed, nothing lands under the object's name).
+/// The full-disk hook of [`super::faults::object_write_limit`] (the temp file is
+/// removed, nothing lands under the object's name).
 fn full_disk_hook(temp: &Path) -> Result<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
-    static LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     static WRITES: AtomicU64 = AtomicU64::new(0);
-    let limit = LIMIT.get_or_init(|| {
-        std::env::var("GRAFT_FAIL_OBJECT_WRITES_AFTER")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    });
-    match limit {
-        Some(limit) if WRITES.fetch_add(1, Ordering::Relaxed) >= *limit => Err(StoreError::io(
+    match super::faults::object_write_limit() {
+        Some(limit) if WRITES.fetch_add(1, Ordering::Relaxed) >= limit => Err(StoreError::io(
             temp,
             std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device"),
         )),

@@ -57,6 +57,10 @@ pub trait Recorder {
     fn retire_checkpoint(&mut self, checkpoint: Id) -> Result<()>;
     /// Attach a fact to the run (drift report, parameter counts, ...).
     fn note(&mut self, key: &str, value: Canon) -> Result<()>;
+    /// Record how the execution computes (backend, dtype, kernels) on its record.
+    fn record_compute(&mut self, _compute: Canon) -> Result<()> {
+        Ok(())
+    }
     /// Close the execution.
     fn end(
         &mut self,
@@ -335,6 +339,13 @@ impl Recorder for StoreRecorder {
         })
     }
 
+    fn record_compute(&mut self, compute: Canon) -> Result<()> {
+        let active = self.active();
+        let (run, execution) = (active.run, active.execution);
+        let index = self.store.index()?;
+        index.set_execution_compute(&run, execution, compute)?;
+        index.flush()
+    }
     fn note(&mut self, key: &str, value: Canon) -> Result<()> {
         let entry = JournalEntry::Note {
             key: key.to_string(),

@@ -185,6 +185,10 @@ pub struct ExecutionRecord {
     /// `train`, `resume` or `reproduce`.
     #[serde(default)]
     pub purpose: String,
+    /// How this execution computed: backend and every `[compute]` option (see
+    /// `crate::compute`). Absent on executions recorded before it existed.
+    #[serde(default)]
+    pub compute: Option<Canon>,
 }
 
 /// Why an execution runs.

@@ -4,11 +4,10 @@
 //! gradient clipping at 1.0), timed after warm-up steps, reported in that script's JSON
 //! schema so the two lines can be compared key for key.
 //!
-//! The step is the trainer's step (`GradAccumulator`, then `AdamW`) with one difference:
-//! clipping goes through [`AdamW::step_clipped`], which keeps the clip factor on the
-//! device. The trainer reads the norm back to log it; here a read every step would stall
-//! the host until the GPU drains, which the reference does not do either
-//! (`clip_grad_norm_` keeps the norm on the device).
+//! The step is the trainer's own ([`super::step::train_step`]): forward, the masked
+//! token loss, backward, clipping on the device, AdamW. As in `graft train`, nothing
+//! is read back between steps (the reference's `clip_grad_norm_` keeps the norm on the
+//! device too).
 //!
 //! Peak memory is what cubecl's pool has reserved (the card must have that much free),
 //! an upper bound on torch's `max_memory_allocated` that the reference reports; the
@@ -21,8 +20,10 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor};
 use serde::Serialize;
 
-use super::optim::{AdamW, AdamWConfig, GradAccumulator};
-use crate::model::{causal_lm_loss, CausalLm, LoraConfig, ModelConfig, ModelError, ALL_TARGETS};
+use super::loss::BatchTensors;
+use super::optim::{AdamW, AdamWConfig};
+use super::step::{read_f64, train_step};
+use crate::model::{CausalLm, LoraConfig, ModelConfig, ModelError, ALL_TARGETS};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -129,12 +130,21 @@ pub fn run_bench<B: AutodiffBackend>(
         weight_decay: 0.01,
     });
     let vocab = model_config.vocab_size as f64;
+    // Random inputs and targets, every token trained: the reference's workload.
     let ids = || {
-        Tensor::<B, 2, Int>::random(
-            [config.batch, config.seq],
-            Distribution::Uniform(0.0, vocab),
-            device,
-        )
+        let random = || {
+            Tensor::<B, 2, Int>::random(
+                [config.batch, config.seq],
+                Distribution::Uniform(0.0, vocab),
+                device,
+            )
+        };
+        BatchTensors {
+            inputs: random(),
+            targets: random(),
+            mask: Tensor::<B, 2>::ones([config.batch, config.seq], device),
+            tokens: config.batch * config.seq,
+        }
     };
 
     let mut peak = MemorySample::default();
@@ -148,7 +158,7 @@ pub fn run_bench<B: AutodiffBackend>(
 
     let warmup_started = Instant::now();
     for _ in 0..config.warmup {
-        let (next, _) = train_step(model, &mut optimizer, ids());
+        let (next, _) = bench_step(model, &mut optimizer, ids());
         model = next;
     }
     B::sync(device).ok();
@@ -157,22 +167,13 @@ pub fn run_bench<B: AutodiffBackend>(
     let started = Instant::now();
     let mut last_loss = None;
     for _ in 0..config.steps {
-        let (next, loss) = train_step(model, &mut optimizer, ids());
+        let (next, loss) = bench_step(model, &mut optimizer, ids());
         model = next;
         last_loss = Some(loss);
     }
-    let loss: f64 = match last_loss {
-        // Read in the loss's own dtype (f32 from the fused loss), not through the
-        // backend's float type, which is bf16 on the GPU.
-        Some(loss) => loss
-            .into_data()
-            .convert::<f64>()
-            .to_vec::<f64>()
-            .ok()
-            .and_then(|values| values.first().copied())
-            .unwrap_or(f64::NAN),
-        None => f64::NAN,
-    };
+    let loss: f64 = last_loss
+        .and_then(|loss| read_f64(loss).first().copied())
+        .unwrap_or(f64::NAN);
     B::sync(device).ok();
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
 
@@ -191,14 +192,18 @@ pub fn run_bench<B: AutodiffBackend>(
             phase_totals[slot] += clock.elapsed().as_secs_f64();
             clock = Instant::now();
         };
-        let ids = ids();
-        let logits = model.forward(ids.clone());
-        let loss = causal_lm_loss(logits, ids, None);
+        let batch = ids();
+        let logits = model.forward(batch.inputs.clone());
+        let loss = super::loss::masked_loss_sum(logits, &batch) / batch.tokens as f64;
         lap(0, &mut peak);
         let grads = loss.backward();
         lap(1, &mut peak);
-        model = optimizer_step(model, &mut optimizer, &grads);
+        let mut accumulated = super::optim::GradAccumulator::<B::InnerBackend>::default();
+        accumulated.add(&model, &grads);
         drop(grads);
+        model = optimizer
+            .step_clipped(model, accumulated, 1.0, CLIP, |_| LEARNING_RATE)
+            .0;
         lap(2, &mut peak);
     }
     let phases = config.phases.then(|| {
@@ -237,30 +242,15 @@ pub fn run_bench<B: AutodiffBackend>(
     })
 }
 
-/// Forward, backward, clip, AdamW. Returns the updated model and the loss (on the
+/// The trainer's step on one batch. Returns the updated model and the loss (on the
 /// device, unread, so that steps queue up without waiting for each other).
-fn train_step<B: AutodiffBackend>(
+fn bench_step<B: AutodiffBackend>(
     model: CausalLm<B>,
     optimizer: &mut AdamW<B::InnerBackend>,
-    ids: Tensor<B, 2, Int>,
+    batch: BatchTensors<B>,
 ) -> (CausalLm<B>, Tensor<B::InnerBackend, 1>) {
-    let logits = model.forward(ids.clone());
-    let loss = causal_lm_loss(logits, ids, None);
-    let grads = loss.backward();
-    let model = optimizer_step(model, optimizer, &grads);
-    (model, loss.inner())
-}
-
-fn optimizer_step<B: AutodiffBackend>(
-    model: CausalLm<B>,
-    optimizer: &mut AdamW<B::InnerBackend>,
-    grads: &B::Gradients,
-) -> CausalLm<B> {
-    let mut accumulated = GradAccumulator::<B::InnerBackend>::default();
-    accumulated.add(&model, grads);
-    optimizer
-        .step_clipped(model, accumulated, 1.0, CLIP, |_| LEARNING_RATE)
-        .0
+    let (model, result) = train_step(model, optimizer, vec![batch], CLIP, |_| LEARNING_RATE);
+    (model, result.losses)
 }
 
 /// Which attention the step ran: `flash` (the fused CUDA kernels), `blocked` (the

@@ -4,6 +4,7 @@
 //! `--set key=value` overrides are applied to the TOML tree before it is
 //! read, so they are checked exactly like keys in the file.
 
+use crate::compute::ComputeSection;
 use crate::store::Canon;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,9 @@ pub struct Experiment {
     pub optim: OptimSection,
     #[serde(default)]
     pub train: TrainSection,
+    /// How the numbers are computed (see [`crate::compute`]).
+    #[serde(default)]
+    pub compute: ComputeSection,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
@@ -410,6 +414,18 @@ impl Experiment {
         if let Some((key, value)) = numbers.iter().find(|(_, value)| !value.is_finite()) {
             return Err(format!("{key} = {value}: expected a finite number"));
         }
+        if optim.lr <= 0.0 {
+            return Err(format!(
+                "optim.lr = {}: expected a positive learning rate",
+                optim.lr
+            ));
+        }
+        if let Some(lr) = optim.embedding_lr.filter(|lr| *lr <= 0.0) {
+            return Err(format!(
+                "optim.embedding_lr = {lr}: expected a positive learning rate"
+            ));
+        }
+        self.compute.validate()?;
         match (&self.model.base, &self.model.from) {
             (Some(_), Some(_)) => {
                 return Err(
@@ -472,6 +488,12 @@ impl Experiment {
         let mut config = Canon::from_serialize(self);
         if let Canon::Map(sections) = &mut config {
             sections.remove("model");
+            // Only the precision policy is part of the recipe, and only where it
+            // differs from the default (see `crate::compute`).
+            sections.remove("compute");
+            if let Some(part) = self.compute.recipe_part() {
+                sections.insert("compute".into(), part);
+            }
             if let Some(Canon::Map(data)) = sections.get_mut("data") {
                 data.remove("train");
                 data.remove("eval");

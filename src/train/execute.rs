@@ -9,11 +9,12 @@
 
 use super::config::Experiment;
 use super::eval::{self, EvalSet};
-use super::optim::{is_embedding_block, AdamW, AdamWConfig, GradAccumulator};
+use super::optim::{is_embedding_block, AdamW, AdamWConfig};
 use super::plan::{object_source, Plan};
 use super::registry::{self, RegistryError};
 use super::state::{self, Kept, TrainerState};
-use super::{loss, schedule, unfreeze};
+use super::{loss, schedule, step, unfreeze};
+use crate::compute::{Compute, Dtype};
 use crate::data::{
     self, BatchStream, Encoder, ReplaySource, RowStream, Split, StreamConfig, Tokenizer,
 };
@@ -23,7 +24,6 @@ use crate::store::{
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::ElementConversion;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +38,8 @@ pub enum TrainError {
     Data(#[from] data::DataError),
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Compute(#[from] crate::compute::ComputeError),
     #[error("{0}")]
     Recipe(String),
     #[error("the loss became {value} at step {step}; the run stopped and its last good checkpoint is kept")]
@@ -70,26 +72,28 @@ pub struct Outcome {
     pub record_time: Duration,
     /// The last value of every eval series.
     pub last_eval: BTreeMap<String, f64>,
+    /// Training tokens per second after the first window of steps (which holds the
+    /// kernels' compilation), evaluation and checkpoint time left out.
+    pub tokens_per_s: Option<f64>,
 }
 
-/// A hook for tests of the failure path: `GRAFT_INJECT_NAN_AT_STEP=N`
-/// replaces the loss of step N with NaN.
-fn injected_nan_step() -> Option<u64> {
-    std::env::var("GRAFT_INJECT_NAN_AT_STEP").ok()?.parse().ok()
-}
-
+/// Executes `plan` on backend `B`, which `compute` names (see
+/// [`crate::compute::Compute`]; the caller dispatched on it), recording through
+/// `recorder`.
 #[allow(clippy::too_many_arguments)]
 pub fn execute<B: AutodiffBackend>(
     device: &B::Device,
     store: &Store,
     plan: &Plan,
     kind: ExecutionKind,
+    compute: &Compute,
     recorder: &mut dyn Recorder,
     events: &mut dyn Events,
 ) -> Result<Outcome, TrainError> {
     let (recipe, datasets) = (&plan.recipe, plan.datasets.as_slice());
     let settings = Experiment::from_recipe(recipe)
         .map_err(|e| TrainError::Recipe(format!("the recipe's config cannot be read back: {e}")))?;
+    check_compute(&settings, compute)?;
     let model_record = &plan.model;
     // What the plan did not bring (a resume or reproduction brings only the
     // recipe) is read from the index, in one open.
@@ -130,6 +134,10 @@ pub fn execute<B: AutodiffBackend>(
     });
     if let Some(config) = &adapter {
         model = model.with_new_lora(config, seed)?;
+    }
+    if compute.options.dtype == Dtype::Bf16 {
+        // The frozen base computes in bf16; what trains stays f32.
+        model = model.with_lora_in_f32();
     }
     let mut inherited = BTreeMap::new();
     if let Some(checkpoint) = &start {
@@ -268,6 +276,7 @@ pub fn execute<B: AutodiffBackend>(
     // nothing.
     registry::record_model(store, model_record.clone())?;
     let (run, execution) = recorder.begin(recipe, datasets, kind, plan.notes.clone())?;
+    recorder.record_compute(compute.to_canon())?;
     events.begin(&run.id, trainer.step + 1, total);
     let mut record_time = Duration::ZERO;
     let mut checkpoints_written = Vec::new();
@@ -277,6 +286,7 @@ pub fn execute<B: AutodiffBackend>(
     let mut open_blocks = Vec::new();
 
     let loop_started = Instant::now();
+    let mut pending = step::PendingSteps::<B::InnerBackend>::default();
     let result = (|| -> Result<(u64, bool), TrainError> {
         if let (true, Some(checkpoint)) = (resuming, &start) {
             // A crash between recording a checkpoint and retiring the ones
@@ -329,7 +339,6 @@ pub fn execute<B: AutodiffBackend>(
             baseline = recorded_baseline(store, &run.id, &eval_sets)?;
         }
         let mut early_stopped = false;
-        let mut step_started = Instant::now();
         while trainer.step < total {
             let step = trainer.step + 1;
             B::seed(device, mix_seed(seed, step));
@@ -353,39 +362,15 @@ pub fn execute<B: AutodiffBackend>(
                     timed(|| recorder.log_metrics(step, &[("trainable_params", count as f64)]))?;
             }
 
-            let mut grads = GradAccumulator::<B::InnerBackend>::default();
-            let mut loss_total = 0.0;
+            let mut batches = Vec::with_capacity(settings.optim.grad_accum);
             let mut step_tokens = 0usize;
             for _ in 0..settings.optim.grad_accum {
                 let Some(batch) = stream.next_batch()? else {
                     return Err(TrainError::Recipe("the training stream ended".into()));
                 };
-                let tensors = loss::BatchTensors::<B>::new(&batch, device);
                 step_tokens += batch.batch * batch.seq_len;
-                let denominator = tensors.tokens.max(1) as f64;
-                let loss = loss::masked_loss_sum(model.forward(tensors.inputs.clone()), &tensors)
-                    / denominator;
-                loss_total += loss.clone().into_scalar().elem::<f64>();
-                grads.add(&model, &loss.backward());
+                batches.push(loss::BatchTensors::<B>::new(&batch, device));
             }
-            let accum = settings.optim.grad_accum as f64;
-            let mut loss_value = loss_total / accum;
-            if injected_nan_step() == Some(step) {
-                loss_value = f64::NAN;
-            }
-            if !loss_value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    step,
-                    value: loss_value,
-                });
-            }
-            let grad_norm = grads.norm() / accum;
-            let clip = settings.optim.grad_clip;
-            let clip_factor = if clip > 0.0 && grad_norm > clip {
-                clip / (grad_norm + 1e-6)
-            } else {
-                1.0
-            };
             let lr = schedule::learning_rate(
                 &settings.optim.schedule,
                 settings.optim.lr,
@@ -398,37 +383,32 @@ pub fn execute<B: AutodiffBackend>(
                 .optim
                 .embedding_lr
                 .map(|e| e * lr / settings.optim.lr);
-            model = optimizer.step(
+            let (next, result) = step::train_step(
                 model,
-                grads,
-                clip_factor / accum,
+                &mut optimizer,
+                batches,
+                settings.optim.grad_clip,
                 |info| match embedding_lr {
                     Some(e) if is_embedding_block(info) => e,
                     _ => lr,
                 },
             );
+            model = next;
             trainer.step = step;
             trainer.tokens_seen += step_tokens as u64;
             trainer.stream = stream.position();
-            let elapsed = step_started.elapsed().as_secs_f64().max(1e-9);
-            step_started = Instant::now();
-            record_time += timed(|| {
-                recorder.log_metrics(
-                    step,
-                    &[
-                        ("loss", loss_value),
-                        ("lr", lr),
-                        ("grad_norm", grad_norm),
-                        ("tokens_per_s", step_tokens as f64 / elapsed),
-                        ("tokens_seen", trainer.tokens_seen as f64),
-                    ],
-                )
-            })?;
-            events.step(step, loss_value, lr);
+            pending.push(step, result, lr, step_tokens, trainer.tokens_seen);
 
             let last = step == total;
+            let eval_due =
+                !eval_sets.is_empty() && (step % settings.train.eval_every.max(1) == 0 || last);
+            let checkpoint_due = step % settings.train.checkpoint_every.max(1) == 0 || last;
+            if eval_due || checkpoint_due || pending.due() {
+                record_time += log_steps(&mut pending, recorder, events)?;
+            }
+
             let mut metrics = BTreeMap::new();
-            if !eval_sets.is_empty() && (step % settings.train.eval_every.max(1) == 0 || last) {
+            if eval_due {
                 let results = eval::evaluate_all(&model.valid(), &eval_sets);
                 record_time +=
                     timed(|| log_eval(recorder, step, &results, &baseline, &mut last_eval))?;
@@ -449,7 +429,8 @@ pub fn execute<B: AutodiffBackend>(
                     ));
                 }
             }
-            if step % settings.train.checkpoint_every.max(1) == 0 || last || early_stopped {
+            if checkpoint_due || early_stopped {
+                // An early stop is decided at an evaluation, which read every step.
                 let eval_loss = metrics.get(crate::store::refs::BEST_METRIC).copied();
                 let write = Instant::now();
                 // Retention is decided before saving, so the saved state is
@@ -486,6 +467,7 @@ pub fn execute<B: AutodiffBackend>(
             if early_stopped {
                 break;
             }
+            pending.restart_clock();
         }
         Ok((trainer.step, early_stopped))
     })();
@@ -507,6 +489,7 @@ pub fn execute<B: AutodiffBackend>(
                 loop_time,
                 record_time,
                 last_eval,
+                tokens_per_s: pending.steady_tokens_per_s(),
             })
         }
         Err(error) => {
@@ -561,6 +544,66 @@ fn count_trainable<B: Backend>(model: &CausalLm<B>) -> usize {
 fn mix_seed(seed: u64, step: u64) -> u64 {
     let hash = blake3::hash(&[seed.to_le_bytes(), step.to_le_bytes()].concat());
     u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// Reads the pending steps back and records them; fails on the first non-finite loss
+/// (nothing after it was checkpointed: every checkpoint is preceded by a read).
+fn log_steps<I: Backend>(
+    pending: &mut step::PendingSteps<I>,
+    recorder: &mut dyn Recorder,
+    events: &mut dyn Events,
+) -> Result<Duration, TrainError> {
+    let mut record_time = Duration::ZERO;
+    for logged in pending.read() {
+        let mut loss = logged.loss;
+        if crate::store::faults::nan_loss_step() == Some(logged.step) {
+            loss = f64::NAN;
+        }
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: logged.step,
+                value: loss,
+            });
+        }
+        record_time += timed(|| {
+            recorder.log_metrics(
+                logged.step,
+                &[
+                    ("loss", loss),
+                    ("lr", logged.lr),
+                    ("grad_norm", logged.grad_norm),
+                    ("tokens_per_s", logged.tokens_per_s),
+                    ("tokens_seen", logged.tokens_seen as f64),
+                ],
+            )
+        })?;
+        events.step(logged.step, loss, logged.lr);
+    }
+    Ok(record_time)
+}
+
+/// Refuses a compute choice the recipe cannot train with, before anything is written.
+fn check_compute(settings: &Experiment, compute: &Compute) -> Result<(), TrainError> {
+    if compute.options.dtype != settings.compute.dtype {
+        return Err(TrainError::Recipe(format!(
+            "the recipe trains with compute.dtype = \"{}\" but the backend was set up for \"{}\"",
+            settings.compute.dtype.as_str(),
+            compute.options.dtype.as_str()
+        )));
+    }
+    if compute.options.dtype == Dtype::Bf16 {
+        let unfreezes = settings
+            .unfreeze
+            .schedule
+            .iter()
+            .any(|step| step.layers.trim() != "none");
+        if settings.adapter.is_none() || unfreezes {
+            return Err(TrainError::Recipe(
+                "compute.dtype = \"bf16\" trains LoRA adapters over a frozen bf16 base; full fine-tuning and [unfreeze] would update bf16 weights without f32 master copies, which graft does not keep: set compute.dtype = \"f32\"".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn timed<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<Duration, TrainError> {

@@ -33,9 +33,6 @@ const CHUNK: usize = 4096;
 /// Threads per block (`THREADS`).
 const THREADS: u32 = 256;
 
-/// Set to keep the optimizer on its op-by-op path (for measuring the difference).
-pub const DISABLE_ENV: &str = "GRAFT_UNFUSED_ADAMW";
-
 /// The update's scalars (`struct Hyper` in the source).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +54,7 @@ pub fn serves<B: Backend>() -> bool {
     let id = std::any::TypeId::of::<B>();
     let cuda =
         id == std::any::TypeId::of::<Cuda<f32>>() || id == std::any::TypeId::of::<Cuda<bf16>>();
-    cuda && !crate::model::env_flag!(DISABLE_ENV) && kernels().is_some()
+    cuda && crate::compute::kernels::current().fused_adamw && kernels().is_some()
 }
 
 /// One AdamW step over `params` (each with its gradient) and the group's flat moments

@@ -16,6 +16,7 @@ pub mod reproduce;
 pub mod restore;
 pub mod schedule;
 pub mod state;
+pub mod step;
 pub mod unfreeze;
 
 pub use config::Experiment;

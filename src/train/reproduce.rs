@@ -4,6 +4,7 @@
 //! kept out of the run's history) but not its checkpoints: their ids are
 //! computed and compared with the ids the run recorded, step by step.
 
+use crate::compute::Compute;
 use crate::store::canonical::object_id;
 use crate::store::{
     Canon, CheckpointRecord, DatasetRecord, ExecutionKind, ExecutionRecord, ExecutionStatus, Id,
@@ -69,6 +70,9 @@ impl Recorder for ReproduceRecorder {
     fn note(&mut self, _key: &str, _value: Canon) -> Result<()> {
         Ok(())
     }
+    fn record_compute(&mut self, compute: Canon) -> Result<()> {
+        self.inner.record_compute(compute)
+    }
     fn end(
         &mut self,
         status: ExecutionStatus,
@@ -79,6 +83,17 @@ impl Recorder for ReproduceRecorder {
     }
 }
 
+/// How the run's newest training execution computed, where it was recorded.
+pub fn recorded_compute(index: &Index, run: &Id) -> Result<Option<Compute>> {
+    Ok(index
+        .executions(run)?
+        .into_iter()
+        .rev()
+        .filter(|e| e.purpose != "reproduce")
+        .find_map(|e| e.compute)
+        .and_then(|canon| Compute::from_canon(&canon).ok()))
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Comparison {
     pub identical: bool,
@@ -87,6 +102,15 @@ pub struct Comparison {
     pub first_difference: Option<u64>,
     /// Largest |original - reproduced| per series over common steps.
     pub metric_differences: BTreeMap<String, f64>,
+    /// Every compute option that differs from the original execution's:
+    /// `(key, original, this execution)`.
+    pub compute_differences: Vec<(String, String, String)>,
+    /// Where compute differs: the largest relative loss difference allowed
+    /// ([`Compute::tolerance`]) and the largest seen (train and eval losses).
+    pub tolerance: Option<f64>,
+    pub max_relative_loss_difference: f64,
+    /// Identical, or (compute differing) every loss within the tolerance.
+    pub reproduces: bool,
 }
 
 /// Compare a reproduction (execution `number`) with the run's history.
@@ -95,6 +119,8 @@ pub fn compare(
     run: &Id,
     number: u32,
     reproduced: &[(u64, Id)],
+    original_compute: Option<&Compute>,
+    compute: &Compute,
 ) -> Result<Comparison> {
     let executions = index.executions(run)?;
     let original: BTreeMap<u64, Id> = index
@@ -113,12 +139,22 @@ pub fn compare(
     let first_difference = steps.into_iter().find(|s| original.get(s) != new.get(s));
     let record = index.run(run)?;
     let mut metric_differences = BTreeMap::new();
+    let mut max_relative_loss_difference: f64 = 0.0;
     for name in index.run_series(run)? {
         let Some(series) = index.series_id(&name)? else {
             continue;
         };
         let history: BTreeMap<u64, f64> = index.series(run, &name)?.into_iter().collect();
         let again = index.execution_series(record.seq, number, series)?;
+        let is_loss = name == "loss" || (name.starts_with("eval/") && name.ends_with("/loss"));
+        if is_loss {
+            for (step, value) in &again {
+                if let Some(h) = history.get(step) {
+                    let relative = (h - value).abs() / h.abs().max(1e-12);
+                    max_relative_loss_difference = max_relative_loss_difference.max(relative);
+                }
+            }
+        }
         let worst = again
             .iter()
             .filter_map(|(step, value)| history.get(step).map(|h| (h - value).abs()))
@@ -131,10 +167,24 @@ pub fn compare(
             }
         }
     }
+    let identical = first_difference.is_none() && !new.is_empty();
+    // Executions recorded before compute was recorded ran with the defaults.
+    let original_compute = original_compute
+        .copied()
+        .unwrap_or_else(|| Compute::new(Default::default(), compute.options));
+    let compute_differences = original_compute.differences(compute);
+    let tolerance = (!compute_differences.is_empty()).then(|| original_compute.tolerance(compute));
+    let reproduces = identical
+        || tolerance
+            .is_some_and(|tolerance| !new.is_empty() && max_relative_loss_difference <= tolerance);
     Ok(Comparison {
-        identical: first_difference.is_none() && !new.is_empty(),
+        identical,
         checkpoints_compared: new.len(),
         first_difference,
         metric_differences,
+        compute_differences,
+        tolerance,
+        max_relative_loss_difference,
+        reproduces,
     })
 }

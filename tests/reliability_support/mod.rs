@@ -77,7 +77,7 @@ pub fn command(dir: &Path, store: &Path, args: &[&str]) -> Command {
         .env("GRAFT_LOCK_TIMEOUT_MS", "120000")
         .env_remove("GRAFT_INJECT_NAN_AT_STEP")
         .env_remove("GRAFT_FAIL_JOURNAL_AFTER_BYTES")
-        .env_remove("GRAFT_FAIL_OBJECTS_AFTER_BYTES")
+        .env_remove("GRAFT_FAIL_OBJECT_WRITES_AFTER")
         .stdin(Stdio::null());
     command
 }

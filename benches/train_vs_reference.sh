@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# `graft train` (the product's own code path) against `graft bench train` and HF +
+# PEFT, in one device call, on Llama-3.2-1B's shapes: LoRA r=16 on all seven
+# projections, bf16 base, seq 2048 x batch 4, AdamW, clip 1.0.
+#
+# Run from the repository root on the GPU machine with the CUDA build in .gpu/graft
+# (see shared/DEVICE.md). Writes logs under $OUT (or /tmp) and prints one JSON line
+# per measurement, then the table.
+#
+#   benches/train_vs_reference.sh                 # llama-1b 2048 x 4
+#   PRESET=smol-135m BATCH=8 benches/train_vs_reference.sh
+set -u
+GRAFT=${GRAFT:-$PWD/.gpu/graft}
+PRESET=${PRESET:-llama-1b}
+SEQ=${SEQ:-2048}
+BATCH=${BATCH:-4}
+STEPS=${STEPS:-30}
+SET=${SET:-}
+LOGS=${LOGS:-${OUT:-/tmp}/train-logs}
+WORK=${WORK:-/tmp/graft-train-bench}
+REF=${REF:-../shared/bench/hf_peft_lora.py}
+mkdir -p "$LOGS" "$WORK"
+for dir in /usr/local/cuda/lib64 \
+  "$(python3 -c 'import nvidia.cublas, os; print(os.path.join(os.path.dirname(nvidia.cublas.__file__), "lib"))' 2>/dev/null)"; do
+  if [ -n "$dir" ] && ls "$dir"/libcublas.so* >/dev/null 2>&1; then
+    export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    break
+  fi
+done
+FOLDER=$WORK/$PRESET
+if [ ! -f "$FOLDER/train.jsonl" ]; then
+  python3 "$(dirname "$0")/make_llama_folder.py" "$FOLDER" --preset "$PRESET" \
+    --tokens $(( (STEPS + 2) * SEQ * BATCH + SEQ * 8 )) >"$LOGS/make-folder.out" 2>&1 || {
+    cat "$LOGS/make-folder.out"; exit 1; }
+fi
+cat >"$WORK/train.toml" <<TOML
+[model]
+base = "$FOLDER"
+
+[adapter]
+rank = 16
+alpha = 16
+dropout = 0.0
+
+[data]
+train = [{ path = "$FOLDER/train.jsonl", format = "text" }]
+seq_len = $SEQ
+pack = true
+val_fraction = 0.0
+
+[optim]
+lr = 1e-4
+schedule = "constant"
+weight_decay = 0.01
+batch_size = $BATCH
+
+[compute]
+dtype = "bf16"
+
+[train]
+steps = $STEPS
+baseline_eval = false
+eval_every = 100000
+checkpoint_every = 100000
+TOML
+# Peak device memory of a command, as nvidia-smi sees the card (the pool cubecl
+# reserved, for graft; torch's cache for the reference), sampled every 100 ms.
+peak_of() {
+  local log=$1; shift
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$log.mem" 2>/dev/null &
+  local sampler=$!
+  "$@"
+  local status=$?
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  echo "peak MiB $(sort -n "$log.mem" | tail -n 1)" >&2
+  return $status
+}
+cd "$WORK"
+rm -rf "$WORK/store"
+echo "== graft train" >&2
+# shellcheck disable=SC2086
+peak_of "$LOGS/train" "$GRAFT" --store "$WORK/store" train "$WORK/train.toml" --backend cuda --quiet --json $SET \
+  >"$LOGS/train.out" 2>"$LOGS/train.err"
+echo "graft train exit $?: $(tail -c 2000 "$LOGS/train.out")"
+tail -c 3000 "$LOGS/train.err"
+echo "== graft bench train" >&2
+peak_of "$LOGS/bench" "$GRAFT" bench train --backend cuda --preset "$PRESET" --seq "$SEQ" --batch "$BATCH" \
+  --steps 20 --warmup 5 >"$LOGS/bench.out" 2>"$LOGS/bench.err"
+echo "graft bench exit $?: $(tail -c 2000 "$LOGS/bench.out")"
+tail -c 2000 "$LOGS/bench.err"
+echo "== reference" >&2
+peak_of "$LOGS/ref" python3 "$OLDPWD/$REF" --preset "$PRESET" --seq "$SEQ" --batch "$BATCH" --steps 20 --warmup 5 \
+  >"$LOGS/ref.out" 2>"$LOGS/ref.err"
+echo "reference exit $?: $(grep '^{' "$LOGS/ref.out" | tail -n 1)"
+tail -c 1000 "$LOGS/ref.err"
+echo "== graft reproduce (same backend)" >&2
+RUN=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["run"])' "$LOGS/train.out" 2>/dev/null)
+if [ -n "$RUN" ]; then
+  "$GRAFT" --store "$WORK/store" reproduce "$RUN" --quiet >"$LOGS/reproduce.out" 2>"$LOGS/reproduce.err"
+  echo "reproduce exit $?: $(cat "$LOGS/reproduce.out")"
+  tail -c 1000 "$LOGS/reproduce.err"
+fi

@@ -1,0 +1,363 @@
+//! How the numbers are computed, as one value: the backend, the float type, activation
+//! checkpointing and the kernel alternatives. An experiment says it in its `[compute]`
+//! section, `--set compute.KEY=VALUE` overrides it, `--backend` picks the device, and the
+//! library receives the resolved [`Compute`] and dispatches on it once ([`dispatch`]).
+//!
+//! What enters the record, and where:
+//! - **The recipe** (and so the run id) holds the precision policy, `dtype` and
+//!   `lora_branch`: they change what a run computes on every backend, as the learning
+//!   rate does. At their defaults (`f32`, `activations`) they are left out of the
+//!   recipe's config, so runs recorded before `[compute]` existed keep their ids.
+//! - **The execution** holds everything (backend, checkpointing, the kernel choices and
+//!   the precision policy), because those choose how the same recipe is carried out:
+//!   they agree to within rounding, not to the bit. `graft show` prints it, and
+//!   `graft reproduce` compares the new execution's compute with the original's, names
+//!   every option that differs and then compares within [`Compute::tolerance`] instead
+//!   of claiming bit identity.
+//!
+//! Nothing here is read from the environment: a kernel choice lives in this value and is
+//! installed for the process by [`Compute::install`] before a model is built.
+
+pub mod dispatch;
+pub use dispatch::ComputeError;
+pub mod kernels;
+
+pub use kernels::KernelOptions;
+
+use crate::store::Canon;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Which burn backend runs the numbers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// burn's Flex CPU backend (the default).
+    #[default]
+    Cpu,
+    /// burn-cuda on an NVIDIA GPU (needs a build with `--features cuda`).
+    Cuda,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+}
+
+/// The float type of the model's base weights and activations.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// Everything in f32: the exact path, bit-reproducible on one backend.
+    #[default]
+    F32,
+    /// A bf16 base and activations; LoRA matrices, their gradients and the optimizer
+    /// state stay f32 (CUDA only).
+    Bf16,
+}
+
+impl Dtype {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Whether the backward pass recomputes activations instead of keeping them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpointing {
+    /// Keep every activation the backward pass needs.
+    #[default]
+    None,
+    /// burn's balanced checkpointing: recompute the cheap ones.
+    Balanced,
+}
+
+/// Which matrix product the CUDA backends use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Matmul {
+    /// cuBLAS, loaded at run time (burn's kernel where libcublas is missing).
+    #[default]
+    Cublas,
+    /// burn's own matmul kernel (it rounds f32 operands to TF32).
+    Burn,
+}
+
+/// Which attention the model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attention {
+    /// The flash kernels on CUDA where they serve the head size and dtype, else the
+    /// blocked fused node.
+    #[default]
+    Flash,
+    /// The blocked fused node (one autodiff node, scores in blocks).
+    Blocked,
+    /// burn's attention, op by op.
+    Burn,
+}
+
+/// The dtype an f32 adapter's branch computes in over a narrower base.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraBranch {
+    /// The activations' dtype, as autocast and Unsloth run it (the faster).
+    #[default]
+    Activations,
+    /// f32, as PEFT computes it: `x A`, `(x A) B` and the sum rounded once.
+    F32,
+}
+
+/// The experiment file's `[compute]` section. Every key has a default; unknown keys
+/// are errors.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeSection {
+    /// `f32` | `bf16`: the base's and the activations' float type. Enters the recipe.
+    #[serde(default)]
+    pub dtype: Dtype,
+    /// `activations` | `f32`: where an f32 adapter over a bf16 base computes its
+    /// branch. Enters the recipe.
+    #[serde(default)]
+    pub lora_branch: LoraBranch,
+    /// `none` | `balanced`: recompute activations in the backward pass.
+    #[serde(default)]
+    pub checkpointing: Checkpointing,
+    /// `cublas` | `burn`: the CUDA matrix product.
+    #[serde(default)]
+    pub matmul: Matmul,
+    /// bf16 products with fewer multiply-adds stay on burn's kernel (each cuBLAS call
+    /// costs host time that the smallest products do not repay).
+    #[serde(default = "default_cublas_min_macs")]
+    pub cublas_min_macs: u64,
+    /// `flash` | `blocked` | `burn`.
+    #[serde(default)]
+    pub attention: Attention,
+    /// Most attention scores per block of the blocked attention.
+    #[serde(default = "default_attention_block_elements")]
+    pub attention_block_elements: u64,
+    /// Adapted projections as one fused node (false: op by op).
+    #[serde(default = "default_true")]
+    pub fused_lora: bool,
+    /// SwiGLU's gating as one fused node (false: op by op).
+    #[serde(default = "default_true")]
+    pub fused_swiglu: bool,
+    /// AdamW over the whole LoRA group in a few fused CUDA launches.
+    #[serde(default = "default_true")]
+    pub fused_adamw: bool,
+}
+
+fn default_cublas_min_macs() -> u64 {
+    1 << 20
+}
+fn default_attention_block_elements() -> u64 {
+    1 << 27
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ComputeSection {
+    fn default() -> Self {
+        toml::from_str("").expect("an empty compute section takes every default")
+    }
+}
+
+/// The keys of [`ComputeSection`] that enter the recipe; the others are recorded on
+/// the execution only.
+pub const RECIPE_KEYS: [&str; 2] = ["dtype", "lora_branch"];
+
+impl ComputeSection {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cublas_min_macs == 0 || self.attention_block_elements == 0 {
+            return Err(
+                "compute.cublas_min_macs and compute.attention_block_elements must be at least 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The recipe's part of the section: the keys of [`RECIPE_KEYS`] whose values
+    /// differ from the default, or `None` when all are at their defaults.
+    pub fn recipe_part(&self) -> Option<Canon> {
+        let all = Canon::from_serialize(self);
+        let defaults = Canon::from_serialize(&ComputeSection::default());
+        let mut part = BTreeMap::new();
+        for key in RECIPE_KEYS {
+            if let (Some(value), Some(default)) = (all.get(key), defaults.get(key)) {
+                if value != default {
+                    part.insert(key.to_string(), value.clone());
+                }
+            }
+        }
+        (!part.is_empty()).then_some(Canon::Map(part))
+    }
+}
+
+/// The resolved way an execution computes: the device and the `[compute]` section.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Compute {
+    pub backend: BackendKind,
+    pub options: ComputeSection,
+}
+
+impl Compute {
+    pub fn new(backend: BackendKind, options: ComputeSection) -> Self {
+        Compute { backend, options }
+    }
+
+    /// Refuses what this build or backend cannot compute, naming the key.
+    pub fn check(&self) -> Result<(), String> {
+        self.options.validate()?;
+        if self.backend == BackendKind::Cpu && self.options.dtype == Dtype::Bf16 {
+            return Err("compute.dtype = \"bf16\" needs --backend cuda: the CPU backend trains in f32 (set compute.dtype = \"f32\")".into());
+        }
+        if self.backend == BackendKind::Cuda && !cfg!(feature = "cuda") {
+            return Err("this graft was built without CUDA: rebuild with `cargo build --release --features cuda`".into());
+        }
+        Ok(())
+    }
+
+    /// The kernel choices, as the model and optimizer read them.
+    pub fn kernels(&self) -> KernelOptions {
+        let o = &self.options;
+        KernelOptions {
+            matmul: o.matmul,
+            cublas_min_macs: o.cublas_min_macs as usize,
+            attention: o.attention,
+            attention_block_elements: o.attention_block_elements as usize,
+            lora_branch: o.lora_branch,
+            fused_lora: o.fused_lora,
+            fused_swiglu: o.fused_swiglu,
+            fused_adamw: o.fused_adamw,
+        }
+    }
+
+    /// Makes this value's kernel choices the ones the process computes with.
+    pub fn install(&self) {
+        kernels::install(self.kernels());
+    }
+
+    /// The record of this value: `backend` and every `[compute]` key.
+    pub fn to_canon(&self) -> Canon {
+        let mut map = match Canon::from_serialize(&self.options) {
+            Canon::Map(map) => map,
+            _ => BTreeMap::new(),
+        };
+        map.insert("backend".into(), Canon::Str(self.backend.as_str().into()));
+        Canon::Map(map)
+    }
+
+    /// Reads a record written by [`Compute::to_canon`]; keys it lacks take defaults.
+    pub fn from_canon(canon: &Canon) -> Result<Compute, String> {
+        let mut json = canon.to_json();
+        let backend = json
+            .as_object_mut()
+            .and_then(|object| object.remove("backend"))
+            .map(serde_json::from_value::<BackendKind>)
+            .transpose()
+            .map_err(|e| format!("compute.backend: {e}"))?
+            .unwrap_or_default();
+        let options = serde_json::from_value(json).map_err(|e| e.to_string())?;
+        Ok(Compute { backend, options })
+    }
+
+    /// Every option whose value differs: `(key, self's value, other's value)`.
+    pub fn differences(&self, other: &Compute) -> Vec<(String, String, String)> {
+        let (mine, theirs) = (self.to_canon(), other.to_canon());
+        let (Canon::Map(mine), Canon::Map(theirs)) = (mine, theirs) else {
+            return Vec::new();
+        };
+        let render = |value: Option<&Canon>| match value.map(Canon::to_json) {
+            Some(serde_json::Value::String(s)) => s,
+            Some(other) => other.to_string(),
+            None => "-".into(),
+        };
+        mine.keys()
+            .chain(theirs.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|key| mine.get(*key) != theirs.get(*key))
+            .map(|key| {
+                (
+                    format!("compute.{key}"),
+                    render(mine.get(key)),
+                    render(theirs.get(key)),
+                )
+            })
+            .collect()
+    }
+
+    /// How close two executions of one recipe must come when their compute differs:
+    /// the largest relative difference of a loss allowed. bf16 rounds every product
+    /// to 8 bits of mantissa; f32 kernels differ in summation order only.
+    pub fn tolerance(&self, other: &Compute) -> f64 {
+        if self.options.dtype == Dtype::Bf16 || other.options.dtype == Dtype::Bf16 {
+            5e-2
+        } else {
+            1e-3
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_compute_adds_nothing_to_the_recipe() {
+        assert_eq!(ComputeSection::default().recipe_part(), None);
+        let bf16 = ComputeSection {
+            dtype: Dtype::Bf16,
+            attention: Attention::Burn,
+            ..Default::default()
+        };
+        let part = bf16.recipe_part().expect("bf16 enters the recipe");
+        assert_eq!(part.get("dtype"), Some(&Canon::Str("bf16".into())));
+        assert!(
+            part.get("attention").is_none(),
+            "kernels stay on the execution"
+        );
+    }
+
+    #[test]
+    fn differences_name_each_changed_option() {
+        let original = Compute::new(BackendKind::Cpu, ComputeSection::default());
+        let other = Compute::new(
+            BackendKind::Cuda,
+            ComputeSection {
+                attention: Attention::Burn,
+                ..Default::default()
+            },
+        );
+        let keys: Vec<String> = original
+            .differences(&other)
+            .into_iter()
+            .map(|(key, _, _)| key)
+            .collect();
+        assert_eq!(keys, ["compute.attention", "compute.backend"]);
+        let back = Compute::from_canon(&other.to_canon()).unwrap();
+        assert_eq!(back, other);
+    }
+
+    #[test]
+    fn bf16_on_the_cpu_is_refused_naming_the_key() {
+        let compute = Compute::new(
+            BackendKind::Cpu,
+            ComputeSection {
+                dtype: Dtype::Bf16,
+                ..Default::default()
+            },
+        );
+        assert!(compute.check().unwrap_err().contains("compute.dtype"));
+    }
+}

@@ -1,0 +1,28 @@
+//! Fault injection for the reliability tests, in one place: each hook reads one
+//! environment variable that only tests set, and none changes how a number is
+//! computed. They make a process fail the way a full disk or a diverging run would,
+//! so tests can check that nothing recorded before the fault is lost.
+
+/// `GRAFT_FAIL_JOURNAL_AFTER_BYTES=N`: a journal accepts N bytes, then every later
+/// append fails as a full disk would.
+pub fn journal_byte_limit() -> Option<u64> {
+    std::env::var("GRAFT_FAIL_JOURNAL_AFTER_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
+/// `GRAFT_FAIL_OBJECT_WRITES_AFTER=N`: the process writes N objects, then every later
+/// object write fails as a full disk would.
+pub fn object_write_limit() -> Option<u64> {
+    static LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("GRAFT_FAIL_OBJECT_WRITES_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+/// `GRAFT_INJECT_NAN_AT_STEP=N`: the trainer sees a NaN loss at step N.
+pub fn nan_loss_step() -> Option<u64> {
+    std::env::var("GRAFT_INJECT_NAN_AT_STEP").ok()?.parse().ok()
+}
