@@ -1,0 +1,161 @@
+//! How the numbers are computed is part of the record: `[compute]`'s precision policy
+//! enters the recipe (so the run id), every option is on the execution record, and
+//! `graft reproduce` with other compute options names them and compares within a
+//! tolerance. Through the binary and a real store, on the shared llama-tiny fixture.
+
+mod common;
+use common::{stderr, stdout};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/llama-tiny")
+}
+
+fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = graft::data::synth("reverse", 48, 1).unwrap();
+    std::fs::write(dir.path().join("reverse.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        format!(
+            r#"[model]
+base = "{}"
+
+[adapter]
+rank = 4
+alpha = 8
+
+[data]
+train = [{{ path = "{}/reverse.jsonl", format = "chat" }}]
+seq_len = 64
+template = "plain"
+
+[optim]
+lr = 5e-3
+batch_size = 4
+
+[train]
+steps = 6
+seed = 5
+eval_every = 3
+checkpoint_every = 3
+"#,
+            fixture().display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(args)
+        .current_dir(dir)
+        .env("GRAFT_STORE", dir.join("store"))
+        .env_remove("GRAFT_INJECT_NAN_AT_STEP")
+        .output()
+        .unwrap()
+}
+
+fn ok_in(dir: &Path, args: &[&str]) -> String {
+    let output = run_in(dir, args);
+    assert!(
+        output.status.success(),
+        "graft {args:?}: {}\n{}",
+        stderr(&output),
+        stdout(&output)
+    );
+    stdout(&output)
+}
+
+#[test]
+fn bf16_is_another_recipe_and_the_cpu_refuses_it_without_recording() {
+    let work = workspace();
+    let experiment = |overrides: &[String]| {
+        graft::train::Experiment::load(&work.path().join("a.toml"), overrides).unwrap()
+    };
+    let store = graft::store::Store::init(&work.path().join("store")).unwrap();
+    let f32_plan = graft::train::plan(&store, &experiment(&[])).unwrap();
+    let bf16_plan =
+        graft::train::plan(&store, &experiment(&["compute.dtype=bf16".into()])).unwrap();
+    let kernels_plan =
+        graft::train::plan(&store, &experiment(&["compute.attention=burn".into()])).unwrap();
+    assert_ne!(f32_plan.recipe.run_id(), bf16_plan.recipe.run_id());
+    assert_eq!(
+        bf16_plan.recipe.config.get_path("compute.dtype"),
+        Some(&graft::store::Canon::Str("bf16".into()))
+    );
+    assert_eq!(
+        f32_plan.recipe.run_id(),
+        kernels_plan.recipe.run_id(),
+        "kernel choices are recorded on the execution, not the recipe"
+    );
+    assert!(f32_plan.recipe.config.get("compute").is_none());
+    drop(store);
+
+    let refused = run_in(
+        work.path(),
+        &["train", "a.toml", "--set", "compute.dtype=bf16"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("compute.dtype"),
+        "{}",
+        stderr(&refused)
+    );
+    let runs: Value = serde_json::from_str(&ok_in(work.path(), &["log", "--json"])).unwrap();
+    assert_eq!(runs.as_array().map(Vec::len), Some(0), "{runs}");
+}
+
+#[test]
+fn reproduce_with_other_kernels_names_the_option_and_compares_within_tolerance() {
+    let work = workspace();
+    let trained: Value = serde_json::from_str(&ok_in(
+        work.path(),
+        &["train", "a.toml", "--quiet", "--json"],
+    ))
+    .unwrap();
+    let run = trained["run"].as_str().unwrap().to_string();
+
+    let shown: Value =
+        serde_json::from_str(&ok_in(work.path(), &["show", &run, "--json"])).unwrap();
+    let compute = &shown["executions"][0]["compute"];
+    assert_eq!(compute["backend"], "cpu", "{shown}");
+    assert_eq!(compute["attention"], "flash");
+    assert_eq!(compute["dtype"], "f32");
+
+    let same = ok_in(work.path(), &["reproduce", &run, "--quiet"]);
+    assert!(same.contains("checkpoint ids identical"), "{same}");
+
+    let other = ok_in(
+        work.path(),
+        &[
+            "reproduce",
+            &run,
+            "--quiet",
+            "--set",
+            "compute.attention=burn",
+        ],
+    );
+    assert!(
+        other.contains(
+            "compute.attention differs: flash in the original execution, burn in this one"
+        ),
+        "{other}"
+    );
+    assert!(other.contains("reproduces within tolerance"), "{other}");
+
+    let recipe_key = run_in(
+        work.path(),
+        &["reproduce", &run, "--set", "compute.dtype=bf16"],
+    );
+    assert!(!recipe_key.status.success());
+    assert!(
+        stderr(&recipe_key).contains("part of the recipe"),
+        "{}",
+        stderr(&recipe_key)
+    );
+}
