@@ -12,7 +12,11 @@ pub struct Args {
     /// belong to a checkpoint another process is writing right now.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub grace: u64,
-    /// Print the report as JSON.
+    /// Also list the id of every object removed (or, with --dry-run, that
+    /// would be).
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Print the report as JSON (with every removed id).
     #[arg(long)]
     pub json: bool,
 }
@@ -34,14 +38,16 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     } else {
         "removed"
     };
-    for id in &report.removed {
-        output::println_safe(&format!("{verb} {id}"));
+    if args.verbose {
+        for id in &report.removed {
+            output::println_safe(&format!("{verb} {id}"));
+        }
     }
     output::println_safe(&format!(
-        "{} reachable objects kept; {verb} {} objects ({} bytes); {} unreachable kept as younger than {}s; {} stray temp files",
-        report.reachable,
-        report.removed.len(),
-        report.bytes_freed,
+        "{verb} {} ({}); kept {} reachable, {} unreachable but younger than {}s; {} stray temp files",
+        output::count(report.removed.len(), "object", "objects"),
+        output::bytes(report.bytes_freed),
+        output::count(report.reachable, "object", "objects"),
         report.kept_young,
         args.grace,
         report.temp_files_removed

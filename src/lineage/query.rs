@@ -11,8 +11,12 @@
 //! A KEY is a dotted path: a recipe config key (`optim.lr`), `best.SERIES`,
 //! `last.SERIES`, `min.SERIES`, `max.SERIES` (metric summaries), or one of
 //! `seed`, `steps_recorded`, `status`. A comparison whose key a run lacks is
-//! false for that run. Errors give the column (1-based) of the offending token.
+//! false for that run; a key no run can have is an error
+//! ([`Query::check_keys`]), and so is a bare word where a quoted string was
+//! meant (`status = completed`). Errors give the column (1-based) of the
+//! offending token.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -43,7 +47,8 @@ pub enum Op {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Operand {
     Literal(Value),
-    Key(String),
+    /// A key and the column it starts at, for errors about it.
+    Key(String, usize),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -289,7 +294,7 @@ impl Parser<'_> {
         match self.next() {
             (Token::Number(n), _) => Ok(Operand::Literal(Value::Number(n))),
             (Token::Text(s), _) => Ok(Operand::Literal(Value::Text(s))),
-            (Token::Ident(key), _) => Ok(Operand::Key(key)),
+            (Token::Ident(key), column) => Ok(Operand::Key(key, column)),
             (Token::End, column) => Err(self.error(
                 column,
                 "the expression ends early: expected a key, number or string",
@@ -324,6 +329,72 @@ impl Query {
         }
     }
 
+    /// Every key the expression names, with its column, left to right.
+    pub fn keys(&self) -> Vec<(&str, usize)> {
+        match self {
+            Query::Or(a, b) | Query::And(a, b) => {
+                let mut keys = a.keys();
+                keys.extend(b.keys());
+                keys
+            }
+            Query::Not(a) => a.keys(),
+            Query::Compare(left, _, right) => [left, right]
+                .into_iter()
+                .filter_map(|operand| match operand {
+                    Operand::Key(key, column) => Some((key.as_str(), *column)),
+                    Operand::Literal(_) => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks every key against the keys a run can have (`known`): a key
+    /// nobody has would silently match nothing. A bare word compared with a
+    /// known key (`status = completed`) is a string left unquoted; other
+    /// unknown keys get the nearest known key as a hint.
+    pub fn check_keys(&self, source: &str, known: &BTreeSet<String>) -> Result<(), QueryError> {
+        let unknown = |key: &str| !known.contains(key);
+        match self {
+            Query::Or(a, b) | Query::And(a, b) => {
+                a.check_keys(source, known)?;
+                b.check_keys(source, known)
+            }
+            Query::Not(a) => a.check_keys(source, known),
+            Query::Compare(left, _, right) => {
+                if let (Operand::Key(a, a_column), Operand::Key(b, b_column)) = (left, right) {
+                    let bare_word = match (unknown(a), unknown(b)) {
+                        (false, true) => Some((a, b, b_column)),
+                        (true, false) => Some((b, a, a_column)),
+                        _ => None,
+                    };
+                    if let Some((key, word, column)) = bare_word {
+                        return Err(QueryError::new(
+                            source,
+                            *column,
+                            format!(
+                                "`{word}` is not a key: to compare `{key}` with the text, quote it: {key} == '{word}'"
+                            ),
+                        ));
+                    }
+                }
+                for (key, column) in self.keys() {
+                    if unknown(key) {
+                        let hint = match nearest(key, known) {
+                            Some(best) => format!("; did you mean `{best}`?"),
+                            None => String::new(),
+                        };
+                        return Err(QueryError::new(
+                            source,
+                            column,
+                            format!("unknown key `{key}`{hint} (keys: recipe config paths such as optim.lr, best./last./min./max.SERIES, seed, status, steps; strings go in quotes)"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Evaluate against a run, given a lookup from key to value.
     pub fn matches(&self, lookup: &dyn Fn(&str) -> Option<Value>) -> bool {
         match self {
@@ -333,7 +404,7 @@ impl Query {
             Query::Compare(left, op, right) => {
                 let resolve = |operand: &Operand| match operand {
                     Operand::Literal(value) => Some(value.clone()),
-                    Operand::Key(key) => lookup(key),
+                    Operand::Key(key, _) => lookup(key),
                 };
                 match (resolve(left), resolve(right)) {
                     (Some(a), Some(b)) => compare(&a, *op, &b),
@@ -342,6 +413,34 @@ impl Query {
             }
         }
     }
+}
+
+/// The known key closest to `key` by edit distance, if it is close enough
+/// to be a likely typo.
+fn nearest<'a>(key: &str, known: &'a BTreeSet<String>) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|candidate| (edit_distance(key, candidate), candidate))
+        .min()
+        .filter(|(distance, _)| *distance <= key.chars().count().max(2) / 3 + 1)
+        .map(|(_, candidate)| candidate.as_str())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            current.push(
+                (previous[j] + usize::from(ca != *cb))
+                    .min(previous[j + 1] + 1)
+                    .min(current[j] + 1),
+            );
+        }
+        previous = current;
+    }
+    previous[b.len()]
 }
 
 fn compare(a: &Value, op: Op, b: &Value) -> bool {

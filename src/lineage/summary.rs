@@ -4,7 +4,7 @@
 use super::query::Value;
 use crate::store::metrics::{higher_is_better, SeriesSummary};
 use crate::store::{Canon, ExecutionRecord, Id, Index, Result, RunRecord};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Clone, Debug)]
 pub struct RunSummary {
@@ -54,6 +54,14 @@ impl RunSummary {
 
     pub fn best(&self, series: &str) -> Option<f64> {
         self.series.get(series).map(|s| s.best(series))
+    }
+
+    /// Every key [`RunSummary::lookup`] answers for this run.
+    pub fn keys(&self) -> BTreeSet<String> {
+        let mut keys: BTreeSet<String> = RUN_FIELDS.iter().map(|k| k.to_string()).collect();
+        keys.extend(summary_keys(self.series.keys().map(String::as_str)));
+        keys.extend(config_keys(&self.run.recipe.config));
+        keys
     }
 
     /// Value of a `--where`/`--sort` key for this run.
@@ -121,6 +129,49 @@ impl RunSummary {
             "metrics": metrics,
         })
     }
+}
+
+/// Keys every run has besides its config and metrics.
+pub const RUN_FIELDS: [&str; 7] = [
+    "seed",
+    "status",
+    "steps",
+    "steps_recorded",
+    "run",
+    "id",
+    "tag",
+];
+
+/// The summaries a metric series has as keys: `best.SERIES`, ...
+pub const SUMMARY_KINDS: [&str; 4] = ["best", "last", "min", "max"];
+
+/// `best.S`, `last.S`, `min.S`, `max.S` for every series `S`.
+pub fn summary_keys<'a>(series: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    series
+        .into_iter()
+        .flat_map(|name| SUMMARY_KINDS.map(|kind| format!("{kind}.{name}")))
+        .collect()
+}
+
+/// Every dotted path of a config (`optim`, `optim.lr`, ...): what
+/// `Canon::get_path` finds.
+pub fn config_keys(config: &Canon) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(value: &Canon, prefix: &str, out: &mut Vec<String>) {
+        if let Canon::Map(entries) = value {
+            for (key, child) in entries {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                walk(child, &path, out);
+                out.push(path);
+            }
+        }
+    }
+    walk(config, "", &mut out);
+    out
 }
 
 /// Tags by the id they point at.

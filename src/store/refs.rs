@@ -228,6 +228,31 @@ impl Index {
         }
     }
 
+    /// Create a tag, or move one that names another target only with
+    /// `force`: a tag is a name people rely on, and moving it silently
+    /// changes what every later command with that name does. Nothing is
+    /// written unless the result is `Created` or `Moved`.
+    pub fn place_tag(&self, name: &str, target: Target, force: bool) -> Result<TagChange> {
+        validate_tag_name(name)?;
+        let change = match self.get_ref(name)? {
+            None => TagChange::Created,
+            Some(current) if current.target == target.id() && current.kind == target.kind() => {
+                return Ok(TagChange::Unchanged)
+            }
+            Some(current) if !force => return Ok(TagChange::Refused { current }),
+            Some(current) => TagChange::Moved { from: current },
+        };
+        self.set_tag(name, target)?;
+        Ok(change)
+    }
+
+    /// Every tag, by name.
+    pub fn tags(&self) -> Result<Vec<RefRecord>> {
+        let mut tags = self.all_refs()?;
+        tags.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(tags)
+    }
+
     /// Create or move a tag.
     pub fn set_tag(&self, name: &str, target: Target) -> Result<RefRecord> {
         validate_tag_name(name)?;
@@ -240,6 +265,22 @@ impl Index {
         self.put_ref(&record)?;
         Ok(record)
     }
+}
+
+/// What [`Index::place_tag`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TagChange {
+    Created,
+    /// The tag already named this target.
+    Unchanged,
+    /// The tag named another target (`from`) and now names this one.
+    Moved {
+        from: RefRecord,
+    },
+    /// The tag names another target and `force` was not given: nothing changed.
+    Refused {
+        current: RefRecord,
+    },
 }
 
 /// Tags may not look like hex prefixes or contain `@`, so every ref form
