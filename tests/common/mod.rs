@@ -172,3 +172,40 @@ pub fn record_run(
         .unwrap();
     (run.id, checkpoints)
 }
+
+/// Run graft in `dir` (relative paths in experiment files resolve there).
+pub fn graft_in(dir: &Path, store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(args)
+        .current_dir(dir)
+        .env("GRAFT_STORE", store)
+        .env("GRAFT_LOCK_TIMEOUT_MS", "60000")
+        .output()
+        .expect("the graft binary runs")
+}
+
+/// Run graft in `dir` and insist on success, returning stdout.
+pub fn graft_ok_in(dir: &Path, store: &Path, args: &[&str]) -> String {
+    let output = graft_in(dir, store, args);
+    assert!(
+        output.status.success(),
+        "graft {args:?} failed: {}\n{}",
+        stderr(&output),
+        stdout(&output)
+    );
+    stdout(&output)
+}
+
+/// Run graft in `dir`, insist on failure with a user error (exit 2),
+/// returning stderr.
+pub fn graft_fails_in(dir: &Path, store: &Path, args: &[&str]) -> String {
+    let output = graft_in(dir, store, args);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "graft {args:?} should fail on bad input: {}\n{}",
+        stderr(&output),
+        stdout(&output)
+    );
+    stderr(&output)
+}
