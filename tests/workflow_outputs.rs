@@ -4,8 +4,10 @@
 //! read commands (`runs --where`, `tag`, `gc`, `show`) saying what they mean.
 
 mod common;
+use burn::tensor::{Int, Tensor};
 use common::{graft_fails_in, graft_in, graft_ok_in, stdout};
 use graft::model::weights::read_safetensors;
+use graft::model::{load_adapter, load_model_dir, CausalLm, CpuBackend};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -96,42 +98,70 @@ fn tensor_values(path: &Path, name: &str) -> Vec<f32> {
 
 #[test]
 fn peft_export_carries_trained_embeddings_and_head_in_modules_to_save() {
-    let work = Work::new();
-    work.train("heads", &fixture(), "embed,lm_head");
-    work.ok(&["export", "heads", "--peft", "adapter"]);
-    work.ok(&["export", "heads", "--merged", "merged"]);
+    for (fixture_name, tied) in [("llama-tiny", false), ("qwen2-tiny", true)] {
+        let work = Work::new();
+        let base_dir = fixture().with_file_name(fixture_name);
+        work.train("heads", &base_dir, "embed,lm_head");
+        work.ok(&["export", "heads", "--peft", "adapter"]);
+        work.ok(&["export", "heads", "--merged", "merged"]);
 
-    let config =
-        json(&std::fs::read_to_string(work.path().join("adapter/adapter_config.json")).unwrap());
-    assert_eq!(
-        config["modules_to_save"],
-        serde_json::json!(["embed_tokens", "lm_head"]),
-        "{config}"
-    );
-    // PEFT saves a modules_to_save copy under the module's own path (the
-    // `modules_to_save.<adapter>` part of its in-memory name is dropped).
-    let adapter = work.path().join("adapter/adapter_model.safetensors");
-    let merged = work.path().join("merged/model.safetensors");
-    let base = fixture().join("model.safetensors");
-    for (peft_key, hf_key) in [
-        (
-            "base_model.model.model.embed_tokens.weight",
-            "model.embed_tokens.weight",
-        ),
-        ("base_model.model.lm_head.weight", "lm_head.weight"),
-    ] {
-        let exported = tensor_values(&adapter, peft_key);
-        assert_eq!(exported, tensor_values(&merged, hf_key), "{peft_key}");
+        let config_path = work.path().join("adapter/adapter_config.json");
+        let config = json(&std::fs::read_to_string(config_path).unwrap());
+        assert_eq!(
+            config["modules_to_save"],
+            serde_json::json!(["embed_tokens", "lm_head"]),
+            "{fixture_name}: {config}"
+        );
+        // PEFT saves a modules_to_save copy under the module's own path (the
+        // `modules_to_save.<adapter>` part of its in-memory name is dropped).
+        // A tied model's head is its embedding: PEFT's lm_head copy gets it too.
+        let adapter = work.path().join("adapter/adapter_model.safetensors");
+        let merged = work.path().join("merged/model.safetensors");
+        let base = base_dir.join("model.safetensors");
+        let embedding = tensor_values(&merged, "model.embed_tokens.weight");
+        assert_eq!(
+            tensor_values(&adapter, "base_model.model.model.embed_tokens.weight"),
+            embedding
+        );
         assert_ne!(
-            exported,
-            tensor_values(&base, hf_key),
-            "{hf_key} trained, so it differs from the base"
+            embedding,
+            tensor_values(&base, "model.embed_tokens.weight"),
+            "{fixture_name}: the embedding trained, so it differs from the base"
+        );
+        let head = if tied {
+            embedding
+        } else {
+            tensor_values(&merged, "lm_head.weight")
+        };
+        assert_eq!(
+            tensor_values(&adapter, "base_model.model.lm_head.weight"),
+            head,
+            "{fixture_name}"
+        );
+
+        // The adapter on its base is the merged model.
+        let device = Default::default();
+        let ids = Tensor::<CpuBackend, 2, Int>::from_data([[1, 5, 9, 13, 2, 7]], &device);
+        let logits = |model: CausalLm<CpuBackend>| -> Vec<f32> {
+            model.forward(ids.clone()).into_data().to_vec().unwrap()
+        };
+        let loaded = load_adapter(
+            load_model_dir::<CpuBackend>(&base_dir, &device).unwrap(),
+            &work.path().join("adapter"),
+        )
+        .unwrap();
+        let expected = logits(load_model_dir(&work.path().join("merged"), &device).unwrap());
+        let actual = logits(loaded);
+        let worst = actual
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-4,
+            "{fixture_name}: adapter vs merged logits differ by {worst}"
         );
     }
-    assert!(read_safetensors(&adapter)
-        .unwrap()
-        .keys()
-        .any(|k| k.ends_with("q_proj.lora_A.weight")));
 }
 
 #[test]

@@ -116,10 +116,17 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig, ModelError> {
             }
         }
     }
-    for key in ["modules_to_save", "layers_to_transform"] {
-        if let Some(v) = field(key) {
-            return Err(unsupported(key, v, "null"));
-        }
+    if let Some(v) = field("layers_to_transform") {
+        return Err(unsupported("layers_to_transform", v, "null"));
+    }
+    if let Some(v) = field("modules_to_save") {
+        modules_to_save_of(v).ok_or_else(|| {
+            unsupported(
+                "modules_to_save",
+                v,
+                "null or a list of embed_tokens and lm_head",
+            )
+        })?;
     }
     let number = |key: &str| {
         field(key)
@@ -173,9 +180,27 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig, ModelError> {
     Ok(config)
 }
 
+/// The base tensors an adapter config's `modules_to_save` names (our tensor names),
+/// or `None` when it names a module PEFT saves that graft cannot load.
+fn modules_to_save_of(value: &Value) -> Option<Vec<&'static str>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|module| {
+            let module = module.as_str()?;
+            SAVABLE_MODULES
+                .iter()
+                .find(|(_, name)| *name == module)
+                .map(|(tensor, _)| *tensor)
+        })
+        .collect()
+}
+
 /// Loads a PEFT adapter folder onto a plain model: the adapter's tensors become the
-/// LoRA branches (to continue training them) and the base weights are frozen. Missing
-/// or unexpected adapter tensors and wrong shapes are errors naming the tensor.
+/// LoRA branches (to continue training them), the whole modules it saved
+/// (`modules_to_save`: embeddings, lm_head) replace the base's, and the base weights
+/// are frozen. Missing or unexpected adapter tensors and wrong shapes are errors
+/// naming the tensor.
 pub fn load_adapter<B: Backend>(
     mut model: CausalLm<B>,
     dir: &Path,
@@ -213,6 +238,35 @@ pub fn load_adapter<B: Backend>(
         let b = take("lora_B.weight", [d_out, config.rank])?;
         linear.set_lora(a, b, scale, config.dropout);
     }
+    let raw_config: Value = std::fs::read_to_string(dir.join("adapter_config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(Value::Null);
+    let saved = modules_to_save_of(&raw_config["modules_to_save"]).unwrap_or_default();
+    let tied = model.config.tie_word_embeddings;
+    let mut replaced = std::collections::HashMap::new();
+    for tensor in &saved {
+        let name = format!("{PEFT_PREFIX}{tensor}");
+        let raw = tensors
+            .remove(&name)
+            .ok_or_else(|| ModelError::MissingTensor { name: name.clone() })?;
+        let data = TensorData::new(raw.to_f32(&name)?, raw.shape.clone());
+        replaced.insert(tensor.to_string(), data);
+    }
+    // A tied model has one matrix for both: a saved head must be the embedding.
+    if tied {
+        if let Some(head) = replaced.remove("lm_head.weight") {
+            let embedding = replaced.get("model.embed_tokens.weight");
+            if embedding != Some(&head) {
+                return Err(ModelError::Adapter {
+                    message: format!(
+                        "{}: the model ties lm_head to embed_tokens, but the adapter's lm_head differs from its embed_tokens",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+    }
     if let Some(name) = tensors.keys().next() {
         return Err(ModelError::UnexpectedTensor {
             name: name.clone(),
@@ -220,7 +274,7 @@ pub fn load_adapter<B: Backend>(
         });
     }
     model.lora = Some(config);
-    Ok(model.freeze_base())
+    Ok(model.load_named_tensors(replaced)?.freeze_base())
 }
 
 /// Writes the adapter as a PEFT folder (adapter_config.json, adapter_model.safetensors
