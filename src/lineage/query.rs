@@ -500,6 +500,57 @@ mod tests {
     }
 
     #[test]
+    fn keys_no_run_has_are_errors_naming_the_key() {
+        let known: BTreeSet<String> = ["optim.lr", "status", "best.eval_loss"]
+            .map(String::from)
+            .into();
+        let cases = [
+            ("typo", "optim.lrr < 1", 1, "did you mean `optim.lr`?"),
+            (
+                "typo on the right",
+                "1 > optim.lrr",
+                5,
+                "did you mean `optim.lr`?",
+            ),
+            (
+                "unquoted string",
+                "status = completed",
+                10,
+                "quote it: status == 'completed'",
+            ),
+            (
+                "unquoted on the left",
+                "completed == status",
+                1,
+                "`completed` is not a key",
+            ),
+            (
+                "nothing close",
+                "zzzzzz > 1",
+                1,
+                "unknown key `zzzzzz` (keys:",
+            ),
+        ];
+        for (name, source, column, message) in cases {
+            let error = Query::parse(source)
+                .unwrap()
+                .check_keys(source, &known)
+                .unwrap_err();
+            assert_eq!(error.column, column, "{name}: {error}");
+            assert!(error.message.contains(message), "{name}: {error}");
+        }
+        for fine in [
+            "optim.lr < 1 and status == 'completed'",
+            "not best.eval_loss > 2",
+        ] {
+            assert!(
+                Query::parse(fine).unwrap().check_keys(fine, &known).is_ok(),
+                "{fine}"
+            );
+        }
+    }
+
+    #[test]
     fn syntax_errors_point_at_the_offending_column() {
         let error = Query::parse("optim.lr < 1e-4 and and").unwrap_err();
         assert_eq!(error.column, 21);
