@@ -18,7 +18,12 @@ STEPS=${STEPS:-30}
 SET=${SET:-}
 LOGS=${LOGS:-${OUT:-/tmp}/train-logs}
 WORK=${WORK:-/tmp/graft-train-bench}
-REF=${REF:-../shared/bench/hf_peft_lora.py}
+REF=${REF:-}
+if [ -z "$REF" ]; then
+  for candidate in shared/bench/hf_peft_lora.py ../shared/bench/hf_peft_lora.py; do
+    if [ -f "$candidate" ]; then REF=$(realpath "$candidate"); break; fi
+  done
+fi
 mkdir -p "$LOGS" "$WORK"
 for dir in /usr/local/cuda/lib64 \
   "$(python3 -c 'import nvidia.cublas, os; print(os.path.join(os.path.dirname(nvidia.cublas.__file__), "lib"))' 2>/dev/null)"; do
@@ -89,12 +94,12 @@ peak_of "$LOGS/bench" "$GRAFT" bench train --backend cuda --preset "$PRESET" --s
 echo "graft bench exit $?: $(tail -c 2000 "$LOGS/bench.out")"
 tail -c 2000 "$LOGS/bench.err"
 echo "== reference" >&2
-peak_of "$LOGS/ref" python3 "$OLDPWD/$REF" --preset "$PRESET" --seq "$SEQ" --batch "$BATCH" --steps 20 --warmup 5 \
+peak_of "$LOGS/ref" python3 "$REF" --preset "$PRESET" --seq "$SEQ" --batch "$BATCH" --steps 20 --warmup 5 \
   >"$LOGS/ref.out" 2>"$LOGS/ref.err"
 echo "reference exit $?: $(grep '^{' "$LOGS/ref.out" | tail -n 1)"
 tail -c 1000 "$LOGS/ref.err"
 echo "== graft reproduce (same backend)" >&2
-RUN=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["run"])' "$LOGS/train.out" 2>/dev/null)
+RUN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run"])' "$LOGS/train.out" 2>/dev/null)
 if [ -n "$RUN" ]; then
   "$GRAFT" --store "$WORK/store" reproduce "$RUN" --quiet >"$LOGS/reproduce.out" 2>"$LOGS/reproduce.err"
   echo "reproduce exit $?: $(cat "$LOGS/reproduce.out")"

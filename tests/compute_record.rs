@@ -126,6 +126,10 @@ fn reproduce_with_other_kernels_names_the_option_and_compares_within_tolerance()
     assert_eq!(compute["backend"], "cpu", "{shown}");
     assert_eq!(compute["attention"], "flash");
     assert_eq!(compute["dtype"], "f32");
+    // Throughput is higher-is-better: its best is its largest value.
+    let throughput = &shown["metrics"]["tokens_per_s"];
+    assert!(throughput["max"].as_f64().is_some(), "{shown}");
+    assert_eq!(throughput["best"], throughput["max"], "{throughput}");
 
     let same = ok_in(work.path(), &["reproduce", &run, "--quiet"]);
     assert!(same.contains("checkpoint ids identical"), "{same}");

@@ -133,7 +133,7 @@ impl SeriesSummary {
 }
 
 pub fn higher_is_better(series: &str) -> bool {
-    series.contains("acc")
+    series.contains("acc") || series.starts_with("tokens_per_s")
 }
 
 #[cfg(test)]
