@@ -1,4 +1,4 @@
 fn main() {
-    graft::model::host_memory::reuse_freed_buffers();
+    graft::compute::host_memory::reuse_freed_buffers();
     std::process::exit(graft::cli::main());
 }

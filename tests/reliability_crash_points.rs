@@ -156,6 +156,7 @@ fn crash_child() {
         &store,
         &plan,
         kind,
+        &graft::compute::Compute::new(Default::default(), Default::default()),
         &mut recorder,
         &mut graft::train::Silent,
     );

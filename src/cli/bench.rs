@@ -6,7 +6,6 @@ use super::backend::{BackendKind, Dtype};
 use super::{output, CliError, CliResult, Context};
 use crate::compute::{Checkpointing, Compute, ComputeSection};
 use crate::train::bench::{run_bench, BenchConfig, BenchReport, MemorySample};
-use burn::tensor::backend::AutodiffBackend;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -110,7 +109,7 @@ fn train(args: TrainArgs) -> CliResult {
     Ok(())
 }
 
-fn bench<B: AutodiffBackend>(
+fn bench<B: crate::compute::kernels::TrainKernels>(
     device: &B::Device,
     config: &BenchConfig,
     backend: BackendKind,

@@ -4,7 +4,6 @@ use super::backend::{BackendKind, Dtype};
 use super::{output, CliError, CliResult, Context};
 use crate::model::{run_parity, Tolerance};
 use crate::train::registry::{self, RegistryError};
-use burn::tensor::backend::AutodiffBackend;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -261,7 +260,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     }
 }
 
-fn parity<B: AutodiffBackend>(
+fn parity<B: crate::compute::kernels::TrainKernels>(
     device: &B::Device,
     dir: &Path,
     reference: &Path,

@@ -6,7 +6,6 @@ use super::{output, CliError, CliResult, Context};
 use crate::compute::Compute;
 use crate::store::{ExecutionKind, ExecutionStatus, Store, StoreRecorder, Target};
 use crate::train::{self, Experiment, Outcome, Plan, PlanError, TrainError};
-use burn::tensor::backend::AutodiffBackend;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -176,7 +175,7 @@ pub fn execute_plan_with(
     )
 }
 
-fn execute_with<B: AutodiffBackend>(
+fn execute_with<B: crate::compute::kernels::TrainKernels>(
     device: &B::Device,
     store: &Store,
     plan: &Plan,

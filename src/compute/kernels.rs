@@ -1,43 +1,448 @@
-//! The kernel choices of the running process, installed from a [`super::Compute`]
-//! value before a model is built and read by the model's and optimizer's fast paths.
-//!
-//! They are process-wide because they are read deep inside autodiff nodes (a backward
-//! pass picks its matrix product long after the forward pass was built), where no
-//! caller's value can reach. Every command that computes installs its value first, so
-//! what a kernel reads is always what the execution record says.
+//! The kernels trait: the operations the model and the optimizer may run faster than
+//! burn's op-by-op path, as methods of the backend type (as llama-burn extends burn's
+//! `Backend`). Each method's default hands its inputs back, and the caller computes the
+//! op by op; the CPU training backends and the CUDA backends override what they have.
+//! The model is generic over `B: Kernels`, so a backend's kernels are chosen by its type
+//! at compile time, and the choices a [`super::Compute`] value makes (attention, fused
+//! nodes, matmul) are read from [`super::options`].
 
-use super::{Attention, LoraBranch, Matmul};
-use std::sync::RwLock;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Int, Tensor};
 
-/// The kernel alternatives of one execution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KernelOptions {
-    pub matmul: Matmul,
-    pub cublas_min_macs: usize,
-    pub attention: Attention,
-    pub attention_block_elements: usize,
-    pub lora_branch: LoraBranch,
-    pub fused_lora: bool,
-    pub fused_swiglu: bool,
-    pub fused_adamw: bool,
+use super::options::current;
+use super::{cpu_attention, cpu_rope, cpu_swiglu, Attention};
+
+/// Three tensors handed back.
+pub type Qkv<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
+/// Two tensors handed back.
+pub type Pair<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>);
+/// The fused AdamW's result: new parameters, moments `m` and `v`, and the norm.
+pub type AdamWUpdate<B> = (Vec<Tensor<B, 1>>, Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>);
+/// The fused AdamW's inputs handed back: parameters, gradients, `m`, `v`.
+pub type AdamWInputs<B> = (
+    Vec<Tensor<B, 1>>,
+    Vec<Tensor<B, 1>>,
+    Tensor<B, 1>,
+    Tensor<B, 1>,
+);
+
+/// The scalars of one AdamW update over a flat group.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Hyper {
+    /// Gradient scale, applied before the norm.
+    pub scale: f32,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// What the parameter is multiplied by before the update (decoupled weight decay).
+    pub decay: f32,
+    pub correction1: f32,
+    pub correction2: f32,
 }
 
-impl Default for KernelOptions {
-    fn default() -> Self {
-        super::Compute::new(Default::default(), Default::default()).kernels()
+/// A burn backend with graft's kernels.
+pub trait Kernels: Backend {
+    /// Causal softmax attention, `softmax(Q Kᵀ / sqrt(d)) V`, with queries aligned to
+    /// the last `seq` of `t` key positions. q: `[batch, heads, seq, d]`, k and v:
+    /// `[batch, kv_heads, t, d]` (kv heads not yet repeated) -> `[batch, heads, seq, d]`.
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+    ) -> Result<Tensor<Self, 4>, Qkv<Self>> {
+        Err((q, k, v))
+    }
+
+    /// Whether [`Kernels::causal_attention`] runs a fused node here (which reads
+    /// grouped kv heads in place, so the caller must not repeat them).
+    fn fused_attention() -> bool {
+        false
+    }
+
+    /// Which attention runs for this head size and dtype, for reports.
+    fn attention_label(_head_dim: usize, _dtype: DType) -> &'static str {
+        if Self::fused_attention() {
+            "blocked"
+        } else {
+            "burn"
+        }
+    }
+
+    /// HF's rotary embedding, `x * cos + rotate_half(x) * sin`. x: `[b, h, s, d]`.
+    fn rope(
+        x: Tensor<Self, 4>,
+        _cos: &Tensor<Self, 4>,
+        _sin: &Tensor<Self, 4>,
+    ) -> Result<Tensor<Self, 4>, Tensor<Self, 4>> {
+        Err(x)
+    }
+
+    /// SwiGLU's gating, `silu(gate) * up`.
+    fn swiglu(
+        gate: Tensor<Self, 3>,
+        up: Tensor<Self, 3>,
+    ) -> Result<Tensor<Self, 3>, Pair<Self, 3>> {
+        Err((gate, up))
+    }
+
+    /// Whether [`Kernels::lora_projection`] runs here.
+    fn fused_lora() -> bool {
+        false
+    }
+
+    /// `x W + scale (x A) B` for x `[n, d_in]`, W `[d_in, d_out]`, A `[d_in, r]`, B
+    /// `[r, d_out]`, the branch computed in `branch`; `None` where not
+    /// [`Kernels::fused_lora`].
+    fn lora_projection(
+        _x: Tensor<Self, 2>,
+        _weight: Tensor<Self, 2>,
+        _lora_a: Tensor<Self, 2>,
+        _lora_b: Tensor<Self, 2>,
+        _scale: f64,
+        _branch: DType,
+    ) -> Option<Tensor<Self, 2>> {
+        None
+    }
+
+    /// Whether [`Kernels::token_loss_sum`] runs here.
+    fn fused_loss() -> bool {
+        false
+    }
+
+    /// `Σ_n weights[n] · (logsumexp(logits[n]) - logits[n, targets[n]])` as `[1]` (f32),
+    /// for logits `[n, vocab]`; `None` where not [`Kernels::fused_loss`].
+    fn token_loss_sum(
+        _logits: Tensor<Self, 2>,
+        _targets: Tensor<Self, 1, Int>,
+        _weights: Tensor<Self, 1>,
+    ) -> Option<Tensor<Self, 1>> {
+        None
+    }
+
+    /// Whether [`Kernels::matmul`] reaches a faster library (cuBLAS) here.
+    fn accelerated_matmul() -> bool {
+        false
+    }
+
+    /// `lhs @ rhs` with equal batch dims, through the faster library.
+    fn matmul<const D: usize>(
+        lhs: Tensor<Self, D>,
+        rhs: Tensor<Self, D>,
+    ) -> Result<Tensor<Self, D>, Pair<Self, D>> {
+        Err((lhs, rhs))
+    }
+
+    /// `alpha · lhs @ rhs`, the result in f32 when `out_f32`, through the faster library
+    /// on inner backends.
+    fn matmul_with<const D: usize>(
+        lhs: Tensor<Self, D>,
+        rhs: Tensor<Self, D>,
+        _alpha: f64,
+        _out_f32: bool,
+    ) -> Result<Tensor<Self, D>, Pair<Self, D>> {
+        Err((lhs, rhs))
+    }
+
+    /// Whether [`Kernels::adamw`] runs here.
+    fn fused_adamw() -> bool {
+        false
+    }
+
+    /// One AdamW step over `params` and the group's flat moments, clipping the scaled
+    /// gradients' global norm to `clip` when positive; all f32.
+    fn adamw(
+        params: Vec<Tensor<Self, 1>>,
+        grads: Vec<Tensor<Self, 1>>,
+        m: Tensor<Self, 1>,
+        v: Tensor<Self, 1>,
+        _hyper: Hyper,
+        _clip: f32,
+    ) -> Result<AdamWUpdate<Self>, AdamWInputs<Self>> {
+        Err((params, grads, m, v))
     }
 }
 
-static INSTALLED: RwLock<Option<KernelOptions>> = RwLock::new(None);
+/// An autodiff backend with graft's kernels on both sides: what training runs on.
+pub trait TrainKernels: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
+impl<B: AutodiffBackend<InnerBackend: Kernels> + Kernels> TrainKernels for B {}
 
-/// Makes `options` the process's kernel choices.
-pub fn install(options: KernelOptions) {
-    let mut slot = INSTALLED.write().unwrap_or_else(|e| e.into_inner());
-    *slot = Some(options);
+/// The CPU inference backend: burn's ops.
+impl Kernels for Flex {}
+
+/// The CPU training backends: graft's fused nodes, deterministic on any thread count.
+impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+    ) -> Result<Tensor<Self, 4>, Qkv<Self>> {
+        if !Self::fused_attention() || !cpu_attention::supports(&[q.dtype(), k.dtype(), v.dtype()])
+        {
+            return Err((q, k, v));
+        }
+        Ok(cpu_attention::causal_attention::<C>(q, k, v))
+    }
+
+    fn fused_attention() -> bool {
+        current().attention != Attention::Burn
+    }
+
+    fn rope(
+        x: Tensor<Self, 4>,
+        cos: &Tensor<Self, 4>,
+        sin: &Tensor<Self, 4>,
+    ) -> Result<Tensor<Self, 4>, Tensor<Self, 4>> {
+        if x.dtype() != DType::F32 {
+            return Err(x);
+        }
+        Ok(cpu_rope::rotate::<C>(x, cos, sin))
+    }
+
+    fn swiglu(
+        gate: Tensor<Self, 3>,
+        up: Tensor<Self, 3>,
+    ) -> Result<Tensor<Self, 3>, Pair<Self, 3>> {
+        if !current().fused_swiglu || gate.dtype() != DType::F32 || up.dtype() != DType::F32 {
+            return Err((gate, up));
+        }
+        Ok(cpu_swiglu::gate::<C>(gate, up))
+    }
+
+    fn fused_lora() -> bool {
+        current().fused_lora
+    }
+
+    fn lora_projection(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        lora_a: Tensor<Self, 2>,
+        lora_b: Tensor<Self, 2>,
+        scale: f64,
+        branch: DType,
+    ) -> Option<Tensor<Self, 2>> {
+        Self::fused_lora().then(|| {
+            super::lora_product::lora_projection_autodiff::<Flex, C>(
+                x, weight, lora_a, lora_b, scale, branch,
+            )
+        })
+    }
+
+    fn fused_loss() -> bool {
+        true
+    }
+
+    fn token_loss_sum(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+        weights: Tensor<Self, 1>,
+    ) -> Option<Tensor<Self, 1>> {
+        Some(super::cross_entropy::cross_entropy_autodiff::<Flex, C>(
+            logits,
+            targets.inner(),
+            weights.inner(),
+        ))
+    }
 }
 
-/// The installed kernel choices (the defaults where none were installed).
-pub fn current() -> KernelOptions {
-    let slot = INSTALLED.read().unwrap_or_else(|e| e.into_inner());
-    slot.unwrap_or_default()
+#[cfg(feature = "cuda")]
+pub use cuda::FlashFloat;
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! The CUDA backends, `Cuda<F>` and `Autodiff<Cuda<F>, C>` for F in f32 and bf16.
+
+    use super::*;
+    use crate::compute::{attention, cross_entropy, flash_attention, fused_swiglu, gemm};
+    use crate::compute::{lora_product, Matmul};
+    use burn::backend::Cuda;
+    use burn::tensor::bf16;
+    use burn_cubecl::FloatElement;
+
+    /// The float types graft's CUDA kernels are built for; bf16 has the flash kernels.
+    pub trait FlashFloat: FloatElement {
+        #[allow(clippy::type_complexity)]
+        fn flash<C: CheckpointStrategy>(
+            q: Tensor<Autodiff<Cuda<Self>, C>, 4>,
+            k: Tensor<Autodiff<Cuda<Self>, C>, 4>,
+            v: Tensor<Autodiff<Cuda<Self>, C>, 4>,
+        ) -> Result<Tensor<Autodiff<Cuda<Self>, C>, 4>, Qkv<Autodiff<Cuda<Self>, C>>>;
+        fn flash_serves(head_dim: usize, dtype: DType) -> bool;
+    }
+
+    impl FlashFloat for f32 {
+        fn flash<C: CheckpointStrategy>(
+            q: Tensor<Autodiff<Cuda<Self>, C>, 4>,
+            k: Tensor<Autodiff<Cuda<Self>, C>, 4>,
+            v: Tensor<Autodiff<Cuda<Self>, C>, 4>,
+        ) -> Result<Tensor<Autodiff<Cuda<Self>, C>, 4>, Qkv<Autodiff<Cuda<Self>, C>>> {
+            Err((q, k, v))
+        }
+        fn flash_serves(_head_dim: usize, _dtype: DType) -> bool {
+            false
+        }
+    }
+
+    impl FlashFloat for bf16 {
+        fn flash<C: CheckpointStrategy>(
+            q: Tensor<Autodiff<Cuda<Self>, C>, 4>,
+            k: Tensor<Autodiff<Cuda<Self>, C>, 4>,
+            v: Tensor<Autodiff<Cuda<Self>, C>, 4>,
+        ) -> Result<Tensor<Autodiff<Cuda<Self>, C>, 4>, Qkv<Autodiff<Cuda<Self>, C>>> {
+            flash_attention::causal_attention::<C>(q, k, v)
+        }
+        fn flash_serves(head_dim: usize, dtype: DType) -> bool {
+            flash_attention::supports(head_dim, dtype) && flash_attention::available(0)
+        }
+    }
+
+    /// Whether cuBLAS takes the products in this process.
+    fn cublas() -> bool {
+        current().matmul == Matmul::Cublas && gemm::cublas_present()
+    }
+
+    impl<F: FlashFloat> Kernels for Cuda<F> {
+        fn accelerated_matmul() -> bool {
+            cublas()
+        }
+
+        fn matmul<const D: usize>(
+            lhs: Tensor<Self, D>,
+            rhs: Tensor<Self, D>,
+        ) -> Result<Tensor<Self, D>, Pair<Self, D>> {
+            let dtype = lhs.dtype();
+            Ok(gemm::fusion_product::<F, D>(lhs, rhs, dtype, 1.0))
+        }
+
+        fn matmul_with<const D: usize>(
+            lhs: Tensor<Self, D>,
+            rhs: Tensor<Self, D>,
+            alpha: f64,
+            out_f32: bool,
+        ) -> Result<Tensor<Self, D>, Pair<Self, D>> {
+            let dtype = if out_f32 { DType::F32 } else { lhs.dtype() };
+            Ok(gemm::fusion_product::<F, D>(lhs, rhs, dtype, alpha as f32))
+        }
+
+        fn fused_adamw() -> bool {
+            current().fused_adamw && crate::compute::fused_adamw::kernels().is_some()
+        }
+
+        fn adamw(
+            params: Vec<Tensor<Self, 1>>,
+            grads: Vec<Tensor<Self, 1>>,
+            m: Tensor<Self, 1>,
+            v: Tensor<Self, 1>,
+            hyper: Hyper,
+            clip: f32,
+        ) -> Result<AdamWUpdate<Self>, AdamWInputs<Self>> {
+            if !Self::fused_adamw() {
+                return Err((params, grads, m, v));
+            }
+            Ok(crate::compute::fused_adamw::step::<F>(
+                params, grads, m, v, hyper, clip,
+            ))
+        }
+    }
+
+    impl<F: FlashFloat, C: CheckpointStrategy> Kernels for Autodiff<Cuda<F>, C> {
+        fn causal_attention(
+            q: Tensor<Self, 4>,
+            k: Tensor<Self, 4>,
+            v: Tensor<Self, 4>,
+        ) -> Result<Tensor<Self, 4>, Qkv<Self>> {
+            let choice = current().attention;
+            if choice == Attention::Burn {
+                return Err((q, k, v));
+            }
+            let (q, k, v) = if choice == Attention::Flash {
+                match F::flash::<C>(q, k, v) {
+                    Ok(out) => return Ok(out),
+                    Err(inputs) => inputs,
+                }
+            } else {
+                (q, k, v)
+            };
+            let groups = q.dims()[1] / k.dims()[1];
+            let k = attention::repeat_kv(k, groups);
+            let v = attention::repeat_kv(v, groups);
+            Ok(attention::blocked_attention_autodiff::<Cuda<F>, C>(
+                q,
+                k,
+                v,
+                current().attention_block_elements,
+            ))
+        }
+
+        fn fused_attention() -> bool {
+            current().attention != Attention::Burn
+        }
+
+        fn attention_label(head_dim: usize, dtype: DType) -> &'static str {
+            match current().attention {
+                Attention::Flash if F::flash_serves(head_dim, dtype) => "flash",
+                Attention::Burn => "burn",
+                _ => "blocked",
+            }
+        }
+
+        fn swiglu(
+            gate: Tensor<Self, 3>,
+            up: Tensor<Self, 3>,
+        ) -> Result<Tensor<Self, 3>, Pair<Self, 3>> {
+            if !current().fused_swiglu {
+                return Err((gate, up));
+            }
+            Ok(fused_swiglu::gate::<Cuda<F>, C>(gate, up))
+        }
+
+        fn fused_lora() -> bool {
+            current().fused_lora && cublas()
+        }
+
+        fn lora_projection(
+            x: Tensor<Self, 2>,
+            weight: Tensor<Self, 2>,
+            lora_a: Tensor<Self, 2>,
+            lora_b: Tensor<Self, 2>,
+            scale: f64,
+            branch: DType,
+        ) -> Option<Tensor<Self, 2>> {
+            Self::fused_lora().then(|| {
+                lora_product::lora_projection_autodiff::<Cuda<F>, C>(
+                    x, weight, lora_a, lora_b, scale, branch,
+                )
+            })
+        }
+
+        fn fused_loss() -> bool {
+            true
+        }
+
+        fn token_loss_sum(
+            logits: Tensor<Self, 2>,
+            targets: Tensor<Self, 1, Int>,
+            weights: Tensor<Self, 1>,
+        ) -> Option<Tensor<Self, 1>> {
+            Some(cross_entropy::cross_entropy_autodiff::<Cuda<F>, C>(
+                logits,
+                targets.inner(),
+                weights.inner(),
+            ))
+        }
+
+        fn accelerated_matmul() -> bool {
+            cublas()
+        }
+
+        fn matmul<const D: usize>(
+            lhs: Tensor<Self, D>,
+            rhs: Tensor<Self, D>,
+        ) -> Result<Tensor<Self, D>, Pair<Self, D>> {
+            Ok(gemm::autodiff_matmul::<Cuda<F>, C, D>(lhs, rhs))
+        }
+    }
 }

@@ -18,11 +18,33 @@
 //! Nothing here is read from the environment: a kernel choice lives in this value and is
 //! installed for the process by [`Compute::install`] before a model is built.
 
+pub mod attention;
+pub mod cpu_attention;
+pub mod cpu_rope;
+pub mod cpu_swiglu;
+pub mod cross_entropy;
+#[cfg(feature = "cuda")]
+pub mod cublas;
+#[cfg(feature = "cuda")]
+pub mod cuda_kernels;
+#[cfg(feature = "cuda")]
+pub mod cuda_stream;
 pub mod dispatch;
-pub use dispatch::ComputeError;
+#[cfg(feature = "cuda")]
+pub mod flash_attention;
+pub mod flex_values;
+#[cfg(feature = "cuda")]
+pub mod fused_adamw;
+pub mod fused_swiglu;
+pub mod gemm;
+pub mod host_memory;
 pub mod kernels;
+pub mod lora_product;
+pub mod reduce;
+pub use dispatch::ComputeError;
+pub mod options;
 
-pub use kernels::KernelOptions;
+pub use options::KernelOptions;
 
 use crate::store::Canon;
 use serde::{Deserialize, Serialize};
@@ -244,7 +266,7 @@ impl Compute {
 
     /// Makes this value's kernel choices the ones the process computes with.
     pub fn install(&self) {
-        kernels::install(self.kernels());
+        options::install(self.kernels());
     }
 
     /// The record of this value: `backend` and every `[compute]` key.

@@ -109,7 +109,7 @@ fn ids_tensor<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> 
 }
 
 /// Continues `prompt` token ids; returns only the new ids.
-pub fn generate_ids<B: Backend>(
+pub fn generate_ids<B: crate::compute::kernels::Kernels>(
     model: &CausalLm<B>,
     prompt: &[u32],
     config: &SamplingConfig,
@@ -155,7 +155,7 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, ModelError> {
 }
 
 /// Encodes `prompt`, continues it, and decodes the new tokens.
-pub fn generate<B: Backend>(
+pub fn generate<B: crate::compute::kernels::Kernels>(
     model: &CausalLm<B>,
     tokenizer: &Tokenizer,
     prompt: &str,

@@ -8,14 +8,16 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
+
+use crate::compute::kernels::Kernels;
 use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, DType, FloatDType, Int, Tensor, TensorData};
 
-use super::attention::repeat_kv;
 use super::config::ModelConfig;
 use super::lora::{Linear, LoraConfig};
-use super::reduce::ordered_sum;
+use crate::compute::attention::repeat_kv;
+use crate::compute::reduce::ordered_sum;
 
 /// Token embedding table.
 #[derive(Module, Debug)]
@@ -85,20 +87,12 @@ pub fn rope_tables<B: Backend>(
 
 /// x: `[batch, heads, seq, head_dim]` rotated as HF's `x * cos + rotate_half(x) * sin`,
 /// where `rotate_half([x1, x2]) = [-x2, x1]` over the two halves of head_dim.
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    // On the CPU training backend, one node (the same values, bit for bit).
-    if x.dtype() == DType::F32 {
-        use super::cpu_backends::with_cpu_autodiff;
-        use super::retype;
-        with_cpu_autodiff!(B, |Strategy, Outer| {
-            let x: Tensor<Outer, 4> = retype(x).ok().unwrap();
-            let cos: Tensor<Outer, 4> = retype(cos.clone()).ok().unwrap();
-            let sin: Tensor<Outer, 4> = retype(sin.clone()).ok().unwrap();
-            return retype(super::cpu_rope::rotate::<Strategy>(x, &cos, &sin))
-                .ok()
-                .unwrap();
-        });
-    }
+fn apply_rope<B: Kernels>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    // One node where the backend has it (the same values, bit for bit).
+    let x = match B::rope(x, cos, sin) {
+        Ok(rotated) => return rotated,
+        Err(x) => x,
+    };
     let head_dim = x.dims()[3];
     let half = head_dim / 2;
     let x1 = x.clone().narrow(3, 0, half);
@@ -146,7 +140,7 @@ pub struct Attention<B: Backend> {
     pub sliding_window: Option<usize>,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: Kernels> Attention<B> {
     /// x: `[batch, seq, hidden]`, cos/sin: `[1, 1, seq, head_dim]` -> `[batch, seq, hidden]`.
     /// With a cache, the new keys and values are appended and attention covers
     /// `past + seq` keys; the causal mask is aligned at the bottom right.
@@ -198,7 +192,7 @@ impl<B: Backend> Attention<B> {
         // Training without a window mask: the fused attention keeps O(seq) memory
         // per layer where burn's autodiff would keep the O(seq²) probabilities.
         let context = match mask {
-            None => match super::attention::causal_attention(q, k, v) {
+            None => match B::causal_attention(q, k, v) {
                 Ok(context) => context,
                 Err((q, k, v)) => attention(
                     q,
@@ -262,7 +256,7 @@ pub struct Mlp<B: Backend> {
     pub down_proj: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: Kernels> Mlp<B> {
     /// x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let gate = self.gate_proj.forward(x.clone());
@@ -273,29 +267,11 @@ impl<B: Backend> Mlp<B> {
 
 /// `silu(gate) * up`: one node on the CPU and CUDA training backends, op by op
 /// elsewhere.
-fn swiglu_gate<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
-    #[cfg(feature = "cuda")]
-    if !super::fused_swiglu::disabled() {
-        use super::cuda_backends::with_cuda_autodiff;
-        use super::retype;
-        with_cuda_autodiff!(B, |Float, Strategy, Outer| {
-            let gate: Tensor<Outer, 3> = retype(gate).ok().unwrap();
-            let up: Tensor<Outer, 3> = retype(up).ok().unwrap();
-            let out = super::fused_swiglu::gate::<Cuda<Float>, Strategy>(gate, up);
-            return retype(out).ok().unwrap();
-        });
-    }
-    if gate.dtype() == DType::F32 && up.dtype() == DType::F32 {
-        use super::cpu_backends::with_cpu_autodiff;
-        use super::retype;
-        with_cpu_autodiff!(B, |Strategy, Outer| {
-            let gate: Tensor<Outer, 3> = retype(gate).ok().unwrap();
-            let up: Tensor<Outer, 3> = retype(up).ok().unwrap();
-            return retype(super::cpu_swiglu::gate::<Strategy>(gate, up))
-                .ok()
-                .unwrap();
-        });
-    }
+fn swiglu_gate<B: Kernels>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    let (gate, up) = match B::swiglu(gate, up) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
     activation::silu(gate) * up
 }
 
@@ -308,7 +284,7 @@ pub struct DecoderLayer<B: Backend> {
     pub post_attention_layernorm: RmsNorm<B>,
 }
 
-impl<B: Backend> DecoderLayer<B> {
+impl<B: Kernels> DecoderLayer<B> {
     /// x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
     pub fn forward(
         &self,
@@ -401,7 +377,9 @@ impl<B: Backend> CausalLm<B> {
     pub fn device(&self) -> B::Device {
         self.model.embed_tokens.weight.device()
     }
+}
 
+impl<B: Kernels> CausalLm<B> {
     /// ids: `[batch, seq]` -> hidden states after the final norm `[batch, seq, hidden]`.
     pub fn forward_hidden(
         &self,
@@ -473,13 +451,13 @@ impl<B: Backend> CausalLm<B> {
 /// `loss_mask[b, t]` (1.0 or 0.0) says whether token `t` counts as a *target*; column 0
 /// is never a target. The mean is over counted targets only (a batch with none gives
 /// NaN, as the reference does). The sum is taken in f32 on the backend.
-pub fn causal_lm_loss<B: Backend>(
+pub fn causal_lm_loss<B: Kernels>(
     logits: Tensor<B, 3>,
     ids: Tensor<B, 2, Int>,
     loss_mask: Option<Tensor<B, 2>>,
 ) -> Tensor<B, 1> {
     let [batch, seq, _vocab] = logits.dims();
-    if super::cross_entropy::fused_available::<B>() {
+    if B::fused_loss() {
         return fused_causal_lm_loss(logits, ids, loss_mask);
     }
     // In f32 whatever the compute dtype, as transformers upcasts the logits.
@@ -509,7 +487,7 @@ pub fn causal_lm_loss<B: Backend>(
 /// [`causal_lm_loss`] through the fused cross-entropy: every position is a row, the
 /// last of each sequence with weight 0 (it has no next token), so the logits are used
 /// in place rather than narrowed into a copy.
-fn fused_causal_lm_loss<B: Backend>(
+fn fused_causal_lm_loss<B: Kernels>(
     logits: Tensor<B, 3>,
     ids: Tensor<B, 2, Int>,
     loss_mask: Option<Tensor<B, 2>>,
@@ -532,7 +510,7 @@ fn fused_causal_lm_loss<B: Backend>(
     let padding = Tensor::zeros([batch, 1], (&device, DType::F32));
     let weights = Tensor::cat(vec![counted, padding], 1).reshape([batch * seq]);
     let weights = weights.clone() / ordered_sum(weights);
-    super::cross_entropy::fused_cross_entropy_sum(
+    B::token_loss_sum(
         logits.reshape([batch * seq, vocab]),
         targets.reshape([batch * seq]),
         weights,

@@ -8,6 +8,8 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
+
+use crate::compute::kernels::Kernels;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -97,7 +99,7 @@ impl LoraConfig {
 /// every output along the same few directions, so the error does not average out.
 pub fn branch_dtype(activations: DType, adapter: DType) -> DType {
     if adapter == DType::F32
-        && crate::compute::kernels::current().lora_branch == crate::compute::LoraBranch::F32
+        && crate::compute::options::current().lora_branch == crate::compute::LoraBranch::F32
     {
         adapter
     } else {
@@ -152,11 +154,13 @@ impl<B: Backend> Linear<B> {
     pub fn d_out(&self) -> usize {
         self.weight.dims()[1]
     }
+}
 
+impl<B: Kernels> Linear<B> {
     /// x: `[..., d_in]` -> `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         if let Some(lora) = &self.lora {
-            if lora.dropout == 0.0 && super::lora_product::fused_available::<B>() {
+            if lora.dropout == 0.0 && B::fused_lora() {
                 return self.fused_forward(x, lora);
             }
         }
@@ -203,7 +207,7 @@ impl<B: Backend> Linear<B> {
         let bias = self.bias.as_ref().map(|b| b.val());
         over_rows(x, self.d_out(), bias, |rows| {
             let branch = branch_dtype(rows.dtype(), lora.lora_a.val().dtype());
-            super::lora_product::fused_lora_projection(
+            B::lora_projection(
                 rows,
                 self.weight.val(),
                 lora.lora_a.val(),
@@ -214,7 +218,9 @@ impl<B: Backend> Linear<B> {
             .expect("checked by the caller")
         })
     }
+}
 
+impl<B: Backend> Linear<B> {
     /// Attaches a fresh LoRA branch: `A` kaiming-uniform as PEFT
     /// (`kaiming_uniform_(a=sqrt(5))`, i.e. U(-1/sqrt(d_in), 1/sqrt(d_in))), `B` zero.
     pub fn attach_lora(&mut self, config: &LoraConfig, rng: &mut ChaCha8Rng) {
@@ -261,16 +267,18 @@ impl<B: Backend> Linear<B> {
 /// `x W (+ b)` for x `[..., d_in]` and W `[d_in, d_out]`. Where the products reach
 /// cuBLAS (`gemm::accelerated`), the leading dims are folded into one so W is a single
 /// matrix rather than broadcast; elsewhere this is burn's `linear`, unchanged.
-pub fn project<B: Backend, const D: usize>(
+pub fn project<B: Kernels, const D: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
-    if !super::gemm::accelerated::<B>() {
+    if !crate::compute::gemm::accelerated::<B>() {
         return burn::tensor::module::linear(x, weight, bias);
     }
     let d_out = weight.dims()[1];
-    over_rows(x, d_out, bias, |rows| super::gemm::matmul(rows, weight))
+    over_rows(x, d_out, bias, |rows| {
+        crate::compute::gemm::matmul(rows, weight)
+    })
 }
 
 /// `product` applied to x `[..., d_in]` folded into rows `[n, d_in]`, plus the bias,

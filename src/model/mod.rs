@@ -7,34 +7,13 @@
 //! by name.
 
 pub mod adapter;
-pub mod attention;
 pub mod config;
-pub mod cpu_attention;
-pub mod cpu_backends;
-pub mod cpu_rope;
-pub mod cpu_swiglu;
-pub mod cross_entropy;
-#[cfg(feature = "cuda")]
-pub mod cublas;
-#[cfg(feature = "cuda")]
-pub mod cuda_backends;
-#[cfg(feature = "cuda")]
-pub mod cuda_kernels;
-#[cfg(feature = "cuda")]
-pub mod cuda_stream;
 pub mod error;
-#[cfg(feature = "cuda")]
-pub mod flash_attention;
-pub mod fused_swiglu;
-pub mod gemm;
 pub mod generate;
-pub mod host_memory;
 pub mod llama;
 pub mod lora;
-pub mod lora_product;
 pub mod params;
 pub mod parity;
-pub mod reduce;
 pub mod weights;
 
 pub use adapter::{load_adapter, read_adapter_config, save_adapter, write_peft_adapter};
@@ -59,15 +38,4 @@ pub fn save_merged<B: burn::tensor::backend::Backend>(
     source_dir: Option<&std::path::Path>,
 ) -> Result<(), ModelError> {
     save_model_dir(&model.merge_lora(), out_dir, source_dir)
-}
-
-/// `value` as type `To` when `From` is `To`, else `value` back: how code with a
-/// faster path for one backend moves its tensors over (stable Rust has no
-/// specialisation).
-pub fn retype<From: 'static, To: 'static>(value: From) -> Result<To, From> {
-    if std::any::TypeId::of::<From>() != std::any::TypeId::of::<To>() {
-        return Err(value);
-    }
-    let boxed: Box<dyn std::any::Any> = Box::new(value);
-    Ok(*boxed.downcast::<To>().expect("same type id"))
 }

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -180,7 +179,7 @@ fn scalar<B: burn::tensor::backend::Backend>(t: Tensor<B, 1>) -> f64 {
 }
 
 /// Runs `model` on the reference ids and compares logits and loss.
-pub fn compare<B: burn::tensor::backend::Backend>(
+pub fn compare<B: crate::compute::kernels::Kernels>(
     model: &CausalLm<B>,
     ids: Tensor<B, 2, Int>,
     logits_ref: &[Vec<Vec<f32>>],
@@ -205,7 +204,7 @@ pub fn compare<B: burn::tensor::backend::Backend>(
 
 /// Gradients of the mean next-token loss on `ids` for every trainable parameter, keyed by
 /// name, in HF layout.
-pub fn trainable_grads<B: AutodiffBackend>(
+pub fn trainable_grads<B: crate::compute::kernels::TrainKernels>(
     model: &CausalLm<B>,
     ids: Tensor<B, 2, Int>,
 ) -> BTreeMap<String, Vec<f32>> {
@@ -258,7 +257,7 @@ pub fn compare_grads(
 /// `graft model parity DIR REFERENCE.json`: loads `dir`, runs the reference batch, and
 /// when `dir/lora-adapter/` exists and the reference has `with_lora`, the adapted model
 /// and (if `reference_grads.safetensors` is there) its LoRA gradients.
-pub fn run_parity<B: AutodiffBackend>(
+pub fn run_parity<B: crate::compute::kernels::TrainKernels>(
     dir: &Path,
     reference_json: &Path,
     device: &B::Device,

@@ -16,7 +16,7 @@
 
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
+use crate::compute::kernels::TrainKernels;
 use burn::tensor::{Distribution, Int, Tensor};
 use serde::Serialize;
 
@@ -98,7 +98,7 @@ const CLIP: f64 = 1.0;
 
 /// Runs the benchmark on backend `B`. `memory` samples device memory (after a sync);
 /// it returns `None` where the backend has no allocator to ask (the CPU).
-pub fn run_bench<B: AutodiffBackend>(
+pub fn run_bench<B: TrainKernels>(
     device: &B::Device,
     config: &BenchConfig,
     memory: &dyn Fn() -> Option<MemorySample>,
@@ -244,7 +244,7 @@ pub fn run_bench<B: AutodiffBackend>(
 
 /// The trainer's step on one batch. Returns the updated model and the loss (on the
 /// device, unread, so that steps queue up without waiting for each other).
-fn bench_step<B: AutodiffBackend>(
+fn bench_step<B: TrainKernels>(
     model: CausalLm<B>,
     optimizer: &mut AdamW<B::InnerBackend>,
     batch: BatchTensors<B>,
@@ -255,19 +255,7 @@ fn bench_step<B: AutodiffBackend>(
 
 /// Which attention the step ran: `flash` (the fused CUDA kernels), `blocked` (the
 /// fused CPU node or the blocked CUDA node) or `burn` (burn's op by op).
-fn attention_label<B: AutodiffBackend>(model: &ModelConfig) -> String {
-    #[cfg(feature = "cuda")]
-    {
-        use burn::tensor::Element;
-        let dtype = <B::FloatElem as Element>::dtype();
-        if crate::model::flash_attention::serves::<B>(model.head_dim, dtype) {
-            return "flash".into();
-        }
-    }
-    let _ = model;
-    if crate::model::attention::uses_blocked_attention::<B>() {
-        "blocked".into()
-    } else {
-        "burn".into()
-    }
+fn attention_label<B: TrainKernels>(model: &ModelConfig) -> String {
+    use burn::tensor::Element;
+    B::attention_label(model.head_dim, <B::FloatElem as Element>::dtype()).into()
 }

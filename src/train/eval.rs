@@ -6,7 +6,6 @@
 use super::loss::{exact_match_rows, masked_loss_sum, BatchTensors};
 use crate::data::{Batch, DataError, DataSource, Encoder, Format, RowStream, StreamConfig};
 use crate::model::CausalLm;
-use burn::tensor::backend::Backend;
 use burn::tensor::ElementConversion;
 use std::sync::Arc;
 
@@ -104,7 +103,10 @@ fn to_batch(rows: Vec<crate::data::Row>) -> Batch {
 }
 
 /// Token-weighted mean loss and exact-match accuracy over a set.
-pub fn evaluate<B: Backend>(model: &CausalLm<B>, set: &EvalSet) -> EvalResult {
+pub fn evaluate<B: crate::compute::kernels::Kernels>(
+    model: &CausalLm<B>,
+    set: &EvalSet,
+) -> EvalResult {
     let device = model.device();
     let (mut loss_sum, mut tokens, mut correct, mut examples) = (0.0f64, 0usize, 0usize, 0usize);
     for batch in &set.batches {
@@ -129,7 +131,7 @@ pub fn evaluate<B: Backend>(model: &CausalLm<B>, set: &EvalSet) -> EvalResult {
     }
 }
 
-pub fn evaluate_all<B: Backend>(
+pub fn evaluate_all<B: crate::compute::kernels::Kernels>(
     model: &CausalLm<B>,
     sets: &[EvalSet],
 ) -> Vec<(String, EvalResult)> {

@@ -14,6 +14,7 @@ use super::plan::{object_source, Plan};
 use super::registry::{self, RegistryError};
 use super::state::{self, Kept, TrainerState};
 use super::{loss, schedule, step, unfreeze};
+use crate::compute::kernels::TrainKernels;
 use crate::compute::{Compute, Dtype};
 use crate::data::{
     self, BatchStream, Encoder, ReplaySource, RowStream, Split, StreamConfig, Tokenizer,
@@ -23,7 +24,7 @@ use crate::store::{
     Canon, DatasetRecord, ExecutionKind, ExecutionStatus, Id, Recorder, Store, StoreError,
 };
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,7 +82,7 @@ pub struct Outcome {
 /// [`crate::compute::Compute`]; the caller dispatched on it), recording through
 /// `recorder`.
 #[allow(clippy::too_many_arguments)]
-pub fn execute<B: AutodiffBackend>(
+pub fn execute<B: TrainKernels>(
     device: &B::Device,
     store: &Store,
     plan: &Plan,

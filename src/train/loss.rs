@@ -1,9 +1,9 @@
 //! Masked next-token cross-entropy and exact-match accuracy on batches
 //! whose rows carry their own targets and loss mask.
 
+use crate::compute::kernels::Kernels;
+use crate::compute::reduce::ordered_sum;
 use crate::data::Batch;
-use crate::model::cross_entropy::{fused_available, fused_cross_entropy_sum};
-use crate::model::reduce::ordered_sum;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -37,16 +37,21 @@ impl<B: Backend> BatchTensors<B> {
 
 /// Sum of the masked token losses `[1]` (divide by `tokens` for the mean).
 /// logits: [batch, seq, vocab]
-pub fn masked_loss_sum<B: Backend>(logits: Tensor<B, 3>, batch: &BatchTensors<B>) -> Tensor<B, 1> {
+pub fn masked_loss_sum<B: Kernels>(logits: Tensor<B, 3>, batch: &BatchTensors<B>) -> Tensor<B, 1> {
     let [b, s, vocab] = logits.dims();
-    if fused_available::<B>() {
-        return fused_cross_entropy_sum(
+    if B::fused_loss() {
+        return B::token_loss_sum(
             logits.reshape([b * s, vocab]),
             batch.targets.clone().reshape([b * s]),
             batch.mask.clone().reshape([b * s]),
         )
         .expect("checked above");
     }
+    // In f32 whatever the compute dtype, as the fused node and transformers do.
+    let logits = match logits.dtype() {
+        burn::tensor::DType::F32 => logits,
+        _ => logits.cast(burn::tensor::FloatDType::F32),
+    };
     let log_probs = log_softmax(logits, 2);
     let picked = log_probs
         .gather(2, batch.targets.clone().reshape([b, s, 1]))

@@ -6,8 +6,6 @@ pub mod bench;
 pub mod config;
 pub mod eval;
 pub mod execute;
-#[cfg(feature = "cuda")]
-pub mod fused_adamw;
 pub mod loss;
 pub mod optim;
 pub mod plan;

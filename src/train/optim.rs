@@ -6,7 +6,8 @@
 //! (a block unfrozen at step 300 starts with fresh moments), and the
 //! gradient norm is global across parameters.
 
-use crate::model::reduce::ordered_sum;
+use crate::compute::kernels::{Hyper, Kernels};
+use crate::compute::reduce::ordered_sum;
 use crate::model::{AnyTensor, Block, CausalLm, ParamInfo};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Tensor, TensorData};
@@ -173,7 +174,7 @@ impl<B: Backend> GradAccumulator<B> {
 
 use burn::tensor::ElementConversion;
 
-impl<B: Backend> AdamW<B> {
+impl<B: Kernels> AdamW<B> {
     pub fn new(config: AdamWConfig) -> Self {
         AdamW {
             config,
@@ -269,7 +270,6 @@ impl<B: Backend> AdamW<B> {
                 grad,
             });
         }
-        #[cfg(feature = "cuda")]
         let entries = match self.device_update(entries, scale, clip) {
             Ok((updated, norm)) => return (with_updates(model, updated), norm),
             Err(entries) => entries,
@@ -409,11 +409,10 @@ impl<B: Backend> AdamW<B> {
         (with_updates(model, updated), norm)
     }
 
-    /// The whole update in `super::fused_adamw`'s kernels, when the backend is CUDA and
+    /// The whole update in `crate::compute::fused_adamw`'s kernels, when the backend is CUDA and
     /// the parameters form one f32 group whose moments are fused or not yet created;
     /// hands the entries back otherwise. Returns the new values by name and, with
     /// `clip`, the gradients' norm.
-    #[cfg(feature = "cuda")]
     #[allow(clippy::type_complexity)]
     fn device_update(
         &mut self,
@@ -427,7 +426,6 @@ impl<B: Backend> AdamW<B> {
         ),
         Vec<Entry<B>>,
     > {
-        use super::fused_adamw;
         let Some(first) = entries.first() else {
             return Err(entries);
         };
@@ -446,7 +444,7 @@ impl<B: Backend> AdamW<B> {
             || !one_group
             || !(fused_matches || fresh)
             || clip.is_some_and(|c| c <= 0.0)
-            || !fused_adamw::serves::<B>()
+            || !B::fused_adamw()
         {
             return Err(entries);
         }
@@ -454,7 +452,7 @@ impl<B: Backend> AdamW<B> {
         let config = &self.config;
         let (beta1, beta2) = (config.beta1, config.beta2);
         let scalars = config.step_scalars(steps, lr, decays);
-        let hyper = fused_adamw::Hyper {
+        let hyper = Hyper {
             scale: scale as f32,
             lr: lr as f32,
             beta1: beta1 as f32,
@@ -475,8 +473,8 @@ impl<B: Backend> AdamW<B> {
         };
         let (params, grads): (Vec<_>, Vec<_>) =
             entries.into_iter().map(|e| (e.param, e.grad)).unzip();
-        let (params, m, v, norm) =
-            fused_adamw::step(params, grads, m, v, hyper, clip.unwrap_or(0.0) as f32);
+        let (params, m, v, norm) = B::adamw(params, grads, m, v, hyper, clip.unwrap_or(0.0) as f32)
+            .unwrap_or_else(|_| unreachable!("B::fused_adamw() was checked above"));
         let updated = members
             .iter()
             .map(|(name, _)| name.clone())

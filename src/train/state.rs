@@ -12,7 +12,7 @@ use crate::data::StreamPosition;
 use crate::model::{CausalLm, LoraConfig};
 use crate::store::tensor_blob::TensorBlob;
 use crate::store::{CheckpointRecord, Id, Recorder, Store, StoreError};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -117,7 +117,7 @@ fn unblob(bytes: &[u8], what: &str) -> Result<TensorData, StoreError> {
 
 /// Save a checkpoint through the recorder; returns its id.
 #[allow(clippy::too_many_arguments)]
-pub fn save<B: AutodiffBackend>(
+pub fn save<B: crate::compute::kernels::TrainKernels>(
     recorder: &mut dyn Recorder,
     model: &CausalLm<B>,
     optimizer: &AdamW<B::InnerBackend>,

@@ -7,8 +7,9 @@
 
 use super::loss::{masked_loss_sum, BatchTensors};
 use super::optim::{AdamW, GradAccumulator};
+use crate::compute::kernels::TrainKernels;
 use crate::model::{CausalLm, ParamInfo};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ pub struct StepResult<I: Backend> {
 /// One optimizer step over `batches` (one per micro-batch). `clip` is the global norm
 /// clip (0 disables it; the norm is still computed); `lr_of` gives each parameter's
 /// learning rate.
-pub fn train_step<B: AutodiffBackend>(
+pub fn train_step<B: TrainKernels>(
     model: CausalLm<B>,
     optimizer: &mut AdamW<B::InnerBackend>,
     batches: Vec<BatchTensors<B>>,

@@ -56,54 +56,24 @@ pub fn supports(head_dim: usize, dtype: DType) -> bool {
 /// The head sizes the source instantiates (`ENTRY_POINTS`).
 const HEAD_DIMS: [usize; 3] = [32, 64, 128];
 
-/// Whether attention with this head size and dtype takes the kernels on backend `B`
-/// (device 0), for reports.
-pub fn serves<B: Backend>(head_dim: usize, dtype: DType) -> bool {
-    let id = std::any::TypeId::of::<B>();
-    let bf16_autodiff = id == std::any::TypeId::of::<Autodiff<Inner, NoCheckpointing>>()
-        || id == std::any::TypeId::of::<Autodiff<Inner, BalancedCheckpointing>>();
-    bf16_autodiff && supports(head_dim, dtype) && available(0)
-}
-
-/// Causal attention through the kernels when `B` is a bf16 autodiff CUDA backend and
-/// the kernels serve these shapes (see `super::attention::causal_attention` for the
-/// arguments); `Err` hands the inputs back otherwise.
+/// Causal attention through the kernels where they serve these shapes (see
+/// `super::kernels::Kernels::causal_attention` for the arguments); `Err` hands the
+/// inputs back otherwise.
 #[allow(clippy::type_complexity)]
-pub fn causal_attention<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+pub fn causal_attention<C: CheckpointStrategy>(
+    q: Tensor<Autodiff<Inner, C>, 4>,
+    k: Tensor<Autodiff<Inner, C>, 4>,
+    v: Tensor<Autodiff<Inner, C>, 4>,
+) -> Result<Tensor<Autodiff<Inner, C>, 4>, super::kernels::Qkv<Autodiff<Inner, C>>> {
     let [_, heads, _, head_dim] = q.dims();
     let fits = supports(head_dim, q.dtype())
         && [k.dtype(), v.dtype()] == [DType::BF16; 2]
         && k.dims()[3] == head_dim
         && heads % k.dims()[1] == 0;
-    if !fits {
+    if !fits || !available(q.device().index) {
         return Err((q, k, v));
     }
-    macro_rules! with_strategy {
-        ($strategy:ty) => {
-            type Outer = Autodiff<Inner, $strategy>;
-            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<Outer>() {
-                let q: Tensor<Outer, 4> = super::retype(q).ok().unwrap();
-                if !available(q.device().index) {
-                    return Err((super::retype(q).ok().unwrap(), k, v));
-                }
-                let k = super::retype(k).ok().unwrap();
-                let v = super::retype(v).ok().unwrap();
-                let out = attention_autodiff::<$strategy>(q, k, v);
-                return Ok(super::retype(out).ok().unwrap());
-            }
-        };
-    }
-    {
-        with_strategy!(NoCheckpointing);
-    }
-    {
-        with_strategy!(BalancedCheckpointing);
-    }
-    Err((q, k, v))
+    Ok(attention_autodiff::<C>(q, k, v))
 }
 
 type Inner = Cuda<bf16>;
@@ -187,7 +157,7 @@ impl Backward<Inner, 3> for FlashAttentionBackward {
 /// Whether the kernels are built for device `index` (compiled on the first call; a
 /// failure is reported once and leaves attention on the blocked path).
 pub fn available(index: usize) -> bool {
-    if crate::compute::kernels::current().attention != crate::compute::Attention::Flash {
+    if crate::compute::options::current().attention != crate::compute::Attention::Flash {
         return false;
     }
     match kernels(index) {

@@ -17,7 +17,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::cpu_backends::{flex_primitive, host_values};
+use super::flex_values::{flex_primitive, host_values};
 
 /// Queries per block: a block's scores (`ROWS x keys` f32) stay in cache at the
 /// sequence lengths the CPU trains on, and blocks skip the keys in their future.

@@ -1,12 +1,13 @@
 //! The model's matrix products, sent to cuBLAS on CUDA and to burn's matmul elsewhere.
 //!
-//! The model is generic over burn backends and stable Rust has no specialisation, so
-//! [`matmul`] recognises the CUDA backends by type (as `attention` does) and otherwise
-//! calls burn's `matmul`, leaving the CPU path exactly as it was. On the autodiff CUDA
+//! [`matmul`] asks the backend's [`Kernels`] for the product where cuBLAS is worth it
+//! and otherwise calls burn's `matmul`, leaving the CPU path exactly as it was. On the
+//! autodiff CUDA
 //! backends the product is one autodiff node whose backward pass (`dA = dC Bᵀ`,
 //! `dB = Aᵀ dC`, only for tracked sides) runs through [`matmul`] again, so both passes
 //! reach cuBLAS.
 
+use super::kernels::Kernels;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -23,10 +24,9 @@ use burn::tensor::{FloatDType, Tensor, TensorPrimitive};
 
 /// `lhs @ rhs` for `[..., m, k]` and `[..., k, n]` with equal batch dims (burn's
 /// broadcasting cases take burn's matmul).
-pub fn matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Tensor<B, D> {
-    #[cfg(feature = "cuda")]
+pub fn matmul<B: Kernels, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Tensor<B, D> {
     if worth_cublas(&lhs, &rhs) {
-        return match cuda::matmul(lhs, rhs) {
+        return match B::matmul(lhs, rhs) {
             Ok(product) => product,
             Err((lhs, rhs)) => lhs.matmul(rhs),
         };
@@ -38,7 +38,7 @@ pub fn matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) 
 /// feeds f32 arithmetic (attention scores, f32 gradients of bf16 products). On inner
 /// CUDA backends cuBLAS writes f32 with the scale applied; elsewhere it is `matmul`, a
 /// cast and a scalar multiply.
-pub fn matmul_f32<B: Backend, const D: usize>(
+pub fn matmul_f32<B: Kernels, const D: usize>(
     lhs: Tensor<B, D>,
     rhs: Tensor<B, D>,
     alpha: f64,
@@ -48,7 +48,7 @@ pub fn matmul_f32<B: Backend, const D: usize>(
 
 /// `alpha · lhs @ rhs` in the inputs' dtype, the scale applied by cuBLAS where the
 /// product reaches it.
-pub fn matmul_scaled<B: Backend, const D: usize>(
+pub fn matmul_scaled<B: Kernels, const D: usize>(
     lhs: Tensor<B, D>,
     rhs: Tensor<B, D>,
     alpha: f64,
@@ -56,7 +56,7 @@ pub fn matmul_scaled<B: Backend, const D: usize>(
     scaled_product(lhs, rhs, alpha, false)
 }
 
-fn scaled_product<B: Backend, const D: usize>(
+fn scaled_product<B: Kernels, const D: usize>(
     lhs: Tensor<B, D>,
     rhs: Tensor<B, D>,
     alpha: f64,
@@ -74,9 +74,8 @@ fn scaled_product<B: Backend, const D: usize>(
         };
         scaled(product, alpha)
     };
-    #[cfg(feature = "cuda")]
     if worth_cublas(&lhs, &rhs) {
-        return match cuda::matmul_with(lhs, rhs, alpha, out_f32) {
+        return match B::matmul_with(lhs, rhs, alpha, out_f32) {
             Ok(product) => product,
             Err((lhs, rhs)) => product(lhs, rhs),
         };
@@ -93,20 +92,14 @@ fn scaled<B: Backend, const D: usize>(tensor: Tensor<B, D>, alpha: f64) -> Tenso
 }
 
 /// Whether [`matmul`] can reach cuBLAS on backend `B` in this process.
-pub fn accelerated<B: Backend>() -> bool {
-    #[cfg(feature = "cuda")]
-    {
-        cuda::is_cuda::<B>() && enabled()
-    }
-    #[cfg(not(feature = "cuda"))]
-    false
+pub fn accelerated<B: Kernels>() -> bool {
+    B::accelerated_matmul()
 }
 
+/// Whether libcublas could be loaded (checked once; a missing library is reported once
+/// and leaves the products on burn's kernel).
 #[cfg(feature = "cuda")]
-fn enabled() -> bool {
-    if crate::compute::kernels::current().matmul != crate::compute::Matmul::Cublas {
-        return false;
-    }
+pub fn cublas_present() -> bool {
     static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PRESENT.get_or_init(|| {
         let present = super::cublas::available();
@@ -120,13 +113,7 @@ fn enabled() -> bool {
     })
 }
 
-#[cfg(feature = "cuda")]
-fn min_half_macs() -> usize {
-    crate::compute::kernels::current().cublas_min_macs
-}
-
-#[cfg(feature = "cuda")]
-fn worth_cublas<B: Backend, const D: usize>(lhs: &Tensor<B, D>, rhs: &Tensor<B, D>) -> bool {
+fn worth_cublas<B: Kernels, const D: usize>(lhs: &Tensor<B, D>, rhs: &Tensor<B, D>) -> bool {
     if D < 2 || !accelerated::<B>() {
         return false;
     }
@@ -135,11 +122,38 @@ fn worth_cublas<B: Backend, const D: usize>(lhs: &Tensor<B, D>, rhs: &Tensor<B, 
     let shapes_fit = l[..D - 2] == r[..D - 2]
         && l[D - 1] == r[D - 2]
         && l.iter().chain(r.iter()).all(|&d| d > 0);
-    if !shapes_fit || dtype != rhs.dtype() || !super::cublas::supports(dtype) {
+    if !shapes_fit || dtype != rhs.dtype() || !cublas_supports(dtype) {
         return false;
     }
     let macs = l.iter().product::<usize>() * r[D - 1];
-    dtype == burn::tensor::DType::F32 || macs >= min_half_macs()
+    dtype == burn::tensor::DType::F32 || macs >= crate::compute::options::current().cublas_min_macs
+}
+
+#[cfg(feature = "cuda")]
+fn cublas_supports(dtype: burn::tensor::DType) -> bool {
+    super::cublas::supports(dtype)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cublas_supports(_dtype: burn::tensor::DType) -> bool {
+    false
+}
+
+/// `alpha · lhs @ rhs` by cuBLAS on an inner CUDA backend, the result in `dtype`.
+#[cfg(feature = "cuda")]
+pub fn fusion_product<F: burn_cubecl::FloatElement, const D: usize>(
+    lhs: Tensor<burn::backend::Cuda<F>, D>,
+    rhs: Tensor<burn::backend::Cuda<F>, D>,
+    dtype: burn::tensor::DType,
+    alpha: f32,
+) -> Tensor<burn::backend::Cuda<F>, D> {
+    let product = super::cublas::fusion_matmul::<F>(
+        lhs.into_primitive().tensor(),
+        rhs.into_primitive().tensor(),
+        dtype,
+        alpha,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(product))
 }
 
 /// How one operand's last two dims lie in memory, in cuBLAS's column-major terms.
@@ -190,7 +204,7 @@ impl Operand {
 
 /// The product as one autodiff node over inner backend `I`, each pass through
 /// [`matmul`] on `I`. Public so tests can compare it with burn's gradients on the CPU.
-pub fn autodiff_matmul<I: Backend, C: CheckpointStrategy, const D: usize>(
+pub fn autodiff_matmul<I: Kernels, C: CheckpointStrategy, const D: usize>(
     lhs: Tensor<Autodiff<I, C>, D>,
     rhs: Tensor<Autodiff<I, C>, D>,
 ) -> Tensor<Autodiff<I, C>, D> {
@@ -216,7 +230,7 @@ pub fn autodiff_matmul<I: Backend, C: CheckpointStrategy, const D: usize>(
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }
 
-fn inner_product<I: Backend, const D: usize>(
+fn inner_product<I: Kernels, const D: usize>(
     lhs: I::FloatTensorPrimitive,
     rhs: I::FloatTensorPrimitive,
 ) -> I::FloatTensorPrimitive {
@@ -234,7 +248,7 @@ fn transposed<I: Backend, const D: usize>(p: I::FloatTensorPrimitive) -> I::Floa
 #[derive(Debug)]
 struct MatmulBackward<const D: usize>;
 
-impl<I: Backend, const D: usize> Backward<I, 2> for MatmulBackward<D> {
+impl<I: Kernels, const D: usize> Backward<I, 2> for MatmulBackward<D> {
     type State = (Option<NodeId>, Option<NodeId>);
 
     fn backward(
@@ -255,93 +269,6 @@ impl<I: Backend, const D: usize> Backward<I, 2> for MatmulBackward<D> {
             |grad| inner_product::<I, D>(grad, transposed::<I, D>(rhs.expect("rhs kept"))),
             |grad| inner_product::<I, D>(transposed::<I, D>(lhs.expect("lhs kept")), grad),
         );
-    }
-}
-
-#[cfg(feature = "cuda")]
-mod cuda {
-    //! The type dispatch onto the CUDA backends graft runs.
-
-    use std::any::TypeId;
-
-    use burn::backend::Cuda;
-    use burn::tensor::backend::Backend;
-    use burn::tensor::{bf16, DType, Tensor, TensorPrimitive};
-    use burn_cubecl::FloatElement;
-
-    use crate::model::cublas;
-    use crate::model::cuda_backends::{retype, with_cuda_autodiff};
-
-    pub use crate::model::cuda_backends::is_cuda;
-
-    type Pair<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>);
-
-    pub fn matmul<B: Backend, const D: usize>(
-        lhs: Tensor<B, D>,
-        rhs: Tensor<B, D>,
-    ) -> Result<Tensor<B, D>, Pair<B, D>> {
-        macro_rules! inner {
-            ($float:ty) => {
-                if TypeId::of::<B>() == TypeId::of::<Cuda<$float>>() {
-                    let l: Tensor<Cuda<$float>, D> = retype(lhs).ok().unwrap();
-                    let r: Tensor<Cuda<$float>, D> = retype(rhs).ok().unwrap();
-                    return Ok(retype(fusion_product::<$float, D>(l, r)).ok().unwrap());
-                }
-            };
-        }
-        inner!(f32);
-        inner!(bf16);
-        with_cuda_autodiff!(B, |Float, Strategy, Outer| {
-            let l: Tensor<Outer, D> = retype(lhs).ok().unwrap();
-            let r: Tensor<Outer, D> = retype(rhs).ok().unwrap();
-            let product = super::autodiff_matmul::<Cuda<Float>, Strategy, D>(l, r);
-            return Ok(retype(product).ok().unwrap());
-        });
-        Err((lhs, rhs))
-    }
-
-    /// On the inner CUDA backends only (the autodiff ones go through `matmul`'s node).
-    pub fn matmul_with<B: Backend, const D: usize>(
-        lhs: Tensor<B, D>,
-        rhs: Tensor<B, D>,
-        alpha: f64,
-        out_f32: bool,
-    ) -> Result<Tensor<B, D>, Pair<B, D>> {
-        macro_rules! inner {
-            ($float:ty) => {
-                if TypeId::of::<B>() == TypeId::of::<Cuda<$float>>() {
-                    let l: Tensor<Cuda<$float>, D> = retype(lhs).ok().unwrap();
-                    let r: Tensor<Cuda<$float>, D> = retype(rhs).ok().unwrap();
-                    let out_dtype = if out_f32 { DType::F32 } else { l.dtype() };
-                    let product = cublas::fusion_matmul::<$float>(
-                        l.into_primitive().tensor(),
-                        r.into_primitive().tensor(),
-                        out_dtype,
-                        alpha as f32,
-                    );
-                    let product: Tensor<Cuda<$float>, D> =
-                        Tensor::from_primitive(TensorPrimitive::Float(product));
-                    return Ok(retype(product).ok().unwrap());
-                }
-            };
-        }
-        inner!(f32);
-        inner!(bf16);
-        Err((lhs, rhs))
-    }
-
-    fn fusion_product<F: FloatElement, const D: usize>(
-        lhs: Tensor<Cuda<F>, D>,
-        rhs: Tensor<Cuda<F>, D>,
-    ) -> Tensor<Cuda<F>, D> {
-        let dtype = lhs.dtype();
-        let product = cublas::fusion_matmul::<F>(
-            lhs.into_primitive().tensor(),
-            rhs.into_primitive().tensor(),
-            dtype,
-            1.0,
-        );
-        Tensor::from_primitive(TensorPrimitive::Float(product))
     }
 }
 

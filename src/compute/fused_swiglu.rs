@@ -20,7 +20,7 @@ use burn::tensor::{FloatDType, Tensor, TensorPrimitive};
 
 /// Whether `compute.fused_swiglu = false` turned the node off.
 pub fn disabled() -> bool {
-    !crate::compute::kernels::current().fused_swiglu
+    !crate::compute::options::current().fused_swiglu
 }
 
 /// `silu(gate) * up` for tensors of one shape, as one node over inner backend `I`.

@@ -13,59 +13,11 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Tensor, TensorPrimitive};
 
 use super::reduce::ordered_sum;
-use super::retype;
-
-/// `Σ_n weights[n] · (logsumexp(logits[n]) - logits[n, targets[n]])` as `[1]`, for
-/// logits `[n, vocab]`, targets `[n]` and weights `[n]` (f32, not differentiated).
-///
-/// On the autodiff CPU and CUDA backends ([`fused_available`]) this is the fused
-/// node; elsewhere it returns `None`, so callers check first and keep their op-by-op
-/// loss. Both are deterministic on the CPU.
-pub fn fused_cross_entropy_sum<B: Backend>(
-    logits: Tensor<B, 2>,
-    targets: Tensor<B, 1, Int>,
-    weights: Tensor<B, 1>,
-) -> Option<Tensor<B, 1>> {
-    #[cfg(feature = "cuda")]
-    {
-        use super::cuda_backends::with_cuda_autodiff;
-        with_cuda_autodiff!(B, |Float, Strategy, Outer| {
-            let logits: Tensor<Outer, 2> = retype(logits).ok().unwrap();
-            let targets: Tensor<Outer, 1, Int> = retype(targets).ok().unwrap();
-            let weights: Tensor<Outer, 1> = retype(weights).ok().unwrap();
-            let loss = cross_entropy_autodiff::<Cuda<Float>, Strategy>(
-                logits,
-                targets.inner(),
-                weights.inner(),
-            );
-            return Some(retype(loss).ok().unwrap());
-        });
-    }
-    if fused_available::<B>() {
-        use super::cpu_backends::with_cpu_autodiff;
-        with_cpu_autodiff!(B, |Strategy, Outer| {
-            let logits: Tensor<Outer, 2> = retype(logits).ok().unwrap();
-            let targets: Tensor<Outer, 1, Int> = retype(targets).ok().unwrap();
-            let weights: Tensor<Outer, 1> = retype(weights).ok().unwrap();
-            let loss =
-                cross_entropy_autodiff::<Flex, Strategy>(logits, targets.inner(), weights.inner());
-            return Some(retype(loss).ok().unwrap());
-        });
-    }
-    let _ = (logits, targets, weights);
-    None
-}
-
-/// Whether [`fused_cross_entropy_sum`] runs on backend `B`: the autodiff CPU and
-/// CUDA backends.
-pub fn fused_available<B: Backend>() -> bool {
-    super::cpu_backends::is_fused_autodiff::<B>()
-}
 
 /// The node over inner backend `I`. Public so tests compare it with the op-by-op loss
 /// on the CPU.
@@ -150,6 +102,7 @@ impl<I: Backend> Backward<I, 1> for CrossEntropyBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::kernels::Kernels;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::tensor::activation::log_softmax;
     use burn::tensor::{Distribution, TensorData};
@@ -194,13 +147,13 @@ mod tests {
 
     #[test]
     fn the_fused_loss_serves_the_cpu_training_backend_only() {
-        assert!(fused_available::<B>());
-        assert!(!fused_available::<Inner>());
+        assert!(<B as Kernels>::fused_loss());
+        assert!(!<Inner as Kernels>::fused_loss());
         let device = Default::default();
         let logits = Tensor::<B, 2>::from_floats([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]], &device);
         let targets = Tensor::<B, 1, Int>::from_ints([2, 0], &device);
         let weights = Tensor::<B, 1>::ones([2], &device);
-        let fused = fused_cross_entropy_sum(logits.clone(), targets.clone(), weights.clone())
+        let fused = B::token_loss_sum(logits.clone(), targets.clone(), weights.clone())
             .expect("fused on the CPU training backend");
         // log(1 + e + e²) - 2 and log(e³ + 2) - 3.
         let expected =
@@ -209,6 +162,6 @@ mod tests {
             .into_data()
             .assert_approx_eq::<f32>(&TensorData::from([expected]), Default::default());
         let inner = |t: Tensor<B, 2>| t.inner();
-        assert!(fused_cross_entropy_sum(inner(logits), targets.inner(), weights.inner()).is_none());
+        assert!(Inner::token_loss_sum(inner(logits), targets.inner(), weights.inner()).is_none());
     }
 }

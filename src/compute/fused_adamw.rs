@@ -20,10 +20,10 @@ use burn_cubecl::{CubeBackend, FloatElement};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::FusionRuntime;
 
-use crate::model::cublas::CudaFusionTensor;
-use crate::model::cuda_kernels::{self, empty, launch, Args, Function};
-use crate::model::cuda_stream;
-use crate::model::retype;
+use crate::compute::cublas::CudaFusionTensor;
+use crate::compute::cuda_kernels::{self, empty, launch, Args, Function};
+use crate::compute::cuda_stream;
+pub use crate::compute::kernels::Hyper;
 
 const SOURCE: &str = include_str!("fused_adamw.cu");
 /// Tensors per launch (`MAX_TENSORS` in the source).
@@ -33,83 +33,45 @@ const CHUNK: usize = 4096;
 /// Threads per block (`THREADS`).
 const THREADS: u32 = 256;
 
-/// The update's scalars (`struct Hyper` in the source).
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct Hyper {
-    /// Gradient scale, applied before the norm.
-    pub scale: f32,
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    /// What the parameter is multiplied by before the update (decoupled weight decay).
-    pub decay: f32,
-    pub correction1: f32,
-    pub correction2: f32,
-}
-
-/// Whether [`step`] runs on backend `B`: an inner CUDA backend, with the kernels built.
-pub fn serves<B: Backend>() -> bool {
-    let id = std::any::TypeId::of::<B>();
-    let cuda =
-        id == std::any::TypeId::of::<Cuda<f32>>() || id == std::any::TypeId::of::<Cuda<bf16>>();
-    cuda && crate::compute::kernels::current().fused_adamw && kernels().is_some()
-}
-
 /// One AdamW step over `params` (each with its gradient) and the group's flat moments
 /// `m` and `v` (the members' in order), clipping the scaled gradients' global norm to
 /// `clip` when it is positive. All tensors f32. Returns the new parameters, moments
-/// and the gradients' norm (`[1]`, before clipping). Call only where [`serves`].
-#[allow(clippy::type_complexity)]
-pub fn step<B: Backend>(
-    params: Vec<Tensor<B, 1>>,
-    grads: Vec<Tensor<B, 1>>,
-    m: Tensor<B, 1>,
-    v: Tensor<B, 1>,
+/// and the gradients' norm (`[1]`, before clipping). Call only where [`kernels`] built.
+pub fn step<F: FloatElement>(
+    params: Vec<Tensor<Cuda<F>, 1>>,
+    grads: Vec<Tensor<Cuda<F>, 1>>,
+    m: Tensor<Cuda<F>, 1>,
+    v: Tensor<Cuda<F>, 1>,
     hyper: Hyper,
     clip: f32,
-) -> (Vec<Tensor<B, 1>>, Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
-    macro_rules! on {
-        ($float:ty) => {
-            if std::any::TypeId::of::<B>() == std::any::TypeId::of::<Cuda<$float>>() {
-                let to = |t: Tensor<B, 1>| -> CudaFusionTensor {
-                    let t: Tensor<Cuda<$float>, 1> = retype(t).ok().unwrap();
-                    t.into_primitive().tensor()
-                };
-                let back = |p: CudaFusionTensor| -> Tensor<B, 1> {
-                    let t = Tensor::<Cuda<$float>, 1>::from_primitive(TensorPrimitive::Float(p));
-                    retype(t).ok().unwrap()
-                };
-                let (params, m, v, norm) = register::<$float>(
-                    params.into_iter().map(to).collect(),
-                    grads.into_iter().map(to).collect(),
-                    to(m),
-                    to(v),
-                    hyper,
-                    clip,
-                );
-                return (
-                    params.into_iter().map(back).collect(),
-                    back(m),
-                    back(v),
-                    back(norm),
-                );
-            }
-        };
-    }
-    on!(f32);
-    on!(bf16);
-    panic!("fused AdamW called on a backend it does not serve");
+) -> crate::compute::kernels::AdamWUpdate<Cuda<F>> {
+    let to = |t: Tensor<Cuda<F>, 1>| -> CudaFusionTensor { t.into_primitive().tensor() };
+    let back =
+        |p: CudaFusionTensor| Tensor::<Cuda<F>, 1>::from_primitive(TensorPrimitive::Float(p));
+    let (params, m, v, norm) = register::<F>(
+        params.into_iter().map(to).collect(),
+        grads.into_iter().map(to).collect(),
+        to(m),
+        to(v),
+        hyper,
+        clip,
+    );
+    (
+        params.into_iter().map(back).collect(),
+        back(m),
+        back(v),
+        back(norm),
+    )
 }
 
-struct Kernels {
+pub(crate) struct Kernels {
     sum_squares: Function,
     clip_factor: Function,
     adamw: Function,
 }
 
-fn kernels() -> Option<&'static Kernels> {
+/// The kernels, compiled on first use (`None` where NVRTC cannot build them).
+pub(crate) fn kernels() -> Option<&'static Kernels> {
     static KERNELS: OnceLock<Option<Kernels>> = OnceLock::new();
     KERNELS
         .get_or_init(|| {
@@ -342,7 +304,7 @@ mod tests {
     #[test]
     fn fused_adamw_matches_the_update_on_the_host() {
         type B = Cuda<bf16>;
-        assert!(serves::<B>());
+        assert!(<B as crate::compute::kernels::Kernels>::fused_adamw());
         let device = Default::default();
         let lens: Vec<usize> = (0..53).map(|i| 1 + (i * 977) % 9000).collect();
         let total: usize = lens.iter().sum();

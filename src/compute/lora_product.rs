@@ -10,7 +10,7 @@
 //! directly by cuBLAS.
 //!
 //! Where an f32 adapter's branch runs in f32 on bf16 activations
-//! ([`super::lora::branch_dtype`], as PEFT computes), `x A` is taken as
+//! ([`crate::model::lora::branch_dtype`], as PEFT computes), `x A` is taken as
 //! `x A_hi + x A_lo`, where `A_hi` is A rounded to bf16 and `A_lo` the rounded
 //! remainder, in one product of bf16 operands with an f32 result. That carries A to
 //! about 16 bits of mantissa for the price of a product twice as wide at rank scale,
@@ -23,76 +23,17 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive};
 
 use super::gemm::{matmul, matmul_f32, matmul_scaled};
-use super::lora::in_dtype;
-use super::retype;
-
-/// Whether [`fused_lora_projection`] runs on backend `B`: the autodiff CPU backend,
-/// and the autodiff CUDA backends where cuBLAS is loaded.
-pub fn fused_available<B: Backend>() -> bool {
-    if !crate::compute::kernels::current().fused_lora {
-        return false;
-    }
-    super::cpu_backends::is_cpu_autodiff::<B>() || {
-        #[cfg(feature = "cuda")]
-        {
-            super::cuda_backends::is_cuda_autodiff::<B>() && super::gemm::accelerated::<B>()
-        }
-        #[cfg(not(feature = "cuda"))]
-        false
-    }
-}
-
-/// `x W + scale (x A) B` for x `[n, d_in]`, W `[d_in, d_out]`, A `[d_in, r]` and B
-/// `[r, d_out]`, the branch computed in `branch` (x's dtype or the adapter's; see
-/// [`super::lora::branch_dtype`]). `None` where [`fused_available`] is false; callers
-/// check it first and otherwise keep the op-by-op projection.
-pub fn fused_lora_projection<B: Backend>(
-    x: Tensor<B, 2>,
-    weight: Tensor<B, 2>,
-    lora_a: Tensor<B, 2>,
-    lora_b: Tensor<B, 2>,
-    scale: f64,
-    branch: DType,
-) -> Option<Tensor<B, 2>> {
-    #[cfg(feature = "cuda")]
-    {
-        use super::cuda_backends::with_cuda_autodiff;
-        with_cuda_autodiff!(B, |Float, Strategy, Outer| {
-            let x: Tensor<Outer, 2> = retype(x).ok().unwrap();
-            let weight: Tensor<Outer, 2> = retype(weight).ok().unwrap();
-            let lora_a: Tensor<Outer, 2> = retype(lora_a).ok().unwrap();
-            let lora_b: Tensor<Outer, 2> = retype(lora_b).ok().unwrap();
-            let out = lora_projection_autodiff::<Cuda<Float>, Strategy>(
-                x, weight, lora_a, lora_b, scale, branch,
-            );
-            return Some(retype(out).ok().unwrap());
-        });
-    }
-    if fused_available::<B>() {
-        use super::cpu_backends::with_cpu_autodiff;
-        with_cpu_autodiff!(B, |Strategy, Outer| {
-            let x: Tensor<Outer, 2> = retype(x).ok().unwrap();
-            let weight: Tensor<Outer, 2> = retype(weight).ok().unwrap();
-            let lora_a: Tensor<Outer, 2> = retype(lora_a).ok().unwrap();
-            let lora_b: Tensor<Outer, 2> = retype(lora_b).ok().unwrap();
-            let out = lora_projection_autodiff::<Flex, Strategy>(
-                x, weight, lora_a, lora_b, scale, branch,
-            );
-            return Some(retype(out).ok().unwrap());
-        });
-    }
-    let _ = (x, weight, lora_a, lora_b, scale, branch);
-    None
-}
+use super::kernels::Kernels;
+use crate::model::lora::in_dtype;
 
 /// The node over inner backend `I`. Public so tests compare it with the op-by-op
 /// projection on the CPU.
-pub fn lora_projection_autodiff<I: Backend, C: CheckpointStrategy>(
+pub fn lora_projection_autodiff<I: Kernels, C: CheckpointStrategy>(
     x: Tensor<Autodiff<I, C>, 2>,
     weight: Tensor<Autodiff<I, C>, 2>,
     lora_a: Tensor<Autodiff<I, C>, 2>,
@@ -191,7 +132,7 @@ struct LoraProjectionState<I: Backend> {
     scale: f64,
 }
 
-impl<I: Backend> Backward<I, 4> for LoraProjectionBackward {
+impl<I: Kernels> Backward<I, 4> for LoraProjectionBackward {
     type State = LoraProjectionState<I>;
 
     fn backward(
@@ -370,8 +311,8 @@ mod tests {
 
     #[test]
     fn the_fused_projection_serves_the_cpu_training_backend_only() {
-        assert!(fused_available::<B>());
-        assert!(!fused_available::<Inner>());
+        assert!(<B as Kernels>::fused_lora());
+        assert!(!<Inner as Kernels>::fused_lora());
         let device = Default::default();
         let make = |shape: [usize; 2]| {
             Tensor::<Inner, 2>::random(shape, Distribution::Normal(0.0, 1.0), &device)
@@ -380,13 +321,12 @@ mod tests {
         let expected =
             x.clone().matmul(w.clone()) + x.clone().matmul(a.clone()).matmul(b.clone()) * 0.5;
         let outer = |t: &Tensor<Inner, 2>| Tensor::<B, 2>::from_inner(t.clone());
-        let fused =
-            fused_lora_projection(outer(&x), outer(&w), outer(&a), outer(&b), 0.5, DType::F32)
-                .expect("fused on the CPU training backend");
+        let fused = B::lora_projection(outer(&x), outer(&w), outer(&a), outer(&b), 0.5, DType::F32)
+            .expect("fused on the CPU training backend");
         fused
             .inner()
             .into_data()
             .assert_approx_eq::<f32>(&expected.into_data(), Default::default());
-        assert!(fused_lora_projection(x, w, a, b, 0.5, DType::F32).is_none());
+        assert!(Inner::lora_projection(x, w, a, b, 0.5, DType::F32).is_none());
     }
 }

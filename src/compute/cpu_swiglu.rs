@@ -14,7 +14,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::cpu_backends::{flex_primitive, host_values};
+use super::flex_values::{flex_primitive, host_values};
 
 /// Elements per rayon task.
 const CHUNK: usize = 16 * 1024;

@@ -11,13 +11,9 @@
 //! (big batched matmuls), not a fused kernel; causal blocks skip the keys they cannot
 //! see, which halves the work.
 //!
-//! This blocked version serves the CUDA backends. On the CPU training backend
-//! [`causal_attention`] hands over to `super::cpu_attention`, the same scheme written
-//! per head on the host.
-//!
-//! The model is generic over any burn backend, and a custom autodiff node needs the
-//! concrete `Autodiff<I, C>` type, so [`causal_attention`] recognises the training
-//! backends graft runs on by type and hands anything else back for burn's own op.
+//! This blocked version serves the CUDA backends where the flash kernels do not
+//! (`super::kernels`); the CPU training backends run `super::cpu_attention`, the same
+//! scheme written per head on the host.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -28,67 +24,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorPrimitive};
 
 use super::gemm::{matmul, matmul_f32};
-use super::retype;
+use super::kernels::Kernels;
 
 /// Scores of one block are at most this many elements (512 MiB in f32), which bounds
 /// the transient memory of a block whatever the sequence length.
 pub const BLOCK_ELEMENTS: usize = 1 << 27;
-
-/// The block size `compute.attention_block_elements` chose (smaller blocks skip more of
-/// the causal triangle but launch more kernels; the default is [`BLOCK_ELEMENTS`]).
-#[cfg(feature = "cuda")]
-fn block_elements() -> usize {
-    crate::compute::kernels::current().attention_block_elements
-}
-
-/// Causal softmax attention, `softmax(Q Kᵀ / sqrt(d)) V`, with queries aligned to the
-/// last `seq` of `t` key positions. q: `[batch, heads, seq, d]`, k and v:
-/// `[batch, kv_heads, t, d]` with each kv head serving `heads / kv_heads` query heads
-/// (not yet repeated) -> `[batch, heads, seq, d]`.
-///
-/// `Err` hands the inputs back when `B` is not one of the training backends this
-/// module knows; the caller then uses burn's attention.
-#[allow(clippy::type_complexity)]
-pub fn causal_attention<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
-    if !uses_blocked_attention::<B>() {
-        return Err((q, k, v));
-    }
-    #[cfg(feature = "cuda")]
-    let (q, k, v) = match super::flash_attention::causal_attention(q, k, v) {
-        Ok(out) => return Ok(out),
-        Err(inputs) => inputs,
-    };
-    #[cfg(feature = "cuda")]
-    {
-        use super::cuda_backends::with_cuda_autodiff;
-        let groups = q.dims()[1] / k.dims()[1];
-        with_cuda_autodiff!(B, |Float, Strategy, Outer| {
-            let k = repeat_kv(k, groups);
-            let v = repeat_kv(v, groups);
-            let q: Tensor<Outer, 4> = retype(q).ok().unwrap();
-            let k: Tensor<Outer, 4> = retype(k).ok().unwrap();
-            let v: Tensor<Outer, 4> = retype(v).ok().unwrap();
-            let out =
-                blocked_attention_autodiff::<Cuda<Float>, Strategy>(q, k, v, block_elements());
-            return Ok(retype(out).ok().unwrap());
-        });
-    }
-    if super::cpu_attention::supports(&[q.dtype(), k.dtype(), v.dtype()]) {
-        use super::cpu_backends::with_cpu_autodiff;
-        with_cpu_autodiff!(B, |Strategy, Outer| {
-            let q: Tensor<Outer, 4> = retype(q).ok().unwrap();
-            let k: Tensor<Outer, 4> = retype(k).ok().unwrap();
-            let v: Tensor<Outer, 4> = retype(v).ok().unwrap();
-            let out = super::cpu_attention::causal_attention::<Strategy>(q, k, v);
-            return Ok(retype(out).ok().unwrap());
-        });
-    }
-    Err((q, k, v))
-}
 
 /// x: `[batch, kv_heads, t, head_dim]` -> `[batch, kv_heads * groups, t, head_dim]`, each
 /// kv head repeated for the `groups` query heads that share it (HF's `repeat_kv`).
@@ -102,19 +42,10 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
         .reshape([batch, kv_heads * groups, t, head_dim])
 }
 
-/// Whether [`causal_attention`] takes a fused path on backend `B`: the autodiff CPU
-/// and CUDA backends.
-pub fn uses_blocked_attention<B: Backend>() -> bool {
-    if crate::compute::kernels::current().attention == crate::compute::Attention::Burn {
-        return false;
-    }
-    super::cpu_backends::is_fused_autodiff::<B>()
-}
-
 /// The blocked attention as one autodiff node over `I`, with blocks of at most
 /// `block_elements` scores. Public for tests that compare it with burn's op-by-op
 /// gradients on the CPU.
-pub fn blocked_attention_autodiff<I: Backend, C: CheckpointStrategy>(
+pub fn blocked_attention_autodiff<I: Kernels, C: CheckpointStrategy>(
     q: Tensor<Autodiff<I, C>, 4>,
     k: Tensor<Autodiff<I, C>, 4>,
     v: Tensor<Autodiff<I, C>, 4>,
@@ -171,7 +102,7 @@ struct AttentionState<I: Backend> {
     lse: I::FloatTensorPrimitive,
 }
 
-impl<I: Backend> Backward<I, 3> for BlockedAttentionBackward {
+impl<I: Kernels> Backward<I, 3> for BlockedAttentionBackward {
     type State = AttentionState<I>;
 
     fn backward(
@@ -231,7 +162,7 @@ fn blocks(
 
 /// `[1, 1, rows, visible]` of 0 where query `offset + start + i` may see key `j` and
 /// -inf where `j` is in its future.
-fn causal_bias<I: Backend>(
+fn causal_bias<I: Kernels>(
     start: usize,
     end: usize,
     offset: usize,
@@ -248,7 +179,7 @@ fn causal_bias<I: Backend>(
 }
 
 /// f32 scores of one query block against its visible keys, masked.
-fn block_scores<I: Backend>(
+fn block_scores<I: Kernels>(
     q_block: &Tensor<I, 4>,
     k_visible: &Tensor<I, 4>,
     bias: Tensor<I, 4>,
@@ -258,7 +189,7 @@ fn block_scores<I: Backend>(
 }
 
 /// Returns the output (input dtype) and the log-sum-exp of each row (f32).
-fn forward<I: Backend>(
+fn forward<I: Kernels>(
     q: &Tensor<I, 4>,
     k: &Tensor<I, 4>,
     v: &Tensor<I, 4>,
@@ -289,7 +220,7 @@ fn forward<I: Backend>(
 
 /// Gradients of q, k, v from the output's gradient, recomputing each block's
 /// probabilities from the saved log-sum-exp.
-fn backward<I: Backend>(
+fn backward<I: Kernels>(
     q: &Tensor<I, 4>,
     k: &Tensor<I, 4>,
     v: &Tensor<I, 4>,
@@ -474,7 +405,7 @@ mod tests {
 
     #[test]
     fn the_cpu_training_backend_takes_the_fused_path() {
-        assert!(uses_blocked_attention::<B>());
-        assert!(!uses_blocked_attention::<Inner>());
+        assert!(<B as Kernels>::fused_attention());
+        assert!(!<Inner as Kernels>::fused_attention());
     }
 }

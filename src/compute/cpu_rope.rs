@@ -16,7 +16,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::cpu_backends::{flex_primitive, host_values};
+use super::flex_values::{flex_primitive, host_values};
 
 /// `x * cos + rotate_half(x) * sin` (HF's RoPE, `rotate_half([a, b]) = [-b, a]` over the
 /// halves of the last dim) for x `[batch, heads, seq, dim]` in f32 and tables
