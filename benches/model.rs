@@ -12,7 +12,7 @@ use graft::model::{CausalLm, CpuTrainBackend, LoraConfig, ModelConfig, ALL_TARGE
 type B = CpuTrainBackend;
 
 fn main() {
-    graft::model::host_memory::reuse_freed_buffers();
+    graft::compute::host_memory::reuse_freed_buffers();
     // cargo passes `--bench` to harness=false benches; skip flags.
     let args: Vec<String> = std::env::args()
         .skip(1)
