@@ -3,7 +3,6 @@
 
 use super::train::{execute_plan, finish, RunOptions};
 use super::{CliError, CliResult, Context};
-use crate::store::{ExecutionKind, ExecutionStatus};
 use crate::train::Plan;
 
 #[derive(clap::Args, Debug)]
@@ -20,41 +19,8 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let index = store.index()?;
     let run_id = index.resolve_run(&args.run)?;
     let run = index.run(&run_id)?;
-    let executions = index.executions(&run_id)?;
-    if executions
-        .iter()
-        .rfind(|e| e.purpose != "reproduce")
-        .is_some_and(|e| e.status == ExecutionStatus::Completed)
-    {
-        return Err(CliError::user(format!(
-            "run {} has completed: there is nothing to resume",
-            run_id.short()
-        ))
-        .with_hint("`graft fork RUN@last --set train.steps=N` trains further as a new run"));
-    }
-    if let Some(running) = executions
-        .iter()
-        .find(|e| e.status == ExecutionStatus::Running)
-    {
-        return Err(CliError::user(format!(
-            "run {} is still running (execution {}, pid {} on {})",
-            run_id.short(),
-            running.number,
-            running.pid,
-            running.host
-        )));
-    }
-    let last = index.run_checkpoints(&run_id)?.into_iter().rfind(|c| {
-        !c.retired
-            && executions
-                .iter()
-                .any(|e| e.number == c.execution && e.purpose != "reproduce")
-    });
+    let (kind, last) = crate::train::lifecycle::resume_point(&index, &run_id)?;
     drop(index);
-    let kind = match &last {
-        Some(checkpoint) => ExecutionKind::Resume(checkpoint.id),
-        None => ExecutionKind::Train,
-    };
     let model = store
         .index()?
         .get_model(&run.recipe.base_model)?
@@ -74,20 +40,12 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             ),
         }
     }
-    // An execution continues as the run was computing, so a resume on the same
-    // backend is exact; `--backend` moves it.
-    let mut compute = crate::train::reproduce::recorded_compute(&store.index()?, &run_id)?
-        .unwrap_or_else(|| {
-            crate::compute::Compute::new(
-                Default::default(),
-                crate::train::Experiment::from_recipe(&run.recipe)
-                    .map(|e| e.compute)
-                    .unwrap_or_default(),
-            )
-        });
-    if let Some(backend) = args.common.backend {
-        compute.backend = backend;
-    }
+    let compute = crate::train::lifecycle::resume_compute(
+        &store.index()?,
+        &run_id,
+        &run.recipe,
+        args.common.backend,
+    )?;
     let outcome = execute_plan(&store, &plan, kind, compute, &args.common)?;
     finish(&store, &outcome, &args.common)
 }

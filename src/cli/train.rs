@@ -4,7 +4,8 @@ use super::backend::BackendKind;
 use super::progress::TerminalEvents;
 use super::{output, CliError, CliResult, Context};
 use crate::compute::Compute;
-use crate::store::{ExecutionKind, ExecutionStatus, Store, StoreRecorder, Target};
+use crate::store::{ExecutionKind, Store, StoreRecorder, Target};
+use crate::train::lifecycle::{self, LifecycleError};
 use crate::train::{self, Experiment, Outcome, Plan, PlanError, TrainError};
 use std::path::PathBuf;
 
@@ -58,6 +59,31 @@ impl From<TrainError> for CliError {
     }
 }
 
+impl From<LifecycleError> for CliError {
+    fn from(e: LifecycleError) -> Self {
+        let hint = match &e {
+            LifecycleError::Store(_) => None,
+            LifecycleError::AlreadyTrained { run } => Some(format!(
+                "`graft reproduce {}` executes it again and compares; change a key (--set) for a new run",
+                run.short()
+            )),
+            LifecycleError::Unfinished { run } => Some(format!(
+                "`graft resume {}` continues it from its last checkpoint",
+                run.short()
+            )),
+            LifecycleError::NothingToResume { .. } => Some(
+                "`graft fork RUN@last --set train.steps=N` trains further as a new run".into(),
+            ),
+            LifecycleError::StillRunning { .. } => None,
+        };
+        match (e, hint) {
+            (LifecycleError::Store(e), _) => e.into(),
+            (e, Some(hint)) => CliError::user(e.to_string()).with_hint(hint),
+            (e, None) => CliError::user(e.to_string()),
+        }
+    }
+}
+
 impl From<crate::compute::ComputeError> for CliError {
     fn from(e: crate::compute::ComputeError) -> Self {
         CliError::user(e.to_string())
@@ -95,41 +121,16 @@ pub fn train_experiment(
     let store = context.store_or_init()?;
     let plan = train::plan(&store, experiment)?;
     let run_id = plan.recipe.run_id();
-    {
-        let index = store.index()?;
-        if let Some(last) = index
-            .executions(&run_id)?
-            .into_iter()
-            .rfind(|e| e.purpose != "reproduce")
-        {
-            match last.status {
-                ExecutionStatus::Completed if reuse => {
-                    drop(index);
-                    if !options.quiet {
-                        eprintln!(
-                            "run {} already trained with this exact recipe: reusing it",
-                            run_id.short()
-                        );
-                    }
-                    tag_run(&store, run_id, options)?;
-                    return Ok(run_id);
-                }
-                ExecutionStatus::Completed => {
-                    return Err(CliError::user(format!("run {run_id} already exists: this exact recipe was trained before"))
-                        .with_hint(format!("`graft reproduce {}` executes it again and compares; change a key (--set) for a new run", run_id.short())));
-                }
-                ExecutionStatus::Running | ExecutionStatus::Interrupted => {
-                    return Err(CliError::user(format!(
-                        "run {run_id} has an unfinished execution"
-                    ))
-                    .with_hint(format!(
-                        "`graft resume {}` continues it from its last checkpoint",
-                        run_id.short()
-                    )));
-                }
-                ExecutionStatus::Failed => {}
-            }
+    let start = lifecycle::may_start(&store.index()?, &run_id, reuse)?;
+    if start == lifecycle::Start::Reuse {
+        if !options.quiet {
+            eprintln!(
+                "run {} already trained with this exact recipe: reusing it",
+                run_id.short()
+            );
         }
+        tag_run(&store, run_id, options)?;
+        return Ok(run_id);
     }
     if let (Some(drift), false) = (&plan.drift, options.quiet) {
         eprintln!("{drift}");

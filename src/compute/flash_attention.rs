@@ -18,14 +18,11 @@
 use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 use burn::backend::{Autodiff, Cuda};
-use burn::tensor::backend::Backend;
 use burn::tensor::{bf16, DType, Shape};
 use burn::tensor::{Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::cuda::CudaRuntime;

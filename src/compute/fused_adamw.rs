@@ -11,8 +11,7 @@ use std::sync::OnceLock;
 
 use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use burn::backend::Cuda;
-use burn::tensor::backend::Backend;
-use burn::tensor::{bf16, DType, Shape, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
@@ -296,7 +295,7 @@ impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for FusedAdamW<F
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::TensorData;
+    use burn::tensor::{bf16, TensorData};
 
     /// The kernels against the same arithmetic on the host, over more tensors than one
     /// launch takes, lengths that do and do not fill a block, with and without
@@ -340,7 +339,7 @@ mod tests {
             correction2: 1.0 - 0.999f32.powi(3),
         };
         for clip in [0.0f32, 1.0] {
-            let (out, m, v, norm) = step::<B>(
+            let (out, m, v, norm) = step::<bf16>(
                 params.iter().cloned().map(tensor).collect(),
                 grads.iter().cloned().map(tensor).collect(),
                 tensor(m0.clone()),

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod config;
 pub mod eval;
 pub mod execute;
+pub mod lifecycle;
 pub mod loss;
 pub mod optim;
 pub mod plan;
