@@ -16,7 +16,7 @@ export GRAFT_SOAK_REPORT="${GRAFT_SOAK_REPORT:-$PWD/target/soak-report.md}"
 mkdir -p "$(dirname "$GRAFT_SOAK_REPORT")"
 release=(--release)
 if [ "${PROFILE:-release}" = "dev" ]; then release=(); fi
-cargo test "${release[@]}" --test reliability_soak soak_long -- --ignored --nocapture
+cargo test "${release[@]}" --test it reliability_soak::soak_long -- --ignored --nocapture
 echo
 echo "report ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -m)):"
 cat "$GRAFT_SOAK_REPORT"

@@ -4,8 +4,8 @@
 //! (also after `gc`), and every metric step is present exactly once with the
 //! uninterrupted run's values.
 //!
-//! Short form (CI): `cargo test --test reliability_soak` (3 kills).
-//! Long form: `GRAFT_SOAK_KILLS=20 cargo test --release --test reliability_soak -- --ignored --nocapture`
+//! Short form (CI): `cargo test --test it reliability_soak::` (3 kills).
+//! Long form: `GRAFT_SOAK_KILLS=20 cargo test --release --test it reliability_soak:: -- --ignored --nocapture`
 //! or `benches/soak.sh` (which also writes a report). Knobs: `GRAFT_SOAK_KILLS`,
 //! `GRAFT_SOAK_STEPS` (steps per run), `GRAFT_SOAK_SEED`,
 //! `GRAFT_SOAK_REPORT` (write a markdown summary to this file).
@@ -19,8 +19,7 @@
 //! eval, a metric flush). Every third kill on average also gets a torn frame
 //! appended to the dead execution's journal, as a power cut mid-write would.
 
-mod reliability_support;
-use reliability_support::*;
+use crate::reliability_support::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -351,7 +350,7 @@ fn a_run_killed_three_times_ends_as_if_never_interrupted() {
 }
 
 #[test]
-#[ignore = "long form: GRAFT_SOAK_KILLS=20 cargo test --release --test reliability_soak -- --ignored --nocapture"]
+#[ignore = "long form: GRAFT_SOAK_KILLS=20 cargo test --release --test it reliability_soak:: -- --ignored --nocapture"]
 fn soak_long() {
     let kills = env_or("GRAFT_SOAK_KILLS", 20) as usize;
     let steps = env_or("GRAFT_SOAK_STEPS", 80);

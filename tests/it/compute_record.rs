@@ -3,8 +3,7 @@
 //! `graft reproduce` with other compute options names them and compares within a
 //! tolerance. Through the binary and a real store, on the shared llama-tiny fixture.
 
-mod common;
-use common::{stderr, stdout};
+use crate::common::{stderr, stdout};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;

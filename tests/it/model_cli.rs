@@ -1,8 +1,7 @@
 //! Model commands through the binary: parity on both shared fixtures (and a
 //! failing one), registration, export and generation from a checkpoint.
 
-mod common;
-use common::{graft, graft_ok, stderr, stdout};
+use crate::common::{graft, graft_ok, stderr, stdout};
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
@@ -157,7 +156,7 @@ fn model_parity_in_bf16_on_the_cpu_is_refused_with_the_reason() {
     );
     assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
     assert!(
-        stderr(&output).contains("--dtype bf16 is for --backend cuda"),
+        stderr(&output).contains("bf16\" needs --backend cuda"),
         "{}",
         stderr(&output)
     );

@@ -3,8 +3,7 @@
 //! Every trainer completes, every step of every run is recorded exactly once
 //! (and one of them matches a run trained alone), and no read ever fails.
 
-mod reliability_support;
-use reliability_support::*;
+use crate::reliability_support::*;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -3,9 +3,8 @@
 //! record unchanged (a fingerprint of the index), `verify` clean, and any
 //! object a failed command wrote unreachable (so `gc` reclaims it).
 
-mod reliability_support;
+use crate::reliability_support::*;
 use graft::store::{Canon, DatasetRecord, Store};
-use reliability_support::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

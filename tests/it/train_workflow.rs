@@ -2,8 +2,7 @@
 //! real store, on the shared llama-tiny fixture: train, fork, lineage,
 //! resume after SIGKILL, reproduce, and a NaN that stops a run.
 
-mod common;
-use common::{graft, graft_ok, stderr, stdout};
+use crate::common::{graft, graft_ok, stderr, stdout};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

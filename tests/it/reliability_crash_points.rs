@@ -7,12 +7,11 @@
 //! same last checkpoint, the same kept (not retired) checkpoints, every
 //! metric step once, `verify` clean.
 
-mod reliability_support;
+use crate::reliability_support::*;
 use graft::store::{
     Canon, DatasetRecord, ExecutionKind, ExecutionRecord, ExecutionStatus, Id, Recipe, Recorder,
     RunRecord, Store, StoreRecorder,
 };
-use reliability_support::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -178,7 +177,12 @@ fn crash_at(dir: &Path, store: &Path, site: &str, n: usize) {
 
 fn crash_in(dir: &Path, store: &Path, site: &str, n: usize, mode: &str) {
     let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "reliability_crash_points::crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .current_dir(dir)
         .env(
             "GRAFT_TEST_CRASH",
@@ -273,7 +277,12 @@ fn a_trainer_stops_when_its_recording_fails() {
     // The plan writes 5 objects (model files, data), a checkpoint about 90:
     // the second checkpoint (step 8) fails.
     let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "reliability_crash_points::crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .current_dir(dir)
         .env("GRAFT_TEST_CRASH", format!("{}|none|0", store.display()))
         .env("GRAFT_FAIL_OBJECT_WRITES_AFTER", "150")

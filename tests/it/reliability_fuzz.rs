@@ -11,11 +11,10 @@
 //! widen or replay a run; a failing input is written to
 //! `target/fuzz-failures/<target>-<n>` and printed.
 
-mod reliability_support;
+use crate::reliability_support::Rng;
 use graft::lineage::Query;
 use graft::store::{journal, metrics, refs, tensor_blob::TensorBlob, Canon, Id, Store};
 use graft::train::Experiment;
-use reliability_support::Rng;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -387,8 +386,8 @@ fn experiment_files() {
 
 /// Writes the seed corpus under `fuzz/corpus/` from a real store (records,
 /// journal frames, metric chunks, tensor blobs) and from the repository's
-/// experiment files: `GRAFT_SEED_STORE=store cargo test --test
-/// reliability_fuzz -- --ignored write_seed_corpus`.
+/// experiment files: `GRAFT_SEED_STORE=store cargo test --test it
+/// reliability_fuzz:: -- --ignored write_seed_corpus`.
 #[test]
 #[ignore = "regenerates fuzz/corpus from GRAFT_SEED_STORE"]
 fn write_seed_corpus() {
@@ -508,7 +507,7 @@ fn write_seed_corpus() {
     write(
         "experiment",
         "reliability.toml",
-        reliability_support::experiment(12, 5).as_bytes(),
+        crate::reliability_support::experiment(12, 5).as_bytes(),
     );
     write(
         "experiment",

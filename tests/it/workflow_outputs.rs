@@ -3,9 +3,8 @@
 //! eval and generate that read data the way the run did, and the record's
 //! read commands (`runs --where`, `tag`, `gc`, `show`) saying what they mean.
 
-mod common;
+use crate::common::{graft_fails_in, graft_in, graft_ok_in, stdout};
 use burn::tensor::{Int, Tensor};
-use common::{graft_fails_in, graft_in, graft_ok_in, stdout};
 use graft::model::weights::read_safetensors;
 use graft::model::{load_adapter, load_model_dir, CausalLm, CpuBackend};
 use serde_json::Value;

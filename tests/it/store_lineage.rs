@@ -2,8 +2,7 @@
 //! recorded through the real recorder into a real store, read back by the
 //! real binary.
 
-mod common;
-use common::*;
+use crate::common::*;
 use graft::store::*;
 use serde_json::Value;
 
@@ -273,7 +272,7 @@ fn gc_keeps_everything_reachable_and_removes_the_rest() {
     let orphan = store.objects().put_bytes(b"nothing refers to me").unwrap();
     let before = store.objects().list().unwrap().objects.len();
 
-    let dry = graft_ok(&l.root, &["gc", "--grace", "0", "--dry-run"]);
+    let dry = graft_ok(&l.root, &["gc", "--grace", "0", "--dry-run", "--verbose"]);
     assert!(dry.contains(&format!("would remove {orphan}")), "{dry}");
     assert!(store.objects().contains(&orphan));
 

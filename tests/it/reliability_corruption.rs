@@ -3,8 +3,7 @@
 //! (export, fork, resume) fails with an error naming the object and leaves
 //! the record as it was; every other run stays usable.
 
-mod reliability_support;
-use reliability_support::*;
+use crate::reliability_support::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;

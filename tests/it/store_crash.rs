@@ -2,8 +2,7 @@
 //! SIGKILL mid-batch. Writers are this test binary re-run as a child with
 //! `GRAFT_TEST_WRITER` set, recording through the real recorder.
 
-mod common;
-use common::*;
+use crate::common::*;
 use graft::store::*;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -14,7 +13,12 @@ const STEPS: u64 = 3000;
 
 fn spawn_writer(root: &Path, seed: u64, steps: u64) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "writer_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "store_crash::writer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(
             "GRAFT_TEST_WRITER",
             format!("{}|{seed}|{steps}", root.display()),

@@ -1,0 +1,31 @@
+//! graft's integration tests as one binary (one link, one set of helpers): a module
+//! per area, the shared environments in `common` and `reliability_support`. Run one
+//! area with `cargo test --test it AREA::` (e.g. `cargo test --test it train_workflow::`).
+
+mod common;
+mod reliability_support;
+
+mod compute_record;
+mod data_errors;
+mod data_formats;
+mod data_pack;
+mod data_replay_drift;
+mod model_cli;
+mod model_generate;
+mod model_loading;
+mod model_lora;
+mod model_mistral;
+mod model_parity;
+mod model_trainability;
+mod quickstart;
+mod reliability_bad_input;
+mod reliability_concurrency;
+mod reliability_corruption;
+mod reliability_crash_points;
+mod reliability_fuzz;
+mod reliability_soak;
+mod store_crash;
+mod store_ids;
+mod store_lineage;
+mod train_workflow;
+mod workflow_outputs;
