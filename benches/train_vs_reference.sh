@@ -104,4 +104,12 @@ if [ -n "$RUN" ]; then
   "$GRAFT" --store "$WORK/store" reproduce "$RUN" --quiet >"$LOGS/reproduce.out" 2>"$LOGS/reproduce.err"
   echo "reproduce exit $?: $(cat "$LOGS/reproduce.out")"
   tail -c 1000 "$LOGS/reproduce.err"
+  if [ -n "${REPRO_SET:-}" ]; then
+    echo "== graft reproduce --set $REPRO_SET" >&2
+    # shellcheck disable=SC2086
+    "$GRAFT" --store "$WORK/store" reproduce "$RUN" --quiet --set $REPRO_SET \
+      >"$LOGS/reproduce-set.out" 2>"$LOGS/reproduce-set.err"
+    echo "reproduce --set exit $?: $(cat "$LOGS/reproduce-set.out")"
+    tail -c 1000 "$LOGS/reproduce-set.err"
+  fi
 fi
