@@ -2,6 +2,7 @@
 //! unfreezing, evaluation and checkpoint contents. Talks to the store only
 //! through the recorder and the registry.
 
+pub mod adapter_start;
 pub mod bench;
 pub mod config;
 pub mod eval;

@@ -283,6 +283,29 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
         ));
     }
 
+    let mut config = resolved_config(store, experiment, start.as_ref())?;
+    if let Some((adapter, dir)) = experiment
+        .adapter
+        .as_ref()
+        .and_then(|a| a.from.as_ref().map(|dir| (a, dir)))
+    {
+        let expected = crate::model::LoraConfig {
+            rank: adapter.rank,
+            alpha: adapter.alpha,
+            dropout: adapter.dropout,
+            targets: adapter.targets.clone(),
+            use_rslora: adapter.rslora,
+        };
+        let (stored, note) = super::adapter_start::store_folder(store, dir, &expected)
+            .map_err(PlanError::Invalid)?;
+        if let Canon::Map(sections) = &mut config {
+            if let Some(Canon::Map(section)) = sections.get_mut("adapter") {
+                section.insert("from".into(), Canon::from(stored.id.to_hex()));
+            }
+        }
+        notes.insert("start_adapter".to_string(), note);
+    }
+
     records.sort_by_key(|r| r.id);
     records.dedup_by_key(|r| r.id);
     // The model record enters the index when the execution begins (see
@@ -290,7 +313,7 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
     // the index as it was.
     Ok(Plan {
         recipe: Recipe {
-            config: resolved_config(store, experiment, start.as_ref())?,
+            config,
             base_model: model.id,
             start_checkpoint: start.map(|c| c.id),
             datasets: uses,
@@ -321,6 +344,7 @@ fn resolved_config(
     };
     let mut resolved = experiment.clone();
     resolved.adapter = Some(super::config::AdapterSection {
+        from: None,
         kind: "lora".into(),
         rank: adapter.rank,
         alpha: adapter.alpha,
