@@ -331,8 +331,9 @@ impl Experiment {
         Experiment::parse_for(text, path, overrides, None)
     }
 
-    /// Parse an experiment for `graft fork REF FILE`: the file's `[model]`
-    /// is replaced by `from = REF`.
+    /// Parse an experiment with its `[model]` replaced by `from = REF`.
+    /// Every key the text leaves out takes its default: a fork's settings
+    /// are the parent's patched by its file, which [`crate::train::fork`] makes.
     pub fn parse_for(
         text: &str,
         path: &Path,
@@ -352,33 +353,34 @@ impl Experiment {
             tree.insert("model".into(), toml::Value::Table(model));
         }
         apply_overrides(&mut tree, overrides)?;
-        Experiment::from_tree(
-            tree,
-            text,
-            path,
-            !overrides.is_empty() || fork_from.is_some(),
-        )
+        let changed = if !overrides.is_empty() {
+            Some("(after --set) ")
+        } else {
+            fork_from.map(|_| "")
+        };
+        Experiment::from_tree(tree, text, path, changed)
     }
 
     /// The experiment a TOML tree describes, read from `text` itself where
-    /// the tree is that text unchanged (so errors carry its line numbers).
+    /// the tree is that text unchanged (`changed` is None; errors then carry
+    /// its line numbers), else from the tree, errors prefixed by `changed`.
     /// An `[adapter] from` folder fills the adapter keys from its config.
     pub(crate) fn from_tree(
         mut tree: toml::Table,
         text: &str,
         path: &Path,
-        changed: bool,
+        changed: Option<&str>,
     ) -> Result<Experiment, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,
         };
         let adapter_from = super::adapter_start::fill_from_folder(&mut tree).map_err(invalid)?;
-        if !changed && !adapter_from {
+        if changed.is_none() && !adapter_from {
             // Parse the original text so errors carry its line numbers.
             toml::from_str(text).map_err(|e: toml::de::Error| invalid(with_hint(&e.to_string())))
         } else {
-            let when = if changed { "(after --set) " } else { "" };
+            let when = changed.unwrap_or("");
             Experiment::deserialize(toml::Value::Table(tree))
                 .map_err(|e| invalid(format!("{when}{}", with_hint(&e.to_string()))))
         }

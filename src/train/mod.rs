@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod eval;
 pub mod execute;
+pub mod fork;
 #[cfg(feature = "cuda")]
 pub mod fused_adamw;
 pub mod loss;

@@ -191,6 +191,9 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
             }
         }
         if let Some(replay) = &data.replay {
+            // The recipe keeps only what `from` resolved to; a fork of this
+            // run inherits the words (see `fork`).
+            notes.insert("replay_from".to_string(), replay_from_canon(&replay.from));
             let sources: Vec<Id> = match &replay.from {
                 ReplayFrom::Named(name) if name == "parent" => vec![parent.id],
                 ReplayFrom::Named(name) if name == "ancestors" => {
@@ -231,7 +234,7 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
             }
             if seen.is_empty() && replay.ratio > 0.0 {
                 return Err(PlanError::Invalid(
-                    "data.replay: the runs named by `from` have no training data to replay".into(),
+                    "data.replay: the runs named by `from` have no training data to replay besides this run's own (a fork without [data] train trains on its parent's data: replay from \"ancestors\", or set data.replay.ratio = 0)".into(),
                 ));
             }
         }
@@ -378,6 +381,16 @@ fn resolve_start(
         .as_deref()
         .ok_or_else(|| PlanError::Invalid("[model] needs base or from".into()))?;
     Ok((registry::resolve_base(store, base)?, None))
+}
+
+/// `data.replay.from` as a run's note records it.
+pub fn replay_from_canon(from: &ReplayFrom) -> Canon {
+    match from {
+        ReplayFrom::Named(name) => Canon::from(name.as_str()),
+        ReplayFrom::Refs(refs) => {
+            Canon::List(refs.iter().map(|r| Canon::from(r.as_str())).collect())
+        }
+    }
 }
 
 /// Copy a data file into the store and describe it.
