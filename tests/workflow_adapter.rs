@@ -263,7 +263,7 @@ fn a_peft_adapter_continues_from_its_reference_loss_and_exports_trained() {
     assert!(gc.status.success(), "{}", stderr(&gc));
     assert!(
         graft::store::adapters::adapter_files(
-            &store.objects(),
+            store.objects(),
             &graft::store::Id::from_hex(&adapter_id).unwrap()
         )
         .is_ok(),

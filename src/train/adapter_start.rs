@@ -150,9 +150,9 @@ pub fn store_folder(
     expected: &LoraConfig,
 ) -> Result<(StoredAdapter, Canon), String> {
     let stored =
-        adapters::put_adapter(&store.objects(), Path::new(dir)).map_err(|e| e.to_string())?;
+        adapters::put_adapter(store.objects(), Path::new(dir)).map_err(|e| e.to_string())?;
     let (config_path, _) =
-        adapters::adapter_files(&store.objects(), &stored.id).map_err(|e| e.to_string())?;
+        adapters::adapter_files(store.objects(), &stored.id).map_err(|e| e.to_string())?;
     let config = read_folder_config(&config_path)
         .map_err(|e| format!("{dir}/{CONFIG_FILE} (as stored): {e}"))?;
     if &config != expected {
@@ -180,7 +180,7 @@ pub fn stored_files(
         key: "recipe adapter.from".into(),
         reason: format!("{id:?} is not an adapter id"),
     })?;
-    adapters::adapter_files(&store.objects(), &id)
+    adapters::adapter_files(store.objects(), &id)
 }
 
 /// Loads the stored adapter `id` (a recipe's `adapter.from`) onto `model`: the
