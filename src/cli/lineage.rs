@@ -75,6 +75,8 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             "steps": summary.steps(),
             "start_checkpoint": record.recipe.start_checkpoint.map(|c| c.to_hex()),
             "start_step": summary.start_step,
+            "start_adapter": summary.to_json()["start_adapter"],
+            "from": summary.start_words(),
             "hyperparameters": changed,
             "datasets": datasets,
             "best": best,
@@ -103,12 +105,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
                     .join(",")
             })
             .unwrap_or_default();
-        let from = match (&hop["start_checkpoint"], &hop["start_step"]) {
-            (serde_json::Value::String(c), step) => {
-                format!("from checkpoint {} (step {})", &c[..12], step)
-            }
-            _ => "from the base model".into(),
-        };
+        let from = hop["from"].as_str().unwrap_or("");
         output::println_safe(&format!(
             "{indent}run {}{} {} {} steps, {from}",
             &hop["run"].as_str().unwrap_or("")[..12],

@@ -88,7 +88,14 @@ fn row(summary: &RunSummary) -> Vec<String> {
 fn fork_point(summary: &RunSummary) -> String {
     match (summary.run.parent_run, summary.start_step) {
         (Some(parent), Some(step)) => format!("{}@{step}", parent.short()),
-        _ => format!("model {}", &summary.run.recipe.base_model.short()[..8]),
+        _ => match summary.start_adapter() {
+            Some((adapter, _)) => format!(
+                "model {} + adapter {}",
+                &summary.run.recipe.base_model.short()[..8],
+                &adapter.short()[..8]
+            ),
+            None => format!("model {}", &summary.run.recipe.base_model.short()[..8]),
+        },
     }
 }
 
@@ -161,10 +168,11 @@ fn draw(
 ) -> CliResult {
     let summary = RunSummary::load(index, index.run(&run)?, tags)?;
     let branch = if last { "└─" } else { "├─" };
-    let at = summary
-        .start_step
-        .map(|s| format!(" @{s}"))
-        .unwrap_or_default();
+    let at = match (summary.start_step, summary.start_adapter()) {
+        (Some(step), _) => format!(" @{step}"),
+        (None, Some((adapter, _))) => format!(" from adapter {}", adapter.short()),
+        (None, None) => String::new(),
+    };
     let tag = if summary.tags.is_empty() {
         String::new()
     } else {

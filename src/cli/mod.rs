@@ -57,6 +57,14 @@ pub enum Command {
     /// Run a recipe from an experiment file (new, or from a checkpoint via `from`).
     Train(train::Args),
     /// Continue fine-tuning from a checkpoint with a changed recipe.
+    ///
+    /// The new run starts from the parent run's recorded settings, data
+    /// settings included (template, seq_len, replay, eval_ancestors, seed,
+    /// batch size, warmup, ...): the experiment file is a patch over them.
+    /// Keys the file names replace the parent's (its [model] is replaced by
+    /// REF); keys it leaves out keep the parent's values, not the defaults;
+    /// --set applies last. Without [data] train, the run keeps training on the
+    /// parent's data and eval sets.
     Fork(fork::Args),
     /// Continue an interrupted execution from its last checkpoint, exactly.
     Resume(resume::Args),

@@ -102,13 +102,13 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     )?;
     say("4/5 task B: forking from task-a@best, without and with replay");
     train_experiment(
-        &load("task-b.toml", Some("task-a@best"))?,
+        &load("task-b.toml", Some(("task-a@best", context)))?,
         &options("task-b"),
         context,
         true,
     )?;
     train_experiment(
-        &load("task-b-replay.toml", Some("task-a@best"))?,
+        &load("task-b-replay.toml", Some(("task-a@best", context)))?,
         &options("task-b-replay"),
         context,
         true,
@@ -160,11 +160,20 @@ fn parse(argv: &[&str]) -> CliResult<super::Command> {
         .map_err(|e| CliError::internal(e.to_string()))
 }
 
-fn load(file: &str, fork_from: Option<&str>) -> CliResult<Experiment> {
+fn load(file: &str, fork_from: Option<(&str, &Context)>) -> CliResult<Experiment> {
     let path = Path::new(EXPERIMENTS).join(file);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
-    Ok(Experiment::parse_for(&text, &path, &[], fork_from)?)
+    match fork_from {
+        // As `graft fork REF FILE`: the file patches the parent's recipe.
+        Some((reference, context)) => Ok(crate::train::fork::fork_experiment(
+            &context.store()?,
+            reference,
+            Some((&text, &path)),
+            &[],
+        )?),
+        None => Ok(Experiment::parse(&text, &path, &[])?),
+    }
 }
 
 /// Deterministic: the same bytes every time, so the same dataset ids.

@@ -44,6 +44,7 @@ const SUMMARY_KEYS: &[&str] = &[
     "parent_run",
     "start_checkpoint",
     "start_step",
+    "start_adapter",
     "parent",
     "base_model",
     "seed",

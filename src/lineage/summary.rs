@@ -40,6 +40,41 @@ impl RunSummary {
         })
     }
 
+    /// The outside adapter the run started from (`[adapter] from`): its
+    /// content id and the folder it was read from.
+    pub fn start_adapter(&self) -> Option<(Id, Option<String>)> {
+        let id = crate::store::adapters::recipe_adapter(&self.run.recipe.config)?;
+        let path = self
+            .run
+            .notes
+            .get("start_adapter")
+            .and_then(|note| note.get("path"))
+            .and_then(Canon::as_str)
+            .map(str::to_string);
+        Some((id, path))
+    }
+
+    /// Where the run starts, in words: a fork point, an adapter or the base model.
+    pub fn start_words(&self) -> String {
+        match (
+            self.run.recipe.start_checkpoint,
+            self.start_step,
+            self.start_adapter(),
+        ) {
+            (Some(checkpoint), step, _) => format!(
+                "from checkpoint {} (step {})",
+                checkpoint.short(),
+                step.map_or("?".into(), |s| s.to_string())
+            ),
+            (None, _, Some((adapter, path))) => format!(
+                "from adapter {}{}",
+                adapter.short(),
+                path.map(|p| format!(" ({p})")).unwrap_or_default()
+            ),
+            _ => "from the base model".into(),
+        }
+    }
+
     pub fn status(&self) -> &'static str {
         self.executions
             .last()
@@ -121,6 +156,9 @@ impl RunSummary {
             "parent_run": self.run.parent_run.map(|p| p.to_hex()),
             "start_checkpoint": self.run.recipe.start_checkpoint.map(|p| p.to_hex()),
             "start_step": self.start_step,
+            "start_adapter": self.start_adapter().map(|(id, path)| serde_json::json!({
+                "id": id.to_hex(), "path": path,
+            })),
             "base_model": self.run.recipe.base_model.to_hex(),
             "seed": self.run.recipe.seed,
             "steps": self.steps(),

@@ -80,12 +80,12 @@ impl<B: Backend> CausalLm<B> {
 /// Reads PEFT's adapter_config.json into a [`LoraConfig`]; features this crate does not
 /// implement (DoRA, bias training, per-module ranks, ...) are errors naming the key.
 pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig, ModelError> {
-    let path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    let raw: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    read_adapter_config_file(&dir.join("adapter_config.json"))
+}
+
+/// [`read_adapter_config`] of a config file wherever it lies (e.g. a stored object).
+pub fn read_adapter_config_file(path: &Path) -> Result<LoraConfig, ModelError> {
+    let raw = read_json(path)?;
     let field = |key: &str| raw.get(key).filter(|v| !v.is_null());
     let unsupported = |key: &str, value: &Value, supported: &str| ModelError::Unsupported {
         key: format!("adapter_config.{key}"),
@@ -180,6 +180,14 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig, ModelError> {
     Ok(config)
 }
 
+fn read_json(path: &Path) -> Result<Value, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
 /// The base tensors an adapter config's `modules_to_save` names (our tensor names),
 /// or `None` when it names a module PEFT saves that graft cannot load.
 fn modules_to_save_of(value: &Value) -> Option<Vec<&'static str>> {
@@ -201,17 +209,27 @@ fn modules_to_save_of(value: &Value) -> Option<Vec<&'static str>> {
 /// (`modules_to_save`: embeddings, lm_head) replace the base's, and the base weights
 /// are frozen. Missing or unexpected adapter tensors and wrong shapes are errors
 /// naming the tensor.
-pub fn load_adapter<B: Backend>(
+pub fn load_adapter<B: Backend>(model: CausalLm<B>, dir: &Path) -> Result<CausalLm<B>, ModelError> {
+    load_adapter_files(
+        model,
+        &dir.join("adapter_config.json"),
+        &dir.join("adapter_model.safetensors"),
+    )
+}
+
+/// [`load_adapter`] from the two files wherever they lie (e.g. stored objects).
+pub fn load_adapter_files<B: Backend>(
     mut model: CausalLm<B>,
-    dir: &Path,
+    config_path: &Path,
+    weights_path: &Path,
 ) -> Result<CausalLm<B>, ModelError> {
     if model.lora.is_some() {
         return Err(ModelError::Adapter {
             message: "the model already has a LoRA adapter".into(),
         });
     }
-    let config = read_adapter_config(dir)?;
-    let mut tensors = read_safetensors(&dir.join("adapter_model.safetensors"))?;
+    let config = read_adapter_config_file(config_path)?;
+    let mut tensors = read_safetensors(weights_path)?;
     let device = model.device();
     let scale = config.scale();
     for (path, short, linear) in model.projections_mut() {
@@ -238,10 +256,7 @@ pub fn load_adapter<B: Backend>(
         let b = take("lora_B.weight", [d_out, config.rank])?;
         linear.set_lora(a, b, scale, config.dropout);
     }
-    let raw_config: Value = std::fs::read_to_string(dir.join("adapter_config.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or(Value::Null);
+    let raw_config = read_json(config_path)?;
     let saved = modules_to_save_of(&raw_config["modules_to_save"]).unwrap_or_default();
     let tied = model.config.tie_word_embeddings;
     let mut replaced = std::collections::HashMap::new();
@@ -261,7 +276,7 @@ pub fn load_adapter<B: Backend>(
                 return Err(ModelError::Adapter {
                     message: format!(
                         "{}: the model ties lm_head to embed_tokens, but the adapter's lm_head differs from its embed_tokens",
-                        dir.display()
+                        weights_path.display()
                     ),
                 });
             }

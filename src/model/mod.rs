@@ -16,7 +16,10 @@ pub mod params;
 pub mod parity;
 pub mod weights;
 
-pub use adapter::{load_adapter, read_adapter_config, save_adapter, write_peft_adapter};
+pub use adapter::{
+    load_adapter, load_adapter_files, read_adapter_config, read_adapter_config_file, save_adapter,
+    write_peft_adapter,
+};
 pub use config::{ModelConfig, ModelType, RopeConfig, RopeScaling};
 pub use error::ModelError;
 pub use generate::{generate, generate_ids, load_tokenizer, SamplingConfig};

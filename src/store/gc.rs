@@ -5,6 +5,7 @@
 //! frame is not yet written, so objects younger than a grace period are never
 //! swept (git's prune-expire, for the same reason).
 
+use super::adapters::{read_adapter, recipe_adapter};
 use super::canonical::Id;
 use super::error::Result;
 use super::index::Index;
@@ -24,7 +25,7 @@ pub struct GcReport {
 }
 
 /// Every object id some record needs.
-pub fn reachable_objects(index: &Index) -> Result<BTreeSet<Id>> {
+pub fn reachable_objects(index: &Index, objects: &ObjectStore) -> Result<BTreeSet<Id>> {
     let mut marked = BTreeSet::new();
     for model in index.models()? {
         marked.insert(model.config);
@@ -34,6 +35,15 @@ pub fn reachable_objects(index: &Index) -> Result<BTreeSet<Id>> {
     }
     for dataset in index.datasets()? {
         marked.insert(dataset.file_object);
+    }
+    // A run started from an outside adapter keeps its files.
+    for run in index.all_runs()? {
+        if let Some(id) = recipe_adapter(&run.recipe.config) {
+            marked.insert(id);
+            if let Ok(adapter) = read_adapter(objects, &id) {
+                marked.extend(adapter.objects());
+            }
+        }
     }
     // Checkpoints that something continues from stay whole even when
     // retention retired them.
@@ -64,7 +74,7 @@ pub fn collect(
     grace: Duration,
     dry_run: bool,
 ) -> Result<GcReport> {
-    let marked = reachable_objects(index)?;
+    let marked = reachable_objects(index, objects)?;
     let listing = objects.list()?;
     let now = SystemTime::now();
     let is_young = |path: &std::path::Path| {

@@ -10,6 +10,7 @@
 //! This module knows nothing of burn: tensors arrive as bytes.
 
 pub mod absorb;
+pub mod adapters;
 pub mod canonical;
 pub mod error;
 pub mod faults;

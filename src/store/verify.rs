@@ -1,6 +1,7 @@
 //! Integrity check: re-hash every object and check every reference between
 //! records.
 
+use super::adapters::{read_adapter, recipe_adapter};
 use super::canonical::Id;
 use super::error::{Result, StoreError};
 use super::index::Index;
@@ -103,6 +104,18 @@ pub fn verify(index: &Index, objects: &ObjectStore) -> Result<VerifyReport> {
                 report
                     .dangling
                     .push(format!("{owner} has parent run {parent}, which is missing"));
+            }
+        }
+        if let Some(adapter) = recipe_adapter(&run.recipe.config) {
+            match read_adapter(objects, &adapter) {
+                Ok(stored) => {
+                    for id in stored.objects() {
+                        need_object(&mut report, format!("{owner} start adapter"), &id);
+                    }
+                }
+                Err(e) => report
+                    .dangling
+                    .push(format!("{owner} starts from adapter {adapter}: {e}")),
             }
         }
         for dataset in &run.recipe.datasets {

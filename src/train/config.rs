@@ -57,6 +57,11 @@ pub struct ModelSection {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdapterSection {
+    /// Start from an outside PEFT adapter folder (PEFT, Unsloth, Axolotl):
+    /// its adapter_config.json decides rank, alpha, targets, dropout and
+    /// rslora. In a recipe: the stored adapter's content id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     #[serde(default = "default_lora")]
     pub kind: String,
     #[serde(default = "default_rank")]
@@ -326,8 +331,9 @@ impl Experiment {
         Experiment::parse_for(text, path, overrides, None)
     }
 
-    /// Parse an experiment for `graft fork REF FILE`: the file's `[model]`
-    /// is replaced by `from = REF`.
+    /// Parse an experiment with its `[model]` replaced by `from = REF`.
+    /// Every key the text leaves out takes its default: a fork's settings
+    /// are the parent's patched by its file, which [`crate::train::fork`] makes.
     pub fn parse_for(
         text: &str,
         path: &Path,
@@ -347,12 +353,36 @@ impl Experiment {
             tree.insert("model".into(), toml::Value::Table(model));
         }
         apply_overrides(&mut tree, overrides)?;
-        if overrides.is_empty() && fork_from.is_none() {
+        let changed = if !overrides.is_empty() {
+            Some("(after --set) ")
+        } else {
+            fork_from.map(|_| "")
+        };
+        Experiment::from_tree(tree, text, path, changed)
+    }
+
+    /// The experiment a TOML tree describes, read from `text` itself where
+    /// the tree is that text unchanged (`changed` is None; errors then carry
+    /// its line numbers), else from the tree, errors prefixed by `changed`.
+    /// An `[adapter] from` folder fills the adapter keys from its config.
+    pub(crate) fn from_tree(
+        mut tree: toml::Table,
+        text: &str,
+        path: &Path,
+        changed: Option<&str>,
+    ) -> Result<Experiment, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let adapter_from = super::adapter_start::fill_from_folder(&mut tree).map_err(invalid)?;
+        if changed.is_none() && !adapter_from {
             // Parse the original text so errors carry its line numbers.
             toml::from_str(text).map_err(|e: toml::de::Error| invalid(with_hint(&e.to_string())))
         } else {
+            let when = changed.unwrap_or("");
             Experiment::deserialize(toml::Value::Table(tree))
-                .map_err(|e| invalid(format!("(after --set) {}", with_hint(&e.to_string()))))
+                .map_err(|e| invalid(format!("{when}{}", with_hint(&e.to_string()))))
         }
         .and_then(|experiment: Experiment| {
             experiment.validate().map_err(invalid)?;
@@ -440,6 +470,14 @@ impl Experiment {
             }
             _ => {}
         }
+        if let (Some(_), Some(adapter)) = (
+            &self.model.from,
+            self.adapter.as_ref().and_then(|a| a.from.as_ref()),
+        ) {
+            return Err(format!(
+                "adapter.from = {adapter:?} with model.from: a fork continues its checkpoint's adapter; start from an adapter folder with model.base"
+            ));
+        }
         if !["constant", "linear", "cosine"].contains(&self.optim.schedule.as_str()) {
             return Err(format!(
                 "optim.schedule = {:?}: expected constant, linear or cosine",
@@ -488,6 +526,10 @@ impl Experiment {
         let mut config = Canon::from_serialize(self);
         if let Canon::Map(sections) = &mut config {
             sections.remove("model");
+            // An adapter folder enters the recipe as its content id (see `plan`).
+            if let Some(Canon::Map(adapter)) = sections.get_mut("adapter") {
+                adapter.remove("from");
+            }
             // Only the precision policy is part of the recipe, and only where it
             // differs from the default (see `crate::compute`).
             sections.remove("compute");

@@ -117,12 +117,22 @@ pub fn execute<B: TrainKernels>(
     let seed = recipe.seed;
     let resuming = matches!(kind, ExecutionKind::Resume(_));
 
-    // The model: base, adapter (the start checkpoint's, else a new one), and
-    // every tensor the start checkpoint changed.
+    // The model: base, adapter (the start checkpoint's, else the outside
+    // adapter the recipe names, else a new one), and every tensor the start
+    // checkpoint changed.
     let mut model: CausalLm<B> = load_model_dir(&folder, device)?;
+    let outside_adapter = settings.adapter.as_ref().and_then(|a| a.from.as_deref());
+    if let (None, Some(id)) = (&start, outside_adapter) {
+        model = super::adapter_start::load_stored(store, model, id)?;
+        events.message(&format!(
+            "continuing adapter {}: {}",
+            &id[..12.min(id.len())],
+            super::adapter_start::FRESH_OPTIMIZER
+        ));
+    }
     let adapter: Option<LoraConfig> = match &start {
         Some(checkpoint) => state::load_adapter_config(store, checkpoint)?,
-        None => None,
+        None => model.lora.clone(),
     }
     .or_else(|| {
         settings.adapter.as_ref().map(|a| LoraConfig {
@@ -133,7 +143,7 @@ pub fn execute<B: TrainKernels>(
             use_rslora: a.rslora,
         })
     });
-    if let Some(config) = &adapter {
+    if let (Some(config), None) = (&adapter, &model.lora) {
         model = model.with_new_lora(config, seed)?;
     }
     if compute.options.dtype == Dtype::Bf16 {

@@ -2,10 +2,12 @@
 //! unfreezing, evaluation and checkpoint contents. Talks to the store only
 //! through the recorder and the registry.
 
+pub mod adapter_start;
 pub mod bench;
 pub mod config;
 pub mod eval;
 pub mod execute;
+pub mod fork;
 pub mod lifecycle;
 pub mod loss;
 pub mod optim;

@@ -191,6 +191,9 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
             }
         }
         if let Some(replay) = &data.replay {
+            // The recipe keeps only what `from` resolved to; a fork of this
+            // run inherits the words (see `fork`).
+            notes.insert("replay_from".to_string(), replay_from_canon(&replay.from));
             let sources: Vec<Id> = match &replay.from {
                 ReplayFrom::Named(name) if name == "parent" => vec![parent.id],
                 ReplayFrom::Named(name) if name == "ancestors" => {
@@ -231,7 +234,7 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
             }
             if seen.is_empty() && replay.ratio > 0.0 {
                 return Err(PlanError::Invalid(
-                    "data.replay: the runs named by `from` have no training data to replay".into(),
+                    "data.replay: the runs named by `from` have no training data to replay besides this run's own (a fork without [data] train trains on its parent's data: replay from \"ancestors\", or set data.replay.ratio = 0)".into(),
                 ));
             }
         }
@@ -283,6 +286,29 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
         ));
     }
 
+    let mut config = resolved_config(store, experiment, start.as_ref())?;
+    if let Some((adapter, dir)) = experiment
+        .adapter
+        .as_ref()
+        .and_then(|a| a.from.as_ref().map(|dir| (a, dir)))
+    {
+        let expected = crate::model::LoraConfig {
+            rank: adapter.rank,
+            alpha: adapter.alpha,
+            dropout: adapter.dropout,
+            targets: adapter.targets.clone(),
+            use_rslora: adapter.rslora,
+        };
+        let (stored, note) = super::adapter_start::store_folder(store, dir, &expected)
+            .map_err(PlanError::Invalid)?;
+        if let Canon::Map(sections) = &mut config {
+            if let Some(Canon::Map(section)) = sections.get_mut("adapter") {
+                section.insert("from".into(), Canon::from(stored.id.to_hex()));
+            }
+        }
+        notes.insert("start_adapter".to_string(), note);
+    }
+
     records.sort_by_key(|r| r.id);
     records.dedup_by_key(|r| r.id);
     // The model record enters the index when the execution begins (see
@@ -290,7 +316,7 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
     // the index as it was.
     Ok(Plan {
         recipe: Recipe {
-            config: resolved_config(store, experiment, start.as_ref())?,
+            config,
             base_model: model.id,
             start_checkpoint: start.map(|c| c.id),
             datasets: uses,
@@ -321,6 +347,7 @@ fn resolved_config(
     };
     let mut resolved = experiment.clone();
     resolved.adapter = Some(super::config::AdapterSection {
+        from: None,
         kind: "lora".into(),
         rank: adapter.rank,
         alpha: adapter.alpha,
@@ -354,6 +381,16 @@ fn resolve_start(
         .as_deref()
         .ok_or_else(|| PlanError::Invalid("[model] needs base or from".into()))?;
     Ok((registry::resolve_base(store, base)?, None))
+}
+
+/// `data.replay.from` as a run's note records it.
+pub fn replay_from_canon(from: &ReplayFrom) -> Canon {
+    match from {
+        ReplayFrom::Named(name) => Canon::from(name.as_str()),
+        ReplayFrom::Refs(refs) => {
+            Canon::List(refs.iter().map(|r| Canon::from(r.as_str())).collect())
+        }
+    }
 }
 
 /// Copy a data file into the store and describe it.

@@ -29,3 +29,5 @@ mod store_ids;
 mod store_lineage;
 mod train_workflow;
 mod workflow_outputs;
+mod workflow_adapter;
+mod workflow_fork_patch;
