@@ -8,6 +8,7 @@ pub mod eval;
 pub mod execute;
 #[cfg(feature = "cuda")]
 pub mod fused_adamw;
+pub mod interrupt;
 pub mod loss;
 pub mod optim;
 pub mod plan;
