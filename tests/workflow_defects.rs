@@ -251,3 +251,163 @@ fn sigterm_stops_cleanly_and_a_second_signal_stops_at_once() {
     assert_eq!(work.logged_steps(&run), (1..=200).collect::<Vec<_>>());
     work.ok(&["verify"]);
 }
+
+/// Every file under the store's object folder.
+fn objects(store: &Path) -> usize {
+    fn count(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| match e.file_type() {
+                        Ok(t) if t.is_dir() => count(&e.path()),
+                        _ => 1,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    count(&store.join("objects"))
+}
+
+/// Nothing on record: no model, run or object.
+fn assert_store_empty(work: &Work) {
+    assert_eq!(
+        json(&work.ok(&["model", "ls", "--json"])),
+        serde_json::json!([])
+    );
+    assert_eq!(json(&work.ok(&["log", "--json"])), serde_json::json!([]));
+    assert_eq!(objects(&work.store()), 0, "no object written");
+}
+
+#[test]
+fn unfreezing_more_layers_than_the_model_has_is_refused_before_anything_is_recorded() {
+    let work = Work::new();
+    let experiment = std::fs::read_to_string(work.path().join("run.toml")).unwrap();
+    for (case, layers) in [("top:9", "top:9"), ("layer.2", "embed,layer.2")] {
+        std::fs::write(
+            work.path().join("unfreeze.toml"),
+            format!(
+                "{experiment}\n[unfreeze]\nschedule = [{{ at = 0, layers = \"none\" }}, {{ at = 4, layers = \"{layers}\" }}]\n"
+            ),
+        )
+        .unwrap();
+        let refused = work.fails(&["train", "unfreeze.toml", "-q"]);
+        assert!(
+            refused.contains("unfreeze.schedule[1]"),
+            "{case}: {refused}"
+        );
+        assert!(refused.contains(&format!("`{case}`")), "{case}: {refused}");
+        assert!(refused.contains("2 decoder layers"), "{case}: {refused}");
+        assert!(refused.contains("num_hidden_layers"), "{case}: {refused}");
+        assert_store_empty(&work);
+    }
+    // The model's own count is accepted.
+    std::fs::write(
+        work.path().join("unfreeze.toml"),
+        format!("{experiment}\n[unfreeze]\nschedule = [{{ at = 0, layers = \"top:2\" }}]\n"),
+    )
+    .unwrap();
+    work.ok(&["train", "unfreeze.toml", "-q", "--set", "train.steps=2"]);
+}
+
+/// A copy of the fixture model folder with `key` of its config.json set to `value`.
+fn model_with_config(work: &Work, key: &str, value: Value) -> PathBuf {
+    let dir = work.path().join(format!("model-{key}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture()).unwrap().flatten() {
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+    }
+    let path = dir.join("config.json");
+    let mut config = json(&std::fs::read_to_string(&path).unwrap());
+    config[key] = value;
+    std::fs::write(&path, config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn model_add_refuses_a_config_that_disagrees_with_its_weights() {
+    let work = Work::new();
+    // (config key, value, what the refusal names)
+    let cases: [(&str, Value, &[&str]); 4] = [
+        (
+            "vocab_size",
+            999.into(),
+            &["vocab_size = 999", "model.embed_tokens.weight", "[320, 64]"],
+        ),
+        (
+            "intermediate_size",
+            100.into(),
+            &[
+                "intermediate_size = 100",
+                "mlp.gate_proj.weight",
+                "[172, 64]",
+            ],
+        ),
+        (
+            "num_hidden_layers",
+            3.into(),
+            &["model.layers.2.", "missing"],
+        ),
+        (
+            "num_hidden_layers",
+            1.into(),
+            &["model.layers.1.", "not used"],
+        ),
+    ];
+    for (key, value, named) in cases {
+        let dir = model_with_config(&work, key, value.clone());
+        let refused = work.fails(&["model", "add", dir.to_str().unwrap()]);
+        for part in named {
+            assert!(
+                refused.contains(part),
+                "{key} = {value}: {part} in {refused}"
+            );
+        }
+        if key != "num_hidden_layers" {
+            assert!(refused.contains("config.json"), "{key}: {refused}");
+        }
+        assert_store_empty(&work);
+    }
+    // The unchanged folder registers.
+    work.ok(&["model", "add", fixture().to_str().unwrap()]);
+}
+
+#[test]
+fn a_fork_refused_for_a_format_change_writes_nothing() {
+    let work = Work::new();
+    work.ok(&[
+        "train",
+        "run.toml",
+        "-q",
+        "--tag",
+        "task-a",
+        "--set",
+        "train.steps=2",
+    ]);
+    let texts: Vec<String> = (0..32)
+        .map(|i| serde_json::json!({"text": format!("plain text number {i}")}).to_string())
+        .collect();
+    std::fs::write(work.path().join("text.jsonl"), texts.join("\n") + "\n").unwrap();
+    std::fs::write(
+        work.path().join("text.toml"),
+        "[data]\ntrain = [{ path = \"text.jsonl\", format = \"text\" }]\nseq_len = 32\n[train]\nsteps = 2\n",
+    )
+    .unwrap();
+    let (objects_before, log_before) = (objects(&work.store()), work.ok(&["log", "--json"]));
+    let refused = work.fails(&["fork", "task-a", "text.toml", "-q"]);
+    assert!(refused.contains("allow_format_change"), "{refused}");
+    assert_eq!(objects(&work.store()), objects_before, "no object written");
+    assert_eq!(work.ok(&["log", "--json"]), log_before);
+    work.ok(&[
+        "fork",
+        "task-a",
+        "text.toml",
+        "-q",
+        "--set",
+        "data.allow_format_change=true",
+    ]);
+    assert!(objects(&work.store()) > objects_before);
+}

@@ -206,9 +206,10 @@ pub fn execute_plan_with(
     quiet: bool,
     stop: Option<super::interrupt::StopRequest>,
 ) -> CliResult<Outcome> {
+    let events = TerminalEvents::new(quiet).stopping_on(stop);
     crate::on_compute!(
         compute,
-        execute_with(store, plan, kind, &compute, recorder, quiet, stop)
+        execute_with(store, plan, kind, &compute, recorder, events)
     )
 }
 
@@ -219,10 +220,8 @@ fn execute_with<B: AutodiffBackend>(
     kind: ExecutionKind,
     compute: &Compute,
     recorder: &mut dyn crate::store::Recorder,
-    quiet: bool,
-    stop: Option<super::interrupt::StopRequest>,
+    mut events: TerminalEvents,
 ) -> CliResult<Outcome> {
-    let mut events = TerminalEvents::new(quiet).stopping_on(stop);
     Ok(train::execute::<B>(
         device,
         store,

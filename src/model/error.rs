@@ -35,6 +35,15 @@ pub enum ModelError {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
+    #[error("{path}: {key} = {value} disagrees with the weights: tensor `{tensor}` has shape {actual:?}, where the config means {expected:?}")]
+    ConfigMismatch {
+        path: PathBuf,
+        key: String,
+        value: usize,
+        tensor: String,
+        actual: Vec<usize>,
+        expected: Vec<usize>,
+    },
     #[error("no parameter named `{name}`")]
     UnknownParam { name: String },
     #[error("adapter: {message}")]

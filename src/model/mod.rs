@@ -35,6 +35,7 @@ pub mod lora_product;
 pub mod params;
 pub mod parity;
 pub mod reduce;
+pub mod shapes;
 pub mod weights;
 
 pub use adapter::{load_adapter, read_adapter_config, save_adapter, write_peft_adapter};

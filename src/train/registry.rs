@@ -52,15 +52,14 @@ pub fn tensor_object(raw: &RawTensor) -> (Id, Vec<u8>) {
 
 /// Hash (and with `copy`, store) a Hugging Face folder; record it.
 pub fn register_model(store: &Store, dir: &Path, copy: bool) -> Result<ModelRecord, RegistryError> {
-    let record = describe_model(store, dir, copy)?;
+    let record = describe_model(dir, copy)?;
     record_model(store, record)
 }
 
-/// Hash a Hugging Face folder into a model record without touching the
-/// index (its small files, and with `copy` its tensors, become objects,
-/// which `gc` reclaims if the record is never written): a plan describes
-/// its base model first and records it only once every check has passed.
-pub fn describe_model(store: &Store, dir: &Path, copy: bool) -> Result<ModelRecord, RegistryError> {
+/// Hash a Hugging Face folder into a model record without writing anything:
+/// a plan describes its base model first and records it (objects, then the
+/// index: [`record_model`]) only once every check has passed.
+pub fn describe_model(dir: &Path, copy: bool) -> Result<ModelRecord, RegistryError> {
     let dir = dir.canonicalize().map_err(|e| RegistryError::Folder {
         path: dir.to_path_buf(),
         message: format!("{e}: expected a Hugging Face model folder"),
@@ -72,23 +71,21 @@ pub fn describe_model(store: &Store, dir: &Path, copy: bool) -> Result<ModelReco
             message: "missing: graft needs the model's tokenizer.json".into(),
         });
     }
+    let raw = read_raw_tensors(&dir)?;
+    crate::model::shapes::check_weights(&config, &raw, &dir.join("config.json"))?;
     let mut files = BTreeMap::new();
     for name in SMALL_FILES {
         let path = dir.join(name);
         if path.is_file() {
-            files.insert(name.to_string(), store.objects().put_file(&path)?);
+            let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+            files.insert(name.to_string(), object_id(&bytes));
         }
     }
-    let raw = read_raw_tensors(&dir)?;
     let mut tensors = BTreeMap::new();
     let mut parameters = 0usize;
     for (name, tensor) in &raw {
         parameters += tensor.shape.iter().product::<usize>();
-        let (id, bytes) = tensor_object(tensor);
-        if copy {
-            store.objects().put_bytes(&bytes)?;
-        }
-        tensors.insert(name.clone(), id);
+        tensors.insert(name.clone(), tensor_object(tensor).0);
     }
     let config_id = files["config.json"];
     let tokenizer_id = files["tokenizer.json"];
@@ -124,17 +121,46 @@ pub fn describe_model(store: &Store, dir: &Path, copy: bool) -> Result<ModelReco
     Ok(record)
 }
 
-/// Write a described model to the index.
+/// Write a described model: its small files (and, copied, its tensors) as
+/// objects, then its record in the index.
 pub fn record_model(store: &Store, record: ModelRecord) -> Result<ModelRecord, RegistryError> {
     let index = store.index()?;
     match index.get_model(&record.id)? {
         // Same content already known: keep its first registration, but
-        // remember the copy if one was made now.
+        // remember the copy if one is made now.
         Some(existing) if existing.copied || !record.copied => return Ok(existing),
-        _ => index.put_model(&record)?,
+        _ => {
+            store_model_files(store, &record)?;
+            index.put_model(&record)?;
+        }
     }
     index.flush()?;
     Ok(record)
+}
+
+/// Puts the files `record` names into the object store from its folder,
+/// checking that each is still what was described.
+fn store_model_files(store: &Store, record: &ModelRecord) -> Result<(), RegistryError> {
+    let dir = Path::new(&record.path);
+    let changed = |name: &str| RegistryError::Folder {
+        path: dir.join(name),
+        message: "changed while it was registered; try again".into(),
+    };
+    for (name, expected) in &record.files {
+        if store.objects().put_file(&dir.join(name))? != *expected {
+            return Err(changed(name));
+        }
+    }
+    if record.copied {
+        for (name, tensor) in read_raw_tensors(dir)? {
+            let (id, bytes) = tensor_object(&tensor);
+            if record.tensors.get(&name) != Some(&id) {
+                return Err(changed(&name));
+            }
+            store.objects().put_bytes(&bytes)?;
+        }
+    }
+    Ok(())
 }
 
 /// `model.base` of an experiment: a folder (described, not yet recorded:
@@ -142,7 +168,7 @@ pub fn record_model(store: &Store, record: ModelRecord) -> Result<ModelRecord, R
 pub fn resolve_base(store: &Store, base: &str) -> Result<ModelRecord, RegistryError> {
     let path = Path::new(base);
     if path.is_dir() {
-        return describe_model(store, path, false);
+        return describe_model(path, false);
     }
     let index = store.index()?;
     match index.resolve(base) {
