@@ -411,3 +411,44 @@ fn a_fork_refused_for_a_format_change_writes_nothing() {
     ]);
     assert!(objects(&work.store()) > objects_before);
 }
+
+#[test]
+fn verify_rehashes_the_files_of_models_referenced_in_place() {
+    let work = Work::new();
+    let dir = model_with_config(&work, "model_type", "llama".into());
+    work.ok(&["model", "add", dir.to_str().unwrap()]);
+    work.ok(&["verify"]);
+
+    // One byte of the weights and the tokenizer change behind graft's back.
+    let weights = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&weights, bytes).unwrap();
+    let tokenizer = dir.join("tokenizer.json");
+    let text = std::fs::read_to_string(&tokenizer).unwrap();
+    std::fs::write(&tokenizer, format!("{text}\n")).unwrap();
+
+    let output = graft_in(work.path(), &work.store(), &["verify"]);
+    assert_eq!(output.status.code(), Some(1), "verify fails");
+    let said = stdout(&output);
+    let lines: Vec<&str> = said.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("model.safetensors") && l.contains("differs")),
+        "{said}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("tokenizer.json") && l.contains("changed")),
+        "{said}"
+    );
+    let report = json(&stdout(&graft_in(
+        work.path(),
+        &work.store(),
+        &["verify", "--json"],
+    )));
+    assert_eq!(report["changed_model_files"].as_array().unwrap().len(), 2);
+}

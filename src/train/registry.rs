@@ -211,6 +211,71 @@ pub fn model_folder(record: &ModelRecord) -> Result<PathBuf, RegistryError> {
     Ok(dir)
 }
 
+/// What differs between the folder of a model referenced in place and its
+/// registration, one line per file at fault (`graft verify`): a small file
+/// (config, tokenizer) whose hash changed or that is gone, a weight file whose
+/// tensors no longer hash as registered, a registered tensor no file holds.
+/// A folder that is gone altogether is the store's own check.
+pub fn check_model_folder(record: &ModelRecord) -> Vec<String> {
+    let dir = Path::new(&record.path);
+    if record.copied || !dir.is_dir() {
+        return Vec::new();
+    }
+    let model = format!("model {}", record.id.short());
+    let mut problems = Vec::new();
+    for (name, expected) in &record.files {
+        let path = dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) if object_id(&bytes) == *expected => {}
+            Ok(_) => problems.push(format!(
+                "{}: changed since {model} was registered from it",
+                path.display()
+            )),
+            Err(e) => problems.push(format!(
+                "{}: {e} ({model} was registered with it)",
+                path.display()
+            )),
+        }
+    }
+    let files = match crate::model::weights::weight_files(dir) {
+        Ok(files) => files,
+        Err(e) => {
+            problems.push(format!("{e} ({model})"));
+            return problems;
+        }
+    };
+    let mut seen = Vec::new();
+    for file in files {
+        let tensors = match crate::model::weights::read_safetensors(&file) {
+            Ok(tensors) => tensors,
+            Err(e) => {
+                problems.push(format!("{e} ({model})"));
+                continue;
+            }
+        };
+        let changed: Vec<String> = tensors
+            .iter()
+            .filter(|(name, tensor)| record.tensors.get(*name) != Some(&tensor_object(tensor).0))
+            .map(|(name, _)| format!("`{name}`"))
+            .collect();
+        if !changed.is_empty() {
+            problems.push(format!(
+                "{}: tensor {} differs from what {model} registered",
+                file.display(),
+                changed.join(", ")
+            ));
+        }
+        seen.extend(tensors.into_keys());
+    }
+    for name in record.tensors.keys().filter(|name| !seen.contains(name)) {
+        problems.push(format!(
+            "{}: no weight file holds tensor `{name}`, which {model} registered",
+            dir.display()
+        ));
+    }
+    problems
+}
+
 /// Every model, for `graft model ls`.
 pub fn list_models(index: &Index) -> Result<Vec<ModelRecord>, StoreError> {
     let mut models = index.models()?;
