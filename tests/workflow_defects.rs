@@ -452,3 +452,120 @@ fn verify_rehashes_the_files_of_models_referenced_in_place() {
     )));
     assert_eq!(report["changed_model_files"].as_array().unwrap().len(), 2);
 }
+
+/// `#RRGGBB` -> (hue in degrees, saturation, value), HSV.
+fn hsv(hex: &str) -> (f64, f64, f64) {
+    let channel =
+        |i: usize| u8::from_str_radix(&hex[1 + 2 * i..3 + 2 * i], 16).unwrap() as f64 / 255.0;
+    let (r, g, b) = (channel(0), channel(1), channel(2));
+    let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+    let delta = max - min;
+    let hue = if delta == 0.0 {
+        0.0
+    } else if max == r {
+        60.0 * ((g - b) / delta).rem_euclid(6.0)
+    } else if max == g {
+        60.0 * ((b - r) / delta + 2.0)
+    } else {
+        60.0 * ((r - g) / delta + 4.0)
+    };
+    let saturation = if max == 0.0 { 0.0 } else { delta / max };
+    (hue, saturation, max)
+}
+
+#[test]
+fn metric_plots_name_the_run_by_tag_label_their_axes_and_keep_the_legend_off_the_curves() {
+    let work = Work::new();
+    work.ok(&[
+        "train",
+        "run.toml",
+        "-q",
+        "--tag",
+        "task-a",
+        "--set",
+        "train.steps=20",
+    ]);
+    let plot = work.path().join("metrics.svg");
+    work.ok(&["metrics", "task-a", "--plot", plot.to_str().unwrap()]);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    let texts: Vec<(f64, String)> = svg
+        .split("<text")
+        .skip(1)
+        .map(|element| {
+            let x = element
+                .split("x=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .and_then(|x| x.parse().ok())
+                .unwrap();
+            let content = element
+                .split('>')
+                .nth(1)
+                .unwrap()
+                .split("</text")
+                .next()
+                .unwrap()
+                .trim()
+                .to_string();
+            (x, content)
+        })
+        .collect();
+    let said = |wanted: &dyn Fn(&str) -> bool| texts.iter().any(|(_, t)| wanted(t));
+    assert!(
+        said(&|t| t.starts_with("task-a")),
+        "title by tag: {texts:?}"
+    );
+    assert!(said(&|t| t == "step"), "x axis label: {texts:?}");
+    assert!(
+        said(&|t| t.contains("value") || t.contains("loss")),
+        "y axis label: {texts:?}"
+    );
+
+    // Series strokes: readable on white, none yellow.
+    let strokes: Vec<&str> = svg
+        .split("stroke=\"")
+        .skip(1)
+        .filter_map(|rest| rest.get(..7))
+        .filter(|colour| colour.starts_with('#'))
+        .filter(|colour| *colour != "#000000" && *colour != "#FFFFFF")
+        .collect();
+    assert!(strokes.len() >= 3, "{strokes:?}");
+    for colour in &strokes {
+        let (hue, saturation, value) = hsv(colour);
+        assert!(
+            !((40.0..=75.0).contains(&hue) && saturation > 0.4 && value > 0.6),
+            "{colour} is yellow-ish"
+        );
+    }
+
+    // The legend's names sit right of every point of every curve.
+    let series = json(&work.ok(&["metrics", "task-a", "--json"]))["series"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>();
+    let curve_right_edge = svg
+        .split("<polyline")
+        .skip(1)
+        .filter(|element| !element.contains("stroke=\"#000000\""))
+        .flat_map(|element| {
+            let points = element.split("points=\"").nth(1).unwrap();
+            let points = points.split('"').next().unwrap().to_string();
+            points
+                .split_whitespace()
+                .filter_map(|p| p.split(',').next()?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .fold(0.0f64, f64::max);
+    for name in &series {
+        let (x, _) = texts
+            .iter()
+            .find(|(_, t)| t == name)
+            .unwrap_or_else(|| panic!("legend entry {name}: {texts:?}"));
+        assert!(
+            *x > curve_right_edge,
+            "legend `{name}` at x = {x} over the curves (right edge {curve_right_edge})"
+        );
+    }
+}
