@@ -35,14 +35,13 @@ pub enum ModelError {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
-    #[error("{path}: {key} = {value} disagrees with the weights: tensor `{tensor}` has shape {actual:?}, where the config means {expected:?}")]
+    /// `tensor` says which tensor and how its shape differs.
+    #[error("{path}: {key} = {value} disagrees with the weights: {tensor}")]
     ConfigMismatch {
         path: PathBuf,
         key: String,
         value: usize,
         tensor: String,
-        actual: Vec<usize>,
-        expected: Vec<usize>,
     },
     #[error("no parameter named `{name}`")]
     UnknownParam { name: String },

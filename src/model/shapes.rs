@@ -118,9 +118,12 @@ pub fn check_weights(
             path: config_path.to_path_buf(),
             key: at_fault.key.to_string(),
             value: at_fault.size,
-            tensor: tensor.name.clone(),
-            actual: raw.shape.clone(),
-            expected: tensor.shape(),
+            tensor: format!(
+                "tensor `{}` has shape {:?}, where the config means {:?}",
+                tensor.name,
+                raw.shape,
+                tensor.shape()
+            ),
         });
     }
     let tied_copy = |name: &str| config.tie_word_embeddings && name == "lm_head.weight";
