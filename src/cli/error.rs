@@ -11,6 +11,8 @@ pub enum ErrorKind {
     Check,
     /// Something broke inside graft or the machine. Exit 3.
     Internal,
+    /// Stopped by a signal, cleanly: exit 128 + the signal's number.
+    Interrupted(i32),
 }
 
 #[derive(Debug)]
@@ -45,6 +47,14 @@ impl CliError {
         }
     }
 
+    pub fn interrupted(exit_code: i32, message: impl Into<String>) -> Self {
+        CliError {
+            kind: ErrorKind::Interrupted(exit_code),
+            message: message.into(),
+            hint: None,
+        }
+    }
+
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
@@ -55,13 +65,18 @@ impl CliError {
             ErrorKind::Check => 1,
             ErrorKind::User => 2,
             ErrorKind::Internal => 3,
+            ErrorKind::Interrupted(code) => code,
         }
     }
 }
 
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "error: {}", self.message)?;
+        let label = match self.kind {
+            ErrorKind::Interrupted(_) => "interrupted",
+            _ => "error",
+        };
+        write!(f, "{label}: {}", self.message)?;
         if let Some(hint) = &self.hint {
             write!(f, "\nhint: {hint}")?;
         }

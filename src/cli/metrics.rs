@@ -53,13 +53,18 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     for name in &names {
         data.push((name.clone(), index.series(&run, name)?));
     }
+    // A run is known by its tags where it has them; the id prefix stays to
+    // tell runs apart.
+    let tags = crate::lineage::summary::tags_by_target(&index)?
+        .remove(&run)
+        .unwrap_or_default();
     drop(index);
     if let Some(path) = &args.plot {
-        plot::write(
-            path,
-            &format!("run {}", run.short()),
-            &data.iter().cloned().collect(),
-        )?;
+        let title = match tags.is_empty() {
+            true => format!("run {}", run.short()),
+            false => format!("{} (run {})", tags.join(", "), &run.short()[..8]),
+        };
+        plot::write(path, &title, &data.iter().cloned().collect())?;
         eprintln!("wrote {}", path.display());
     }
     if args.json {

@@ -14,6 +14,7 @@ mod fork;
 mod gc;
 mod generate;
 mod init;
+mod interrupt;
 mod lineage;
 mod log;
 mod metrics;

@@ -29,12 +29,30 @@ fn register_font() {
     });
 }
 
-/// One line per series on shared axes.
+/// Series colours: well apart from each other and dark enough to read on white
+/// (no yellow); Okabe-Ito's colour-blind-safe set less its yellow, with brown,
+/// purple and grey after. More series than colours cycle.
+pub const PALETTE: [RGBColor; 8] = [
+    RGBColor(0x00, 0x72, 0xB2), // blue
+    RGBColor(0xD5, 0x5E, 0x00), // vermillion
+    RGBColor(0x00, 0x9E, 0x73), // bluish green
+    RGBColor(0xCC, 0x79, 0xA7), // reddish purple
+    RGBColor(0x00, 0x00, 0x00), // black
+    RGBColor(0x8C, 0x56, 0x4B), // brown
+    RGBColor(0x6A, 0x3D, 0x9A), // purple
+    RGBColor(0x7F, 0x7F, 0x7F), // grey
+];
+
+/// Width of the legend column right of the plot, so it never covers a curve.
+const LEGEND_WIDTH: u32 = 220;
+
+/// One line per series on shared axes: `step` across, the series' values up,
+/// the legend in its own column on the right.
 pub fn write(path: &Path, title: &str, series: &BTreeMap<String, Vec<(u64, f64)>>) -> CliResult {
     check_extension(path)?;
     register_font();
     let fail = |e: &dyn std::fmt::Display| CliError::internal(format!("{}: {e}", path.display()));
-    let size = (960, 540);
+    let size = (960 + LEGEND_WIDTH, 540);
     if path.extension().and_then(|e| e.to_str()) == Some("svg") {
         draw(
             SVGBackend::new(path, size).into_drawing_area(),
@@ -52,6 +70,17 @@ pub fn write(path: &Path, title: &str, series: &BTreeMap<String, Vec<(u64, f64)>
     }
 }
 
+/// The y axis's label: the series' name, or names while they fit.
+fn value_label(series: &BTreeMap<String, Vec<(u64, f64)>>) -> String {
+    let names: Vec<&str> = series.keys().map(String::as_str).collect();
+    let joined = names.join(", ");
+    if joined.len() <= 48 {
+        joined
+    } else {
+        "value (series in the legend)".into()
+    }
+}
+
 fn draw<DB: DrawingBackend>(
     area: DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
@@ -59,6 +88,9 @@ fn draw<DB: DrawingBackend>(
 ) -> Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
     area.fill(&WHITE).map_err(|x| e(&x))?;
+    let area = area.titled(title, ("sans-serif", 22)).map_err(|x| e(&x))?;
+    let (width, _) = area.dim_in_pixel();
+    let (plot_area, legend_area) = area.split_horizontally(width.saturating_sub(LEGEND_WIDTH));
     let points: Vec<&(u64, f64)> = series
         .values()
         .flatten()
@@ -76,39 +108,47 @@ fn draw<DB: DrawingBackend>(
     if high - low < 1e-12 {
         high = low + 1.0;
     }
-    let mut chart = ChartBuilder::on(&area)
-        .caption(title, ("sans-serif", 22))
+    let mut chart = ChartBuilder::on(&plot_area)
         .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
+        .x_label_area_size(48)
+        .y_label_area_size(76)
         .build_cartesian_2d(0u64..max_step, low..high)
         .map_err(|x| e(&x))?;
     chart
         .configure_mesh()
         .x_desc("step")
+        .y_desc(value_label(series))
+        .axis_desc_style(("sans-serif", 16))
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|x| e(&x))?;
-    for (i, (name, data)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+    for (i, data) in series.values().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
         chart
             .draw_series(LineSeries::new(
                 data.iter().filter(|(_, v)| v.is_finite()).copied(),
                 color.stroke_width(2),
             ))
-            .map_err(|x| e(&x))?
-            .label(name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
+            .map_err(|x| e(&x))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(|x| e(&x))?;
+    // The legend: a swatch and the name per series, top to bottom.
+    for (i, name) in series.keys().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let y = 24 + 24 * i as i32;
+        legend_area
+            .draw(&PathElement::new(
+                vec![(8, y), (32, y)],
+                color.stroke_width(3),
+            ))
+            .map_err(|x| e(&x))?;
+        legend_area
+            .draw(&Text::new(
+                name.clone(),
+                (40, y - 8),
+                ("sans-serif", 14).into_font().color(&BLACK),
+            ))
+            .map_err(|x| e(&x))?;
+    }
     area.present().map_err(|x| e(&x))?;
     Ok(())
 }

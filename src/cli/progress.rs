@@ -1,6 +1,7 @@
 //! Terminal progress for training: a bar with loss and learning rate, and a
 //! line per evaluation.
 
+use super::interrupt::StopRequest;
 use crate::store::Id;
 use crate::train::eval::EvalResult;
 use crate::train::Events;
@@ -9,11 +10,24 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct TerminalEvents {
     bar: Option<ProgressBar>,
     quiet: bool,
+    stop: Option<StopRequest>,
+    stop_announced: bool,
 }
 
 impl TerminalEvents {
     pub fn new(quiet: bool) -> Self {
-        TerminalEvents { bar: None, quiet }
+        TerminalEvents {
+            bar: None,
+            quiet,
+            stop: None,
+            stop_announced: false,
+        }
+    }
+
+    /// Stops the run when `request` is asked (Ctrl-C, SIGTERM).
+    pub fn stopping_on(mut self, request: Option<StopRequest>) -> Self {
+        self.stop = request;
+        self
     }
 
     fn line(&self, text: &str) {
@@ -65,6 +79,20 @@ impl Events for TerminalEvents {
 
     fn message(&mut self, text: &str) {
         self.line(text);
+    }
+
+    fn should_stop(&mut self) -> bool {
+        let asked = self.stop.as_ref().is_some_and(StopRequest::asked);
+        if asked && !self.stop_announced {
+            self.stop_announced = true;
+            // Said even with --quiet: it answers the user's own keypress.
+            let text = "stopping: writing a checkpoint at the step just finished (press Ctrl-C again to stop at once, losing the steps since the last checkpoint)";
+            match &self.bar {
+                Some(bar) if !bar.is_hidden() => bar.println(text),
+                _ => eprintln!("{text}"),
+            }
+        }
+        asked
     }
 
     fn end(&mut self) {

@@ -64,6 +64,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         &mut recorder,
         compute,
         args.quiet,
+        None,
     )?;
     let index = store.index()?;
     let comparison = compare(

@@ -158,7 +158,42 @@ pub fn execute_plan(
     options: &RunOptions,
 ) -> CliResult<Outcome> {
     let mut recorder = StoreRecorder::new(store.clone());
-    execute_plan_with(store, plan, kind, &mut recorder, compute, options.quiet)
+    let stop = super::interrupt::install()?;
+    let outcome = execute_plan_with(
+        store,
+        plan,
+        kind,
+        &mut recorder,
+        compute,
+        options.quiet,
+        Some(stop.clone()),
+    )?;
+    if outcome.interrupted {
+        return Err(interrupted(&outcome, &stop));
+    }
+    Ok(outcome)
+}
+
+/// What an execution stopped by Ctrl-C or SIGTERM tells the terminal.
+fn interrupted(outcome: &Outcome, stop: &super::interrupt::StopRequest) -> CliError {
+    let run = outcome.run.short();
+    let checkpoint = outcome
+        .checkpoints
+        .last()
+        .filter(|(step, _)| *step == outcome.final_step)
+        .map(|(_, id)| format!("checkpoint {}", id.short()))
+        .unwrap_or_else(|| "no checkpoint".into());
+    CliError::interrupted(
+        stop.exit_code(),
+        format!(
+            "run {run} stopped at step {} ({checkpoint}); its execution is recorded as interrupted",
+            outcome.final_step
+        ),
+    )
+    .with_hint(format!(
+        "`graft resume {run}` continues it from step {}",
+        outcome.final_step
+    ))
 }
 
 /// Execute a plan as `compute` says, recording through `recorder`.
@@ -169,10 +204,12 @@ pub fn execute_plan_with(
     recorder: &mut dyn crate::store::Recorder,
     compute: Compute,
     quiet: bool,
+    stop: Option<super::interrupt::StopRequest>,
 ) -> CliResult<Outcome> {
+    let events = TerminalEvents::new(quiet).stopping_on(stop);
     crate::on_compute!(
         compute,
-        execute_with(store, plan, kind, &compute, recorder, quiet)
+        execute_with(store, plan, kind, &compute, recorder, events)
     )
 }
 
@@ -183,9 +220,8 @@ fn execute_with<B: crate::compute::kernels::TrainKernels>(
     kind: ExecutionKind,
     compute: &Compute,
     recorder: &mut dyn crate::store::Recorder,
-    quiet: bool,
+    mut events: TerminalEvents,
 ) -> CliResult<Outcome> {
-    let mut events = TerminalEvents::new(quiet);
     Ok(train::execute::<B>(
         device,
         store,

@@ -13,7 +13,12 @@ pub struct Args {
 pub fn run(args: Args, context: &Context) -> CliResult {
     let store = context.store()?;
     let index = store.index()?;
-    let report = crate::store::verify::verify(&index, store.objects())?;
+    let mut report = crate::store::verify::verify(&index, store.objects())?;
+    for model in index.models()? {
+        report
+            .changed_model_files
+            .extend(crate::train::registry::check_model_folder(&model));
+    }
     if args.json {
         output::print_json(&serde_json::to_value(&report).unwrap_or_default())?;
     } else {
@@ -22,6 +27,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             .iter()
             .chain(&report.dangling)
             .chain(&report.unreadable)
+            .chain(&report.changed_model_files)
         {
             output::println_safe(line);
         }
@@ -40,11 +46,16 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         Ok(())
     } else {
         Err(CliError::check(format!(
-            "{} corrupt objects, {} dangling references, {} unreadable records",
+            "{} corrupt objects, {} dangling references, {} unreadable records, {} changed model files",
             report.corrupt_objects.len(),
             report.dangling.len(),
-            report.unreadable.len()
+            report.unreadable.len(),
+            report.changed_model_files.len()
         ))
-        .with_hint("a corrupt object can be restored by re-running the step that wrote it (`graft reproduce RUN`)"))
+        .with_hint(if report.changed_model_files.is_empty() {
+            "a corrupt object can be restored by re-running the step that wrote it (`graft reproduce RUN`)"
+        } else {
+            "restore the model folder's files (runs on it cannot load until then), or `graft model add DIR` to register the new content as another model"
+        }))
     }
 }

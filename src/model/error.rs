@@ -35,6 +35,14 @@ pub enum ModelError {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
+    /// `tensor` says which tensor and how its shape differs.
+    #[error("{path}: {key} = {value} disagrees with the weights: {tensor}")]
+    ConfigMismatch {
+        path: PathBuf,
+        key: String,
+        value: usize,
+        tensor: String,
+    },
     #[error("no parameter named `{name}`")]
     UnknownParam { name: String },
     #[error("adapter: {message}")]

@@ -14,6 +14,7 @@ pub mod llama;
 pub mod lora;
 pub mod params;
 pub mod parity;
+pub mod shapes;
 pub mod weights;
 
 pub use adapter::{

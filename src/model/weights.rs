@@ -135,7 +135,7 @@ pub fn read_raw_tensors(dir: &Path) -> Result<BTreeMap<String, RawTensor>, Model
 
 /// Checkpoint keys that carry no weights of ours and are skipped on load: buffers older
 /// transformers versions saved.
-fn is_ignored_key(name: &str) -> bool {
+pub(crate) fn is_ignored_key(name: &str) -> bool {
     name.ends_with("rotary_emb.inv_freq")
 }
 

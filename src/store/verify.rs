@@ -17,11 +17,18 @@ pub struct VerifyReport {
     pub dangling: Vec<String>,
     /// Records that cannot be decoded.
     pub unreadable: Vec<String>,
+    /// Files of models referenced in place that no longer hash as registered,
+    /// each line naming the file. The store cannot read weight files: the
+    /// caller fills this in (`crate::train::registry::check_model_folder`).
+    pub changed_model_files: Vec<String>,
 }
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
-        self.corrupt_objects.is_empty() && self.dangling.is_empty() && self.unreadable.is_empty()
+        self.corrupt_objects.is_empty()
+            && self.dangling.is_empty()
+            && self.unreadable.is_empty()
+            && self.changed_model_files.is_empty()
     }
 }
 

@@ -13,7 +13,7 @@ use super::optim::{is_embedding_block, AdamW, AdamWConfig};
 use super::plan::{object_source, Plan};
 use super::registry::{self, RegistryError};
 use super::state::{self, Kept, TrainerState};
-use super::{loss, schedule, step, unfreeze};
+use super::{interrupt, loss, schedule, step, unfreeze};
 use crate::compute::kernels::TrainKernels;
 use crate::compute::{Compute, Dtype};
 use crate::data::{
@@ -54,6 +54,12 @@ pub trait Events {
     fn eval(&mut self, _step: u64, _results: &[(String, eval::EvalResult)]) {}
     fn message(&mut self, _text: &str) {}
     fn end(&mut self) {}
+    /// Asked once after each step: `true` ends the execution as interrupted,
+    /// with a checkpoint at that step (resumable). The library installs no
+    /// signal handler; the caller decides what asks for a stop.
+    fn should_stop(&mut self) -> bool {
+        false
+    }
 }
 
 /// Events nobody listens to.
@@ -68,6 +74,9 @@ pub struct Outcome {
     /// Every checkpoint written by this execution, in step order.
     pub checkpoints: Vec<(u64, Id)>,
     pub early_stopped: bool,
+    /// The caller asked to stop ([`Events::should_stop`]): the execution ended
+    /// as interrupted after checkpointing its last step.
+    pub interrupted: bool,
     /// Wall time of the step loop, and the part spent recording.
     pub loop_time: Duration,
     pub record_time: Duration,
@@ -298,8 +307,10 @@ pub fn execute<B: TrainKernels>(
 
     let loop_started = Instant::now();
     let mut pending = step::PendingSteps::<B::InnerBackend>::default();
-    let result = (|| -> Result<(u64, bool), TrainError> {
+    let mut interrupt_start = None;
+    let result = (|| -> Result<(u64, bool, bool), TrainError> {
         if let (true, Some(checkpoint)) = (resuming, &start) {
+            interrupt_start = interrupt::transient_start(checkpoint, &trainer);
             // A crash between recording a checkpoint and retiring the ones
             // retention no longer keeps leaves those live: retire them now,
             // so the kept set is what an uninterrupted run keeps.
@@ -470,7 +481,7 @@ pub fn execute<B: TrainKernels>(
                     entry.id = id;
                 }
                 checkpoints_written.push((step, id));
-                for checkpoint in retired {
+                for checkpoint in retired.into_iter().chain(interrupt_start.take()) {
                     recorder.retire_checkpoint(checkpoint)?;
                 }
                 record_time += write.elapsed();
@@ -478,18 +489,34 @@ pub fn execute<B: TrainKernels>(
             if early_stopped {
                 break;
             }
+            if step < total && events.should_stop() {
+                if !checkpoint_due {
+                    record_time += log_steps(&mut pending, recorder, events)?;
+                    let id = interrupt::save(
+                        recorder,
+                        &model,
+                        &optimizer,
+                        &trainer,
+                        &inherited,
+                        adapter.as_ref(),
+                    )?;
+                    checkpoints_written.push((step, id));
+                }
+                return Ok((step, false, true));
+            }
             pending.restart_clock();
         }
-        Ok((trainer.step, early_stopped))
+        Ok((trainer.step, early_stopped, false))
     })();
     let loop_time = loop_started.elapsed();
     match result {
-        Ok((final_step, early_stopped)) => {
-            recorder.end(
-                ExecutionStatus::Completed,
-                None,
-                early_stopped.then(|| "early stop".to_string()),
-            )?;
+        Ok((final_step, early_stopped, interrupted)) => {
+            let (status, reason) = match (interrupted, early_stopped) {
+                (true, _) => (ExecutionStatus::Interrupted, Some(interrupt::REASON)),
+                (false, true) => (ExecutionStatus::Completed, Some("early stop")),
+                (false, false) => (ExecutionStatus::Completed, None),
+            };
+            recorder.end(status, None, reason.map(String::from))?;
             events.end();
             Ok(Outcome {
                 run: run.id,
@@ -497,6 +524,7 @@ pub fn execute<B: TrainKernels>(
                 final_step,
                 checkpoints: checkpoints_written,
                 early_stopped,
+                interrupted,
                 loop_time,
                 record_time,
                 last_eval,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod eval;
 pub mod execute;
 pub mod fork;
+pub mod interrupt;
 pub mod lifecycle;
 pub mod loss;
 pub mod optim;

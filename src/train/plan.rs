@@ -1,11 +1,10 @@
 //! From an experiment file to a recipe: resolve the base model or starting
 //! checkpoint, register every dataset (train, eval, replay, ancestors' eval
 //! sets), check the new data against the parent's, and fill in every
-//! default. Nothing is written to the index here but, once every check has
-//! passed, a base model folder seen for the first time: datasets and the run
-//! are handed to the recorder, which registers them when the execution
-//! begins, so a plan that fails leaves the index untouched (objects aside,
-//! which `gc` reclaims).
+//! default. Nothing is written to the index here: the base model, datasets
+//! and the run are handed to the recorder, which registers them when the
+//! execution begins. New data files become objects only once every check has
+//! passed, so a plan that fails leaves the store untouched.
 
 use super::config::{Experiment, ReplayFrom};
 use super::registry::{self, RegistryError};
@@ -68,6 +67,12 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
     let tokenizer = Arc::new(Tokenizer::from_dir(&folder)?);
     let model_config = crate::model::ModelConfig::from_dir(&folder)?;
     check_tokenizer(&tokenizer, &model_config, &folder)?;
+    super::unfreeze::check_schedule(
+        &experiment.unfreeze.schedule,
+        model_config.num_hidden_layers,
+        &folder.join("config.json"),
+    )
+    .map_err(PlanError::Invalid)?;
     let data = &experiment.data;
     if data.seq_len > model_config.max_position_embeddings {
         return Err(PlanError::Invalid(format!(
@@ -83,6 +88,8 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
     };
 
     let mut records: Vec<DatasetRecord> = Vec::new();
+    // Data files to store once every check has passed: (path, object id).
+    let mut new_files: Vec<(String, Id)> = Vec::new();
     let mut uses: Vec<DatasetUse> = Vec::new();
     let mut train_profiles = Vec::new();
     let mut train_files = data.train.clone();
@@ -100,8 +107,8 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
     for file in train_files.drain(..) {
         let format: Format = file.format.parse()?;
         let encoder = Encoder::new(tokenizer.clone(), format, &data.template)?;
-        let (record, profile) =
-            register_file(store, &file.path, &encoder, data.seq_len, data.pack)?;
+        let (record, profile) = describe_file(&file.path, &encoder, data.seq_len, data.pack)?;
+        new_files.push((file.path.clone(), record.file_object));
         uses.push(DatasetUse {
             dataset: record.id,
             role: "train".into(),
@@ -119,7 +126,8 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
     for file in &data.eval {
         let format: Format = file.format.parse()?;
         let encoder = Encoder::new(tokenizer.clone(), format, &data.template)?;
-        let (record, _) = register_file(store, &file.path, &encoder, data.seq_len, false)?;
+        let (record, _) = describe_file(&file.path, &encoder, data.seq_len, false)?;
+        new_files.push((file.path.clone(), record.file_object));
         let name = file.name.clone().unwrap_or_else(|| file_name(&file.path));
         uses.push(DatasetUse {
             dataset: record.id,
@@ -311,6 +319,13 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
 
     records.sort_by_key(|r| r.id);
     records.dedup_by_key(|r| r.id);
+    for (path, expected) in new_files {
+        if store.objects().put_file(Path::new(&path))? != expected {
+            return Err(PlanError::Invalid(format!(
+                "{path} changed while it was read; try again"
+            )));
+        }
+    }
     // The model record enters the index when the execution begins (see
     // `execute`), so a plan that fails, or a run that cannot start, leaves
     // the index as it was.
@@ -393,9 +408,8 @@ pub fn replay_from_canon(from: &ReplayFrom) -> Canon {
     }
 }
 
-/// Copy a data file into the store and describe it.
-fn register_file(
-    store: &Store,
+/// Describe a data file (its object id among the rest); the caller stores it.
+fn describe_file(
     path: &str,
     encoder: &Encoder,
     seq_len: usize,
@@ -406,12 +420,6 @@ fn register_file(
         return Err(PlanError::Invalid(format!("{path}: no such data file")));
     }
     let prepared = data::prepare_dataset(&source, encoder, seq_len, pack, chrono::Utc::now())?;
-    let stored = store.objects().put_file(Path::new(path))?;
-    if stored != prepared.record.file_object {
-        return Err(PlanError::Invalid(format!(
-            "{path} changed while it was read; try again"
-        )));
-    }
     Ok((prepared.record, prepared.profile))
 }
 

@@ -52,15 +52,14 @@ pub fn tensor_object(raw: &RawTensor) -> (Id, Vec<u8>) {
 
 /// Hash (and with `copy`, store) a Hugging Face folder; record it.
 pub fn register_model(store: &Store, dir: &Path, copy: bool) -> Result<ModelRecord, RegistryError> {
-    let record = describe_model(store, dir, copy)?;
+    let record = describe_model(dir, copy)?;
     record_model(store, record)
 }
 
-/// Hash a Hugging Face folder into a model record without touching the
-/// index (its small files, and with `copy` its tensors, become objects,
-/// which `gc` reclaims if the record is never written): a plan describes
-/// its base model first and records it only once every check has passed.
-pub fn describe_model(store: &Store, dir: &Path, copy: bool) -> Result<ModelRecord, RegistryError> {
+/// Hash a Hugging Face folder into a model record without writing anything:
+/// a plan describes its base model first and records it (objects, then the
+/// index: [`record_model`]) only once every check has passed.
+pub fn describe_model(dir: &Path, copy: bool) -> Result<ModelRecord, RegistryError> {
     let dir = dir.canonicalize().map_err(|e| RegistryError::Folder {
         path: dir.to_path_buf(),
         message: format!("{e}: expected a Hugging Face model folder"),
@@ -72,23 +71,21 @@ pub fn describe_model(store: &Store, dir: &Path, copy: bool) -> Result<ModelReco
             message: "missing: graft needs the model's tokenizer.json".into(),
         });
     }
+    let raw = read_raw_tensors(&dir)?;
+    crate::model::shapes::check_weights(&config, &raw, &dir.join("config.json"))?;
     let mut files = BTreeMap::new();
     for name in SMALL_FILES {
         let path = dir.join(name);
         if path.is_file() {
-            files.insert(name.to_string(), store.objects().put_file(&path)?);
+            let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+            files.insert(name.to_string(), object_id(&bytes));
         }
     }
-    let raw = read_raw_tensors(&dir)?;
     let mut tensors = BTreeMap::new();
     let mut parameters = 0usize;
     for (name, tensor) in &raw {
         parameters += tensor.shape.iter().product::<usize>();
-        let (id, bytes) = tensor_object(tensor);
-        if copy {
-            store.objects().put_bytes(&bytes)?;
-        }
-        tensors.insert(name.clone(), id);
+        tensors.insert(name.clone(), tensor_object(tensor).0);
     }
     let config_id = files["config.json"];
     let tokenizer_id = files["tokenizer.json"];
@@ -124,17 +121,46 @@ pub fn describe_model(store: &Store, dir: &Path, copy: bool) -> Result<ModelReco
     Ok(record)
 }
 
-/// Write a described model to the index.
+/// Write a described model: its small files (and, copied, its tensors) as
+/// objects, then its record in the index.
 pub fn record_model(store: &Store, record: ModelRecord) -> Result<ModelRecord, RegistryError> {
     let index = store.index()?;
     match index.get_model(&record.id)? {
         // Same content already known: keep its first registration, but
-        // remember the copy if one was made now.
+        // remember the copy if one is made now.
         Some(existing) if existing.copied || !record.copied => return Ok(existing),
-        _ => index.put_model(&record)?,
+        _ => {
+            store_model_files(store, &record)?;
+            index.put_model(&record)?;
+        }
     }
     index.flush()?;
     Ok(record)
+}
+
+/// Puts the files `record` names into the object store from its folder,
+/// checking that each is still what was described.
+fn store_model_files(store: &Store, record: &ModelRecord) -> Result<(), RegistryError> {
+    let dir = Path::new(&record.path);
+    let changed = |name: &str| RegistryError::Folder {
+        path: dir.join(name),
+        message: "changed while it was registered; try again".into(),
+    };
+    for (name, expected) in &record.files {
+        if store.objects().put_file(&dir.join(name))? != *expected {
+            return Err(changed(name));
+        }
+    }
+    if record.copied {
+        for (name, tensor) in read_raw_tensors(dir)? {
+            let (id, bytes) = tensor_object(&tensor);
+            if record.tensors.get(&name) != Some(&id) {
+                return Err(changed(&name));
+            }
+            store.objects().put_bytes(&bytes)?;
+        }
+    }
+    Ok(())
 }
 
 /// `model.base` of an experiment: a folder (described, not yet recorded:
@@ -142,7 +168,7 @@ pub fn record_model(store: &Store, record: ModelRecord) -> Result<ModelRecord, R
 pub fn resolve_base(store: &Store, base: &str) -> Result<ModelRecord, RegistryError> {
     let path = Path::new(base);
     if path.is_dir() {
-        return describe_model(store, path, false);
+        return describe_model(path, false);
     }
     let index = store.index()?;
     match index.resolve(base) {
@@ -183,6 +209,71 @@ pub fn model_folder(record: &ModelRecord) -> Result<PathBuf, RegistryError> {
         }
     }
     Ok(dir)
+}
+
+/// What differs between the folder of a model referenced in place and its
+/// registration, one line per file at fault (`graft verify`): a small file
+/// (config, tokenizer) whose hash changed or that is gone, a weight file whose
+/// tensors no longer hash as registered, a registered tensor no file holds.
+/// A folder that is gone altogether is the store's own check.
+pub fn check_model_folder(record: &ModelRecord) -> Vec<String> {
+    let dir = Path::new(&record.path);
+    if record.copied || !dir.is_dir() {
+        return Vec::new();
+    }
+    let model = format!("model {}", record.id.short());
+    let mut problems = Vec::new();
+    for (name, expected) in &record.files {
+        let path = dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) if object_id(&bytes) == *expected => {}
+            Ok(_) => problems.push(format!(
+                "{}: changed since {model} was registered from it",
+                path.display()
+            )),
+            Err(e) => problems.push(format!(
+                "{}: {e} ({model} was registered with it)",
+                path.display()
+            )),
+        }
+    }
+    let files = match crate::model::weights::weight_files(dir) {
+        Ok(files) => files,
+        Err(e) => {
+            problems.push(format!("{e} ({model})"));
+            return problems;
+        }
+    };
+    let mut seen = Vec::new();
+    for file in files {
+        let tensors = match crate::model::weights::read_safetensors(&file) {
+            Ok(tensors) => tensors,
+            Err(e) => {
+                problems.push(format!("{e} ({model})"));
+                continue;
+            }
+        };
+        let changed: Vec<String> = tensors
+            .iter()
+            .filter(|(name, tensor)| record.tensors.get(*name) != Some(&tensor_object(tensor).0))
+            .map(|(name, _)| format!("`{name}`"))
+            .collect();
+        if !changed.is_empty() {
+            problems.push(format!(
+                "{}: tensor {} differs from what {model} registered",
+                file.display(),
+                changed.join(", ")
+            ));
+        }
+        seen.extend(tensors.into_keys());
+    }
+    for name in record.tensors.keys().filter(|name| !seen.contains(name)) {
+        problems.push(format!(
+            "{}: no weight file holds tensor `{name}`, which {model} registered",
+            dir.display()
+        ));
+    }
+    problems
 }
 
 /// Every model, for `graft model ls`.

@@ -68,3 +68,35 @@ pub fn open_blocks(
         Layers::Blocks(blocks) => blocks,
     }
 }
+
+/// Refuses a schedule entry that names decoder layers the model does not have
+/// (`top:K` beyond its layer count, or `layer.N` past the last), which would
+/// otherwise open fewer blocks than written, silently.
+pub fn check_schedule(
+    schedule: &[super::config::UnfreezeStep],
+    layers: usize,
+    config_path: &std::path::Path,
+) -> Result<(), String> {
+    for (position, entry) in schedule.iter().enumerate() {
+        let beyond = match parse_layers(&entry.layers)? {
+            Layers::Top(k) if k > layers => Some(format!("top:{k}")),
+            Layers::Blocks(blocks) => blocks.iter().find_map(|block| match block {
+                Block::Layer(n) if *n >= layers => Some(format!("layer.{n}")),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if let Some(named) = beyond {
+            let last = match layers {
+                0 => "none".to_string(),
+                n => format!("layer.0 to layer.{}", n - 1),
+            };
+            return Err(format!(
+                "unfreeze.schedule[{position}] (at = {}): `{named}` asks for more than the model has: {layers} decoder layers (num_hidden_layers in {}), so top:{layers} or {last} at most",
+                entry.at,
+                config_path.display()
+            ));
+        }
+    }
+    Ok(())
+}

@@ -28,6 +28,7 @@ mod store_crash;
 mod store_ids;
 mod store_lineage;
 mod train_workflow;
-mod workflow_outputs;
 mod workflow_adapter;
+mod workflow_defects;
 mod workflow_fork_patch;
+mod workflow_outputs;
