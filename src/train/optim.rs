@@ -12,6 +12,7 @@ use crate::model::{AnyTensor, Block, CausalLm, ParamInfo};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Tensor, TensorData};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 pub struct AdamWConfig {
     pub beta1: f64,
@@ -234,6 +235,8 @@ impl<B: Kernels> AdamW<B> {
         }
     }
 
+    /// One update: the trainable entries, the fused kernels where they serve, else the
+    /// flat groups scaled, clipped by their global norm and stepped group by group.
     fn update<A: AutodiffBackend<InnerBackend = B>>(
         &mut self,
         model: CausalLm<A>,
@@ -242,9 +245,30 @@ impl<B: Kernels> AdamW<B> {
         clip: Option<f64>,
         lr_of: impl Fn(&ParamInfo) -> f64,
     ) -> (CausalLm<A>, Option<Tensor<B, 1>>) {
+        let entries = self.entries(&model, grads, lr_of);
+        let entries = match self.device_update(entries, scale, clip) {
+            Ok((updated, norm)) => return (with_updates(model, updated), norm),
+            Err(entries) => entries,
+        };
+        let mut flat_groups = flat_groups(entries, scale);
+        let norm = clip.and_then(|clip| clip_by_global_norm(&mut flat_groups, clip));
+        let mut cached = self.fused_moments_for(&flat_groups);
+        let mut updated: HashMap<String, Tensor<B, 1>> = HashMap::new();
+        for (grad, group) in flat_groups {
+            self.step_group(grad, group, &mut cached, &mut updated);
+        }
+        (with_updates(model, updated), norm)
+    }
+
+    /// The trainable parameters that have a gradient, in module order, flattened.
+    fn entries<A: AutodiffBackend<InnerBackend = B>>(
+        &self,
+        model: &CausalLm<A>,
+        grads: GradAccumulator<B>,
+        lr_of: impl Fn(&ParamInfo) -> f64,
+    ) -> Vec<Entry<B>> {
         let weight_decay = self.config.weight_decay;
         let mut grads = grads.grads;
-        // Trainable parameters with a gradient, in module order.
         let mut entries = Vec::new();
         for (info, value) in model.params_with_values() {
             if !info.trainable {
@@ -270,143 +294,79 @@ impl<B: Kernels> AdamW<B> {
                 grad,
             });
         }
-        let entries = match self.device_update(entries, scale, clip) {
-            Ok((updated, norm)) => return (with_updates(model, updated), norm),
-            Err(entries) => entries,
-        };
-        // (x * 1.0 is x: skipping it saves an op per parameter.)
-        let entries: Vec<Entry<B>> = entries
-            .into_iter()
-            .map(|mut entry| {
-                if scale != 1.0 {
-                    entry.grad = entry.grad * scale;
-                }
-                entry
-            })
-            .collect();
+        entries
+    }
 
-        // Groups that can share one flat update, in order of first appearance.
-        let mut groups: Vec<Vec<Entry<B>>> = Vec::new();
-        for entry in entries {
-            match groups
-                .iter_mut()
-                .find(|group| group[0].shares_update_with(&entry))
-            {
-                Some(group) => group.push(entry),
-                None => groups.push(vec![entry]),
-            }
-        }
-        // Each group as (flat gradient, members); singles stay as they are.
-        let mut flat_groups: Vec<(Tensor<B, 1>, Vec<Entry<B>>)> = groups
-            .into_iter()
-            .map(|group| {
-                let grad = if group.len() == 1 {
-                    group[0].grad.clone()
-                } else {
-                    Tensor::cat(group.iter().map(|e| e.grad.clone()).collect(), 0)
-                };
-                (grad, group)
-            })
-            .collect();
-
-        let norm = clip.and_then(|clip| {
-            let squares: Vec<Tensor<B, 1>> = flat_groups
-                .iter()
-                .map(|(grad, _)| ordered_sum(grad.clone().cast(FloatDType::F32).powi_scalar(2)))
-                .collect();
-            if squares.is_empty() {
-                return None;
-            }
-            let norm = Tensor::cat(squares, 0).sum().sqrt();
-            let factor = (norm.clone() + 1e-6)
-                .recip()
-                .mul_scalar(clip)
-                .clamp_max(1.0);
-            for (grad, _) in flat_groups.iter_mut() {
-                *grad = grad.clone() * factor.clone().cast(grad.dtype());
-            }
-            Some(norm)
+    /// The fused moments, kept only if they belong to exactly one group now; otherwise
+    /// they go back to per-name state.
+    fn fused_moments_for(&mut self, flat_groups: &[FlatGroup<B>]) -> Option<FusedMoments<B>> {
+        let fused = self.fused.take()?;
+        let matches = flat_groups.iter().any(|(_, group)| {
+            group.len() == fused.members.len()
+                && group
+                    .iter()
+                    .zip(&fused.members)
+                    .all(|(e, (name, _))| &e.name == name)
         });
-
-        // Keep the fused moments only if they belong to exactly one group now.
-        let cached = self.fused.take();
-        let cached = match cached {
+        if matches {
             Some(fused)
-                if flat_groups.iter().any(|(_, group)| {
-                    group.len() == fused.members.len()
-                        && group
-                            .iter()
-                            .zip(&fused.members)
-                            .all(|(e, (name, _))| &e.name == name)
-                }) =>
-            {
-                Some(fused)
-            }
-            Some(fused) => {
-                self.state.extend(fused.split());
-                None
-            }
-            None => None,
-        };
-        let mut cached = cached;
-
-        let mut updated: std::collections::HashMap<String, Tensor<B, 1>> = Default::default();
-        for (grad, group) in flat_groups {
-            let first = &group[0];
-            let (lr, decays, steps) = (first.lr, first.decays, first.steps + 1);
-            let members: Vec<(String, usize)> = group
-                .iter()
-                .map(|e| (e.name.clone(), e.param.dims()[0]))
-                .collect();
-            let param = if group.len() == 1 {
-                first.param.clone()
-            } else {
-                Tensor::cat(group.iter().map(|e| e.param.clone()).collect(), 0)
-            };
-            let reuse = cached
-                .as_ref()
-                .is_some_and(|fused| fused.members == members);
-            let (m, v) = if reuse {
-                let fused = cached.take().expect("checked above");
-                (fused.m, fused.v)
-            } else {
-                let mut ms = Vec::new();
-                let mut vs = Vec::new();
-                for entry in &group {
-                    let moments = self.state.remove(&entry.name).unwrap_or_else(|| Moments {
-                        m: entry.param.zeros_like(),
-                        v: entry.param.zeros_like(),
-                        steps: 0,
-                    });
-                    ms.push(moments.m);
-                    vs.push(moments.v);
-                }
-                if group.len() == 1 {
-                    (ms.remove(0), vs.remove(0))
-                } else {
-                    (Tensor::cat(ms, 0), Tensor::cat(vs, 0))
-                }
-            };
-            let (param, m, v) = self.adamw(param, grad, m, v, steps, lr, decays);
-            let mut offset = 0;
-            for (name, len) in &members {
-                updated.insert(name.clone(), param.clone().narrow(0, offset, *len));
-                offset += len;
-            }
-            let moments = FusedMoments {
-                members,
-                m,
-                v,
-                steps,
-            };
-            if moments.members.len() > 1 && self.fused.is_none() {
-                self.fused = Some(moments);
-            } else {
-                self.state.extend(moments.split());
-            }
+        } else {
+            self.state.extend(fused.split());
+            None
         }
+    }
 
-        (with_updates(model, updated), norm)
+    /// AdamW on one flat group: its moments (the cached fused ones, or each member's
+    /// concatenated), the update, and each member's new value into `updated`.
+    fn step_group(
+        &mut self,
+        grad: Tensor<B, 1>,
+        group: Vec<Entry<B>>,
+        cached: &mut Option<FusedMoments<B>>,
+        updated: &mut HashMap<String, Tensor<B, 1>>,
+    ) {
+        let first = &group[0];
+        let (lr, decays, steps) = (first.lr, first.decays, first.steps + 1);
+        let members: Vec<(String, usize)> = group
+            .iter()
+            .map(|e| (e.name.clone(), e.param.dims()[0]))
+            .collect();
+        let param = concat(group.iter().map(|e| e.param.clone()).collect());
+        let (m, v) = match cached.take() {
+            Some(fused) if fused.members == members => (fused.m, fused.v),
+            other => {
+                *cached = other;
+                let (ms, vs): (Vec<_>, Vec<_>) = group
+                    .iter()
+                    .map(|entry| {
+                        let moments = self.state.remove(&entry.name).unwrap_or_else(|| Moments {
+                            m: entry.param.zeros_like(),
+                            v: entry.param.zeros_like(),
+                            steps: 0,
+                        });
+                        (moments.m, moments.v)
+                    })
+                    .unzip();
+                (concat(ms), concat(vs))
+            }
+        };
+        let (param, m, v) = self.adamw(param, grad, m, v, steps, lr, decays);
+        let mut offset = 0;
+        for (name, len) in &members {
+            updated.insert(name.clone(), param.clone().narrow(0, offset, *len));
+            offset += len;
+        }
+        let moments = FusedMoments {
+            members,
+            m,
+            v,
+            steps,
+        };
+        if moments.members.len() > 1 && self.fused.is_none() {
+            self.fused = Some(moments);
+        } else {
+            self.state.extend(moments.split());
+        }
     }
 
     /// The whole update in `crate::compute::fused_adamw`'s kernels, when the backend is CUDA and
@@ -561,6 +521,72 @@ impl<B: Kernels> AdamW<B> {
                 },
             );
         }
+    }
+}
+
+/// A flat gradient and the entries it holds.
+type FlatGroup<B> = (Tensor<B, 1>, Vec<Entry<B>>);
+
+/// The gradients scaled by `scale`, then grouped into runs that can share one flat
+/// update (same step count, learning rate, decay and dtypes), in order of first
+/// appearance; each group's gradients as one flat tensor (singles stay as they are).
+fn flat_groups<B: Backend>(entries: Vec<Entry<B>>, scale: f64) -> Vec<FlatGroup<B>> {
+    let mut groups: Vec<Vec<Entry<B>>> = Vec::new();
+    for mut entry in entries {
+        // (x * 1.0 is x: skipping it saves an op per parameter.)
+        if scale != 1.0 {
+            entry.grad = entry.grad * scale;
+        }
+        match groups
+            .iter_mut()
+            .find(|group| group[0].shares_update_with(&entry))
+        {
+            Some(group) => group.push(entry),
+            None => groups.push(vec![entry]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|group| {
+            (
+                concat(group.iter().map(|e| e.grad.clone()).collect()),
+                group,
+            )
+        })
+        .collect()
+}
+
+/// Multiplies every group's gradient by `min(1, clip / (norm + 1e-6))`, torch's
+/// `clip_grad_norm_`, on the device; returns the global norm before clipping (`[1]`,
+/// f32), `None` when there is nothing to clip.
+fn clip_by_global_norm<B: Backend>(
+    flat_groups: &mut [FlatGroup<B>],
+    clip: f64,
+) -> Option<Tensor<B, 1>> {
+    let squares: Vec<Tensor<B, 1>> = flat_groups
+        .iter()
+        .map(|(grad, _)| ordered_sum(grad.clone().cast(FloatDType::F32).powi_scalar(2)))
+        .collect();
+    if squares.is_empty() {
+        return None;
+    }
+    let norm = Tensor::cat(squares, 0).sum().sqrt();
+    let factor = (norm.clone() + 1e-6)
+        .recip()
+        .mul_scalar(clip)
+        .clamp_max(1.0);
+    for (grad, _) in flat_groups.iter_mut() {
+        *grad = grad.clone() * factor.clone().cast(grad.dtype());
+    }
+    Some(norm)
+}
+
+/// The tensors end to end (one tensor as it is, without a copy).
+fn concat<B: Backend>(mut tensors: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
+    if tensors.len() == 1 {
+        tensors.remove(0)
+    } else {
+        Tensor::cat(tensors, 0)
     }
 }
 
