@@ -660,7 +660,10 @@ fn log_eval(
 ) -> Result<(), StoreError> {
     let mut values: Vec<(String, f64)> = Vec::new();
     for (i, (name, result)) in results.iter().enumerate() {
-        if i == 0 {
+        // `eval_loss`, the series `best` reads, covers trained steps only: the starting
+        // point's loss (step 0) stays in `eval/<set>/loss`, so a run that only got
+        // worse does not show its starting loss as its best.
+        if i == 0 && step > 0 {
             values.push((crate::store::refs::BEST_METRIC.to_string(), result.loss));
         }
         values.push((format!("eval/{name}/loss"), result.loss));

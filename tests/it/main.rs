@@ -29,6 +29,7 @@ mod store_ids;
 mod store_lineage;
 mod train_workflow;
 mod workflow_adapter;
+mod workflow_best;
 mod workflow_defects;
 mod workflow_fork_patch;
 mod workflow_outputs;
