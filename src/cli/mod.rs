@@ -56,6 +56,11 @@ pub enum Command {
     /// Create a store (default ./store).
     Init(init::Args),
     /// Run a recipe from an experiment file (new, or from a checkpoint via `from`).
+    ///
+    /// Every key of an experiment file, its default and meaning, is listed in
+    /// experiments/REFERENCE.md; `[compute]` says how the numbers are computed (dtype,
+    /// attention, fused kernels) and is recorded with the run. Ctrl-C finishes the step,
+    /// writes a checkpoint and leaves the run resumable (`graft resume RUN`).
     Train(train::Args),
     /// Continue fine-tuning from a checkpoint with a changed recipe.
     ///

@@ -33,3 +33,4 @@ mod workflow_best;
 mod workflow_defects;
 mod workflow_fork_patch;
 mod workflow_outputs;
+mod experiment_reference;
