@@ -157,23 +157,7 @@ impl<B: Backend> GradAccumulator<B> {
             self.grads.insert(info.name, entry);
         }
     }
-
-    /// The global L2 norm (one device read).
-    pub fn norm(&self) -> f64 {
-        let squares: Vec<Tensor<B, 1>> = self
-            .grads
-            .values()
-            .map(|g| ordered_sum(g.clone().powi_scalar(2)))
-            .collect();
-        if squares.is_empty() {
-            return 0.0;
-        }
-        let total: f32 = Tensor::cat(squares, 0).sum().into_scalar().elem();
-        (total as f64).sqrt()
-    }
 }
-
-use burn::tensor::ElementConversion;
 
 impl<B: Kernels> AdamW<B> {
     pub fn new(config: AdamWConfig) -> Self {
