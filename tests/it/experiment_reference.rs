@@ -17,7 +17,9 @@ fn keys(prefix: &str, value: &serde_json::Value, out: &mut BTreeSet<String>) {
                 };
                 match child {
                     serde_json::Value::Object(_) => keys(&key, child, out),
-                    serde_json::Value::Array(items) if items.iter().all(|i| i.is_object()) && !items.is_empty() => {
+                    serde_json::Value::Array(items)
+                        if items.iter().all(|i| i.is_object()) && !items.is_empty() =>
+                    {
                         keys(&format!("{key}[]"), &items[0], out)
                     }
                     _ => {
@@ -35,8 +37,10 @@ fn keys(prefix: &str, value: &serde_json::Value, out: &mut BTreeSet<String>) {
 #[test]
 fn the_experiment_reference_lists_every_key_graft_accepts_and_no_other() {
     // Every optional section present, so each key appears once.
-    let adapter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/llama-tiny/lora-adapter");
-    let full = format!(r#"
+    let adapter =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/llama-tiny/lora-adapter");
+    let full = format!(
+        r#"
 [model]
 base = "m"
 
@@ -53,11 +57,17 @@ replay = {{ ratio = 0.1 }}
 
 [optim]
 embedding_lr = 1e-5
-"#, adapter.display());
+"#,
+        adapter.display()
+    );
     let experiment = graft::train::Experiment::parse(&full, Path::new("full.toml"), &[])
         .unwrap_or_else(|e| panic!("{e}"));
     let mut accepted = BTreeSet::new();
-    keys("", &serde_json::to_value(&experiment).unwrap(), &mut accepted);
+    keys(
+        "",
+        &serde_json::to_value(&experiment).unwrap(),
+        &mut accepted,
+    );
     let reference = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/REFERENCE.md"),
     )
