@@ -708,4 +708,57 @@ mod tests {
             .to_string();
         assert!(error.contains("did you mean `lr`?"), "{error}");
     }
+
+    #[test]
+    fn forgetting_budget_keys_are_checked_and_left_out_of_the_recipe_at_their_default() {
+        let fork = "[model]\nfrom = \"a@best\"\n[data]\neval_ancestors = true\n";
+        let parse = |text: &str, sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Experiment::parse(text, Path::new("fork.toml"), &sets)
+        };
+        let plain = parse(fork, &[]).unwrap().recipe_config();
+        assert!(plain.get_path("train.forgetting_budget").is_none());
+        assert!(plain.get_path("train.stop_on_forgetting").is_none());
+        let budgeted = parse(fork, &["train.forgetting_budget=0.05"]).unwrap();
+        assert_eq!(
+            budgeted.recipe_config().get_path("train.forgetting_budget"),
+            Some(&Canon::Float(0.05))
+        );
+        let cases: [(&str, &str, &[&str]); 5] = [
+            ("not positive", fork, &["train.forgetting_budget=0"]),
+            (
+                "no ancestor sets",
+                "[model]\nfrom = \"a@best\"\n",
+                &["train.forgetting_budget=0.05"],
+            ),
+            (
+                "no baseline",
+                fork,
+                &["train.forgetting_budget=0.05", "train.baseline_eval=false"],
+            ),
+            (
+                "stop without a budget",
+                fork,
+                &["train.stop_on_forgetting=true"],
+            ),
+            (
+                "stop without patience",
+                fork,
+                &[
+                    "train.forgetting_budget=0.05",
+                    "train.stop_on_forgetting=true",
+                ],
+            ),
+        ];
+        for (case, text, sets) in cases {
+            let error = parse(text, sets).unwrap_err().to_string();
+            assert!(error.starts_with("fork.toml: "), "{case}: {error}");
+            let key = if case.starts_with("stop") {
+                "train.stop_on_forgetting"
+            } else {
+                "train.forgetting_budget"
+            };
+            assert!(error.contains(key), "{case}: {error}");
+        }
+    }
 }

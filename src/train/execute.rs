@@ -784,3 +784,42 @@ pub fn retention(kept: &mut Vec<Kept>, keep_last: usize, keep_best: usize) -> Ve
     kept.retain(|k| keep.contains(&k.id));
     retired
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(step: u64, eval_loss: f64, budget_used: Option<f64>) -> Kept {
+        Kept {
+            step,
+            id: Id([step as u8; 32]),
+            eval_loss: Some(eval_loss),
+            budget_used,
+        }
+    }
+
+    #[test]
+    fn keep_best_prefers_checkpoints_within_the_forgetting_budget() {
+        // Step 40 has the lowest loss but used twice the budget; step 20 is
+        // the best within it; step 10 is over it, but forgot least of those over.
+        let mut checkpoints = vec![
+            kept(10, 3.0, Some(1.5)),
+            kept(20, 2.0, Some(0.9)),
+            kept(30, 2.5, Some(3.0)),
+            kept(40, 1.0, Some(2.0)),
+            kept(50, 1.5, Some(2.5)),
+        ];
+        let retired = retention(&mut checkpoints, 1, 2);
+        let steps: Vec<u64> = checkpoints.iter().map(|k| k.step).collect();
+        assert_eq!(steps, [10, 20, 50]);
+        assert_eq!(retired, [Id([30; 32]), Id([40; 32])]);
+
+        // Without a budget the same losses keep the lowest two.
+        let mut checkpoints: Vec<Kept> = [(10, 3.0), (20, 2.0), (30, 2.5), (40, 1.0), (50, 1.5)]
+            .map(|(step, loss)| kept(step, loss, None))
+            .to_vec();
+        retention(&mut checkpoints, 1, 2);
+        let steps: Vec<u64> = checkpoints.iter().map(|k| k.step).collect();
+        assert_eq!(steps, [40, 50]);
+    }
+}

@@ -10,6 +10,7 @@ mod data_errors;
 mod data_formats;
 mod data_pack;
 mod data_replay_drift;
+mod forgetting_budget;
 mod model_cli;
 mod model_generate;
 mod model_loading;
