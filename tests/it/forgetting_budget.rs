@@ -157,8 +157,9 @@ fn stop_on_forgetting_ends_the_fork_after_patience_evaluations_over_budget() {
         ],
     );
     assert!(error.contains("train.stop_on_forgetting"), "{error}");
+    // The base model folder is the shared workspace's (not copied).
     let error = crate::common::graft_fails_in(
-        work.path(),
+        shared.dir.path(),
         &store,
         &[
             "train",
