@@ -108,7 +108,7 @@ impl BestRank {
         Some(BestRank::new(loss, used))
     }
 
-    pub fn cmp(&self, other: &BestRank) -> std::cmp::Ordering {
+    pub fn rank_cmp(&self, other: &BestRank) -> std::cmp::Ordering {
         self.over_budget
             .cmp(&other.over_budget)
             .then(self.score.total_cmp(&other.score))
@@ -342,7 +342,7 @@ fn best_of(checkpoints: &[CheckpointRecord], ignore_budget: bool) -> Option<&Che
     checkpoints
         .iter()
         .filter_map(|c| BestRank::of_metrics(&c.metrics, ignore_budget).map(|rank| (c, rank)))
-        .min_by(|a, b| a.1.cmp(&b.1).then(b.0.step.cmp(&a.0.step)))
+        .min_by(|a, b| a.1.rank_cmp(&b.1).then(b.0.step.cmp(&a.0.step)))
         .map(|(c, _)| c)
 }
 

@@ -774,7 +774,7 @@ pub fn retention(kept: &mut Vec<Kept>, keep_last: usize, keep_best: usize) -> Ve
             Some((k, BestRank::new(loss, k.budget_used)))
         })
         .collect();
-    scored.sort_by(|a, b| a.1.cmp(&b.1).then(b.0.step.cmp(&a.0.step)));
+    scored.sort_by(|a, b| a.1.rank_cmp(&b.1).then(b.0.step.cmp(&a.0.step)));
     keep.extend(scored.iter().take(keep_best).map(|(k, _)| k.id));
     let retired: Vec<Id> = kept
         .iter()
