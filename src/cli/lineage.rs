@@ -2,7 +2,7 @@
 //! hyperparameters and best metrics.
 
 use super::{output, CliResult, Context};
-use crate::lineage::{ancestors, recipe_diff, tags_by_target, RunSummary};
+use crate::lineage::{ancestors, recipe_diff, tags_by_target, Forgetting, RunSummary};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -30,6 +30,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let tags = tags_by_target(&index)?;
     let chain = ancestors(&index, &run)?;
     let mut hops = Vec::new();
+    let mut summaries = Vec::new();
     for (i, record) in chain.iter().enumerate() {
         let summary = RunSummary::load(&index, record.clone(), &tags)?;
         let parent = chain.get(i + 1);
@@ -80,7 +81,9 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             "hyperparameters": changed,
             "datasets": datasets,
             "best": best,
+            "forgetting": summary.forgetting.as_ref().map(|f| f.to_json()),
         }));
+        summaries.push(summary);
     }
     let base = chain.last().map(|r| r.recipe.base_model);
     let model = match base {
@@ -144,6 +147,11 @@ pub fn run(args: Args, context: &Context) -> CliResult {
                 value.as_f64().map(output::number).unwrap_or_default()
             ));
         }
+        if let Some(forgetting) = &summaries[depth].forgetting {
+            for line in forgetting_lines(forgetting) {
+                output::println_safe(&format!("{indent}  {line}"));
+            }
+        }
     }
     if let Some(base) = base {
         let indent = "  ".repeat(hops.len());
@@ -151,4 +159,42 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         output::println_safe(&format!("{indent}model {}{path}", base.short()));
     }
     Ok(())
+}
+
+/// A fork's forgetting of each ancestor eval set at its `@best`, and the
+/// part of its budget that was.
+pub fn forgetting_lines(forgetting: &Forgetting) -> Vec<String> {
+    let step = |s: Option<u64>| s.map_or("-".into(), |s| format!("@{s}"));
+    let mut lines = Vec::new();
+    if let Some(budget) = forgetting.budget {
+        let verdict = match forgetting.within_budget() {
+            Some(true) => "within it",
+            _ => "no checkpoint within it: @best is the one that forgot least",
+        };
+        lines.push(format!(
+            "budget {} per ancestor set: @best = {}, {verdict} (by loss alone: {})",
+            percent(budget),
+            step(forgetting.best_step),
+            step(forgetting.best_step_ignoring_budget),
+        ));
+    }
+    for set in &forgetting.sets {
+        let used = set
+            .budget_used
+            .map(|used| format!(", {} of the budget", percent(used)))
+            .unwrap_or_default();
+        lines.push(format!(
+            "forget {} {:+.1}% at {}{used} (worst {:+.1}% at step {})",
+            set.set,
+            set.forgetting * 100.0,
+            step(forgetting.best_step),
+            set.worst * 100.0,
+            set.worst_step
+        ));
+    }
+    lines
+}
+
+fn percent(fraction: f64) -> String {
+    format!("{:.0}%", fraction * 100.0)
 }

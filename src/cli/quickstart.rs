@@ -16,6 +16,7 @@
 use super::train::{train_experiment, RunOptions};
 use super::{output, plot, CliError, CliResult, Context};
 use crate::data::{synth, DataSource, Encoder, Format, Tokenizer};
+use crate::lineage::{tags_by_target, Forgetting, RunSummary};
 use crate::model::CpuBackend;
 use crate::train::eval::{evaluate, EvalSet};
 use crate::train::restore::restore;
@@ -117,11 +118,18 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     say("5/5 results");
     super::dispatch(parse(&["graft", "log", "--graph"])?, context)?;
     let table = accuracy_table(context)?;
+    let budgets = budget_table(context)?;
     write_plot(context, &args.plot)?;
     if args.json {
-        return output::print_json(
-            &serde_json::json!({ "accuracy": table, "seconds": started.elapsed().as_secs_f64() }),
-        );
+        let budgets: Vec<_> = budgets
+            .iter()
+            .map(|(tag, forgetting)| serde_json::json!({ "run": tag, "forgetting": forgetting.to_json() }))
+            .collect();
+        return output::print_json(&serde_json::json!({
+            "accuracy": table,
+            "forgetting_budget": budgets,
+            "seconds": started.elapsed().as_secs_f64(),
+        }));
     }
     let rows: Vec<Vec<String>> = table
         .iter()
@@ -142,8 +150,20 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         ],
         &rows,
     ));
+    output::println_safe("");
+    output::println_safe(&output::table(
+        &[
+            "fork",
+            "forgetting budget",
+            "@best with the budget",
+            "task A loss rise there",
+            "@best by task B loss alone",
+            "task A loss rise there",
+        ],
+        &budget_rows(&budgets),
+    ));
     output::println_safe(&format!(
-        "\nloss plot: {}\nquickstart took {:.0} s; try `graft lineage task-b-replay`, `graft diff task-b task-b-replay`, `graft runs --where 'best.eval_loss < 2'`",
+        "\nloss plot: {}\nquickstart took {:.0} s; try `graft lineage task-b-replay`, `graft diff task-b task-b-replay`, `graft runs --where 'forget.add < 0.05'`",
         args.plot.display(),
         started.elapsed().as_secs_f64()
     ));
@@ -232,6 +252,44 @@ fn accuracy_table(context: &Context) -> CliResult<Vec<(String, BTreeMap<String, 
         table.push((label.to_string(), scores));
     }
     Ok(table)
+}
+
+/// Each fork's forgetting of task A, where `@best` picks with its budget
+/// and where it would pick by task B's loss alone.
+fn budget_table(context: &Context) -> CliResult<Vec<(String, Forgetting)>> {
+    let store = context.store()?;
+    let index = store.index()?;
+    let tags = tags_by_target(&index)?;
+    let mut rows = Vec::new();
+    for tag in ["task-b", "task-b-replay"] {
+        let run = index.run(&index.resolve_run(tag)?)?;
+        let summary = RunSummary::load(&index, run, &tags)?;
+        let forgetting = summary
+            .forgetting
+            .ok_or_else(|| CliError::internal(format!("{tag} recorded no forgetting of task A")))?;
+        rows.push((tag.to_string(), forgetting));
+    }
+    Ok(rows)
+}
+
+fn budget_rows(budgets: &[(String, Forgetting)]) -> Vec<Vec<String>> {
+    let step = |s: Option<u64>| s.map_or("-".into(), |s| format!("{s}"));
+    let rise = |value: Option<f64>| value.map_or("-".into(), |v| format!("{:+.1}%", v * 100.0));
+    budgets
+        .iter()
+        .map(|(tag, f)| {
+            let add = f.sets.iter().find(|s| s.short_name() == "add");
+            vec![
+                tag.clone(),
+                f.budget
+                    .map_or("none".into(), |b| format!("{:.0}%", b * 100.0)),
+                format!("{tag}@{}", step(f.best_step)),
+                rise(add.map(|s| s.forgetting)),
+                format!("{tag}@{}", step(f.best_step_ignoring_budget)),
+                rise(add.map(|s| s.forgetting_ignoring_budget)),
+            ]
+        })
+        .collect()
 }
 
 /// Training loss of every quickstart run on one plot.

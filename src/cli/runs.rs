@@ -12,7 +12,9 @@ use std::path::Path;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Filter, e.g. `optim.lr < 1e-4 and best.eval_loss < 2.1`. Keys: recipe
-    /// config paths, best./last./min./max.SERIES, seed, status, steps; with
+    /// config paths, best./last./min./max.SERIES, forget.SET (a fork's relative
+    /// loss rise on ancestor eval set SET at its @best checkpoint: `forget.add
+    /// < 0.05`), seed, status, steps; with
     /// `and`, `or`, `not`, parentheses, numbers and quoted strings
     /// (`status == 'completed'`). A key no run has is an error.
     #[arg(long = "where", value_name = "EXPR")]

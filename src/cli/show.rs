@@ -51,6 +51,7 @@ const SUMMARY_KEYS: &[&str] = &[
     "steps",
     "retired",
     "metrics",
+    "forgetting",
     "summary",
 ];
 

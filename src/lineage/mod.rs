@@ -3,10 +3,12 @@
 
 pub mod ancestry;
 pub mod diff;
+pub mod forgetting;
 pub mod query;
 pub mod summary;
 
 pub use ancestry::{ancestors, children_map, common_ancestor, descendants};
 pub use diff::{recipe_diff, KeyChange};
+pub use forgetting::{forgetting_of, Forgetting};
 pub use query::{Query, QueryError};
 pub use summary::{tags_by_target, RunSummary};

@@ -1,6 +1,7 @@
 //! A run at a glance: what `log`, `runs` and `lineage` print per run, and the
 //! key lookup that `--where` and `--sort` evaluate against.
 
+use super::forgetting::{forgetting_of, Forgetting};
 use super::query::Value;
 use crate::store::metrics::{higher_is_better, SeriesSummary};
 use crate::store::{Canon, ExecutionRecord, Id, Index, Result, RunRecord};
@@ -15,6 +16,8 @@ pub struct RunSummary {
     /// Step of the start checkpoint, for `RUN@STEP` display of the fork point.
     pub start_step: Option<u64>,
     pub checkpoints: usize,
+    /// How much of its ancestors' eval sets a fork forgot (and of its budget).
+    pub forgetting: Option<Forgetting>,
 }
 
 impl RunSummary {
@@ -30,7 +33,9 @@ impl RunSummary {
             None => None,
         };
         let checkpoints = index.run_checkpoints.scan_prefix(run.id.0).count();
+        let forgetting = forgetting_of(index, &run, series.keys().map(String::as_str))?;
         Ok(RunSummary {
+            forgetting,
             tags: tags.get(&run.id).cloned().unwrap_or_default(),
             run,
             executions,
@@ -96,6 +101,12 @@ impl RunSummary {
         let mut keys: BTreeSet<String> = RUN_FIELDS.iter().map(|k| k.to_string()).collect();
         keys.extend(summary_keys(self.series.keys().map(String::as_str)));
         keys.extend(config_keys(&self.run.recipe.config));
+        keys.extend(
+            self.forgetting
+                .iter()
+                .flat_map(|f| f.sets.iter())
+                .map(|set| format!("{FORGET_KEY}.{}", set.short_name())),
+        );
         keys
     }
 
@@ -113,6 +124,14 @@ impl RunSummary {
                 if value.is_some() {
                     return value.map(Value::Number);
                 }
+            }
+        }
+        if let Some(set) = key
+            .strip_prefix(FORGET_KEY)
+            .and_then(|k| k.strip_prefix('.'))
+        {
+            if let Some(measure) = self.forgetting.as_ref().and_then(|f| f.measure(set)) {
+                return Some(Value::Number(measure));
             }
         }
         match key {
@@ -165,9 +184,14 @@ impl RunSummary {
             "checkpoints": self.checkpoints,
             "executions": self.executions.len(),
             "metrics": metrics,
+            "forgetting": self.forgetting.as_ref().map(Forgetting::to_json),
         })
     }
 }
+
+/// `forget.SET`: the forgetting measure on the ancestor eval set SET at the
+/// run's `@best` checkpoint (see [`super::forgetting`]).
+pub const FORGET_KEY: &str = "forget";
 
 /// Keys every run has besides its config and metrics.
 pub const RUN_FIELDS: [&str; 7] = [

@@ -7,7 +7,7 @@
 use super::canonical::{hex_to_bytes, Id};
 use super::error::{Result, StoreError};
 use super::index::Index;
-use super::records::RefRecord;
+use super::records::{CheckpointRecord, RefRecord};
 
 pub const MIN_PREFIX: usize = 4;
 
@@ -52,6 +52,68 @@ impl Target {
 /// The key a checkpoint's `metrics` uses for `@best` selection: the loss on
 /// the run's first eval set.
 pub const BEST_METRIC: &str = "eval_loss";
+
+/// The prefix of a checkpoint's metrics (and of the run's series) that say
+/// how much of its forgetting budget the run had used on each ancestor eval
+/// set at that step: 1.0 is the whole budget. Only runs with a budget have them.
+pub const BUDGET_USED_PREFIX: &str = "forget_budget_used/";
+
+/// The forgetting measure of an ancestor eval set: the relative rise of its
+/// loss over its loss at the fork point (negative where it improved).
+pub fn forgetting(loss: f64, baseline: f64) -> f64 {
+    (loss - baseline) / baseline.max(f64::MIN_POSITIVE)
+}
+
+/// Where a checkpoint ranks for `@best` and `keep_best`; lower is better.
+/// Within the forgetting budget on every ancestor set (or without a budget):
+/// by the new task's loss; over it: after all of those, by the most budget
+/// used on one set, so the checkpoint that forgot least comes first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BestRank {
+    pub over_budget: bool,
+    pub score: f64,
+}
+
+impl BestRank {
+    /// `eval_loss`: the new task's loss; `budget_used`: the most budget used
+    /// on one ancestor set (None: the run has no budget, or `ignore_budget`).
+    pub fn new(eval_loss: f64, budget_used: Option<f64>) -> BestRank {
+        match budget_used {
+            Some(used) if used > 1.0 => BestRank {
+                over_budget: true,
+                score: used,
+            },
+            _ => BestRank {
+                over_budget: false,
+                score: eval_loss,
+            },
+        }
+    }
+
+    /// A checkpoint's rank from its metrics; None without a finite loss.
+    pub fn of_metrics(
+        metrics: &std::collections::BTreeMap<String, f64>,
+        ignore_budget: bool,
+    ) -> Option<BestRank> {
+        let loss = metrics
+            .get(BEST_METRIC)
+            .copied()
+            .filter(|m| m.is_finite())?;
+        let used = metrics
+            .iter()
+            .filter(|(key, _)| key.starts_with(BUDGET_USED_PREFIX))
+            .map(|(_, used)| if used.is_nan() { f64::INFINITY } else { *used })
+            .reduce(f64::max)
+            .filter(|_| !ignore_budget);
+        Some(BestRank::new(loss, used))
+    }
+
+    pub fn rank_cmp(&self, other: &BestRank) -> std::cmp::Ordering {
+        self.over_budget
+            .cmp(&other.over_budget)
+            .then(self.score.total_cmp(&other.score))
+    }
+}
 
 impl Index {
     pub fn resolve(&self, reference: &str) -> Result<Target> {
@@ -121,12 +183,8 @@ impl Index {
         let found = match selector {
             "last" => live.last().cloned(),
             "best" => {
-                let scored: Vec<_> = live
-                    .iter()
-                    .filter_map(|c| c.metrics.get(BEST_METRIC).map(|m| (c, *m)))
-                    .filter(|(_, m)| m.is_finite())
-                    .collect();
-                if scored.is_empty() && !live.is_empty() {
+                let best = best_of(&live, false);
+                if best.is_none() && !live.is_empty() {
                     return Err(StoreError::BadRef {
                         reference: reference.into(),
                         reason: format!(
@@ -135,10 +193,7 @@ impl Index {
                         ),
                     });
                 }
-                scored
-                    .into_iter()
-                    .min_by(|a, b| a.1.total_cmp(&b.1).then(b.0.step.cmp(&a.0.step)))
-                    .map(|(c, _)| c.clone())
+                best.cloned()
             }
             step => {
                 let step: u64 = step.parse().map_err(|_| StoreError::BadRef {
@@ -178,6 +233,21 @@ impl Index {
             reference: reference.into(),
             reason: format!("run {} has no checkpoints", run.short()),
         })
+    }
+
+    /// The checkpoint `RUN@best` names; with `ignore_budget`, the one it
+    /// would name if the run had no forgetting budget.
+    pub fn best_checkpoint(
+        &self,
+        run: &Id,
+        ignore_budget: bool,
+    ) -> Result<Option<CheckpointRecord>> {
+        let live: Vec<_> = self
+            .run_checkpoints(run)?
+            .into_iter()
+            .filter(|c| !c.retired)
+            .collect();
+        Ok(best_of(&live, ignore_budget).cloned())
     }
 
     fn resolve_prefix(&self, reference: &str) -> Result<Target> {
@@ -265,6 +335,15 @@ impl Index {
         self.put_ref(&record)?;
         Ok(record)
     }
+}
+
+/// The best-ranked of `checkpoints` ([`BestRank`]); a tie goes to the later step.
+fn best_of(checkpoints: &[CheckpointRecord], ignore_budget: bool) -> Option<&CheckpointRecord> {
+    checkpoints
+        .iter()
+        .filter_map(|c| BestRank::of_metrics(&c.metrics, ignore_budget).map(|rank| (c, rank)))
+        .min_by(|a, b| a.1.rank_cmp(&b.1).then(b.0.step.cmp(&a.0.step)))
+        .map(|(c, _)| c)
 }
 
 /// What [`Index::place_tag`] did.

@@ -290,6 +290,25 @@ pub struct TrainSection {
     /// Tokens generated per answer when scoring exact-match accuracy.
     #[serde(default = "default_answer_tokens")]
     pub answer_tokens: usize,
+    /// The most a fork may forget of each ancestor eval set: the relative
+    /// rise of the set's loss over its loss at the fork point (the step-0
+    /// baseline), `(loss - baseline) / baseline`; 0.05 allows 5%. Every
+    /// evaluation records `forget_budget_used/<set>` (that rise divided by
+    /// the budget: 1.0 is the whole budget); `RUN@best` and `keep_best`
+    /// rank checkpoints within the budget on every set by the new task's
+    /// loss, ahead of those over it (ranked by the budget they used).
+    /// Needs `data.eval_ancestors` and `train.baseline_eval`. Unset: no
+    /// budget (and the key is left out of the recipe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forgetting_budget: Option<f64>,
+    /// Stop once the forgetting budget has been exceeded at
+    /// `early_stop_patience` evaluations in a row.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stop_on_forgetting: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl Default for TrainSection {
@@ -423,6 +442,11 @@ impl Experiment {
             ("data.val_fraction", self.data.val_fraction),
         ];
         numbers.extend(optim.embedding_lr.map(|lr| ("optim.embedding_lr", lr)));
+        numbers.extend(
+            self.train
+                .forgetting_budget
+                .map(|budget| ("train.forgetting_budget", budget)),
+        );
         if let Some(adapter) = &self.adapter {
             numbers.extend([
                 ("adapter.alpha", adapter.alpha),
@@ -512,11 +536,36 @@ impl Experiment {
                 self.data.val_fraction
             ));
         }
+        self.validate_forgetting()?;
         for step in &self.unfreeze.schedule {
             super::unfreeze::parse_layers(&step.layers)
                 .map_err(|e| format!("unfreeze.schedule at = {}: {e}", step.at))?;
         }
         Ok(())
+    }
+
+    /// A forgetting budget is measured on the ancestors' eval sets against
+    /// their step-0 losses: both must be recorded.
+    fn validate_forgetting(&self) -> Result<(), String> {
+        let train = &self.train;
+        match train.forgetting_budget {
+            Some(budget) if budget <= 0.0 => Err(format!(
+                "train.forgetting_budget = {budget}: expected a positive fraction (0.05 allows a 5% rise of each ancestor set's loss)"
+            )),
+            Some(budget) if !self.data.eval_ancestors => Err(format!(
+                "train.forgetting_budget = {budget} needs data.eval_ancestors = true: the budget is measured on the ancestors' eval sets"
+            )),
+            Some(budget) if !train.baseline_eval => Err(format!(
+                "train.forgetting_budget = {budget} needs train.baseline_eval = true: the budget is measured against the losses at the fork point"
+            )),
+            None if train.stop_on_forgetting => Err(
+                "train.stop_on_forgetting = true needs train.forgetting_budget (e.g. 0.05)".into(),
+            ),
+            Some(_) if train.stop_on_forgetting && train.early_stop_patience == 0 => Err(
+                "train.stop_on_forgetting = true needs train.early_stop_patience >= 1: the number of evaluations in a row over the budget that stops the run".into(),
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// The config as it enters the recipe: every default filled, without
@@ -658,5 +707,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("did you mean `lr`?"), "{error}");
+    }
+
+    #[test]
+    fn forgetting_budget_keys_are_checked_and_left_out_of_the_recipe_at_their_default() {
+        let fork = "[model]\nfrom = \"a@best\"\n[data]\neval_ancestors = true\n";
+        let parse = |text: &str, sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Experiment::parse(text, Path::new("fork.toml"), &sets)
+        };
+        let plain = parse(fork, &[]).unwrap().recipe_config();
+        assert!(plain.get_path("train.forgetting_budget").is_none());
+        assert!(plain.get_path("train.stop_on_forgetting").is_none());
+        let budgeted = parse(fork, &["train.forgetting_budget=0.05"]).unwrap();
+        assert_eq!(
+            budgeted.recipe_config().get_path("train.forgetting_budget"),
+            Some(&Canon::Float(0.05))
+        );
+        let cases: [(&str, &str, &[&str]); 5] = [
+            ("not positive", fork, &["train.forgetting_budget=0"]),
+            (
+                "no ancestor sets",
+                "[model]\nfrom = \"a@best\"\n",
+                &["train.forgetting_budget=0.05"],
+            ),
+            (
+                "no baseline",
+                fork,
+                &["train.forgetting_budget=0.05", "train.baseline_eval=false"],
+            ),
+            (
+                "stop without a budget",
+                fork,
+                &["train.stop_on_forgetting=true"],
+            ),
+            (
+                "stop without patience",
+                fork,
+                &[
+                    "train.forgetting_budget=0.05",
+                    "train.stop_on_forgetting=true",
+                ],
+            ),
+        ];
+        for (case, text, sets) in cases {
+            let error = parse(text, sets).unwrap_err().to_string();
+            assert!(error.starts_with("fork.toml: "), "{case}: {error}");
+            let key = if case.starts_with("stop") {
+                "train.stop_on_forgetting"
+            } else {
+                "train.forgetting_budget"
+            };
+            assert!(error.contains(key), "{case}: {error}");
+        }
     }
 }

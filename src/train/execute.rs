@@ -20,6 +20,7 @@ use crate::data::{
     self, BatchStream, Encoder, ReplaySource, RowStream, Split, StreamConfig, Tokenizer,
 };
 use crate::model::{load_model_dir, CausalLm, LoraConfig};
+use crate::store::refs::BestRank;
 use crate::store::{
     Canon, DatasetRecord, ExecutionKind, ExecutionStatus, Id, Recorder, Store, StoreError,
 };
@@ -290,6 +291,15 @@ pub fn execute<B: TrainKernels>(
         eval_sets.push(set);
     }
 
+    if let Some(budget) = settings.train.forgetting_budget {
+        if !eval_sets.iter().any(|set| set.inherited) {
+            return Err(TrainError::Recipe(format!(
+                "train.forgetting_budget = {budget}: this run has no ancestor eval set to keep within it (a budget needs a fork whose ancestors have eval sets, with data.eval_ancestors = true)"
+            )));
+        }
+    }
+    let budget = settings.train.forgetting_budget;
+
     let total = settings.train.steps;
     // Every input has been read and checked: only now does a base model seen
     // for the first time enter the index, so a run that cannot start records
@@ -308,6 +318,7 @@ pub fn execute<B: TrainKernels>(
     let loop_started = Instant::now();
     let mut pending = step::PendingSteps::<B::InnerBackend>::default();
     let mut interrupt_start = None;
+    let mut stop_reason = "early stop";
     let result = (|| -> Result<(u64, bool, bool), TrainError> {
         if let (true, Some(checkpoint)) = (resuming, &start) {
             interrupt_start = interrupt::transient_start(checkpoint, &trainer);
@@ -353,7 +364,9 @@ pub fn execute<B: TrainKernels>(
                     baseline.insert(name.clone(), result.loss);
                 }
             }
-            record_time += timed(|| log_eval(recorder, 0, &results, &baseline, &mut last_eval))?;
+            let write = Instant::now();
+            log_eval(recorder, 0, &results, &baseline, budget, &mut last_eval)?;
+            record_time += write.elapsed();
             events.eval(0, &results);
         }
         if resuming {
@@ -430,13 +443,19 @@ pub fn execute<B: TrainKernels>(
             }
 
             let mut metrics = BTreeMap::new();
+            let mut budget_used = None;
             if eval_due {
                 let results = eval::evaluate_all(&model.valid(), &eval_sets);
-                record_time +=
-                    timed(|| log_eval(recorder, step, &results, &baseline, &mut last_eval))?;
+                let write = Instant::now();
+                let used = log_eval(recorder, step, &results, &baseline, budget, &mut last_eval)?;
+                record_time += write.elapsed();
                 events.eval(step, &results);
                 let main = results[0].1.loss;
                 metrics.insert(crate::store::refs::BEST_METRIC.to_string(), main);
+                // A checkpoint at this step carries the budget's state, which
+                // `@best` reads back.
+                metrics.extend(used.iter().map(|(k, v)| (k.clone(), *v)));
+                budget_used = used.values().copied().reduce(f64::max);
                 if trainer.best_eval.is_none_or(|best| main < best) {
                     trainer.best_eval = Some(main);
                     trainer.evals_since_best = 0;
@@ -450,6 +469,22 @@ pub fn execute<B: TrainKernels>(
                         "step {step}: no improvement in {patience} evaluations, stopping early"
                     ));
                 }
+                if let Some(most) = budget_used {
+                    trainer.evals_over_budget = if most > 1.0 {
+                        trainer.evals_over_budget + 1
+                    } else {
+                        0
+                    };
+                    if settings.train.stop_on_forgetting && trainer.evals_over_budget >= patience {
+                        early_stopped = true;
+                        stop_reason = "forgetting budget";
+                        events.message(&format!(
+                            "step {step}: over the forgetting budget of {} at {patience} evaluations in a row (up to {:.0}% of it used), stopping (stop_on_forgetting)",
+                            budget.unwrap_or_default(),
+                            most * 100.0
+                        ));
+                    }
+                }
             }
             if checkpoint_due || early_stopped {
                 // An early stop is decided at an evaluation, which read every step.
@@ -462,6 +497,7 @@ pub fn execute<B: TrainKernels>(
                     step,
                     id: Id([0; 32]),
                     eval_loss,
+                    budget_used,
                 });
                 let retired = retention(
                     &mut trainer.kept,
@@ -513,7 +549,7 @@ pub fn execute<B: TrainKernels>(
         Ok((final_step, early_stopped, interrupted)) => {
             let (status, reason) = match (interrupted, early_stopped) {
                 (true, _) => (ExecutionStatus::Interrupted, Some(interrupt::REASON)),
-                (false, true) => (ExecutionStatus::Completed, Some("early stop")),
+                (false, true) => (ExecutionStatus::Completed, Some(stop_reason)),
                 (false, false) => (ExecutionStatus::Completed, None),
             };
             recorder.end(status, None, reason.map(String::from))?;
@@ -651,14 +687,18 @@ fn timed<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<Duration, Train
     Ok(start.elapsed())
 }
 
+/// Records one evaluation; returns, with a forgetting `budget`, the part of
+/// it used on each ancestor set (`forget_budget_used/<set>`).
 fn log_eval(
     recorder: &mut dyn Recorder,
     step: u64,
     results: &[(String, eval::EvalResult)],
     baseline: &BTreeMap<String, f64>,
+    budget: Option<f64>,
     last_eval: &mut BTreeMap<String, f64>,
-) -> Result<(), StoreError> {
+) -> Result<BTreeMap<String, f64>, StoreError> {
     let mut values: Vec<(String, f64)> = Vec::new();
+    let mut budget_used = BTreeMap::new();
     for (i, (name, result)) in results.iter().enumerate() {
         // `eval_loss`, the series `best` reads, covers trained steps only: the starting
         // point's loss (step 0) stays in `eval/<set>/loss`, so a run that only got
@@ -673,13 +713,20 @@ fn log_eval(
         }
         if let Some(start) = baseline.get(name) {
             values.push((format!("forget/{name}"), result.loss - start));
+            if let Some(budget) = budget {
+                let used = crate::store::refs::forgetting(result.loss, *start) / budget;
+                let key = format!("{}{name}", crate::store::refs::BUDGET_USED_PREFIX);
+                values.push((key.clone(), used));
+                budget_used.insert(key, used);
+            }
         }
     }
     for (name, value) in &values {
         last_eval.insert(name.clone(), *value);
     }
     let borrowed: Vec<(&str, f64)> = values.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-    recorder.log_metrics(step, &borrowed)
+    recorder.log_metrics(step, &borrowed)?;
+    Ok(budget_used)
 }
 
 /// The step-0 eval losses recorded by an earlier execution of the run.
@@ -712,8 +759,10 @@ fn parse_val_split(name: &str) -> Option<Split> {
     Some(Split::Validation { val_fraction, seed })
 }
 
-/// Keep the last `keep_last` checkpoints and the `keep_best` best by eval
-/// loss; return the ids to retire (removed from `kept`).
+/// Keep the last `keep_last` checkpoints and the `keep_best` best as
+/// `@best` ranks them (by eval loss, within the forgetting budget first:
+/// [`crate::store::refs::BestRank`]); return the ids to retire (removed
+/// from `kept`).
 pub fn retention(kept: &mut Vec<Kept>, keep_last: usize, keep_best: usize) -> Vec<Id> {
     let mut keep: Vec<Id> = kept
         .iter()
@@ -721,17 +770,15 @@ pub fn retention(kept: &mut Vec<Kept>, keep_last: usize, keep_best: usize) -> Ve
         .take(keep_last.max(1))
         .map(|k| k.id)
         .collect();
-    let mut scored: Vec<&Kept> = kept
+    let mut scored: Vec<(&Kept, BestRank)> = kept
         .iter()
-        .filter(|k| k.eval_loss.is_some_and(f64::is_finite))
+        .filter_map(|k| {
+            let loss = k.eval_loss.filter(|loss| loss.is_finite())?;
+            Some((k, BestRank::new(loss, k.budget_used)))
+        })
         .collect();
-    scored.sort_by(|a, b| {
-        a.eval_loss
-            .unwrap_or(f64::MAX)
-            .total_cmp(&b.eval_loss.unwrap_or(f64::MAX))
-            .then(b.step.cmp(&a.step))
-    });
-    keep.extend(scored.iter().take(keep_best).map(|k| k.id));
+    scored.sort_by(|a, b| a.1.rank_cmp(&b.1).then(b.0.step.cmp(&a.0.step)));
+    keep.extend(scored.iter().take(keep_best).map(|(k, _)| k.id));
     let retired: Vec<Id> = kept
         .iter()
         .filter(|k| !keep.contains(&k.id))
@@ -739,4 +786,43 @@ pub fn retention(kept: &mut Vec<Kept>, keep_last: usize, keep_best: usize) -> Ve
         .collect();
     kept.retain(|k| keep.contains(&k.id));
     retired
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(step: u64, eval_loss: f64, budget_used: Option<f64>) -> Kept {
+        Kept {
+            step,
+            id: Id([step as u8; 32]),
+            eval_loss: Some(eval_loss),
+            budget_used,
+        }
+    }
+
+    #[test]
+    fn keep_best_prefers_checkpoints_within_the_forgetting_budget() {
+        // Step 40 has the lowest loss but used twice the budget; step 20 is
+        // the best within it; step 10 is over it, but forgot least of those over.
+        let mut checkpoints = vec![
+            kept(10, 3.0, Some(1.5)),
+            kept(20, 2.0, Some(0.9)),
+            kept(30, 2.5, Some(3.0)),
+            kept(40, 1.0, Some(2.0)),
+            kept(50, 1.5, Some(2.5)),
+        ];
+        let retired = retention(&mut checkpoints, 1, 2);
+        let steps: Vec<u64> = checkpoints.iter().map(|k| k.step).collect();
+        assert_eq!(steps, [10, 20, 50]);
+        assert_eq!(retired, [Id([30; 32]), Id([40; 32])]);
+
+        // Without a budget the same losses keep the lowest two.
+        let mut checkpoints: Vec<Kept> = [(10, 3.0), (20, 2.0), (30, 2.5), (40, 1.0), (50, 1.5)]
+            .map(|(step, loss)| kept(step, loss, None))
+            .to_vec();
+        retention(&mut checkpoints, 1, 2);
+        let steps: Vec<u64> = checkpoints.iter().map(|k| k.step).collect();
+        assert_eq!(steps, [40, 50]);
+    }
 }

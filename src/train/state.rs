@@ -31,6 +31,11 @@ pub struct Kept {
     pub step: u64,
     pub id: Id,
     pub eval_loss: Option<f64>,
+    /// The most forgetting budget used on one ancestor set at this step
+    /// (runs with a budget only: left out otherwise, so the state's bytes,
+    /// and the checkpoint ids, of runs without one stay as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_used: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -43,8 +48,15 @@ pub struct TrainerState {
     pub kept: Vec<Kept>,
     pub best_eval: Option<f64>,
     pub evals_since_best: u64,
+    /// Evaluations in a row over the forgetting budget (`stop_on_forgetting`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub evals_over_budget: u64,
     /// Adam step count per parameter.
     pub optimizer_steps: BTreeMap<String, u64>,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl TrainerState {

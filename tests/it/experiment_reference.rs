@@ -54,9 +54,15 @@ schedule = [{{ at = 0, layers = "none" }}]
 train = [{{ path = "t.jsonl" }}]
 eval = [{{ path = "e.jsonl" }}]
 replay = {{ ratio = 0.1 }}
+eval_ancestors = true
 
 [optim]
 embedding_lr = 1e-5
+
+[train]
+forgetting_budget = 0.05
+stop_on_forgetting = true
+early_stop_patience = 2
 "#,
         adapter.display()
     );

@@ -11,6 +11,7 @@ mod data_formats;
 mod data_pack;
 mod data_replay_drift;
 mod experiment_reference;
+mod forgetting_budget;
 mod model_cli;
 mod model_generate;
 mod model_loading;

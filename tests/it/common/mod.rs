@@ -209,3 +209,54 @@ pub fn graft_fails_in(dir: &Path, store: &Path, args: &[&str]) -> String {
     );
     stderr(&output)
 }
+
+/// The quickstart, run once per test binary in a temp dir that every test
+/// reading its store shares (it is the most expensive thing the tests do).
+/// Tests must not write into this store: copy it with [`copy_dir`] first.
+pub struct Quickstart {
+    pub dir: tempfile::TempDir,
+    pub output: Output,
+}
+
+impl Quickstart {
+    pub fn store(&self) -> std::path::PathBuf {
+        self.dir.path().join("store")
+    }
+}
+
+pub fn quickstart() -> &'static Quickstart {
+    static RUN: std::sync::OnceLock<Quickstart> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments"),
+            &dir.path().join("experiments"),
+        );
+        let output = Command::new(env!("CARGO_BIN_EXE_graft"))
+            .args(["quickstart", "--json"])
+            .current_dir(dir.path())
+            .env_remove("GRAFT_STORE")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "the quickstart failed: {}\n{}",
+            stderr(&output),
+            stdout(&output)
+        );
+        Quickstart { dir, output }
+    })
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
