@@ -123,11 +123,20 @@ impl RemoteError {
     }
 }
 
-/// A tag as the remote holds it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A tag as the remote holds it. Two are equal when they name the same
+/// target; when it was set travels along for display.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SharedTag {
     pub target: String,
     pub kind: String,
+    #[serde(default)]
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl PartialEq for SharedTag {
+    fn eq(&self, other: &SharedTag) -> bool {
+        self.target == other.target && self.kind == other.kind
+    }
 }
 
 /// A remote as this store knows it.

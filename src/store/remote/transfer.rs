@@ -204,6 +204,7 @@ pub fn push(
         let wanted = SharedTag {
             target: tag.target.to_hex(),
             kind: tag.kind.clone(),
+            created_at: Some(tag.created_at),
         };
         let current = backend.get(&tag_key(&tag.name))?;
         let current_tag = current.as_ref().and_then(|v| parse_tag(&v.bytes));
@@ -561,13 +562,15 @@ pub fn pull(
             continue;
         };
         let lands = incoming.contains(&target) || index_has(&index, &tag.kind, &target)?;
-        if !lands || target_of(&tag.kind, target).is_none() {
+        let valid = crate::store::refs::validate_tag_name(tag_name).is_ok();
+        if !lands || !valid || target_of(&tag.kind, target).is_none() {
             report.tags.push(tag_report(tag_name, tag, "skipped"));
             continue;
         }
         let local = index.get_ref(tag_name)?.map(|r| SharedTag {
             target: r.target.to_hex(),
             kind: r.kind,
+            created_at: Some(r.created_at),
         });
         match &local {
             Some(local) if local == tag => {
@@ -633,7 +636,12 @@ pub fn pull(
                 key: tag_key(&tag_name),
                 reason: "not a tag".into(),
             })?;
-        index.set_tag(&tag_name, target)?;
+        index.put_ref(&crate::store::RefRecord {
+            name: tag_name.clone(),
+            target: target.id(),
+            kind: target.kind().to_string(),
+            created_at: tag.created_at.unwrap_or_else(chrono::Utc::now),
+        })?;
         report.tags.push(tag_report(
             &tag_name,
             &tag,
