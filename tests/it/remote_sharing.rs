@@ -3,10 +3,40 @@
 //! emulator (moto) on 127.0.0.1, forks merged from several stores, tags moved
 //! by someone else, and pushes and pulls killed part way.
 
-use crate::common::{graft, graft_ok, stderr, stdout};
+use crate::common::{stderr, stdout};
 use serde_json::Value;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+
+thread_local! {
+    /// Environment for every graft this test thread runs (the S3 test's
+    /// endpoint and credentials); each test runs on its own thread.
+    static ENV: RefCell<Vec<(String, String)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn command(dir: &Path, store: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_graft"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("GRAFT_STORE", store)
+        .env("GRAFT_LOCK_TIMEOUT_MS", "60000");
+    ENV.with(|env| {
+        for (key, value) in env.borrow().iter() {
+            command.env(key, value);
+        }
+    });
+    command
+}
+
+fn graft(store: &Path, args: &[&str]) -> Output {
+    command(Path::new("."), store, args).output().unwrap()
+}
+
+fn graft_ok(store: &Path, args: &[&str]) -> String {
+    ok_in(Path::new("."), store, args)
+}
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/llama-tiny")
@@ -81,12 +111,7 @@ checkpoint_every = 2
 }
 
 fn run_in(dir: &Path, store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_graft"))
-        .args(args)
-        .current_dir(dir)
-        .env("GRAFT_STORE", store)
-        .output()
-        .unwrap()
+    command(dir, store, args).output().unwrap()
 }
 
 fn ok_in(dir: &Path, store: &Path, args: &[&str]) -> String {
@@ -110,11 +135,7 @@ fn folder_url(path: &Path) -> String {
 
 /// `graft clone URL DIR`, insisting on success.
 fn clone(work: &Path, url: &str, dir: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_graft"))
-        .args(["clone", url, &dir.display().to_string()])
-        .current_dir(work)
-        .output()
-        .unwrap();
+    let output = run_in(work, dir, &["clone", url, &dir.display().to_string()]);
     assert!(
         output.status.success(),
         "clone {url}: {}\n{}",
@@ -442,4 +463,173 @@ fn bad_remote_input_is_refused_and_writes_nothing() {
     let output = graft(&store, &["remote", "add", "hub", "/elsewhere"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(graft_ok(&store, &["remote", "ls"]).contains(&folder_url(&empty)));
+}
+
+/// An S3 emulator (moto) on 127.0.0.1, killed when dropped.
+struct Emulator {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start moto on a free port with bucket `graft`, or say why it cannot be
+/// (not installed: `.ci/run` installs it).
+fn start_emulator() -> Result<Emulator, String> {
+    let probe = Command::new("python3")
+        .args(["-c", "import moto.server, boto3"])
+        .output()
+        .map_err(|e| format!("python3 cannot run: {e}"))?;
+    if !probe.status.success() {
+        return Err(format!(
+            "moto is not installed (pip install 'moto[server]'): {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        ));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("moto cannot start: {e}"))?;
+    let emulator = Emulator {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("moto did not listen on port {port} within 30 s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let script = format!(
+        "import boto3; boto3.client('s3', endpoint_url='{}', region_name='us-east-1', \
+         aws_access_key_id='testing', aws_secret_access_key='testing').create_bucket(Bucket='graft')",
+        emulator.endpoint
+    );
+    let created = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .map_err(|e| e.to_string())?;
+    assert!(
+        created.status.success(),
+        "the emulator runs but refuses a bucket: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    Ok(emulator)
+}
+
+fn use_emulator(emulator: &Emulator) {
+    ENV.with(|env| {
+        *env.borrow_mut() = [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", emulator.endpoint.as_str()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    });
+}
+
+#[test]
+fn a_lineage_pushed_to_an_s3_emulator_clones_with_the_same_answers_and_reproduces() {
+    let emulator = match start_emulator() {
+        Ok(emulator) => emulator,
+        Err(why) => {
+            eprintln!("SKIPPED: no S3 emulator: {why}");
+            return;
+        }
+    };
+    use_emulator(&emulator);
+    let work = workspace();
+    round_trip(work.path(), "s3://graft/team/record");
+}
+
+/// Kill `args` with SIGKILL after `delay_ms`, slowed so the kill lands
+/// part way; returns whether it was still running when killed.
+fn kill_part_way(dir: &Path, store: &Path, args: &[&str], delay_ms: u64) -> bool {
+    let mut child = command(dir, store, args)
+        .env("GRAFT_SLOW_TRANSFER_MS", "15")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    running
+}
+
+#[test]
+fn push_and_pull_killed_part_way_complete_on_a_rerun_and_verify_clean() {
+    let work = workspace();
+    let hub = work.path().join("hub");
+    let url = folder_url(&hub);
+    let origin = work.path().join("origin");
+    train_lineage(work.path(), &origin);
+    graft_ok(&origin, &["remote", "add", "hub", &url]);
+    // Random points: a seed from the clock, printed so a failure can be
+    // replayed by reading it off.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    eprintln!("kill points seed {seed}");
+    let mut next = seed;
+    let mut point = |max: u64| {
+        next = next
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        50 + (next >> 33) % max
+    };
+    // The push moves ~100 files at 15 ms each, 8 at a time: about 200 ms.
+    let mut killed = 0;
+    for _ in 0..3 {
+        killed += kill_part_way(work.path(), &origin, &["push", "hub"], point(250)) as usize;
+        graft_ok(&origin, &["verify"]);
+    }
+    assert!(killed > 0, "no kill landed during a push (seed {seed})");
+    graft_ok(&origin, &["push", "hub"]);
+    let again = json(&graft_ok(&origin, &["push", "hub", "--json"]));
+    assert_eq!(again["objects_sent"], 0, "{again}");
+    assert!(again["commit"].is_null(), "the rerun completed it: {again}");
+
+    let copy = work.path().join("copy");
+    graft_ok(&copy, &["init"]);
+    graft_ok(&copy, &["remote", "add", "hub", &url]);
+    let mut killed = 0;
+    for _ in 0..3 {
+        killed += kill_part_way(work.path(), &copy, &["pull", "hub"], point(250)) as usize;
+        graft_ok(&copy, &["verify"]);
+    }
+    assert!(killed > 0, "no kill landed during a pull (seed {seed})");
+    graft_ok(&copy, &["pull", "hub"]);
+    graft_ok(&copy, &["verify"]);
+    for (cloned, original) in answers(&copy).iter().zip(answers(&origin)) {
+        assert_eq!(
+            cloned.lines().collect::<Vec<_>>(),
+            original.lines().collect::<Vec<_>>(),
+            "seed {seed}"
+        );
+    }
 }

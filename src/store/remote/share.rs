@@ -129,7 +129,14 @@ pub fn absorb(index: &Index, mut records: Vec<SharedRecord>) -> Result<AbsorbCou
         };
         a.kind().cmp(&b.kind()).then(time(a).cmp(&time(b)))
     });
+    let mut kind = None;
     for record in records {
+        if kind != Some(record.kind()) {
+            kind = Some(record.kind());
+            if let Some(delay) = crate::store::faults::transfer_delay() {
+                std::thread::sleep(delay);
+            }
+        }
         match record {
             SharedRecord::Model(model) => match index.get_model(&model.id)? {
                 None => {

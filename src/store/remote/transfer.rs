@@ -186,12 +186,14 @@ pub fn push(
                 continue;
             }
             let bytes = manifest::encode_manifest(kind, &of_kind);
+            slow_down();
             let id = object_id(&bytes);
             backend.put(&manifest_key(kind, &id), bytes.clone())?;
             super::write_atomically(&cache, &id.to_hex(), &bytes)?;
             commit.manifests.push((kind, id));
         }
         let bytes = manifest::encode_commit(&commit);
+        slow_down();
         let id = object_id(&bytes);
         backend.put(&format!("commits/{}", id.to_hex()), bytes)?;
         report.commit = Some(id.to_hex());
@@ -264,6 +266,13 @@ pub fn push(
     Ok(report)
 }
 
+/// The test hook of `faults::transfer_delay`.
+fn slow_down() {
+    if let Some(delay) = crate::store::faults::transfer_delay() {
+        std::thread::sleep(delay);
+    }
+}
+
 fn tag_report(name: &str, tag: &SharedTag, action: &str) -> TagReport {
     TagReport {
         name: name.to_string(),
@@ -302,6 +311,7 @@ async fn upload_object(
         key: key.clone(),
         reason: e.to_string(),
     };
+    slow_down();
     let mut file = std::fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
     let size = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
     let corrupt = |actual: Id| StoreError::CorruptObject {
@@ -369,6 +379,7 @@ async fn download_object(
         key: key.clone(),
         reason: e.to_string(),
     };
+    slow_down();
     let got = match remote.get(&Key::from(key.as_str())).await {
         Ok(got) => got,
         Err(object_store::Error::NotFound { .. }) => {
