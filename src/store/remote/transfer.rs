@@ -807,10 +807,26 @@ pub fn clone(
             });
         }
     }
-    let store = Store::open_or_init(dir)?;
-    if !resuming {
-        super::add(dir, "origin", &location.url())?;
+    let created = !dir.exists();
+    let cloned = Store::open_or_init(dir)
+        .map_err(RemoteError::from)
+        .and_then(|store| {
+            if !resuming {
+                super::add(dir, "origin", &location.url())?;
+            }
+            let report = pull(&store, "origin", &PullOptions::default(), progress)?;
+            Ok((store, report))
+        });
+    if cloned.is_err() && !resuming {
+        // A clone refused (a damaged remote, say) leaves nothing behind; one
+        // killed part way stays, and running it again completes it.
+        if created {
+            let _ = std::fs::remove_dir_all(dir);
+        } else if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
-    let report = pull(&store, "origin", &PullOptions::default(), progress)?;
-    Ok((store, report))
+    cloned
 }
