@@ -269,7 +269,9 @@ impl PendingObject {
     }
 
     /// Put the object in place if its bytes hash to the expected id; a
-    /// mismatch is `CorruptObject` and nothing is written.
+    /// mismatch is `CorruptObject` and nothing is written. Not synced: call
+    /// [`ObjectStore::sync`] before recording anything that refers to it (one
+    /// `syncfs` for a whole transfer instead of two fsyncs per object).
     pub fn commit(self) -> Result<()> {
         let actual = self.hasher.finish();
         if actual != self.expected {
@@ -282,10 +284,6 @@ impl PendingObject {
         if self.target.exists() {
             return Ok(());
         }
-        self.temp
-            .as_file()
-            .sync_all()
-            .map_err(|e| StoreError::io(self.temp.path(), e))?;
         let parent = self
             .target
             .parent()
@@ -295,7 +293,6 @@ impl PendingObject {
         self.temp
             .persist(&self.target)
             .map_err(|e| StoreError::io(&self.target, e.error))?;
-        sync_dir(&parent);
         Ok(())
     }
 }

@@ -635,6 +635,8 @@ pub fn pull(
         }
     }
     fetch_objects(store, &backend, &adapter_objects, &progress, &mut report)?;
+    // Every object on disk before any record that names it.
+    store.objects().sync()?;
 
     // Then records, then tags.
     let index = store.index()?;
