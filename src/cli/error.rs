@@ -111,6 +111,34 @@ impl From<StoreError> for CliError {
     }
 }
 
+impl From<crate::store::remote::RemoteError> for CliError {
+    fn from(e: crate::store::remote::RemoteError) -> Self {
+        use crate::store::remote::RemoteError;
+        if let RemoteError::Store(inner) = e {
+            return inner.into();
+        }
+        let kind = if e.is_user_error() {
+            ErrorKind::User
+        } else if matches!(
+            e,
+            RemoteError::Invalid { .. }
+                | RemoteError::BadManifest { .. }
+                | RemoteError::CorruptRemoteObject { .. }
+                | RemoteError::MissingRemoteObject { .. }
+                | RemoteError::MissingLocalObject { .. }
+        ) {
+            ErrorKind::Check
+        } else {
+            ErrorKind::Internal
+        };
+        CliError {
+            kind,
+            hint: e.hint(),
+            message: e.to_string(),
+        }
+    }
+}
+
 impl From<crate::lineage::QueryError> for CliError {
     fn from(e: crate::lineage::QueryError) -> Self {
         CliError::user(format!("--where: {e}"))

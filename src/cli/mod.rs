@@ -6,6 +6,7 @@ pub mod error;
 pub mod output;
 
 mod bench;
+mod clone;
 mod data;
 mod diff;
 mod eval;
@@ -21,13 +22,17 @@ mod metrics;
 mod model;
 mod plot;
 mod progress;
+mod pull;
+mod push;
 mod quickstart;
+mod remote;
 mod reproduce;
 mod resume;
 mod runs;
 mod show;
 mod tag;
 mod train;
+mod transfer_progress;
 mod verify;
 
 use crate::store::Store;
@@ -106,6 +111,14 @@ pub enum Command {
     Gc(gc::Args),
     /// Re-hash every object and check every reference between records.
     Verify(verify::Args),
+    /// The remotes this store shares its record through: add, ls, remove.
+    Remote(remote::Args),
+    /// Send the record (objects the remote lacks, then records, then tags).
+    Push(push::Args),
+    /// Bring a remote's record into this store, every object verified.
+    Pull(pull::Args),
+    /// A new store holding a remote's record, with the remote as `origin`.
+    Clone(clone::Args),
 }
 
 /// What every command gets: where the store is.
@@ -156,6 +169,10 @@ pub fn dispatch(command: Command, context: &Context) -> CliResult {
         Command::Bench(args) => bench::run(args, context),
         Command::Gc(args) => gc::run(args, context),
         Command::Verify(args) => verify::run(args, context),
+        Command::Remote(args) => remote::run(args, context),
+        Command::Push(args) => push::run(args, context),
+        Command::Pull(args) => pull::run(args, context),
+        Command::Clone(args) => clone::run(args, context),
     }
 }
 

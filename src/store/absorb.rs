@@ -73,39 +73,7 @@ impl Index {
         let mut ended = false;
         let mut end_offset = offset;
         for (entry, frame_end) in &frames {
-            match entry {
-                JournalEntry::Metrics(points) => {
-                    self.append_points(&run_id, run.seq, execution, points)?
-                }
-                JournalEntry::Checkpoint(checkpoint) => self.put_checkpoint(checkpoint)?,
-                JournalEntry::Retire(id) => {
-                    if let Some(mut checkpoint) = self.get_checkpoint(id)? {
-                        checkpoint.retired = true;
-                        self.put_checkpoint(&checkpoint)?;
-                    }
-                }
-                JournalEntry::Note { key, value } => {
-                    let mut record = self.run(&run_id)?;
-                    record.notes.insert(key.clone(), value.clone());
-                    self.put_run(&record)?;
-                }
-                JournalEntry::End {
-                    status,
-                    ended_at,
-                    error,
-                    reason,
-                } => {
-                    self.end_execution(
-                        &run_id,
-                        execution,
-                        *status,
-                        *ended_at,
-                        error.clone(),
-                        reason.clone(),
-                    )?;
-                    ended = true;
-                }
-            }
+            ended |= self.apply_entry(&run_id, run.seq, execution, entry)?;
             end_offset = offset + frame_end;
         }
         if !ended && self.owner_is_gone(&run_id, execution)? {
@@ -135,6 +103,53 @@ impl Index {
             self.flush()?;
         }
         Ok((frames.len(), ended))
+    }
+
+    /// Apply one journal entry of execution `execution` of run `run_id`
+    /// (local sequence number `run_seq`); returns whether it ended the
+    /// execution. Journals and records pulled from a remote both come
+    /// through here (see `remote::absorb`), so one path writes them.
+    pub(crate) fn apply_entry(
+        &self,
+        run_id: &Id,
+        run_seq: u64,
+        execution: u32,
+        entry: &JournalEntry,
+    ) -> Result<bool> {
+        match entry {
+            JournalEntry::Metrics(points) => {
+                self.append_points(run_id, run_seq, execution, points)?
+            }
+            JournalEntry::Checkpoint(checkpoint) => self.put_checkpoint(checkpoint)?,
+            JournalEntry::Retire(id) => {
+                if let Some(mut checkpoint) = self.get_checkpoint(id)? {
+                    checkpoint.retired = true;
+                    self.put_checkpoint(&checkpoint)?;
+                }
+            }
+            JournalEntry::Note { key, value } => {
+                let mut record = self.run(run_id)?;
+                record.notes.insert(key.clone(), value.clone());
+                self.put_run(&record)?;
+            }
+            JournalEntry::End {
+                status,
+                ended_at,
+                error,
+                reason,
+            } => {
+                self.end_execution(
+                    run_id,
+                    execution,
+                    *status,
+                    *ended_at,
+                    error.clone(),
+                    reason.clone(),
+                )?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn end_execution(

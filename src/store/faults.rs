@@ -26,3 +26,13 @@ pub fn object_write_limit() -> Option<u64> {
 pub fn nan_loss_step() -> Option<u64> {
     std::env::var("GRAFT_INJECT_NAN_AT_STEP").ok()?.parse().ok()
 }
+
+/// `GRAFT_SLOW_TRANSFER_MS=N`: every file a push or pull moves (object,
+/// manifest, commit) waits N ms first, so a test can kill the process part
+/// way through a transfer.
+pub fn transfer_delay() -> Option<std::time::Duration> {
+    std::env::var("GRAFT_SLOW_TRANSFER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+}

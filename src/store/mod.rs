@@ -22,6 +22,7 @@ pub mod objects;
 pub mod recorder;
 pub mod records;
 pub mod refs;
+pub mod remote;
 pub mod tensor_blob;
 pub mod verify;
 

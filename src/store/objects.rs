@@ -132,6 +132,25 @@ impl ObjectStore {
         Ok(id)
     }
 
+    /// Begin writing an object whose id is known in advance (one received
+    /// from elsewhere): bytes go to a temp file while hashing, and
+    /// [`PendingObject::commit`] renames it into place only when the hash
+    /// matches, so bytes that are not what their name says never land.
+    pub fn begin_expected(&self, expected: Id) -> Result<PendingObject> {
+        fs::create_dir_all(&self.root).map_err(|e| StoreError::io(&self.root, e))?;
+        let temp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&self.root)
+            .map_err(|e| StoreError::io(&self.root, e))?;
+        full_disk_hook(temp.path())?;
+        Ok(PendingObject {
+            expected,
+            target: self.path_of(&expected),
+            temp,
+            hasher: ObjectHasher::new(),
+        })
+    }
+
     /// Read an object, verifying its hash.
     pub fn get(&self, id: &Id) -> Result<Vec<u8>> {
         let path = self.path_of(id);
@@ -230,6 +249,51 @@ impl ObjectStore {
 
     pub fn size_of(&self, id: &Id) -> u64 {
         fs::metadata(self.path_of(id)).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// An object being received; see [`ObjectStore::begin_expected`].
+pub struct PendingObject {
+    expected: Id,
+    target: PathBuf,
+    temp: tempfile::NamedTempFile,
+    hasher: ObjectHasher,
+}
+
+impl PendingObject {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        self.temp
+            .write_all(bytes)
+            .map_err(|e| StoreError::io(self.temp.path(), e))
+    }
+
+    /// Put the object in place if its bytes hash to the expected id; a
+    /// mismatch is `CorruptObject` and nothing is written. Not synced: call
+    /// [`ObjectStore::sync`] before recording anything that refers to it (one
+    /// `syncfs` for a whole transfer instead of two fsyncs per object).
+    pub fn commit(self) -> Result<()> {
+        let actual = self.hasher.finish();
+        if actual != self.expected {
+            return Err(StoreError::CorruptObject {
+                id: self.expected,
+                actual,
+                path: self.target,
+            });
+        }
+        if self.target.exists() {
+            return Ok(());
+        }
+        let parent = self
+            .target
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        fs::create_dir_all(&parent).map_err(|e| StoreError::io(&parent, e))?;
+        self.temp
+            .persist(&self.target)
+            .map_err(|e| StoreError::io(&self.target, e.error))?;
+        Ok(())
     }
 }
 

@@ -26,6 +26,7 @@ mod reliability_corruption;
 mod reliability_crash_points;
 mod reliability_fuzz;
 mod reliability_soak;
+mod remote_sharing;
 mod store_crash;
 mod store_ids;
 mod store_lineage;

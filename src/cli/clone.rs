@@ -1,0 +1,27 @@
+//! `graft clone URL DIR`: a new store holding a remote's record, with the
+//! remote as `origin`. Running it again after an interruption completes it.
+
+use super::transfer_progress::TransferBar;
+use super::{CliResult, Context};
+use crate::store::remote;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The remote: `file:///path` or `s3://bucket/prefix`.
+    pub url: String,
+    /// The new store's folder (must not exist, or be empty).
+    pub dir: PathBuf,
+    /// Print the report as JSON (and draw no progress bar).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args, _context: &Context) -> CliResult {
+    let (_, report) = remote::clone(&args.url, &args.dir, TransferBar::new(args.json))?;
+    super::pull::render(
+        &report,
+        args.json,
+        &format!("cloned into {}, from", args.dir.display()),
+    )
+}
