@@ -21,7 +21,7 @@ pub use adapter::{
     load_adapter, load_adapter_files, read_adapter_config, read_adapter_config_file, save_adapter,
     write_peft_adapter,
 };
-pub use config::{ModelConfig, ModelType, RopeConfig, RopeScaling};
+pub use config::{Activation, LayerType, ModelConfig, ModelType, RopeConfig, RopeScaling};
 pub use error::ModelError;
 pub use generate::{generate, generate_ids, load_tokenizer, SamplingConfig};
 pub use llama::{causal_lm_loss, CausalLm, KvCache};

@@ -11,6 +11,7 @@ mod data_formats;
 mod data_pack;
 mod data_replay_drift;
 mod model_cli;
+mod model_families;
 mod model_generate;
 mod model_loading;
 mod model_lora;
