@@ -10,6 +10,7 @@ pub mod adapter;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod hf_cache;
 pub mod llama;
 pub mod lora;
 pub mod params;

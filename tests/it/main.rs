@@ -13,6 +13,7 @@ mod data_replay_drift;
 mod model_cli;
 mod model_families;
 mod model_generate;
+mod model_hf_cache;
 mod model_loading;
 mod model_lora;
 mod model_mistral;
