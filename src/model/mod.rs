@@ -1,7 +1,8 @@
-//! Llama-family causal language models (Llama, Qwen2, Mistral) from Hugging Face
-//! folders, on burn: config parsing, weight loading and export, the forward pass and
-//! loss, LoRA that reads and writes PEFT adapters, trainability by block, generation,
-//! and parity checks against the reference implementation.
+//! Llama-family causal language models (Llama, Qwen2, Mistral, Qwen3, Phi-3, Gemma 2
+//! and 3 text) from Hugging Face folders or the local Hugging Face cache, on burn:
+//! config parsing, weight loading and export, the forward pass and loss, LoRA that
+//! reads and writes PEFT adapters, trainability by block, generation, and parity
+//! checks against the reference implementation.
 //!
 //! Knows nothing of the store: it reads and writes plain folders and hands tensors out
 //! by name.

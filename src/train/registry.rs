@@ -92,10 +92,7 @@ pub fn describe_model(dir: &Path, copy: bool) -> Result<ModelRecord, RegistryErr
     let tokenizer_id = files["tokenizer.json"];
     let id = ModelRecord::compute_id(config_id, tokenizer_id, &tensors);
     let summary = Canon::map()
-        .with(
-            "model_type",
-            format!("{:?}", config.model_type).to_lowercase(),
-        )
+        .with("model_type", config.model_type.as_str())
         .with("layers", config.num_hidden_layers)
         .with("hidden_size", config.hidden_size)
         .with("vocab_size", config.vocab_size)
