@@ -16,7 +16,9 @@ pub struct Args {
 pub enum ModelCommand {
     /// Register a Hugging Face model folder (config.json, safetensors, tokenizer.json).
     Add {
-        /// The model folder.
+        /// The model folder, or a Hugging Face model id (`org/name`, `org/name@revision`)
+        /// found in the local cache (HF_HUB_CACHE, else HF_HOME/hub, else
+        /// ~/.cache/huggingface/hub; nothing is downloaded).
         dir: PathBuf,
         /// Copy the tensors into the store instead of referencing the folder.
         #[arg(long)]
@@ -108,6 +110,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
                 crate::store::refs::validate_tag_name(tag)?;
             }
             let store = context.store_or_init()?;
+            let (dir, cached) = registry::model_add_folder(&dir)?;
             let record = registry::register_model(&store, &dir, copy)?;
             if let Some(tag) = &tag {
                 let index = store.index()?;
@@ -117,10 +120,17 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             if json {
                 return output::print_json(&serde_json::to_value(&record).unwrap_or_default());
             }
+            let source = match &cached {
+                Some(cached) => format!(
+                    "{} (Hugging Face cache, revision {})",
+                    record.path, cached.revision
+                ),
+                None => record.path.clone(),
+            };
             output::println_safe(&format!(
                 "model {} registered from {} ({} tensors{})",
                 record.id,
-                record.path,
+                source,
                 record.tensors.len(),
                 if record.copied {
                     ", copied"

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::error::ModelError;
 use super::llama::CausalLm;
-use super::lora::{Linear, LoraConfig, ALL_TARGETS};
+use super::lora::{is_known_target, Linear, LoraConfig, ALL_TARGETS};
 use super::weights::{read_safetensors, write_safetensors, SaveDtype};
 
 /// The prefix PEFT puts in front of the wrapped model's parameter names.
@@ -31,20 +31,53 @@ impl<B: Backend> CausalLm<B> {
             let attn = &mut layer.self_attn;
             let mlp = &mut layer.mlp;
             let p = format!("model.layers.{i}");
-            let entries: [(&'static str, &str, &mut Linear<B>); 7] = [
-                ("q_proj", "self_attn", &mut attn.q_proj),
-                ("k_proj", "self_attn", &mut attn.k_proj),
-                ("v_proj", "self_attn", &mut attn.v_proj),
-                ("o_proj", "self_attn", &mut attn.o_proj),
-                ("gate_proj", "mlp", &mut mlp.gate_proj),
-                ("up_proj", "mlp", &mut mlp.up_proj),
-                ("down_proj", "mlp", &mut mlp.down_proj),
+            // Either q/k/v or qkv_proj is there, and either gate/up or gate_up_proj.
+            let entries: [(&'static str, &str, Option<&mut Linear<B>>); 9] = [
+                ("q_proj", "self_attn", attn.q_proj.as_mut()),
+                ("k_proj", "self_attn", attn.k_proj.as_mut()),
+                ("v_proj", "self_attn", attn.v_proj.as_mut()),
+                ("qkv_proj", "self_attn", attn.qkv_proj.as_mut()),
+                ("o_proj", "self_attn", Some(&mut attn.o_proj)),
+                ("gate_proj", "mlp", mlp.gate_proj.as_mut()),
+                ("up_proj", "mlp", mlp.up_proj.as_mut()),
+                ("gate_up_proj", "mlp", mlp.gate_up_proj.as_mut()),
+                ("down_proj", "mlp", Some(&mut mlp.down_proj)),
             ];
             for (short, group, linear) in entries {
-                out.push((format!("{p}.{group}.{short}"), short, linear));
+                if let Some(linear) = linear {
+                    out.push((format!("{p}.{group}.{short}"), short, linear));
+                }
             }
         }
         out
+    }
+
+    /// The short names of the projections a decoder layer has, in layer order
+    /// (`q_proj`... for Llama, `qkv_proj`... for Phi-3).
+    pub fn projection_names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if let Some(layer) = self.model.layers.first() {
+            let (attn, mlp) = (&layer.self_attn, &layer.mlp);
+            let present = [
+                ("q_proj", attn.q_proj.is_some()),
+                ("k_proj", attn.k_proj.is_some()),
+                ("v_proj", attn.v_proj.is_some()),
+                ("qkv_proj", attn.qkv_proj.is_some()),
+                ("o_proj", true),
+                ("gate_proj", mlp.gate_proj.is_some()),
+                ("up_proj", mlp.up_proj.is_some()),
+                ("gate_up_proj", mlp.gate_up_proj.is_some()),
+                ("down_proj", true),
+            ];
+            names.extend(present.iter().filter(|(_, has)| *has).map(|(n, _)| *n));
+        }
+        names
+    }
+
+    /// `config` with its targets named as this model's projections (see
+    /// [`LoraConfig::for_projections`]).
+    pub fn lora_config_for_model(&self, config: &LoraConfig) -> Result<LoraConfig, ModelError> {
+        config.for_projections(&self.projection_names(), self.config.model_type.as_str())
     }
 
     /// Adds a fresh LoRA adapter (A kaiming-uniform from `seed`, B zero) to the target
@@ -56,6 +89,7 @@ impl<B: Backend> CausalLm<B> {
                 message: "the model already has a LoRA adapter".into(),
             });
         }
+        let config = &self.lora_config_for_model(config)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         for (_, short, linear) in self.projections_mut() {
             if config.targets_module(short) {
@@ -152,7 +186,7 @@ pub fn read_adapter_config_file(path: &Path) -> Result<LoraConfig, ModelError> {
         Some(Value::String(s)) if s == "all-linear" => {
             ALL_TARGETS.iter().map(|s| s.to_string()).collect()
         }
-        Some(Value::String(s)) if ALL_TARGETS.contains(&s.as_str()) => vec![s.clone()],
+        Some(Value::String(s)) if is_known_target(s) => vec![s.clone()],
         Some(other) => {
             return Err(unsupported(
                 "target_modules",
@@ -228,7 +262,7 @@ pub fn load_adapter_files<B: Backend>(
             message: "the model already has a LoRA adapter".into(),
         });
     }
-    let config = read_adapter_config_file(config_path)?;
+    let config = model.lora_config_for_model(&read_adapter_config_file(config_path)?)?;
     let mut tensors = read_safetensors(weights_path)?;
     let device = model.device();
     let scale = config.scale();

@@ -51,6 +51,8 @@ pub enum ModelError {
     Tokenizer { path: PathBuf, message: String },
     #[error("reference {path}: {message}")]
     Reference { path: PathBuf, message: String },
+    #[error("model `{id}` is not in the local Hugging Face cache: {detail}")]
+    NotInCache { id: String, detail: String },
     #[error("{message}")]
     Invalid { message: String },
 }

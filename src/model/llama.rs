@@ -1,7 +1,14 @@
-//! The Llama-family causal language model (Llama, Qwen2, Mistral): embeddings,
-//! RMSNorm, rotary embeddings in HF's rotate-half layout, grouped-query attention with
-//! burn's fused attention op (causal), SwiGLU MLP, tied or separate `lm_head`, the
-//! masked next-token loss, and a KV cache for generation.
+//! The Llama-family causal language model (Llama, Qwen2, Mistral, and the families
+//! built like it: Qwen3, Phi-3, Gemma 2 and 3): embeddings, RMSNorm, rotary embeddings
+//! in HF's rotate-half layout, grouped-query attention (graft's fused causal kernel for
+//! plain layers, burn's attention op for sliding-window masks and soft-capped scores),
+//! SwiGLU or GeGLU MLP, tied or separate `lm_head`, the masked next-token loss, and a
+//! KV cache for generation.
+//!
+//! The family differences are options of the one model, set from the config:
+//! per-head q/k norms (Qwen3, Gemma 3), fused `qkv_proj`/`gate_up_proj` (Phi-3), and
+//! Gemma's `(1 + w)` norms, scaled embedding, norms around both sublayers, scaled and
+//! soft-capped attention scores and soft-capped logits.
 //!
 //! Struct fields are named like the Hugging Face modules so that a parameter's module
 //! path is its checkpoint key (`model.layers.0.self_attn.q_proj.weight`).
@@ -14,7 +21,7 @@ use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, DType, FloatDType, Int, Tensor, TensorData};
 
-use super::config::ModelConfig;
+use super::config::{Activation, ModelConfig, RopeConfig};
 use super::lora::{Linear, LoraConfig};
 use crate::compute::attention::repeat_kv;
 use crate::compute::reduce::ordered_sum;
@@ -33,26 +40,32 @@ impl<B: Backend> Embedding<B> {
     }
 }
 
-/// Root-mean-square norm: `x / sqrt(mean(x^2) + eps) * weight`.
+/// Root-mean-square norm: `x / sqrt(mean(x^2) + eps) * weight`, or Gemma's
+/// `* (1 + weight)`.
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
-    /// `[hidden]`
+    /// `[hidden]` (or `[head_dim]` for the per-head q/k norms)
     pub weight: Param<Tensor<B, 1>>,
     pub eps: f64,
+    /// Gemma: the stored weight is the offset from one.
+    #[module(skip)]
+    pub plus_one: bool,
 }
 
 impl<B: Backend> RmsNorm<B> {
-    /// x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    /// x: `[..., hidden]` -> `[..., hidden]`, normed over the last dimension.
     ///
     /// In the input's dtype. transformers takes the mean of squares in f32 for a bf16
     /// base. Done so here, it cost about 3% of llama-1b's speed and 8% of smol-135m's
     /// on the H200 (2026-11-28, two calls apart), because burn's CUDA fusion (0.21)
     /// panics fusing the cast into `mean_dim` at the fixtures' hidden size of 64, which
     /// left a product with a ones vector for the mean. bf16 parity passes without it.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let variance = x.clone().square().mean_dim(2);
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let variance = x.clone().square().mean_dim(D - 1);
         let normed = x * (variance + self.eps).sqrt().recip();
-        normed * self.weight.val().unsqueeze::<3>()
+        let weight = self.weight.val();
+        let weight = if self.plus_one { weight + 1.0 } else { weight };
+        normed * weight.unsqueeze::<D>()
     }
 }
 
@@ -60,13 +73,13 @@ impl<B: Backend> RmsNorm<B> {
 /// `[1, 1, seq, head_dim]` with the frequencies repeated over both halves, as HF's
 /// `cat((freqs, freqs), -1)`. Computed in f64 and rounded once.
 pub fn rope_tables<B: Backend>(
-    config: &ModelConfig,
+    rope: &RopeConfig,
+    head_dim: usize,
     offset: usize,
     seq: usize,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let head_dim = config.head_dim;
-    let inv_freq = config.rope.inv_freq(head_dim);
+    let inv_freq = rope.inv_freq(head_dim);
     let half = head_dim / 2;
     let mut cos = Vec::with_capacity(seq * head_dim);
     let mut sin = Vec::with_capacity(seq * head_dim);
@@ -130,17 +143,49 @@ impl<B: Backend> KvCache<B> {
 /// Grouped-query self-attention.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    pub q_proj: Linear<B>,
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
+    /// `None` where `qkv_proj` holds q, k and v together.
+    pub q_proj: Option<Linear<B>>,
+    pub k_proj: Option<Linear<B>>,
+    pub v_proj: Option<Linear<B>>,
     pub o_proj: Linear<B>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub sliding_window: Option<usize>,
+    /// Phi-3: `[hidden] -> [q_dim + 2 kv_dim]`, q then k then v.
+    pub qkv_proj: Option<Linear<B>>,
+    /// Qwen3, Gemma 3: RMSNorm over each head of q and k, before RoPE.
+    pub q_norm: Option<RmsNorm<B>>,
+    pub k_norm: Option<RmsNorm<B>>,
+    /// Score scale where it is not `head_dim^-1/2` (Gemma's `query_pre_attn_scalar`).
+    #[module(skip)]
+    pub scale: Option<f64>,
+    /// Gemma 2: scores capped as `c * tanh(s / c)` before the mask.
+    #[module(skip)]
+    pub softcap: Option<f64>,
 }
 
 impl<B: Kernels> Attention<B> {
+    /// x: `[batch, seq, hidden]` -> q `[batch, seq, q_dim]`, k and v `[batch, seq, kv_dim]`.
+    fn project_qkv(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+        match (&self.qkv_proj, &self.q_proj, &self.k_proj, &self.v_proj) {
+            (Some(qkv), ..) => {
+                let q_dim = self.num_heads * self.head_dim;
+                let kv_dim = self.num_kv_heads * self.head_dim;
+                let fused = qkv.forward(x);
+                (
+                    fused.clone().narrow(2, 0, q_dim),
+                    fused.clone().narrow(2, q_dim, kv_dim),
+                    fused.narrow(2, q_dim + kv_dim, kv_dim),
+                )
+            }
+            (None, Some(q), Some(k), Some(v)) => {
+                (q.forward(x.clone()), k.forward(x.clone()), v.forward(x))
+            }
+            _ => unreachable!("an attention is built with qkv_proj or all of q/k/v_proj"),
+        }
+    }
+
     /// x: `[batch, seq, hidden]`, cos/sin: `[1, 1, seq, head_dim]` -> `[batch, seq, hidden]`.
     /// With a cache, the new keys and values are appended and attention covers
     /// `past + seq` keys; the causal mask is aligned at the bottom right.
@@ -156,9 +201,14 @@ impl<B: Kernels> Attention<B> {
             t.reshape([batch, seq, heads, self.head_dim])
                 .swap_dims(1, 2)
         };
-        let q = split_heads(self.q_proj.forward(x.clone()), self.num_heads);
-        let k = split_heads(self.k_proj.forward(x.clone()), self.num_kv_heads);
-        let v = split_heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (q, k, v) = self.project_qkv(x);
+        let q = split_heads(q, self.num_heads);
+        let k = split_heads(k, self.num_kv_heads);
+        let v = split_heads(v, self.num_kv_heads);
+        let (q, k) = match (&self.q_norm, &self.k_norm) {
+            (Some(q_norm), Some(k_norm)) => (q_norm.forward(q), k_norm.forward(k)),
+            _ => (q, k),
+        };
         let q = apply_rope(q, cos, sin);
         let k = apply_rope(k, cos, sin);
 
@@ -182,17 +232,24 @@ impl<B: Kernels> Attention<B> {
 
         let groups = self.num_heads / self.num_kv_heads;
         let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
+            scale: self.scale,
+            softcap: self.softcap,
             is_causal: true,
         };
         let mask = self.sliding_window.and_then(|window| {
             sliding_window_mask::<B>(batch, self.num_heads, seq, k.dims()[2], window, &k.device())
         });
-        // Training without a window mask: the fused attention keeps O(seq) memory
-        // per layer where burn's autodiff would keep the O(seq²) probabilities.
-        let context = match mask {
-            None => match B::causal_attention(q, k, v) {
+        // Plain causal layers take the fused attention, which keeps O(seq) memory per
+        // layer where burn's autodiff would keep the O(seq²) probabilities; a window
+        // mask or soft-capped scores go op by op through burn's attention, which
+        // applies both (the fused kernels do neither).
+        let context = if mask.is_none() && self.softcap.is_none() {
+            // The fused kernel scales by head_dim^-1/2: another scale goes into q.
+            let q = match self.scale {
+                Some(scale) => q * (scale * (self.head_dim as f64).sqrt()),
+                None => q,
+            };
+            match B::causal_attention(q, k, v) {
                 Ok(context) => context,
                 Err((q, k, v)) => attention(
                     q,
@@ -200,17 +257,21 @@ impl<B: Kernels> Attention<B> {
                     repeat_kv(v, groups),
                     None,
                     None,
-                    options,
+                    AttentionModuleOptions {
+                        scale: None,
+                        ..options
+                    },
                 ),
-            },
-            Some(mask) => attention(
+            }
+        } else {
+            attention(
                 q,
                 repeat_kv(k, groups),
                 repeat_kv(v, groups),
-                Some(mask),
+                mask,
                 None,
                 options,
-            ),
+            )
         };
         let context = context
             .swap_dims(1, 2)
@@ -248,20 +309,39 @@ fn sliding_window_mask<B: Backend>(
     )
 }
 
-/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+/// Gated feed-forward: `down(act(gate(x)) * up(x))`, SwiGLU (silu) or GeGLU (tanh GELU).
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
-    pub gate_proj: Linear<B>,
-    pub up_proj: Linear<B>,
+    /// `None` where `gate_up_proj` holds gate and up together.
+    pub gate_proj: Option<Linear<B>>,
+    pub up_proj: Option<Linear<B>>,
     pub down_proj: Linear<B>,
+    /// Phi-3: `[hidden] -> [2 intermediate]`, gate then up.
+    pub gate_up_proj: Option<Linear<B>>,
+    #[module(skip)]
+    pub act: Activation,
 }
 
 impl<B: Kernels> Mlp<B> {
     /// x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = self.gate_proj.forward(x.clone());
-        let up = self.up_proj.forward(x);
-        self.down_proj.forward(swiglu_gate(gate, up))
+        let (gate, up) = match (&self.gate_up_proj, &self.gate_proj, &self.up_proj) {
+            (Some(gate_up), ..) => {
+                let both = gate_up.forward(x);
+                let inter = both.dims()[2] / 2;
+                (
+                    both.clone().narrow(2, 0, inter),
+                    both.narrow(2, inter, inter),
+                )
+            }
+            (None, Some(gate), Some(up)) => (gate.forward(x.clone()), up.forward(x)),
+            _ => unreachable!("an mlp is built with gate_up_proj or both gate_proj and up_proj"),
+        };
+        let hidden = match self.act {
+            Activation::Silu => swiglu_gate(gate, up),
+            Activation::GeluTanh => gelu_tanh(gate) * up,
+        };
+        self.down_proj.forward(hidden)
     }
 }
 
@@ -275,13 +355,47 @@ fn swiglu_gate<B: Kernels>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3>
     activation::silu(gate) * up
 }
 
+/// GELU's tanh approximation (PyTorch's `gelu(approximate="tanh")`, transformers'
+/// `gelu_pytorch_tanh`): `x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`. The cube is
+/// two products, not `powf`, whose negative bases some backends refuse.
+fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;
+    x * (inner.tanh() + 1.0) * 0.5
+}
+
+/// Gemma's embedding scale: x * sqrt(hidden), the factor rounded to x's dtype first
+/// as transformers does (`tensor(hidden**0.5, dtype=hidden_states.dtype)`).
+/// x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+fn scale_embeddings<B: Backend>(x: Tensor<B, 3>, hidden_size: usize) -> Tensor<B, 3> {
+    let factor = (hidden_size as f64).sqrt();
+    let factor = match x.dtype() {
+        DType::BF16 => half::bf16::from_f64(factor).to_f64(),
+        DType::F16 => half::f16::from_f64(factor).to_f64(),
+        DType::F32 => factor as f32 as f64,
+        _ => factor,
+    };
+    x * factor
+}
+
+/// `c * tanh(x / c)`: Gemma 2's soft cap of logits (the attention op caps scores).
+fn soft_cap<B: Backend, const D: usize>(x: Tensor<B, D>, cap: f64) -> Tensor<B, D> {
+    (x / cap).tanh() * cap
+}
+
 /// One pre-norm decoder block.
 #[derive(Module, Debug)]
 pub struct DecoderLayer<B: Backend> {
     pub self_attn: Attention<B>,
     pub mlp: Mlp<B>,
     pub input_layernorm: RmsNorm<B>,
+    /// Before the MLP, or with Gemma's layout on the attention output.
     pub post_attention_layernorm: RmsNorm<B>,
+    /// Gemma: before the MLP (where the others use `post_attention_layernorm`).
+    pub pre_feedforward_layernorm: Option<RmsNorm<B>>,
+    /// Gemma: on the MLP output, before the residual.
+    pub post_feedforward_layernorm: Option<RmsNorm<B>>,
 }
 
 impl<B: Kernels> DecoderLayer<B> {
@@ -293,11 +407,23 @@ impl<B: Kernels> DecoderLayer<B> {
         sin: &Tensor<B, 4>,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        let attended =
+            self.self_attn
+                .forward(self.input_layernorm.forward(x.clone()), cos, sin, cache);
+        match (
+            &self.pre_feedforward_layernorm,
+            &self.post_feedforward_layernorm,
+        ) {
+            (Some(pre_feedforward), Some(post_feedforward)) => {
+                let h = x + self.post_attention_layernorm.forward(attended);
+                let fed = self.mlp.forward(pre_feedforward.forward(h.clone()));
+                h + post_feedforward.forward(fed)
+            }
+            _ => {
+                let h = x + attended;
+                h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+            }
+        }
     }
 }
 
@@ -322,6 +448,15 @@ pub struct CausalLm<B: Backend> {
     pub lora: Option<LoraConfig>,
 }
 
+/// The score scale of a config's attention where it is not `head_dim^-1/2`: Gemma's
+/// `query_pre_attn_scalar^-1/2` (`None` when that is head_dim, as in Gemma 3 1B).
+pub fn attention_scale(config: &ModelConfig) -> Option<f64> {
+    config
+        .query_pre_attn_scalar
+        .filter(|scalar| *scalar != config.head_dim as f64)
+        .map(|scalar| scalar.powf(-0.5))
+}
+
 impl<B: Backend> CausalLm<B> {
     /// A model with random weights (normal, std 0.02, norms at one), for benchmarks and
     /// from-scratch experiments.
@@ -334,30 +469,52 @@ impl<B: Backend> CausalLm<B> {
         let linear = |d_in: usize, d_out: usize, bias: bool| {
             Linear::new(normal([d_in, d_out]), bias.then(|| zeros(d_out)))
         };
-        let norm = || RmsNorm {
-            weight: Param::from_tensor(Tensor::ones([config.hidden_size], device)),
+        // Gemma stores the offset from one.
+        let norm_of = |len: usize| RmsNorm {
+            weight: Param::from_tensor(if config.gemma_layout {
+                Tensor::zeros([len], device)
+            } else {
+                Tensor::ones([len], device)
+            }),
             eps: config.rms_norm_eps,
+            plus_one: config.gemma_layout,
         };
+        let norm = || norm_of(config.hidden_size);
         let h = config.hidden_size;
+        let (q, kv, inter) = (config.q_dim(), config.kv_dim(), config.intermediate_size);
+        let separate = !config.fused_projections;
         let layers = (0..config.num_hidden_layers)
-            .map(|_| DecoderLayer {
+            .map(|i| DecoderLayer {
                 self_attn: Attention {
-                    q_proj: linear(h, config.q_dim(), config.qkv_bias),
-                    k_proj: linear(h, config.kv_dim(), config.qkv_bias),
-                    v_proj: linear(h, config.kv_dim(), config.qkv_bias),
-                    o_proj: linear(config.q_dim(), h, config.o_bias),
+                    q_proj: separate.then(|| linear(h, q, config.qkv_bias)),
+                    k_proj: separate.then(|| linear(h, kv, config.qkv_bias)),
+                    v_proj: separate.then(|| linear(h, kv, config.qkv_bias)),
+                    o_proj: linear(q, h, config.o_bias),
                     num_heads: config.num_attention_heads,
                     num_kv_heads: config.num_key_value_heads,
                     head_dim: config.head_dim,
-                    sliding_window: config.sliding_window,
+                    sliding_window: config.layer_window(i),
+                    qkv_proj: config
+                        .fused_projections
+                        .then(|| linear(h, q + 2 * kv, config.qkv_bias)),
+                    q_norm: config.qk_norm.then(|| norm_of(config.head_dim)),
+                    k_norm: config.qk_norm.then(|| norm_of(config.head_dim)),
+                    scale: attention_scale(config),
+                    softcap: config.attn_logit_softcapping,
                 },
                 mlp: Mlp {
-                    gate_proj: linear(h, config.intermediate_size, config.mlp_bias),
-                    up_proj: linear(h, config.intermediate_size, config.mlp_bias),
-                    down_proj: linear(config.intermediate_size, h, config.mlp_bias),
+                    gate_proj: separate.then(|| linear(h, inter, config.mlp_bias)),
+                    up_proj: separate.then(|| linear(h, inter, config.mlp_bias)),
+                    down_proj: linear(inter, h, config.mlp_bias),
+                    gate_up_proj: config
+                        .fused_projections
+                        .then(|| linear(h, 2 * inter, config.mlp_bias)),
+                    act: config.hidden_act,
                 },
                 input_layernorm: norm(),
                 post_attention_layernorm: norm(),
+                pre_feedforward_layernorm: config.gemma_layout.then(norm),
+                post_feedforward_layernorm: config.gemma_layout.then(norm),
             })
             .collect();
         CausalLm {
@@ -389,17 +546,34 @@ impl<B: Kernels> CausalLm<B> {
         let [_, seq] = ids.dims();
         let device = ids.device();
         let offset = cache.as_ref().map_or(0, |c| c.len);
-        let (cos, sin) = rope_tables::<B>(&self.config, offset, seq, &device);
+        let head_dim = self.config.head_dim;
+        let global = rope_tables::<B>(&self.config.rope, head_dim, offset, seq, &device);
+        // Gemma 3's sliding layers rotate with their own theta.
+        let local = self
+            .config
+            .rope_local
+            .as_ref()
+            .map(|rope| rope_tables::<B>(rope, head_dim, offset, seq, &device));
+        let tables = |layer: usize| match (&local, self.config.layer_window(layer)) {
+            (Some(local), Some(_)) => local,
+            _ => &global,
+        };
         let mut x = self.model.embed_tokens.forward(ids);
+        if self.config.gemma_layout {
+            x = scale_embeddings(x, self.config.hidden_size);
+        }
         match cache {
             None => {
-                for layer in &self.model.layers {
-                    x = layer.forward(x, &cos, &sin, None);
+                for (i, layer) in self.model.layers.iter().enumerate() {
+                    let (cos, sin) = tables(i);
+                    x = layer.forward(x, cos, sin, None);
                 }
             }
             Some(cache) => {
-                for (layer, slot) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
-                    x = layer.forward(x, &cos, &sin, Some(slot));
+                let layers = self.model.layers.iter().zip(cache.layers.iter_mut());
+                for (i, (layer, slot)) in layers.enumerate() {
+                    let (cos, sin) = tables(i);
+                    x = layer.forward(x, cos, sin, Some(slot));
                 }
                 cache.len += seq;
             }
@@ -409,13 +583,17 @@ impl<B: Kernels> CausalLm<B> {
 
     /// hidden: `[batch, seq, hidden]` -> logits `[batch, seq, vocab]`.
     pub fn head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => super::lora::project(
                 hidden,
                 self.model.embed_tokens.weight.val().transpose(),
                 None,
             ),
+        };
+        match self.config.final_logit_softcapping {
+            Some(cap) => soft_cap(logits, cap),
+            None => logits,
         }
     }
 

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ModelError;
 
-/// The seven projections of a Llama decoder layer, in PEFT's module names.
+/// The seven projections of a Llama decoder layer, in PEFT's module names: the
+/// default targets, which [`LoraConfig::for_projections`] maps onto a family that fuses
+/// some of them.
 pub const ALL_TARGETS: [&str; 7] = [
     "q_proj",
     "k_proj",
@@ -27,6 +29,18 @@ pub const ALL_TARGETS: [&str; 7] = [
     "up_proj",
     "down_proj",
 ];
+
+/// Projections one module computes in some families (Phi-3), with the separate
+/// projections it stands for. PEFT targets the fused module as one.
+pub const FUSED_TARGETS: [(&str, &[&str]); 2] = [
+    ("qkv_proj", &["q_proj", "k_proj", "v_proj"]),
+    ("gate_up_proj", &["gate_proj", "up_proj"]),
+];
+
+/// Whether `name` is a projection of some supported family.
+pub fn is_known_target(name: &str) -> bool {
+    ALL_TARGETS.contains(&name) || FUSED_TARGETS.iter().any(|(fused, _)| *fused == name)
+}
 
 /// LoRA hyperparameters (what PEFT's `LoraConfig` calls r, lora_alpha, ...).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,16 +77,76 @@ impl LoraConfig {
             });
         }
         for target in &self.targets {
-            if !ALL_TARGETS.contains(&target.as_str()) {
+            if !is_known_target(target) {
+                let fused = FUSED_TARGETS.map(|(name, _)| name);
                 return Err(ModelError::Adapter {
                     message: format!(
-                        "target module `{target}` is not one of {}",
-                        ALL_TARGETS.join(", ")
+                        "target module `{target}` is not one of {}, or Phi-3's {}",
+                        ALL_TARGETS.join(", "),
+                        fused.join(", ")
                     ),
                 });
             }
         }
         Ok(())
+    }
+
+    /// This config with its targets named as a model whose projections are
+    /// `available` names them (`model_type` for messages). A fused projection stands
+    /// for its parts: targeting all of `q_proj`, `k_proj` and `v_proj` on Phi-3 targets
+    /// its `qkv_proj`, and `qkv_proj` on a model with separate projections targets the
+    /// three. Targeting only some parts of a fused projection, or a projection the
+    /// model lacks, is an error naming it. Targets the model has stay as they are.
+    pub fn for_projections(
+        &self,
+        available: &[&str],
+        model_type: &str,
+    ) -> Result<LoraConfig, ModelError> {
+        let mut targets: Vec<String> = Vec::new();
+        let mut push = |name: &str| {
+            if !targets.iter().any(|t| t == name) {
+                targets.push(name.to_string());
+            }
+        };
+        for target in &self.targets {
+            let target = target.as_str();
+            if available.contains(&target) {
+                push(target);
+                continue;
+            }
+            let fused_into = FUSED_TARGETS
+                .iter()
+                .find(|(fused, parts)| parts.contains(&target) && available.contains(fused));
+            let split_into = FUSED_TARGETS.iter().find(|(fused, parts)| {
+                *fused == target && parts.iter().all(|part| available.contains(part))
+            });
+            match (fused_into, split_into) {
+                (Some((fused, parts)), _) => {
+                    if let Some(missing) = parts.iter().find(|p| !self.targets_module(p)) {
+                        return Err(ModelError::Adapter {
+                            message: format!(
+                                "target `{target}`: a {model_type} model computes {} in one `{fused}`, so an adapter targets all of them or `{fused}` (`{missing}` is not targeted)",
+                                parts.join(", ")
+                            ),
+                        });
+                    }
+                    push(fused);
+                }
+                (None, Some((_, parts))) => parts.iter().for_each(|part| push(part)),
+                (None, None) => {
+                    return Err(ModelError::Adapter {
+                        message: format!(
+                            "target module `{target}` is not a projection of a {model_type} model (it has {})",
+                            available.join(", ")
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(LoraConfig {
+            targets,
+            ..self.clone()
+        })
     }
 
     pub fn targets_module(&self, name: &str) -> bool {

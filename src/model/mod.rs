@@ -1,7 +1,8 @@
-//! Llama-family causal language models (Llama, Qwen2, Mistral) from Hugging Face
-//! folders, on burn: config parsing, weight loading and export, the forward pass and
-//! loss, LoRA that reads and writes PEFT adapters, trainability by block, generation,
-//! and parity checks against the reference implementation.
+//! Llama-family causal language models (Llama, Qwen2, Mistral, Qwen3, Phi-3, Gemma 2
+//! and 3 text) from Hugging Face folders or the local Hugging Face cache, on burn:
+//! config parsing, weight loading and export, the forward pass and loss, LoRA that
+//! reads and writes PEFT adapters, trainability by block, generation, and parity
+//! checks against the reference implementation.
 //!
 //! Knows nothing of the store: it reads and writes plain folders and hands tensors out
 //! by name.
@@ -10,6 +11,7 @@ pub mod adapter;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod hf_cache;
 pub mod llama;
 pub mod lora;
 pub mod params;
@@ -21,7 +23,7 @@ pub use adapter::{
     load_adapter, load_adapter_files, read_adapter_config, read_adapter_config_file, save_adapter,
     write_peft_adapter,
 };
-pub use config::{ModelConfig, ModelType, RopeConfig, RopeScaling};
+pub use config::{Activation, LayerType, ModelConfig, ModelType, RopeConfig, RopeScaling};
 pub use error::ModelError;
 pub use generate::{generate, generate_ids, load_tokenizer, SamplingConfig};
 pub use llama::{causal_lm_loss, CausalLm, KvCache};

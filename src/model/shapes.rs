@@ -52,18 +52,37 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<ExpectedTensor> {
         "model.embed_tokens.weight",
         &[vocab, hidden],
     )];
+    let head_dim = dim(config.head_dim, "head_dim");
+    let qkv = dim(
+        config.q_dim() + 2 * config.kv_dim(),
+        "(num_attention_heads + 2 × num_key_value_heads) × head_dim",
+    );
+    let gate_up = dim(2 * config.intermediate_size, "2 × intermediate_size");
     for i in 0..config.num_hidden_layers {
         let attn = format!("model.layers.{i}.self_attn");
         let mlp = format!("model.layers.{i}.mlp");
-        let projections = [
-            (format!("{attn}.q_proj"), q, hidden, config.qkv_bias),
-            (format!("{attn}.k_proj"), kv, hidden, config.qkv_bias),
-            (format!("{attn}.v_proj"), kv, hidden, config.qkv_bias),
-            (format!("{attn}.o_proj"), hidden, q, config.o_bias),
-            (format!("{mlp}.gate_proj"), inter, hidden, config.mlp_bias),
-            (format!("{mlp}.up_proj"), inter, hidden, config.mlp_bias),
-            (format!("{mlp}.down_proj"), hidden, inter, config.mlp_bias),
-        ];
+        let mut projections = if config.fused_projections {
+            vec![(format!("{attn}.qkv_proj"), qkv, hidden, config.qkv_bias)]
+        } else {
+            vec![
+                (format!("{attn}.q_proj"), q, hidden, config.qkv_bias),
+                (format!("{attn}.k_proj"), kv, hidden, config.qkv_bias),
+                (format!("{attn}.v_proj"), kv, hidden, config.qkv_bias),
+            ]
+        };
+        projections.push((format!("{attn}.o_proj"), hidden, q, config.o_bias));
+        if config.fused_projections {
+            projections.push((
+                format!("{mlp}.gate_up_proj"),
+                gate_up,
+                hidden,
+                config.mlp_bias,
+            ));
+        } else {
+            projections.push((format!("{mlp}.gate_proj"), inter, hidden, config.mlp_bias));
+            projections.push((format!("{mlp}.up_proj"), inter, hidden, config.mlp_bias));
+        }
+        projections.push((format!("{mlp}.down_proj"), hidden, inter, config.mlp_bias));
         for (prefix, d_out, d_in, bias) in projections {
             out.push(ExpectedTensor::new(
                 format!("{prefix}.weight"),
@@ -73,7 +92,19 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<ExpectedTensor> {
                 out.push(ExpectedTensor::new(format!("{prefix}.bias"), &[d_out]));
             }
         }
-        for norm in ["input_layernorm", "post_attention_layernorm"] {
+        if config.qk_norm {
+            for norm in ["q_norm", "k_norm"] {
+                out.push(ExpectedTensor::new(
+                    format!("{attn}.{norm}.weight"),
+                    &[head_dim],
+                ));
+            }
+        }
+        let mut norms = vec!["input_layernorm", "post_attention_layernorm"];
+        if config.gemma_layout {
+            norms.extend(["pre_feedforward_layernorm", "post_feedforward_layernorm"]);
+        }
+        for norm in norms {
             out.push(ExpectedTensor::new(
                 format!("model.layers.{i}.{norm}.weight"),
                 &[hidden],

@@ -13,7 +13,9 @@ use serde_json::Value;
 
 use super::config::ModelConfig;
 use super::error::ModelError;
-use super::llama::{Attention, CausalLm, DecoderLayer, Embedding, LlamaModel, Mlp, RmsNorm};
+use super::llama::{
+    attention_scale, Attention, CausalLm, DecoderLayer, Embedding, LlamaModel, Mlp, RmsNorm,
+};
 use super::lora::Linear;
 
 /// Files a model folder may carry besides weights and config; copied on export.
@@ -192,10 +194,16 @@ impl<B: Backend> Checkpoint<'_, B> {
         Ok(Linear::new(weight, bias))
     }
 
-    fn norm(&mut self, name: &str, len: usize, eps: f64) -> Result<RmsNorm<B>, ModelError> {
+    fn norm(
+        &mut self,
+        name: &str,
+        len: usize,
+        config: &ModelConfig,
+    ) -> Result<RmsNorm<B>, ModelError> {
         Ok(RmsNorm {
             weight: Param::from_tensor(self.vector(name, len)?),
-            eps,
+            eps: config.rms_norm_eps,
+            plus_one: config.gemma_layout,
         })
     }
 }
@@ -222,13 +230,20 @@ pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// | `model.layers.{i}.input_layernorm.weight`       | `[hidden]`            | same                        |
 /// | `model.layers.{i}.self_attn.{q,k,v,o}_proj.weight` | `[out, in]`        | `[in, out]` (transposed)    |
 /// | `model.layers.{i}.self_attn.{q,k,v}_proj.bias`  | `[out]` (Qwen2, or `attention_bias`) | same         |
-/// | `model.layers.{i}.self_attn.o_proj.bias`        | `[hidden]` (Llama `attention_bias` only) | same     |
+/// | `model.layers.{i}.self_attn.o_proj.bias`        | `[hidden]` (`attention_bias`, not Qwen2) | same     |
+/// | `model.layers.{i}.self_attn.qkv_proj.weight`    | `[q + 2 kv, hidden]` (Phi-3, instead of q/k/v) | `[in, out]` |
+/// | `model.layers.{i}.self_attn.{q,k}_norm.weight`  | `[head_dim]` (Qwen3, Gemma 3) | same                |
 /// | `model.layers.{i}.post_attention_layernorm.weight` | `[hidden]`         | same                        |
+/// | `model.layers.{i}.{pre,post}_feedforward_layernorm.weight` | `[hidden]` (Gemma) | same              |
 /// | `model.layers.{i}.mlp.{gate,up,down}_proj.weight` | `[out, in]`         | `[in, out]` (transposed)    |
+/// | `model.layers.{i}.mlp.gate_up_proj.weight`      | `[2 inter, hidden]` (Phi-3, instead of gate/up) | `[in, out]` |
 /// | `model.layers.{i}.mlp.{gate,up,down}_proj.bias` | `[out]` (`mlp_bias`)  | same                        |
 /// | `model.norm.weight`                             | `[hidden]`            | same                        |
 /// | `lm_head.weight`                                | `[vocab, hidden]`     | `[hidden, vocab]`; absent and unused when `tie_word_embeddings` |
 /// | `model.layers.{i}.self_attn.rotary_emb.inv_freq` | buffer               | ignored (recomputed)        |
+///
+/// Gemma's norm weights are stored as the offset from one (`(1 + w)`); they load as
+/// stored and the norm adds the one.
 pub fn build_model<B: Backend>(
     config: &ModelConfig,
     tensors: BTreeMap<String, RawTensor>,
@@ -236,7 +251,6 @@ pub fn build_model<B: Backend>(
 ) -> Result<CausalLm<B>, ModelError> {
     let mut ckpt = Checkpoint::<B> { tensors, device };
     let h = config.hidden_size;
-    let eps = config.rms_norm_eps;
     let embed = ckpt.take("model.embed_tokens.weight", &[config.vocab_size, h])?;
     let embed_tokens = Embedding {
         weight: Param::from_tensor(Tensor::from_data(
@@ -244,47 +258,90 @@ pub fn build_model<B: Backend>(
             device,
         )),
     };
+    let separate = !config.fused_projections;
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let attn = format!("{p}.self_attn");
         let mlp = format!("{p}.mlp");
         let (q, kv, inter) = (config.q_dim(), config.kv_dim(), config.intermediate_size);
+        let mut separate_projection = |name: String, d_in, d_out, bias| {
+            separate
+                .then(|| ckpt.projection(&name, d_in, d_out, bias))
+                .transpose()
+        };
+        let q_proj = separate_projection(format!("{attn}.q_proj"), h, q, config.qkv_bias)?;
+        let k_proj = separate_projection(format!("{attn}.k_proj"), h, kv, config.qkv_bias)?;
+        let v_proj = separate_projection(format!("{attn}.v_proj"), h, kv, config.qkv_bias)?;
+        let gate_proj = separate_projection(format!("{mlp}.gate_proj"), h, inter, config.mlp_bias)?;
+        let up_proj = separate_projection(format!("{mlp}.up_proj"), h, inter, config.mlp_bias)?;
+        let fused = config.fused_projections;
+        let qkv_proj = fused
+            .then(|| ckpt.projection(&format!("{attn}.qkv_proj"), h, q + 2 * kv, config.qkv_bias))
+            .transpose()?;
+        let gate_up_proj = fused
+            .then(|| {
+                ckpt.projection(
+                    &format!("{mlp}.gate_up_proj"),
+                    h,
+                    2 * inter,
+                    config.mlp_bias,
+                )
+            })
+            .transpose()?;
+        let qk_norm = config.qk_norm;
+        let q_norm = qk_norm
+            .then(|| ckpt.norm(&format!("{attn}.q_norm.weight"), config.head_dim, config))
+            .transpose()?;
+        let k_norm = qk_norm
+            .then(|| ckpt.norm(&format!("{attn}.k_norm.weight"), config.head_dim, config))
+            .transpose()?;
+        let gemma = config.gemma_layout;
+        let pre_feedforward_layernorm = gemma
+            .then(|| ckpt.norm(&format!("{p}.pre_feedforward_layernorm.weight"), h, config))
+            .transpose()?;
+        let post_feedforward_layernorm = gemma
+            .then(|| ckpt.norm(&format!("{p}.post_feedforward_layernorm.weight"), h, config))
+            .transpose()?;
         layers.push(DecoderLayer {
             self_attn: Attention {
-                q_proj: ckpt.projection(&format!("{attn}.q_proj"), h, q, config.qkv_bias)?,
-                k_proj: ckpt.projection(&format!("{attn}.k_proj"), h, kv, config.qkv_bias)?,
-                v_proj: ckpt.projection(&format!("{attn}.v_proj"), h, kv, config.qkv_bias)?,
+                q_proj,
+                k_proj,
+                v_proj,
                 o_proj: ckpt.projection(&format!("{attn}.o_proj"), q, h, config.o_bias)?,
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_key_value_heads,
                 head_dim: config.head_dim,
-                sliding_window: config.sliding_window,
+                sliding_window: config.layer_window(i),
+                qkv_proj,
+                q_norm,
+                k_norm,
+                scale: attention_scale(config),
+                softcap: config.attn_logit_softcapping,
             },
             mlp: Mlp {
-                gate_proj: ckpt.projection(
-                    &format!("{mlp}.gate_proj"),
-                    h,
-                    inter,
-                    config.mlp_bias,
-                )?,
-                up_proj: ckpt.projection(&format!("{mlp}.up_proj"), h, inter, config.mlp_bias)?,
+                gate_proj,
+                up_proj,
                 down_proj: ckpt.projection(
                     &format!("{mlp}.down_proj"),
                     inter,
                     h,
                     config.mlp_bias,
                 )?,
+                gate_up_proj,
+                act: config.hidden_act,
             },
-            input_layernorm: ckpt.norm(&format!("{p}.input_layernorm.weight"), h, eps)?,
+            input_layernorm: ckpt.norm(&format!("{p}.input_layernorm.weight"), h, config)?,
             post_attention_layernorm: ckpt.norm(
                 &format!("{p}.post_attention_layernorm.weight"),
                 h,
-                eps,
+                config,
             )?,
+            pre_feedforward_layernorm,
+            post_feedforward_layernorm,
         });
     }
-    let norm = ckpt.norm("model.norm.weight", h, eps)?;
+    let norm = ckpt.norm("model.norm.weight", h, config)?;
     let lm_head = if config.tie_word_embeddings {
         // Some tied checkpoints still store a copy of the embedding as lm_head; the
         // tie decides, so the copy is dropped.

@@ -156,6 +156,9 @@ pub fn execute<B: TrainKernels>(
     if let (Some(config), None) = (&adapter, &model.lora) {
         model = model.with_new_lora(config, seed)?;
     }
+    // The adapter as the model names its targets (Phi-3's fused qkv_proj for q/k/v),
+    // which is what checkpoints record and PEFT exports list.
+    let adapter = model.lora.clone().or(adapter);
     if compute.options.dtype == Dtype::Bf16 {
         // The frozen base computes in bf16; what trains stays f32.
         model = model.with_lora_in_f32();

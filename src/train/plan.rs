@@ -10,6 +10,7 @@ use super::config::{Experiment, ReplayFrom};
 use super::registry::{self, RegistryError};
 use crate::data::{self, check_format_change, DataSource, DriftReport, Encoder, Format, Tokenizer};
 use crate::lineage::ancestors;
+use crate::model::hf_cache::CachedModel;
 use crate::store::{
     Canon, CheckpointRecord, DatasetRecord, DatasetUse, Id, ModelRecord, Recipe, RunRecord, Store,
     StoreError,
@@ -67,7 +68,7 @@ pub const GRAFT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// this run names, what it inherits from its parent (data, replay, the ancestors' eval
 /// sets), the config, and an outside adapter to start from.
 pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
-    let (model, start) = resolve_start(store, experiment)?;
+    let (model, start, cached) = resolve_start(store, experiment)?;
     let folder = registry::model_folder(&model)?;
     let tokenizer = Arc::new(Tokenizer::from_dir(&folder)?);
     check_model_fits(experiment, &tokenizer, &folder)?;
@@ -79,6 +80,13 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
     let mut data = DataPlan::default();
     data.add_files(store, experiment, &tokenizer, parent_run.as_ref())?;
     let mut notes = BTreeMap::new();
+    if let Some(cached) = &cached {
+        // The recipe identifies the base by its files' hashes; the id is a label.
+        let label = Canon::map()
+            .with("id", cached.id.as_str())
+            .with("revision", cached.revision.as_str());
+        notes.insert("base_hf_model".to_string(), label);
+    }
     let mut drift_text = None;
     if let Some(parent) = &parent_run {
         drift_text =
@@ -490,11 +498,12 @@ fn resolved_config(
     Ok(resolved.recipe_config())
 }
 
-/// The base model and the starting checkpoint (for a fork).
+/// The base model, the starting checkpoint (for a fork), and the Hugging Face cache
+/// entry the base was found as (for a model id).
 fn resolve_start(
     store: &Store,
     experiment: &Experiment,
-) -> Result<(ModelRecord, Option<CheckpointRecord>), PlanError> {
+) -> Result<(ModelRecord, Option<CheckpointRecord>, Option<CachedModel>), PlanError> {
     if let Some(from) = &experiment.model.from {
         let index = store.index()?;
         let checkpoint = index.checkpoint(&index.resolve_checkpoint(from)?)?;
@@ -505,14 +514,20 @@ fn resolve_start(
                 kind: "model",
                 id: run.recipe.base_model,
             })?;
-        return Ok((model, Some(checkpoint)));
+        return Ok((model, Some(checkpoint), None));
     }
     let base = experiment
         .model
         .base
         .as_deref()
         .ok_or_else(|| PlanError::Invalid("[model] needs base or from".into()))?;
-    Ok((registry::resolve_base(store, base)?, None))
+    let (model, cached) = registry::resolve_base(store, base).map_err(|e| match e {
+        RegistryError::Model(crate::model::ModelError::NotInCache { .. }) => {
+            PlanError::Invalid(format!("model.base = \"{base}\": {e}"))
+        }
+        other => other.into(),
+    })?;
+    Ok((model, None, cached))
 }
 
 /// `data.replay.from` as a run's note records it.

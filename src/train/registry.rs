@@ -7,6 +7,7 @@
 //! registered model re-hashes its tensors, so a folder that changed after
 //! registration is caught instead of silently training a different model.
 
+use crate::model::hf_cache::{self, CachedModel};
 use crate::model::{read_raw_tensors, ModelConfig, ModelError, RawTensor};
 use crate::store::canonical::object_id;
 use crate::store::tensor_blob::TensorBlob;
@@ -91,10 +92,7 @@ pub fn describe_model(dir: &Path, copy: bool) -> Result<ModelRecord, RegistryErr
     let tokenizer_id = files["tokenizer.json"];
     let id = ModelRecord::compute_id(config_id, tokenizer_id, &tensors);
     let summary = Canon::map()
-        .with(
-            "model_type",
-            format!("{:?}", config.model_type).to_lowercase(),
-        )
+        .with("model_type", config.model_type.as_str())
         .with("layers", config.num_hidden_layers)
         .with("hidden_size", config.hidden_size)
         .with("vocab_size", config.vocab_size)
@@ -164,23 +162,49 @@ fn store_model_files(store: &Store, record: &ModelRecord) -> Result<(), Registry
 }
 
 /// `model.base` of an experiment: a folder (described, not yet recorded:
-/// see [`record_model`]), or a model id prefix or tag already in the store.
-pub fn resolve_base(store: &Store, base: &str) -> Result<ModelRecord, RegistryError> {
+/// see [`record_model`]), a model id prefix or tag already in the store, or a
+/// Hugging Face model id (`org/name`, `org/name@revision`) in the local cache,
+/// which also comes back so the run can note it as the base's label.
+pub fn resolve_base(
+    store: &Store,
+    base: &str,
+) -> Result<(ModelRecord, Option<CachedModel>), RegistryError> {
     let path = Path::new(base);
     if path.is_dir() {
-        return describe_model(path, false);
+        return Ok((describe_model(path, false)?, None));
     }
     let index = store.index()?;
     match index.resolve(base) {
-        Ok(Target::Model(id)) => Ok(index.get_model(&id)?.ok_or(StoreError::NotFound { kind: "model", id })?),
+        Ok(Target::Model(id)) => Ok((
+            index
+                .get_model(&id)?
+                .ok_or(StoreError::NotFound { kind: "model", id })?,
+            None,
+        )),
         Ok(other) => Err(RegistryError::Folder {
             path: path.to_path_buf(),
             message: format!("names a {}, not a model folder or model", other.kind()),
         }),
+        Err(_) if hf_cache::is_model_id(base) => {
+            let cached = hf_cache::find(base)?;
+            Ok((describe_model(&cached.dir, false)?, Some(cached)))
+        }
         Err(_) => Err(RegistryError::Folder {
             path: path.to_path_buf(),
-            message: "no such folder, and no model id or tag by that name in the store (`graft model ls`)".into(),
+            message: "no such folder, no model id or tag by that name in the store (`graft model ls`), and not a Hugging Face model id (org/name)".into(),
         }),
+    }
+}
+
+/// The folder `graft model add` registers: `dir` itself, or where a Hugging Face
+/// model id (`org/name`) lies in the local cache.
+pub fn model_add_folder(dir: &Path) -> Result<(PathBuf, Option<CachedModel>), RegistryError> {
+    match dir.to_str() {
+        Some(name) if !dir.exists() && hf_cache::is_model_id(name) => {
+            let cached = hf_cache::find(name)?;
+            Ok((cached.dir.clone(), Some(cached)))
+        }
+        _ => Ok((dir.to_path_buf(), None)),
     }
 }
 
