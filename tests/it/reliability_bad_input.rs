@@ -188,6 +188,12 @@ fn bad_input_is_named_and_changes_nothing() {
         &["train", "exp.toml", "--set", "adapter.alpha=inf"],
     );
     assert!(stderr.contains("adapter.alpha = inf"), "{stderr}");
+    // A negative learning rate would train uphill and be recorded as completed.
+    let stderr = fails(dir, &store, &["train", "exp.toml", "--set", "optim.lr=-1e-3"]);
+    assert!(
+        stderr.contains("optim.lr = -0.001") && stderr.contains("positive"),
+        "{stderr}"
+    );
     let stderr = fails(dir, &store, &["train", "missing.toml"]);
     assert!(stderr.contains("missing.toml"), "{stderr}");
     unchanged(dir, &store, &state, "bad --set");
