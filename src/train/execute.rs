@@ -10,19 +10,18 @@
 use super::config::Experiment;
 use super::eval::{self, EvalSet};
 use super::optim::{is_embedding_block, AdamW, AdamWConfig};
-use super::plan::{object_source, Plan};
+use super::plan::Plan;
+use super::recipe_data::RecipeData;
 use super::registry::{self, RegistryError};
 use super::state::{self, Kept, TrainerState};
 use super::{interrupt, loss, schedule, step, unfreeze};
 use crate::compute::kernels::TrainKernels;
 use crate::compute::{Compute, Dtype};
-use crate::data::{
-    self, BatchStream, Encoder, ReplaySource, RowStream, Split, StreamConfig, Tokenizer,
-};
+use crate::data::{self, Tokenizer};
 use crate::model::{load_model_dir, CausalLm, LoraConfig};
 use crate::store::refs::BestRank;
 use crate::store::{
-    Canon, DatasetRecord, ExecutionKind, ExecutionStatus, Id, Recorder, Store, StoreError,
+    DatasetRecord, ExecutionKind, ExecutionStatus, Id, Recorder, Store, StoreError,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
@@ -127,47 +126,16 @@ pub fn execute<B: TrainKernels>(
     let seed = recipe.seed;
     let resuming = matches!(kind, ExecutionKind::Resume(_));
 
-    // The model: base, adapter (the start checkpoint's, else the outside
-    // adapter the recipe names, else a new one), and every tensor the start
-    // checkpoint changed.
-    let mut model: CausalLm<B> = load_model_dir(&folder, device)?;
-    let outside_adapter = settings.adapter.as_ref().and_then(|a| a.from.as_deref());
-    if let (None, Some(id)) = (&start, outside_adapter) {
-        model = super::adapter_start::load_stored(store, model, id)?;
-        events.message(&format!(
-            "continuing adapter {}: {}",
-            &id[..12.min(id.len())],
-            super::adapter_start::FRESH_OPTIMIZER
-        ));
-    }
-    let adapter: Option<LoraConfig> = match &start {
-        Some(checkpoint) => state::load_adapter_config(store, checkpoint)?,
-        None => model.lora.clone(),
-    }
-    .or_else(|| {
-        settings.adapter.as_ref().map(|a| LoraConfig {
-            rank: a.rank,
-            alpha: a.alpha,
-            dropout: a.dropout,
-            targets: a.targets.clone(),
-            use_rslora: a.rslora,
-        })
-    });
-    if let (Some(config), None) = (&adapter, &model.lora) {
-        model = model.with_new_lora(config, seed)?;
-    }
-    // The adapter as the model names its targets (Phi-3's fused qkv_proj for q/k/v),
-    // which is what checkpoints record and PEFT exports list.
-    let adapter = model.lora.clone().or(adapter);
-    if compute.options.dtype == Dtype::Bf16 {
-        // The frozen base computes in bf16; what trains stays f32.
-        model = model.with_lora_in_f32();
-    }
-    let mut inherited = BTreeMap::new();
-    if let Some(checkpoint) = &start {
-        model = model.load_named_tensors(state::load_tensors(store, checkpoint)?)?;
-        inherited = checkpoint.tensors.clone();
-    }
+    let (mut model, adapter, inherited) = start_model::<B>(
+        device,
+        store,
+        &folder,
+        &settings,
+        start.as_ref(),
+        seed,
+        compute,
+        events,
+    )?;
 
     // Where training stands: fresh, or exactly where the checkpoint left it.
     let mut optimizer = AdamW::<B::InnerBackend>::new(AdamWConfig {
@@ -190,109 +158,20 @@ pub fn execute<B: TrainKernels>(
         }
     }
 
-    // Data: the train file (less its validation split), replay mixed in.
-    let data_settings = &settings.data;
-    let record_of = |id: &Id| -> Result<DatasetRecord, TrainError> {
-        Ok(by_id.get(id).cloned().ok_or(StoreError::NotFound {
-            kind: "dataset",
-            id: *id,
-        })?)
+    // Data: the train file (less its validation split) with replay mixed in,
+    // then the evaluation sets.
+    let sources = RecipeData {
+        store,
+        tokenizer: tokenizer.clone(),
+        records: &by_id,
+        recipe,
+        settings: &settings,
     };
-    let open_rows =
-        |record: &DatasetRecord, config: StreamConfig| -> Result<RowStream, TrainError> {
-            let encoder = Encoder::from_spec(tokenizer.clone(), &record.spec)?;
-            Ok(RowStream::open(
-                object_source(store, record)?,
-                Arc::new(encoder),
-                config,
-            )?)
-        };
-    let train_use = recipe
-        .datasets
-        .iter()
-        .find(|d| d.role == "train")
-        .ok_or_else(|| TrainError::Recipe("no train dataset".into()))?;
-    let own_val = recipe.datasets.iter().any(|d| d.role == "val");
-    let mut train_config = StreamConfig::train(data_settings.seq_len, data_settings.pack, seed);
-    if own_val {
-        train_config.split = Split::Train {
-            val_fraction: data_settings.val_fraction,
-            seed,
-        };
-    }
-    let mut replay_sources = Vec::new();
-    for used in recipe.datasets.iter().filter(|d| d.role == "replay") {
-        let rows = open_rows(
-            &record_of(&used.dataset)?,
-            StreamConfig::train(data_settings.seq_len, data_settings.pack, seed),
-        )?;
-        replay_sources.push(ReplaySource {
-            rows,
-            weight: used.weight,
-        });
-    }
-    let replay_ratio = data_settings
-        .replay
-        .as_ref()
-        .map(|r| r.ratio)
-        .unwrap_or(0.0);
-    let mut stream = BatchStream::new(
-        open_rows(&record_of(&train_use.dataset)?, train_config)?,
-        settings.optim.batch_size,
-    )?
-    .with_replay(
-        replay_sources,
-        if recipe.datasets.iter().any(|d| d.role == "replay") {
-            replay_ratio
-        } else {
-            0.0
-        },
-    )?;
+    let mut stream = sources.train_stream()?;
     if resuming {
         stream.seek(&trainer.stream)?;
     }
-
-    // Evaluation sets: this run's (the first is the one `@best` and early
-    // stopping watch), then the ancestors' (for forgetting).
-    let mut eval_sets: Vec<EvalSet> = Vec::new();
-    for used in &recipe.datasets {
-        let split = match used.role.as_str() {
-            "eval" | "ancestor_eval" => Split::All,
-            "val" | "ancestor_val" => parse_val_split(&used.name).unwrap_or(Split::All),
-            _ => continue,
-        };
-        let mut config = StreamConfig::eval(data_settings.seq_len, false);
-        config.split = split;
-        let record = record_of(&used.dataset)?;
-        let rows = open_rows(&record, config)?;
-        let has_answers = record.spec.get("format").and_then(Canon::as_str) != Some("text");
-        let name = used
-            .name
-            .split('/')
-            .next()
-            .unwrap_or(&used.name)
-            .to_string();
-        let name = if used.role == "ancestor_val" {
-            format!("val@{}", used.name.rsplit('@').next().unwrap_or(""))
-        } else {
-            name
-        };
-        let set = EvalSet::collect(
-            name,
-            used.role.starts_with("ancestor"),
-            has_answers,
-            rows,
-            data_settings.eval_examples,
-            settings.optim.batch_size,
-        )?;
-        if set.batches.is_empty() {
-            return Err(TrainError::Recipe(format!(
-                "eval set `{}`: no example keeps a token to score within data.seq_len = {} (raise seq_len)",
-                set.name, data_settings.seq_len
-            )));
-        }
-        eval_sets.push(set);
-    }
+    let eval_sets = sources.eval_sets()?;
 
     if let Some(budget) = settings.train.forgetting_budget {
         if !eval_sets.iter().any(|set| set.inherited) {
@@ -584,6 +463,62 @@ pub fn execute<B: TrainKernels>(
     }
 }
 
+/// The model a run starts from: the base, its adapter (the start checkpoint's, else
+/// the outside adapter the recipe names, else a new one), in the compute's dtypes, and
+/// every tensor the start checkpoint changed. Returns the model, the adapter as the
+/// model names its targets, and the start checkpoint's tensor ids.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn start_model<B: TrainKernels>(
+    device: &B::Device,
+    store: &Store,
+    folder: &std::path::Path,
+    settings: &Experiment,
+    start: Option<&crate::store::CheckpointRecord>,
+    seed: u64,
+    compute: &Compute,
+    events: &mut dyn Events,
+) -> Result<(CausalLm<B>, Option<LoraConfig>, BTreeMap<String, Id>), TrainError> {
+    let mut model: CausalLm<B> = load_model_dir(folder, device)?;
+    let outside_adapter = settings.adapter.as_ref().and_then(|a| a.from.as_deref());
+    if let (None, Some(id)) = (start, outside_adapter) {
+        model = super::adapter_start::load_stored(store, model, id)?;
+        events.message(&format!(
+            "continuing adapter {}: {}",
+            &id[..12.min(id.len())],
+            super::adapter_start::FRESH_OPTIMIZER
+        ));
+    }
+    let adapter: Option<LoraConfig> = match start {
+        Some(checkpoint) => state::load_adapter_config(store, checkpoint)?,
+        None => model.lora.clone(),
+    }
+    .or_else(|| {
+        settings.adapter.as_ref().map(|a| LoraConfig {
+            rank: a.rank,
+            alpha: a.alpha,
+            dropout: a.dropout,
+            targets: a.targets.clone(),
+            use_rslora: a.rslora,
+        })
+    });
+    if let (Some(config), None) = (&adapter, &model.lora) {
+        model = model.with_new_lora(config, seed)?;
+    }
+    // The adapter as the model names its targets (Phi-3's fused qkv_proj for q/k/v),
+    // which is what checkpoints record and PEFT exports list.
+    let adapter = model.lora.clone().or(adapter);
+    if compute.options.dtype == Dtype::Bf16 {
+        // The frozen base computes in bf16; what trains stays f32.
+        model = model.with_lora_in_f32();
+    }
+    let mut inherited = BTreeMap::new();
+    if let Some(checkpoint) = start {
+        model = model.load_named_tensors(state::load_tensors(store, checkpoint)?)?;
+        inherited = checkpoint.tensors.clone();
+    }
+    Ok((model, adapter, inherited))
+}
+
 /// LoRA runs train the adapter plus the blocks the schedule has opened by
 /// `step`; full fine-tuning trains everything.
 fn apply_trainability<B: Backend>(
@@ -750,16 +685,6 @@ fn recorded_baseline(
         }
     }
     Ok(out)
-}
-
-/// `val/<fraction>/<seed>[@run]` -> the validation split it names.
-fn parse_val_split(name: &str) -> Option<Split> {
-    let name = name.split('@').next()?;
-    let mut parts = name.split('/');
-    parts.next()?;
-    let val_fraction = parts.next()?.parse().ok()?;
-    let seed = parts.next()?.parse().ok()?;
-    Some(Split::Validation { val_fraction, seed })
 }
 
 /// Keep the last `keep_last` checkpoints and the `keep_best` best as

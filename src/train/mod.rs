@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod loss;
 pub mod optim;
 pub mod plan;
+pub mod recipe_data;
 pub mod registry;
 pub mod reproduce;
 pub mod restore;
