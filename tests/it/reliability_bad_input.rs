@@ -189,7 +189,11 @@ fn bad_input_is_named_and_changes_nothing() {
     );
     assert!(stderr.contains("adapter.alpha = inf"), "{stderr}");
     // A negative learning rate would train uphill and be recorded as completed.
-    let stderr = fails(dir, &store, &["train", "exp.toml", "--set", "optim.lr=-1e-3"]);
+    let stderr = fails(
+        dir,
+        &store,
+        &["train", "exp.toml", "--set", "optim.lr=-1e-3"],
+    );
     assert!(
         stderr.contains("optim.lr = -0.001") && stderr.contains("positive"),
         "{stderr}"
