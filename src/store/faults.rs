@@ -36,3 +36,11 @@ pub fn transfer_delay() -> Option<std::time::Duration> {
         .and_then(|v| v.parse().ok())
         .map(std::time::Duration::from_millis)
 }
+
+/// `GRAFT_LOCK_TIMEOUT_MS=N`: how long a command waits for another process's index
+/// lock (the tests raise it on a loaded machine). It changes no number either.
+pub fn lock_timeout_ms() -> Option<u64> {
+    std::env::var("GRAFT_LOCK_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}

@@ -40,10 +40,7 @@ pub struct Index {
 
 /// How long to wait for another process to release the index.
 fn lock_timeout() -> Duration {
-    let ms = std::env::var("GRAFT_LOCK_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60_000);
+    let ms = super::faults::lock_timeout_ms().unwrap_or(60_000);
     Duration::from_millis(ms)
 }
 
