@@ -3,19 +3,16 @@
 //! `graft reproduce` with other compute options names them and compares within a
 //! tolerance. Through the binary and a real store, on the shared llama-tiny fixture.
 
+use crate::common::llama_tiny as fixture;
+use crate::common::write_synth;
 use crate::common::{stderr, stdout};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/llama-tiny")
-}
 
 fn workspace() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let lines = graft::data::synth("reverse", 48, 1).unwrap();
-    std::fs::write(dir.path().join("reverse.jsonl"), lines.join("\n") + "\n").unwrap();
+    write_synth(dir.path(), &[("reverse.jsonl", "reverse", 48, 1)]);
     std::fs::write(
         dir.path().join("a.toml"),
         format!(

@@ -3,8 +3,9 @@
 //! outputs and every LoRA gradient); each family's distinctive piece is shown to
 //! matter; configs of variants graft does not implement are refused by key.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use crate::common::family_fixture as fixture;
 use burn::tensor::{Int, Tensor, TensorData};
 use graft::model::config::LayerType;
 use graft::model::shapes::check_weights;
@@ -15,12 +16,6 @@ use graft::model::{
 };
 
 const FAMILIES: [&str; 4] = ["qwen3-tiny", "phi3-tiny", "gemma2-tiny", "gemma3-tiny"];
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 /// The fixtures' f32 bound, 1e-4, for the gradients too.
 fn f32_tolerance() -> Tolerance {

@@ -1,17 +1,10 @@
 //! Generation with the KV cache produces the same tokens as recomputing the whole
 //! sequence every step.
 
-use std::path::PathBuf;
-
+use crate::common::shared_fixture as fixture;
 use graft::model::{
     generate, generate_ids, load_model_dir, load_tokenizer, CpuBackend, SamplingConfig,
 };
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(name)
-}
 
 #[test]
 fn cached_and_uncached_generation_give_the_same_tokens() {

@@ -7,13 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::common::family_fixture as fixture;
+use crate::common::write_synth;
 use crate::common::{stderr, stdout};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -199,8 +195,7 @@ fn a_model_id_missing_from_the_hf_cache_is_refused_naming_the_folder_looked_in()
 fn train_with_a_cached_model_id_records_the_files_hashes_and_the_id_as_a_label() {
     let dir = tempfile::tempdir().unwrap();
     let hub = fake_cache(dir.path());
-    let lines = graft::data::synth("reverse", 24, 1).unwrap();
-    std::fs::write(dir.path().join("reverse.jsonl"), lines.join("\n") + "\n").unwrap();
+    write_synth(dir.path(), &[("reverse.jsonl", "reverse", 24, 1)]);
     std::fs::write(
         dir.path().join("a.toml"),
         r#"[model]

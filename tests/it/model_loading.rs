@@ -2,18 +2,13 @@
 //! configs, and clear errors for broken folders.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use crate::common::shared_fixture as fixture;
 use graft::model::weights::{read_raw_tensors, write_safetensors, SaveDtype};
 use graft::model::{
     load_model_dir, run_parity, CpuBackend, CpuTrainBackend, ModelError, Tolerance,
 };
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(name)
-}
 
 /// Writes `src` as a transformers-4 style folder: bf16 weights in two shards with
 /// model.safetensors.index.json, top-level rope_theta and rope_scaling.

@@ -1,8 +1,7 @@
 //! LoRA behaviour a user relies on: an untrained adapter changes nothing, PEFT folders
 //! round-trip, and merged exports reproduce the adapted model.
 
-use std::path::PathBuf;
-
+use crate::common::shared_fixture as fixture;
 use burn::tensor::{Int, Tensor};
 use graft::model::parity::{max_rel_err, Reference};
 use graft::model::{
@@ -11,12 +10,6 @@ use graft::model::{
 };
 
 type B = CpuBackend;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(name)
-}
 
 fn ids(dir: &std::path::Path) -> (Reference, Tensor<B, 2, Int>) {
     let reference = Reference::read(&dir.join("reference.json")).unwrap();

@@ -1,15 +1,8 @@
 //! The model matches transformers/peft on the shared fixtures: logits, loss, the LoRA
 //! adapter's outputs and its gradients.
 
-use std::path::PathBuf;
-
+use crate::common::shared_fixture as fixture;
 use graft::model::{run_parity, CpuTrainBackend, Tolerance};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(name)
-}
 
 fn check(name: &str) {
     let dir = fixture(name);

@@ -2,17 +2,11 @@
 //! and restoring named tensors from a checkpoint.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
+use crate::common::shared_fixture as fixture;
 use graft::model::{load_adapter, load_model_dir, Block, CpuTrainBackend};
 
 type B = CpuTrainBackend;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(name)
-}
 
 #[test]
 fn loading_an_adapter_freezes_the_base_and_trains_only_lora_tensors() {

@@ -3,6 +3,8 @@
 //! emulator (moto) on 127.0.0.1, forks merged from several stores, tags moved
 //! by someone else, and pushes and pulls killed part way.
 
+use crate::common::llama_tiny as fixture;
+use crate::common::write_synth;
 use crate::common::{stderr, stdout};
 use serde_json::Value;
 use std::cell::RefCell;
@@ -38,23 +40,19 @@ fn graft_ok(store: &Path, args: &[&str]) -> String {
     ok_in(Path::new("."), store, args)
 }
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/llama-tiny")
-}
-
 /// A work folder with task files, `a.toml` (task A on the fixture) and
 /// `b.toml` (a fork to task B).
 fn workspace() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (name, task, n, seed) in [
-        ("reverse.jsonl", "reverse", 32, 1),
-        ("reverse-val.jsonl", "reverse", 8, 2),
-        ("arith.jsonl", "arithmetic", 32, 3),
-        ("arith-val.jsonl", "arithmetic", 8, 4),
-    ] {
-        let lines = graft::data::synth(task, n, seed).unwrap();
-        std::fs::write(dir.path().join(name), lines.join("\n") + "\n").unwrap();
-    }
+    write_synth(
+        dir.path(),
+        &[
+            ("reverse.jsonl", "reverse", 32, 1),
+            ("reverse-val.jsonl", "reverse", 8, 2),
+            ("arith.jsonl", "arithmetic", 32, 3),
+            ("arith-val.jsonl", "arithmetic", 8, 4),
+        ],
+    );
     std::fs::write(
         dir.path().join("a.toml"),
         format!(

@@ -2,27 +2,25 @@
 //! real store, on the shared llama-tiny fixture: train, fork, lineage,
 //! resume after SIGKILL, reproduce, and a NaN that stops a run.
 
+use crate::common::llama_tiny as fixture;
+use crate::common::write_synth;
 use crate::common::{graft, graft_ok, stderr, stdout};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/llama-tiny")
-}
-
 /// A work folder with synthetic task files and an experiment for task A.
 fn workspace() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (name, task, n, seed) in [
-        ("reverse.jsonl", "reverse", 64, 1),
-        ("reverse-val.jsonl", "reverse", 16, 2),
-        ("arith.jsonl", "arithmetic", 64, 3),
-        ("arith-val.jsonl", "arithmetic", 16, 4),
-    ] {
-        let lines = graft::data::synth(task, n, seed).unwrap();
-        std::fs::write(dir.path().join(name), lines.join("\n") + "\n").unwrap();
-    }
+    write_synth(
+        dir.path(),
+        &[
+            ("reverse.jsonl", "reverse", 64, 1),
+            ("reverse-val.jsonl", "reverse", 16, 2),
+            ("arith.jsonl", "arithmetic", 64, 3),
+            ("arith-val.jsonl", "arithmetic", 16, 4),
+        ],
+    );
     std::fs::write(
         dir.path().join("a.toml"),
         format!(

@@ -12,6 +12,7 @@
 //! same model's loss on the run's eval set, and differs from the base
 //! model's, so the run really started from the adapter.
 
+use crate::common::write_synth;
 use crate::common::{graft_ok, stderr, stdout};
 use graft::model::parity::{compare, Reference};
 use graft::model::{load_adapter, load_model_dir, CpuBackend};
@@ -34,10 +35,13 @@ fn peft_adapter() -> PathBuf {
 /// A work folder with task data and an experiment that starts from `adapter`.
 fn workspace() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (name, n, seed) in [("reverse.jsonl", 48, 1), ("reverse-val.jsonl", 12, 2)] {
-        let lines = graft::data::synth("reverse", n, seed).unwrap();
-        std::fs::write(dir.path().join(name), lines.join("\n") + "\n").unwrap();
-    }
+    write_synth(
+        dir.path(),
+        &[
+            ("reverse.jsonl", "reverse", 48, 1),
+            ("reverse-val.jsonl", "reverse", 12, 2),
+        ],
+    );
     std::fs::write(dir.path().join("peft.toml"), experiment("")).unwrap();
     dir
 }

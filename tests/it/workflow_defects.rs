@@ -3,15 +3,13 @@
 //! recorded as interrupted and resumes to the checkpoints of an uninterrupted
 //! run; bad input is refused before anything is written.
 
+use crate::common::llama_tiny as fixture;
+use crate::common::write_synth;
 use crate::common::{graft_fails_in, graft_in, graft_ok_in, stdout};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/llama-tiny")
-}
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
@@ -25,10 +23,13 @@ struct Work {
 impl Work {
     fn new() -> Work {
         let dir = tempfile::tempdir().unwrap();
-        for (name, n, seed) in [("train.jsonl", 64, 1), ("val.jsonl", 8, 2)] {
-            let lines = graft::data::synth("reverse", n, seed).unwrap();
-            std::fs::write(dir.path().join(name), lines.join("\n") + "\n").unwrap();
-        }
+        write_synth(
+            dir.path(),
+            &[
+                ("train.jsonl", "reverse", 64, 1),
+                ("val.jsonl", "reverse", 8, 2),
+            ],
+        );
         std::fs::write(
             dir.path().join("run.toml"),
             format!(

@@ -1,14 +1,12 @@
 //! Fork files are patches over the parent's recipe (issue 14, item 5):
 //! through the binary, on the shared llama-tiny fixture.
 
+use crate::common::llama_tiny as fixture;
+use crate::common::write_synth;
 use crate::common::{graft_ok, stderr, stdout};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/llama-tiny")
-}
 
 fn ok_in(dir: &Path, store: &Path, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_graft"))
@@ -69,15 +67,15 @@ fn a_fork_file_with_only_lr_and_steps_keeps_every_other_setting_of_the_parent() 
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
     let store = work.join("store");
-    for (name, task, n, seed) in [
-        ("reverse.jsonl", "reverse", 48, 1),
-        ("reverse-val.jsonl", "reverse", 12, 2),
-        ("arith.jsonl", "arithmetic", 48, 3),
-        ("arith-more.jsonl", "arithmetic", 48, 7),
-    ] {
-        let lines = graft::data::synth(task, n, seed).unwrap();
-        std::fs::write(work.join(name), lines.join("\n") + "\n").unwrap();
-    }
+    write_synth(
+        work,
+        &[
+            ("reverse.jsonl", "reverse", 48, 1),
+            ("reverse-val.jsonl", "reverse", 12, 2),
+            ("arith.jsonl", "arithmetic", 48, 3),
+            ("arith-more.jsonl", "arithmetic", 48, 7),
+        ],
+    );
     // Every setting here differs from graft's default.
     std::fs::write(
         work.join("a.toml"),

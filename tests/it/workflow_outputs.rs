@@ -3,16 +3,14 @@
 //! eval and generate that read data the way the run did, and the record's
 //! read commands (`runs --where`, `tag`, `gc`, `show`) saying what they mean.
 
+use crate::common::llama_tiny as fixture;
+use crate::common::write_synth;
 use crate::common::{graft_fails_in, graft_in, graft_ok_in, stdout};
 use burn::tensor::{Int, Tensor};
 use graft::model::weights::read_safetensors;
 use graft::model::{load_adapter, load_model_dir, CausalLm, CpuBackend};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/llama-tiny")
-}
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
@@ -26,10 +24,13 @@ struct Work {
 impl Work {
     fn new() -> Work {
         let dir = tempfile::tempdir().unwrap();
-        for (name, n, seed) in [("train.jsonl", 32, 1), ("val.jsonl", 8, 2)] {
-            let lines = graft::data::synth("reverse", n, seed).unwrap();
-            std::fs::write(dir.path().join(name), lines.join("\n") + "\n").unwrap();
-        }
+        write_synth(
+            dir.path(),
+            &[
+                ("train.jsonl", "reverse", 32, 1),
+                ("val.jsonl", "reverse", 8, 2),
+            ],
+        );
         Work { dir }
     }
 

@@ -260,3 +260,30 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A reference checkpoint of shared/fixtures (`llama-tiny`, `qwen2-tiny`).
+pub fn shared_fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures")
+        .join(name)
+}
+
+/// The shared llama-tiny checkpoint most workflow tests train on.
+pub fn llama_tiny() -> std::path::PathBuf {
+    shared_fixture("llama-tiny")
+}
+
+/// A reference checkpoint of this repository's tests/fixtures (the model families).
+pub fn family_fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Writes synthetic task files into `dir`: `(file name, task, examples, seed)` each.
+pub fn write_synth(dir: &Path, files: &[(&str, &str, u64, u64)]) {
+    for &(name, task, n, seed) in files {
+        let lines = graft::data::synth(task, n, seed).unwrap();
+        std::fs::write(dir.join(name), lines.join("\n") + "\n").unwrap();
+    }
+}
