@@ -5,10 +5,11 @@
 use super::backend::BackendKind;
 use super::train::execute_plan_with;
 use super::{output, CliError, CliResult, Context};
-use crate::compute::{Compute, ComputeSection, RECIPE_KEYS};
+use crate::compute::{ComputeSection, RECIPE_KEYS};
 use crate::store::{ExecutionKind, StoreRecorder};
+use crate::train::lifecycle::continuing_compute;
 use crate::train::reproduce::{compare, recorded_compute, ReproduceRecorder};
-use crate::train::{Experiment, Plan};
+use crate::train::Plan;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -46,15 +47,8 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             })?;
     let original = recorded_compute(&index, &run_id)?;
     drop(index);
-    let recipe_compute = Experiment::from_recipe(&run.recipe)
-        .map(|e| e.compute)
-        .unwrap_or_default();
-    let mut compute =
-        original.unwrap_or_else(|| Compute::new(BackendKind::default(), recipe_compute));
+    let mut compute = continuing_compute(original.as_ref(), &run.recipe, args.backend);
     compute.options = with_overrides(compute.options, &args.overrides)?;
-    if let Some(backend) = args.backend {
-        compute.backend = backend;
-    }
     let plan = Plan::of_recorded_run(run.recipe.clone(), model);
     let mut recorder = ReproduceRecorder::new(StoreRecorder::new(store.clone()));
     let outcome = execute_plan_with(

@@ -94,15 +94,26 @@ pub fn resume_point(
 }
 
 /// How a resumed run computes: as its last training execution did, so a resume on the
-/// same backend continues exactly; `backend` moves it to another device. Runs recorded
-/// before executions held their compute take the recipe's precision on the CPU.
+/// same backend continues exactly; `backend` moves it to another device.
 pub fn resume_compute(
     index: &Index,
     run: &Id,
     recipe: &Recipe,
     backend: Option<BackendKind>,
 ) -> Result<Compute, LifecycleError> {
-    let mut compute = super::reproduce::recorded_compute(index, run)?.unwrap_or_else(|| {
+    let recorded = super::reproduce::recorded_compute(index, run)?;
+    Ok(continuing_compute(recorded.as_ref(), recipe, backend))
+}
+
+/// How a new execution of a recorded run computes: as `recorded` (its last training
+/// execution's), on `backend` where given. Runs recorded before executions held their
+/// compute take the recipe's precision on the CPU.
+pub fn continuing_compute(
+    recorded: Option<&Compute>,
+    recipe: &Recipe,
+    backend: Option<BackendKind>,
+) -> Compute {
+    let mut compute = recorded.copied().unwrap_or_else(|| {
         Compute::new(
             BackendKind::default(),
             super::Experiment::from_recipe(recipe)
@@ -113,5 +124,5 @@ pub fn resume_compute(
     if let Some(backend) = backend {
         compute.backend = backend;
     }
-    Ok(compute)
+    compute
 }
