@@ -13,6 +13,43 @@ use cudarc::driver::sys as csys;
 
 use super::cuda_stream::{self, CudaServer};
 
+use super::devices::MAX_DEVICES;
+
+/// One value per CUDA device, built on that device's first use and kept for the
+/// process: compiled functions belong to one device's context, so data-parallel
+/// training needs each device's own.
+pub struct PerDevice<T: 'static> {
+    slots: [std::sync::OnceLock<T>; MAX_DEVICES],
+}
+
+impl<T: 'static> PerDevice<T> {
+    pub const fn new() -> Self {
+        PerDevice {
+            slots: [const { std::sync::OnceLock::new() }; MAX_DEVICES],
+        }
+    }
+
+    /// Device `index`'s value, built by `build` the first time.
+    pub fn get_or_init(&'static self, index: usize, build: impl FnOnce() -> T) -> &'static T {
+        assert!(
+            index < MAX_DEVICES,
+            "CUDA device {index}: graft uses devices 0..{MAX_DEVICES}"
+        );
+        self.slots[index].get_or_init(build)
+    }
+
+    /// Device `index`'s value, if it was built.
+    pub fn get(&'static self, index: usize) -> Option<&'static T> {
+        self.slots.get(index).and_then(std::sync::OnceLock::get)
+    }
+}
+
+impl<T: 'static> Default for PerDevice<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A compiled module in device `index`'s primary context.
 pub struct Module {
     module: csys::CUmodule,

@@ -15,8 +15,6 @@
 //! says whether that worked; where it does not (no CUDA headers, a card older than
 //! compute capability 8.0), attention stays on the blocked path.
 
-use std::sync::OnceLock;
-
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -33,7 +31,7 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::FusionRuntime;
 
 use super::cublas::CudaFusionTensor;
-use super::cuda_kernels::{self, empty, launch, Args, Function};
+use super::cuda_kernels::{self, empty, launch, Args, Function, PerDevice};
 use super::cuda_stream;
 
 const SOURCE: &str = include_str!("flash_attention.cu");
@@ -174,9 +172,8 @@ pub fn available(index: usize) -> bool {
     }
 }
 
-/// The compiled kernels, by head size.
+/// The compiled kernels of one device, by head size.
 struct Kernels {
-    device: usize,
     by_head_dim: [(usize, Functions); HEAD_DIMS.len()],
 }
 
@@ -187,25 +184,18 @@ struct Functions {
     backward_dkv: Function,
 }
 
-static KERNELS: OnceLock<Result<Kernels, String>> = OnceLock::new();
+static KERNELS: PerDevice<Result<Kernels, String>> = PerDevice::new();
 
 fn kernels(index: usize) -> Result<&'static Kernels, String> {
-    let kernels = KERNELS
-        .get_or_init(|| compile(index))
+    KERNELS
+        .get_or_init(index, || compile(index))
         .as_ref()
-        .map_err(Clone::clone)?;
-    if kernels.device != index {
-        return Err(format!(
-            "compiled for GPU {}, asked for GPU {index}",
-            kernels.device
-        ));
-    }
-    Ok(kernels)
+        .map_err(Clone::clone)
 }
 
-fn functions(head_dim: usize) -> Functions {
+fn functions(index: usize, head_dim: usize) -> Functions {
     let kernels = KERNELS
-        .get()
+        .get(index)
         .and_then(|k| k.as_ref().ok())
         .expect("kernels compiled before launch");
     kernels
@@ -248,7 +238,6 @@ fn compile(index: usize) -> Result<Kernels, String> {
         ));
     }
     Ok(Kernels {
-        device: index,
         by_head_dim: by_head_dim
             .try_into()
             .ok()
@@ -409,9 +398,10 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashForward {
         let buffers = [&q, &k, &v, &out, &lse]
             .map(|t| t.handle.clone().binding())
             .to_vec();
+        let index = q.device.index;
         launch(&q, buffers, move |pointers, stream| {
             let [q, k, v, out, lse] = aligned(pointers);
-            let f = functions(problem.head_dim).forward;
+            let f = functions(index, problem.head_dim).forward;
             let (shared, _, _) = shared_bytes(problem.head_dim);
             let grid = (
                 problem.seq.div_ceil(TILE) as u32,
@@ -452,9 +442,10 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashBackward {
         let buffers = [&q, &k, &v, &out, &lse, &dout, &delta, &dq, &dk, &dv]
             .map(|t| t.handle.clone().binding())
             .to_vec();
+        let index = q.device.index;
         launch(&q, buffers, move |pointers, stream| {
             let [q, k, v, out, lse, dout, delta, dq, dk, dv] = aligned(pointers);
-            let functions = functions(problem.head_dim);
+            let functions = functions(index, problem.head_dim);
             let (_, dq_shared, dkv_shared) = shared_bytes(problem.head_dim);
             let heads = (problem.batch * problem.heads) as u32;
             let mut args = qkv_args([(q, qs), (k, ks), (v, vs)]);

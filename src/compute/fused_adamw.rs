@@ -7,8 +7,6 @@
 //! nearly all of it the host issuing them. Here the gradients, parameters and the
 //! flat moments go to one fusion custom op; the kernels read each tensor where it is.
 
-use std::sync::OnceLock;
-
 use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use burn::backend::Cuda;
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
@@ -20,7 +18,7 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::FusionRuntime;
 
 use crate::compute::cublas::CudaFusionTensor;
-use crate::compute::cuda_kernels::{self, empty, launch, Args, Function};
+use crate::compute::cuda_kernels::{self, empty, launch, Args, Function, PerDevice};
 use crate::compute::cuda_stream;
 pub use crate::compute::kernels::Hyper;
 
@@ -44,6 +42,8 @@ pub fn step<F: FloatElement>(
     hyper: Hyper,
     clip: f32,
 ) -> crate::compute::kernels::AdamWUpdate<Cuda<F>> {
+    // Built here, on the training thread, for the device this group lives on.
+    kernels(m.device().index).expect("the fused AdamW kernels build on every device");
     let to = |t: Tensor<Cuda<F>, 1>| -> CudaFusionTensor { t.into_primitive().tensor() };
     let back =
         |p: CudaFusionTensor| Tensor::<Cuda<F>, 1>::from_primitive(TensorPrimitive::Float(p));
@@ -69,12 +69,13 @@ pub(crate) struct Kernels {
     adamw: Function,
 }
 
-/// The kernels, compiled on first use (`None` where NVRTC cannot build them).
-pub(crate) fn kernels() -> Option<&'static Kernels> {
-    static KERNELS: OnceLock<Option<Kernels>> = OnceLock::new();
+/// Device `index`'s kernels, compiled on first use (`None` where NVRTC cannot build
+/// them).
+pub(crate) fn kernels(index: usize) -> Option<&'static Kernels> {
+    static KERNELS: PerDevice<Option<Kernels>> = PerDevice::new();
     KERNELS
-        .get_or_init(|| {
-            let built = cuda_kernels::compile(SOURCE, 0, &[]).and_then(|module| {
+        .get_or_init(index, || {
+            let built = cuda_kernels::compile(SOURCE, index, &[]).and_then(|module| {
                 Ok(Kernels {
                     sum_squares: module.function("sum_squares", 0)?,
                     clip_factor: module.function("clip_factor", 0)?,
@@ -221,7 +222,7 @@ impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for FusedAdamW<F
             .map(|t| t.handle.clone().binding())
             .collect();
         let (hyper, clip) = (self.hyper, self.clip);
-        let kernels = kernels().expect("kernels built before use");
+        let kernels = kernels(m.device.index).expect("kernels built before use");
         launch(m, buffers, move |p, stream| {
             let (params, grads) = (&p[..n], &p[n..2 * n]);
             let (m, v) = (p[2 * n], p[2 * n + 1]);

@@ -164,6 +164,28 @@ pub trait Kernels: Backend {
     ) -> Result<AdamWUpdate<Self>, AdamWInputs<Self>> {
         Err((params, grads, m, v))
     }
+
+    /// Device `index` of this backend (the CPU backends have one).
+    fn device(index: usize) -> Result<Self::Device, String> {
+        if index == 0 {
+            Ok(Default::default())
+        } else {
+            Err(format!(
+                "device {index}: this backend has one device (set compute.devices = 1)"
+            ))
+        }
+    }
+
+    /// The element-wise sum of the same-shaped `tensor` held on each of `devices`,
+    /// returned on every one of them; each device's thread calls it with its own
+    /// tensor and the same `devices`, in the same order of calls.
+    fn all_reduce_sum(tensor: Tensor<Self, 1>, devices: &[Self::Device]) -> Tensor<Self, 1> {
+        assert!(
+            devices.len() <= 1,
+            "summing over several devices needs a backend with collectives"
+        );
+        tensor
+    }
 }
 
 /// An autodiff backend with graft's kernels on both sides: what training runs on.
@@ -329,7 +351,7 @@ mod cuda {
         }
 
         fn fused_adamw() -> bool {
-            current().fused_adamw && crate::compute::fused_adamw::kernels().is_some()
+            current().fused_adamw && crate::compute::fused_adamw::kernels(0).is_some()
         }
 
         fn adamw(
@@ -347,9 +369,49 @@ mod cuda {
                 params, grads, m, v, hyper, clip,
             ))
         }
+
+        fn device(index: usize) -> Result<Self::Device, String> {
+            cuda_device(index)
+        }
+
+        fn all_reduce_sum(tensor: Tensor<Self, 1>, devices: &[Self::Device]) -> Tensor<Self, 1> {
+            use burn::tensor::backend::distributed::{DistributedBackend, ReduceOperation};
+            use burn::tensor::backend::DeviceOps;
+            use burn::tensor::TensorPrimitive;
+            if devices.len() <= 1 {
+                return tensor;
+            }
+            let ids = devices.iter().map(DeviceOps::id).collect();
+            let summed = <Self as DistributedBackend>::all_reduce(
+                tensor.into_primitive().tensor(),
+                ReduceOperation::Sum,
+                ids,
+            )
+            .resolve();
+            Tensor::from_primitive(TensorPrimitive::Float(summed))
+        }
+    }
+
+    /// CUDA device `index`, refused naming `compute.devices` where the machine has
+    /// fewer GPUs.
+    fn cuda_device(index: usize) -> Result<burn::backend::cuda::CudaDevice, String> {
+        use cudarc::driver::result as driver;
+        let count = driver::init()
+            .and_then(|()| driver::device::get_count())
+            .map_err(|e| format!("no CUDA driver to count the GPUs: {e:?}"))?;
+        if index >= count as usize {
+            return Err(format!(
+                "compute.devices names GPU {index}, but this machine has {count} (indices 0..{count})"
+            ));
+        }
+        Ok(burn::backend::cuda::CudaDevice::new(index))
     }
 
     impl<F: FlashFloat, C: CheckpointStrategy> Kernels for Autodiff<Cuda<F>, C> {
+        fn device(index: usize) -> Result<Self::Device, String> {
+            cuda_device(index)
+        }
+
         fn causal_attention(
             q: Tensor<Self, 4>,
             k: Tensor<Self, 4>,

@@ -29,6 +29,7 @@ pub mod cublas;
 pub mod cuda_kernels;
 #[cfg(feature = "cuda")]
 pub mod cuda_stream;
+pub mod devices;
 pub mod dispatch;
 #[cfg(feature = "cuda")]
 pub mod flash_attention;
@@ -41,6 +42,7 @@ pub mod host_memory;
 pub mod kernels;
 pub mod lora_product;
 pub mod reduce;
+pub use devices::Devices;
 pub use dispatch::ComputeError;
 pub mod options;
 
@@ -175,6 +177,10 @@ pub struct ComputeSection {
     /// AdamW over the whole LoRA group in a few fused CUDA launches.
     #[serde(default = "default_true")]
     pub fused_adamw: bool,
+    /// `N` (the first N GPUs) or `[i, j]`: the devices that train the run, each on an
+    /// equal share of every batch, their gradients summed by NCCL (CUDA only).
+    #[serde(default)]
+    pub devices: Devices,
 }
 
 fn default_cublas_min_macs() -> u64 {
@@ -242,6 +248,12 @@ impl Compute {
         self.options.validate()?;
         if self.backend == BackendKind::Cpu && self.options.dtype == Dtype::Bf16 {
             return Err("compute.dtype = \"bf16\" needs --backend cuda: the CPU backend trains in f32 (set compute.dtype = \"f32\")".into());
+        }
+        if self.backend == BackendKind::Cpu && self.options.devices.count() > 1 {
+            return Err(format!(
+                "compute.devices = {}: several devices need --backend cuda; the CPU backend trains on one (set compute.devices = 1)",
+                self.options.devices
+            ));
         }
         if self.backend == BackendKind::Cuda && !cfg!(feature = "cuda") {
             return Err("this graft was built without CUDA: rebuild with `cargo build --release --features cuda`".into());

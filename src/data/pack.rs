@@ -450,6 +450,20 @@ impl Batch {
     pub fn trained_tokens(&self) -> usize {
         self.loss_mask.iter().filter(|&&mask| mask > 0.0).count()
     }
+
+    /// Rows `rows` of this batch as a batch of their own: one device's share of it.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Batch {
+        let cells = rows.start * self.seq_len..rows.end * self.seq_len;
+        let first_replay = self.batch - self.replay_rows;
+        Batch {
+            batch: rows.len(),
+            seq_len: self.seq_len,
+            input_ids: self.input_ids[cells.clone()].to_vec(),
+            target_ids: self.target_ids[cells.clone()].to_vec(),
+            loss_mask: self.loss_mask[cells].to_vec(),
+            replay_rows: rows.end.saturating_sub(rows.start.max(first_replay)),
+        }
+    }
 }
 
 /// Where a batch stream is: enough to resume it exactly.

@@ -14,7 +14,7 @@ use super::plan::Plan;
 use super::recipe_data::RecipeData;
 use super::registry::{self, RegistryError};
 use super::state::{self, Kept, TrainerState};
-use super::{interrupt, loss, schedule, step, unfreeze};
+use super::{interrupt, loss, parallel, schedule, step, unfreeze};
 use crate::compute::kernels::TrainKernels;
 use crate::compute::{Compute, Dtype};
 use crate::data::{self, Tokenizer};
@@ -104,6 +104,14 @@ pub fn execute<B: TrainKernels>(
     let settings = Experiment::from_recipe(recipe)
         .map_err(|e| TrainError::Recipe(format!("the recipe's config cannot be read back: {e}")))?;
     check_compute(&settings, compute)?;
+    // The devices that train: the first is the trainer's own (it evaluates and
+    // checkpoints), the others hold copies (`parallel`).
+    let devices = if compute.options.devices.count() > 1 {
+        parallel::devices_of::<B>(compute.options.devices).map_err(TrainError::Recipe)?
+    } else {
+        vec![device.clone()]
+    };
+    let device = &devices[0];
     let model_record = &plan.model;
     // What the plan did not bring (a resume or reproduction brings only the
     // recipe) is read from the index, in one open.
@@ -136,18 +144,61 @@ pub fn execute<B: TrainKernels>(
         compute,
         events,
     )?;
+    let new_optimizer = || {
+        AdamW::<B::InnerBackend>::new(AdamWConfig {
+            beta1: settings.optim.beta1,
+            beta2: settings.optim.beta2,
+            eps: settings.optim.eps,
+            weight_decay: settings.optim.weight_decay,
+        })
+    };
+    let mut replicas = Vec::with_capacity(devices.len() - 1);
+    for other in &devices[1..] {
+        let (model, _, _) = start_model::<B>(
+            other,
+            store,
+            &folder,
+            &settings,
+            start.as_ref(),
+            seed,
+            compute,
+            &mut Silent,
+        )?;
+        replicas.push(parallel::Replica {
+            device: other.clone(),
+            model,
+            optimizer: new_optimizer(),
+        });
+    }
+    let mut parallel =
+        (!replicas.is_empty()).then(|| parallel::DataParallel::new(devices.clone(), replicas));
+    if parallel.is_some() {
+        events.message(&format!(
+            "training on {} devices (compute.devices = {}), each on an equal share of every batch",
+            devices.len(),
+            compute.options.devices
+        ));
+    }
 
     // Where training stands: fresh, or exactly where the checkpoint left it.
-    let mut optimizer = AdamW::<B::InnerBackend>::new(AdamWConfig {
-        beta1: settings.optim.beta1,
-        beta2: settings.optim.beta2,
-        eps: settings.optim.eps,
-        weight_decay: settings.optim.weight_decay,
-    });
+    let mut optimizer = new_optimizer();
     let mut trainer = TrainerState::default();
     if let (true, Some(checkpoint)) = (resuming, &start) {
         let (restored, moments) =
             state::load_trainer::<B::InnerBackend>(store, checkpoint, device)?;
+        if let Some(parallel) = parallel.as_mut() {
+            let mut failed = None;
+            parallel.for_each(|other, model, optimizer| {
+                match state::load_trainer::<B::InnerBackend>(store, checkpoint, other) {
+                    Ok((_, moments)) => optimizer.import(moments, other),
+                    Err(error) => failed = Some(error),
+                }
+                model
+            });
+            if let Some(error) = failed {
+                return Err(error.into());
+            }
+        }
         optimizer.import(moments, device);
         trainer = restored;
         // The newest entry was saved before its own id existed.
@@ -222,6 +273,20 @@ pub fn execute<B: TrainKernels>(
                 recorder.retire_checkpoint(id)?;
             }
         }
+        if let Some(parallel) = parallel.as_mut() {
+            parallel.for_each(|_, model, optimizer| {
+                let model = apply_trainability(
+                    model,
+                    adapter.is_some(),
+                    &settings,
+                    trainer.step.max(1),
+                    &mut open_blocks.clone(),
+                    layers,
+                );
+                optimizer.retain(&model.trainable_param_names());
+                model
+            });
+        }
         model = apply_trainability(
             model,
             adapter.is_some(),
@@ -258,7 +323,9 @@ pub fn execute<B: TrainKernels>(
         let mut early_stopped = false;
         while trainer.step < total {
             let step = trainer.step + 1;
-            B::seed(device, mix_seed(seed, step));
+            for device in &devices {
+                B::seed(device, mix_seed(seed, step));
+            }
             let before = open_blocks.clone();
             model = apply_trainability(
                 model,
@@ -268,6 +335,23 @@ pub fn execute<B: TrainKernels>(
                 &mut open_blocks,
                 layers,
             );
+            if let Some(parallel) = parallel.as_mut() {
+                let changed = open_blocks != before;
+                parallel.for_each(|_, model, optimizer| {
+                    let model = apply_trainability(
+                        model,
+                        adapter.is_some(),
+                        &settings,
+                        step,
+                        &mut before.clone(),
+                        layers,
+                    );
+                    if changed {
+                        optimizer.retain(&model.trainable_param_names());
+                    }
+                    model
+                });
+            }
             if open_blocks != before {
                 optimizer.retain(&model.trainable_param_names());
                 let count = count_trainable(&model);
@@ -286,7 +370,7 @@ pub fn execute<B: TrainKernels>(
                     return Err(TrainError::Recipe("the training stream ended".into()));
                 };
                 step_tokens += batch.batch * batch.seq_len;
-                batches.push(loss::BatchTensors::<B>::new(&batch, device));
+                batches.push(batch);
             }
             let lr = schedule::learning_rate(
                 &settings.optim.schedule,
@@ -300,16 +384,34 @@ pub fn execute<B: TrainKernels>(
                 .optim
                 .embedding_lr
                 .map(|e| e * lr / settings.optim.lr);
-            let (next, result) = step::train_step(
-                model,
-                &mut optimizer,
-                batches,
-                settings.optim.grad_clip,
-                |info| match embedding_lr {
-                    Some(e) if is_embedding_block(info) => e,
-                    _ => lr,
-                },
-            );
+            let lr_of = |info: &crate::model::ParamInfo| match embedding_lr {
+                Some(e) if is_embedding_block(info) => e,
+                _ => lr,
+            };
+            let (next, result) = match parallel.as_mut() {
+                Some(parallel) => parallel
+                    .step(
+                        model,
+                        &mut optimizer,
+                        &batches,
+                        settings.optim.grad_clip,
+                        lr_of,
+                    )
+                    .map_err(TrainError::Recipe)?,
+                None => {
+                    let tensors = batches
+                        .iter()
+                        .map(|batch| loss::BatchTensors::<B>::new(batch, device))
+                        .collect();
+                    step::train_step(
+                        model,
+                        &mut optimizer,
+                        tensors,
+                        settings.optim.grad_clip,
+                        lr_of,
+                    )
+                }
+            };
             model = next;
             trainer.step = step;
             trainer.tokens_seen += step_tokens as u64;

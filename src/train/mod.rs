@@ -12,6 +12,7 @@ pub mod interrupt;
 pub mod lifecycle;
 pub mod loss;
 pub mod optim;
+pub mod parallel;
 pub mod plan;
 pub mod recipe_data;
 pub mod registry;

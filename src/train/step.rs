@@ -32,24 +32,54 @@ pub fn train_step<B: TrainKernels>(
     clip: f64,
     lr_of: impl Fn(&ParamInfo) -> f64,
 ) -> (CausalLm<B>, StepResult<B::InnerBackend>) {
-    let accum = batches.len().max(1);
+    let accum = batches.len();
+    let shares = batches
+        .into_iter()
+        .map(|tensors| {
+            let denominator = tensors.tokens.max(1) as f64;
+            (tensors, denominator)
+        })
+        .collect();
+    let (grads, losses) = backward(&model, shares);
+    update(model, optimizer, grads, losses, accum, clip, lr_of)
+}
+
+/// Forward, loss and backward of each micro-batch share, `(tensors, denominator)`:
+/// the summed gradients of `sum(loss_i / denominator_i)` and each share's
+/// `loss / denominator`, `[shares]`. A share is a whole micro-batch (its denominator
+/// its own trained tokens) or one device's rows of it (the whole micro-batch's
+/// tokens, so that the devices' parts add up to its mean).
+pub fn backward<B: TrainKernels>(
+    model: &CausalLm<B>,
+    shares: Vec<(BatchTensors<B>, f64)>,
+) -> (GradAccumulator<B::InnerBackend>, Tensor<B::InnerBackend, 1>) {
     let mut grads = GradAccumulator::<B::InnerBackend>::default();
-    let mut losses = Vec::with_capacity(accum);
-    for tensors in batches {
-        let denominator = tensors.tokens.max(1) as f64;
+    let mut losses = Vec::with_capacity(shares.len());
+    for (tensors, denominator) in shares {
         let logits = model.forward(tensors.inputs.clone());
         let loss = masked_loss_sum(logits, &tensors) / denominator;
         losses.push(loss.clone().inner());
-        grads.add(&model, &loss.backward());
+        grads.add(model, &loss.backward());
     }
+    (grads, Tensor::cat(losses, 0))
+}
+
+/// The optimizer's half of a step: gradients summed over `accum` micro-batches are
+/// averaged, clipped on the device and applied.
+pub fn update<B: TrainKernels>(
+    model: CausalLm<B>,
+    optimizer: &mut AdamW<B::InnerBackend>,
+    grads: GradAccumulator<B::InnerBackend>,
+    losses: Tensor<B::InnerBackend, 1>,
+    accum: usize,
+    clip: f64,
+    lr_of: impl Fn(&ParamInfo) -> f64,
+) -> (CausalLm<B>, StepResult<B::InnerBackend>) {
     // An infinite clip computes the norm and scales by exactly 1.
     let clip = if clip > 0.0 { clip } else { f64::INFINITY };
-    let (model, grad_norm) = optimizer.step_clipped(model, grads, 1.0 / accum as f64, clip, lr_of);
-    let result = StepResult {
-        losses: Tensor::cat(losses, 0),
-        grad_norm,
-    };
-    (model, result)
+    let scale = 1.0 / accum.max(1) as f64;
+    let (model, grad_norm) = optimizer.step_clipped(model, grads, scale, clip, lr_of);
+    (model, StepResult { losses, grad_norm })
 }
 
 /// A scalar tensor's values as f64, read in the tensor's own dtype (f32 from the loss

@@ -5,6 +5,7 @@
 mod common;
 mod reliability_support;
 
+mod compute_devices;
 mod compute_record;
 mod data_errors;
 mod data_formats;

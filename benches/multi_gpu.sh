@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Data-parallel `graft train` on one GPU and on several (compute.devices), in one
+# device call, on Llama-3.2-1B's shapes with random weights: LoRA r=16 on all seven
+# projections, bf16 base, seq 2048, global batch 8, AdamW, clip 1.0.
+#
+# Prints, as JSON lines and a table: tokens/s on 1 and on N devices and their ratio;
+# the largest relative difference of the per-step losses between them; and whether a
+# run on N devices killed with SIGKILL after a checkpoint and resumed ends at the
+# uninterrupted N-device run's final checkpoint id. Finally `graft reproduce` of the
+# N-device run on one device, which names compute.devices and compares within the
+# tolerance.
+#
+# Run from the repository root on the multi-GPU machine with the CUDA build in
+# .gpu/graft (see shared/DEVICE.md):
+#   benches/multi_gpu.sh                 # 2 devices, 24 steps
+#   DEVICES=4 STEPS=40 benches/multi_gpu.sh
+set -u
+GRAFT=${GRAFT:-$PWD/.gpu/graft}
+PRESET=${PRESET:-llama-1b}
+SEQ=${SEQ:-2048}
+BATCH=${BATCH:-8}
+STEPS=${STEPS:-24}
+DEVICES=${DEVICES:-2}
+LOGS=${LOGS:-${OUT:-/tmp}/multi-gpu-logs}
+WORK=${WORK:-/tmp/graft-multi-gpu}
+mkdir -p "$LOGS" "$WORK"
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# NCCL from PyTorch's wheel where the toolkit has none (cudarc loads libnccl.so).
+NCCL_DIR=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(os.path.dirname(nvidia.nccl.__file__), "lib"))' 2>/dev/null)
+if [ -n "$NCCL_DIR" ] && [ -d "$NCCL_DIR" ]; then
+  export LD_LIBRARY_PATH="$NCCL_DIR:$LD_LIBRARY_PATH"
+fi
+# This workplace's machines keep NVLink multicast off.
+export NCCL_NVLS_ENABLE=0
+FOLDER=$WORK/$PRESET
+if [ ! -f "$FOLDER/train.jsonl" ]; then
+  python3 "$(dirname "$0")/make_llama_folder.py" "$FOLDER" --preset "$PRESET" \
+    --tokens $(( (STEPS + 2) * SEQ * BATCH + SEQ * 8 )) >"$LOGS/make-folder.out" 2>&1 || {
+    cat "$LOGS/make-folder.out"; exit 1; }
+fi
+cat >"$WORK/train.toml" <<TOML
+[model]
+base = "$FOLDER"
+
+[adapter]
+rank = 16
+alpha = 16
+dropout = 0.0
+
+[data]
+train = [{ path = "$FOLDER/train.jsonl", format = "text" }]
+seq_len = $SEQ
+pack = true
+val_fraction = 0.0
+
+[optim]
+lr = 1e-4
+schedule = "constant"
+weight_decay = 0.01
+batch_size = $BATCH
+grad_clip = 1.0
+
+[compute]
+dtype = "bf16"
+
+[train]
+steps = $STEPS
+baseline_eval = false
+eval_every = 100000
+checkpoint_every = $(( STEPS / 3 ))
+keep_last = 10
+TOML
+cd "$WORK" || exit 1
+train() { # STORE DEVICES [extra args]: one `graft train`, JSON on stdout
+  local store=$1 devices=$2; shift 2
+  "$GRAFT" --store "$store" train "$WORK/train.toml" --backend cuda --quiet --json \
+    --set compute.devices="$devices" "$@"
+}
+losses() { # STORE RUN: the per-step losses as JSON
+  "$GRAFT" --store "$1" metrics "$2" --series loss --json
+}
+rm -rf store-1 store-n store-kill
+echo "== 1 device" >&2
+train store-1 1 >"$LOGS/one.out" 2>"$LOGS/one.err"; echo "1 device exit $?" >&2
+tail -c 1500 "$LOGS/one.err" >&2
+echo "== $DEVICES devices" >&2
+train store-n "$DEVICES" >"$LOGS/n.out" 2>"$LOGS/n.err"; echo "$DEVICES devices exit $?" >&2
+tail -c 1500 "$LOGS/n.err" >&2
+RUN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run"])' "$LOGS/n.out" 2>/dev/null)
+[ -n "$RUN" ] || { echo "no run from the $DEVICES-device train" >&2; exit 1; }
+losses store-1 "$RUN" >"$LOGS/one-losses.json"
+losses store-n "$RUN" >"$LOGS/n-losses.json"
+
+echo "== $DEVICES devices, SIGKILL after the first checkpoint, then resume" >&2
+train store-kill "$DEVICES" >"$LOGS/kill.out" 2>"$LOGS/kill.err" &
+PID=$!
+FIRST=$(( STEPS / 3 ))
+for _ in $(seq 1 600); do
+  if "$GRAFT" --store store-kill show "$RUN" 2>/dev/null | grep -q "step $FIRST\b"; then break; fi
+  sleep 0.5
+done
+sleep 2
+kill -9 $PID 2>/dev/null; wait $PID 2>/dev/null
+"$GRAFT" --store store-kill resume "$RUN" --backend cuda --quiet --json >"$LOGS/resume.out" 2>"$LOGS/resume.err"
+echo "resume exit $?" >&2
+tail -c 1500 "$LOGS/resume.err" >&2
+
+echo "== reproduce the $DEVICES-device run on 1 device" >&2
+"$GRAFT" --store store-n reproduce "$RUN" --backend cuda --set compute.devices=1 >"$LOGS/reproduce.out" 2>"$LOGS/reproduce.err"
+echo "reproduce exit $?" >&2
+cat "$LOGS/reproduce.out" "$LOGS/reproduce.err" | tail -n 12 >&2
+
+python3 - "$LOGS" "$DEVICES" <<'PY'
+import json, sys, os
+logs, devices = sys.argv[1], int(sys.argv[2])
+def load(name):
+    try:
+        return json.load(open(os.path.join(logs, name)))
+    except Exception as e:
+        return {"error": str(e)}
+one, n, resumed = load("one.out"), load("n.out"), load("resume.out")
+def series(name):
+    data = load(name)
+    rows = data.get("loss") or data.get("series", {}).get("loss") or data
+    if isinstance(rows, dict):
+        rows = rows.get("points", rows)
+    out = {}
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict):
+            out[int(row["step"])] = float(row.get("value", row.get("loss")))
+        else:
+            out[int(row[0])] = float(row[1])
+    return out
+a, b = series("one-losses.json"), series("n-losses.json")
+steps = sorted(set(a) & set(b))
+rel = max((abs(a[s] - b[s]) / max(abs(a[s]), 1e-12) for s in steps), default=float("nan"))
+final = lambda d: (d.get("checkpoints") or [{}])[-1].get("id")
+result = {
+    "tokens_per_s_1": one.get("tokens_per_s"),
+    f"tokens_per_s_{devices}": n.get("tokens_per_s"),
+    "speedup": (n.get("tokens_per_s") or 0) / (one.get("tokens_per_s") or float("inf")),
+    "steps_compared": len(steps),
+    "max_rel_loss_diff": rel,
+    "final_loss_1": a.get(max(steps)) if steps else None,
+    f"final_loss_{devices}": b.get(max(steps)) if steps else None,
+    "uninterrupted_final": final(n),
+    "resumed_final": final(resumed),
+    "resume_matches": final(n) is not None and final(n) == final(resumed),
+}
+print(json.dumps(result))
+PY
