@@ -25,10 +25,12 @@ LOGS=${LOGS:-${OUT:-/tmp}/multi-gpu-logs}
 WORK=${WORK:-/tmp/graft-multi-gpu}
 mkdir -p "$LOGS" "$WORK"
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# NCCL from PyTorch's wheel where the toolkit has none (cudarc loads libnccl.so).
-NCCL_DIR=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(os.path.dirname(nvidia.nccl.__file__), "lib"))' 2>/dev/null)
-if [ -n "$NCCL_DIR" ] && [ -d "$NCCL_DIR" ]; then
-  export LD_LIBRARY_PATH="$NCCL_DIR:$LD_LIBRARY_PATH"
+# NCCL from PyTorch's wheel where the toolkit has none: the wheel ships libnccl.so.2,
+# and the loader asks for libnccl.so, so link it under that name.
+NCCL_LIB=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(os.path.dirname(nvidia.nccl.__file__), "lib", "libnccl.so.2"))' 2>/dev/null)
+if [ -n "$NCCL_LIB" ] && [ -f "$NCCL_LIB" ]; then
+  mkdir -p "$WORK/nccl" && ln -sf "$NCCL_LIB" "$WORK/nccl/libnccl.so"
+  export LD_LIBRARY_PATH="$WORK/nccl:$LD_LIBRARY_PATH"
 fi
 # This workplace's machines keep NVLink multicast off.
 export NCCL_NVLS_ENABLE=0

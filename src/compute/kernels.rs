@@ -176,6 +176,11 @@ pub trait Kernels: Backend {
         }
     }
 
+    /// Whether [`Kernels::all_reduce_sum`] can run here: `Err` says what is missing.
+    fn collectives() -> Result<(), String> {
+        Err("compute.devices names several devices: only the CUDA backend trains on more than one (set compute.devices = 1)".into())
+    }
+
     /// The element-wise sum of the same-shaped `tensor` held on each of `devices`,
     /// returned on every one of them; each device's thread calls it with its own
     /// tensor and the same `devices`, in the same order of calls.
@@ -372,6 +377,10 @@ mod cuda {
 
         fn device(index: usize) -> Result<Self::Device, String> {
             cuda_device(index)
+        }
+
+        fn collectives() -> Result<(), String> {
+            crate::compute::nccl::check()
         }
 
         fn all_reduce_sum(tensor: Tensor<Self, 1>, devices: &[Self::Device]) -> Tensor<Self, 1> {

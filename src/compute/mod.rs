@@ -41,6 +41,8 @@ pub mod gemm;
 pub mod host_memory;
 pub mod kernels;
 pub mod lora_product;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod reduce;
 pub use devices::Devices;
 pub use dispatch::ComputeError;

@@ -9,13 +9,13 @@
 
 use super::config::Experiment;
 use super::eval::{self, EvalSet};
-use super::optim::{is_embedding_block, AdamW, AdamWConfig};
+use super::optim::{learning_rate_of, AdamW, AdamWConfig};
 use super::plan::Plan;
 use super::recipe_data::RecipeData;
 use super::registry::{self, RegistryError};
 use super::state::{self, Kept, TrainerState};
 use super::{interrupt, loss, parallel, schedule, step, unfreeze};
-use crate::compute::kernels::TrainKernels;
+use crate::compute::kernels::{Kernels, TrainKernels};
 use crate::compute::{Compute, Dtype};
 use crate::data::{self, Tokenizer};
 use crate::model::{load_model_dir, CausalLm, LoraConfig};
@@ -144,59 +144,60 @@ pub fn execute<B: TrainKernels>(
         compute,
         events,
     )?;
-    let new_optimizer = || {
-        AdamW::<B::InnerBackend>::new(AdamWConfig {
-            beta1: settings.optim.beta1,
-            beta2: settings.optim.beta2,
-            eps: settings.optim.eps,
-            weight_decay: settings.optim.weight_decay,
-        })
-    };
-    let mut replicas = Vec::with_capacity(devices.len() - 1);
-    for other in &devices[1..] {
-        let (model, _, _) = start_model::<B>(
-            other,
-            store,
-            &folder,
-            &settings,
-            start.as_ref(),
-            seed,
-            compute,
-            &mut Silent,
-        )?;
-        replicas.push(parallel::Replica {
-            device: other.clone(),
-            model,
-            optimizer: new_optimizer(),
+    // Every other device loads its copy on its own thread, exactly as this one did.
+    let mut parallel = if devices.len() > 1 {
+        B::InnerBackend::collectives().map_err(TrainError::Recipe)?;
+        let parallel = parallel::DataParallel::<B>::start(devices.clone());
+        let (store, folder, settings) = (store.clone(), folder.clone(), Arc::new(settings.clone()));
+        let (start, compute) = (start.clone(), *compute);
+        let made = parallel.on_each(move |_, device, slot| {
+            let (model, _, _) = start_model::<B>(
+                device,
+                &store,
+                &folder,
+                &settings,
+                start.as_ref(),
+                seed,
+                &compute,
+                &mut Silent,
+            )?;
+            *slot = Some(parallel::Replica {
+                model,
+                optimizer: AdamW::new(adamw_config(&settings)),
+            });
+            Ok::<(), TrainError>(())
         });
-    }
-    let mut parallel =
-        (!replicas.is_empty()).then(|| parallel::DataParallel::new(devices.clone(), replicas));
-    if parallel.is_some() {
+        for result in made.map_err(TrainError::Recipe)? {
+            result?;
+        }
         events.message(&format!(
             "training on {} devices (compute.devices = {}), each on an equal share of every batch",
             devices.len(),
             compute.options.devices
         ));
-    }
+        Some(parallel)
+    } else {
+        None
+    };
 
     // Where training stands: fresh, or exactly where the checkpoint left it.
-    let mut optimizer = new_optimizer();
+    let mut optimizer = AdamW::<B::InnerBackend>::new(adamw_config(&settings));
     let mut trainer = TrainerState::default();
     if let (true, Some(checkpoint)) = (resuming, &start) {
         let (restored, moments) =
             state::load_trainer::<B::InnerBackend>(store, checkpoint, device)?;
-        if let Some(parallel) = parallel.as_mut() {
-            let mut failed = None;
-            parallel.for_each(|other, model, optimizer| {
-                match state::load_trainer::<B::InnerBackend>(store, checkpoint, other) {
-                    Ok((_, moments)) => optimizer.import(moments, other),
-                    Err(error) => failed = Some(error),
+        if let Some(parallel) = parallel.as_ref() {
+            let (store, checkpoint) = (store.clone(), checkpoint.clone());
+            let imported = parallel.on_each(move |_, device, slot| {
+                let (_, moments) =
+                    state::load_trainer::<B::InnerBackend>(&store, &checkpoint, device)?;
+                if let Some(replica) = slot.as_mut() {
+                    replica.optimizer.import(moments, device);
                 }
-                model
+                Ok::<(), StoreError>(())
             });
-            if let Some(error) = failed {
-                return Err(error.into());
+            for result in imported.map_err(TrainError::Recipe)? {
+                result?;
             }
         }
         optimizer.import(moments, device);
@@ -273,19 +274,17 @@ pub fn execute<B: TrainKernels>(
                 recorder.retire_checkpoint(id)?;
             }
         }
-        if let Some(parallel) = parallel.as_mut() {
-            parallel.for_each(|_, model, optimizer| {
-                let model = apply_trainability(
-                    model,
-                    adapter.is_some(),
-                    &settings,
-                    trainer.step.max(1),
-                    &mut open_blocks.clone(),
-                    layers,
-                );
-                optimizer.retain(&model.trainable_param_names());
-                model
-            });
+        if let Some(parallel) = parallel.as_ref() {
+            let step = trainer.step.max(1);
+            open_trainable(
+                parallel,
+                &settings,
+                adapter.is_some(),
+                step,
+                &open_blocks,
+                layers,
+            )
+            .map_err(TrainError::Recipe)?;
         }
         model = apply_trainability(
             model,
@@ -335,22 +334,16 @@ pub fn execute<B: TrainKernels>(
                 &mut open_blocks,
                 layers,
             );
-            if let Some(parallel) = parallel.as_mut() {
-                let changed = open_blocks != before;
-                parallel.for_each(|_, model, optimizer| {
-                    let model = apply_trainability(
-                        model,
-                        adapter.is_some(),
-                        &settings,
-                        step,
-                        &mut before.clone(),
-                        layers,
-                    );
-                    if changed {
-                        optimizer.retain(&model.trainable_param_names());
-                    }
-                    model
-                });
+            if let (Some(parallel), true) = (parallel.as_ref(), open_blocks != before) {
+                open_trainable(
+                    parallel,
+                    &settings,
+                    adapter.is_some(),
+                    step,
+                    &before,
+                    layers,
+                )
+                .map_err(TrainError::Recipe)?;
             }
             if open_blocks != before {
                 optimizer.retain(&model.trainable_param_names());
@@ -384,32 +377,18 @@ pub fn execute<B: TrainKernels>(
                 .optim
                 .embedding_lr
                 .map(|e| e * lr / settings.optim.lr);
-            let lr_of = |info: &crate::model::ParamInfo| match embedding_lr {
-                Some(e) if is_embedding_block(info) => e,
-                _ => lr,
-            };
+            let clip = settings.optim.grad_clip;
             let (next, result) = match parallel.as_mut() {
                 Some(parallel) => parallel
-                    .step(
-                        model,
-                        &mut optimizer,
-                        &batches,
-                        settings.optim.grad_clip,
-                        lr_of,
-                    )
+                    .step(model, &mut optimizer, batches, clip, lr, embedding_lr)
                     .map_err(TrainError::Recipe)?,
                 None => {
                     let tensors = batches
                         .iter()
                         .map(|batch| loss::BatchTensors::<B>::new(batch, device))
                         .collect();
-                    step::train_step(
-                        model,
-                        &mut optimizer,
-                        tensors,
-                        settings.optim.grad_clip,
-                        lr_of,
-                    )
+                    let lr_of = learning_rate_of(lr, embedding_lr);
+                    step::train_step(model, &mut optimizer, tensors, clip, lr_of)
                 }
             };
             model = next;
@@ -698,6 +677,44 @@ fn log_steps<I: Backend>(
 }
 
 /// Refuses a compute choice the recipe cannot train with, before anything is written.
+fn adamw_config(settings: &Experiment) -> AdamWConfig {
+    AdamWConfig {
+        beta1: settings.optim.beta1,
+        beta2: settings.optim.beta2,
+        eps: settings.optim.eps,
+        weight_decay: settings.optim.weight_decay,
+    }
+}
+
+/// Makes every other device's copy train what the trainer's does at `step`
+/// (`open_blocks`: the blocks open before this step), dropping optimizer state of what
+/// no longer trains.
+fn open_trainable<B: TrainKernels>(
+    parallel: &parallel::DataParallel<B>,
+    settings: &Experiment,
+    adapter: bool,
+    step: u64,
+    open_blocks: &[crate::model::Block],
+    layers: usize,
+) -> Result<(), String> {
+    let (settings, open_blocks) = (Arc::new(settings.clone()), open_blocks.to_vec());
+    parallel.on_each(move |_, _, slot| {
+        if let Some(replica) = slot.as_mut() {
+            let model = apply_trainability(
+                replica.model.clone(),
+                adapter,
+                &settings,
+                step,
+                &mut open_blocks.clone(),
+                layers,
+            );
+            replica.optimizer.retain(&model.trainable_param_names());
+            replica.model = model;
+        }
+    })?;
+    Ok(())
+}
+
 fn check_compute(settings: &Experiment, compute: &Compute) -> Result<(), TrainError> {
     if compute.options.dtype != settings.compute.dtype {
         return Err(TrainError::Recipe(format!(

@@ -579,6 +579,15 @@ pub fn is_embedding_block(info: &ParamInfo) -> bool {
     !info.is_lora && matches!(info.block, Block::Embeddings | Block::LmHead)
 }
 
+/// Each parameter's learning rate at a step: `lr`, or `embedding_lr` (already on the
+/// same schedule) for the embedding blocks where one is set.
+pub fn learning_rate_of(lr: f64, embedding_lr: Option<f64>) -> impl Fn(&ParamInfo) -> f64 + Copy {
+    move |info| match embedding_lr {
+        Some(e) if is_embedding_block(info) => e,
+        _ => lr,
+    }
+}
+
 /// `model` with the parameters in `updated` (flat, by name) put back in their shapes.
 fn with_updates<A: AutodiffBackend>(
     model: CausalLm<A>,

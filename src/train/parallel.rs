@@ -1,7 +1,10 @@
 //! Data-parallel training on several GPUs of one machine (`compute.devices`).
 //!
-//! One process, one thread per device. Every device holds the whole model and its own
-//! optimizer state. Each micro-batch is cut into contiguous row shares, one per device
+//! One process, one host thread per device for the whole run: the trainer's thread
+//! drives the first device, and every other device has a thread of its own that loads
+//! its copy of the model, restores its optimizer state and runs its share of each step
+//! (a device's tensors are only ever touched by its thread, as on one GPU). Every
+//! device holds the whole model and its own optimizer state. Each micro-batch is cut into contiguous row shares, one per device
 //! (the global batch and the data order are exactly those of one device, so the recipe
 //! means the same thing on any number of devices). A device's loss for its share is
 //! divided by the trained tokens of the *whole* micro-batch, so that the devices'
@@ -19,28 +22,39 @@
 //! hundreds of launches.
 
 use std::collections::BTreeMap;
+use std::sync::{mpsc, Arc};
 
 use super::loss::BatchTensors;
-use super::optim::{AdamW, GradAccumulator};
+use super::optim::{learning_rate_of, AdamW, GradAccumulator};
 use super::step::{backward, update, StepResult};
 use crate::compute::kernels::{Kernels, TrainKernels};
 use crate::compute::Devices;
 use crate::data::Batch;
-use crate::model::{CausalLm, ParamInfo};
+use crate::model::CausalLm;
 use burn::tensor::Tensor;
 
 /// Another device's copy of the model and of the optimizer state.
 pub struct Replica<B: TrainKernels> {
-    pub device: B::Device,
     pub model: CausalLm<B>,
     pub optimizer: AdamW<B::InnerBackend>,
 }
 
-/// The devices of a run beyond the first, the trainer's own.
+/// What a device's thread holds: its copy, once made.
+pub type Slot<B> = Option<Replica<B>>;
+
+type Job<B> = Box<dyn FnOnce(&mut Slot<B>) + Send>;
+
+/// The thread of one device beyond the first.
+struct Worker<B: TrainKernels> {
+    jobs: Option<mpsc::Sender<Job<B>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The devices of a run beyond the first (the trainer's own) and their threads.
 pub struct DataParallel<B: TrainKernels> {
     /// Every device, the trainer's first.
     devices: Vec<B::Device>,
-    pub replicas: Vec<Replica<B>>,
+    workers: Vec<Worker<B>>,
 }
 
 /// The backend's devices that `devices` names, refused naming the key where the
@@ -56,15 +70,75 @@ pub fn share_rows(rank: usize, shares: usize, rows: usize) -> std::ops::Range<us
 }
 
 impl<B: TrainKernels> DataParallel<B> {
-    /// `devices` (the trainer's first) with the copies for the others, which `replicas`
-    /// holds in the same order as `devices[1..]`.
-    pub fn new(devices: Vec<B::Device>, replicas: Vec<Replica<B>>) -> Self {
-        debug_assert_eq!(devices.len(), replicas.len() + 1);
-        DataParallel { devices, replicas }
+    /// Starts a thread for each device of `devices` but the first (the caller's).
+    pub fn start(devices: Vec<B::Device>) -> Self {
+        let workers = (1..devices.len())
+            .map(|rank| {
+                let (jobs, queue) = mpsc::channel::<Job<B>>();
+                let thread = std::thread::Builder::new()
+                    .name(format!("graft-device-{rank}"))
+                    .spawn(move || {
+                        let mut slot: Slot<B> = None;
+                        while let Ok(job) = queue.recv() {
+                            job(&mut slot);
+                        }
+                    })
+                    .expect("a thread for each device");
+                Worker {
+                    jobs: Some(jobs),
+                    thread: Some(thread),
+                }
+            })
+            .collect();
+        DataParallel { devices, workers }
     }
 
     pub fn device_count(&self) -> usize {
         self.devices.len()
+    }
+
+    /// Runs `job(rank, device, slot)` on every other device's thread and waits for
+    /// all of them.
+    pub fn on_each<R: Send + 'static>(
+        &self,
+        job: impl Fn(usize, &B::Device, &mut Slot<B>) -> R + Send + Sync + 'static,
+    ) -> Result<Vec<R>, String> {
+        self.on_each_while(job, || ()).1
+    }
+
+    /// [`DataParallel::on_each`], with `lead` run on this thread while the others work
+    /// (it holds the first device's part of a collective they all take part in).
+    fn on_each_while<R: Send + 'static, T>(
+        &self,
+        job: impl Fn(usize, &B::Device, &mut Slot<B>) -> R + Send + Sync + 'static,
+        lead: impl FnOnce() -> T,
+    ) -> (T, Result<Vec<R>, String>) {
+        let job = Arc::new(job);
+        let replies: Vec<_> = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, worker)| {
+                let (reply, answer) = mpsc::channel();
+                let (job, device, rank) = (job.clone(), self.devices[i + 1].clone(), i + 1);
+                let sent = worker.jobs.as_ref().map(|jobs| {
+                    jobs.send(Box::new(move |slot: &mut Slot<B>| {
+                        let _ = reply.send(job(rank, &device, slot));
+                    }))
+                });
+                (rank, answer, sent)
+            })
+            .collect();
+        let lead = lead();
+        let results = replies
+            .into_iter()
+            .map(|(rank, answer, _)| {
+                answer.recv().map_err(|_| {
+                    format!("the thread of device {rank} (of compute.devices) stopped; see its panic above")
+                })
+            })
+            .collect();
+        (lead, results)
     }
 
     /// One optimizer step over the micro-batches `batches` on every device; returns the
@@ -73,9 +147,10 @@ impl<B: TrainKernels> DataParallel<B> {
         &mut self,
         model: CausalLm<B>,
         optimizer: &mut AdamW<B::InnerBackend>,
-        batches: &[Batch],
+        batches: Vec<Batch>,
         clip: f64,
-        lr_of: impl Fn(&ParamInfo) -> f64 + Sync,
+        lr: f64,
+        embedding_lr: Option<f64>,
     ) -> Result<(CausalLm<B>, StepResult<B::InnerBackend>), String> {
         let shares = self.devices.len();
         if let Some(short) = batches.iter().find(|b| b.batch < shares) {
@@ -84,61 +159,85 @@ impl<B: TrainKernels> DataParallel<B> {
                 short.batch
             ));
         }
-        let devices = &self.devices;
-        let lr_of = &lr_of;
-        let step_on = move |rank: usize, model: CausalLm<B>, optimizer: &mut AdamW<_>| {
-            let device = &devices[rank];
-            let parts = batches
-                .iter()
-                .map(|batch| {
-                    let rows = batch.rows(share_rows(rank, shares, batch.batch));
-                    let denominator = batch.trained_tokens().max(1) as f64;
-                    (BatchTensors::<B>::new(&rows, device), denominator)
-                })
-                .collect();
-            let (grads, losses) = backward(&model, parts);
-            let (grads, losses) = sum_over_devices(grads, losses, devices);
-            update(model, optimizer, grads, losses, batches.len(), clip, lr_of)
-        };
-        let replicas = std::mem::take(&mut self.replicas);
-        let (lead, replicas) = std::thread::scope(|scope| {
-            let workers: Vec<_> = replicas
-                .into_iter()
-                .enumerate()
-                .map(|(i, mut replica)| {
-                    scope.spawn(move || {
-                        let (model, _) = step_on(i + 1, replica.model, &mut replica.optimizer);
-                        replica.model = model;
-                        replica
-                    })
-                })
-                .collect();
-            let lead = step_on(0, model, optimizer);
-            let replicas: Vec<Replica<B>> = workers
-                .into_iter()
-                .map(|worker| {
-                    worker
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect();
-            (lead, replicas)
-        });
-        self.replicas = replicas;
+        let batches = Arc::new(batches);
+        let devices = Arc::new(self.devices.clone());
+        let (theirs, all) = (batches.clone(), devices.clone());
+        let (lead, others) = self.on_each_while(
+            move |rank, _, slot| {
+                let Replica {
+                    model,
+                    mut optimizer,
+                } = slot.take().expect("the copy was made");
+                let (model, _) = device_step(
+                    rank,
+                    model,
+                    &mut optimizer,
+                    &theirs,
+                    &all,
+                    clip,
+                    lr,
+                    embedding_lr,
+                );
+                *slot = Some(Replica { model, optimizer });
+            },
+            || {
+                device_step(
+                    0,
+                    model,
+                    optimizer,
+                    &batches,
+                    &devices,
+                    clip,
+                    lr,
+                    embedding_lr,
+                )
+            },
+        );
+        others?;
         Ok(lead)
     }
+}
 
-    /// Applies `change` to every other device's model and optimizer (what the trainer
-    /// did to its own: opening blocks, restoring moments).
-    pub fn for_each(
-        &mut self,
-        mut change: impl FnMut(&B::Device, CausalLm<B>, &mut AdamW<B::InnerBackend>) -> CausalLm<B>,
-    ) {
-        for replica in &mut self.replicas {
-            let model = replica.model.clone();
-            replica.model = change(&replica.device, model, &mut replica.optimizer);
+impl<B: TrainKernels> Drop for DataParallel<B> {
+    fn drop(&mut self) {
+        for worker in &mut self.workers {
+            drop(worker.jobs.take());
+        }
+        for worker in &mut self.workers {
+            if let Some(thread) = worker.thread.take() {
+                let _ = thread.join();
+            }
         }
     }
+}
+
+/// Device `rank`'s part of a step: its rows of each micro-batch, forward and backward,
+/// the sum across devices, and the (identical) update.
+#[allow(clippy::too_many_arguments)]
+fn device_step<B: TrainKernels>(
+    rank: usize,
+    model: CausalLm<B>,
+    optimizer: &mut AdamW<B::InnerBackend>,
+    batches: &[Batch],
+    devices: &[B::Device],
+    clip: f64,
+    lr: f64,
+    embedding_lr: Option<f64>,
+) -> (CausalLm<B>, StepResult<B::InnerBackend>) {
+    let shares = devices.len();
+    let device = &devices[rank];
+    let parts = batches
+        .iter()
+        .map(|batch| {
+            let rows = batch.rows(share_rows(rank, shares, batch.batch));
+            let denominator = batch.trained_tokens().max(1) as f64;
+            (BatchTensors::<B>::new(&rows, device), denominator)
+        })
+        .collect();
+    let (grads, losses) = backward(&model, parts);
+    let (grads, losses) = sum_over_devices(grads, losses, devices);
+    let lr_of = learning_rate_of(lr, embedding_lr);
+    update(model, optimizer, grads, losses, batches.len(), clip, lr_of)
 }
 
 /// Each gradient and the loss parts summed across `devices`: one flat buffer per dtype,
