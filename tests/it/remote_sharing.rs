@@ -597,8 +597,10 @@ fn use_emulator(emulator: &Emulator) {
     });
 }
 
-#[test]
-fn a_lineage_pushed_to_an_s3_emulator_clones_with_the_same_answers_and_reproduces() {
+/// Run `body` in a fresh workspace with this thread's grafts pointed at a
+/// fresh emulator (said and skipped when moto is not installed; `.ci/run`
+/// installs it).
+fn on_emulator(body: impl FnOnce(&Path)) {
     let emulator = match start_emulator() {
         Ok(emulator) => emulator,
         Err(why) => {
@@ -608,7 +610,12 @@ fn a_lineage_pushed_to_an_s3_emulator_clones_with_the_same_answers_and_reproduce
     };
     use_emulator(&emulator);
     let work = workspace();
-    round_trip(work.path(), "s3://graft/team/record");
+    body(work.path());
+}
+
+#[test]
+fn a_lineage_pushed_to_an_s3_emulator_clones_with_the_same_answers_and_reproduces() {
+    on_emulator(|work| round_trip(work, "s3://graft/team/record"));
 }
 
 /// Kill `args` with SIGKILL after `delay_ms`, slowed so the kill lands
@@ -688,14 +695,32 @@ fn push_and_pull_killed_part_way_complete_on_a_rerun_and_verify_clean() {
     }
 }
 
+/// A fork of task-a@best that is not task-b (which is the same fork at the
+/// default rate): a new run.
+const NEW_FORK: [&str; 6] = [
+    "fork",
+    "task-a@best",
+    "b.toml",
+    "--set",
+    "optim.lr=1e-3",
+    "-q",
+];
+
+/// Tasks A and B trained in `work/origin` and pushed to the folder remote
+/// `hub` at `work/hub`; returns (origin, hub folder).
+fn pushed_lineage(work: &Path) -> (PathBuf, PathBuf) {
+    let hub = work.join("hub");
+    let origin = work.join("origin");
+    train_lineage(work, &origin);
+    graft_ok(&origin, &["remote", "add", "hub", &folder_url(&hub)]);
+    graft_ok(&origin, &["push", "hub"]);
+    (origin, hub)
+}
+
 #[test]
 fn a_damaged_checkpoint_object_on_the_remote_is_refused_by_name_and_nothing_is_written() {
     let work = workspace();
-    let hub = work.path().join("hub");
-    let origin = work.path().join("origin");
-    train_lineage(work.path(), &origin);
-    graft_ok(&origin, &["remote", "add", "hub", &folder_url(&hub)]);
-    graft_ok(&origin, &["push", "hub"]);
+    let (origin, hub) = pushed_lineage(work.path());
     // Damage one object of the checkpoint a fork would start from.
     let name = checkpoint_objects(&origin, "task-a@best")[0].clone();
     let damaged = object_path(&hub.join("objects"), &name);
@@ -707,18 +732,7 @@ fn a_damaged_checkpoint_object_on_the_remote_is_refused_by_name_and_nothing_is_w
     graft_ok(&copy, &["verify"]);
     // The fork that needs it fetches it, refuses it by name, and writes nothing.
     let runs_before = json(&graft_ok(&copy, &["log", "--json"]));
-    let output = run_in(
-        work.path(),
-        &copy,
-        &[
-            "fork",
-            "task-a@best",
-            "b.toml",
-            "--set",
-            "optim.lr=1e-3",
-            "-q",
-        ],
-    );
+    let output = run_in(work.path(), &copy, &NEW_FORK);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let message = stderr(&output);
     assert!(
@@ -764,46 +778,22 @@ fn a_damaged_checkpoint_object_on_the_remote_is_refused_by_name_and_nothing_is_w
     graft_ok(&origin, &["push", "hub"]);
     graft_ok(&store, &["pull", "hub", "--with-objects"]);
     graft_ok(&store, &["verify"]);
-    ok_in(
-        work.path(),
-        &copy,
-        &[
-            "fork",
-            "task-a@best",
-            "b.toml",
-            "--set",
-            "optim.lr=1e-3",
-            "-q",
-        ],
-    );
+    ok_in(work.path(), &copy, &NEW_FORK);
     assert!(has_object(&copy, &name));
     graft_ok(&copy, &["verify"]);
 }
 
 #[test]
-fn a_fork_in_a_metadata_only_clone_names_the_remote_it_cannot_reach() {
+fn a_metadata_only_clone_names_the_remote_holding_tensors_it_cannot_fetch_or_push() {
     let work = workspace();
-    let hub = work.path().join("hub");
-    let origin = work.path().join("origin");
-    train_lineage(work.path(), &origin);
-    graft_ok(&origin, &["remote", "add", "hub", &folder_url(&hub)]);
-    graft_ok(&origin, &["push", "hub"]);
+    let (_, hub) = pushed_lineage(work.path());
     let copy = work.path().join("copy");
     clone(work.path(), &folder_url(&hub), &copy);
     let runs_before = json(&graft_ok(&copy, &["log", "--json"]));
 
     let moved = work.path().join("hub-moved");
     std::fs::rename(&hub, &moved).unwrap();
-    // task-b is this fork with the default rate; another rate is a new run.
-    let fork = [
-        "fork",
-        "task-a@best",
-        "b.toml",
-        "--set",
-        "optim.lr=1e-3",
-        "-q",
-    ];
-    let output = run_in(work.path(), &copy, &fork);
+    let output = run_in(work.path(), &copy, &NEW_FORK);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let message = stderr(&output);
     assert!(
@@ -828,13 +818,33 @@ fn a_fork_in_a_metadata_only_clone_names_the_remote_it_cannot_reach() {
     );
 
     std::fs::rename(&moved, &hub).unwrap();
-    ok_in(work.path(), &copy, &fork);
+    ok_in(work.path(), &copy, &NEW_FORK);
     ok_in(
         work.path(),
         &copy,
         &["export", "task-a@best", "--peft", "adapter-out"],
     );
     graft_ok(&copy, &["verify"]);
+
+    // A push elsewhere cannot send tensors it never fetched: it names them
+    // and the remote that holds them, then succeeds once they are here.
+    let other = folder_url(&work.path().join("other"));
+    graft_ok(&copy, &["remote", "add", "other", &other]);
+    let output = graft(&copy, &["push", "other"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("remote `origin`") && message.contains("pull origin --with-objects"),
+        "{message}"
+    );
+    graft_ok(&copy, &["pull", "origin", "--with-objects"]);
+    graft_ok(&copy, &["push", "other"]);
+    let third = work.path().join("third");
+    clone(work.path(), &other, &third);
+    assert_eq!(
+        graft_ok(&third, &["log", "--graph"]),
+        graft_ok(&copy, &["log", "--graph"])
+    );
 }
 
 /// Alice's push reads tag `pick` on the remote and stops just before its
@@ -906,14 +916,5 @@ fn a_tag_moved_on_a_folder_remote_during_a_push_is_refused_without_force() {
 
 #[test]
 fn a_tag_moved_on_an_s3_emulator_during_a_push_is_refused_by_its_conditional_write() {
-    let emulator = match start_emulator() {
-        Ok(emulator) => emulator,
-        Err(why) => {
-            eprintln!("SKIPPED: no S3 emulator: {why}");
-            return;
-        }
-    };
-    use_emulator(&emulator);
-    let work = workspace();
-    a_tag_moved_during_a_push_is_refused(work.path(), "s3://graft/team/tags");
+    on_emulator(|work| a_tag_moved_during_a_push_is_refused(work, "s3://graft/team/tags"));
 }
