@@ -75,12 +75,11 @@ pub enum RemoteError {
     Invalid { url: String, problems: Vec<String> },
     #[error("object {id} ({owner}) is missing from this store")]
     MissingLocalObject { id: Id, owner: String },
-    #[error("object {id} ({owner}) is not in this store; a metadata-only pull left it on remote `{remote}` ({remote_url}), and {url} does not have it either")]
+    #[error("object {id} ({owner}) is not in this store; a metadata-only pull left it on remote `{remote}`, and {url} does not have it either")]
     OnlyOnOtherRemote {
         id: Id,
         owner: String,
         remote: String,
-        remote_url: String,
         url: String,
     },
     #[error("the tensors of checkpoint {checkpoint} ({objects} objects) are not in this store, and no remote that holds them can be reached:\n  {}", tried.join("\n  "))]

@@ -284,7 +284,6 @@ fn check_here(store: &Store, needed: &BTreeMap<Id, String>, url: &str) -> Result
             id: *id,
             owner: owner.clone(),
             remote: remote.name,
-            remote_url: remote.url,
             url: url.to_string(),
         },
         None => RemoteError::MissingLocalObject {
