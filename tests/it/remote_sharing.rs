@@ -786,7 +786,7 @@ fn a_damaged_checkpoint_object_on_the_remote_is_refused_by_name_and_nothing_is_w
 #[test]
 fn a_metadata_only_clone_names_the_remote_holding_tensors_it_cannot_fetch_or_push() {
     let work = workspace();
-    let (_, hub) = pushed_lineage(work.path());
+    let (origin, hub) = pushed_lineage(work.path());
     let copy = work.path().join("copy");
     clone(work.path(), &folder_url(&hub), &copy);
     let runs_before = json(&graft_ok(&copy, &["log", "--json"]));
@@ -817,7 +817,22 @@ fn a_metadata_only_clone_names_the_remote_holding_tensors_it_cannot_fetch_or_pus
         stderr(&output)
     );
 
+    // So is evaluating the last checkpoint of task-b.
+    let eval = ["eval", "task-b", "--data", "arith-val.jsonl", "--json"];
+    let output = run_in(work.path(), &copy, &eval);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("remote `origin`"),
+        "{}",
+        stderr(&output)
+    );
+
     std::fs::rename(&moved, &hub).unwrap();
+    assert_eq!(
+        json(&ok_in(work.path(), &copy, &eval)),
+        json(&ok_in(work.path(), &origin, &eval)),
+        "the fetched checkpoint evaluates as in the origin"
+    );
     ok_in(work.path(), &copy, &NEW_FORK);
     ok_in(
         work.path(),
