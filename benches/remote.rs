@@ -1,9 +1,12 @@
-//! Remote sharing benchmark: push, clone and pull of a synthetic store
-//! against a folder remote and, when moto is installed, an S3 emulator on
-//! 127.0.0.1. Prints MB/s and times, one line per figure. Run with
-//! `cargo bench --bench remote`; scale with GRAFT_BENCH_RUNS (default 1000),
-//! GRAFT_BENCH_POINTS (metric points in all, default 1,000,000) and
-//! GRAFT_BENCH_MB (object bytes in all, default 256).
+//! Remote sharing benchmark: push, metadata-only clone, lazy fetch of one
+//! checkpoint and pull of every object, for a synthetic store against a
+//! folder remote and, when moto is installed, an S3 emulator on 127.0.0.1.
+//! Prints MB/s and times, one line per figure, with the CPU seconds graft
+//! and the emulator each spent on a transfer (which of the two is the
+//! limit). Run with `cargo bench --bench remote`; the default scale is the
+//! one issue 19 names; GRAFT_BENCH_RUNS (default 1000), GRAFT_BENCH_POINTS
+//! (metric points in all, default 10,000,000) and GRAFT_BENCH_MB (object
+//! bytes in all, default 2048) change it.
 
 use graft::store::remote::{self, PullOptions, PushOptions, Silent};
 use graft::store::*;
@@ -101,53 +104,116 @@ fn build(root: &Path, runs: u64, points: u64, megabytes: u64) {
 }
 
 fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
-    bytes as f64 / (1 << 20) as f64 / seconds
+    bytes as f64 / 1e6 / seconds
 }
 
-fn measure(label: &str, origin: &Store, url: &str, work: &Path) {
+/// CPU seconds used so far by this process and by the emulator (if any).
+#[derive(Clone, Copy)]
+struct Cpu {
+    graft: f64,
+    emulator: f64,
+}
+
+fn cpu_now(emulator: Option<u32>) -> Cpu {
+    // SAFETY: getrusage writes into the struct it is given.
+    let graft = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    };
+    // utime and stime are fields 14 and 15 of /proc/PID/stat, in ticks
+    // (fields counted after the parenthesised command name).
+    let emulator = emulator
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .and_then(|stat| {
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            // SAFETY: sysconf only reads a constant.
+            Some(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+        })
+        .unwrap_or(0.0);
+    Cpu { graft, emulator }
+}
+
+fn cpu_line(before: Cpu, after: Cpu, emulator: Option<u32>) -> String {
+    match emulator {
+        Some(_) => format!(
+            "CPU: graft {:.1} s, emulator {:.1} s",
+            after.graft - before.graft,
+            after.emulator - before.emulator
+        ),
+        None => format!("CPU: graft {:.1} s", after.graft - before.graft),
+    }
+}
+
+fn measure(label: &str, origin: &Store, url: &str, work: &Path, emulator: Option<u32>) {
     let _ = remote::remove(origin.root(), "bench");
     remote::add(origin.root(), "bench", url).unwrap();
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_now(emulator));
     let pushed = remote::push(origin, "bench", &PushOptions::default(), Arc::new(Silent)).unwrap();
     let push_time = start.elapsed().as_secs_f64();
     println!(
-        "{label}: push {} objects ({:.1} MiB) and {} records in {:.2} s: {:.1} MB/s",
+        "{label}: push {} objects ({:.1} MB) and {} records in {:.2} s: objects at {:.1} MB/s over the whole push ({})",
         pushed.objects_sent,
-        pushed.bytes_sent as f64 / (1 << 20) as f64,
+        pushed.bytes_sent as f64 / 1e6,
         pushed.records_sent.values().sum::<usize>(),
         push_time,
-        mb_per_s(pushed.bytes_sent, push_time)
+        mb_per_s(pushed.bytes_sent, push_time),
+        cpu_line(cpu, cpu_now(emulator), emulator)
     );
 
+    // What a colleague does first: a clone without checkpoint tensors,
+    // usable (log, lineage, metrics, fork) when it returns.
     let copy = work.join(format!("{label}-clone"));
-    let start = Instant::now();
-    let (_, pulled) = remote::clone(url, &copy, Arc::new(Silent)).unwrap();
-    let clone_time = start.elapsed().as_secs_f64();
+    let (start, cpu) = (Instant::now(), cpu_now(emulator));
+    let (store, pulled) = remote::clone(url, &copy, false, Arc::new(Silent)).unwrap();
     println!(
-        "{label}: clone with objects ({:.1} MiB, {} runs) in {:.2} s: {:.1} MB/s",
-        pulled.bytes_received as f64 / (1 << 20) as f64,
+        "{label}: metadata-only clone ({} runs, {} metric points, {} checkpoints' tensors left on the remote) in {:.2} s ({})",
         pulled.records_added.runs,
-        clone_time,
-        mb_per_s(pulled.bytes_received, clone_time)
+        pulled.records_added.metric_points,
+        pulled.checkpoints_left_on_remote,
+        start.elapsed().as_secs_f64(),
+        cpu_line(cpu, cpu_now(emulator), emulator)
     );
 
-    // The metadata part of a clone alone: a store that already holds the
-    // objects (hard links) pulls the record.
-    let seeded = work.join(format!("{label}-seeded"));
-    let store = Store::init(&seeded).unwrap();
-    for id in origin.objects().list().unwrap().objects {
-        let target = store.objects().path_of(&id);
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::hard_link(origin.objects().path_of(&id), target).unwrap();
-    }
-    remote::add(&seeded, "origin", url).unwrap();
+    // The lazy fetch a fork of the newest run's checkpoint does.
+    let checkpoint = {
+        let index = store.index().unwrap();
+        let newest = index
+            .all_runs()
+            .unwrap()
+            .into_iter()
+            .max_by_key(|r| r.seq)
+            .unwrap();
+        index
+            .checkpoint(&index.resolve_checkpoint(&newest.id.to_hex()).unwrap())
+            .unwrap()
+    };
     let start = Instant::now();
-    let report = remote::pull(&store, "origin", &PullOptions::default(), Arc::new(Silent)).unwrap();
+    store.checkpoint_objects_here(&checkpoint).unwrap();
     println!(
-        "{label}: metadata-only clone (objects already here; {} runs, {} metric points) in {:.2} s",
-        report.records_added.runs,
-        report.records_added.metric_points,
+        "{label}: lazy fetch of one checkpoint ({} objects) in {:.3} s",
+        checkpoint.tensors.len() + checkpoint.state.len(),
         start.elapsed().as_secs_f64()
+    );
+
+    let (start, cpu) = (Instant::now(), cpu_now(emulator));
+    let options = PullOptions {
+        with_objects: true,
+        ..PullOptions::default()
+    };
+    let report = remote::pull(&store, "origin", &options, Arc::new(Silent)).unwrap();
+    let pull_time = start.elapsed().as_secs_f64();
+    println!(
+        "{label}: pull --with-objects of the rest: {} objects ({:.1} MB) in {:.2} s: {:.1} MB/s ({})",
+        report.objects_received,
+        report.bytes_received as f64 / 1e6,
+        pull_time,
+        mb_per_s(report.bytes_received, pull_time),
+        cpu_line(cpu, cpu_now(emulator), emulator)
     );
 }
 
@@ -214,8 +280,8 @@ fn emulator() -> Option<(Emulator, String)> {
 
 fn main() {
     let runs = setting("GRAFT_BENCH_RUNS", 1000);
-    let points = setting("GRAFT_BENCH_POINTS", 1_000_000);
-    let megabytes = setting("GRAFT_BENCH_MB", 256);
+    let points = setting("GRAFT_BENCH_POINTS", 10_000_000);
+    let megabytes = setting("GRAFT_BENCH_MB", 2048);
     println!(
         "graft remote benchmark ({} cores): {runs} runs, {points} metric points, {megabytes} MiB of objects",
         std::thread::available_parallelism()
@@ -234,15 +300,23 @@ fn main() {
         &origin,
         &format!("file://{}", folder.display()),
         work.path(),
+        None,
     );
 
-    if let Some((_guard, endpoint)) = emulator() {
+    if let Some((guard, endpoint)) = emulator() {
+        let pid = guard.0.id();
         // SAFETY (edition 2024 wording): set before any other thread reads
         // the environment; the benchmark is single threaded here.
         std::env::set_var("AWS_ACCESS_KEY_ID", "bench");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "bench");
         std::env::set_var("AWS_DEFAULT_REGION", "us-east-1");
         std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
-        measure("s3-moto", &origin, "s3://graft/bench", work.path());
+        measure(
+            "s3-moto",
+            &origin,
+            "s3://graft/bench",
+            work.path(),
+            Some(pid),
+        );
     }
 }

@@ -12,13 +12,24 @@ pub struct Args {
     pub url: String,
     /// The new store's folder (must not exist, or be empty).
     pub dir: PathBuf,
+    /// Fetch checkpoint tensors now. Without it the clone holds the whole
+    /// record (runs, lineage, metrics, datasets, models) and fetches a
+    /// checkpoint's tensors from `origin` when it is first loaded (`fork`,
+    /// `export`, `eval`, `generate`, `resume`, `reproduce`).
+    #[arg(long)]
+    pub with_objects: bool,
     /// Print the report as JSON (and draw no progress bar).
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: Args, _context: &Context) -> CliResult {
-    let (_, report) = remote::clone(&args.url, &args.dir, TransferBar::new(args.json))?;
+    let (_, report) = remote::clone(
+        &args.url,
+        &args.dir,
+        args.with_objects,
+        TransferBar::new(args.json),
+    )?;
     super::pull::render(
         &report,
         args.json,

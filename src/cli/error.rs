@@ -86,6 +86,9 @@ impl std::fmt::Display for CliError {
 
 impl From<StoreError> for CliError {
     fn from(e: StoreError) -> Self {
+        if let StoreError::Remote(inner) = e {
+            return (*inner).into();
+        }
         let kind = match &e {
             StoreError::NotAStore { .. }
             | StoreError::UnknownRef { .. }

@@ -39,6 +39,7 @@ use crate::store::Store;
 use clap::{Parser, Subcommand};
 pub use error::{CliError, CliResult, ErrorKind};
 use std::path::PathBuf;
+use transfer_progress::TransferBar;
 
 /// graft: continued fine-tuning of language models, with every run recorded
 /// by the hash of its recipe so it can be forked, traced and reproduced.
@@ -129,12 +130,12 @@ pub struct Context {
 impl Context {
     /// Open the existing store; an error tells how to create one.
     pub fn store(&self) -> CliResult<Store> {
-        Ok(Store::open(&self.store_root)?)
+        Ok(Store::open(&self.store_root)?.with_fetch_progress(TransferBar::new(false)))
     }
 
     /// Open the store, creating it if needed (for commands that write runs).
     pub fn store_or_init(&self) -> CliResult<Store> {
-        Ok(Store::open_or_init(&self.store_root)?)
+        Ok(Store::open_or_init(&self.store_root)?.with_fetch_progress(TransferBar::new(false)))
     }
 }
 

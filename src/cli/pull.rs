@@ -1,5 +1,6 @@
 //! `graft pull NAME [REF...]`: bring a remote's record (or the named runs
-//! with their ancestry and metrics) into this store, every object verified.
+//! with their ancestry and metrics) into this store, every object verified;
+//! checkpoint tensors stay on the remote unless `--with-objects`.
 
 use super::transfer_progress::TransferBar;
 use super::{output, CliResult, Context};
@@ -16,6 +17,12 @@ pub struct Args {
     /// Take the remote's target for tags that name something else here.
     #[arg(long)]
     pub force: bool,
+    /// Fetch checkpoint tensors now. Without it only the record comes (runs,
+    /// ancestry, metrics, datasets, models): a checkpoint's tensors are
+    /// fetched from this remote when `fork`, `export`, `eval`, `generate`,
+    /// `resume` or `reproduce` first loads it.
+    #[arg(long)]
+    pub with_objects: bool,
     /// Print the report as JSON (and draw no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -26,6 +33,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let options = PullOptions {
         refs: args.refs,
         force: args.force,
+        with_objects: args.with_objects,
     };
     let report = remote::pull(&store, &args.remote, &options, TransferBar::new(args.json))?;
     render(&report, args.json, "pulled from")
@@ -48,6 +56,18 @@ pub fn render(report: &PullReport, json: bool, verb: &str) -> CliResult {
         output::bytes(report.bytes_received),
         report.objects_already_here,
     ));
+    if report.checkpoints_left_on_remote > 0 {
+        output::println_safe(&format!(
+            "  {} left on {} ({}); fetched when first used, or now with --with-objects",
+            output::count(
+                report.checkpoints_left_on_remote,
+                "checkpoint's tensors",
+                "checkpoints' tensors"
+            ),
+            report.remote,
+            output::count(report.objects_left_on_remote, "object", "objects"),
+        ));
+    }
     for tag in &report.tags {
         output::println_safe(&format!(
             "  tag {} -> {} ({})",

@@ -11,7 +11,8 @@ pub struct TransferBar {
 
 impl TransferBar {
     /// `hidden`: draw nothing (`--json`). indicatif draws nothing either when
-    /// stderr is not a terminal.
+    /// stderr is not a terminal. A transfer that begins with 0 bytes learns
+    /// its total as each file's size arrives (`expect`).
     pub fn new(hidden: bool) -> Arc<TransferBar> {
         Arc::new(TransferBar {
             hidden,
@@ -36,6 +37,14 @@ impl Progress for TransferBar {
         bar.set_prefix(format!("{what}: {items} files"));
         if let Ok(mut slot) = self.bar.lock() {
             *slot = Some(bar);
+        }
+    }
+
+    fn expect(&self, bytes: u64) {
+        if let Ok(slot) = self.bar.lock() {
+            if let Some(bar) = slot.as_ref() {
+                bar.inc_length(bytes);
+            }
         }
     }
 

@@ -1,5 +1,7 @@
 //! `graft verify`: re-hash every object and check every reference between
-//! records. Exits 1 when anything is wrong.
+//! records. Exits 1 when anything is wrong; checkpoint tensors that a
+//! metadata-only pull left on a remote are listed with where they are, and
+//! are not a problem.
 
 use super::{output, CliError, CliResult, Context};
 
@@ -12,8 +14,18 @@ pub struct Args {
 
 pub fn run(args: Args, context: &Context) -> CliResult {
     let store = context.store()?;
+    let left_on_remote = crate::store::remote::lazy::holders(store.root())?
+        .into_iter()
+        .map(|(checkpoint, remotes)| {
+            let places: Vec<String> = remotes
+                .iter()
+                .map(|r| format!("remote `{}` ({})", r.name, r.url))
+                .collect();
+            (checkpoint, places.join(" or "))
+        })
+        .collect();
     let index = store.index()?;
-    let mut report = crate::store::verify::verify(&index, store.objects())?;
+    let mut report = crate::store::verify::verify(&index, store.objects(), &left_on_remote)?;
     for model in index.models()? {
         report
             .changed_model_files
@@ -31,14 +43,25 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         {
             output::println_safe(line);
         }
+        for line in &report.on_remote {
+            output::println_safe(&format!("not here: {line}"));
+        }
         output::println_safe(&format!(
-            "checked {} objects and {} records: {}",
+            "checked {} objects and {} records: {}{}",
             report.objects_checked,
             report.records_checked,
             if report.is_clean() {
                 "ok"
             } else {
                 "PROBLEMS FOUND"
+            },
+            if report.on_remote.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} on remotes, not here",
+                    output::count(report.objects_on_remote, "object", "objects")
+                )
             }
         ));
     }

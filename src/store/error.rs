@@ -40,6 +40,9 @@ pub enum StoreError {
     NotFound { kind: &'static str, id: Id },
     #[error("tag `{name}` is not valid: {reason}")]
     BadTagName { name: String, reason: String },
+    /// A checkpoint's objects had to come from a remote, and did not.
+    #[error(transparent)]
+    Remote(Box<super::remote::RemoteError>),
 }
 
 impl StoreError {

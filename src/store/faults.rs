@@ -44,3 +44,21 @@ pub fn lock_timeout_ms() -> Option<u64> {
         .ok()
         .and_then(|v| v.parse().ok())
 }
+
+/// `GRAFT_PAUSE_BEFORE_TAG_WRITE=PATH`: before each conditional write of a
+/// tag, a push creates PATH and waits (a minute at most) until it is gone,
+/// so a test can move the tag on the remote between the push's read and its
+/// write, where only the remote's compare-and-swap can catch it.
+pub fn pause_before_tag_write() {
+    let Some(path) = std::env::var_os("GRAFT_PAUSE_BEFORE_TAG_WRITE") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    if std::fs::write(&path, b"").is_err() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

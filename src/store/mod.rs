@@ -42,10 +42,18 @@ pub const STORE_ENV: &str = "GRAFT_STORE";
 /// The default store location, relative to the working directory.
 pub const DEFAULT_STORE: &str = "store";
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     root: PathBuf,
     objects: ObjectStore,
+    /// Reports the fetch of checkpoint tensors left on a remote.
+    fetch_progress: std::sync::Arc<dyn remote::Progress>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
 }
 
 impl Store {
@@ -84,7 +92,27 @@ impl Store {
         Store {
             root: root.to_path_buf(),
             objects: ObjectStore::new(root.join("objects")),
+            fetch_progress: std::sync::Arc::new(remote::Silent),
         }
+    }
+
+    /// Report fetches of checkpoint tensors from a remote to `progress`
+    /// (the CLI draws a bar).
+    pub fn with_fetch_progress(mut self, progress: std::sync::Arc<dyn remote::Progress>) -> Store {
+        self.fetch_progress = progress;
+        self
+    }
+
+    /// Make sure every object of `checkpoint` is here: those a metadata-only
+    /// pull left on a remote are fetched from it, verified, before anything
+    /// reads them.
+    pub fn checkpoint_objects_here(&self, checkpoint: &CheckpointRecord) -> Result<()> {
+        remote::lazy::fetch_checkpoint(self, checkpoint, self.fetch_progress.clone())
+            .map(|_| ())
+            .map_err(|e| match e {
+                remote::RemoteError::Store(inner) => inner,
+                other => StoreError::Remote(Box::new(other)),
+            })
     }
 
     pub fn root(&self) -> &Path {

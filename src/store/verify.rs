@@ -1,11 +1,13 @@
 //! Integrity check: re-hash every object and check every reference between
-//! records.
+//! records. A checkpoint whose objects a metadata-only pull left on a remote
+//! is not damaged: it is listed apart, with where its objects live.
 
 use super::adapters::{read_adapter, recipe_adapter};
 use super::canonical::Id;
 use super::error::{Result, StoreError};
 use super::index::Index;
 use super::objects::ObjectStore;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct VerifyReport {
@@ -17,6 +19,11 @@ pub struct VerifyReport {
     pub dangling: Vec<String>,
     /// Records that cannot be decoded.
     pub unreadable: Vec<String>,
+    /// Checkpoints whose objects are not here but on a remote (a
+    /// metadata-only pull left them there; they are fetched when used).
+    /// Not a problem.
+    pub on_remote: Vec<String>,
+    pub objects_on_remote: usize,
     /// Files of models referenced in place that no longer hash as registered,
     /// each line naming the file. The store cannot read weight files: the
     /// caller fills this in (`crate::train::registry::check_model_folder`).
@@ -32,7 +39,13 @@ impl VerifyReport {
     }
 }
 
-pub fn verify(index: &Index, objects: &ObjectStore) -> Result<VerifyReport> {
+/// `left_on_remote`: checkpoint -> where a metadata-only pull left its
+/// objects (see [`super::remote::lazy::holders`]).
+pub fn verify(
+    index: &Index,
+    objects: &ObjectStore,
+    left_on_remote: &BTreeMap<Id, String>,
+) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let listing = objects.list()?;
     for id in &listing.objects {
@@ -166,9 +179,26 @@ pub fn verify(index: &Index, objects: &ObjectStore) -> Result<VerifyReport> {
                     .push(format!("{owner} has parent {parent}, which is missing"));
             }
         }
-        if !checkpoint.retired {
-            for (name, id) in checkpoint.tensors.iter().chain(checkpoint.state.iter()) {
-                need_object(&mut report, format!("{owner} `{name}`"), id);
+        if checkpoint.retired {
+            continue;
+        }
+        let absent = checkpoint
+            .tensors
+            .values()
+            .chain(checkpoint.state.values())
+            .filter(|id| !objects.contains(id))
+            .count();
+        match left_on_remote.get(&checkpoint.id) {
+            Some(place) if absent > 0 => {
+                report.objects_on_remote += absent;
+                report.on_remote.push(format!(
+                    "{owner}: {absent} objects not here, on {place} (fetched when first used)"
+                ));
+            }
+            _ => {
+                for (name, id) in checkpoint.tensors.iter().chain(checkpoint.state.iter()) {
+                    need_object(&mut report, format!("{owner} `{name}`"), id);
+                }
             }
         }
     }

@@ -166,6 +166,7 @@ pub fn load_tensors(
     store: &Store,
     checkpoint: &CheckpointRecord,
 ) -> Result<HashMap<String, TensorData>, StoreError> {
+    store.checkpoint_objects_here(checkpoint)?;
     checkpoint
         .tensors
         .iter()
@@ -190,6 +191,7 @@ pub fn load_adapter_config(
     let Some(id) = checkpoint.state.get(ADAPTER_KEY) else {
         return Ok(None);
     };
+    store.checkpoint_objects_here(checkpoint)?;
     let bytes = store.objects().get(id)?;
     serde_json::from_slice(&bytes)
         .map(Some)
@@ -218,6 +220,7 @@ pub fn load_trainer<B: Backend>(
         .state
         .get(TRAINER_KEY)
         .ok_or_else(|| bad("no trainer state".into()))?;
+    store.checkpoint_objects_here(checkpoint)?;
     let state = TrainerState::decode(&store.objects().get(id)?).map_err(bad)?;
     let mut moments = Vec::new();
     for (name, steps) in &state.optimizer_steps {

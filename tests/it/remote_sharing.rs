@@ -207,8 +207,31 @@ fn checkpoints(store: &Path, run: &str) -> Vec<(u64, String)> {
     out
 }
 
-/// The whole round trip against one remote URL: push a lineage, clone it,
-/// compare every answer, then fork in the clone and reproduce there.
+/// The object ids (tensors and state) of the checkpoint `reference` names.
+fn checkpoint_objects(store: &Path, reference: &str) -> Vec<String> {
+    let show = json(&graft_ok(store, &["show", reference, "--json"]));
+    let mut ids: Vec<String> = ["tensors", "state"]
+        .iter()
+        .flat_map(|key| show[*key].as_object().unwrap().values())
+        .map(|id| id.as_str().unwrap().to_string())
+        .collect();
+    assert!(!ids.is_empty(), "{show}");
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn object_path(objects: &Path, id: &str) -> PathBuf {
+    objects.join(&id[..2]).join(&id[2..])
+}
+
+fn has_object(store: &Path, id: &str) -> bool {
+    object_path(&store.join("objects"), id).exists()
+}
+
+/// The whole round trip against one remote URL: push a lineage, clone it
+/// without objects, compare every answer, then fork in the clone (which
+/// fetches the checkpoint it starts from) and reproduce there.
 fn round_trip(work: &Path, url: &str) {
     let origin = work.join("origin");
     let (a_run, _) = train_lineage(work, &origin);
@@ -223,6 +246,7 @@ fn round_trip(work: &Path, url: &str) {
     );
     assert!(again["commit"].is_null(), "{again}");
 
+    // A metadata-only clone: the whole record, no checkpoint tensors.
     let copy = work.join("copy");
     clone(work, url, &copy);
     for (cloned, original) in answers(&copy).iter().zip(answers(&origin)) {
@@ -231,6 +255,22 @@ fn round_trip(work: &Path, url: &str) {
             original.lines().collect::<Vec<_>>()
         );
     }
+    let best = checkpoint_objects(&origin, "task-a@best");
+    assert!(
+        best.iter().all(|id| !has_object(&copy, id)),
+        "no tensors came"
+    );
+    let verified = json(&graft_ok(&copy, &["verify", "--json"]));
+    let left = verified["objects_on_remote"].as_u64().unwrap();
+    assert!(left >= best.len() as u64, "{verified}");
+    assert!(
+        verified["on_remote"]
+            .to_string()
+            .contains("remote `origin`"),
+        "verify says where they are: {verified}"
+    );
+    let collected = json(&graft_ok(&copy, &["gc", "--grace", "0", "--json"]));
+    assert_eq!(collected["removed"], serde_json::json!([]), "{collected}");
     graft_ok(&copy, &["verify"]);
     let remotes = graft_ok(&copy, &["remote", "ls"]);
     assert!(
@@ -261,6 +301,15 @@ fn round_trip(work: &Path, url: &str) {
             .to_string()
     };
     let in_copy = fork(&copy);
+    assert!(
+        best.iter().all(|id| has_object(&copy, id)),
+        "the fork fetched the checkpoint it starts from"
+    );
+    let verified = json(&graft_ok(&copy, &["verify", "--json"]));
+    assert!(
+        verified["objects_on_remote"].as_u64().unwrap() <= left - best.len() as u64,
+        "{verified}"
+    );
     let in_origin = fork(&origin);
     assert_eq!(in_copy, in_origin);
     assert_eq!(
@@ -548,8 +597,10 @@ fn use_emulator(emulator: &Emulator) {
     });
 }
 
-#[test]
-fn a_lineage_pushed_to_an_s3_emulator_clones_with_the_same_answers_and_reproduces() {
+/// Run `body` in a fresh workspace with this thread's grafts pointed at a
+/// fresh emulator (said and skipped when moto is not installed; `.ci/run`
+/// installs it).
+fn on_emulator(body: impl FnOnce(&Path)) {
     let emulator = match start_emulator() {
         Ok(emulator) => emulator,
         Err(why) => {
@@ -559,7 +610,12 @@ fn a_lineage_pushed_to_an_s3_emulator_clones_with_the_same_answers_and_reproduce
     };
     use_emulator(&emulator);
     let work = workspace();
-    round_trip(work.path(), "s3://graft/team/record");
+    body(work.path());
+}
+
+#[test]
+fn a_lineage_pushed_to_an_s3_emulator_clones_with_the_same_answers_and_reproduces() {
+    on_emulator(|work| round_trip(work, "s3://graft/team/record"));
 }
 
 /// Kill `args` with SIGKILL after `delay_ms`, slowed so the kill lands
@@ -617,11 +673,18 @@ fn push_and_pull_killed_part_way_complete_on_a_rerun_and_verify_clean() {
     graft_ok(&copy, &["remote", "add", "hub", &url]);
     let mut killed = 0;
     for _ in 0..3 {
-        killed += kill_part_way(work.path(), &copy, &["pull", "hub"], point(250)) as usize;
+        killed += kill_part_way(
+            work.path(),
+            &copy,
+            &["pull", "hub", "--with-objects"],
+            point(250),
+        ) as usize;
         graft_ok(&copy, &["verify"]);
     }
     assert!(killed > 0, "no kill landed during a pull (seed {seed})");
-    graft_ok(&copy, &["pull", "hub"]);
+    graft_ok(&copy, &["pull", "hub", "--with-objects"]);
+    let verified = json(&graft_ok(&copy, &["verify", "--json"]));
+    assert_eq!(verified["objects_on_remote"], 0, "{verified}");
     graft_ok(&copy, &["verify"]);
     for (cloned, original) in answers(&copy).iter().zip(answers(&origin)) {
         assert_eq!(
@@ -632,48 +695,74 @@ fn push_and_pull_killed_part_way_complete_on_a_rerun_and_verify_clean() {
     }
 }
 
-#[test]
-fn a_damaged_object_on_the_remote_is_refused_by_name_and_nothing_is_written() {
-    let work = workspace();
-    let hub = work.path().join("hub");
-    let origin = work.path().join("origin");
-    train_lineage(work.path(), &origin);
+/// A fork of task-a@best that is not task-b (which is the same fork at the
+/// default rate): a new run.
+const NEW_FORK: [&str; 6] = [
+    "fork",
+    "task-a@best",
+    "b.toml",
+    "--set",
+    "optim.lr=1e-3",
+    "-q",
+];
+
+/// Tasks A and B trained in `work/origin` and pushed to the folder remote
+/// `hub` at `work/hub`; returns (origin, hub folder).
+fn pushed_lineage(work: &Path) -> (PathBuf, PathBuf) {
+    let hub = work.join("hub");
+    let origin = work.join("origin");
+    train_lineage(work, &origin);
     graft_ok(&origin, &["remote", "add", "hub", &folder_url(&hub)]);
     graft_ok(&origin, &["push", "hub"]);
-    // Damage the first object file on the remote.
-    let mut files: Vec<PathBuf> = std::fs::read_dir(hub.join("objects"))
-        .unwrap()
-        .flat_map(|dir| std::fs::read_dir(dir.unwrap().path()).unwrap())
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    files.sort();
-    let damaged = &files[0];
-    let name = format!(
-        "{}{}",
-        damaged
-            .parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_string_lossy(),
-        damaged.file_name().unwrap().to_string_lossy()
-    );
-    std::fs::write(damaged, b"not what its name says").unwrap();
+    (origin, hub)
+}
 
+#[test]
+fn a_damaged_checkpoint_object_on_the_remote_is_refused_by_name_and_nothing_is_written() {
+    let work = workspace();
+    let (origin, hub) = pushed_lineage(work.path());
+    // Damage one object of the checkpoint a fork would start from.
+    let name = checkpoint_objects(&origin, "task-a@best")[0].clone();
+    let damaged = object_path(&hub.join("objects"), &name);
+    std::fs::write(&damaged, b"not what its name says").unwrap();
+
+    // A metadata-only clone does not read it, and verifies clean.
     let copy = work.path().join("copy");
+    clone(work.path(), &folder_url(&hub), &copy);
+    graft_ok(&copy, &["verify"]);
+    // The fork that needs it fetches it, refuses it by name, and writes nothing.
+    let runs_before = json(&graft_ok(&copy, &["log", "--json"]));
+    let output = run_in(work.path(), &copy, &NEW_FORK);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains(&name) && message.contains("corrupt"),
+        "{message}"
+    );
+    assert!(!has_object(&copy, &name));
+    assert_eq!(json(&graft_ok(&copy, &["log", "--json"])), runs_before);
+    graft_ok(&copy, &["verify"]);
+
+    // An eager clone refuses it too and leaves nothing.
+    let eager = work.path().join("eager");
     let output = run_in(
         work.path(),
-        &copy,
-        &["clone", &folder_url(&hub), &copy.display().to_string()],
+        &eager,
+        &[
+            "clone",
+            &folder_url(&hub),
+            &eager.display().to_string(),
+            "--with-objects",
+        ],
     );
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains(&name), "{}", stderr(&output));
-    assert!(!copy.exists(), "a refused clone leaves nothing");
+    assert!(!eager.exists(), "a refused clone leaves nothing");
 
     let store = work.path().join("store");
     graft_ok(&store, &["init"]);
     graft_ok(&store, &["remote", "add", "hub", &folder_url(&hub)]);
-    let output = graft(&store, &["pull", "hub"]);
+    let output = graft(&store, &["pull", "hub", "--with-objects"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("corrupt"), "{}", stderr(&output));
     assert_eq!(
@@ -685,8 +774,162 @@ fn a_damaged_object_on_the_remote_is_refused_by_name_and_nothing_is_written() {
     // The pusher repairs the remote by pushing again: the damaged file is
     // replaced only if it is missing, so remove it first, as a user would
     // after the message names it.
-    std::fs::remove_file(damaged).unwrap();
+    std::fs::remove_file(&damaged).unwrap();
     graft_ok(&origin, &["push", "hub"]);
-    graft_ok(&store, &["pull", "hub"]);
+    graft_ok(&store, &["pull", "hub", "--with-objects"]);
     graft_ok(&store, &["verify"]);
+    ok_in(work.path(), &copy, &NEW_FORK);
+    assert!(has_object(&copy, &name));
+    graft_ok(&copy, &["verify"]);
+}
+
+#[test]
+fn a_metadata_only_clone_names_the_remote_holding_tensors_it_cannot_fetch_or_push() {
+    let work = workspace();
+    let (origin, hub) = pushed_lineage(work.path());
+    let copy = work.path().join("copy");
+    clone(work.path(), &folder_url(&hub), &copy);
+    let runs_before = json(&graft_ok(&copy, &["log", "--json"]));
+
+    let moved = work.path().join("hub-moved");
+    std::fs::rename(&hub, &moved).unwrap();
+    let output = run_in(work.path(), &copy, &NEW_FORK);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("remote `origin`")
+            && message.contains(&folder_url(&hub))
+            && message.contains("--with-objects"),
+        "{message}"
+    );
+    assert_eq!(json(&graft_ok(&copy, &["log", "--json"])), runs_before);
+    graft_ok(&copy, &["verify"]);
+    // Exporting it is the same lazy load, and names the remote too.
+    let output = run_in(
+        work.path(),
+        &copy,
+        &["export", "task-a@best", "--peft", "adapter-out"],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("remote `origin`"),
+        "{}",
+        stderr(&output)
+    );
+
+    // So is evaluating the last checkpoint of task-b.
+    let eval = ["eval", "task-b", "--data", "arith-val.jsonl", "--json"];
+    let output = run_in(work.path(), &copy, &eval);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("remote `origin`"),
+        "{}",
+        stderr(&output)
+    );
+
+    std::fs::rename(&moved, &hub).unwrap();
+    assert_eq!(
+        json(&ok_in(work.path(), &copy, &eval)),
+        json(&ok_in(work.path(), &origin, &eval)),
+        "the fetched checkpoint evaluates as in the origin"
+    );
+    ok_in(work.path(), &copy, &NEW_FORK);
+    ok_in(
+        work.path(),
+        &copy,
+        &["export", "task-a@best", "--peft", "adapter-out"],
+    );
+    graft_ok(&copy, &["verify"]);
+
+    // A push elsewhere cannot send tensors it never fetched: it names them
+    // and the remote that holds them, then succeeds once they are here.
+    let other = folder_url(&work.path().join("other"));
+    graft_ok(&copy, &["remote", "add", "other", &other]);
+    let output = graft(&copy, &["push", "other"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("remote `origin`") && message.contains("pull origin --with-objects"),
+        "{message}"
+    );
+    graft_ok(&copy, &["pull", "origin", "--with-objects"]);
+    graft_ok(&copy, &["push", "other"]);
+    let third = work.path().join("third");
+    clone(work.path(), &other, &third);
+    assert_eq!(
+        graft_ok(&third, &["log", "--graph"]),
+        graft_ok(&copy, &["log", "--graph"])
+    );
+}
+
+/// Alice's push reads tag `pick` on the remote and stops just before its
+/// conditional write; Bob moves the tag meanwhile. Only the remote's
+/// compare-and-swap can catch that: her write must fail, naming the tag,
+/// and leave Bob's target; `--force` then settles it.
+fn a_tag_moved_during_a_push_is_refused(work: &Path, url: &str) {
+    let alice = work.join("alice");
+    let (_, b_run) = train_lineage(work, &alice);
+    graft_ok(&alice, &["tag", "pick", "task-a"]);
+    graft_ok(&alice, &["remote", "add", "hub", url]);
+    graft_ok(&alice, &["push", "hub"]);
+    let bob = work.join("bob");
+    clone(work, url, &bob);
+
+    graft_ok(&alice, &["tag", "pick", "task-b", "--force"]);
+    let gate = work.join("tag-gate");
+    let pushing = command(work, &alice, &["push", "hub"])
+        .env("GRAFT_PAUSE_BEFORE_TAG_WRITE", &gate)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !gate.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push never reached its tag write"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Bob saw `pick` at task-a, as the remote still holds it: his move goes in.
+    let bob_target = format!("{b_run}@last");
+    graft_ok(&bob, &["tag", "pick", &bob_target, "--force"]);
+    graft_ok(&bob, &["push", "origin"]);
+    std::fs::remove_file(&gate).unwrap();
+    let output = pushing.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("pick")
+            && message.contains("changed on the remote during this push")
+            && message.contains("--force"),
+        "{message}"
+    );
+    let bob_checkpoint = json(&graft_ok(&bob, &["show", "pick", "--json"]))["id"].clone();
+    let reader = work.join("reader");
+    clone(work, url, &reader);
+    assert_eq!(
+        json(&graft_ok(&reader, &["show", "pick", "--json"]))["id"],
+        bob_checkpoint,
+        "the remote kept Bob's move"
+    );
+
+    graft_ok(&alice, &["push", "hub", "--force"]);
+    graft_ok(&reader, &["pull", "origin", "--force"]);
+    assert_eq!(
+        json(&graft_ok(&reader, &["show", "pick", "--json"]))["id"],
+        b_run.as_str()
+    );
+}
+
+#[test]
+fn a_tag_moved_on_a_folder_remote_during_a_push_is_refused_without_force() {
+    let work = workspace();
+    let hub = folder_url(&work.path().join("hub"));
+    a_tag_moved_during_a_push_is_refused(work.path(), &hub);
+}
+
+#[test]
+fn a_tag_moved_on_an_s3_emulator_during_a_push_is_refused_by_its_conditional_write() {
+    on_emulator(|work| a_tag_moved_during_a_push_is_refused(work, "s3://graft/team/tags"));
 }

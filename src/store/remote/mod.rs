@@ -19,11 +19,17 @@
 //! records, fetches and verifies every object they need, and only then
 //! merges the records into the index (see [`share::absorb`]).
 //!
+//! A pull leaves checkpoint tensors on the remote unless `--with-objects`
+//! is given; they are fetched when something loads the checkpoint (see
+//! [`lazy`]).
+//!
 //! Local state: `store/remotes/NAME/remote.json` holds the URL and the tag
 //! targets last seen on the remote, which is how a push tells a tag this
-//! store moved from one someone else moved.
+//! store moved from one someone else moved; `left-on-remote` lists the
+//! checkpoints whose objects a pull left there.
 
 pub mod backend;
+pub mod lazy;
 pub mod manifest;
 pub mod share;
 mod transfer;
@@ -69,6 +75,19 @@ pub enum RemoteError {
     Invalid { url: String, problems: Vec<String> },
     #[error("object {id} ({owner}) is missing from this store")]
     MissingLocalObject { id: Id, owner: String },
+    #[error("object {id} ({owner}) is not in this store; a metadata-only pull left it on remote `{remote}`, and {url} does not have it either")]
+    OnlyOnOtherRemote {
+        id: Id,
+        owner: String,
+        remote: String,
+        url: String,
+    },
+    #[error("the tensors of checkpoint {checkpoint} ({objects} objects) are not in this store, and no remote that holds them can be reached:\n  {}", tried.join("\n  "))]
+    CheckpointUnreachable {
+        checkpoint: String,
+        objects: usize,
+        tried: Vec<String>,
+    },
     #[error("object {id} ({owner}) is missing from {url}")]
     MissingRemoteObject { id: Id, owner: String, url: String },
     #[error("object {id} from {url} is corrupt: its bytes hash to {actual}; it was not written")]
@@ -97,6 +116,8 @@ impl RemoteError {
             RemoteError::BadManifest { .. } | RemoteError::CorruptRemoteObject { .. } | RemoteError::MissingRemoteObject { .. } => "push again from a store that has the record intact (`graft verify` there first); nothing damaged was written here".into(),
             RemoteError::Invalid { .. } => "the pushing store may be damaged: run `graft verify` there and push again".into(),
             RemoteError::MissingLocalObject { .. } => "run `graft verify` to list damaged objects; nothing was pushed for the missing one".into(),
+            RemoteError::OnlyOnOtherRemote { remote, .. } => format!("`graft pull {remote} --with-objects` brings the tensors here, then push again"),
+            RemoteError::CheckpointUnreachable { .. } => "the checkpoint was pulled without its tensors (`graft pull` without --with-objects): make the remote reachable (network, AWS_* credentials and endpoint; `graft remote ls` shows its URL) and run the command again".into(),
             RemoteError::TagsMovedElsewhere { .. } => "`graft pull NAME` to see where they point now, or push with --force to move them back to this store's targets".into(),
             RemoteError::TagConflicts { .. } => "pull with --force to take the remote's targets, or `graft tag NAME REF --force` to choose, then push".into(),
             RemoteError::UnknownRemoteRef { .. } => "give a tag, or a run or checkpoint id prefix, that was pushed there; without REF everything is pulled".into(),
@@ -115,6 +136,8 @@ impl RemoteError {
                 | RemoteError::RemoteExists { .. }
                 | RemoteError::NoRecord { .. }
                 | RemoteError::Unreachable { .. }
+                | RemoteError::CheckpointUnreachable { .. }
+                | RemoteError::OnlyOnOtherRemote { .. }
                 | RemoteError::TagsMovedElsewhere { .. }
                 | RemoteError::TagConflicts { .. }
                 | RemoteError::UnknownRemoteRef { .. }
@@ -270,7 +293,10 @@ pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(
 pub trait Progress: Send + Sync {
     /// A transfer of `items` files, `bytes` in all, begins.
     fn begin(&self, _what: &str, _items: u64, _bytes: u64) {}
-    /// One file of `bytes` is done.
+    /// A file of `bytes` begins (for transfers whose sizes are learnt as
+    /// they go).
+    fn expect(&self, _bytes: u64) {}
+    /// `bytes` more are done.
     fn advance(&self, _bytes: u64) {}
     fn end(&self) {}
 }

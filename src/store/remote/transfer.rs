@@ -119,24 +119,19 @@ pub fn push(
             }
         }
     }
-    for (id, owner) in &needed {
-        if !store.objects().contains(id) {
-            return Err(RemoteError::MissingLocalObject {
-                id: *id,
-                owner: owner.clone(),
-            });
-        }
-    }
 
-    // 1. Objects the remote lacks.
+    // 1. Objects the remote lacks. One that is not here either must be on
+    // the remote already: a metadata-only pull left it on another remote.
     let present: BTreeSet<Id> = backend
         .list("objects")?
         .into_iter()
         .filter_map(|(key, _)| object_id_of_key(&key))
         .collect();
+    let already_there = needed.keys().filter(|id| present.contains(id)).count();
+    needed.retain(|id, _| !present.contains(id));
+    check_here(store, &needed, &config.url)?;
     let missing: Vec<(Id, u64)> = needed
         .keys()
-        .filter(|id| !present.contains(id))
         .map(|id| (*id, store.objects().size_of(id)))
         .collect();
     let mut report = PushReport {
@@ -144,7 +139,7 @@ pub fn push(
         url: config.url.clone(),
         objects_sent: missing.len(),
         bytes_sent: missing.iter().map(|(_, size)| size).sum(),
-        objects_already_there: needed.len() - missing.len(),
+        objects_already_there: already_there,
         ..PushReport::default()
     };
     progress.begin("objects up", missing.len() as u64, report.bytes_sent);
@@ -249,6 +244,7 @@ pub fn push(
         } else {
             "created"
         };
+        crate::store::faults::pause_before_tag_write();
         match backend.put_if(&tag_key(&name), bytes, current.as_ref())? {
             Written::Done => {}
             Written::Conflict => {
@@ -264,6 +260,37 @@ pub fn push(
     }
     save(store.root(), &config)?;
     Ok(report)
+}
+
+/// Every object a push must send is here; one that is not is named, with
+/// the remote a metadata-only pull left it on when there is one.
+fn check_here(store: &Store, needed: &BTreeMap<Id, String>, url: &str) -> Result<(), RemoteError> {
+    let Some((id, owner)) = needed.iter().find(|(id, _)| !store.objects().contains(id)) else {
+        return Ok(());
+    };
+    let holders = super::lazy::holders(store.root())?;
+    let holder = store
+        .index()?
+        .all_checkpoints()?
+        .into_iter()
+        .filter(|c| c.tensors.values().chain(c.state.values()).any(|o| o == id))
+        .find_map(|c| {
+            holders
+                .get(&c.id)
+                .and_then(|remotes| remotes.first().cloned())
+        });
+    Err(match holder {
+        Some(remote) => RemoteError::OnlyOnOtherRemote {
+            id: *id,
+            owner: owner.clone(),
+            remote: remote.name,
+            url: url.to_string(),
+        },
+        None => RemoteError::MissingLocalObject {
+            id: *id,
+            owner: owner.clone(),
+        },
+    })
 }
 
 /// The test hook of `faults::transfer_delay`.
@@ -371,7 +398,8 @@ async fn download_object(
     objects: &crate::store::ObjectStore,
     id: &Id,
     owner: &str,
-) -> Result<(), RemoteError> {
+    progress: &dyn Progress,
+) -> Result<u64, RemoteError> {
     use futures::StreamExt;
     let key = object_key(id);
     let transfer = |e: object_store::Error| RemoteError::Transfer {
@@ -391,13 +419,25 @@ async fn download_object(
         }
         Err(e) => return Err(transfer(e)),
     };
+    let size = got.meta.size;
+    progress.expect(size);
     let mut pending = objects.begin_expected(*id)?;
-    let mut stream = got.into_stream();
-    while let Some(chunk) = stream.next().await {
-        pending.write(&chunk.map_err(transfer)?)?;
+    if size <= PART_SIZE as u64 {
+        // One read: a folder remote streams in 8 KiB pieces, each a
+        // blocking task, which made graft, not the disk, the limit.
+        let bytes = got.bytes().await.map_err(transfer)?;
+        pending.write(&bytes)?;
+        progress.advance(bytes.len() as u64);
+    } else {
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(transfer)?;
+            pending.write(&chunk)?;
+            progress.advance(chunk.len() as u64);
+        }
     }
     match pending.commit() {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(size),
         Err(StoreError::CorruptObject { actual, .. }) => Err(RemoteError::CorruptRemoteObject {
             id: *id,
             actual,
@@ -482,6 +522,9 @@ pub struct PullOptions {
     pub refs: Vec<String>,
     /// Take the remote's target for tags that differ here.
     pub force: bool,
+    /// Fetch checkpoint tensors now; without it they stay on the remote
+    /// until something loads the checkpoint (see [`super::lazy`]).
+    pub with_objects: bool,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -491,6 +534,10 @@ pub struct PullReport {
     pub objects_received: usize,
     pub bytes_received: u64,
     pub objects_already_here: usize,
+    /// Checkpoints whose tensors were left on the remote (metadata-only
+    /// pull), and how many objects they name that are not here.
+    pub checkpoints_left_on_remote: usize,
+    pub objects_left_on_remote: usize,
     /// New records by kind.
     pub records_added: AbsorbCounts,
     pub tags: Vec<TagReport>,
@@ -616,13 +663,35 @@ pub fn pull(
             .filter(|t| t.kind == "checkpoint")
             .filter_map(|t| Id::from_hex(&t.target)),
     );
+    // Checkpoint tensors stay on the remote unless asked for: the lazy
+    // fetch brings a checkpoint's when something loads it.
     let mut needed: BTreeMap<Id, String> = BTreeMap::new();
+    let mut left_on_remote = BTreeSet::new();
     for record in &records {
-        for (id, owner) in manifest::record_objects(record, &pinned) {
+        let objects = manifest::record_objects(record, &pinned);
+        if let (
+            SharedRecord::Checkpoint {
+                record: checkpoint, ..
+            },
+            false,
+        ) = (record, options.with_objects)
+        {
+            let absent = objects
+                .iter()
+                .filter(|(id, _)| !store.objects().contains(id))
+                .count();
+            if absent > 0 {
+                left_on_remote.insert(checkpoint.id);
+                report.objects_left_on_remote += absent;
+            }
+            continue;
+        }
+        for (id, owner) in objects {
             needed.entry(id).or_insert(owner);
         }
     }
-    fetch_objects(store, &backend, &needed, &progress, &mut report)?;
+    report.checkpoints_left_on_remote = left_on_remote.len();
+    let mut fetched = fetch_objects(store, &backend, &needed, &progress)?;
     // An outside adapter's manifest names two more objects.
     let mut adapter_objects = BTreeMap::new();
     for record in &records {
@@ -634,7 +703,17 @@ pub fn pull(
             }
         }
     }
-    fetch_objects(store, &backend, &adapter_objects, &progress, &mut report)?;
+    let more = fetch_objects(store, &backend, &adapter_objects, &progress)?;
+    fetched.received += more.received;
+    fetched.bytes += more.bytes;
+    fetched.already_here += more.already_here;
+    report.objects_received = fetched.received;
+    report.bytes_received = fetched.bytes;
+    report.objects_already_here = fetched.already_here;
+    // Where the tensors left behind live, written before the records that
+    // name them: a pull killed in between leaves a note that names
+    // checkpoints not here yet, which nothing reads.
+    super::lazy::note_left_on_remote(store.root(), name, &left_on_remote)?;
     // Every object on disk before any record that names it.
     store.objects().sync()?;
 
@@ -668,48 +747,59 @@ pub fn pull(
     Ok(report)
 }
 
-fn fetch_objects(
+/// What [`fetch_objects`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Fetched {
+    pub received: usize,
+    pub bytes: u64,
+    pub already_here: usize,
+}
+
+/// Fetch the objects of `needed` (id -> what needs it) that this store
+/// lacks, several at once, each verified before it lands. Sizes come with
+/// each response, so no listing of the remote is needed.
+pub(super) fn fetch_objects(
     store: &Store,
     backend: &Backend,
     needed: &BTreeMap<Id, String>,
     progress: &Arc<dyn Progress>,
-    report: &mut PullReport,
-) -> Result<(), RemoteError> {
+) -> Result<Fetched, RemoteError> {
     let missing: Vec<(Id, String)> = needed
         .iter()
         .filter(|(id, _)| !store.objects().contains(id))
         .map(|(id, owner)| (*id, owner.clone()))
         .collect();
-    report.objects_already_here += needed.len() - missing.len();
+    let mut fetched = Fetched {
+        already_here: needed.len() - missing.len(),
+        received: missing.len(),
+        ..Fetched::default()
+    };
     if missing.is_empty() {
-        return Ok(());
+        return Ok(fetched);
     }
-    let sizes: BTreeMap<Id, u64> = backend
-        .list("objects")?
-        .into_iter()
-        .filter_map(|(key, size)| Some((object_id_of_key(&key)?, size)))
-        .collect();
-    let total: u64 = missing.iter().filter_map(|(id, _)| sizes.get(id)).sum();
-    progress.begin("objects down", missing.len() as u64, total);
-    report.objects_received += missing.len();
-    report.bytes_received += total;
+    progress.begin("objects down", missing.len() as u64, 0);
     let objects = store.objects().clone();
     let url = backend.url().to_string();
     let bar = progress.clone();
+    let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total = bytes.clone();
     let result = backend.run_parallel(missing, PARALLEL, move |remote, (id, owner)| {
         let objects = objects.clone();
         let url = url.clone();
         let bar = bar.clone();
-        let size = sizes.get(&id).copied().unwrap_or(0);
+        let total = total.clone();
         async move {
-            download_object(remote.as_ref(), &url, &objects, &id, &owner).await?;
-            bar.advance(size);
+            let size =
+                download_object(remote.as_ref(), &url, &objects, &id, &owner, bar.as_ref()).await?;
+            total.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         }
         .boxed()
     });
     progress.end();
-    result
+    result?;
+    fetched.bytes = bytes.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(fetched)
 }
 
 fn index_has(index: &crate::store::Index, kind: &str, id: &Id) -> Result<bool, RemoteError> {
@@ -776,10 +866,12 @@ fn resolve_remote(
 }
 
 /// Make `dir` a store holding the record at `url`, with `url` as remote
-/// `origin`. A clone cut short is completed by running it again.
+/// `origin`; checkpoint tensors stay there unless `with_objects`. A clone
+/// cut short is completed by running it again.
 pub fn clone(
     url: &str,
     dir: &Path,
+    with_objects: bool,
     progress: Arc<dyn Progress>,
 ) -> Result<(Store, PullReport), RemoteError> {
     let location = Location::parse(url)?;
@@ -816,7 +908,11 @@ pub fn clone(
             if !resuming {
                 super::add(dir, "origin", &location.url())?;
             }
-            let report = pull(&store, "origin", &PullOptions::default(), progress)?;
+            let options = PullOptions {
+                with_objects,
+                ..PullOptions::default()
+            };
+            let report = pull(&store, "origin", &options, progress)?;
             Ok((store, report))
         });
     if cloned.is_err() && !resuming {
