@@ -94,7 +94,9 @@ losses store-1 "$RUN" >"$LOGS/one-losses.json"
 losses store-n "$RUN" >"$LOGS/n-losses.json"
 
 echo "== $DEVICES devices, SIGKILL after the first checkpoint, then resume" >&2
-train store-kill "$DEVICES" >"$LOGS/kill.out" 2>"$LOGS/kill.err" &
+# `exec`, so that $! is graft itself and the SIGKILL reaches it.
+(exec "$GRAFT" --store store-kill train "$WORK/train.toml" --backend cuda --quiet --json \
+  --set compute.devices="$DEVICES" >"$LOGS/kill.out" 2>"$LOGS/kill.err") &
 PID=$!
 FIRST=$(( STEPS / 3 ))
 for _ in $(seq 1 600); do

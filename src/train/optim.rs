@@ -495,12 +495,18 @@ impl<B: Kernels> AdamW<B> {
         device: &B::Device,
     ) {
         self.unfuse();
+        // In the dtype they were saved in (f32), not the backend's float type: on a
+        // bf16 GPU the moments of f32 LoRA matrices stay f32.
+        let restore = |data: TensorData| {
+            let dtype = data.dtype;
+            Tensor::from_data(data, (device, dtype))
+        };
         for (name, m, v, steps) in entries {
             self.state.insert(
                 name,
                 Moments {
-                    m: Tensor::from_data(m, device),
-                    v: Tensor::from_data(v, device),
+                    m: restore(m),
+                    v: restore(v),
                     steps,
                 },
             );
