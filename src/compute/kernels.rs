@@ -13,6 +13,7 @@ use burn::tensor::{DType, Int, Tensor};
 
 use super::options::current;
 use super::{cpu_attention, cpu_rope, cpu_swiglu, Attention};
+use crate::model::quantized::QuantizedWeight;
 
 /// Three tensors handed back.
 pub type Qkv<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
@@ -106,6 +107,13 @@ pub trait Kernels: Backend {
         _branch: DType,
     ) -> Option<Tensor<Self, 2>> {
         None
+    }
+
+    /// `x · dequant(W)ᵀ` for x `[n, in]` and a quantized frozen W `[out, in]` ->
+    /// `[n, out]`. The training backends run it as one node that keeps no float copy
+    /// of W between the passes (`quant_product`); elsewhere it is op by op.
+    fn quantized_product(x: Tensor<Self, 2>, weight: &QuantizedWeight<Self>) -> Tensor<Self, 2> {
+        super::quant_product::quantized_product(x, weight)
     }
 
     /// Whether [`Kernels::token_loss_sum`] runs here.
@@ -229,6 +237,10 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
                 x, weight, lora_a, lora_b, scale, branch,
             )
         })
+    }
+
+    fn quantized_product(x: Tensor<Self, 2>, weight: &QuantizedWeight<Self>) -> Tensor<Self, 2> {
+        super::quant_product::quantized_product_autodiff::<Flex, C>(x, weight)
     }
 
     fn fused_loss() -> bool {
@@ -417,6 +429,13 @@ mod cuda {
                     x, weight, lora_a, lora_b, scale, branch,
                 )
             })
+        }
+
+        fn quantized_product(
+            x: Tensor<Self, 2>,
+            weight: &QuantizedWeight<Self>,
+        ) -> Tensor<Self, 2> {
+            crate::compute::quant_product::quantized_product_autodiff::<Cuda<F>, C>(x, weight)
         }
 
         fn fused_loss() -> bool {

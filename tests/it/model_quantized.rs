@@ -1,0 +1,336 @@
+//! A quantized frozen base (`[compute] base = "nf4" | "int8"`): the stored codes and
+//! scales equal an independent numpy implementation's (`tests/fixtures/make_quant_fixture.py`),
+//! a folder in bitsandbytes' 4-bit layout loads as stored and equals what graft
+//! quantizes, training over either scheme resumes to the checkpoint of an uninterrupted
+//! run, and a merged export says it merged into the dequantized base. On the shared
+//! llama-tiny fixture, through the real loader, store and binary.
+
+use crate::common::{family_fixture, graft_in, graft_ok_in, llama_tiny, lora_workspace, stderr};
+use burn::backend::Flex;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use graft::model::quantize::{BlockScales, QuantScheme, QuantizedHost};
+use graft::model::weights::{read_safetensors, RawTensor};
+use graft::model::{load_model_dir_as, CausalLm};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn load(dir: &Path, quantize: Option<QuantScheme>) -> CausalLm<Flex> {
+    load_model_dir_as::<Flex>(dir, &Default::default(), quantize).expect("the fixture loads")
+}
+
+/// The first layer's gate projection as stored on the device, read back.
+fn gate_proj(model: &CausalLm<Flex>) -> QuantizedHost {
+    model.model.layers[0]
+        .mlp
+        .gate_proj
+        .as_ref()
+        .and_then(|linear| linear.quantized.as_ref())
+        .expect("the gate projection is quantized")
+        .to_host()
+}
+
+fn gate_proj_dequantized(model: &CausalLm<Flex>) -> Vec<f32> {
+    let linear = model.model.layers[0].mlp.gate_proj.as_ref().unwrap();
+    let weight = linear.quantized.as_ref().unwrap();
+    weight.dequantize(DType::F32).into_data().to_vec().unwrap()
+}
+
+fn reference() -> BTreeMap<String, RawTensor> {
+    read_safetensors(&family_fixture("quant-reference.safetensors")).unwrap()
+}
+
+fn floats(reference: &BTreeMap<String, RawTensor>, name: &str) -> Vec<f32> {
+    reference[name].to_f32(name).unwrap()
+}
+
+#[test]
+fn nf4_codes_and_double_quantized_absmax_equal_the_numpy_reference() {
+    let reference = reference();
+    let model = load(&llama_tiny(), Some(QuantScheme::Nf4));
+    let stored = gate_proj(&model);
+    assert_eq!(stored.shape, [172, 64]);
+    assert_eq!(
+        stored.codes, reference["nf4.codes"].bytes,
+        "packed NF4 codes"
+    );
+    let BlockScales::Double {
+        codes,
+        nested_absmax,
+        nested_map,
+        nested_block,
+        offset,
+    } = &stored.scales
+    else {
+        panic!("NF4 scales are double-quantized by default");
+    };
+    assert_eq!(*nested_block, 256);
+    assert_eq!(codes, &reference["nf4.absmax_codes"].bytes, "absmax codes");
+    assert_eq!(nested_absmax, &floats(&reference, "nf4.nested_absmax"));
+    assert_eq!(nested_map, &floats(&reference, "nf4.nested_map"));
+    assert_eq!(vec![*offset], floats(&reference, "nf4.offset"));
+    // The device's dequantization (burn ops) gives numpy's values to the bit.
+    assert_eq!(
+        gate_proj_dequantized(&model),
+        floats(&reference, "nf4.dequantized")
+    );
+}
+
+#[test]
+fn int8_codes_and_scales_equal_the_numpy_reference() {
+    let reference = reference();
+    let model = load(&llama_tiny(), Some(QuantScheme::Int8));
+    let stored = gate_proj(&model);
+    assert_eq!(stored.codes, reference["int8.codes"].bytes, "int8 codes");
+    assert_eq!(
+        stored.scales,
+        BlockScales::Plain(floats(&reference, "int8.scales"))
+    );
+    assert_eq!(
+        gate_proj_dequantized(&model),
+        floats(&reference, "int8.dequantized")
+    );
+}
+
+/// Logits of `model` on a fixed sequence, flattened.
+fn logits(model: &CausalLm<Flex>) -> Vec<f32> {
+    let ids: Vec<i32> = (0..24).map(|i| (i * 37 + 11) % 320).collect();
+    let ids = Tensor::<Flex, 2, Int>::from_data(TensorData::new(ids, [2, 12]), &Default::default());
+    model.forward(ids).into_data().to_vec().unwrap()
+}
+
+fn max_relative(ours: &[f32], theirs: &[f32]) -> f32 {
+    let scale = theirs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = ours
+        .iter()
+        .zip(theirs)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / scale
+}
+
+#[test]
+fn a_bitsandbytes_4bit_folder_loads_as_stored_and_equals_the_weights_graft_quantizes() {
+    let bnb = load(&family_fixture("llama-tiny-bnb-nf4"), None);
+    let ours = load(&llama_tiny(), Some(QuantScheme::Nf4));
+    assert_eq!(bnb.base_quantization(), Some(QuantScheme::Nf4));
+    for (layer_bnb, layer_ours) in bnb.model.layers.iter().zip(&ours.model.layers) {
+        let pairs = [
+            (&layer_bnb.self_attn.q_proj, &layer_ours.self_attn.q_proj),
+            (&layer_bnb.self_attn.k_proj, &layer_ours.self_attn.k_proj),
+            (&layer_bnb.self_attn.v_proj, &layer_ours.self_attn.v_proj),
+            (&layer_bnb.mlp.gate_proj, &layer_ours.mlp.gate_proj),
+            (&layer_bnb.mlp.up_proj, &layer_ours.mlp.up_proj),
+        ];
+        for (a, b) in pairs {
+            let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+            assert_eq!(
+                a.quantized.as_ref().unwrap().to_host(),
+                b.quantized.as_ref().unwrap().to_host()
+            );
+        }
+        for (a, b) in [
+            (&layer_bnb.self_attn.o_proj, &layer_ours.self_attn.o_proj),
+            (&layer_bnb.mlp.down_proj, &layer_ours.mlp.down_proj),
+        ] {
+            assert_eq!(
+                a.quantized.as_ref().unwrap().to_host(),
+                b.quantized.as_ref().unwrap().to_host()
+            );
+        }
+    }
+    // The head stays in floats in both.
+    assert!(bnb.lm_head.as_ref().unwrap().quantized.is_none());
+    let (from_bnb, from_ours) = (logits(&bnb), logits(&ours));
+    assert_eq!(from_bnb, from_ours, "the same values give the same logits");
+    // Quantization error, measured: NF4 and int8 logits against the f32 model's.
+    let exact = logits(&load(&llama_tiny(), None));
+    let nf4_error = max_relative(&from_ours, &exact);
+    let int8_error = max_relative(
+        &logits(&load(&llama_tiny(), Some(QuantScheme::Int8))),
+        &exact,
+    );
+    eprintln!("max |logit difference| / max |logit|: nf4 {nf4_error:.2e}, int8 {int8_error:.2e}");
+    // Measured 1.29e-1 and 8.97e-3: the fixture's random weights are all noise, so
+    // each logit carries every weight's rounding (NF4's 16 levels round a Gaussian
+    // weight by about a tenth of its size).
+    assert!(nf4_error > 0.0 && nf4_error < 0.2, "nf4 {nf4_error:e}");
+    assert!(int8_error > 0.0 && int8_error < 0.02, "int8 {int8_error:e}");
+}
+
+fn ok(dir: &Path, store: &Path, args: &[&str]) -> Value {
+    serde_json::from_str(&graft_ok_in(dir, store, args)).unwrap_or(Value::Null)
+}
+
+fn last_checkpoint(outcome: &Value) -> Value {
+    outcome["checkpoints"].as_array().unwrap().last().unwrap()["id"].clone()
+}
+
+/// Stops the trainer once `after` steps are done, as Ctrl-C does.
+struct StopAfter {
+    after: u64,
+    done: u64,
+}
+
+impl graft::train::Events for StopAfter {
+    fn step(&mut self, step: u64, _loss: f64, _lr: f64) {
+        self.done = step;
+    }
+    fn should_stop(&mut self) -> bool {
+        self.done >= self.after
+    }
+}
+
+#[test]
+fn training_over_an_nf4_or_int8_base_resumes_to_the_uninterrupted_checkpoint() {
+    let work = lora_workspace(&llama_tiny());
+    let dir = work.path();
+    let default_run = ok(
+        dir,
+        &dir.join("plain"),
+        &["train", "a.toml", "-q", "--json"],
+    )["run"]
+        .clone();
+    for scheme in ["nf4", "int8"] {
+        let set = format!("compute.base={scheme}");
+        let reference_store = dir.join(format!("reference-{scheme}"));
+        let uninterrupted = ok(
+            dir,
+            &reference_store,
+            &["train", "a.toml", "--set", &set, "-q", "--json"],
+        );
+        assert_ne!(
+            uninterrupted["run"], default_run,
+            "{scheme} is another recipe"
+        );
+        // The same recipe stopped after step 3 in another store, then resumed.
+        let store_path = dir.join(format!("stopped-{scheme}"));
+        let store = graft::store::Store::open_or_init(&store_path).unwrap();
+        let experiment =
+            graft::train::Experiment::load(&dir.join("a.toml"), &[set.clone()]).unwrap();
+        let plan = graft::train::plan(&store, &experiment).unwrap();
+        let compute = graft::compute::Compute::new(Default::default(), experiment.compute);
+        let mut recorder = graft::store::StoreRecorder::new(store.clone());
+        let stopped = graft::train::execute::<graft::model::CpuTrainBackend>(
+            &Default::default(),
+            &store,
+            &plan,
+            graft::store::ExecutionKind::Train,
+            &compute,
+            &mut recorder,
+            &mut StopAfter { after: 3, done: 0 },
+        )
+        .unwrap();
+        assert!(
+            stopped.interrupted && stopped.final_step == 3,
+            "stopped after step 3"
+        );
+        drop(store);
+        let run = uninterrupted["run"].as_str().unwrap();
+        let resumed = ok(dir, &store_path, &["resume", run, "-q", "--json"]);
+        assert_eq!(
+            last_checkpoint(&resumed),
+            last_checkpoint(&uninterrupted),
+            "{scheme}: the resumed run ends on the uninterrupted run's checkpoint"
+        );
+    }
+}
+
+#[test]
+fn a_merged_export_over_nf4_merges_into_the_dequantized_base_and_says_so() {
+    let work = lora_workspace(&llama_tiny());
+    let dir = work.path();
+    let store = dir.join("store");
+    let outcome = ok(
+        dir,
+        &store,
+        &[
+            "train",
+            "a.toml",
+            "--set",
+            "compute.base=nf4",
+            "-q",
+            "--json",
+        ],
+    );
+    let run = outcome["run"].as_str().unwrap().to_string();
+    let merged = dir.join("merged");
+    let output = graft_in(
+        dir,
+        &store,
+        &["export", &run, "--merged", merged.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("merged into its dequantized weights"),
+        "{}",
+        stderr(&output)
+    );
+    let bytes = std::fs::read(merged.join("model.safetensors")).unwrap();
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let note = metadata.metadata().as_ref().unwrap()["graft_merged_into"].clone();
+    assert!(note.contains("dequantized nf4 base"), "{note}");
+    // The merged f32 model computes what the adapter over the NF4 base computes.
+    let trained = {
+        let store = graft::store::Store::open(&store).unwrap();
+        graft::train::restore::restore::<Flex>(&store, &run, &Default::default())
+            .unwrap()
+            .model
+    };
+    assert_eq!(trained.base_quantization(), Some(QuantScheme::Nf4));
+    let error = max_relative(&logits(&load(&merged, None)), &logits(&trained));
+    assert!(error < 1e-5, "merged vs adapter over nf4: {error:e}");
+    // --peft is unchanged: the adapter alone.
+    let peft = dir.join("peft");
+    ok(
+        dir,
+        &store,
+        &["export", &run, "--peft", peft.to_str().unwrap()],
+    );
+    assert!(peft.join("adapter_model.safetensors").is_file());
+}
+
+#[test]
+fn a_quantized_base_refuses_what_it_cannot_train_and_a_4bit_folder_needs_nf4() {
+    let bnb = family_fixture("llama-tiny-bnb-nf4");
+    let work = lora_workspace(&bnb);
+    let dir = work.path();
+    let store = dir.join("store");
+    assert_refused(dir, &store, &["train", "a.toml"], "compute.base = \"nf4\"");
+    // The same folder trains with the key set, from its stored codes.
+    ok(
+        dir,
+        &store,
+        &[
+            "train",
+            "a.toml",
+            "--set",
+            "compute.base=nf4",
+            "-q",
+            "--json",
+        ],
+    );
+    // Full fine-tuning would have to update quantized weights.
+    let work_plain = lora_workspace(&llama_tiny());
+    let adapted = std::fs::read_to_string(work_plain.path().join("a.toml")).unwrap();
+    std::fs::write(
+        work_plain.path().join("full.toml"),
+        adapted.replace("[adapter]\nrank = 4\nalpha = 8\n", ""),
+    )
+    .unwrap();
+    assert_refused(
+        work_plain.path(),
+        &work_plain.path().join("store"),
+        &["train", "full.toml", "--set", "compute.base=int8"],
+        "compute.base = \"int8\"",
+    );
+}
+
+/// Runs graft expecting a refusal whose message contains `needle`.
+fn assert_refused(dir: &Path, store: &Path, args: &[&str], needle: &str) {
+    let output = graft_in(dir, store, args);
+    assert!(
+        !output.status.success() && stderr(&output).contains(needle),
+        "graft {args:?}: {}",
+        stderr(&output)
+    );
+}
