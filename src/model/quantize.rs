@@ -28,25 +28,31 @@ pub const BLOCK: usize = 64;
 /// Absmax values per block of the double quantization.
 pub const NESTED_BLOCK: usize = 256;
 
-/// NF4's 16 values (bitsandbytes' `get_4bit_type("nf4")`), in code order.
-pub const NF4_TABLE: [f32; 16] = [
+/// NF4's 16 values as bitsandbytes writes them (`get_4bit_type("nf4")`), in code
+/// order; PyTorch rounds them to f32 from these doubles, as [`nf4_table`] does.
+const NF4_VALUES: [f64; 16] = [
     -1.0,
-    -0.696_192_800_998_687_7,
-    -0.525_073_051_452_636_7,
-    -0.394_917_488_098_144_53,
-    -0.284_441_381_692_886_35,
-    -0.184_773_430_228_233_34,
-    -0.091_050_036_251_544_95,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
     0.0,
-    0.079_580_299_556_255_34,
-    0.160_930_201_411_247_25,
-    0.246_112_301_945_686_34,
-    0.337_915_241_718_292_24,
-    0.440_709_829_330_444_34,
-    0.562_617_003_917_694_1,
-    0.722_956_836_223_602_3,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
     1.0,
 ];
+
+/// NF4's 16 values in f32, in code order.
+pub fn nf4_table() -> [f32; 16] {
+    NF4_VALUES.map(|v| v as f32)
+}
 
 /// How a base weight is quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +179,7 @@ impl QuantizedHost {
                 message: format!("quantized tensor `{name}`: {message}"),
             })
         };
-        if self.block == 0 || self.block % 8 != 0 {
+        if self.block == 0 || !self.block.is_multiple_of(8) {
             return bad(format!("block size {} is not a multiple of 8", self.block));
         }
         let code_bytes = match self.scheme {
@@ -207,7 +213,7 @@ impl QuantizedHost {
             } => {
                 if codes.len() != blocks {
                     bad(format!("{} absmax codes, expected {blocks}", codes.len()))
-                } else if *nested_block == 0 || nested_block % 4 != 0 {
+                } else if *nested_block == 0 || !nested_block.is_multiple_of(4) {
                     bad(format!(
                         "nested block size {nested_block} is not a multiple of 4"
                     ))
@@ -237,9 +243,10 @@ impl QuantizedHost {
 /// A folder saved by bitsandbytes carries its map (`nested_quant_map`), which graft
 /// reads instead of this one.
 pub fn dynamic_map() -> Vec<f32> {
-    const DECADES: [f32; 7] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+    const DECADES: [f64; 7] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
     let mut values: Vec<f32> = Vec::with_capacity(256);
     for (i, decade) in DECADES.iter().enumerate() {
+        let decade = *decade as f32;
         let points = f32_linspace(0.1, 1.0, (1 << i) + 1);
         for pair in points.windows(2) {
             // PyTorch multiplies the f32 means by the decade rounded to f32.
@@ -302,7 +309,8 @@ fn quantize_blocks(values: &[f32], block: usize, bounds: &[f32]) -> (Vec<u8>, Ve
 /// NF4 with bitsandbytes' defaults (block 64, double-quantized absmax) of a weight in
 /// Hugging Face layout, row-major `[out, in]`.
 pub fn quantize_nf4(values: &[f32], shape: [usize; 2]) -> QuantizedHost {
-    let (codes, absmax) = quantize_blocks(values, BLOCK, &midpoints(&NF4_TABLE));
+    let table = nf4_table();
+    let (codes, absmax) = quantize_blocks(values, BLOCK, &midpoints(&table));
     // An odd count is padded with the code of 0.0 (bitsandbytes pads with a zero).
     let zero = 7u8;
     let packed = codes
@@ -314,7 +322,7 @@ pub fn quantize_nf4(values: &[f32], shape: [usize; 2]) -> QuantizedHost {
         shape,
         block: BLOCK,
         codes: packed,
-        table: NF4_TABLE.to_vec(),
+        table: table.to_vec(),
         scales: double_quantize(&absmax),
     }
 }
@@ -382,8 +390,9 @@ mod tests {
         let mut values = vec![0.0f32; 64];
         values[0] = 2.0; // absmax: code 15
         values[1] = -2.0; // code 0
-        values[2] = 2.0 * 0.079_580_3; // NF4_TABLE[8]
-        values[3] = 2.0 * (NF4_TABLE[7] + NF4_TABLE[8]) / 2.0; // the midpoint: lower
+        let table = nf4_table();
+        values[2] = 2.0 * table[8];
+        values[3] = 2.0 * (table[7] + table[8]) / 2.0; // the midpoint: lower
         let quantized = quantize_nf4(&values, [1, 64]);
         let codes = quantized.unpacked_codes();
         assert_eq!(&codes[..5], &[15, 0, 8, 7, 7]);

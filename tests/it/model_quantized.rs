@@ -181,7 +181,7 @@ impl graft::train::Events for StopAfter {
 }
 
 #[test]
-fn training_over_an_nf4_or_int8_base_resumes_to_the_uninterrupted_checkpoint() {
+fn training_over_an_nf4_or_int8_base_resumes_and_recomputes_to_the_uninterrupted_checkpoint() {
     let work = lora_workspace(&llama_tiny());
     let dir = work.path();
     let default_run = ok(
@@ -202,11 +202,32 @@ fn training_over_an_nf4_or_int8_base_resumes_to_the_uninterrupted_checkpoint() {
             uninterrupted["run"], default_run,
             "{scheme} is another recipe"
         );
+        // Activation checkpointing recomputes the same products: the same weights.
+        let recomputed = ok(
+            dir,
+            &dir.join(format!("balanced-{scheme}")),
+            &[
+                "train",
+                "a.toml",
+                "--set",
+                &set,
+                "--set",
+                "compute.checkpointing=balanced",
+                "-q",
+                "--json",
+            ],
+        );
+        assert_eq!(
+            last_checkpoint(&recomputed),
+            last_checkpoint(&uninterrupted),
+            "{scheme} with checkpointing"
+        );
         // The same recipe stopped after step 3 in another store, then resumed.
         let store_path = dir.join(format!("stopped-{scheme}"));
         let store = graft::store::Store::open_or_init(&store_path).unwrap();
         let experiment =
-            graft::train::Experiment::load(&dir.join("a.toml"), &[set.clone()]).unwrap();
+            graft::train::Experiment::load(&dir.join("a.toml"), std::slice::from_ref(&set))
+                .unwrap();
         let plan = graft::train::plan(&store, &experiment).unwrap();
         let compute = graft::compute::Compute::new(Default::default(), experiment.compute);
         let mut recorder = graft::store::StoreRecorder::new(store.clone());
