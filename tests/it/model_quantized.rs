@@ -161,6 +161,16 @@ fn ok(dir: &Path, store: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&graft_ok_in(dir, store, args)).unwrap_or(Value::Null)
 }
 
+/// `graft train a.toml` with each of `sets` as `--set`, its JSON outcome.
+fn train(dir: &Path, store: &Path, sets: &[&str]) -> Value {
+    let mut args = vec!["train", "a.toml"];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    args.extend(["-q", "--json"]);
+    ok(dir, store, &args)
+}
+
 fn last_checkpoint(outcome: &Value) -> Value {
     outcome["checkpoints"].as_array().unwrap().last().unwrap()["id"].clone()
 }
@@ -184,38 +194,20 @@ impl graft::train::Events for StopAfter {
 fn training_over_an_nf4_or_int8_base_resumes_and_recomputes_to_the_uninterrupted_checkpoint() {
     let work = lora_workspace(&llama_tiny());
     let dir = work.path();
-    let default_run = ok(
-        dir,
-        &dir.join("plain"),
-        &["train", "a.toml", "-q", "--json"],
-    )["run"]
-        .clone();
+    let default_run = train(dir, &dir.join("plain"), &[])["run"].clone();
     for scheme in ["nf4", "int8"] {
         let set = format!("compute.base={scheme}");
         let reference_store = dir.join(format!("reference-{scheme}"));
-        let uninterrupted = ok(
-            dir,
-            &reference_store,
-            &["train", "a.toml", "--set", &set, "-q", "--json"],
-        );
+        let uninterrupted = train(dir, &reference_store, &[&set]);
         assert_ne!(
             uninterrupted["run"], default_run,
             "{scheme} is another recipe"
         );
         // Activation checkpointing recomputes the same products: the same weights.
-        let recomputed = ok(
+        let recomputed = train(
             dir,
             &dir.join(format!("balanced-{scheme}")),
-            &[
-                "train",
-                "a.toml",
-                "--set",
-                &set,
-                "--set",
-                "compute.checkpointing=balanced",
-                "-q",
-                "--json",
-            ],
+            &[&set, "compute.checkpointing=balanced"],
         );
         assert_eq!(
             last_checkpoint(&recomputed),
@@ -261,18 +253,7 @@ fn a_merged_export_over_nf4_merges_into_the_dequantized_base_and_says_so() {
     let work = lora_workspace(&llama_tiny());
     let dir = work.path();
     let store = dir.join("store");
-    let outcome = ok(
-        dir,
-        &store,
-        &[
-            "train",
-            "a.toml",
-            "--set",
-            "compute.base=nf4",
-            "-q",
-            "--json",
-        ],
-    );
+    let outcome = train(dir, &store, &["compute.base=nf4"]);
     let run = outcome["run"].as_str().unwrap().to_string();
     let merged = dir.join("merged");
     let output = graft_in(
@@ -318,18 +299,7 @@ fn a_quantized_base_refuses_what_it_cannot_train_and_a_4bit_folder_needs_nf4() {
     let store = dir.join("store");
     assert_refused(dir, &store, &["train", "a.toml"], "compute.base = \"nf4\"");
     // The same folder trains with the key set, from its stored codes.
-    ok(
-        dir,
-        &store,
-        &[
-            "train",
-            "a.toml",
-            "--set",
-            "compute.base=nf4",
-            "-q",
-            "--json",
-        ],
-    );
+    train(dir, &store, &["compute.base=nf4"]);
     // Full fine-tuning would have to update quantized weights.
     let work_plain = lora_workspace(&llama_tiny());
     let adapted = std::fs::read_to_string(work_plain.path().join("a.toml")).unwrap();
