@@ -116,6 +116,19 @@ pub trait Kernels: Backend {
         super::quant_product::quantized_product(x, weight)
     }
 
+    /// [`Kernels::lora_projection`] over a quantized frozen W `[out, in]`, dequantized in
+    /// each pass; `None` where not [`Kernels::fused_lora`].
+    fn quantized_lora_projection(
+        _x: Tensor<Self, 2>,
+        _weight: &QuantizedWeight<Self>,
+        _lora_a: Tensor<Self, 2>,
+        _lora_b: Tensor<Self, 2>,
+        _scale: f64,
+        _branch: DType,
+    ) -> Option<Tensor<Self, 2>> {
+        None
+    }
+
     /// Whether [`Kernels::token_loss_sum`] runs here.
     fn fused_loss() -> bool {
         false
@@ -241,6 +254,21 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
 
     fn quantized_product(x: Tensor<Self, 2>, weight: &QuantizedWeight<Self>) -> Tensor<Self, 2> {
         super::quant_product::quantized_product_autodiff::<Flex, C>(x, weight)
+    }
+
+    fn quantized_lora_projection(
+        x: Tensor<Self, 2>,
+        weight: &QuantizedWeight<Self>,
+        lora_a: Tensor<Self, 2>,
+        lora_b: Tensor<Self, 2>,
+        scale: f64,
+        branch: DType,
+    ) -> Option<Tensor<Self, 2>> {
+        Self::fused_lora().then(|| {
+            super::lora_product::quantized_lora_projection_autodiff::<Flex, C>(
+                x, weight, lora_a, lora_b, scale, branch,
+            )
+        })
     }
 
     fn fused_loss() -> bool {
@@ -436,6 +464,21 @@ mod cuda {
             weight: &QuantizedWeight<Self>,
         ) -> Tensor<Self, 2> {
             crate::compute::quant_product::quantized_product_autodiff::<Cuda<F>, C>(x, weight)
+        }
+
+        fn quantized_lora_projection(
+            x: Tensor<Self, 2>,
+            weight: &QuantizedWeight<Self>,
+            lora_a: Tensor<Self, 2>,
+            lora_b: Tensor<Self, 2>,
+            scale: f64,
+            branch: DType,
+        ) -> Option<Tensor<Self, 2>> {
+            Self::fused_lora().then(|| {
+                lora_product::quantized_lora_projection_autodiff::<Cuda<F>, C>(
+                    x, weight, lora_a, lora_b, scale, branch,
+                )
+            })
         }
 
         fn fused_loss() -> bool {

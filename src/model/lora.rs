@@ -285,20 +285,27 @@ impl<B: Backend> Linear<B> {
 impl<B: Kernels> Linear<B> {
     /// x: `[..., d_in]` -> `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let fused = self
+            .lora
+            .as_ref()
+            .filter(|lora| lora.dropout == 0.0 && B::fused_lora());
         let bias = self.bias.as_ref().map(|b| b.val());
-        let base = match (&self.weight, &self.quantized) {
-            (Some(weight), _) => {
-                if let Some(lora) = &self.lora {
-                    if lora.dropout == 0.0 && B::fused_lora() {
-                        return self.fused_forward(x, weight.val(), lora);
-                    }
-                }
-                project(x.clone(), weight.val(), bias)
+        let base = match (&self.weight, &self.quantized, fused) {
+            (Some(weight), _, Some(lora)) => {
+                return self.fused_forward(x, lora, |rows, a, b, scale, branch| {
+                    B::lora_projection(rows, weight.val(), a, b, scale, branch)
+                })
             }
-            (None, Some(quantized)) => over_rows(x.clone(), self.d_out(), bias, |rows| {
+            (None, Some(quantized), Some(lora)) => {
+                return self.fused_forward(x, lora, |rows, a, b, scale, branch| {
+                    B::quantized_lora_projection(rows, quantized, a, b, scale, branch)
+                })
+            }
+            (Some(weight), _, None) => project(x.clone(), weight.val(), bias),
+            (None, Some(quantized), None) => over_rows(x.clone(), self.d_out(), bias, |rows| {
                 B::quantized_product(rows, quantized)
             }),
-            (None, None) => unreachable!("a projection has a float or a quantized weight"),
+            (None, None, _) => unreachable!("a projection has a float or a quantized weight"),
         };
         match &self.lora {
             None => base,
@@ -333,19 +340,18 @@ impl<B: Kernels> Linear<B> {
     }
 
     /// The adapted projection as one autodiff node (`lora_product`), on the training
-    /// backends.
+    /// backends: `node(rows, A, B, scale, branch dtype)`.
     fn fused_forward<const D: usize>(
         &self,
         x: Tensor<B, D>,
-        weight: Tensor<B, 2>,
         lora: &LoraBranch<B>,
+        node: impl FnOnce(Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>, f64, DType) -> Option<Tensor<B, 2>>,
     ) -> Tensor<B, D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         over_rows(x, self.d_out(), bias, |rows| {
             let branch = branch_dtype(rows.dtype(), lora.lora_a.val().dtype());
-            B::lora_projection(
+            node(
                 rows,
-                weight,
                 lora.lora_a.val(),
                 lora.lora_b.val(),
                 lora.scale,
