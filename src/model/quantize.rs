@@ -21,6 +21,8 @@
 //! `tests/fixtures/make_quant_fixture.py` implements the same in numpy, and the tests
 //! compare the two code for code.
 
+use rayon::prelude::*;
+
 use super::error::ModelError;
 
 /// Values per block of the weight's codes (bitsandbytes' default for 4 bits).
@@ -286,23 +288,31 @@ fn midpoints(table: &[f32]) -> Vec<f32> {
 }
 
 /// Codes into `table` (through its `bounds`) and the absmax of each block of `values`.
+/// Blocks are independent, so they are quantized in parallel (an 8B model's
+/// projections are 7 billion values) with the same result on any thread count.
 fn quantize_blocks(values: &[f32], block: usize, bounds: &[f32]) -> (Vec<u8>, Vec<f32>) {
-    let mut codes = Vec::with_capacity(values.len());
-    let mut absmax = Vec::with_capacity(values.len().div_ceil(block));
-    for chunk in values.chunks(block) {
-        let max = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let full = chunk.len() == block;
-        let scale = max.max(1e-38);
-        let inverse = 1.0 / scale;
-        for &v in chunk {
-            // bitsandbytes multiplies full blocks by the reciprocal and divides the
-            // partial one.
-            let scaled = if full { v * inverse } else { v / scale };
-            let scaled = scaled.clamp(-1.0, 1.0);
-            codes.push(bounds.partition_point(|b| *b < scaled) as u8);
-        }
-        absmax.push(if full { max } else { scale });
-    }
+    let per_block: Vec<(Vec<u8>, f32)> = values
+        .par_chunks(block)
+        .map(|chunk| {
+            let max = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let full = chunk.len() == block;
+            let scale = max.max(1e-38);
+            let inverse = 1.0 / scale;
+            let codes = chunk
+                .iter()
+                .map(|&v| {
+                    // bitsandbytes multiplies full blocks by the reciprocal and divides
+                    // the partial one.
+                    let scaled = if full { v * inverse } else { v / scale };
+                    let scaled = scaled.clamp(-1.0, 1.0);
+                    bounds.partition_point(|b| *b < scaled) as u8
+                })
+                .collect();
+            (codes, if full { max } else { scale })
+        })
+        .collect();
+    let absmax = per_block.iter().map(|(_, absmax)| *absmax).collect();
+    let codes = per_block.into_iter().flat_map(|(codes, _)| codes).collect();
     (codes, absmax)
 }
 
@@ -346,26 +356,31 @@ fn double_quantize(absmax: &[f32]) -> BlockScales {
 
 /// Symmetric per-block int8 of a weight in Hugging Face layout, row-major `[out, in]`.
 pub fn quantize_int8(values: &[f32], shape: [usize; 2]) -> QuantizedHost {
-    let mut codes = Vec::with_capacity(values.len());
-    let mut scales = Vec::with_capacity(values.len().div_ceil(BLOCK));
-    for chunk in values.chunks(BLOCK) {
-        let max = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let scale = max / 127.0;
-        for &v in chunk {
-            let code = if scale == 0.0 {
-                0.0
-            } else {
-                (v / scale).round_ties_even().clamp(-127.0, 127.0)
-            };
-            codes.push(code as i8 as u8);
-        }
-        scales.push(scale);
-    }
+    let per_block: Vec<(Vec<u8>, f32)> = values
+        .par_chunks(BLOCK)
+        .map(|chunk| {
+            let max = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = max / 127.0;
+            let codes = chunk
+                .iter()
+                .map(|&v| {
+                    let code = if scale == 0.0 {
+                        0.0
+                    } else {
+                        (v / scale).round_ties_even().clamp(-127.0, 127.0)
+                    };
+                    code as i8 as u8
+                })
+                .collect();
+            (codes, scale)
+        })
+        .collect();
+    let scales = per_block.iter().map(|(_, scale)| *scale).collect();
     QuantizedHost {
         scheme: QuantScheme::Int8,
         shape,
         block: BLOCK,
-        codes,
+        codes: per_block.into_iter().flat_map(|(codes, _)| codes).collect(),
         table: Vec::new(),
         scales: BlockScales::Plain(scales),
     }
