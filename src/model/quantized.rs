@@ -37,8 +37,10 @@ pub struct QuantizedWeight<B: Backend> {
     /// bitsandbytes packs them (first code in the high nibble); int8 codes are stored
     /// with 128 added, so that each byte reads back unsigned.
     pub words: Tensor<B, 1, Int>,
-    /// NF4's 16 values in f32 (`None` for int8).
-    pub table: Option<Tensor<B, 1>>,
+    /// NF4: the values of both codes of every byte, `[256, 2]` f32 (row `b` holds the
+    /// values of `b >> 4` and `b & 15`), so one lookup per byte unpacks two codes;
+    /// `None` for int8.
+    pub table: Option<Tensor<B, 2>>,
     /// One f32 scale a block, or with double quantization the nested absmax.
     pub scales: Tensor<B, 1>,
     /// Double quantization: the absmax codes, four to a word, padded to whole nested
@@ -87,10 +89,17 @@ fn unpack<B: Backend>(words: Tensor<B, 1, Int>, bits: u32, shifts: &[i32]) -> Te
     Tensor::cat(fields, 1).reshape([count])
 }
 
-/// Byte `k` of a word holds element `k`.
+/// Byte `k` of a word holds element `k` (int8) or elements `2k` and `2k + 1` (NF4:
+/// high nibble first).
 const BYTE_SHIFTS: [i32; 4] = [0, 8, 16, 24];
-/// Byte `k` of a word holds elements `2k` (high nibble) and `2k + 1` (low nibble).
-const NIBBLE_SHIFTS: [i32; 8] = [4, 0, 12, 8, 20, 16, 28, 24];
+
+/// The `[256, 2]` table of the values of both NF4 codes of each byte.
+fn byte_pair_table<B: Backend>(table: &[f32], device: &B::Device) -> Tensor<B, 2> {
+    let pairs: Vec<f32> = (0..256)
+        .flat_map(|byte| [table[byte >> 4], table[byte & 0x0f]])
+        .collect();
+    f32_tensor::<B>(pairs, device).reshape([256, 2])
+}
 
 impl<B: Backend> QuantizedWeight<B> {
     /// Puts a host-quantized weight on `device`, still quantized.
@@ -100,7 +109,7 @@ impl<B: Backend> QuantizedWeight<B> {
         let (words, table) = match host.scheme {
             QuantScheme::Nf4 => (
                 pack_words(&host.codes, padded / 2, |b| b),
-                Some(f32_tensor(host.table.clone(), device)),
+                Some(byte_pair_table(&host.table, device)),
             ),
             QuantScheme::Int8 => (pack_words(&host.codes, padded, |b| b ^ 0x80), None),
         };
@@ -180,8 +189,9 @@ impl<B: Backend> QuantizedWeight<B> {
         } = self.layout;
         let values = match (scheme, &self.table) {
             (QuantScheme::Nf4, Some(table)) => {
-                let codes = unpack(self.words.clone(), 4, &NIBBLE_SHIFTS);
-                table.clone().select(0, codes)
+                let bytes = unpack(self.words.clone(), 8, &BYTE_SHIFTS);
+                let pairs = bytes.dims()[0];
+                table.clone().select(0, bytes).reshape([pairs * 2])
             }
             _ => {
                 let codes = unpack(self.words.clone(), 8, &BYTE_SHIFTS);
@@ -251,7 +261,15 @@ impl<B: Backend> QuantizedWeight<B> {
             shape: layout.shape,
             block: layout.block,
             codes,
-            table: self.table.as_ref().map(floats).unwrap_or_default(),
+            table: self
+                .table
+                .as_ref()
+                .map(|pairs| {
+                    // Row `16 i` holds code i's value first.
+                    let values = floats(&pairs.clone().reshape([512]));
+                    (0..16).map(|code| values[code * 32]).collect()
+                })
+                .unwrap_or_default(),
             scales,
         }
     }
