@@ -289,8 +289,13 @@ pub struct Compute {
 }
 
 impl Compute {
+    /// `base = "bf16"` over a bf16 dtype is recorded as the default it equals, as the
+    /// recipe records it, so an execution's compute and its recipe agree.
     pub fn new(backend: BackendKind, options: ComputeSection) -> Self {
-        Compute { backend, options }
+        Compute {
+            backend,
+            options: options.normalized(),
+        }
     }
 
     /// Refuses what this build or backend cannot compute, naming the key.
@@ -447,6 +452,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(spelled.recipe_part(), plain.recipe_part());
+        assert_eq!(
+            Compute::new(BackendKind::Cuda, spelled),
+            Compute::new(BackendKind::Cuda, plain)
+        );
         let refused = ComputeSection {
             base: BaseStorage::Bf16,
             ..Default::default()

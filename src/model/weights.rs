@@ -425,6 +425,7 @@ pub fn load_model_dir_as<B: Backend>(
     quantize: Option<QuantScheme>,
 ) -> Result<CausalLm<B>, ModelError> {
     let config = ModelConfig::from_dir(dir)?;
+    // Refuses a quantization graft does not read (8-bit, FP4, GPTQ...), naming the key.
     bnb::is_nf4_folder(dir)?;
     let tensors = read_raw_tensors(dir)?;
     build_model(&config, tensors, device, quantize)
