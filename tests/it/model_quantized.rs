@@ -300,6 +300,16 @@ fn a_quantized_base_refuses_what_it_cannot_train_and_a_4bit_folder_needs_nf4() {
     assert_refused(dir, &store, &["train", "a.toml"], "compute.base = \"nf4\"");
     // The same folder trains with the key set, from its stored codes.
     train(dir, &store, &["compute.base=nf4"]);
+    // Registered, it counts the values its codes pack, as the float folder does.
+    let parameters = |folder: &Path, store: &Path| -> Value {
+        graft_ok_in(dir, store, &["model", "add", folder.to_str().unwrap()]);
+        let listed: Value =
+            serde_json::from_str(&graft_ok_in(dir, store, &["model", "ls", "--json"])).unwrap();
+        listed[0]["summary"]["parameters"].clone()
+    };
+    let float_count = parameters(&llama_tiny(), &dir.join("float-models"));
+    assert!(float_count.as_u64().is_some_and(|n| n > 0), "{float_count}");
+    assert_eq!(parameters(&bnb, &dir.join("bnb-models")), float_count);
     // Full fine-tuning would have to update quantized weights.
     let work_plain = lora_workspace(&llama_tiny());
     let adapted = std::fs::read_to_string(work_plain.path().join("a.toml")).unwrap();
