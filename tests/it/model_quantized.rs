@@ -335,3 +335,80 @@ fn assert_refused(dir: &Path, store: &Path, args: &[&str], needle: &str) {
         stderr(&output)
     );
 }
+
+/// Bytes the process's allocator holds in use (heap and mmapped blocks).
+fn bytes_in_use() -> usize {
+    // SAFETY: mallinfo2 only reads glibc's counters.
+    let info = unsafe { libc::mallinfo2() };
+    info.uordblks + info.hblkhd
+}
+
+/// Run in a process of its own by the test below (`GRAFT_TEST_MEMORY_CHILD`), so
+/// that no other test allocates while it measures: after the forward pass of a
+/// quantized projection, before the backward pass, the process holds the output
+/// and the codes but not the dequantized f32 weight (16 MiB here), which the same
+/// product written as `x · Wᵀ` over the dequantized weight keeps for its backward pass.
+#[test]
+fn memory_child() {
+    if std::env::var("GRAFT_TEST_MEMORY_CHILD").is_err() {
+        return;
+    }
+    type B = burn::backend::Autodiff<Flex>;
+    let device = Default::default();
+    let shape = [2048, 2048];
+    let values: Vec<f32> = (0..shape[0] * shape[1])
+        .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 1000.0)
+        .collect();
+    let host = graft::model::quantize::quantize_nf4(&values, shape);
+    drop(values);
+    let weight = graft::model::quantized::QuantizedWeight::<B>::from_host(&host, &device);
+    let x = Tensor::<B, 2>::from_data(TensorData::new(vec![0.5f32; 4 * 2048], [4, 2048]), &device)
+        .require_grad();
+    let weight_bytes = shape[0] * shape[1] * 4;
+
+    let before = bytes_in_use();
+    let out = graft::compute::quant_product::quantized_product_autodiff(x.clone(), &weight);
+    let node_held = bytes_in_use().saturating_sub(before);
+    let grads = out.sum().backward();
+    assert!(x.grad(&grads).is_some());
+
+    let before = bytes_in_use();
+    let out = {
+        let dense = weight.dequantize(DType::F32);
+        x.clone().matmul(dense.transpose())
+    };
+    let dense_held = bytes_in_use().saturating_sub(before);
+    drop(out);
+    println!("held between the passes: node {node_held} bytes, x·Wᵀ {dense_held} bytes");
+    assert!(
+        dense_held >= weight_bytes,
+        "the measure sees a kept weight: {dense_held}"
+    );
+    assert!(
+        node_held < weight_bytes / 4,
+        "the node keeps no float weight: {node_held}"
+    );
+}
+
+#[test]
+fn a_quantized_projection_keeps_no_float_weight_between_the_passes() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "model_quantized::memory_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("GRAFT_TEST_MEMORY_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && text.contains("held between the passes"),
+        "{text}"
+    );
+}
