@@ -379,7 +379,29 @@ fn memory_child() {
     };
     let dense_held = bytes_in_use().saturating_sub(before);
     drop(out);
-    println!("held between the passes: node {node_held} bytes, x·Wᵀ {dense_held} bytes");
+    // The adapted projection's node over the same weight keeps none either.
+    let lora_a = Tensor::<B, 2>::from_data(
+        TensorData::new(vec![0.01f32; 2048 * 16], [2048, 16]),
+        &device,
+    )
+    .require_grad();
+    let lora_b = Tensor::<B, 2>::zeros([16, 2048], &device).require_grad();
+    let before = bytes_in_use();
+    let out = graft::compute::lora_product::quantized_lora_projection_autodiff(
+        x.clone(),
+        &weight,
+        lora_a,
+        lora_b,
+        2.0,
+        DType::F32,
+    );
+    let lora_held = bytes_in_use().saturating_sub(before);
+    drop(out);
+    println!("held between the passes: node {node_held} bytes, adapted node {lora_held} bytes, x·Wᵀ {dense_held} bytes");
+    assert!(
+        lora_held < weight_bytes / 4,
+        "the adapted node keeps no float weight: {lora_held}"
+    );
     assert!(
         dense_held >= weight_bytes,
         "the measure sees a kept weight: {dense_held}"
