@@ -67,15 +67,8 @@ pub fn lora_projection_autodiff<I: Kernels, C: CheckpointStrategy>(
         lora_a.node.clone(),
         lora_b.node.clone(),
     ];
-    let output = match LoraProjectionBackward
-        .prepare::<C>(parents)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(state, out.into_primitive().tensor()),
-        OpsKind::UnTracked(prep) => prep.finish(out.into_primitive().tensor()),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(output))
+    let prepared = LoraProjectionBackward.prepare::<C>(parents);
+    record(prepared.compute_bound().stateful(), state, out)
 }
 
 /// The node over a quantized frozen base W (`[out, in]`): `x · dequant(W)ᵀ + s (x A) B`.
@@ -100,11 +93,21 @@ pub fn quantized_lora_projection_autodiff<I: Kernels, C: CheckpointStrategy>(
         ..state
     };
     let parents = [x.node.clone(), lora_a.node.clone(), lora_b.node.clone()];
-    let output = match QuantizedLoraProjectionBackward
-        .prepare::<C>(parents)
-        .compute_bound()
-        .stateful()
-    {
+    let prepared = QuantizedLoraProjectionBackward.prepare::<C>(parents);
+    record(prepared.compute_bound().stateful(), state, out)
+}
+
+/// Records `out` as the output of a prepared node, keeping `state` for the backward
+/// pass where gradients are tracked.
+fn record<I: Kernels, C: CheckpointStrategy, const N: usize, Op>(
+    prepared: OpsKind<Op, I, LoraProjectionState<I>, C, N>,
+    state: LoraProjectionState<I>,
+    out: Tensor<I, 2>,
+) -> Tensor<Autodiff<I, C>, 2>
+where
+    Op: Backward<I, N, State = LoraProjectionState<I>>,
+{
+    let output = match prepared {
         OpsKind::Tracked(prep) => prep.finish(state, out.into_primitive().tensor()),
         OpsKind::UnTracked(prep) => prep.finish(out.into_primitive().tensor()),
     };
