@@ -44,16 +44,8 @@ cache = "local"
 TOML
 fi
 
-# graft's CUDA matrix products go through cuBLAS, which it loads at run time: put the
-# CUDA toolkit's copy (or the one PyTorch ships) on the library path. Without it graft
-# warns and falls back to burn's own matmul.
-for dir in /usr/local/cuda/lib64 \
-  "$(python3 -c 'import nvidia.cublas, os; print(os.path.join(os.path.dirname(nvidia.cublas.__file__), "lib"))' 2>/dev/null)"; do
-  if [ -n "$dir" ] && ls "$dir"/libcublas.so* >/dev/null 2>&1; then
-    export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    break
-  fi
-done
+# shellcheck source=benches/gpu_common.sh
+. "$(dirname "$0")/gpu_common.sh"
 
 results=$LOGS/results.jsonl
 : >"$results"

@@ -20,6 +20,14 @@ PRESETS = {
                      rope_scaling={"rope_type": "llama3", "factor": 32.0,
                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                    "original_max_position_embeddings": 8192}),
+    # Llama-3.1-8B's shapes (untied head).
+    "llama-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                     max_position_embeddings=131072, rope_theta=500000.0,
+                     tie_word_embeddings=False,
+                     rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 8192}),
     # SmolLM2-135M's shapes.
     "smol-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                       num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
@@ -44,6 +52,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
     config = LlamaConfig(**shapes, bos_token_id=0, eos_token_id=1, torch_dtype="bfloat16")
+    # Built in f32 on the GPU, then cast: 32 GB for the 8B preset, which an H200 holds.
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(args.out, safe_serialization=True)

@@ -18,20 +18,9 @@ STEPS=${STEPS:-30}
 SET=${SET:-}
 LOGS=${LOGS:-${OUT:-/tmp}/train-logs}
 WORK=${WORK:-/tmp/graft-train-bench}
-REF=${REF:-}
-if [ -z "$REF" ]; then
-  for candidate in shared/bench/hf_peft_lora.py ../shared/bench/hf_peft_lora.py; do
-    if [ -f "$candidate" ]; then REF=$(realpath "$candidate"); break; fi
-  done
-fi
 mkdir -p "$LOGS" "$WORK"
-for dir in /usr/local/cuda/lib64 \
-  "$(python3 -c 'import nvidia.cublas, os; print(os.path.join(os.path.dirname(nvidia.cublas.__file__), "lib"))' 2>/dev/null)"; do
-  if [ -n "$dir" ] && ls "$dir"/libcublas.so* >/dev/null 2>&1; then
-    export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    break
-  fi
-done
+# shellcheck source=benches/gpu_common.sh
+. "$(dirname "$0")/gpu_common.sh"
 FOLDER=$WORK/$PRESET
 if [ ! -f "$FOLDER/train.jsonl" ]; then
   python3 "$(dirname "$0")/make_llama_folder.py" "$FOLDER" --preset "$PRESET" \
@@ -68,18 +57,6 @@ baseline_eval = false
 eval_every = 100000
 checkpoint_every = 100000
 TOML
-# Peak device memory of a command, as nvidia-smi sees the card (the pool cubecl
-# reserved, for graft; torch's cache for the reference), sampled every 100 ms.
-peak_of() {
-  local log=$1; shift
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$log.mem" 2>/dev/null &
-  local sampler=$!
-  "$@"
-  local status=$?
-  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
-  echo "peak MiB $(sort -n "$log.mem" | tail -n 1)" >&2
-  return $status
-}
 cd "$WORK"
 rm -rf "$WORK/store"
 echo "== graft train" >&2

@@ -115,6 +115,12 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         output::println_safe(&format!("wrote {kind} to {}{carried}", dir.display()));
     } else {
         prepare_target(dir, args.force)?;
+        if let Some(scheme) = restored.model.base_quantization() {
+            eprintln!(
+                "note: the run trained over a {} base: the adapter is merged into its dequantized weights, written in f32 (the file's metadata says so)",
+                scheme.as_str()
+            );
+        }
         save_merged(restored.model, dir, Some(&restored.folder))?;
         output::println_safe(&format!("wrote {kind} to {}", dir.display()));
     }

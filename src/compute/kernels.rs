@@ -13,6 +13,7 @@ use burn::tensor::{DType, Int, Tensor};
 
 use super::options::current;
 use super::{cpu_attention, cpu_rope, cpu_swiglu, Attention};
+use crate::model::quantized::QuantizedWeight;
 
 /// Three tensors handed back.
 pub type Qkv<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
@@ -100,6 +101,26 @@ pub trait Kernels: Backend {
     fn lora_projection(
         _x: Tensor<Self, 2>,
         _weight: Tensor<Self, 2>,
+        _lora_a: Tensor<Self, 2>,
+        _lora_b: Tensor<Self, 2>,
+        _scale: f64,
+        _branch: DType,
+    ) -> Option<Tensor<Self, 2>> {
+        None
+    }
+
+    /// `x · dequant(W)ᵀ` for x `[n, in]` and a quantized frozen W `[out, in]` ->
+    /// `[n, out]`. The training backends run it as one node that keeps no float copy
+    /// of W between the passes (`quant_product`); elsewhere it is op by op.
+    fn quantized_product(x: Tensor<Self, 2>, weight: &QuantizedWeight<Self>) -> Tensor<Self, 2> {
+        super::quant_product::quantized_product(x, weight)
+    }
+
+    /// [`Kernels::lora_projection`] over a quantized frozen W `[out, in]`, dequantized in
+    /// each pass; `None` where not [`Kernels::fused_lora`].
+    fn quantized_lora_projection(
+        _x: Tensor<Self, 2>,
+        _weight: &QuantizedWeight<Self>,
         _lora_a: Tensor<Self, 2>,
         _lora_b: Tensor<Self, 2>,
         _scale: f64,
@@ -253,6 +274,25 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
     ) -> Option<Tensor<Self, 2>> {
         Self::fused_lora().then(|| {
             super::lora_product::lora_projection_autodiff::<Flex, C>(
+                x, weight, lora_a, lora_b, scale, branch,
+            )
+        })
+    }
+
+    fn quantized_product(x: Tensor<Self, 2>, weight: &QuantizedWeight<Self>) -> Tensor<Self, 2> {
+        super::quant_product::quantized_product_autodiff::<Flex, C>(x, weight)
+    }
+
+    fn quantized_lora_projection(
+        x: Tensor<Self, 2>,
+        weight: &QuantizedWeight<Self>,
+        lora_a: Tensor<Self, 2>,
+        lora_b: Tensor<Self, 2>,
+        scale: f64,
+        branch: DType,
+    ) -> Option<Tensor<Self, 2>> {
+        Self::fused_lora().then(|| {
+            super::lora_product::quantized_lora_projection_autodiff::<Flex, C>(
                 x, weight, lora_a, lora_b, scale, branch,
             )
         })
@@ -485,6 +525,28 @@ mod cuda {
         ) -> Option<Tensor<Self, 2>> {
             Self::fused_lora().then(|| {
                 lora_product::lora_projection_autodiff::<Cuda<F>, C>(
+                    x, weight, lora_a, lora_b, scale, branch,
+                )
+            })
+        }
+
+        fn quantized_product(
+            x: Tensor<Self, 2>,
+            weight: &QuantizedWeight<Self>,
+        ) -> Tensor<Self, 2> {
+            crate::compute::quant_product::quantized_product_autodiff::<Cuda<F>, C>(x, weight)
+        }
+
+        fn quantized_lora_projection(
+            x: Tensor<Self, 2>,
+            weight: &QuantizedWeight<Self>,
+            lora_a: Tensor<Self, 2>,
+            lora_b: Tensor<Self, 2>,
+            scale: f64,
+            branch: DType,
+        ) -> Option<Tensor<Self, 2>> {
+            Self::fused_lora().then(|| {
+                lora_product::quantized_lora_projection_autodiff::<Cuda<F>, C>(
                     x, weight, lora_a, lora_b, scale, branch,
                 )
             })

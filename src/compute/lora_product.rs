@@ -1,5 +1,6 @@
 //! An adapted projection, `x W + s (x A) B`, as one autodiff node, for the CPU and
-//! CUDA training backends.
+//! CUDA training backends, over a float base W or a quantized one (dequantized in each
+//! pass, as `quant_product` does).
 //!
 //! Op by op, the projection is seven autodiff nodes or more (three products, a scale,
 //! a sum, and the casts between the activations' dtype and the branch's), and on the
@@ -29,7 +30,11 @@ use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive};
 
 use super::gemm::{matmul, matmul_f32, matmul_scaled};
 use super::kernels::Kernels;
+use super::quant_product::quantized_product;
 use crate::model::lora::in_dtype;
+use crate::model::quantized::QuantizedWeight;
+use burn::backend::autodiff::NodeId;
+use burn::module::AutodiffModule;
 
 /// The node over inner backend `I`. Public so tests compare it with the op-by-op
 /// projection on the CPU.
@@ -43,16 +48,87 @@ pub fn lora_projection_autodiff<I: Kernels, C: CheckpointStrategy>(
 ) -> Tensor<Autodiff<I, C>, 2> {
     let [x, weight, lora_a, lora_b] =
         [x, weight, lora_a, lora_b].map(|t| t.into_primitive().tensor());
-    let inner = |p: &I::FloatTensorPrimitive| {
-        Tensor::<I, 2>::from_primitive(TensorPrimitive::Float(p.clone()))
-    };
-    let x_in = inner(&x.primitive);
-    let dtype = x_in.dtype();
-    let (a_full, b_full) = (inner(&lora_a.primitive), inner(&lora_b.primitive));
-    let (a_dtype, b_dtype) = (a_full.dtype(), b_full.dtype());
-    let w_in = inner(&weight.primitive);
+    let w_in = inner::<I>(&weight.primitive);
     let weight_dtype = w_in.dtype();
+    let x_in = inner::<I>(&x.primitive);
     let base = matmul(x_in.clone(), w_in.clone());
+    let adapter = [&lora_a, &lora_b].map(|t| inner::<I>(&t.primitive));
+    let (out, state) = forward(x_in, base, adapter, scale, branch);
+    let state = LoraProjectionState {
+        base: BaseWeight::Float {
+            weight: w_in.into_primitive().tensor(),
+            dtype: weight_dtype,
+        },
+        ..state
+    };
+    let parents = [
+        x.node.clone(),
+        weight.node.clone(),
+        lora_a.node.clone(),
+        lora_b.node.clone(),
+    ];
+    let prepared = LoraProjectionBackward.prepare::<C>(parents);
+    record(prepared.compute_bound().stateful(), state, out)
+}
+
+/// The node over a quantized frozen base W (`[out, in]`): `x · dequant(W)ᵀ + s (x A) B`.
+/// W is dequantized for the forward product and again for `dx`; no float copy of it
+/// lives between the passes (see `quant_product`), and it has no gradient.
+pub fn quantized_lora_projection_autodiff<I: Kernels, C: CheckpointStrategy>(
+    x: Tensor<Autodiff<I, C>, 2>,
+    weight: &QuantizedWeight<Autodiff<I, C>>,
+    lora_a: Tensor<Autodiff<I, C>, 2>,
+    lora_b: Tensor<Autodiff<I, C>, 2>,
+    scale: f64,
+    branch: DType,
+) -> Tensor<Autodiff<I, C>, 2> {
+    let weight = weight.valid();
+    let [x, lora_a, lora_b] = [x, lora_a, lora_b].map(|t| t.into_primitive().tensor());
+    let x_in = inner::<I>(&x.primitive);
+    let base = quantized_product(x_in.clone(), &weight);
+    let adapter = [&lora_a, &lora_b].map(|t| inner::<I>(&t.primitive));
+    let (out, state) = forward(x_in, base, adapter, scale, branch);
+    let state = LoraProjectionState {
+        base: BaseWeight::Quantized(weight),
+        ..state
+    };
+    let parents = [x.node.clone(), lora_a.node.clone(), lora_b.node.clone()];
+    let prepared = QuantizedLoraProjectionBackward.prepare::<C>(parents);
+    record(prepared.compute_bound().stateful(), state, out)
+}
+
+/// Records `out` as the output of a prepared node, keeping `state` for the backward
+/// pass where gradients are tracked.
+fn record<I: Kernels, C: CheckpointStrategy, const N: usize, Op>(
+    prepared: OpsKind<Op, I, LoraProjectionState<I>, C, N>,
+    state: LoraProjectionState<I>,
+    out: Tensor<I, 2>,
+) -> Tensor<Autodiff<I, C>, 2>
+where
+    Op: Backward<I, N, State = LoraProjectionState<I>>,
+{
+    let output = match prepared {
+        OpsKind::Tracked(prep) => prep.finish(state, out.into_primitive().tensor()),
+        OpsKind::UnTracked(prep) => prep.finish(out.into_primitive().tensor()),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+fn inner<I: Backend>(p: &I::FloatTensorPrimitive) -> Tensor<I, 2> {
+    Tensor::<I, 2>::from_primitive(TensorPrimitive::Float(p.clone()))
+}
+
+/// The output `base + s (x A) B` and the state the backward pass needs (its base still
+/// a placeholder for the caller to set).
+fn forward<I: Kernels>(
+    x_in: Tensor<I, 2>,
+    base: Tensor<I, 2>,
+    [a_full, b_full]: [Tensor<I, 2>; 2],
+    scale: f64,
+    branch: DType,
+) -> (Tensor<I, 2>, LoraProjectionState<I>) {
+    let dtype = x_in.dtype();
+    let (a_dtype, b_dtype) = (a_full.dtype(), b_full.dtype());
     // The split below is written for an f32 adapter on narrower activations; any
     // other combination runs the branch in the activations' dtype.
     let f32_branch = branch == DType::F32
@@ -75,34 +151,17 @@ pub fn lora_projection_autodiff<I: Kernels, C: CheckpointStrategy>(
         let out = (base.cast(FloatDType::F32) + up).cast(dtype);
         (out, a_split.narrow(1, 0, rank), b_low, down.cast(dtype))
     };
-    let parents = [
-        x.node.clone(),
-        weight.node.clone(),
-        lora_a.node.clone(),
-        lora_b.node.clone(),
-    ];
-    let output = match LoraProjectionBackward
-        .prepare::<C>(parents)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(
-            LoraProjectionState {
-                x: x_in.into_primitive().tensor(),
-                weight: w_in.into_primitive().tensor(),
-                a_low: a_low.into_primitive().tensor(),
-                b_low: b_low.into_primitive().tensor(),
-                down: down.into_primitive().tensor(),
-                weight_dtype,
-                a_dtype,
-                b_dtype,
-                scale,
-            },
-            out.into_primitive().tensor(),
-        ),
-        OpsKind::UnTracked(prep) => prep.finish(out.into_primitive().tensor()),
+    let state = LoraProjectionState {
+        x: x_in.into_primitive().tensor(),
+        base: BaseWeight::Pending,
+        a_low: a_low.into_primitive().tensor(),
+        b_low: b_low.into_primitive().tensor(),
+        down: down.into_primitive().tensor(),
+        a_dtype,
+        b_dtype,
+        scale,
     };
-    Tensor::from_primitive(TensorPrimitive::Float(output))
+    (out, state)
 }
 
 /// `[hi | lo]` for an f32 matrix `[d, r]`, `[d, 2r]` in `dtype`: `hi` is the matrix
@@ -117,16 +176,32 @@ fn split_for_products<I: Backend>(matrix: Tensor<I, 2>, dtype: DType) -> Tensor<
 #[derive(Debug)]
 struct LoraProjectionBackward;
 
+#[derive(Debug)]
+struct QuantizedLoraProjectionBackward;
+
+/// The base weight the backward pass multiplies `dy` by.
 #[derive(Debug, Clone)]
-struct LoraProjectionState<I: Backend> {
+enum BaseWeight<I: Kernels> {
+    /// `[d_in, d_out]`, a parent of the node (it gets a gradient where tracked).
+    Float {
+        weight: I::FloatTensorPrimitive,
+        dtype: DType,
+    },
+    /// Dequantized again for `dx`.
+    Quantized(QuantizedWeight<I>),
+    /// Set by the caller of [`forward`] before the node is recorded.
+    Pending,
+}
+
+#[derive(Debug, Clone)]
+struct LoraProjectionState<I: Kernels> {
     x: I::FloatTensorPrimitive,
-    weight: I::FloatTensorPrimitive,
+    base: BaseWeight<I>,
     /// A and B in the activations' dtype.
     a_low: I::FloatTensorPrimitive,
     b_low: I::FloatTensorPrimitive,
     /// `x A` in the activations' dtype, `[n, r]`: small, and only `dB` needs it.
     down: I::FloatTensorPrimitive,
-    weight_dtype: DType,
     a_dtype: DType,
     b_dtype: DType,
     scale: f64,
@@ -142,39 +217,72 @@ impl<I: Kernels> Backward<I, 4> for LoraProjectionBackward {
         _checkpointer: &mut Checkpointer,
     ) {
         let [node_x, node_w, node_a, node_b] = ops.parents;
-        let wrap = |p: I::FloatTensorPrimitive| -> Tensor<I, 2> {
-            Tensor::from_primitive(TensorPrimitive::Float(p))
+        let dy = grads.consume::<I>(&ops.node);
+        let ids = [node_x, node_w, node_a, node_b].map(|node| node.map(|n| n.id));
+        backward(ops.state, dy, ids, grads);
+    }
+}
+
+impl<I: Kernels> Backward<I, 3> for QuantizedLoraProjectionBackward {
+    type State = LoraProjectionState<I>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_a, node_b] = ops.parents;
+        let dy = grads.consume::<I>(&ops.node);
+        let ids = [node_x, None, node_a, node_b].map(|node| node.map(|n| n.id));
+        backward(ops.state, dy, ids, grads);
+    }
+}
+
+/// Registers the gradients of x, W, A and B for the tracked ones among `ids`.
+fn backward<I: Kernels>(
+    state: LoraProjectionState<I>,
+    dy: I::FloatTensorPrimitive,
+    ids: [Option<NodeId>; 4],
+    grads: &mut Gradients,
+) {
+    let [id_x, id_w, id_a, id_b] = ids;
+    let wrap = |p: I::FloatTensorPrimitive| -> Tensor<I, 2> {
+        Tensor::from_primitive(TensorPrimitive::Float(p))
+    };
+    let dy = wrap(dy);
+    let s = state.scale;
+    let x = wrap(state.x);
+    let (a_low, b_low) = (wrap(state.a_low), wrap(state.b_low));
+    // dy Bᵀ, `[n, r]`: shared by dx and dA.
+    let up_grad = (id_x.is_some() || id_a.is_some()).then(|| matmul(dy.clone(), b_low.transpose()));
+    if let Some(id) = id_x {
+        let up_grad = up_grad.clone().expect("computed for dx");
+        let through_base = match &state.base {
+            BaseWeight::Float { weight, .. } => {
+                matmul(dy.clone(), wrap(weight.clone()).transpose())
+            }
+            BaseWeight::Quantized(weight) => matmul(dy.clone(), weight.dequantize(dy.dtype())),
+            BaseWeight::Pending => unreachable!("the base is set before the node is recorded"),
         };
-        let dy = wrap(grads.consume::<I>(&ops.node));
-        let state = ops.state;
-        let s = state.scale;
-        let (x, weight) = (wrap(state.x), wrap(state.weight));
-        let (a_low, b_low) = (wrap(state.a_low), wrap(state.b_low));
-        // dy Bᵀ, `[n, r]`: shared by dx and dA.
-        let up_grad =
-            (node_x.is_some() || node_a.is_some()).then(|| matmul(dy.clone(), b_low.transpose()));
-        if let Some(node) = node_x {
-            let up_grad = up_grad.clone().expect("computed for dx");
-            let dx = matmul(dy.clone(), weight.transpose())
-                + matmul_scaled(up_grad, a_low.transpose(), s);
-            grads.register::<I>(node.id, dx.into_primitive().tensor());
-        }
-        if let Some(node) = node_a {
-            let up_grad = up_grad.expect("computed for dA");
-            let da = in_dtype(matmul_f32(x.clone().transpose(), up_grad, s), state.a_dtype);
-            grads.register::<I>(node.id, da.into_primitive().tensor());
-        }
-        if let Some(node) = node_b {
-            let db = in_dtype(
-                matmul_f32(wrap(state.down).transpose(), dy.clone(), s),
-                state.b_dtype,
-            );
-            grads.register::<I>(node.id, db.into_primitive().tensor());
-        }
-        if let Some(node) = node_w {
-            let dw = in_dtype(matmul_f32(x.transpose(), dy, 1.0), state.weight_dtype);
-            grads.register::<I>(node.id, dw.into_primitive().tensor());
-        }
+        let dx = through_base + matmul_scaled(up_grad, a_low.transpose(), s);
+        grads.register::<I>(id, dx.into_primitive().tensor());
+    }
+    if let Some(id) = id_a {
+        let up_grad = up_grad.expect("computed for dA");
+        let da = in_dtype(matmul_f32(x.clone().transpose(), up_grad, s), state.a_dtype);
+        grads.register::<I>(id, da.into_primitive().tensor());
+    }
+    if let Some(id) = id_b {
+        let db = in_dtype(
+            matmul_f32(wrap(state.down).transpose(), dy.clone(), s),
+            state.b_dtype,
+        );
+        grads.register::<I>(id, db.into_primitive().tensor());
+    }
+    if let (Some(id), BaseWeight::Float { dtype, .. }) = (id_w, &state.base) {
+        let dw = in_dtype(matmul_f32(x.transpose(), dy, 1.0), *dtype);
+        grads.register::<I>(id, dw.into_primitive().tensor());
     }
 }
 
@@ -283,6 +391,56 @@ mod tests {
         for (what, i) in [("output", 0), ("dx", 1), ("dA", 2), ("dB", 3)] {
             let err = crate::model::parity::max_rel_err(&ours[i].1, &peft[i].1);
             assert!(err <= 2e-2, "{what}: {err:e}");
+        }
+    }
+
+    /// Over a quantized base, the node's output and the gradients of x, A and B equal
+    /// the op-by-op projection over the dequantized weight.
+    #[test]
+    fn over_a_quantized_base_the_node_matches_the_projection_over_its_dequantized_values() {
+        use burn::tensor::TensorData;
+        let device = Default::default();
+        let normal = |shape: [usize; 2]| {
+            Tensor::<Inner, 2>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+        };
+        let values: Vec<f32> = normal([7, 64]).into_data().to_vec().unwrap();
+        let host = crate::model::quantize::quantize_nf4(&values, [7, 64]);
+        let weight = QuantizedWeight::<B>::from_host(&host, &device);
+        let dense =
+            Tensor::<Inner, 2>::from_data(TensorData::new(host.dequantize(), [7, 64]), &device)
+                .transpose();
+        let (x, a, b) = (normal([6, 64]), normal([64, 3]), normal([3, 7]));
+        let upstream = normal([6, 7]);
+        let scale = 2.0;
+        let run = |fused: bool| {
+            let [x, a, b] =
+                [&x, &a, &b].map(|t| Tensor::<B, 2>::from_inner(t.clone()).require_grad());
+            let out = if fused {
+                quantized_lora_projection_autodiff(
+                    x.clone(),
+                    &weight,
+                    a.clone(),
+                    b.clone(),
+                    scale,
+                    DType::F32,
+                )
+            } else {
+                x.clone().matmul(Tensor::from_inner(dense.clone()))
+                    + x.clone().matmul(a.clone()).matmul(b.clone()) * scale
+            };
+            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
+                .sum()
+                .backward();
+            [
+                out.inner(),
+                x.grad(&grads).unwrap(),
+                a.grad(&grads).unwrap(),
+                b.grad(&grads).unwrap(),
+            ]
+        };
+        for (ours, theirs) in run(true).into_iter().zip(run(false)) {
+            ours.into_data()
+                .assert_approx_eq::<f32>(&theirs.into_data(), Default::default());
         }
     }
 

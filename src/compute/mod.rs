@@ -4,10 +4,11 @@
 //! library receives the resolved [`Compute`] and dispatches on it once ([`dispatch`]).
 //!
 //! What enters the record, and where:
-//! - **The recipe** (and so the run id) holds the precision policy, `dtype` and
-//!   `lora_branch`: they change what a run computes on every backend, as the learning
-//!   rate does. At their defaults (`f32`, `activations`) they are left out of the
-//!   recipe's config, so runs recorded before `[compute]` existed keep their ids.
+//! - **The recipe** (and so the run id) holds the precision policy, `dtype`,
+//!   `lora_branch` and `base` (the frozen base's storage: floats, int8 or NF4): they
+//!   change what a run computes on every backend, as the learning rate does. At their
+//!   defaults (`f32`, `activations`, `dtype`) they are left out of the recipe's config,
+//!   so runs recorded before `[compute]` existed keep their ids.
 //! - **The execution** holds everything (backend, checkpointing, the kernel choices and
 //!   the precision policy), because those choose how the same recipe is carried out:
 //!   they agree to within rounding, not to the bit. `graft show` prints it, and
@@ -43,6 +44,7 @@ pub mod kernels;
 pub mod lora_product;
 #[cfg(feature = "cuda")]
 pub mod nccl;
+pub mod quant_product;
 pub mod reduce;
 pub use devices::Devices;
 pub use dispatch::ComputeError;
@@ -142,6 +144,43 @@ pub enum LoraBranch {
     F32,
 }
 
+/// How the frozen base's decoder projections are stored on the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseStorage {
+    /// In `compute.dtype`, f32 or bf16 (as before this key existed).
+    #[default]
+    Dtype,
+    /// bf16: another name for `dtype` where `compute.dtype = "bf16"`, refused
+    /// elsewhere (the CPU computes in f32).
+    Bf16,
+    /// Per-block int8 (blocks of 64, scale absmax / 127), dequantized per product.
+    Int8,
+    /// bitsandbytes' NF4 (blocks of 64, double-quantized absmax): QLoRA's base.
+    Nf4,
+}
+
+impl BaseStorage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BaseStorage::Dtype => "dtype",
+            BaseStorage::Bf16 => "bf16",
+            BaseStorage::Int8 => "int8",
+            BaseStorage::Nf4 => "nf4",
+        }
+    }
+
+    /// The quantization of the projections, `None` for a float base.
+    pub fn scheme(self) -> Option<crate::model::quantize::QuantScheme> {
+        use crate::model::quantize::QuantScheme;
+        match self {
+            BaseStorage::Dtype | BaseStorage::Bf16 => None,
+            BaseStorage::Int8 => Some(QuantScheme::Int8),
+            BaseStorage::Nf4 => Some(QuantScheme::Nf4),
+        }
+    }
+}
+
 /// The experiment file's `[compute]` section. Every key has a default; unknown keys
 /// are errors.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -154,6 +193,10 @@ pub struct ComputeSection {
     /// branch. Enters the recipe.
     #[serde(default)]
     pub lora_branch: LoraBranch,
+    /// `dtype` | `bf16` | `int8` | `nf4`: how the frozen base's seven projections
+    /// are stored. Enters the recipe.
+    #[serde(default)]
+    pub base: BaseStorage,
     /// `none` | `balanced`: recompute activations in the backward pass.
     #[serde(default)]
     pub checkpointing: Checkpointing,
@@ -203,10 +246,23 @@ impl Default for ComputeSection {
 
 /// The keys of [`ComputeSection`] that enter the recipe; the others are recorded on
 /// the execution only.
-pub const RECIPE_KEYS: [&str; 2] = ["dtype", "lora_branch"];
+pub const RECIPE_KEYS: [&str; 3] = ["dtype", "lora_branch", "base"];
 
 impl ComputeSection {
+    /// The section with `base = "bf16"` over a bf16 dtype written as the default it
+    /// equals, so both spellings are one recipe.
+    pub fn normalized(&self) -> ComputeSection {
+        let mut section = *self;
+        if section.base == BaseStorage::Bf16 && section.dtype == Dtype::Bf16 {
+            section.base = BaseStorage::Dtype;
+        }
+        section
+    }
+
     pub fn validate(&self) -> Result<(), String> {
+        if self.base == BaseStorage::Bf16 && self.dtype != Dtype::Bf16 {
+            return Err("compute.base = \"bf16\" needs compute.dtype = \"bf16\" (a bf16 base is the bf16 dtype's): set both, or compute.base = \"dtype\"".into());
+        }
         if self.cublas_min_macs == 0 || self.attention_block_elements == 0 {
             return Err(
                 "compute.cublas_min_macs and compute.attention_block_elements must be at least 1"
@@ -219,7 +275,7 @@ impl ComputeSection {
     /// The recipe's part of the section: the keys of [`RECIPE_KEYS`] whose values
     /// differ from the default, or `None` when all are at their defaults.
     pub fn recipe_part(&self) -> Option<Canon> {
-        let all = Canon::from_serialize(self);
+        let all = Canon::from_serialize(&self.normalized());
         let defaults = Canon::from_serialize(&ComputeSection::default());
         let mut part = BTreeMap::new();
         for key in RECIPE_KEYS {
@@ -241,8 +297,13 @@ pub struct Compute {
 }
 
 impl Compute {
+    /// `base = "bf16"` over a bf16 dtype is recorded as the default it equals, as the
+    /// recipe records it, so an execution's compute and its recipe agree.
     pub fn new(backend: BackendKind, options: ComputeSection) -> Self {
-        Compute { backend, options }
+        Compute {
+            backend,
+            options: options.normalized(),
+        }
     }
 
     /// Refuses what this build or backend cannot compute, naming the key.
@@ -337,7 +398,9 @@ impl Compute {
     /// the largest relative difference of a loss allowed. bf16 rounds every product
     /// to 8 bits of mantissa; f32 kernels differ in summation order only.
     pub fn tolerance(&self, other: &Compute) -> f64 {
-        if self.options.dtype == Dtype::Bf16 || other.options.dtype == Dtype::Bf16 {
+        let rounded =
+            |c: &Compute| c.options.dtype == Dtype::Bf16 || c.options.base.scheme().is_some();
+        if rounded(self) || rounded(other) {
             5e-2
         } else {
             1e-3
@@ -383,6 +446,35 @@ mod tests {
         assert_eq!(keys, ["compute.attention", "compute.backend"]);
         let back = Compute::from_canon(&other.to_canon()).unwrap();
         assert_eq!(back, other);
+    }
+
+    #[test]
+    fn a_quantized_base_enters_the_recipe_and_bf16_over_bf16_does_not() {
+        let nf4 = ComputeSection {
+            base: BaseStorage::Nf4,
+            ..Default::default()
+        };
+        let part = nf4.recipe_part().expect("nf4 enters the recipe");
+        assert_eq!(part.get("base"), Some(&Canon::Str("nf4".into())));
+        let spelled = ComputeSection {
+            dtype: Dtype::Bf16,
+            base: BaseStorage::Bf16,
+            ..Default::default()
+        };
+        let plain = ComputeSection {
+            dtype: Dtype::Bf16,
+            ..Default::default()
+        };
+        assert_eq!(spelled.recipe_part(), plain.recipe_part());
+        assert_eq!(
+            Compute::new(BackendKind::Cuda, spelled),
+            Compute::new(BackendKind::Cuda, plain)
+        );
+        let refused = ComputeSection {
+            base: BaseStorage::Bf16,
+            ..Default::default()
+        };
+        assert!(refused.validate().unwrap_err().contains("compute.base"));
     }
 
     #[test]

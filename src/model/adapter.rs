@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::error::ModelError;
 use super::llama::CausalLm;
 use super::lora::{is_known_target, Linear, LoraConfig, ALL_TARGETS};
+use super::quantize::QuantScheme;
 use super::weights::{read_safetensors, write_safetensors, SaveDtype};
 
 /// The prefix PEFT puts in front of the wrapped model's parameter names.
@@ -50,6 +51,27 @@ impl<B: Backend> CausalLm<B> {
             }
         }
         out
+    }
+
+    /// How the decoder projections' base is quantized, `None` for a float base.
+    pub fn base_quantization(&self) -> Option<QuantScheme> {
+        self.model.layers.iter().find_map(|layer| {
+            let (attn, mlp) = (&layer.self_attn, &layer.mlp);
+            [
+                attn.q_proj.as_ref(),
+                attn.k_proj.as_ref(),
+                attn.v_proj.as_ref(),
+                attn.qkv_proj.as_ref(),
+                Some(&attn.o_proj),
+                mlp.gate_proj.as_ref(),
+                mlp.up_proj.as_ref(),
+                mlp.gate_up_proj.as_ref(),
+                Some(&mlp.down_proj),
+            ]
+            .into_iter()
+            .flatten()
+            .find_map(|linear| linear.quantized.as_ref().map(|q| q.layout.scheme))
+        })
     }
 
     /// The short names of the projections a decoder layer has, in layer order
@@ -102,9 +124,12 @@ impl<B: Backend> CausalLm<B> {
 
     /// Folds the adapter into the base weights (`W + s * B A`) and drops it, giving a
     /// plain model.
+    /// A quantized base is dequantized (in f32), whether a projection is adapted or
+    /// not.
     pub fn merge_lora(mut self) -> Self {
         for (_, _, linear) in self.projections_mut() {
             linear.merge_lora();
+            linear.dequantize_base();
         }
         self.lora = None;
         self

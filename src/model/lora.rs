@@ -10,6 +10,7 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 
 use crate::compute::kernels::Kernels;
+use crate::model::quantized::QuantizedWeight;
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -201,11 +202,15 @@ pub struct LoraBranch<B: Backend> {
     pub dropout: f64,
 }
 
-/// A linear projection `y = x W + b`, optionally with a LoRA branch.
+/// A linear projection `y = x W + b`, optionally with a LoRA branch. The base weight
+/// is a float parameter, or, with `compute.base = "int8" | "nf4"`, a frozen quantized
+/// weight that is not a parameter at all (exactly one of the two is set).
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     /// `[d_in, d_out]`: burn's layout, the transpose of HF's `[out, in]`.
-    pub weight: Param<Tensor<B, 2>>,
+    pub weight: Option<Param<Tensor<B, 2>>>,
+    /// The quantized base, HF layout `[out, in]`.
+    pub quantized: Option<QuantizedWeight<B>>,
     /// `[d_out]`
     pub bias: Option<Param<Tensor<B, 1>>>,
     pub lora: Option<LoraBranch<B>>,
@@ -215,34 +220,93 @@ impl<B: Backend> Linear<B> {
     /// A projection from a weight in burn layout `[d_in, d_out]`.
     pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
         Linear {
-            weight: Param::from_tensor(weight),
+            weight: Some(Param::from_tensor(weight)),
+            quantized: None,
+            bias: bias.map(Param::from_tensor),
+            lora: None,
+        }
+    }
+
+    /// A projection over a quantized frozen weight.
+    pub fn quantized(weight: QuantizedWeight<B>, bias: Option<Tensor<B, 1>>) -> Self {
+        Linear {
+            weight: None,
+            quantized: Some(weight),
             bias: bias.map(Param::from_tensor),
             lora: None,
         }
     }
 
     pub fn d_in(&self) -> usize {
-        self.weight.dims()[0]
+        match (&self.weight, &self.quantized) {
+            (Some(weight), _) => weight.dims()[0],
+            (None, Some(quantized)) => quantized.shape()[1],
+            (None, None) => unreachable!("a projection has a float or a quantized weight"),
+        }
     }
 
     pub fn d_out(&self) -> usize {
-        self.weight.dims()[1]
+        match (&self.weight, &self.quantized) {
+            (Some(weight), _) => weight.dims()[1],
+            (None, Some(quantized)) => quantized.shape()[0],
+            (None, None) => unreachable!("a projection has a float or a quantized weight"),
+        }
+    }
+
+    fn device(&self) -> B::Device {
+        match (&self.weight, &self.quantized) {
+            (Some(weight), _) => weight.device(),
+            (None, Some(quantized)) => quantized.device(),
+            (None, None) => unreachable!("a projection has a float or a quantized weight"),
+        }
+    }
+
+    /// The base weight in burn layout `[d_in, d_out]`, dequantized (in f32) where it is
+    /// quantized.
+    pub fn float_weight(&self) -> Tensor<B, 2> {
+        match (&self.weight, &self.quantized) {
+            (Some(weight), _) => weight.val(),
+            (None, Some(quantized)) => quantized.dequantize(DType::F32).transpose(),
+            (None, None) => unreachable!("a projection has a float or a quantized weight"),
+        }
+    }
+
+    /// Replaces a quantized base with its dequantized values as a frozen f32
+    /// parameter (what a merged export writes).
+    pub fn dequantize_base(&mut self) {
+        if self.quantized.is_some() {
+            let weight = self.float_weight().detach();
+            self.weight = Some(Param::from_tensor(weight).set_require_grad(false));
+            self.quantized = None;
+        }
     }
 }
 
 impl<B: Kernels> Linear<B> {
     /// x: `[..., d_in]` -> `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if let Some(lora) = &self.lora {
-            if lora.dropout == 0.0 && B::fused_lora() {
-                return self.fused_forward(x, lora);
+        let fused = self
+            .lora
+            .as_ref()
+            .filter(|lora| lora.dropout == 0.0 && B::fused_lora());
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let base = match (&self.weight, &self.quantized, fused) {
+            (Some(weight), _, Some(lora)) => {
+                return self.fused_forward(x, lora, |rows, a, b, scale, branch| {
+                    B::lora_projection(rows, weight.val(), a, b, scale, branch)
+                })
             }
-        }
-        let base = project(
-            x.clone(),
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-        );
+            (None, Some(quantized), Some(lora)) => {
+                return self.fused_forward(x, lora, |rows, a, b, scale, branch| {
+                    B::quantized_lora_projection(rows, quantized, a, b, scale, branch)
+                })
+            }
+            (Some(weight), _, None) => project(x.clone(), weight.val(), bias),
+            (None, Some(quantized), None) => over_rows(x.clone(), self.d_out(), bias, |rows| {
+                B::quantized_product(rows, quantized)
+            }),
+            (None, None, _) => unreachable!("a projection has a float or a quantized weight"),
+        };
         match &self.lora {
             None => base,
             Some(lora) => {
@@ -276,14 +340,18 @@ impl<B: Kernels> Linear<B> {
     }
 
     /// The adapted projection as one autodiff node (`lora_product`), on the training
-    /// backends.
-    fn fused_forward<const D: usize>(&self, x: Tensor<B, D>, lora: &LoraBranch<B>) -> Tensor<B, D> {
+    /// backends: `node(rows, A, B, scale, branch dtype)`.
+    fn fused_forward<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        lora: &LoraBranch<B>,
+        node: impl FnOnce(Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>, f64, DType) -> Option<Tensor<B, 2>>,
+    ) -> Tensor<B, D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         over_rows(x, self.d_out(), bias, |rows| {
             let branch = branch_dtype(rows.dtype(), lora.lora_a.val().dtype());
-            B::lora_projection(
+            node(
                 rows,
-                self.weight.val(),
                 lora.lora_a.val(),
                 lora.lora_b.val(),
                 lora.scale,
@@ -299,7 +367,7 @@ impl<B: Backend> Linear<B> {
     /// (`kaiming_uniform_(a=sqrt(5))`, i.e. U(-1/sqrt(d_in), 1/sqrt(d_in))), `B` zero.
     pub fn attach_lora(&mut self, config: &LoraConfig, rng: &mut ChaCha8Rng) {
         let (d_in, d_out) = (self.d_in(), self.d_out());
-        let device = self.weight.device();
+        let device = self.device();
         let bound = 1.0 / (d_in as f64).sqrt();
         // PEFT's lora_A is [rank, d_in]; draw in that order so a seed gives the same
         // numbers whichever layout stores them, then transpose.
@@ -327,13 +395,16 @@ impl<B: Backend> Linear<B> {
         });
     }
 
-    /// Folds the branch into the weight: `W' = W + s * A B` (burn layout), removing it.
+    /// Folds the branch into the weight: `W' = W + s * A B` (burn layout), removing it;
+    /// a quantized W is dequantized first.
     pub fn merge_lora(&mut self) {
         if let Some(lora) = self.lora.take() {
             let delta = lora.lora_a.val().matmul(lora.lora_b.val()) * lora.scale;
-            let merged = self.weight.val() + delta;
-            let require_grad = self.weight.is_require_grad();
-            self.weight = Param::from_tensor(merged.detach()).set_require_grad(require_grad);
+            let require_grad = self.weight.as_ref().is_some_and(|w| w.is_require_grad());
+            // A quantized base merges into its dequantized values.
+            let merged = self.float_weight() + delta;
+            self.weight = Some(Param::from_tensor(merged.detach()).set_require_grad(require_grad));
+            self.quantized = None;
         }
     }
 }

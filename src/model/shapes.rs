@@ -133,7 +133,9 @@ pub fn check_weights(
                 name: tensor.name.clone(),
             });
         };
-        if raw.shape == tensor.shape() {
+        // A weight in bitsandbytes' 4-bit layout is packed; its state says its shape.
+        let shape = super::bnb::stated_shape(tensors, &tensor.name)?.unwrap_or(raw.shape.clone());
+        if shape == tensor.shape() {
             continue;
         }
         // The first dimension that differs names the key; a tensor of another rank
@@ -141,7 +143,7 @@ pub fn check_weights(
         let at_fault = tensor
             .dims
             .iter()
-            .zip(&raw.shape)
+            .zip(&shape)
             .find(|(dim, actual)| dim.size != **actual)
             .map(|(dim, _)| *dim)
             .unwrap_or(tensor.dims[0]);
@@ -152,7 +154,7 @@ pub fn check_weights(
             tensor: format!(
                 "tensor `{}` has shape {:?}, where the config means {:?}",
                 tensor.name,
-                raw.shape,
+                shape,
                 tensor.shape()
             ),
         });
@@ -161,6 +163,7 @@ pub fn check_weights(
     if let Some(name) = tensors.keys().find(|name| {
         !super::weights::is_ignored_key(name)
             && !tied_copy(name)
+            && !super::bnb::is_quant_state_key(name)
             && !expected.iter().any(|t| &t.name == *name)
     }) {
         return Err(ModelError::UnexpectedTensor {

@@ -11,12 +11,15 @@ use burn::tensor::{Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
+use super::bnb;
 use super::config::ModelConfig;
 use super::error::ModelError;
 use super::llama::{
     attention_scale, Attention, CausalLm, DecoderLayer, Embedding, LlamaModel, Mlp, RmsNorm,
 };
 use super::lora::Linear;
+use super::quantize::{quantize_int8, quantize_nf4, QuantScheme};
+use super::quantized::QuantizedWeight;
 
 /// Files a model folder may carry besides weights and config; copied on export.
 pub const TOKENIZER_FILES: [&str; 8] = [
@@ -146,6 +149,8 @@ pub(crate) fn is_ignored_key(name: &str) -> bool {
 struct Checkpoint<'a, B: Backend> {
     tensors: BTreeMap<String, RawTensor>,
     device: &'a B::Device,
+    /// How the seven decoder projections are stored (`None`: in floats).
+    quantize: Option<QuantScheme>,
 }
 
 impl<B: Backend> Checkpoint<'_, B> {
@@ -181,16 +186,37 @@ impl<B: Backend> Checkpoint<'_, B> {
         d_out: usize,
         bias: bool,
     ) -> Result<Linear<B>, ModelError> {
-        let hf = self.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        let weight = Tensor::from_data(
-            TensorData::new(transpose(&hf, d_out, d_in), [d_in, d_out]),
-            self.device,
-        );
         let bias = if bias {
             Some(self.vector(&format!("{prefix}.bias"), d_out)?)
         } else {
             None
         };
+        let name = format!("{prefix}.weight");
+        // A weight saved by bitsandbytes goes to the device as stored.
+        if let Some(host) = bnb::take_nf4(&mut self.tensors, &name, [d_out, d_in])? {
+            if self.quantize == Some(QuantScheme::Int8) {
+                return Err(ModelError::Config {
+                    key: "compute.base".into(),
+                    message: format!("`{name}` is stored in bitsandbytes' 4-bit NF4 layout, which graft does not convert to int8: set compute.base = \"nf4\""),
+                });
+            }
+            let weight = QuantizedWeight::from_host(&host, self.device);
+            return Ok(Linear::quantized(weight, bias));
+        }
+        let hf = self.take(&name, &[d_out, d_in])?;
+        let quantized = match self.quantize {
+            None => None,
+            Some(QuantScheme::Nf4) => Some(quantize_nf4(&hf, [d_out, d_in])),
+            Some(QuantScheme::Int8) => Some(quantize_int8(&hf, [d_out, d_in])),
+        };
+        if let Some(host) = quantized {
+            let weight = QuantizedWeight::from_host(&host, self.device);
+            return Ok(Linear::quantized(weight, bias));
+        }
+        let weight = Tensor::from_data(
+            TensorData::new(transpose(&hf, d_out, d_in), [d_in, d_out]),
+            self.device,
+        );
         Ok(Linear::new(weight, bias))
     }
 
@@ -244,12 +270,23 @@ pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 ///
 /// Gemma's norm weights are stored as the offset from one (`(1 + w)`); they load as
 /// stored and the norm adds the one.
+///
+/// With `quantize`, the seven decoder projections (q/k/v/o, gate/up/down, or Phi-3's
+/// fused ones) are quantized on the host as they are read, and only their codes and
+/// scales reach the device; embeddings, norms and `lm_head` stay in floats. A
+/// projection saved in bitsandbytes' 4-bit layout ([`super::bnb`]) is kept as stored
+/// whatever `quantize` says, except that int8 refuses it.
 pub fn build_model<B: Backend>(
     config: &ModelConfig,
     tensors: BTreeMap<String, RawTensor>,
     device: &B::Device,
+    quantize: Option<QuantScheme>,
 ) -> Result<CausalLm<B>, ModelError> {
-    let mut ckpt = Checkpoint::<B> { tensors, device };
+    let mut ckpt = Checkpoint::<B> {
+        tensors,
+        device,
+        quantize,
+    };
     let h = config.hidden_size;
     let embed = ckpt.take("model.embed_tokens.weight", &[config.vocab_size, h])?;
     let embed_tokens = Embedding {
@@ -348,6 +385,9 @@ pub fn build_model<B: Backend>(
         ckpt.tensors.remove("lm_head.weight");
         None
     } else {
+        // The head stays in floats: it is a small part of a large model and the part
+        // whose rounding every logit sees.
+        ckpt.quantize = None;
         Some(ckpt.projection("lm_head", h, config.vocab_size, false)?)
     };
     if let Some(name) = ckpt.tensors.keys().find(|name| !is_ignored_key(name)) {
@@ -368,14 +408,27 @@ pub fn build_model<B: Backend>(
     })
 }
 
-/// Loads config.json and the weights of an HF folder.
+/// Loads config.json and the weights of an HF folder as stored (a bitsandbytes 4-bit
+/// folder keeps its NF4 codes).
 pub fn load_model_dir<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<CausalLm<B>, ModelError> {
+    load_model_dir_as(dir, device, None)
+}
+
+/// [`load_model_dir`] with the decoder projections quantized as `quantize` says (see
+/// [`build_model`]).
+pub fn load_model_dir_as<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    quantize: Option<QuantScheme>,
+) -> Result<CausalLm<B>, ModelError> {
     let config = ModelConfig::from_dir(dir)?;
+    // Refuses a quantization graft does not read (8-bit, FP4, GPTQ...), naming the key.
+    bnb::is_nf4_folder(dir)?;
     let tensors = read_raw_tensors(dir)?;
-    build_model(&config, tensors, device)
+    build_model(&config, tensors, device, quantize)
 }
 
 /// How [`write_safetensors`] stores floats.
@@ -391,6 +444,16 @@ pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, TensorData)],
     dtype: SaveDtype,
+) -> Result<(), ModelError> {
+    write_safetensors_noted(path, tensors, dtype, &[])
+}
+
+/// [`write_safetensors`] with more `(key, value)` pairs in the file's metadata.
+pub fn write_safetensors_noted(
+    path: &Path,
+    tensors: &[(String, TensorData)],
+    dtype: SaveDtype,
+    notes: &[(&str, String)],
 ) -> Result<(), ModelError> {
     let mut encoded: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, data) in tensors {
@@ -425,7 +488,8 @@ pub fn write_safetensors(
             })?;
         views.push((name.clone(), view));
     }
-    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let mut metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    metadata.extend(notes.iter().map(|(k, v)| (k.to_string(), v.clone())));
     safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| {
         ModelError::Safetensors {
             path: path.to_path_buf(),
@@ -441,6 +505,16 @@ pub fn save_model_dir<B: Backend>(
     model: &CausalLm<B>,
     out_dir: &Path,
     source_dir: Option<&Path>,
+) -> Result<(), ModelError> {
+    save_model_dir_noted(model, out_dir, source_dir, &[])
+}
+
+/// [`save_model_dir`] with `notes` in the weights file's metadata.
+pub fn save_model_dir_noted<B: Backend>(
+    model: &CausalLm<B>,
+    out_dir: &Path,
+    source_dir: Option<&Path>,
+    notes: &[(&str, String)],
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(out_dir).map_err(|e| ModelError::io(out_dir, e))?;
     let mut config = match source_dir
@@ -459,6 +533,8 @@ pub fn save_model_dir<B: Backend>(
     // The weights are written in f32 whatever the source stored; transformers 5 reads
     // `dtype`, transformers 4 `torch_dtype` (kept only where the source had it).
     if let Value::Object(map) = &mut config {
+        // A merged model is floats even where its source folder was 4-bit.
+        map.remove("quantization_config");
         map.insert("dtype".into(), Value::String("float32".into()));
         if map.contains_key("torch_dtype") {
             map.insert("torch_dtype".into(), Value::String("float32".into()));
@@ -472,7 +548,12 @@ pub fn save_model_dir<B: Backend>(
     std::fs::write(&config_path, text).map_err(|e| ModelError::io(&config_path, e))?;
 
     let tensors = model.named_tensors(|p| !p.is_lora);
-    write_safetensors(&out_dir.join("model.safetensors"), &tensors, SaveDtype::F32)?;
+    write_safetensors_noted(
+        &out_dir.join("model.safetensors"),
+        &tensors,
+        SaveDtype::F32,
+        notes,
+    )?;
     if let Some(source) = source_dir {
         copy_tokenizer_files(source, out_dir)?;
     }

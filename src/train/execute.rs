@@ -16,9 +16,9 @@ use super::registry::{self, RegistryError};
 use super::state::{self, Kept, TrainerState};
 use super::{interrupt, loss, parallel, schedule, step, unfreeze};
 use crate::compute::kernels::{Kernels, TrainKernels};
-use crate::compute::{Compute, Dtype};
+use crate::compute::{BaseStorage, Compute, Dtype};
 use crate::data::{self, Tokenizer};
-use crate::model::{load_model_dir, CausalLm, LoraConfig};
+use crate::model::{load_model_dir_as, CausalLm, LoraConfig};
 use crate::store::refs::BestRank;
 use crate::store::{
     DatasetRecord, ExecutionKind, ExecutionStatus, Id, Recorder, Store, StoreError,
@@ -559,7 +559,15 @@ fn start_model<B: TrainKernels>(
     compute: &Compute,
     events: &mut dyn Events,
 ) -> Result<(CausalLm<B>, Option<LoraConfig>, BTreeMap<String, Id>), TrainError> {
-    let mut model: CausalLm<B> = load_model_dir(folder, device)?;
+    let base = settings.compute.base;
+    if crate::model::bnb::is_nf4_folder(folder)? && base != BaseStorage::Nf4 {
+        return Err(TrainError::Recipe(format!(
+            "{} holds a base saved in bitsandbytes' 4-bit NF4 layout: set compute.base = \"nf4\" (it is \"{}\")",
+            folder.display(),
+            base.as_str()
+        )));
+    }
+    let mut model: CausalLm<B> = load_model_dir_as(folder, device, base.scheme())?;
     let outside_adapter = settings.adapter.as_ref().and_then(|a| a.from.as_deref());
     if let (None, Some(id)) = (start, outside_adapter) {
         model = super::adapter_start::load_stored(store, model, id)?;
@@ -723,17 +731,29 @@ fn check_compute(settings: &Experiment, compute: &Compute) -> Result<(), TrainEr
             compute.options.dtype.as_str()
         )));
     }
-    if compute.options.dtype == Dtype::Bf16 {
-        let unfreezes = settings
-            .unfreeze
-            .schedule
-            .iter()
-            .any(|step| step.layers.trim() != "none");
-        if settings.adapter.is_none() || unfreezes {
-            return Err(TrainError::Recipe(
-                "compute.dtype = \"bf16\" trains LoRA adapters over a frozen bf16 base; full fine-tuning and [unfreeze] would update bf16 weights without f32 master copies, which graft does not keep: set compute.dtype = \"f32\"".into(),
-            ));
-        }
+    if compute.options.base != settings.compute.base {
+        return Err(TrainError::Recipe(format!(
+            "the recipe stores its base as compute.base = \"{}\" but the backend was set up for \"{}\"",
+            settings.compute.base.as_str(),
+            compute.options.base.as_str()
+        )));
+    }
+    let unfreezes = settings
+        .unfreeze
+        .schedule
+        .iter()
+        .any(|step| step.layers.trim() != "none");
+    let trains_base = settings.adapter.is_none() || unfreezes;
+    if compute.options.dtype == Dtype::Bf16 && trains_base {
+        return Err(TrainError::Recipe(
+            "compute.dtype = \"bf16\" trains LoRA adapters over a frozen bf16 base; full fine-tuning and [unfreeze] would update bf16 weights without f32 master copies, which graft does not keep: set compute.dtype = \"f32\"".into(),
+        ));
+    }
+    if let (Some(scheme), true) = (compute.options.base.scheme(), trains_base) {
+        return Err(TrainError::Recipe(format!(
+            "compute.base = \"{}\" keeps the base quantized and frozen: full fine-tuning and [unfreeze] cannot train it; give an [adapter] without [unfreeze], or set compute.base = \"dtype\"",
+            scheme.as_str()
+        )));
     }
     Ok(())
 }

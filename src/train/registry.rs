@@ -85,7 +85,13 @@ pub fn describe_model(dir: &Path, copy: bool) -> Result<ModelRecord, RegistryErr
     let mut tensors = BTreeMap::new();
     let mut parameters = 0usize;
     for (name, tensor) in &raw {
-        parameters += tensor.shape.iter().product::<usize>();
+        // A 4-bit weight counts as the values it packs; its state tensors are no
+        // parameters.
+        if !crate::model::bnb::is_quant_state_key(name) {
+            let shape =
+                crate::model::bnb::stated_shape(&raw, name)?.unwrap_or(tensor.shape.clone());
+            parameters += shape.iter().product::<usize>();
+        }
         tensors.insert(name.clone(), tensor_object(tensor).0);
     }
     let config_id = files["config.json"];

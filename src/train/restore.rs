@@ -3,7 +3,7 @@
 
 use super::registry::{self, RegistryError};
 use super::state;
-use crate::model::{load_model_dir, CausalLm, LoraConfig};
+use crate::model::{load_model_dir_as, CausalLm, LoraConfig};
 use crate::store::{Id, Store, StoreError, Target};
 use burn::tensor::backend::Backend;
 use std::path::PathBuf;
@@ -40,27 +40,28 @@ pub fn restore<B: Backend>(
     device: &B::Device,
 ) -> Result<Restored<B>, RestoreError> {
     let index = store.index()?;
-    let (model_id, checkpoint) = match index.resolve(reference)? {
-        Target::Model(id) => (id, None),
-        Target::Checkpoint(id) => {
-            let checkpoint = index.checkpoint(&id)?;
-            (
-                index.run(&checkpoint.run)?.recipe.base_model,
-                Some(checkpoint),
-            )
-        }
-        Target::Run(_) => {
-            let checkpoint = index.checkpoint(&index.resolve_checkpoint(reference)?)?;
-            (
-                index.run(&checkpoint.run)?.recipe.base_model,
-                Some(checkpoint),
-            )
-        }
+    let checkpoint = match index.resolve(reference)? {
+        Target::Model(id) => Err(id),
+        Target::Checkpoint(id) => Ok(index.checkpoint(&id)?),
+        Target::Run(_) => Ok(index.checkpoint(&index.resolve_checkpoint(reference)?)?),
         other => {
             return Err(RestoreError::NotAModel {
                 reference: reference.into(),
                 kind: other.kind(),
             })
+        }
+    };
+    // A checkpoint is rebuilt over its base as the run stored it (an adapter trained
+    // over an NF4 base continues, evaluates and merges over the same NF4 values); a
+    // model as its folder stores it.
+    let (model_id, checkpoint, quantize) = match checkpoint {
+        Err(model) => (model, None, None),
+        Ok(checkpoint) => {
+            let recipe = index.run(&checkpoint.run)?.recipe;
+            let base = crate::train::Experiment::from_recipe(&recipe)
+                .map(|e| e.compute.base)
+                .unwrap_or_default();
+            (recipe.base_model, Some(checkpoint), base.scheme())
         }
     };
     let record = index.get_model(&model_id)?.ok_or(StoreError::NotFound {
@@ -69,7 +70,7 @@ pub fn restore<B: Backend>(
     })?;
     drop(index);
     let folder = registry::model_folder(&record)?;
-    let mut model: CausalLm<B> = load_model_dir(&folder, device)?;
+    let mut model: CausalLm<B> = load_model_dir_as(&folder, device, quantize)?;
     let mut adapter = None;
     if let Some(checkpoint) = &checkpoint {
         adapter = state::load_adapter_config(store, checkpoint)?;

@@ -4,46 +4,13 @@
 //! tolerance. Through the binary and a real store, on the shared llama-tiny fixture.
 
 use crate::common::llama_tiny as fixture;
-use crate::common::write_synth;
 use crate::common::{stderr, stdout};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
 fn workspace() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    write_synth(dir.path(), &[("reverse.jsonl", "reverse", 48, 1)]);
-    std::fs::write(
-        dir.path().join("a.toml"),
-        format!(
-            r#"[model]
-base = "{}"
-
-[adapter]
-rank = 4
-alpha = 8
-
-[data]
-train = [{{ path = "{}/reverse.jsonl", format = "chat" }}]
-seq_len = 64
-template = "plain"
-
-[optim]
-lr = 5e-3
-batch_size = 4
-
-[train]
-steps = 6
-seed = 5
-eval_every = 3
-checkpoint_every = 3
-"#,
-            fixture().display(),
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    dir
+    crate::common::lora_workspace(&fixture())
 }
 
 fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {

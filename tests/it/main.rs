@@ -21,6 +21,7 @@ mod model_loading;
 mod model_lora;
 mod model_mistral;
 mod model_parity;
+mod model_quantized;
 mod model_trainability;
 mod quickstart;
 mod reliability_bad_input;

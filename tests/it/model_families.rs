@@ -282,9 +282,13 @@ fn family_fixtures_pass_the_registration_shape_check_and_a_missing_norm_is_named
             matches!(&err, ModelError::MissingTensor { name } if name == dropped),
             "{name}: {err}"
         );
-        let err =
-            graft::model::weights::build_model::<CpuBackend>(&config, tensors, &Default::default())
-                .unwrap_err();
+        let err = graft::model::weights::build_model::<CpuBackend>(
+            &config,
+            tensors,
+            &Default::default(),
+            None,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains(dropped), "{name}: {err}");
     }
 }

@@ -19,8 +19,9 @@ fn sliding_window_limits_attention_and_matches_the_cache() {
         ..llama.clone()
     };
     let device = Default::default();
-    let full = build_model::<B>(&llama, read_raw_tensors(&dir).unwrap(), &device).unwrap();
-    let windowed = build_model::<B>(&mistral, read_raw_tensors(&dir).unwrap(), &device).unwrap();
+    let full = build_model::<B>(&llama, read_raw_tensors(&dir).unwrap(), &device, None).unwrap();
+    let windowed =
+        build_model::<B>(&mistral, read_raw_tensors(&dir).unwrap(), &device, None).unwrap();
     let ids: Vec<i64> = (0..10).map(|i| 3 + i * 7).collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, 10]), &device);
     let a = full.forward(ids.clone());

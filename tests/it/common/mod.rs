@@ -287,3 +287,41 @@ pub fn write_synth(dir: &Path, files: &[(&str, &str, u64, u64)]) {
         std::fs::write(dir.join(name), lines.join("\n") + "\n").unwrap();
     }
 }
+
+/// A temp dir with a synthetic `reverse.jsonl` and `a.toml`: a short LoRA run (rank 4,
+/// 6 steps, a checkpoint every 3) on the model folder `base`.
+pub fn lora_workspace(base: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_synth(dir.path(), &[("reverse.jsonl", "reverse", 48, 1)]);
+    std::fs::write(
+        dir.path().join("a.toml"),
+        format!(
+            r#"[model]
+base = "{}"
+
+[adapter]
+rank = 4
+alpha = 8
+
+[data]
+train = [{{ path = "{}/reverse.jsonl", format = "chat" }}]
+seq_len = 64
+template = "plain"
+
+[optim]
+lr = 5e-3
+batch_size = 4
+
+[train]
+steps = 6
+seed = 5
+eval_every = 3
+checkpoint_every = 3
+"#,
+            base.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    dir
+}

@@ -1,0 +1,33 @@
+# Sourced by the GPU bench scripts: what each of them needs before it measures.
+#
+# - cuBLAS on the library path: graft loads it at run time for its CUDA products
+#   (the CUDA toolkit's copy, or the one PyTorch ships); without it graft warns and
+#   falls back to burn's own matmul.
+# - REF: shared/bench/hf_peft_lora.py, the HF + PEFT reference, unless set.
+# - peak_of LOG COMMAND...: runs COMMAND while nvidia-smi samples the card's used
+#   memory every 100 ms (the pool cubecl reserved, for graft; torch's cache, for the
+#   reference); the peak in MiB goes to LOG.peak and to stderr.
+for dir in /usr/local/cuda/lib64 \
+  "$(python3 -c 'import nvidia.cublas, os; print(os.path.join(os.path.dirname(nvidia.cublas.__file__), "lib"))' 2>/dev/null)"; do
+  if [ -n "$dir" ] && ls "$dir"/libcublas.so* >/dev/null 2>&1; then
+    export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    break
+  fi
+done
+REF=${REF:-}
+if [ -z "$REF" ]; then
+  for candidate in shared/bench/hf_peft_lora.py ../shared/bench/hf_peft_lora.py; do
+    if [ -f "$candidate" ]; then REF=$(realpath "$candidate"); break; fi
+  done
+fi
+peak_of() {
+  local log=$1; shift
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$log.mem" 2>/dev/null &
+  local sampler=$!
+  "$@"
+  local status=$?
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  sort -n "$log.mem" | tail -n 1 >"$log.peak"
+  echo "peak MiB $(cat "$log.peak")" >&2
+  return $status
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# QLoRA on Llama-3.1-8B's shapes: `graft train` with the frozen base stored as NF4,
+# int8 and bf16 (`[compute] base`), against HF + PEFT in bf16, in one device call.
+# LoRA r=16 on all seven projections, batch 1, seq 2048 and 8192, activation
+# checkpointing on (graft: `compute.checkpointing = "balanced"`; HF: --grad-ckpt),
+# AdamW, clip 1.0. Prints, per run, tokens/s (graft: the trainer's steady figure as
+# `graft train --json` reports it; HF: its own JSON line) and the peak device memory
+# nvidia-smi saw (the pool cubecl reserved for graft; torch's cache for HF, whose
+# `max_memory_allocated` is in its JSON as peak_gib), then a table.
+#
+# Run from the repository root on the GPU machine with the CUDA build in .gpu/graft
+# (see shared/DEVICE.md). Making the folder (random bf16 weights via transformers,
+# ~16 GB on disk) takes a few minutes; it is kept in $WORK while the machine stays
+# warm. Each run loads the 16 GB folder (and quantizes it, on all cores), so within a
+# device call's 10 minutes run one sequence length a call:
+#
+#   SEQS=2048 benches/qlora_memory.sh             # nf4, int8, bf16 and HF at 2048
+#   SEQS=8192 benches/qlora_memory.sh             # the same at 8192
+#   SEQS=2048 SCHEMES="nf4 bf16" HF=0 benches/qlora_memory.sh
+#
+# TIMEOUT (seconds, default 240) bounds each run.
+set -u
+GRAFT=${GRAFT:-$PWD/.gpu/graft}
+PRESET=${PRESET:-llama-8b}
+SEQS=${SEQS:-2048 8192}
+SCHEMES=${SCHEMES:-nf4 int8 bf16}
+BATCH=${BATCH:-1}
+STEPS=${STEPS:-12}
+HF=${HF:-1}
+TIMEOUT=${TIMEOUT:-240}
+# A smoke run on the CPU: BACKEND=cpu DTYPE=f32 SCHEMES="nf4 int8 dtype" HF=0.
+BACKEND=${BACKEND:-cuda}
+DTYPE=${DTYPE:-bf16}
+LOGS=${LOGS:-${OUT:-/tmp}/qlora-logs}
+WORK=${WORK:-/tmp/graft-qlora-bench}
+mkdir -p "$LOGS" "$WORK"
+# shellcheck source=benches/gpu_common.sh
+. "$(dirname "$0")/gpu_common.sh"
+FOLDER=$WORK/$PRESET
+MAX_SEQ=$(echo $SEQS | tr ' ' '\n' | sort -n | tail -n 1)
+if [ ! -f "$FOLDER/train.jsonl" ]; then
+  python3 "$(dirname "$0")/make_llama_folder.py" "$FOLDER" --preset "$PRESET" \
+    --tokens $(( (STEPS + 2) * MAX_SEQ * BATCH + MAX_SEQ * 8 )) >"$LOGS/make-folder.out" 2>&1 || {
+    cat "$LOGS/make-folder.out"; exit 1; }
+fi
+baseline=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -n 1)
+echo "card: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -n 1); in use before: ${baseline:-?} MiB"
+# The peak a run added to what was in use before, in MiB ("-" without nvidia-smi).
+added() {
+  local peak
+  peak=$(cat "$1.peak" 2>/dev/null)
+  if [ -n "$peak" ] && [ -n "$baseline" ]; then echo $(( peak - baseline )); else echo "-"; fi
+}
+ROWS=()
+cd "$WORK"
+for SEQ in $SEQS; do
+  for SCHEME in $SCHEMES; do
+    NAME=graft-$SCHEME-$SEQ
+    cat >"$WORK/$NAME.toml" <<TOML
+[model]
+base = "$FOLDER"
+
+[adapter]
+rank = 16
+alpha = 16
+dropout = 0.0
+
+[data]
+train = [{ path = "$FOLDER/train.jsonl", format = "text" }]
+seq_len = $SEQ
+pack = true
+val_fraction = 0.0
+
+[optim]
+lr = 1e-4
+schedule = "constant"
+weight_decay = 0.01
+batch_size = $BATCH
+
+[compute]
+dtype = "$DTYPE"
+base = "$SCHEME"
+checkpointing = "balanced"
+
+[train]
+steps = $STEPS
+baseline_eval = false
+eval_every = 100000
+checkpoint_every = 100000
+TOML
+    rm -rf "$WORK/store-$NAME"
+    echo "== $NAME" >&2
+    peak_of "$LOGS/$NAME" timeout "$TIMEOUT" "$GRAFT" --store "$WORK/store-$NAME" train "$WORK/$NAME.toml" --backend "$BACKEND" --quiet --json \
+      >"$LOGS/$NAME.out" 2>"$LOGS/$NAME.err"
+    status=$?
+    tokens=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["tokens_per_s"]))' "$LOGS/$NAME.out" 2>/dev/null || echo "-")
+    echo "$NAME exit $status: $(tail -c 600 "$LOGS/$NAME.out")"
+    [ "$status" -eq 0 ] || tail -c 2000 "$LOGS/$NAME.err"
+    ROWS+=("| graft train, base $SCHEME | $SEQ x $BATCH | $tokens | $(added "$LOGS/$NAME") |")
+  done
+  if [ "$HF" = 1 ]; then
+    NAME=hf-bf16-$SEQ
+    echo "== $NAME" >&2
+    peak_of "$LOGS/$NAME" timeout "$TIMEOUT" python3 "$REF" --preset "$PRESET" --seq "$SEQ" --batch "$BATCH" --steps 10 --warmup 3 --grad-ckpt \
+      >"$LOGS/$NAME.out" 2>"$LOGS/$NAME.err"
+    status=$?
+    line=$(grep '^{' "$LOGS/$NAME.out" | tail -n 1)
+    echo "$NAME exit $status: $line"
+    [ "$status" -eq 0 ] || tail -c 1500 "$LOGS/$NAME.err"
+    tokens=$(echo "$line" | python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["tokens_per_s"]))' 2>/dev/null || echo "-")
+    allocated=$(echo "$line" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["peak_gib"])' 2>/dev/null || echo "-")
+    ROWS+=("| HF + PEFT bf16 (max_memory_allocated $allocated GiB) | $SEQ x $BATCH | $tokens | $(added "$LOGS/$NAME") |")
+  fi
+done
+echo
+echo "| run | seq x batch | tokens/s | peak device memory, MiB (nvidia-smi, less what was in use before) |"
+echo "| --- | --- | ---: | ---: |"
+printf '%s\n' "${ROWS[@]}"
