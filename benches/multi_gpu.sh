@@ -14,7 +14,10 @@
 # .gpu/graft (see shared/DEVICE.md):
 #   benches/multi_gpu.sh                 # 2 devices, 24 steps
 #   DEVICES=4 STEPS=40 benches/multi_gpu.sh
+#   ONE=0 REPRODUCE=0 benches/multi_gpu.sh    # only the N-device run and the kill test
 set -u
+ONE=${ONE:-1}
+REPRODUCE=${REPRODUCE:-1}
 GRAFT=${GRAFT:-$PWD/.gpu/graft}
 PRESET=${PRESET:-llama-1b}
 SEQ=${SEQ:-2048}
@@ -82,15 +85,17 @@ losses() { # STORE RUN: the per-step losses as JSON
   "$GRAFT" --store "$1" metrics "$2" --series loss --json
 }
 rm -rf store-1 store-n store-kill
-echo "== 1 device" >&2
-train store-1 1 >"$LOGS/one.out" 2>"$LOGS/one.err"; echo "1 device exit $?" >&2
-tail -c 1500 "$LOGS/one.err" >&2
+if [ "$ONE" = 1 ]; then
+  echo "== 1 device" >&2
+  train store-1 1 >"$LOGS/one.out" 2>"$LOGS/one.err"; echo "1 device exit $?" >&2
+  tail -c 1500 "$LOGS/one.err" >&2
+fi
 echo "== $DEVICES devices" >&2
 train store-n "$DEVICES" >"$LOGS/n.out" 2>"$LOGS/n.err"; echo "$DEVICES devices exit $?" >&2
 tail -c 1500 "$LOGS/n.err" >&2
 RUN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run"])' "$LOGS/n.out" 2>/dev/null)
 [ -n "$RUN" ] || { echo "no run from the $DEVICES-device train" >&2; exit 1; }
-losses store-1 "$RUN" >"$LOGS/one-losses.json"
+[ "$ONE" = 1 ] && losses store-1 "$RUN" >"$LOGS/one-losses.json"
 losses store-n "$RUN" >"$LOGS/n-losses.json"
 
 echo "== $DEVICES devices, SIGKILL after the first checkpoint, then resume" >&2
@@ -101,18 +106,19 @@ PID=$!
 FIRST=$(( STEPS / 3 ))
 for _ in $(seq 1 600); do
   if "$GRAFT" --store store-kill show "$RUN" 2>/dev/null | grep -q "step $FIRST\b"; then break; fi
-  sleep 0.5
+  sleep 0.2
 done
-sleep 2
 kill -9 $PID 2>/dev/null; wait $PID 2>/dev/null
 "$GRAFT" --store store-kill resume "$RUN" --backend cuda --quiet --json >"$LOGS/resume.out" 2>"$LOGS/resume.err"
 echo "resume exit $?" >&2
 tail -c 1500 "$LOGS/resume.err" >&2
 
-echo "== reproduce the $DEVICES-device run on 1 device" >&2
-"$GRAFT" --store store-n reproduce "$RUN" --backend cuda --set compute.devices=1 >"$LOGS/reproduce.out" 2>"$LOGS/reproduce.err"
-echo "reproduce exit $?" >&2
-cat "$LOGS/reproduce.out" "$LOGS/reproduce.err" | tail -n 12 >&2
+if [ "$REPRODUCE" = 1 ]; then
+  echo "== reproduce the $DEVICES-device run on 1 device" >&2
+  "$GRAFT" --store store-n reproduce "$RUN" --backend cuda --set compute.devices=1 >"$LOGS/reproduce.out" 2>"$LOGS/reproduce.err"
+  echo "reproduce exit $?" >&2
+  cat "$LOGS/reproduce.out" "$LOGS/reproduce.err" | tail -n 12 >&2
+fi
 
 python3 - "$LOGS" "$DEVICES" <<'PY'
 import json, sys, os
