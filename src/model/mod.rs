@@ -11,6 +11,7 @@ pub mod adapter;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod hf_cache;
 pub mod llama;
 pub mod lora;
