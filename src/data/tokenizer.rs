@@ -257,9 +257,10 @@ fn resolve_special(
     known_names.iter().find_map(|name| by_name(name))
 }
 
-/// `chat_template` is a string, or a list of `{name, template}` of which
-/// `default` is the one for plain chat.
-fn chat_template(config: &Value) -> Option<String> {
+/// The chat template of a parsed tokenizer_config.json: `chat_template` is a
+/// string, or a list of `{name, template}` of which `default` is the one for
+/// plain chat.
+pub fn chat_template(config: &Value) -> Option<String> {
     match config.get("chat_template")? {
         Value::String(template) => Some(template.clone()),
         Value::Array(entries) => entries

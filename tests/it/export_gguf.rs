@@ -406,6 +406,10 @@ fn worst_row_error(actual: &[f32], expected: &[f32], cols: usize) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// A tensor's Hugging Face name, the type it is stored in, and the bound on its
+/// error relative to its row's largest value.
+type Expected = (&'static str, GgmlDType, f32);
+
 #[test]
 fn q8_0_and_q4_k_m_store_block_types_that_dequantize_near_the_weights() {
     let work = Exported::trained("qwen2-tiny");
@@ -415,7 +419,7 @@ fn q8_0_and_q4_k_m_store_block_types_that_dequantize_near_the_weights() {
     // input of ffn_down) do not, and fall back to f16. q4_k_m's 256-blocks fit
     // nowhere in this tiny model, so it falls back as llama-quantize does:
     // Q4_K -> Q5_0, Q6_K (the tied embedding, which is also the head) -> Q8_0.
-    let cases: [(&str, u32, &[(&str, GgmlDType, f32)]); 2] = [
+    let cases: [(&str, u32, &[Expected]); 2] = [
         (
             "q8_0",
             7,

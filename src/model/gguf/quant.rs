@@ -171,7 +171,7 @@ pub fn tensor_type(quant: Quantization, role: Role, row_len: usize, layers: usiz
         (Quantization::Q4KM, _) => TensorType::Q4K,
     };
     let mut chosen = wanted;
-    while row_len % chosen.block_size() != 0 {
+    while !row_len.is_multiple_of(chosen.block_size()) {
         chosen = chosen.fallback();
     }
     chosen

@@ -59,23 +59,11 @@ fn token_text(value: &Value) -> Option<&str> {
     }
 }
 
-/// The chat template: tokenizer_config.json's `chat_template` (a string, or a
-/// list of named templates of which `default` is plain chat), else
-/// `chat_template.jinja` beside it.
+/// The chat template: tokenizer_config.json's `chat_template`, else
+/// `chat_template.jinja` beside it (where transformers 4.50 and later save it).
 pub fn chat_template(dir: &Path, config: Option<&Value>) -> Result<Option<String>, ModelError> {
-    let from_config = config.and_then(|c| match c.get("chat_template")? {
-        Value::String(text) => Some(text.clone()),
-        Value::Array(entries) => entries
-            .iter()
-            .find(|e| e.get("name").and_then(Value::as_str) == Some("default"))
-            .or_else(|| entries.first())
-            .and_then(|e| e.get("template"))
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        _ => None,
-    });
-    if from_config.is_some() {
-        return Ok(from_config);
+    if let Some(template) = config.and_then(crate::data::tokenizer::chat_template) {
+        return Ok(Some(template));
     }
     let jinja = dir.join("chat_template.jinja");
     match std::fs::read_to_string(&jinja) {
@@ -325,4 +313,81 @@ fn merge_list(model: &Value) -> Result<Vec<String>, String> {
             other => Err(format!("merge {other} is neither \"a b\" nor [a, b]")),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+
+    fn value<'a>(metadata: &'a [(String, MetaValue)], key: &str) -> &'a MetaValue {
+        &metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("no {key}"))
+            .1
+    }
+
+    #[test]
+    fn sentencepiece_bpe_becomes_the_llama_model_with_byte_tokens_and_merge_rank_scores() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokenizer = serde_json::json!({
+            "added_tokens": [{"id": 0, "content": "<unk>", "special": true},
+                             {"id": 1, "content": "<s>", "special": true}],
+            "post_processor": {"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                           {"Sequence": {"id": "A", "type_id": 0}}]},
+            "model": {"type": "BPE", "byte_fallback": true, "unk_token": "<unk>",
+                "vocab": {"<unk>": 0, "<s>": 1, "<0x0A>": 2, "▁": 3, "a": 4, "▁a": 5, "▁aa": 6},
+                "merges": ["▁ a", "▁a a"]}
+        });
+        std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+        std::fs::write(
+            dir.path().join("chat_template.jinja"),
+            "{{ messages[0]['content'] }}",
+        )
+        .unwrap();
+        let mut config = ModelConfig::tiny();
+        config.vocab_size = 8;
+        config.model_type = ModelType::Mistral;
+        config.bos_token_id = Some(1);
+        let metadata = tokenizer_metadata(dir.path(), &config).unwrap();
+        let string = |key| match value(&metadata, key) {
+            MetaValue::String(s) => s.clone(),
+            other => panic!("{key}: {other:?}"),
+        };
+        assert_eq!(string("tokenizer.ggml.model"), "llama");
+        assert_eq!(
+            string("tokenizer.chat_template"),
+            "{{ messages[0]['content'] }}"
+        );
+        match value(&metadata, "tokenizer.ggml.token_type") {
+            MetaValue::I32s(types) => assert_eq!(types, &[2, 3, 6, 1, 1, 1, 1, 5]),
+            other => panic!("{other:?}"),
+        }
+        match value(&metadata, "tokenizer.ggml.scores") {
+            // "▁a" comes of the first merge, "▁aa" of the second; the rest of none.
+            MetaValue::F32s(scores) => {
+                assert_eq!(scores, &[0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -2.0, 0.0])
+            }
+            other => panic!("{other:?}"),
+        }
+        match value(&metadata, "tokenizer.ggml.tokens") {
+            MetaValue::Strings(tokens) => assert_eq!(tokens[7], "[PAD7]"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            value(&metadata, "tokenizer.ggml.add_bos_token"),
+            &MetaValue::Bool(true)
+        );
+        assert_eq!(
+            value(&metadata, "tokenizer.ggml.add_space_prefix"),
+            &MetaValue::Bool(true)
+        );
+        assert_eq!(
+            value(&metadata, "tokenizer.ggml.unknown_token_id"),
+            &MetaValue::U32(0)
+        );
+        assert!(!metadata.iter().any(|(k, _)| k == "tokenizer.ggml.merges"));
+    }
 }
