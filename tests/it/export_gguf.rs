@@ -23,6 +23,11 @@ struct Exported {
 
 impl Exported {
     fn trained(fixture: &'static str) -> Exported {
+        Exported::trained_with(fixture, |_| {})
+    }
+
+    /// As [`Exported::trained`], with the copied config.json changed by `edit` first.
+    fn trained_with(fixture: &'static str, edit: impl Fn(&mut serde_json::Value)) -> Exported {
         let source = match fixture {
             "llama-tiny" | "qwen2-tiny" => shared_fixture(fixture),
             _ => family_fixture(fixture),
@@ -33,6 +38,11 @@ impl Exported {
         for file in ["config.json", "model.safetensors", "tokenizer.json"] {
             std::fs::copy(source.join(file), base.join(file)).unwrap();
         }
+        let mut model_config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap())
+                .unwrap();
+        edit(&mut model_config);
+        std::fs::write(base.join("config.json"), model_config.to_string()).unwrap();
         let config = serde_json::json!({
             "chat_template": TEMPLATE, "bos_token": "<|bos|>", "eos_token": "<|eos|>",
             "pad_token": "<|pad|>",
@@ -517,4 +527,24 @@ fn gguf_export_refuses_to_overwrite_and_names_bad_quantizations() {
         !files.keys().any(|name| name.contains("partial")),
         "temporary files left: {files:?}"
     );
+}
+
+#[test]
+fn what_llama_cpp_would_compute_differently_is_refused_by_key_and_nothing_is_written() {
+    // graft scales Gemma's attention by query_pre_attn_scalar; llama.cpp derives the
+    // scale from head_dim (16 here), so a model trained with 32 would run differently.
+    let work = Exported::trained_with("gemma2-tiny", |config| {
+        config["query_pre_attn_scalar"] = serde_json::json!(32);
+    });
+    let stderr = work.fails(&["export", "run", "--gguf", "model.gguf"]);
+    assert!(
+        stderr.contains("query_pre_attn_scalar") && stderr.contains("32"),
+        "{stderr}"
+    );
+    let written: Vec<String> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|name| name.contains("gguf"))
+        .collect();
+    assert!(written.is_empty(), "a refused export wrote {written:?}");
 }
