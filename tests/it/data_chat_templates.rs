@@ -154,3 +154,31 @@ fn loss_masks_of_real_templates_follow_their_assistant_turns() {
         }
     }
 }
+
+/// Newer snapshots keep the template in chat_template.jinja, not in
+/// tokenizer_config.json: the model's template is found there too.
+#[test]
+fn a_template_in_chat_template_jinja_is_the_models_template() {
+    let case = expected_cases()
+        .into_iter()
+        .find(|c| c["template"] == "qwen2.5-7b-instruct" && c["conversation"] == "system")
+        .unwrap();
+    let (dir, _) = model_template(&case);
+    let config_path = dir.path().join("tokenizer_config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let source = config["chat_template"].as_str().unwrap().to_string();
+    config.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    std::fs::write(dir.path().join("chat_template.jinja"), &source).unwrap();
+    let tokenizer = Tokenizer::from_dir(dir.path()).unwrap();
+    assert_eq!(tokenizer.chat_template(), Some(source.as_str()));
+    let template = ChatTemplate::resolve("auto", &tokenizer).unwrap();
+    let rendered = template
+        .render(
+            &messages(&case),
+            case["add_generation_prompt"].as_bool().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(rendered, case["text"].as_str().unwrap());
+}

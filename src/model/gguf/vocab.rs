@@ -60,7 +60,7 @@ fn token_text(value: &Value) -> Option<&str> {
 }
 
 /// The chat template: tokenizer_config.json's `chat_template`, else
-/// `chat_template.jinja` beside it (where transformers 4.50 and later save it).
+/// `chat_template.jinja` beside it, as the tokenizer reads it for training.
 pub fn chat_template(dir: &Path, config: Option<&Value>) -> Result<Option<String>, ModelError> {
     if let Some(template) = config.and_then(crate::data::tokenizer::chat_template) {
         return Ok(Some(template));
