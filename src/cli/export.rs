@@ -1,5 +1,6 @@
-//! `graft export REF --peft DIR | --merged DIR`: a PEFT adapter folder, or
-//! merged weights in Hugging Face layout.
+//! `graft export REF --peft DIR | --merged DIR | --gguf FILE`: a PEFT adapter
+//! folder, merged weights in Hugging Face layout, or a merged model as one GGUF
+//! file for llama.cpp and Ollama.
 //!
 //! An export never loses a trained weight and never overwrites a base model:
 //! the PEFT folder carries every base tensor the checkpoint changed (in PEFT's
@@ -8,13 +9,14 @@
 
 use super::{output, CliError, CliResult, Context};
 use crate::model::adapter::{savable_module, SAVABLE_MODULES};
+use crate::model::gguf::{export_gguf, Quantization};
 use crate::model::{save_merged, write_peft_adapter, CpuBackend};
 use crate::store::Index;
 use crate::train::restore::{restore, RestoreError};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["peft", "merged"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["peft", "merged", "gguf"])))]
 pub struct Args {
     /// A checkpoint (RUN@STEP, RUN@best, a tag, or a run = its last checkpoint).
     #[arg(value_name = "REF")]
@@ -27,9 +29,22 @@ pub struct Args {
     /// Write a full Hugging Face folder with the adapter folded into the weights.
     #[arg(long, value_name = "DIR")]
     pub merged: Option<PathBuf>,
+    /// Write one GGUF file (version 3) for llama.cpp, Ollama and LM Studio: the
+    /// adapter merged into the weights, the tokenizer and chat template in its
+    /// metadata. Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2 and Gemma 3. The
+    /// file is written under a temporary name and renamed when complete; an
+    /// existing FILE is refused (--force replaces it).
+    #[arg(long, value_name = "FILE")]
+    pub gguf: Option<PathBuf>,
+    /// How --gguf stores the weights: f16 (the default), q8_0 (8-bit blocks),
+    /// or q4_k_m (llama.cpp's 4-bit k-quant mix: Q4_K, with Q6_K for the head
+    /// and some attn_v / ffn_down layers). Norms stay f32; a matrix whose rows
+    /// do not split into the type's blocks falls back as llama-quantize does.
+    #[arg(long, value_name = "TYPE")]
+    pub quant: Option<String>,
     /// Write into a folder that is not empty, replacing the files the export
-    /// writes (and stale weight files beside them). A registered model's folder
-    /// is refused even so.
+    /// writes (and stale weight files beside them); with --gguf, replace an
+    /// existing file. A registered model's folder is refused even so.
     #[arg(long)]
     pub force: bool,
 }
@@ -48,6 +63,15 @@ const NAMES_SHOWN: usize = 8;
 
 pub fn run(args: Args, context: &Context) -> CliResult {
     let store = context.store()?;
+    if let Some(file) = &args.gguf {
+        return run_gguf(&args, file, &store);
+    }
+    if let Some(quant) = &args.quant {
+        return Err(
+            CliError::user(format!("--quant {quant} applies to a GGUF export only"))
+                .with_hint("add --gguf FILE, or leave --quant out"),
+        );
+    }
     let (dir, kind) = match (&args.peft, &args.merged) {
         (Some(dir), _) => (dir.as_path(), "PEFT adapter"),
         (None, Some(dir)) => (dir.as_path(), "merged model"),
@@ -124,6 +148,66 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         save_merged(restored.model, dir, Some(&restored.folder))?;
         output::println_safe(&format!("wrote {kind} to {}", dir.display()));
     }
+    Ok(())
+}
+
+/// `--gguf FILE`: checks the target and the quantization before anything is
+/// computed, then writes the merged model with a bar over its tensors.
+fn run_gguf(args: &Args, file: &Path, store: &crate::store::Store) -> CliResult {
+    let quant = Quantization::parse(args.quant.as_deref().unwrap_or("f16"))
+        .map_err(|e| CliError::user(e.to_string()))?;
+    if file.is_dir() {
+        return Err(CliError::user(format!("{} is a folder", file.display()))
+            .with_hint("give the path of the .gguf file to write"));
+    }
+    if file.exists() && !args.force {
+        return Err(CliError::user(format!(
+            "{} exists: an export never overwrites a file",
+            file.display()
+        ))
+        .with_hint("give a new file name, or pass --force to replace it"));
+    }
+    let restored = restore::<CpuBackend>(store, &args.reference, &Default::default())?;
+    let Some(checkpoint) = restored.checkpoint else {
+        return Err(CliError::user(format!(
+            "`{}` is a base model: export takes a checkpoint",
+            args.reference
+        )));
+    };
+    let name = format!("graft checkpoint {}", checkpoint.short());
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("gguf [{bar:30}] {pos}/{len} tensors {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut progress = |done: usize, total: usize, tensor: &str| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(tensor.to_string());
+    };
+    let summary = export_gguf(
+        restored.model,
+        &restored.folder,
+        file,
+        quant,
+        &name,
+        args.force,
+        &mut progress,
+    )
+    .map_err(|e| CliError::user(e.to_string()))?;
+    bar.finish_and_clear();
+    for caveat in &summary.caveats {
+        eprintln!("note: {caveat}");
+    }
+    output::println_safe(&format!(
+        "wrote GGUF ({}, {}, {} tensors, {}) to {}",
+        summary.architecture,
+        quant.as_str(),
+        summary.tensors.len(),
+        output::bytes(summary.bytes),
+        file.display()
+    ));
     Ok(())
 }
 

@@ -86,7 +86,7 @@ pub enum Command {
     Eval(eval::Args),
     /// Sample text from a model or checkpoint.
     Generate(generate::Args),
-    /// Write a checkpoint as a PEFT adapter or a merged Hugging Face folder.
+    /// Write a checkpoint as a PEFT adapter, a merged Hugging Face folder, or a GGUF file.
     Export(export::Args),
     /// Runs, newest first; `--graph` draws forks as a tree.
     Log(log::Args),

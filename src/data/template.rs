@@ -15,9 +15,14 @@
 //! including it. The characters between the two renderings are the assistant
 //! turn: its content plus the template's end-of-turn marker, which the model
 //! must learn to emit in order to stop. Both renderings must be prefixes of the
-//! full rendering; a template that rewrites earlier turns (some drop past
-//! reasoning, some stamp the date) is not prefix-stable and is rejected with
-//! [`DataError::TemplateNotPrefixStable`] rather than trained with a wrong mask.
+//! full rendering, with one allowance: a template that writes the end-of-text
+//! token only after the last turn (Phi-3's) ends an earlier turn's rendering
+//! with a token the full one does not have there, so that trailing token is
+//! set aside before the comparison. A template that rewrites earlier turns
+//! (Qwen3 drops past reasoning, some stamp the date) is not prefix-stable and
+//! is rejected with [`DataError::TemplateNotPrefixStable`] rather than trained
+//! with a wrong mask.
+//!
 //! This costs O(turns²) renderings per conversation, which is fine for chat
 //! data; the built-in templates build their segments directly and produce
 //! exactly what the same procedure would produce on their Jinja equivalents.
@@ -141,6 +146,23 @@ impl ChatTemplate {
         }
     }
 
+    /// The whole text of a conversation, as `apply_chat_template(messages,
+    /// tokenize=False, add_generation_prompt=...)` renders it. A model's own
+    /// template renders in one pass, so templates that rewrite earlier turns
+    /// (Qwen3 drops past reasoning) render here even where
+    /// [`ChatTemplate::render_segments`] refuses them.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        match self {
+            ChatTemplate::Jinja(jinja) => jinja.render(messages, add_generation_prompt),
+            ChatTemplate::Builtin(_) if add_generation_prompt => self.render_prompt(messages),
+            ChatTemplate::Builtin(builtin) => Ok(builtin
+                .render_segments(messages)
+                .into_iter()
+                .map(|segment| segment.text)
+                .collect()),
+        }
+    }
+
     /// The prompt text that asks the model for the next assistant turn.
     pub fn render_prompt(&self, messages: &[Message]) -> Result<String> {
         match self {
@@ -235,8 +257,12 @@ impl JinjaTemplate {
             }
             let prompt = self.render(&messages[..index], true)?;
             let answered = self.render(&messages[..=index], false)?;
+            let answered = match answered.strip_suffix(self.eos_token.as_str()) {
+                Some(turn) if !self.eos_token.is_empty() && !full.starts_with(&answered) => turn,
+                _ => answered.as_str(),
+            };
             let stable = full.starts_with(&prompt)
-                && full.starts_with(&answered)
+                && full.starts_with(answered)
                 && cursor <= prompt.len()
                 && prompt.len() <= answered.len();
             if !stable {

@@ -50,7 +50,9 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     /// Load from a Hugging Face model folder: `tokenizer.json`, and
-    /// `tokenizer_config.json` / `generation_config.json` when present.
+    /// `tokenizer_config.json` / `generation_config.json` when present. The
+    /// chat template is tokenizer_config.json's, else `chat_template.jinja`'s
+    /// (where transformers 4.50 and later save it).
     pub fn from_dir(dir: &Path) -> Result<Tokenizer> {
         let read = |name: &str| -> Result<Option<Vec<u8>>> {
             let path = dir.join(name);
@@ -65,12 +67,23 @@ impl Tokenizer {
             path: tokenizer_path.display().to_string(),
             message: "file not found".to_string(),
         })?;
-        Tokenizer::from_bytes(
+        let mut tokenizer = Tokenizer::from_bytes(
             &tokenizer_json,
             read("tokenizer_config.json")?.as_deref(),
             read("generation_config.json")?.as_deref(),
             &tokenizer_path.display().to_string(),
-        )
+        )?;
+        if tokenizer.chat_template.is_none() {
+            if let Some(bytes) = read("chat_template.jinja")? {
+                let path = dir.join("chat_template.jinja").display().to_string();
+                let text = String::from_utf8(bytes).map_err(|err| DataError::TokenizerLoad {
+                    path,
+                    message: format!("not UTF-8: {err}"),
+                })?;
+                tokenizer.chat_template = Some(text);
+            }
+        }
+        Ok(tokenizer)
     }
 
     /// Load a `tokenizer.json`; its folder is searched for the config files.
@@ -204,7 +217,8 @@ impl Tokenizer {
         self.pad_id
     }
 
-    /// The model's own Jinja chat template, if `tokenizer_config.json` has one.
+    /// The model's own Jinja chat template, if `tokenizer_config.json` or
+    /// `chat_template.jinja` has one.
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
     }
@@ -257,9 +271,10 @@ fn resolve_special(
     known_names.iter().find_map(|name| by_name(name))
 }
 
-/// `chat_template` is a string, or a list of `{name, template}` of which
-/// `default` is the one for plain chat.
-fn chat_template(config: &Value) -> Option<String> {
+/// The chat template of a parsed tokenizer_config.json: `chat_template` is a
+/// string, or a list of `{name, template}` of which `default` is the one for
+/// plain chat.
+pub fn chat_template(config: &Value) -> Option<String> {
     match config.get("chat_template")? {
         Value::String(template) => Some(template.clone()),
         Value::Array(entries) => entries

@@ -12,6 +12,7 @@ pub mod bnb;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod hf_cache;
 pub mod llama;
 pub mod lora;

@@ -175,7 +175,7 @@ impl<B: Backend> ModuleMapper<B> for FnMapper<'_, B> {
     }
 }
 
-fn hf_data_of(info: &ParamInfo, tensor: AnyTensor<impl Backend>) -> TensorData {
+pub(crate) fn hf_data_of(info: &ParamInfo, tensor: AnyTensor<impl Backend>) -> TensorData {
     match tensor {
         AnyTensor::D1(t) => t.into_data(),
         AnyTensor::D2(t) if is_transposed(&info.name) => t.transpose().into_data(),

@@ -22,6 +22,7 @@ const SMALL_FILES: &[&str] = &[
     "tokenizer_config.json",
     "generation_config.json",
     "special_tokens_map.json",
+    "chat_template.jinja",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -7,11 +7,13 @@ mod reliability_support;
 
 mod compute_devices;
 mod compute_record;
+mod data_chat_templates;
 mod data_errors;
 mod data_formats;
 mod data_pack;
 mod data_replay_drift;
 mod experiment_reference;
+mod export_gguf;
 mod forgetting_budget;
 mod model_cli;
 mod model_families;
