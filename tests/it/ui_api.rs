@@ -99,6 +99,16 @@ fn api_compare_starts_each_fork_at_its_parents_fork_step() {
         );
         assert!(!run["checkpoints"].as_array().unwrap().is_empty());
     }
+    let with_parent = server.json("/api/compare?runs=task-b,task-b-replay&ancestors=true");
+    let context: Vec<&serde_json::Value> = with_parent["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["context"] == true)
+        .collect();
+    assert_eq!(context.len(), 1, "task-a, once");
+    assert_eq!(context[0]["id"], runs[0]["parent"]["id"]);
+    assert_eq!(context[0]["until"], runs[0]["offset"]);
     let replay = runs.iter().find(|r| r["label"] == "task-b-replay").unwrap();
     assert!(
         replay["unfreeze"].as_array().is_some_and(|u| !u.is_empty()),

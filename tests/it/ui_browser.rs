@@ -86,11 +86,15 @@ fn expectations(store: &Path, screenshot: &Path) -> serde_json::Value {
         .iter()
         .map(|change| change["key"].clone())
         .collect();
+    let fork = json(store, &["show", forks[0], "--json"]);
+    let parent = serde_json::json!({ "id": fork["parent_run"], "until": fork["start_step"] });
     serde_json::json!({
         "runs": runs,
         "filter": { "where": filter, "ids": ids },
         "bad_filter": { "where": bad, "column": column },
-        "compare": { "labels": forks, "first_steps": first_steps, "diff_keys": diff_keys },
+        "compare": {
+            "labels": forks, "first_steps": first_steps, "diff_keys": diff_keys, "parent": parent,
+        },
         "screenshot": screenshot,
     })
 }

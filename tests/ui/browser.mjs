@@ -21,17 +21,19 @@ function check(condition, message) {
 const sameSet = (a, b) => a.length === b.length && [...a].sort().join() === [...b].sort().join();
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
-const browser = await chromium.launch({
+// A fresh profile each run (playwright passes it as --user-data-dir).
+const profile = mkdtempSync(join(tmpdir(), 'graft-ui-chromium-'));
+const browser = await chromium.launchPersistentContext(profile, {
   executablePath,
   headless: true,
+  viewport: { width: 1280, height: 900 },
   args: [
     '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    `--user-data-dir=${mkdtempSync(join(tmpdir(), 'graft-ui-chromium-'))}`,
   ],
 });
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const page = await browser.newPage();
   const errors = [];
   page.on('pageerror', (error) => errors.push(String(error)));
 
@@ -64,7 +66,7 @@ try {
   check(column === expect.bad_filter.column, `the error points at column ${column}, the CLI at ${expect.bad_filter.column}`);
   await page.fill('#where', '');
   await page.press('#where', 'Enter');
-  await page.waitForSelector('#where-error[hidden]');
+  await page.waitForFunction(() => document.getElementById('where-error').hidden);
 
   // 3. Compare: select two forks in the table; their curves start at the
   //    step of the parent they forked from.
@@ -76,13 +78,17 @@ try {
   for (const [series, firsts] of Object.entries(expect.compare.first_steps)) {
     const curves = await page.evaluate((name) => {
       const chart = window.graftCharts.find((c) => c.series === name);
-      return chart ? chart.curves : [];
+      return chart ? chart.curves.filter((c) => !c.context) : [];
     }, series);
     check(curves.length === Object.keys(firsts).length, `${series}: ${curves.length} curves overlaid`);
     for (const curve of curves) {
       check(curve.first === firsts[curve.run], `${series} of ${curve.label} starts at step ${curve.first}, expected ${firsts[curve.run]}`);
     }
   }
+  // The parent's curve is drawn faint up to the fork step.
+  const context = await page.evaluate(() => window.graftCharts.find((c) => c.series === 'loss').curves.filter((c) => c.context));
+  check(context.length === 1 && context[0].run === expect.compare.parent.id && context[0].last === expect.compare.parent.until,
+    `the parent's curve runs to the fork step: ${JSON.stringify(context)}`);
   const diffKeys = await page.$$eval('#recipe-diff tr[data-key]', (all) => all.map((r) => r.dataset.key));
   check(sameSet(diffKeys, expect.compare.diff_keys), `recipe diff keys ${diffKeys} are graft diff's ${expect.compare.diff_keys}`);
   await page.screenshot({ path: expect.screenshot, fullPage: false });

@@ -69,6 +69,10 @@ pub struct CompareQuery {
     /// Comma-separated runs (tags or id prefixes).
     runs: Option<String>,
     series: Option<String>,
+    /// Also the runs they descend from, marked `context`, each with the
+    /// step up to which its curve belongs to the story (`until`).
+    #[serde(default)]
+    ancestors: bool,
 }
 
 /// `/api/compare?runs=a,b&series=...`: each run's curves with the offset that
@@ -100,6 +104,16 @@ pub async fn compare(State(api): State<Api>, Query(query): Query<CompareQuery>) 
         all_series.extend(view.series.keys().cloned());
         runs.push(curve(&snapshot, view, &names)?);
     }
+    if query.ancestors {
+        for (id, until) in ancestors_of(&snapshot, &views) {
+            if let Some(view) = snapshot.run(&id) {
+                let mut context = curve(&snapshot, view, &names)?;
+                context["context"] = true.into();
+                context["until"] = until.into();
+                runs.push(context);
+            }
+        }
+    }
     let recipes: Vec<_> = views.iter().map(|v| &v.summary.run.recipe).collect();
     let diff: Vec<serde_json::Value> = recipes_diff(&recipes)
         .into_iter()
@@ -110,6 +124,31 @@ pub async fn compare(State(api): State<Api>, Query(query): Query<CompareQuery>) 
         "series_names": all_series,
         "diff": diff,
     })))
+}
+
+/// The runs the selected ones descend from (not selected themselves), each
+/// with the last step any selected descendant forked from, nearest first.
+fn ancestors_of(snapshot: &Snapshot, views: &[&RunView]) -> Vec<(crate::store::Id, u64)> {
+    let selected: BTreeSet<_> = views.iter().map(|v| v.summary.run.id).collect();
+    let mut until: Vec<(crate::store::Id, u64)> = Vec::new();
+    for view in views {
+        let chain = snapshot.ancestry(&view.summary.run.id);
+        for pair in chain.windows(2) {
+            let (child, parent) = (pair[0], pair[1]);
+            let step = snapshot
+                .run(&child)
+                .and_then(|c| c.summary.start_step)
+                .unwrap_or(0);
+            if selected.contains(&parent) {
+                continue;
+            }
+            match until.iter_mut().find(|(id, _)| *id == parent) {
+                Some((_, last)) => *last = (*last).max(step),
+                None => until.push((parent, step)),
+            }
+        }
+    }
+    until
 }
 
 fn curve(

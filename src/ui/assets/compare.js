@@ -7,7 +7,7 @@
 import { get, h, number } from './api.js';
 
 const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f'];
-const state = { chosen: null, smoothing: 0, log: false };
+const state = { chosen: null, smoothing: 0, log: false, ancestors: true };
 
 const isForget = (name) => name.startsWith('forget/') || name.startsWith('forget_budget_used/');
 
@@ -32,6 +32,7 @@ export async function compareView(root, _argument, params) {
   const picker = h('div', { id: 'series-picker', class: 'picker' });
   const smoothing = h('input', { id: 'smoothing', type: 'range', min: 0, max: 0.99, step: 0.01, value: state.smoothing });
   const log = h('input', { id: 'log-scale', type: 'checkbox', checked: state.log });
+  const ancestors = h('input', { id: 'ancestors', type: 'checkbox', checked: state.ancestors });
   const charts = h('div', { class: 'charts' });
   const main = h('div', { class: 'chart-column', id: 'task-charts' });
   const forget = h('div', { class: 'chart-column', id: 'forget-charts' });
@@ -41,17 +42,19 @@ export async function compareView(root, _argument, params) {
   root.append(
     legend,
     h('div', { class: 'toolbar' }, picker,
-      h('label', {}, 'smoothing ', smoothing), h('label', {}, log, ' log scale')),
+      h('label', {}, 'smoothing ', smoothing), h('label', {}, log, ' log scale'),
+      h('label', { title: 'the curves of the runs they forked from, up to the fork step' }, ancestors, ' ancestors')),
     charts,
     h('h3', {}, 'Curves'), curves,
     h('h3', {}, 'Recipe keys that differ'), diff,
   );
   smoothing.addEventListener('input', () => { state.smoothing = Number(smoothing.value); draw(); });
   log.addEventListener('change', () => { state.log = log.checked; draw(); });
+  ancestors.addEventListener('change', () => { state.ancestors = ancestors.checked; load(); });
 
   let data = null;
   async function load() {
-    data = await get('/api/compare', { runs: runs.join(',') });
+    data = await get('/api/compare', { runs: runs.join(','), ancestors: state.ancestors });
     const names = data.series_names.filter((n) => !isForget(n));
     if (!state.chosen) {
       const wanted = names.filter((n) => n === 'loss' || n === 'eval_loss');
@@ -65,7 +68,7 @@ export async function compareView(root, _argument, params) {
       });
       return h('label', {}, box, ` ${name}`);
     }));
-    legend.replaceChildren(...data.runs.map((run, i) => h('span', { class: 'swatch', style: `border-color:${COLORS[i % COLORS.length]}` },
+    legend.replaceChildren(...data.runs.filter((run) => !run.context).map((run, i) => h('span', { class: 'swatch', style: `border-color:${COLORS[i % COLORS.length]}` },
       h('a', { href: `#/run/${run.id}` }, run.label),
       run.parent ? ` (from ${run.parent.label}@${run.parent.step})` : '', ` ${run.status}`)));
     drawTables();
@@ -74,7 +77,7 @@ export async function compareView(root, _argument, params) {
 
   function drawTables() {
     const rows = [];
-    for (const run of data.runs) {
+    for (const run of data.runs.filter((r) => !r.context)) {
       for (const [name, points] of Object.entries(run.series)) {
         if (!points.length || !(state.chosen.has(name) || isForget(name))) continue;
         rows.push(h('tr', { 'data-run-id': run.id, 'data-series': name, 'data-first-step': run.offset + points[0][0], 'data-last-step': run.offset + points[points.length - 1][0] },
@@ -85,7 +88,7 @@ export async function compareView(root, _argument, params) {
     }
     curves.replaceChildren(h('tr', {}, ['run', 'series', 'first step', 'last step', 'points', 'last'].map((t) => h('th', {}, t))), ...rows);
     diff.replaceChildren(
-      h('tr', {}, h('th', {}, 'key'), data.runs.map((run) => h('th', {}, run.label))),
+      h('tr', {}, h('th', {}, 'key'), data.runs.filter((r) => !r.context).map((run) => h('th', {}, run.label))),
       ...data.diff.map((change) => h('tr', { 'data-key': change.key }, h('td', {}, change.key),
         change.values.map((value) => h('td', {}, value === null ? '-' : value)))),
     );
@@ -104,7 +107,12 @@ export async function compareView(root, _argument, params) {
   }
 
   function chart(container, name) {
-    const members = data.runs.map((run, i) => ({ run, color: COLORS[i % COLORS.length], points: run.series[name] }))
+    // Selected runs take the colours; ancestors are drawn faint, up to the
+    // step their descendants forked at.
+    const members = data.runs.filter((run) => !run.context)
+      .map((run, i) => ({ run, color: COLORS[i % COLORS.length], points: run.series[name] }))
+      .concat(data.runs.filter((run) => run.context)
+        .map((run) => ({ run, color: '#b8b8b8', points: (run.series[name] || []).filter(([step]) => step <= run.until) })))
       .filter((m) => m.points && m.points.length);
     if (!members.length) return;
     const steps = new Set();
@@ -129,7 +137,8 @@ export async function compareView(root, _argument, params) {
       scales: { x: { time: false }, y: state.log ? { distr: 3 } : {} },
       axes: [{ label: 'step' }, {}],
       series: [{ label: 'step' }, ...members.map((m) => ({
-        label: m.run.label, stroke: m.color, width: 1.5, spanGaps: true,
+        label: m.run.context ? `${m.run.label} (ancestor)` : m.run.label,
+        stroke: m.color, width: m.run.context ? 1 : 1.5, dash: m.run.context ? [5, 3] : undefined, spanGaps: true,
         points: { show: sparse, size: 4 },
       }))],
       hooks: { draw: [(u) => markers(u, members)] },
@@ -137,7 +146,7 @@ export async function compareView(root, _argument, params) {
     window.graftCharts.push({
       series: name, plot,
       curves: members.map((m, i) => ({
-        run: m.run.id, label: m.run.label,
+        run: m.run.id, label: m.run.label, context: Boolean(m.run.context),
         first: shifted[i][0][0], last: shifted[i][shifted[i].length - 1][0], count: shifted[i].length,
       })),
     });
@@ -154,6 +163,7 @@ export async function compareView(root, _argument, params) {
       const x = (step) => u.valToPos(m.run.offset + step, 'x', true);
       ctx.fillStyle = m.color;
       ctx.strokeStyle = m.color;
+      if (m.run.context) continue;
       for (const checkpoint of m.run.checkpoints) {
         const px = x(checkpoint.step);
         ctx.beginPath();
@@ -171,6 +181,8 @@ export async function compareView(root, _argument, params) {
       if (m.run.parent) lines.push([0, `fork of ${m.run.parent.label}@${m.run.parent.step}`]);
       for (const [step, text] of lines) {
         const px = x(step);
+        // A line on the plot's edge would only cover the axis.
+        if (px < u.bbox.left + 2 * pixel || px > u.bbox.left + u.bbox.width) continue;
         ctx.beginPath();
         ctx.moveTo(px, top);
         ctx.lineTo(px, top + height);
