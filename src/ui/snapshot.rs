@@ -52,24 +52,59 @@ impl Snapshot {
         let tags = tags_by_target(index)?;
         let mut runs = Vec::new();
         for record in index.runs_newest_first(0, usize::MAX)? {
-            let summary = RunSummary::load(index, record, &tags)?;
-            let earlier = previous.and_then(|p| p.run(&summary.run.id));
-            let series = load_series(index, &summary, earlier)?;
-            let checkpoints = match earlier {
-                Some(view) if view.summary.checkpoints == summary.checkpoints => {
-                    view.checkpoints.clone()
-                }
-                _ => Arc::new(index.run_checkpoints(&summary.run.id)?),
-            };
-            runs.push(RunView {
-                summary: Arc::new(summary),
-                checkpoints,
-                series: Arc::new(series),
-            });
+            let earlier = previous.and_then(|p| p.run(&record.id));
+            runs.push(load_run(index, record, &tags, earlier)?);
         }
+        let known = known_keys(runs.iter().map(|r| &*r.summary));
+        Snapshot::assemble(index, runs, tags, known)
+    }
+
+    /// `previous` brought up to date where the index can have changed
+    /// without a full read: runs registered since, the runs in `active`
+    /// (those with journals, which absorption changes), runs whose tags
+    /// changed, and the tags, data sets and models. Costs what changed, not
+    /// what the store holds; what else can change the index (gc, pull) waits
+    /// for the next [`Snapshot::load`].
+    pub fn refresh(index: &Index, previous: &Snapshot, active: &BTreeSet<Id>) -> Result<Snapshot> {
+        let tags = tags_by_target(index)?;
+        let mut fresh = Vec::new();
+        for entry in index.runs_by_seq.iter().rev() {
+            let (_, id) = entry?;
+            let Some(id) = Id::from_slice(&id) else {
+                continue;
+            };
+            if previous.run(&id).is_some() {
+                break;
+            }
+            fresh.push(load_run(index, index.run(&id)?, &tags, None)?);
+        }
+        let mut known = (*previous.known_keys).clone();
+        for view in &fresh {
+            known.extend(view.summary.keys());
+        }
+        let mut runs = fresh;
+        for view in &previous.runs {
+            let id = view.summary.run.id;
+            let tags_now = tags.get(&id).cloned().unwrap_or_default();
+            if active.contains(&id) || tags_now != view.summary.tags {
+                let reloaded = load_run(index, index.run(&id)?, &tags, Some(view))?;
+                known.extend(reloaded.summary.keys());
+                runs.push(reloaded);
+            } else {
+                runs.push(view.clone());
+            }
+        }
+        Snapshot::assemble(index, runs, tags, known)
+    }
+
+    fn assemble(
+        index: &Index,
+        runs: Vec<RunView>,
+        tags: BTreeMap<Id, Vec<String>>,
+        known: BTreeSet<String>,
+    ) -> Result<Snapshot> {
         let datasets = index.datasets()?.into_iter().map(|d| (d.id, d)).collect();
         let models = index.models()?.into_iter().map(|m| (m.id, m)).collect();
-        let known = known_keys(runs.iter().map(|r| &*r.summary));
         Ok(Snapshot {
             positions: positions(&runs),
             runs,
@@ -106,10 +141,13 @@ impl Snapshot {
         if hex.len() < 4 || hex.len() > 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ResolveError::NotARun(reference.to_string()));
         }
+        if let Some(view) = Id::from_hex(&hex).and_then(|id| self.run(&id)) {
+            return Ok(view);
+        }
         let mut found = self
             .runs
             .iter()
-            .filter(|view| view.summary.run.id.to_hex().starts_with(&hex));
+            .filter(|view| view.summary.run.id.has_hex_prefix(&hex));
         match (found.next(), found.next()) {
             (Some(view), None) => Ok(view),
             (Some(_), Some(_)) => Err(ResolveError::Ambiguous(reference.to_string())),
@@ -173,6 +211,24 @@ pub fn positions(runs: &[RunView]) -> HashMap<Id, usize> {
 /// Whether two summaries of a series describe the same points.
 fn same_points(a: &SeriesSummary, b: &SeriesSummary) -> bool {
     a.count == b.count && a.last_step == b.last_step && a.last.to_bits() == b.last.to_bits()
+}
+
+/// One run as the index holds it, reusing `earlier`'s series where their
+/// summaries did not change.
+fn load_run(
+    index: &Index,
+    record: crate::store::RunRecord,
+    tags: &BTreeMap<Id, Vec<String>>,
+    earlier: Option<&RunView>,
+) -> Result<RunView> {
+    let summary = RunSummary::load(index, record, tags)?;
+    let series = load_series(index, &summary, earlier)?;
+    let checkpoints = Arc::new(index.run_checkpoints(&summary.run.id)?);
+    Ok(RunView {
+        summary: Arc::new(summary),
+        checkpoints,
+        series: Arc::new(series),
+    })
 }
 
 fn load_series(

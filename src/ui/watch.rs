@@ -4,22 +4,27 @@
 //! (their names, lengths and times change when any process writes the
 //! index) and the journal files (their lengths grow as trainers record).
 //! A journal change is applied from the journal files alone, without the
-//! index lock (see [`super::live`]). An index change reloads the snapshot,
-//! which holds the lock for one read of the record; after a reload that
-//! took `t`, the next waits at least `max(MIN_RELOAD_GAP, 4 t)`, so the UI
-//! holds the lock at most a fifth of the time however busy the store is,
-//! and trainers (which retry with jitter) get it in between.
+//! index lock (see [`super::live`]). An index change refreshes the
+//! snapshot: new runs, the runs with journals and changed tags are read
+//! again ([`Snapshot::refresh`]), which costs what changed. Everything is
+//! read again ([`Snapshot::load`]) at most every [`FULL_RELOAD_GAP`], for
+//! changes no journal announces (gc, pull). Each visit holds the lock once;
+//! after one that took `t`, the next of its kind waits at least 4 t, so
+//! each kind holds the lock at most a fifth of the time however busy the
+//! store is, and trainers (which retry with jitter) get it in between.
 
 use super::live::{apply_journals, journal_files};
 use super::snapshot::Snapshot;
-use crate::store::{Index, Store};
+use crate::store::{Id, Index, Store};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 pub const POLL: Duration = Duration::from_millis(100);
-pub const MIN_RELOAD_GAP: Duration = Duration::from_millis(1000);
+pub const MIN_RELOAD_GAP: Duration = Duration::from_millis(250);
+pub const FULL_RELOAD_GAP: Duration = Duration::from_secs(30);
 
 /// The snapshot requests read, and a counter that changes with it.
 pub struct Shared {
@@ -66,16 +71,35 @@ fn index_signature(index_path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)>
 }
 
 /// Read the record once: open the index (waiting while a writer holds
-/// it), copy what the UI shows, and let go.
-fn load(store: &Store, previous: Option<&Snapshot>) -> crate::store::Result<Snapshot> {
+/// it), copy what the UI shows, and let go. With `active`, only what can
+/// have changed (see [`Snapshot::refresh`]).
+fn load(
+    store: &Store,
+    previous: Option<&Snapshot>,
+    active: Option<&BTreeSet<Id>>,
+) -> crate::store::Result<Snapshot> {
     let index = Index::open(&store.index_path())?;
-    Snapshot::load(&index, previous)
+    match (previous, active) {
+        (Some(previous), Some(active)) => Snapshot::refresh(&index, previous, active),
+        _ => Snapshot::load(&index, previous),
+    }
+}
+
+/// The runs whose journals are listed: absorption changes their records.
+fn journal_runs(files: &[(PathBuf, u64)]) -> BTreeSet<Id> {
+    files
+        .iter()
+        .filter_map(|(path, _)| {
+            let name = path.file_name()?.to_string_lossy().to_string();
+            crate::store::journal::parse_journal_name(&name).map(|(run, _)| run)
+        })
+        .collect()
 }
 
 /// The first snapshot, read before the server answers anything.
 pub fn start(store: &Store) -> crate::store::Result<(Arc<Shared>, Watcher)> {
     let started = Instant::now();
-    let base = load(store, None)?;
+    let base = load(store, None, None)?;
     let load_time = started.elapsed();
     let files = journal_files(store.root());
     let current = apply_journals(&base, &files);
@@ -94,13 +118,12 @@ pub fn start(store: &Store) -> crate::store::Result<(Arc<Shared>, Watcher)> {
         index_seen: index_signature(&store.index_path()),
         journals_seen: files,
         last_reload: Instant::now(),
-        reload_gap: gap_after(load_time),
+        reload_gap: MIN_RELOAD_GAP,
+        last_full: Instant::now(),
+        full_gap: FULL_RELOAD_GAP.max(load_time * 4),
+        changed_since_full: false,
     };
     Ok((shared, watcher))
-}
-
-fn gap_after(load_time: Duration) -> Duration {
-    MIN_RELOAD_GAP.max(load_time * 4)
 }
 
 pub struct Watcher {
@@ -111,6 +134,10 @@ pub struct Watcher {
     journals_seen: Vec<(PathBuf, u64)>,
     last_reload: Instant,
     reload_gap: Duration,
+    last_full: Instant,
+    full_gap: Duration,
+    /// The index changed after the last full read.
+    changed_since_full: bool,
 }
 
 impl Watcher {
@@ -127,24 +154,36 @@ impl Watcher {
         let index_now = index_signature(&self.store.index_path());
         // A journal of a run the snapshot lacks means a run was registered
         // (perhaps while the last reload was finishing): reload for it too.
-        let unknown_run = files.iter().any(|(path, _)| {
-            path.file_name()
-                .and_then(|n| crate::store::journal::parse_journal_name(&n.to_string_lossy()))
-                .is_some_and(|(run, _)| self.base.run(&run).is_none())
-        });
-        let wants_reload = index_now != self.index_seen || unknown_run;
+        let unknown_run = journal_runs(&files)
+            .iter()
+            .any(|run| self.base.run(run).is_none());
+        let index_changed = index_now != self.index_seen || unknown_run;
+        self.changed_since_full |= index_changed;
+        let full = self.changed_since_full && self.last_full.elapsed() >= self.full_gap;
+        let quick = index_changed && self.last_reload.elapsed() >= self.reload_gap;
         let mut changed = false;
-        if wants_reload && self.last_reload.elapsed() >= self.reload_gap {
+        if full || quick {
+            let mut active = journal_runs(&files);
+            active.extend(journal_runs(&self.journals_seen));
             let started = Instant::now();
-            match load(&self.store, Some(&self.base)) {
+            match load(&self.store, Some(&self.base), (!full).then_some(&active)) {
                 Ok(base) => {
                     self.base = base;
                     changed = true;
                 }
                 Err(error) => eprintln!("graft ui: reading the index failed, will retry: {error}"),
             }
-            self.reload_gap = gap_after(started.elapsed());
-            self.last_reload = Instant::now();
+            let took = started.elapsed();
+            // Each kind keeps its own pace: a slow full read must not hold
+            // back the refresh that shows a new run.
+            if full {
+                self.full_gap = FULL_RELOAD_GAP.max(took * 4);
+                self.last_full = Instant::now();
+                self.changed_since_full = false;
+            } else {
+                self.reload_gap = MIN_RELOAD_GAP.max(took * 4);
+                self.last_reload = Instant::now();
+            }
             self.index_seen = index_signature(&self.store.index_path());
         }
         if changed || files != self.journals_seen {

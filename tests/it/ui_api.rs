@@ -201,6 +201,9 @@ fn list_files(dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// (what is tried, method, path, headers, the status it must get)
+type Case<'a> = (&'a str, &'a str, String, Vec<(&'a str, &'a str)>, u16);
+
 #[test]
 fn ui_refuses_other_hosts_origins_outside_paths_writes_and_bad_queries() {
     let dir = tempfile::tempdir().unwrap();
@@ -216,8 +219,7 @@ fn ui_refuses_other_hosts_origins_outside_paths_writes_and_bad_queries() {
         .head
         .to_ascii_lowercase()
         .contains("content-security-policy"));
-    // (case, method, path, headers, expected status)
-    let cases: Vec<(&str, &str, String, Vec<(&str, &str)>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "another host",
             "GET",
