@@ -10,7 +10,9 @@ pub struct Args {
     #[arg(long, default_value_t = 7770)]
     pub port: u16,
     /// The address to listen on. Anything but a loopback address lets other
-    /// machines read the record (the UI has no login): a warning says so.
+    /// machines read the record (the UI has no login): a warning says so. On
+    /// a loopback or named address only requests naming it as their Host are
+    /// answered; on 0.0.0.0 or :: any Host is.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// Open the page in the default browser once the server is up.
@@ -24,6 +26,11 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         eprintln!(
             "warning: listening on {}: any machine that can reach it can read this store's record",
             args.host
+        );
+    }
+    if args.host.is_unspecified() {
+        eprintln!(
+            "warning: on every address the server answers whatever host name a request uses, so a web page that rebinds its own name to this machine can read the record too"
         );
     }
     eprintln!("reading the record of {} ...", store.root().display());

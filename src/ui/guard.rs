@@ -15,7 +15,13 @@ use std::sync::Arc;
 
 /// The `host:port` names this server answers to.
 #[derive(Clone, Debug)]
-pub struct AllowedHosts(pub Arc<Vec<String>>);
+pub struct AllowedHosts {
+    names: Arc<Vec<String>>,
+    /// Listening on every address (`--host 0.0.0.0`): the names other
+    /// machines reach it by are not known, so any Host is answered; a page's
+    /// requests must still come from the origin the Host names.
+    any: bool,
+}
 
 impl AllowedHosts {
     /// The loopback names for `port`, and `host` itself when it is another
@@ -33,17 +39,25 @@ impl AllowedHosts {
         if !names.contains(&own) {
             names.push(own);
         }
-        AllowedHosts(Arc::new(names))
+        AllowedHosts {
+            names: Arc::new(names),
+            any: host.is_unspecified(),
+        }
     }
 
     fn allows_host(&self, host: &str) -> bool {
-        self.0.iter().any(|name| name.eq_ignore_ascii_case(host))
+        self.any
+            || self
+                .names
+                .iter()
+                .any(|name| name.eq_ignore_ascii_case(host))
     }
 
-    fn allows_origin(&self, origin: &str) -> bool {
+    /// Same origin: `http://` and the host the request itself names.
+    fn allows_origin(&self, origin: &str, host: &str) -> bool {
         origin
             .strip_prefix("http://")
-            .is_some_and(|host| self.allows_host(host))
+            .is_some_and(|origin_host| origin_host.eq_ignore_ascii_case(host))
     }
 }
 
@@ -64,17 +78,19 @@ pub async fn check(State(allowed): State<AllowedHosts>, request: Request, next: 
         );
     }
     let headers = request.headers();
-    match header_text(headers, header::HOST) {
-        Some(host) if allowed.allows_host(host) => {}
+    let host = match header_text(headers, header::HOST) {
+        Some(host) if allowed.allows_host(host) => host,
         _ => {
             return refuse(
                 StatusCode::FORBIDDEN,
                 "the Host header does not name this server",
             )
         }
-    }
+    };
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let same = origin.to_str().is_ok_and(|o| allowed.allows_origin(o));
+        let same = origin
+            .to_str()
+            .is_ok_and(|o| allowed.allows_origin(o, host));
         if !same {
             return refuse(
                 StatusCode::FORBIDDEN,

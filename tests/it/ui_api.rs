@@ -387,3 +387,25 @@ fn ui_refuses_other_hosts_origins_outside_paths_writes_and_bad_queries() {
     drop(server);
     assert_eq!(store_state(&own), before, "the store is unchanged");
 }
+
+#[test]
+fn ui_on_every_address_answers_any_host_but_only_its_own_origin() {
+    let server = UiServer::start_with(store(), &["--host", "0.0.0.0"]);
+    let port = server.address.rsplit(':').next().unwrap().to_string();
+    let named = format!("workstation.lan:{port}");
+    let by_name = server.request("GET", "/api/runs", &[("Host", named.as_str())]);
+    assert_eq!(by_name.status, 200, "{}", by_name.body);
+    let same_origin = format!("http://{named}");
+    let own = server.request(
+        "GET",
+        "/api/runs",
+        &[("Host", named.as_str()), ("Origin", same_origin.as_str())],
+    );
+    assert_eq!(own.status, 200, "{}", own.body);
+    let other = server.request(
+        "GET",
+        "/api/runs",
+        &[("Host", named.as_str()), ("Origin", "http://evil.example")],
+    );
+    assert_eq!(other.status, 403, "{}", other.body);
+}

@@ -15,9 +15,15 @@ pub struct UiServer {
 
 impl UiServer {
     pub fn start(store: &Path) -> UiServer {
+        UiServer::start_with(store, &[])
+    }
+
+    /// With more `graft ui` arguments (e.g. `--host`).
+    pub fn start_with(store: &Path, args: &[&str]) -> UiServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_graft"))
             .args(["ui", "--port", "0", "--store"])
             .arg(store)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
