@@ -92,6 +92,19 @@ try {
   const diffKeys = await page.$$eval('#recipe-diff tr[data-key]', (all) => all.map((r) => r.dataset.key));
   check(sameSet(diffKeys, expect.compare.diff_keys), `recipe diff keys ${diffKeys} are graft diff's ${expect.compare.diff_keys}`);
   await page.screenshot({ path: expect.screenshot, fullPage: false });
+
+  // The run page of the first fork: its lineage, the commands to continue
+  // it, and its drift report.
+  const fork = expect.runs.find((r) => r.parent);
+  await page.goto(`${url}#/run/${fork.id}`);
+  await page.waitForSelector('code[data-command="reproduce"]');
+  const reproduce = await page.$eval('code[data-command="reproduce"]', (c) => c.textContent);
+  check(reproduce.includes(' reproduce '), `a reproduce command: ${reproduce}`);
+  const ancestry = await page.$$eval('#view a[href^="#/run/"]', (all) => all.map((a) => a.getAttribute('href')));
+  check(ancestry.includes(`#/run/${fork.parent}`), `the page links the parent: ${ancestry}`);
+  check(await page.$('#run-drift') !== null, 'the fork shows its drift report');
+  const text = await page.$eval('#view', (v) => v.textContent);
+  check(!text.includes('[object'), 'no element is printed as text');
   check(errors.length === 0, `no script errors: ${errors}`);
   console.log('phase 1 passed');
 

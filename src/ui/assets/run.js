@@ -52,7 +52,7 @@ export async function runView(root, reference) {
     const metrics = Object.entries(run.metrics).map(([name, m]) => [name, number(m.best), number(m.last), m.count, m.last_step]);
     const drift = run.notes && run.notes.drift ? flatten(run.notes.drift) : [];
     const forgetting = run.forgetting ? flatten(run.forgetting) : [];
-    root.replaceChildren(
+    const parts = [
       h('h2', { id: 'run-title' }, run.label, ' ', h('small', {}, run.id)),
       h('p', {}, h('span', { class: `status ${run.status}` }, run.status), ` · ${run.steps} steps · `,
         h('a', { href: `#/compare?runs=${run.id}` }, 'curves'), ' · lineage: ', ancestry),
@@ -74,7 +74,8 @@ export async function runView(root, reference) {
           Object.entries(c.metrics || {}).map(([k, v]) => `${k}=${number(v)}`).join('  '), c.retired ? 'retired' : ''])),
       h('h3', {}, 'Recipe'),
       table('run-recipe', ['key', 'value'], flatten(run.recipe.config)),
-    );
+    ];
+    root.replaceChildren(...parts.flat(Infinity));
   }
   await load();
   return { refresh: load };
