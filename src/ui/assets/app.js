@@ -30,6 +30,21 @@ async function show() {
   current = await views[name](root, argument, params);
 }
 
+// Refresh the view now, or, for a view that asks to be refreshed at most
+// every `every` ms (the whole lineage of a large store), once that has passed.
+let pending = null;
+function refreshSoon() {
+  const view = current;
+  if (!view || !view.refresh) return;
+  const wait = (view.every || 0) - (Date.now() - (view.last || 0));
+  if (wait <= 0) {
+    view.last = Date.now();
+    view.refresh();
+  } else if (!pending) {
+    pending = setTimeout(() => { pending = null; refreshSoon(); }, wait);
+  }
+}
+
 // Long-poll the record's version and refresh the view when it moves.
 async function follow() {
   let version = null;
@@ -38,9 +53,7 @@ async function follow() {
     try {
       const answer = await get('/api/version', version === null ? {} : { after: version });
       badge.classList.remove('offline');
-      if (version !== null && answer.version !== version && current && current.refresh) {
-        await current.refresh();
-      }
+      if (version !== null && answer.version !== version) refreshSoon();
       version = answer.version;
     } catch (error) {
       badge.classList.add('offline');

@@ -135,5 +135,7 @@ export async function lineageView(root) {
   }
 
   await load(true);
-  return { refresh: () => load(true) };
+  // While runs train, the record changes every second or so: the whole
+  // graph is fetched again at most every 5 s.
+  return { refresh: () => load(true), every: 5000 };
 }
