@@ -52,12 +52,13 @@ impl Server {
         port: u16,
         store_flag: Option<String>,
     ) -> Result<Server, UiError> {
-        let (shared, watcher) = watch::start(store)?;
+        // A port in use is found before the (possibly long) read of the record.
         let requested = SocketAddr::new(host, port);
         let listener = std::net::TcpListener::bind(requested).map_err(|source| UiError::Bind {
             address: requested,
             source,
         })?;
+        let (shared, watcher) = watch::start(store)?;
         let address = listener.local_addr().map_err(UiError::Serve)?;
         let allowed = guard::AllowedHosts::for_address(&host, address.port());
         let router = api::routes(api::Api {

@@ -409,3 +409,16 @@ fn ui_on_every_address_answers_any_host_but_only_its_own_origin() {
     );
     assert_eq!(other.status, 403, "{}", other.body);
 }
+
+#[test]
+fn ui_on_a_port_in_use_fails_naming_it_and_how_to_pick_another() {
+    let server = UiServer::start(store());
+    let port = server.address.rsplit(':').next().unwrap();
+    let output = graft(store(), &["ui", "--port", port]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message.contains(&format!("127.0.0.1:{port}")) && message.contains("--port 0"),
+        "{message}"
+    );
+}
