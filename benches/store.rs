@@ -2,10 +2,14 @@
 //! bytes per metric point, and bytes added by a fork. Prints one line per
 //! figure. Run with `cargo bench --bench store`.
 
+#[path = "common/synthetic.rs"]
+mod synthetic;
+
 use graft::store::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
+use synthetic::{model, recipe};
 
 fn dir_size(path: &Path) -> u64 {
     let mut total = 0;
@@ -23,42 +27,6 @@ fn dir_size(path: &Path) -> u64 {
         }
     }
     total
-}
-
-fn recipe(model: Id, start: Option<Id>, i: u64) -> Recipe {
-    Recipe {
-        config: Canon::map()
-            .with(
-                "optim",
-                Canon::map()
-                    .with("lr", 1e-4 / (1 + i % 7) as f64)
-                    .with("batch_size", 8u64),
-            )
-            .with("train", Canon::map().with("steps", 100u64).with("seed", i)),
-        base_model: model,
-        start_checkpoint: start,
-        datasets: vec![],
-        seed: i,
-        graft_version: "bench".into(),
-    }
-}
-
-fn model(index: &Index) -> Id {
-    let id = Id([1; 32]);
-    index
-        .put_model(&ModelRecord {
-            id,
-            path: "bench".into(),
-            copied: false,
-            config: Id([2; 32]),
-            tokenizer: Id([3; 32]),
-            tensors: BTreeMap::new(),
-            files: BTreeMap::new(),
-            summary: Canon::Null,
-            added_at: chrono::Utc::now(),
-        })
-        .unwrap();
-    id
 }
 
 fn checkpoint(index: &Index, run: Id, step: u64, parent: Option<Id>) -> Id {

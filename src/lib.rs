@@ -7,3 +7,4 @@ pub mod lineage;
 pub mod model;
 pub mod store;
 pub mod train;
+pub mod ui;

@@ -1,8 +1,7 @@
 //! `graft diff REF REF`: changed recipe keys, datasets, and metrics side by side.
 
 use super::{output, CliResult, Context};
-use crate::lineage::{common_ancestor, recipe_diff, tags_by_target, RunSummary};
-use std::collections::BTreeSet;
+use crate::lineage::{common_ancestor, diff_report, recipe_diff, tags_by_target, RunSummary};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -23,31 +22,16 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     let left = index.run(&index.resolve_run(&args.left)?)?;
     let right = index.run(&index.resolve_run(&args.right)?)?;
     let tags = tags_by_target(&index)?;
-    let changes = recipe_diff(&left.recipe, &right.recipe);
     let common = common_ancestor(&index, &left.id, &right.id)?;
     let a = RunSummary::load(&index, left.clone(), &tags)?;
     let b = RunSummary::load(&index, right.clone(), &tags)?;
-    let series: BTreeSet<&String> = a.series.keys().chain(b.series.keys()).collect();
-    let metrics: Vec<_> = series
-        .iter()
-        .map(|name| {
-            let (x, y) = (a.best(name), b.best(name));
-            let last = |s: &RunSummary| s.series.get(*name).map(|v| v.last);
-            let (p, q) = (last(&a), last(&b));
-            serde_json::json!({
-                "series": name,
-                "left": x, "right": y, "delta": x.zip(y).map(|(x, y)| y - x),
-                "left_last": p, "right_last": q, "delta_last": p.zip(q).map(|(p, q)| q - p),
-            })
-        })
-        .collect();
+    drop(index);
+    let report = diff_report(&a, &b, common);
     if args.json {
-        return output::print_json(&serde_json::json!({
-            "left": left.id.to_hex(), "right": right.id.to_hex(),
-            "common_ancestor": common.map(|c| c.to_hex()),
-            "changes": changes, "metrics": metrics,
-        }));
+        return output::print_json(&report);
     }
+    let changes = recipe_diff(&left.recipe, &right.recipe);
+    let metrics = report["metrics"].as_array().cloned().unwrap_or_default();
     output::println_safe(&format!("--- {} {}", left.id.short(), a.tags.join(",")));
     output::println_safe(&format!("+++ {} {}", right.id.short(), b.tags.join(",")));
     if let Some(common) = common {

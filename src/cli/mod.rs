@@ -33,6 +33,7 @@ mod show;
 mod tag;
 mod train;
 mod transfer_progress;
+mod ui;
 mod verify;
 
 use crate::store::Store;
@@ -120,6 +121,16 @@ pub enum Command {
     Pull(pull::Args),
     /// A new store holding a remote's record, with the remote as `origin`.
     Clone(clone::Args),
+    /// The record in a browser: lineage graph, runs table with --where,
+    /// overlaid curves, run pages, live while runs train.
+    ///
+    /// A local web server inside this binary, read-only over the store. It
+    /// listens on 127.0.0.1 (port 7770 unless --port) and serves the page and
+    /// the same JSON the read commands' --json prints under /api/ (e.g.
+    /// /api/runs?where=best.eval_loss<2). It reads the index in short visits
+    /// and follows training runs through their journals, so trainers are
+    /// never kept waiting for the index.
+    Ui(ui::Args),
 }
 
 /// What every command gets: where the store is.
@@ -174,6 +185,7 @@ pub fn dispatch(command: Command, context: &Context) -> CliResult {
         Command::Push(args) => push::run(args, context),
         Command::Pull(args) => pull::run(args, context),
         Command::Clone(args) => clone::run(args, context),
+        Command::Ui(args) => ui::run(args, context),
     }
 }
 

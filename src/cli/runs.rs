@@ -3,11 +3,7 @@
 
 use super::{output, CliError, CliResult, Context};
 use crate::lineage::query::Value;
-use crate::lineage::summary::{config_keys, summary_keys, RUN_FIELDS};
-use crate::lineage::{tags_by_target, Query, RunSummary};
-use crate::train::Experiment;
-use std::collections::BTreeSet;
-use std::path::Path;
+use crate::lineage::{known_keys, tags_by_target, Query, RunSummary, SelectError, Selection};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -27,41 +23,11 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Series every training run records (or may, e.g. without eval sets): their
-/// summary keys are known even in a store where no run has them yet.
-const STANDARD_SERIES: [&str; 7] = [
-    "loss",
-    "eval_loss",
-    "lr",
-    "grad_norm",
-    "tokens_per_s",
-    "tokens_seen",
-    "trainable_params",
-];
-
-/// Every key a run in this store could answer: the fixed fields, the config
-/// keys of a default experiment and of every recorded recipe (older runs may
-/// have keys the current defaults lack), and the summaries of every series.
-fn known_keys(summaries: &[RunSummary]) -> BTreeSet<String> {
-    let mut known: BTreeSet<String> = summary_keys(STANDARD_SERIES).into_iter().collect();
-    known.extend(RUN_FIELDS.map(String::from));
-    let default = Experiment::parse(
-        "[model]\nbase = \"-\"\n[adapter]\n[data]\nreplay = { ratio = 0.1 }\n",
-        Path::new("<defaults>"),
-        &[],
-    );
-    if let Ok(experiment) = default {
-        known.extend(config_keys(&experiment.recipe_config()));
-    }
-    for summary in summaries {
-        known.extend(summary.keys());
-    }
-    known
-}
-
 pub fn run(args: Args, context: &Context) -> CliResult {
-    let source = args.filter.clone().unwrap_or_default();
-    let query = args.filter.as_deref().map(Query::parse).transpose()?;
+    // A malformed filter is reported before the store is opened.
+    if let Some(filter) = &args.filter {
+        Query::parse(filter)?;
+    }
     let store = context.store()?;
     let index = store.index()?;
     let tags = tags_by_target(&index)?;
@@ -71,41 +37,16 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     }
     drop(index);
     let known = known_keys(&summaries);
-    if let Some(query) = &query {
-        query.check_keys(&source, &known)?;
-    }
-    if let Some(sort) = &args.sort {
-        let key = sort.strip_prefix('-').unwrap_or(sort);
-        if !known.contains(key) {
-            return Err(CliError::user(format!("--sort: unknown key `{key}`"))
-                .with_hint("sort by a key --where takes: a recipe config path such as optim.lr, best./last./min./max.SERIES, seed, status or steps"));
-        }
-    }
-    let mut matches: Vec<RunSummary> = summaries
-        .into_iter()
-        .filter(|summary| {
-            query
-                .as_ref()
-                .is_none_or(|q| q.matches(&|key| summary.lookup(key)))
-        })
-        .collect();
-    if let Some(sort) = &args.sort {
-        let (key, descending) = match sort.strip_prefix('-') {
-            Some(key) => (key, true),
-            None => (sort.as_str(), false),
-        };
-        matches.sort_by(|a, b| {
-            let ordering = compare(a.lookup(key), b.lookup(key));
-            if descending {
-                ordering.reverse()
-            } else {
-                ordering
-            }
-        });
-    }
+    let selection = Selection::new(args.filter.as_deref(), args.sort.as_deref(), &known)
+        .map_err(|error| match error {
+            SelectError::Query(error) => CliError::from(error),
+            SelectError::UnknownSortKey(key) => CliError::user(format!("--sort: unknown key `{key}`"))
+                .with_hint("sort by a key --where takes: a recipe config path such as optim.lr, best./last./min./max.SERIES, seed, status or steps"),
+        })?;
+    let matches = selection.apply(&summaries);
     if args.json {
         return output::print_json(&serde_json::Value::Array(
-            matches.iter().map(RunSummary::to_json).collect(),
+            matches.iter().map(|s| s.to_json()).collect(),
         ));
     }
     let sort_key = args
@@ -147,16 +88,4 @@ pub fn run(args: Args, context: &Context) -> CliResult {
     output::println_safe(&output::table(&header, &rows));
     output::println_safe(&output::count(matches.len(), "run", "runs"));
     Ok(())
-}
-
-/// Runs without the key sort last.
-fn compare(a: Option<Value>, b: Option<Value>) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
-    match (a, b) {
-        (Some(Value::Number(x)), Some(Value::Number(y))) => x.total_cmp(&y),
-        (Some(x), Some(y)) => x.to_string().cmp(&y.to_string()),
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        (None, None) => Ordering::Equal,
-    }
 }

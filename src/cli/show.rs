@@ -161,18 +161,7 @@ pub fn describe(index: &Index, target: Target) -> CliResult<serde_json::Value> {
     Ok(match target {
         Target::Run(id) => {
             let summary = RunSummary::load(index, index.run(&id)?, &tags)?;
-            let checkpoints: Vec<_> = index
-                .run_checkpoints(&id)?
-                .iter()
-                .map(|c| json(c))
-                .collect();
-            let mut value = summary.to_json();
-            value["kind"] = "run".into();
-            value["recipe"] = json(&summary.run.recipe);
-            value["notes"] = json(&summary.run.notes);
-            value["executions"] = json(&summary.executions);
-            value["checkpoints"] = serde_json::Value::Array(checkpoints);
-            value
+            summary.to_record_json(&index.run_checkpoints(&id)?)
         }
         Target::Checkpoint(id) => {
             let mut value = json(&index.checkpoint(&id)?);

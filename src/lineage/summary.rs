@@ -4,7 +4,7 @@
 use super::forgetting::{forgetting_of, Forgetting};
 use super::query::Value;
 use crate::store::metrics::{higher_is_better, SeriesSummary};
-use crate::store::{Canon, ExecutionRecord, Id, Index, Result, RunRecord};
+use crate::store::{Canon, CheckpointRecord, ExecutionRecord, Id, Index, Result, RunRecord};
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Clone, Debug)]
@@ -186,6 +186,19 @@ impl RunSummary {
             "metrics": metrics,
             "forgetting": self.forgetting.as_ref().map(Forgetting::to_json),
         })
+    }
+    /// Everything recorded about the run, as `graft show RUN --json` prints
+    /// it: the summary, then recipe, notes, executions and checkpoints.
+    pub fn to_record_json(&self, checkpoints: &[CheckpointRecord]) -> serde_json::Value {
+        let json =
+            |value: serde_json::Result<serde_json::Value>| value.unwrap_or(serde_json::Value::Null);
+        let mut value = self.to_json();
+        value["kind"] = "run".into();
+        value["recipe"] = json(serde_json::to_value(&self.run.recipe));
+        value["notes"] = json(serde_json::to_value(&self.run.notes));
+        value["executions"] = json(serde_json::to_value(&self.executions));
+        value["checkpoints"] = json(serde_json::to_value(checkpoints));
+        value
     }
 }
 

@@ -66,11 +66,26 @@ fn serde_bytes_vec<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<
 
 impl Id {
     pub fn to_hex(&self) -> String {
+        // By table rather than `format!` per byte: listings of thousands of
+        // runs (the UI's lineage, `runs --json`) print a few ids each.
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(64);
         for byte in self.0 {
-            out.push_str(&format!("{byte:02x}"));
+            out.push(DIGITS[(byte >> 4) as usize] as char);
+            out.push(DIGITS[(byte & 0x0f) as usize] as char);
         }
         out
+    }
+
+    /// Whether the id's hex form starts with `prefix` (lowercase hex digits),
+    /// without writing the hex form out.
+    pub fn has_hex_prefix(&self, prefix: &str) -> bool {
+        prefix.len() <= 64
+            && prefix.bytes().enumerate().all(|(i, digit)| {
+                let byte = self.0[i / 2];
+                let nibble = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
+                (digit as char).to_digit(16) == Some(nibble as u32)
+            })
     }
 
     /// The first 12 hex characters: what tables and graphs show.
@@ -503,5 +518,22 @@ impl ObjectHasher {
 impl Default for ObjectHasher {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Id;
+
+    #[test]
+    fn hex_prefix_matches_the_hex_form_and_nothing_else() {
+        let id = Id(std::array::from_fn(|i| (i * 37 + 5) as u8));
+        let hex = id.to_hex();
+        assert_eq!(Id::from_hex(&hex), Some(id));
+        for length in [0, 1, 4, 7, 12, 64] {
+            assert!(id.has_hex_prefix(&hex[..length]), "{length}");
+        }
+        assert!(!id.has_hex_prefix("ffff"));
+        assert!(!id.has_hex_prefix(&format!("{hex}0")));
     }
 }

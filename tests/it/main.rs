@@ -37,6 +37,8 @@ mod store_crash;
 mod store_ids;
 mod store_lineage;
 mod train_workflow;
+mod ui_api;
+mod ui_browser;
 mod workflow_adapter;
 mod workflow_best;
 mod workflow_defects;

@@ -2,6 +2,8 @@
 //! small lineage recorded through the real recorder.
 #![allow(dead_code)]
 
+pub mod ui;
+
 use graft::store::*;
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,0 +1,153 @@
+//! The `graft ui` page in a real headless browser (Debian's chromium, driven
+//! by npm's playwright-core through `tests/ui/browser.mjs`) against a copy of
+//! the quickstart: the lineage graph, a `--where` filter, the compare view of
+//! the two forks (and its screenshot, `docs/ui-compare.png`, which the README
+//! shows), and a training started during the test that the page follows.
+//! Every expectation comes from the CLI's own `--json` output. Without the
+//! browser or playwright-core (`.ci/run` installs both) the test fails.
+
+use crate::common::ui::UiServer;
+use crate::common::{copy_dir, graft, graft_ok, quickstart, stderr};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn chromium() -> PathBuf {
+    let path = PathBuf::from(std::env::var("GRAFT_CHROMIUM").unwrap_or("/usr/bin/chromium".into()));
+    assert!(
+        path.is_file(),
+        "the browser tests need chromium at {} (`apt-get install -y chromium`, as .ci/run does)",
+        path.display()
+    );
+    path
+}
+
+fn browser_script() -> PathBuf {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui");
+    assert!(
+        folder.join("node_modules/playwright-core").is_dir(),
+        "the browser tests need playwright-core in tests/ui (`npm install --prefix tests/ui`, as .ci/run does)"
+    );
+    folder.join("browser.mjs")
+}
+
+fn json(store: &Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&graft_ok(store, args)).unwrap()
+}
+
+/// What the page must show, from the CLI.
+fn expectations(store: &Path, screenshot: &Path) -> serde_json::Value {
+    let runs: Vec<serde_json::Value> = json(store, &["log", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| {
+            serde_json::json!({
+                "id": run["id"], "parent": run["parent_run"], "start_step": run["start_step"],
+            })
+        })
+        .collect();
+    assert_eq!(runs.len(), 4, "the quickstart records four runs");
+    let filter = "best.eval_loss < 2";
+    let ids: Vec<serde_json::Value> = json(store, &["runs", "--where", filter, "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["id"].clone())
+        .collect();
+    let bad = "best.eval_loss < 2 and optim.lrr > 0";
+    let message = stderr(&graft(store, &["runs", "--where", bad]));
+    let column: u64 = message
+        .split("at column ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the CLI names a column: {message}"));
+    let forks = ["task-b", "task-b-replay"];
+    let mut first_steps = serde_json::Map::new();
+    for series in ["loss", "eval_loss"] {
+        let mut firsts = serde_json::Map::new();
+        for fork in forks {
+            let shown = json(store, &["show", fork, "--json"]);
+            let fork_step = shown["start_step"].as_u64().unwrap();
+            let metrics = json(store, &["metrics", fork, "--series", series, "--json"]);
+            let first = metrics["series"][series][0][0].as_u64().unwrap();
+            firsts.insert(
+                shown["id"].as_str().unwrap().into(),
+                (fork_step + first).into(),
+            );
+        }
+        first_steps.insert(series.into(), firsts.into());
+    }
+    let diff_keys: Vec<serde_json::Value> = json(store, &["diff", forks[0], forks[1], "--json"])
+        ["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|change| change["key"].clone())
+        .collect();
+    let fork = json(store, &["show", forks[0], "--json"]);
+    let parent = serde_json::json!({ "id": fork["parent_run"], "until": fork["start_step"] });
+    serde_json::json!({
+        "runs": runs,
+        "filter": { "where": filter, "ids": ids },
+        "bad_filter": { "where": bad, "column": column },
+        "compare": {
+            "labels": forks, "first_steps": first_steps, "diff_keys": diff_keys, "parent": parent,
+        },
+        "screenshot": screenshot,
+    })
+}
+
+#[test]
+fn browser_shows_lineage_filter_compare_and_a_training_as_it_runs() {
+    let chromium = chromium();
+    let script = browser_script();
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(quickstart().dir.path(), dir.path());
+    let store = dir.path().join("store");
+    let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ui-compare.png");
+    std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
+    let expect = dir.path().join("expect.json");
+    std::fs::write(&expect, expectations(&store, &screenshot).to_string()).unwrap();
+
+    let server = UiServer::start(&store);
+    let mut browser = Command::new("node")
+        .arg(&script)
+        .env("GRAFT_UI_URL", server.url())
+        .env("GRAFT_UI_EXPECT", &expect)
+        .env("GRAFT_CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs (the browser tests need Node.js)");
+    let mut output = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let first = output.next().and_then(Result::ok).unwrap_or_default();
+    if first != "phase 1 passed" {
+        let status = browser.wait().unwrap();
+        panic!("the page's checks failed ({status}): {first}");
+    }
+
+    // A fork of task A that trains while the page watches.
+    let mut training = Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(["fork", "task-a@best", "experiments/task-b.toml"])
+        .args(["--set", "train.seed=101", "--set", "train.steps=2000"])
+        .current_dir(dir.path())
+        .env("GRAFT_STORE", &store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(browser.stdin.as_mut().unwrap(), "training started").unwrap();
+    let second = output.next().and_then(Result::ok).unwrap_or_default();
+    let status = browser.wait().unwrap();
+    let _ = training.kill();
+    let _ = training.wait();
+    assert!(
+        status.success() && second.starts_with("phase 2 passed"),
+        "the page did not follow the training ({status}): {second}"
+    );
+    drop(server);
+    assert!(screenshot.is_file());
+}
