@@ -250,8 +250,9 @@ fn sum_over_devices<I: Kernels>(
     if devices.len() <= 1 {
         return (grads, losses);
     }
-    // `None` names the losses.
-    let mut groups: BTreeMap<String, Vec<(Option<String>, Tensor<I, 1>)>> = BTreeMap::new();
+    // Members of one dtype's buffer, by name; `None` names the losses.
+    type Members<I> = Vec<(Option<String>, Tensor<I, 1>)>;
+    let mut groups: BTreeMap<String, Members<I>> = BTreeMap::new();
     let entries = grads
         .grads
         .into_iter()

@@ -7,6 +7,7 @@ mod reliability_support;
 
 mod compute_devices;
 mod compute_record;
+mod compute_threads;
 mod data_chat_templates;
 mod data_errors;
 mod data_formats;
