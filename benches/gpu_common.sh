@@ -4,6 +4,9 @@
 #   (the CUDA toolkit's copy, or the one PyTorch ships); without it graft warns and
 #   falls back to burn's own matmul.
 # - REF: shared/bench/hf_peft_lora.py, the HF + PEFT reference, unless set.
+# - make_folder FOLDER PRESET TOKENS: a model folder with the preset's shapes, random
+#   weights and TOKENS of random-word text (benches/make_llama_folder.py), unless
+#   FOLDER has them already; its log goes to $LOGS/make-folder.out.
 # - peak_of LOG COMMAND...: runs COMMAND while nvidia-smi samples the card's used
 #   memory every 100 ms (the pool cubecl reserved, for graft; torch's cache, for the
 #   reference); the peak in MiB goes to LOG.peak and to stderr.
@@ -30,4 +33,10 @@ peak_of() {
   sort -n "$log.mem" | tail -n 1 >"$log.peak"
   echo "peak MiB $(cat "$log.peak")" >&2
   return $status
+}
+make_folder() {
+  local folder=$1 preset=$2 tokens=$3
+  [ -f "$folder/train.jsonl" ] && return 0
+  python3 "$(dirname "${BASH_SOURCE[0]}")/make_llama_folder.py" "$folder" --preset "$preset" \
+    --tokens "$tokens" >"$LOGS/make-folder.out" 2>&1 || { cat "$LOGS/make-folder.out"; return 1; }
 }

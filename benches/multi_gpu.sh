@@ -27,7 +27,7 @@ DEVICES=${DEVICES:-2}
 LOGS=${LOGS:-${OUT:-/tmp}/multi-gpu-logs}
 WORK=${WORK:-/tmp/graft-multi-gpu}
 mkdir -p "$LOGS" "$WORK"
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. "$(dirname "$0")/gpu_common.sh"
 # NCCL from PyTorch's wheel where the toolkit has none: the wheel ships libnccl.so.2,
 # and the loader asks for libnccl.so, so link it under that name.
 NCCL_LIB=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(os.path.dirname(nvidia.nccl.__file__), "lib", "libnccl.so.2"))' 2>/dev/null)
@@ -38,11 +38,7 @@ fi
 # This workplace's machines keep NVLink multicast off.
 export NCCL_NVLS_ENABLE=0
 FOLDER=$WORK/$PRESET
-if [ ! -f "$FOLDER/train.jsonl" ]; then
-  python3 "$(dirname "$0")/make_llama_folder.py" "$FOLDER" --preset "$PRESET" \
-    --tokens $(( (STEPS + 2) * SEQ * BATCH + SEQ * 8 )) >"$LOGS/make-folder.out" 2>&1 || {
-    cat "$LOGS/make-folder.out"; exit 1; }
-fi
+make_folder "$FOLDER" "$PRESET" $(( (STEPS + 2) * SEQ * BATCH + SEQ * 8 )) || exit 1
 cat >"$WORK/train.toml" <<TOML
 [model]
 base = "$FOLDER"

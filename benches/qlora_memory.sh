@@ -38,11 +38,7 @@ mkdir -p "$LOGS" "$WORK"
 . "$(dirname "$0")/gpu_common.sh"
 FOLDER=$WORK/$PRESET
 MAX_SEQ=$(echo $SEQS | tr ' ' '\n' | sort -n | tail -n 1)
-if [ ! -f "$FOLDER/train.jsonl" ]; then
-  python3 "$(dirname "$0")/make_llama_folder.py" "$FOLDER" --preset "$PRESET" \
-    --tokens $(( (STEPS + 2) * MAX_SEQ * BATCH + MAX_SEQ * 8 )) >"$LOGS/make-folder.out" 2>&1 || {
-    cat "$LOGS/make-folder.out"; exit 1; }
-fi
+make_folder "$FOLDER" "$PRESET" $(( (STEPS + 2) * MAX_SEQ * BATCH + MAX_SEQ * 8 )) || exit 1
 baseline=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -n 1)
 echo "card: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -n 1); in use before: ${baseline:-?} MiB"
 # The peak a run added to what was in use before, in MiB ("-" without nvidia-smi).

@@ -22,11 +22,7 @@ mkdir -p "$LOGS" "$WORK"
 # shellcheck source=benches/gpu_common.sh
 . "$(dirname "$0")/gpu_common.sh"
 FOLDER=$WORK/$PRESET
-if [ ! -f "$FOLDER/train.jsonl" ]; then
-  python3 "$(dirname "$0")/make_llama_folder.py" "$FOLDER" --preset "$PRESET" \
-    --tokens $(( (STEPS + 2) * SEQ * BATCH + SEQ * 8 )) >"$LOGS/make-folder.out" 2>&1 || {
-    cat "$LOGS/make-folder.out"; exit 1; }
-fi
+make_folder "$FOLDER" "$PRESET" $(( (STEPS + 2) * SEQ * BATCH + SEQ * 8 )) || exit 1
 cat >"$WORK/train.toml" <<TOML
 [model]
 base = "$FOLDER"
