@@ -684,7 +684,6 @@ fn log_steps<I: Backend>(
     Ok(record_time)
 }
 
-/// Refuses a compute choice the recipe cannot train with, before anything is written.
 fn adamw_config(settings: &Experiment) -> AdamWConfig {
     AdamWConfig {
         beta1: settings.optim.beta1,
@@ -706,23 +705,25 @@ fn open_trainable<B: TrainKernels>(
     layers: usize,
 ) -> Result<(), String> {
     let (settings, open_blocks) = (Arc::new(settings.clone()), open_blocks.to_vec());
-    parallel.on_each(move |_, _, slot| {
-        if let Some(replica) = slot.as_mut() {
-            let model = apply_trainability(
-                replica.model.clone(),
-                adapter,
-                &settings,
-                step,
-                &mut open_blocks.clone(),
-                layers,
-            );
-            replica.optimizer.retain(&model.trainable_param_names());
-            replica.model = model;
-        }
-    })?;
-    Ok(())
+    parallel
+        .on_each(move |_, _, slot| {
+            if let Some(replica) = slot.as_mut() {
+                let model = apply_trainability(
+                    replica.model.clone(),
+                    adapter,
+                    &settings,
+                    step,
+                    &mut open_blocks.clone(),
+                    layers,
+                );
+                replica.optimizer.retain(&model.trainable_param_names());
+                replica.model = model;
+            }
+        })
+        .map(|_| ())
 }
 
+/// Refuses a compute choice the recipe cannot train with, before anything is written.
 fn check_compute(settings: &Experiment, compute: &Compute) -> Result<(), TrainError> {
     if compute.options.dtype != settings.compute.dtype {
         return Err(TrainError::Recipe(format!(

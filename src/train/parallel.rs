@@ -47,8 +47,8 @@ type Job<B> = Box<dyn FnOnce(&mut Slot<B>) + Send>;
 
 /// The thread of one device beyond the first.
 struct Worker<B: TrainKernels> {
-    jobs: Option<mpsc::Sender<Job<B>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    jobs: mpsc::Sender<Job<B>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// The devices of a run beyond the first (the trainer's own) and their threads.
@@ -85,17 +85,10 @@ impl<B: TrainKernels> DataParallel<B> {
                         }
                     })
                     .expect("a thread for each device");
-                Worker {
-                    jobs: Some(jobs),
-                    thread: Some(thread),
-                }
+                Worker { jobs, thread }
             })
             .collect();
         DataParallel { devices, workers }
-    }
-
-    pub fn device_count(&self) -> usize {
-        self.devices.len()
     }
 
     /// Runs `job(rank, device, slot)` on every other device's thread and waits for
@@ -122,18 +115,18 @@ impl<B: TrainKernels> DataParallel<B> {
             .map(|(i, worker)| {
                 let (reply, answer) = mpsc::channel();
                 let (job, device, rank) = (job.clone(), self.devices[i + 1].clone(), i + 1);
-                let sent = worker.jobs.as_ref().map(|jobs| {
-                    jobs.send(Box::new(move |slot: &mut Slot<B>| {
-                        let _ = reply.send(job(rank, &device, slot));
-                    }))
-                });
-                (rank, answer, sent)
+                // A thread that is gone drops the job, and with it `reply`: the wait
+                // below reports it.
+                let _ = worker.jobs.send(Box::new(move |slot: &mut Slot<B>| {
+                    let _ = reply.send(job(rank, &device, slot));
+                }));
+                (rank, answer)
             })
             .collect();
         let lead = lead();
         let results = replies
             .into_iter()
-            .map(|(rank, answer, _)| {
+            .map(|(rank, answer)| {
                 answer.recv().map_err(|_| {
                     format!("the thread of device {rank} (of compute.devices) stopped; see its panic above")
                 })
@@ -201,13 +194,10 @@ impl<B: TrainKernels> DataParallel<B> {
 
 impl<B: TrainKernels> Drop for DataParallel<B> {
     fn drop(&mut self) {
-        for worker in &mut self.workers {
-            drop(worker.jobs.take());
-        }
-        for worker in &mut self.workers {
-            if let Some(thread) = worker.thread.take() {
-                let _ = thread.join();
-            }
+        // Each thread ends when its own queue closes.
+        for Worker { jobs, thread } in self.workers.drain(..) {
+            drop(jobs);
+            let _ = thread.join();
         }
     }
 }
