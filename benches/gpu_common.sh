@@ -7,6 +7,10 @@
 # - make_folder FOLDER PRESET TOKENS: a model folder with the preset's shapes, random
 #   weights and TOKENS of random-word text (benches/make_llama_folder.py), unless
 #   FOLDER has them already; its log goes to $LOGS/make-folder.out.
+# - bench_experiment FILE COMPUTE [TRAIN]: the benches' experiment on $FOLDER: LoRA
+#   r=16 on the seven projections, $SEQ x $BATCH packed text, AdamW at a constant 1e-4,
+#   $STEPS steps without evaluation; COMPUTE is the [compute] section's lines, TRAIN
+#   extra [train] lines (default: no checkpoint before the end).
 # - peak_of LOG COMMAND...: runs COMMAND while nvidia-smi samples the card's used
 #   memory every 100 ms (the pool cubecl reserved, for graft; torch's cache, for the
 #   reference); the peak in MiB goes to LOG.peak and to stderr.
@@ -39,4 +43,37 @@ make_folder() {
   [ -f "$folder/train.jsonl" ] && return 0
   python3 "$(dirname "${BASH_SOURCE[0]}")/make_llama_folder.py" "$folder" --preset "$preset" \
     --tokens "$tokens" >"$LOGS/make-folder.out" 2>&1 || { cat "$LOGS/make-folder.out"; return 1; }
+}
+bench_experiment() {
+  local file=$1 compute=$2 train=${3:-checkpoint_every = 100000}
+  cat >"$file" <<TOML
+[model]
+base = "$FOLDER"
+
+[adapter]
+rank = 16
+alpha = 16
+dropout = 0.0
+
+[data]
+train = [{ path = "$FOLDER/train.jsonl", format = "text" }]
+seq_len = $SEQ
+pack = true
+val_fraction = 0.0
+
+[optim]
+lr = 1e-4
+schedule = "constant"
+weight_decay = 0.01
+batch_size = $BATCH
+
+[compute]
+$compute
+
+[train]
+steps = $STEPS
+baseline_eval = false
+eval_every = 100000
+$train
+TOML
 }

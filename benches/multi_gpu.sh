@@ -39,38 +39,8 @@ fi
 export NCCL_NVLS_ENABLE=0
 FOLDER=$WORK/$PRESET
 make_folder "$FOLDER" "$PRESET" $(( (STEPS + 2) * SEQ * BATCH + SEQ * 8 )) || exit 1
-cat >"$WORK/train.toml" <<TOML
-[model]
-base = "$FOLDER"
-
-[adapter]
-rank = 16
-alpha = 16
-dropout = 0.0
-
-[data]
-train = [{ path = "$FOLDER/train.jsonl", format = "text" }]
-seq_len = $SEQ
-pack = true
-val_fraction = 0.0
-
-[optim]
-lr = 1e-4
-schedule = "constant"
-weight_decay = 0.01
-batch_size = $BATCH
-grad_clip = 1.0
-
-[compute]
-dtype = "bf16"
-
-[train]
-steps = $STEPS
-baseline_eval = false
-eval_every = 100000
-checkpoint_every = $(( STEPS / 3 ))
-keep_last = 10
-TOML
+bench_experiment "$WORK/train.toml" 'dtype = "bf16"' "checkpoint_every = $(( STEPS / 3 ))
+keep_last = 10"
 cd "$WORK" || exit 1
 train() { # STORE DEVICES [extra args]: one `graft train`, JSON on stdout
   local store=$1 devices=$2; shift 2

@@ -52,38 +52,9 @@ cd "$WORK"
 for SEQ in $SEQS; do
   for SCHEME in $SCHEMES; do
     NAME=graft-$SCHEME-$SEQ
-    cat >"$WORK/$NAME.toml" <<TOML
-[model]
-base = "$FOLDER"
-
-[adapter]
-rank = 16
-alpha = 16
-dropout = 0.0
-
-[data]
-train = [{ path = "$FOLDER/train.jsonl", format = "text" }]
-seq_len = $SEQ
-pack = true
-val_fraction = 0.0
-
-[optim]
-lr = 1e-4
-schedule = "constant"
-weight_decay = 0.01
-batch_size = $BATCH
-
-[compute]
-dtype = "$DTYPE"
-base = "$SCHEME"
-checkpointing = "balanced"
-
-[train]
-steps = $STEPS
-baseline_eval = false
-eval_every = 100000
-checkpoint_every = 100000
-TOML
+    bench_experiment "$WORK/$NAME.toml" "dtype = \"$DTYPE\"
+base = \"$SCHEME\"
+checkpointing = \"balanced\""
     rm -rf "$WORK/store-$NAME"
     echo "== $NAME" >&2
     peak_of "$LOGS/$NAME" timeout "$TIMEOUT" "$GRAFT" --store "$WORK/store-$NAME" train "$WORK/$NAME.toml" --backend "$BACKEND" --quiet --json \

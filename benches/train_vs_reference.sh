@@ -23,36 +23,7 @@ mkdir -p "$LOGS" "$WORK"
 . "$(dirname "$0")/gpu_common.sh"
 FOLDER=$WORK/$PRESET
 make_folder "$FOLDER" "$PRESET" $(( (STEPS + 2) * SEQ * BATCH + SEQ * 8 )) || exit 1
-cat >"$WORK/train.toml" <<TOML
-[model]
-base = "$FOLDER"
-
-[adapter]
-rank = 16
-alpha = 16
-dropout = 0.0
-
-[data]
-train = [{ path = "$FOLDER/train.jsonl", format = "text" }]
-seq_len = $SEQ
-pack = true
-val_fraction = 0.0
-
-[optim]
-lr = 1e-4
-schedule = "constant"
-weight_decay = 0.01
-batch_size = $BATCH
-
-[compute]
-dtype = "bf16"
-
-[train]
-steps = $STEPS
-baseline_eval = false
-eval_every = 100000
-checkpoint_every = 100000
-TOML
+bench_experiment "$WORK/train.toml" 'dtype = "bf16"'
 cd "$WORK"
 rm -rf "$WORK/store"
 echo "== graft train" >&2
