@@ -6,7 +6,7 @@
 //! the uninterrupted two-device run's final checkpoint id. Elsewhere that test prints
 //! why it was skipped.
 
-use crate::common::{llama_tiny, stderr, stdout, write_synth};
+use crate::common::{graft_in, graft_ok_in, llama_tiny, stderr, stdout, write_synth};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -54,23 +54,11 @@ keep_last = 100
 }
 
 fn run_in(dir: &Path, store: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_graft"))
-        .args(args)
-        .current_dir(dir)
-        .env("GRAFT_STORE", dir.join(store))
-        .output()
-        .unwrap()
+    graft_in(dir, &dir.join(store), args)
 }
 
 fn ok_json(dir: &Path, store: &str, args: &[&str]) -> Value {
-    let output = run_in(dir, store, args);
-    assert!(
-        output.status.success(),
-        "graft {args:?}: {}\n{}",
-        stderr(&output),
-        stdout(&output)
-    );
-    serde_json::from_str(&stdout(&output)).unwrap()
+    serde_json::from_str(&graft_ok_in(dir, &dir.join(store), args)).unwrap()
 }
 
 #[test]
