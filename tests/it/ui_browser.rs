@@ -11,6 +11,16 @@ use crate::common::{copy_dir, graft, graft_ok, quickstart, stderr};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The names of the store's journal files: a new one is a run that started.
+fn journal_files(store: &Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(store.join("journal"))
+        .map(|entries| entries.flatten().map(|entry| entry.file_name()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
 
 fn chromium() -> PathBuf {
     let path = PathBuf::from(std::env::var("GRAFT_CHROMIUM").unwrap_or("/usr/bin/chromium".into()));
@@ -129,24 +139,48 @@ fn browser_shows_lineage_filter_compare_and_a_training_as_it_runs() {
         panic!("the page's checks failed ({status}): {first}");
     }
 
-    // A fork of task A that trains while the page watches.
+    // A fork of task A that trains while the page watches. The page is told
+    // once the trainer has registered its run (its journal exists), so a
+    // trainer slow to start on a loaded machine is not taken for a page that
+    // does not follow it.
+    let journals_before = journal_files(&store);
+    let training_log = dir.path().join("training.log");
     let mut training = Command::new(env!("CARGO_BIN_EXE_graft"))
         .args(["fork", "task-a@best", "experiments/task-b.toml"])
         .args(["--set", "train.seed=101", "--set", "train.steps=2000"])
         .current_dir(dir.path())
         .env("GRAFT_STORE", &store)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&training_log).unwrap())
         .spawn()
         .unwrap();
+    let registered = Instant::now();
+    while journal_files(&store)
+        .iter()
+        .all(|name| journals_before.contains(name))
+    {
+        if let Some(status) = training.try_wait().unwrap() {
+            let _ = browser.kill();
+            let log = std::fs::read_to_string(&training_log).unwrap_or_default();
+            panic!("the training ended ({status}) before it registered its run:\n{log}");
+        }
+        assert!(
+            registered.elapsed() < Duration::from_secs(600),
+            "the training did not register its run in 10 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     writeln!(browser.stdin.as_mut().unwrap(), "training started").unwrap();
     let second = output.next().and_then(Result::ok).unwrap_or_default();
     let status = browser.wait().unwrap();
+    let training_status = training.try_wait().unwrap();
     let _ = training.kill();
     let _ = training.wait();
+    let log = std::fs::read_to_string(&training_log).unwrap_or_default();
     assert!(
         status.success() && second.starts_with("phase 2 passed"),
-        "the page did not follow the training ({status}): {second}"
+        "the page did not follow the training ({status}): {second}\n\
+         the training ({training_status:?} when the page gave up) printed:\n{log}"
     );
     drop(server);
     assert!(screenshot.is_file());

@@ -125,12 +125,12 @@ try {
     const chart = (window.graftCharts || []).find((c) => c.series === 'loss' && c.curves[0].run === id);
     return chart ? chart.curves[0].last : null;
   }, liveId);
-  await page.waitForFunction((id) => (window.graftCharts || []).some((c) => c.series === 'loss' && c.curves[0].run === id), liveId, { timeout: 120000 });
+  await page.waitForFunction((id) => (window.graftCharts || []).some((c) => c.series === 'loss' && c.curves[0].run === id), liveId, { timeout: 300000 });
   const first = await lastStep();
   await page.waitForFunction(([id, seen]) => {
     const chart = (window.graftCharts || []).find((c) => c.series === 'loss' && c.curves[0].run === id);
     return chart && chart.curves[0].last > seen;
-  }, [liveId, first], { timeout: 120000 });
+  }, [liveId, first], { timeout: 300000 });
   const later = await lastStep();
   check(later > first, `the live curve grew from step ${first} to ${later}`);
   check(errors.length === 0, `no script errors: ${errors}`);
