@@ -15,8 +15,17 @@
 #   benches/multi_gpu.sh                 # 2 devices, 24 steps
 #   DEVICES=4 STEPS=40 benches/multi_gpu.sh
 #   ONE=0 REPRODUCE=0 benches/multi_gpu.sh    # only the N-device run and the kill test
+#   DEVICES=1 ONE=0 REPRODUCE=0 TWICE=1 DTYPE=f32 benches/multi_gpu.sh
+#       # one device: is a repeat bit-identical, and does a resume end where it should
+#
+# With TWICE=1 the N-device run is trained a second time into its own store, and the
+# summary says whether the two end at the same checkpoint ids (a resume can only be
+# exact if the kernels are deterministic). The summary lists every run's checkpoints
+# and the first step at which the killed-and-resumed run's loss left the
+# uninterrupted one's.
 set -u
 ONE=${ONE:-1}
+TWICE=${TWICE:-0}
 REPRODUCE=${REPRODUCE:-1}
 GRAFT=${GRAFT:-$PWD/.gpu/graft}
 PRESET=${PRESET:-llama-1b}
@@ -39,7 +48,7 @@ fi
 export NCCL_NVLS_ENABLE=0
 FOLDER=$WORK/$PRESET
 make_folder "$FOLDER" "$PRESET" $(( (STEPS + 2) * SEQ * BATCH + SEQ * 8 )) || exit 1
-bench_experiment "$WORK/train.toml" 'dtype = "bf16"' "checkpoint_every = $(( STEPS / 3 ))
+bench_experiment "$WORK/train.toml" "dtype = \"${DTYPE:-bf16}\"" "checkpoint_every = $(( STEPS / 3 ))
 keep_last = 10"
 cd "$WORK" || exit 1
 train() { # STORE DEVICES [extra args]: one `graft train`, JSON on stdout
@@ -50,7 +59,7 @@ train() { # STORE DEVICES [extra args]: one `graft train`, JSON on stdout
 losses() { # STORE RUN: the per-step losses as JSON
   "$GRAFT" --store "$1" metrics "$2" --series loss --json
 }
-rm -rf store-1 store-n store-kill
+rm -rf store-1 store-n store-n2 store-kill
 if [ "$ONE" = 1 ]; then
   echo "== 1 device" >&2
   train store-1 1 >"$LOGS/one.out" 2>"$LOGS/one.err"; echo "1 device exit $?" >&2
@@ -63,6 +72,10 @@ RUN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run"])' "
 [ -n "$RUN" ] || { echo "no run from the $DEVICES-device train" >&2; exit 1; }
 [ "$ONE" = 1 ] && losses store-1 "$RUN" >"$LOGS/one-losses.json"
 losses store-n "$RUN" >"$LOGS/n-losses.json"
+if [ "$TWICE" = 1 ]; then
+  echo "== $DEVICES devices, again" >&2
+  train store-n2 "$DEVICES" >"$LOGS/n2.out" 2>"$LOGS/n2.err"; echo "again exit $?" >&2
+fi
 
 echo "== $DEVICES devices, SIGKILL after the first checkpoint, then resume" >&2
 # `exec`, so that $! is graft itself and the SIGKILL reaches it.
@@ -78,6 +91,7 @@ kill -9 $PID 2>/dev/null; wait $PID 2>/dev/null
 "$GRAFT" --store store-kill resume "$RUN" --backend cuda --quiet --json >"$LOGS/resume.out" 2>"$LOGS/resume.err"
 echo "resume exit $?" >&2
 tail -c 1500 "$LOGS/resume.err" >&2
+losses store-kill "$RUN" >"$LOGS/kill-losses.json"
 
 if [ "$REPRODUCE" = 1 ]; then
   echo "== reproduce the $DEVICES-device run on 1 device" >&2
@@ -94,7 +108,7 @@ def load(name):
         return json.load(open(os.path.join(logs, name)))
     except Exception as e:
         return {"error": str(e)}
-one, n, resumed = load("one.out"), load("n.out"), load("resume.out")
+one, n, resumed, again = load("one.out"), load("n.out"), load("resume.out"), load("n2.out")
 def series(name):
     data = load(name)
     rows = data.get("loss") or data.get("series", {}).get("loss") or data
@@ -111,6 +125,9 @@ a, b = series("one-losses.json"), series("n-losses.json")
 steps = sorted(set(a) & set(b))
 rel = max((abs(a[s] - b[s]) / max(abs(a[s]), 1e-12) for s in steps), default=float("nan"))
 final = lambda d: (d.get("checkpoints") or [{}])[-1].get("id")
+listed = lambda d: [(c.get("step"), c.get("id")) for c in d.get("checkpoints") or []]
+killed = series("kill-losses.json")
+left = [s for s in sorted(set(b) & set(killed)) if b[s] != killed[s]]
 result = {
     "tokens_per_s_1": one.get("tokens_per_s"),
     f"tokens_per_s_{devices}": n.get("tokens_per_s"),
@@ -122,6 +139,13 @@ result = {
     "uninterrupted_final": final(n),
     "resumed_final": final(resumed),
     "resume_matches": final(n) is not None and final(n) == final(resumed),
+    "checkpoints": listed(n),
+    "resumed_checkpoints": listed(resumed),
+    "first_step_resumed_loss_differs": left[0] if left else None,
+    "resumed_loss_steps_compared": len(set(b) & set(killed)),
 }
+if "error" not in again:
+    result["again_checkpoints"] = listed(again)
+    result["repeat_matches"] = listed(again) == listed(n)
 print(json.dumps(result))
 PY

@@ -17,7 +17,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::flex_values::{flex_primitive, host_values};
+use super::flex_values::{flex_primitive, seq_major, zeros, HostValues};
 
 /// Queries per block: a block's scores (`ROWS x keys` f32) stay in cache at the
 /// sequence lengths the CPU trains on, and blocks skip the keys in their future.
@@ -298,8 +298,8 @@ fn backward_head(x: HeadInputs, g: HeadGrads, dims: Dims, scratch: &mut Backward
 fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims) -> (Vec<f32>, Vec<f32>) {
     let (seq, keys, dim, groups) = (dims.seq, dims.keys, dims.dim, dims.groups());
     let heads = dims.batch * dims.heads;
-    let mut out = vec![0.0; heads * seq * dim];
-    let mut lse = vec![0.0; heads * seq];
+    let mut out = zeros(heads * seq * dim);
+    let mut lse = zeros(heads * seq);
     out.par_chunks_mut(groups * seq * dim)
         .zip(lse.par_chunks_mut(groups * seq))
         .enumerate()
@@ -323,9 +323,9 @@ fn backward(state: &AttentionState, dout: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f3
     let (seq, keys, dim, groups) = (dims.seq, dims.keys, dims.dim, dims.groups());
     let heads = dims.batch * dims.heads;
     let kv_heads = dims.batch * dims.kv_heads;
-    let mut dq = vec![0.0; heads * seq * dim];
-    let mut dk = vec![0.0; kv_heads * keys * dim];
-    let mut dv = vec![0.0; kv_heads * keys * dim];
+    let mut dq = zeros(heads * seq * dim);
+    let mut dk = zeros(kv_heads * keys * dim);
+    let mut dv = zeros(kv_heads * keys * dim);
     dq.par_chunks_mut(groups * seq * dim)
         .zip(dk.par_chunks_mut(keys * dim))
         .zip(dv.par_chunks_mut(keys * dim))
@@ -391,16 +391,16 @@ pub fn causal_attention<C: CheckpointStrategy>(
         .compute_bound()
         .stateful();
     let (q, k, v) = (
-        host_values(q.primitive),
-        host_values(k.primitive),
-        host_values(v.primitive),
+        HostValues::new(q.primitive),
+        HostValues::new(k.primitive),
+        HostValues::new(v.primitive),
     );
     let (out, lse) = forward(&q, &k, &v, dims);
-    let shape = [batch, heads, seq, dim];
+    // The model merges the heads next (`swap_dims(1, 2)` and a reshape): stored in
+    // that order, the output is merged without a copy.
+    let output = seq_major(&out, [batch, heads, seq, dim]);
     let output = match prepared {
         OpsKind::Tracked(prep) => {
-            // The backward pass needs the output too: only then is it copied.
-            let output = flex_primitive(out.clone(), shape);
             let state = AttentionState {
                 dims,
                 q,
@@ -411,7 +411,7 @@ pub fn causal_attention<C: CheckpointStrategy>(
             };
             prep.finish(state, output)
         }
-        OpsKind::UnTracked(prep) => prep.finish(flex_primitive(out, shape)),
+        OpsKind::UnTracked(prep) => prep.finish(output),
     };
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }
@@ -430,9 +430,9 @@ struct CpuAttentionBackward;
 #[derive(Debug, Clone)]
 struct AttentionState {
     dims: Dims,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    q: HostValues,
+    k: HostValues,
+    v: HostValues,
     out: Vec<f32>,
     lse: Vec<f32>,
 }
@@ -447,7 +447,7 @@ impl Backward<Flex, 3> for CpuAttentionBackward {
         _checkpointer: &mut Checkpointer,
     ) {
         let [node_q, node_k, node_v] = ops.parents;
-        let dout = host_values(grads.consume::<Flex>(&ops.node));
+        let dout = HostValues::new(grads.consume::<Flex>(&ops.node));
         let state = ops.state;
         let (dq, dk, dv) = backward(&state, &dout);
         let Dims {
@@ -458,13 +458,16 @@ impl Backward<Flex, 3> for CpuAttentionBackward {
             keys,
             dim,
         } = state.dims;
-        for (node, grad, shape) in [
-            (node_q, dq, [batch, heads, seq, dim]),
-            (node_k, dk, [batch, kv_heads, keys, dim]),
-            (node_v, dv, [batch, kv_heads, keys, dim]),
-        ] {
+        // q and k go back through RoPE, which reads rows; v's gradient goes back
+        // through the head split, so it is stored in the split's order.
+        let registered = [
+            (node_q, flex_primitive(dq, [batch, heads, seq, dim])),
+            (node_k, flex_primitive(dk, [batch, kv_heads, keys, dim])),
+            (node_v, seq_major(&dv, [batch, kv_heads, keys, dim])),
+        ];
+        for (node, grad) in registered {
             if let Some(node) = node {
-                grads.register::<Flex>(node.id, flex_primitive(grad, shape));
+                grads.register::<Flex>(node.id, grad);
             }
         }
     }

@@ -16,7 +16,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::flex_values::{flex_primitive, host_values};
+use super::flex_values::{flex_primitive, seq_major, zeros, HostValues};
 
 /// `x * cos + rotate_half(x) * sin` (HF's RoPE, `rotate_half([a, b]) = [-b, a]` over the
 /// halves of the last dim) for x `[batch, heads, seq, dim]` in f32 and tables
@@ -28,8 +28,8 @@ pub fn rotate<C: CheckpointStrategy>(
 ) -> Tensor<Autodiff<Flex, C>, 4> {
     let shape = x.dims();
     assert_eq!(x.dtype(), DType::F32, "the CPU trains in f32");
-    let table = |t: &Tensor<Autodiff<Flex, C>, 4>| -> Vec<f32> {
-        host_values(t.clone().inner().into_primitive().tensor())
+    let table = |t: &Tensor<Autodiff<Flex, C>, 4>| -> HostValues {
+        HostValues::new(t.clone().inner().into_primitive().tensor())
     };
     let (cos, sin) = (table(cos), table(sin));
     let x = x.into_primitive().tensor();
@@ -37,7 +37,7 @@ pub fn rotate<C: CheckpointStrategy>(
         .prepare::<C>([x.node.clone()])
         .compute_bound()
         .stateful();
-    let values = host_values(x.primitive);
+    let values = HostValues::new(x.primitive);
     let out = apply(&values, &cos, &sin, shape, Pass::Rotate);
     let out = flex_primitive(out, shape);
     let output = match prepared {
@@ -59,7 +59,7 @@ enum Pass {
 fn apply(x: &[f32], cos: &[f32], sin: &[f32], shape: [usize; 4], pass: Pass) -> Vec<f32> {
     let [_, _, seq, dim] = shape;
     let half = dim / 2;
-    let mut out = vec![0.0; x.len()];
+    let mut out = zeros(x.len());
     out.par_chunks_mut(seq * dim)
         .zip(x.par_chunks(seq * dim))
         .for_each(|(out, x)| {
@@ -89,8 +89,8 @@ struct RopeBackward;
 #[derive(Debug, Clone)]
 struct RopeState {
     shape: [usize; 4],
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    cos: HostValues,
+    sin: HostValues,
 }
 
 impl Backward<Flex, 1> for RopeBackward {
@@ -105,10 +105,12 @@ impl Backward<Flex, 1> for RopeBackward {
         let [node] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
         if let Some(node) = node {
-            let dy = host_values(dy);
+            let dy = HostValues::new(dy);
             let state = ops.state;
             let dx = apply(&dy, &state.cos, &state.sin, state.shape, Pass::Gradient);
-            grads.register::<Flex>(node.id, flex_primitive(dx, state.shape));
+            // The input was a head-split view of the projection's output: stored in
+            // that order, its gradient goes back through the split without a copy.
+            grads.register::<Flex>(node.id, seq_major(&dx, state.shape));
         }
     }
 }

@@ -14,7 +14,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::flex_values::{flex_primitive, host_values};
+use super::flex_values::{flex_primitive, zeros, HostValues};
 
 /// Elements per rayon task.
 const CHUNK: usize = 16 * 1024;
@@ -32,8 +32,11 @@ pub fn gate<C: CheckpointStrategy>(
         .prepare::<C>([gate.node.clone(), up.node.clone()])
         .compute_bound()
         .stateful();
-    let (g, u) = (host_values(gate.primitive), host_values(up.primitive));
-    let mut out = vec![0.0; g.len()];
+    let (g, u) = (
+        HostValues::new(gate.primitive),
+        HostValues::new(up.primitive),
+    );
+    let mut out = zeros(g.len());
     out.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
         .for_each(|(out, (g, u))| {
@@ -70,8 +73,8 @@ struct SwigluBackward;
 #[derive(Debug, Clone)]
 struct SwigluState {
     shape: [usize; 3],
-    gate: Vec<f32>,
-    up: Vec<f32>,
+    gate: HostValues,
+    up: HostValues,
 }
 
 impl Backward<Flex, 2> for SwigluBackward {
@@ -84,10 +87,10 @@ impl Backward<Flex, 2> for SwigluBackward {
         _checkpointer: &mut Checkpointer,
     ) {
         let [node_gate, node_up] = ops.parents;
-        let dy = host_values(grads.consume::<Flex>(&ops.node));
+        let dy = HostValues::new(grads.consume::<Flex>(&ops.node));
         let state = ops.state;
-        let mut dgate = vec![0.0; dy.len()];
-        let mut dup = vec![0.0; dy.len()];
+        let mut dgate = zeros(dy.len());
+        let mut dup = zeros(dy.len());
         dgate
             .par_chunks_mut(CHUNK)
             .zip(dup.par_chunks_mut(CHUNK))
