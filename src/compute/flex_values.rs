@@ -69,7 +69,7 @@ pub fn host_values(primitive: FlexTensor) -> Vec<f32> {
 }
 
 /// A CPU tensor primitive of `shape` holding `values` (row-major), without a copy.
-pub fn flex_primitive<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+pub fn flex_primitive(values: Vec<f32>, shape: impl Into<burn::tensor::Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 

@@ -28,10 +28,10 @@ pub fn matmul<B: Kernels, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) 
     if worth_cublas(&lhs, &rhs) {
         return match B::matmul(lhs, rhs) {
             Ok(product) => product,
-            Err((lhs, rhs)) => lhs.matmul(rhs),
+            Err((lhs, rhs)) => B::host_matmul(lhs, rhs),
         };
     }
-    lhs.matmul(rhs)
+    B::host_matmul(lhs, rhs)
 }
 
 /// `alpha · lhs @ rhs` in f32 whatever the inputs' dtype, for products whose result

@@ -12,7 +12,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor};
 
 use super::options::current;
-use super::{cpu_attention, cpu_rope, cpu_swiglu, Attention};
+use super::{cpu_attention, cpu_matmul, cpu_norm, cpu_rope, cpu_swiglu, Attention};
 use crate::model::quantized::QuantizedWeight;
 
 /// Three tensors handed back.
@@ -80,6 +80,17 @@ pub trait Kernels: Backend {
         _sin: &Tensor<Self, 4>,
     ) -> Result<Tensor<Self, 4>, Tensor<Self, 4>> {
         Err(x)
+    }
+
+    /// RMSNorm over the last dimension, `x / sqrt(mean(x²) + eps) * w` (with
+    /// `plus_one`, Gemma's `* (1 + w)`); w is `[width]`.
+    fn rms_norm<const D: usize>(
+        x: Tensor<Self, D>,
+        weight: Tensor<Self, 1>,
+        _eps: f64,
+        _plus_one: bool,
+    ) -> Result<Tensor<Self, D>, (Tensor<Self, D>, Tensor<Self, 1>)> {
+        Err((x, weight))
     }
 
     /// SwiGLU's gating, `silu(gate) * up`.
@@ -157,6 +168,12 @@ pub trait Kernels: Backend {
         Err((lhs, rhs))
     }
 
+    /// `lhs @ rhs` where no faster library serves it (burn's matmul unless the
+    /// backend does better).
+    fn host_matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        lhs.matmul(rhs)
+    }
+
     /// `alpha · lhs @ rhs`, the result in f32 when `out_f32`, through the faster library
     /// on inner backends.
     fn matmul_with<const D: usize>(
@@ -218,8 +235,23 @@ pub trait Kernels: Backend {
 pub trait TrainKernels: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
 impl<B: AutodiffBackend<InnerBackend: Kernels> + Kernels> TrainKernels for B {}
 
-/// The CPU inference backend: burn's ops.
-impl Kernels for Flex {}
+/// The CPU inference backend and the inner backend of the CPU training nodes: burn's
+/// ops, with the 2-D f32 product's output zeroed on all cores.
+impl Kernels for Flex {
+    fn host_matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        if D != 2 {
+            return lhs.matmul(rhs);
+        }
+        let rank2 =
+            |t: Tensor<Self, D>| -> Tensor<Self, 2> { Tensor::from_primitive(t.into_primitive()) };
+        let back =
+            |t: Tensor<Self, 2>| -> Tensor<Self, D> { Tensor::from_primitive(t.into_primitive()) };
+        match cpu_matmul::matmul(rank2(lhs), rank2(rhs)) {
+            Ok(product) => back(product),
+            Err((lhs, rhs)) => back(lhs.matmul(rhs)),
+        }
+    }
+}
 
 /// The CPU training backends: graft's fused nodes, deterministic on any thread count.
 impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
@@ -248,6 +280,18 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
             return Err(x);
         }
         Ok(cpu_rope::rotate::<C>(x, cos, sin))
+    }
+
+    fn rms_norm<const D: usize>(
+        x: Tensor<Self, D>,
+        weight: Tensor<Self, 1>,
+        eps: f64,
+        plus_one: bool,
+    ) -> Result<Tensor<Self, D>, (Tensor<Self, D>, Tensor<Self, 1>)> {
+        if !current().fused_norm || x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+            return Err((x, weight));
+        }
+        Ok(cpu_norm::rms_norm::<C, D>(x, weight, eps, plus_one))
     }
 
     fn swiglu(

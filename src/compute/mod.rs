@@ -21,6 +21,8 @@
 
 pub mod attention;
 pub mod cpu_attention;
+pub mod cpu_matmul;
+pub mod cpu_norm;
 pub mod cpu_rope;
 pub mod cpu_swiglu;
 pub mod cross_entropy;
@@ -219,6 +221,10 @@ pub struct ComputeSection {
     /// SwiGLU's gating as one fused node (false: op by op).
     #[serde(default = "default_true")]
     pub fused_swiglu: bool,
+    /// RMSNorm as one fused node where the backend has one (the CPU; false: op by
+    /// op, as graft computed it before the node).
+    #[serde(default = "default_true")]
+    pub fused_norm: bool,
     /// AdamW over the whole LoRA group in a few fused CUDA launches.
     #[serde(default = "default_true")]
     pub fused_adamw: bool,
@@ -335,6 +341,7 @@ impl Compute {
             lora_branch: o.lora_branch,
             fused_lora: o.fused_lora,
             fused_swiglu: o.fused_swiglu,
+            fused_norm: o.fused_norm,
             fused_adamw: o.fused_adamw,
         }
     }

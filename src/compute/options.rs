@@ -19,6 +19,7 @@ pub struct KernelOptions {
     pub lora_branch: LoraBranch,
     pub fused_lora: bool,
     pub fused_swiglu: bool,
+    pub fused_norm: bool,
     pub fused_adamw: bool,
 }
 

@@ -52,15 +52,24 @@ pub struct RmsNorm<B: Backend> {
     pub plus_one: bool,
 }
 
+impl<B: Kernels> RmsNorm<B> {
+    /// x: `[..., hidden]` -> `[..., hidden]`, normed over the last dimension: one
+    /// fused node where the backend has one ([`Kernels::rms_norm`]), else op by op.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match B::rms_norm(x, self.weight.val(), self.eps, self.plus_one) {
+            Ok(normed) => normed,
+            Err((x, _)) => self.forward_op_by_op(x),
+        }
+    }
+}
+
 impl<B: Backend> RmsNorm<B> {
-    /// x: `[..., hidden]` -> `[..., hidden]`, normed over the last dimension.
-    ///
-    /// In the input's dtype. transformers takes the mean of squares in f32 for a bf16
+    /// [`RmsNorm::forward`] op by op, in the input's dtype. transformers takes the mean of squares in f32 for a bf16
     /// base. Done so here, it cost about 3% of llama-1b's speed and 8% of smol-135m's
     /// on the H200 (2026-11-28, two calls apart), because burn's CUDA fusion (0.21)
     /// panics fusing the cast into `mean_dim` at the fixtures' hidden size of 64, which
     /// left a product with a ones vector for the mean. bf16 parity passes without it.
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+    pub fn forward_op_by_op<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let variance = x.clone().square().mean_dim(D - 1);
         let normed = x * (variance + self.eps).sqrt().recip();
         let weight = self.weight.val();

@@ -1,0 +1,128 @@
+//! Two-dimensional f32 products on the CPU with the output zeroed on all cores.
+//!
+//! burn's Flex matmul calls the `gemm` crate on all cores but first allocates its
+//! output zeroed on one thread (`FlexTensor::empty`): for the adapted projections'
+//! `[tokens, d_out]` products that was most of the serial memory traffic of a CPU
+//! step. This makes the same `gemm` call, with the same parallelism rule, into a
+//! buffer zeroed in parallel, so the values are Flex's bit for bit.
+
+use burn::backend::Flex;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn_flex::FlexTensor;
+
+use super::flex_values::{flex_primitive, zeros};
+
+/// Products with fewer multiply-adds run on one thread, as Flex runs them.
+const PARALLEL_MACS: usize = 192 * 192 * 192;
+
+/// `lhs @ rhs` for f32 `[m, k]` and `[k, n]` with any strides; other inputs are
+/// handed back.
+pub fn matmul(
+    lhs: Tensor<Flex, 2>,
+    rhs: Tensor<Flex, 2>,
+) -> Result<Tensor<Flex, 2>, (Tensor<Flex, 2>, Tensor<Flex, 2>)> {
+    let ([m, k], [k2, n]) = (lhs.dims(), rhs.dims());
+    if lhs.dtype() != DType::F32
+        || rhs.dtype() != DType::F32
+        || k != k2
+        || m == 0
+        || n == 0
+        || k == 0
+    {
+        return Err((lhs, rhs));
+    }
+    let (lhs, rhs) = (lhs.into_primitive().tensor(), rhs.into_primitive().tensor());
+    let mut out = zeros(m * n);
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MACS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    let (lhs_ptr, lhs_rows, lhs_cols) = operand(&lhs, m, k);
+    let (rhs_ptr, rhs_rows, rhs_cols) = operand(&rhs, k, n);
+    // SAFETY: `operand` checked that every element (i, j) of each operand lies in its
+    // buffer; `out` holds m x n elements in rows of n and aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs_ptr,
+            lhs_cols,
+            lhs_rows,
+            rhs_ptr,
+            rhs_cols,
+            rhs_rows,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(
+        flex_primitive(out, [m, n]),
+    )))
+}
+
+/// The first element and the row and column strides of a `[rows, cols]` operand,
+/// after checking that its last element lies inside its buffer.
+fn operand(tensor: &FlexTensor, rows: usize, cols: usize) -> (*const f32, isize, isize) {
+    let layout = tensor.layout();
+    let storage = tensor.storage::<f32>();
+    let (row, col) = (layout.strides()[0], layout.strides()[1]);
+    let start = layout.start_offset() as isize;
+    let last = start + (rows as isize - 1) * row + (cols as isize - 1) * col;
+    assert!(
+        row >= 0 && col >= 0 && (last as usize) < storage.len(),
+        "a strided view inside its buffer"
+    );
+    (storage[layout.start_offset()..].as_ptr(), row, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn products_equal_flex_s_bit_for_bit_on_every_layout() {
+        let device = Default::default();
+        let random = |shape: [usize; 2]| {
+            Tensor::<Flex, 2>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+        };
+        // Below and above the parallel threshold, plain, transposed and narrowed.
+        for (m, k, n) in [(7, 5, 3), (300, 256, 200)] {
+            let a = random([m, k]);
+            let b = random([k, n]);
+            let bt = random([n, k]);
+            let wide = random([m, k + 9]);
+            let cases = [
+                (a.clone(), b.clone()),
+                (a.clone(), bt.clone().transpose()),
+                (wide.clone().narrow(1, 4, k), b.clone()),
+                (random([k, m]).transpose(), b.clone()),
+            ];
+            for (lhs, rhs) in cases {
+                let expected = lhs
+                    .clone()
+                    .matmul(rhs.clone())
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap();
+                let ours = matmul(lhs, rhs)
+                    .unwrap()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&ours), bits(&expected), "{m}x{k}x{n}");
+            }
+        }
+    }
+}
