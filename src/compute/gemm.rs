@@ -46,6 +46,21 @@ pub fn matmul_f32<B: Kernels, const D: usize>(
     scaled_product(lhs, rhs, alpha, true)
 }
 
+/// `base + alpha · lhs @ rhs` in the inputs' dtype: the product and its scale from
+/// cuBLAS where the product reaches it, else the backend's own product and sum
+/// ([`Kernels::host_matmul`], [`Kernels::add_scaled`]).
+pub fn add_matmul_scaled<B: Kernels, const D: usize>(
+    base: Tensor<B, D>,
+    lhs: Tensor<B, D>,
+    rhs: Tensor<B, D>,
+    alpha: f64,
+) -> Tensor<B, D> {
+    if worth_cublas(&lhs, &rhs) {
+        return base + matmul_scaled(lhs, rhs, alpha);
+    }
+    B::add_scaled(base, B::host_matmul(lhs, rhs), alpha)
+}
+
 /// `alpha · lhs @ rhs` in the inputs' dtype, the scale applied by cuBLAS where the
 /// product reaches it.
 pub fn matmul_scaled<B: Kernels, const D: usize>(

@@ -12,7 +12,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor};
 
 use super::options::current;
-use super::{cpu_attention, cpu_matmul, cpu_norm, cpu_rope, cpu_swiglu, Attention};
+use super::{
+    cpu_attention, cpu_elementwise, cpu_loss, cpu_matmul, cpu_norm, cpu_rope, cpu_swiglu, Attention,
+};
 use crate::model::quantized::QuantizedWeight;
 
 /// Three tensors handed back.
@@ -174,6 +176,20 @@ pub trait Kernels: Backend {
         lhs.matmul(rhs)
     }
 
+    /// `a + scale · b` for tensors of one shape (`scale · b` rounded first, as
+    /// burn's ops round it).
+    fn add_scaled<const D: usize>(
+        a: Tensor<Self, D>,
+        b: Tensor<Self, D>,
+        scale: f64,
+    ) -> Tensor<Self, D> {
+        if scale == 1.0 {
+            a + b
+        } else {
+            a + b.mul_scalar(scale)
+        }
+    }
+
     /// `alpha · lhs @ rhs`, the result in f32 when `out_f32`, through the faster library
     /// on inner backends.
     fn matmul_with<const D: usize>(
@@ -249,6 +265,18 @@ impl Kernels for Flex {
         match cpu_matmul::matmul(rank2(lhs), rank2(rhs)) {
             Ok(product) => back(product),
             Err((lhs, rhs)) => back(lhs.matmul(rhs)),
+        }
+    }
+
+    fn add_scaled<const D: usize>(
+        a: Tensor<Self, D>,
+        b: Tensor<Self, D>,
+        scale: f64,
+    ) -> Tensor<Self, D> {
+        match cpu_elementwise::add_scaled(a, b, scale) {
+            Ok(sum) => sum,
+            Err((a, b)) if scale == 1.0 => a + b,
+            Err((a, b)) => a + b.mul_scalar(scale),
         }
     }
 }
@@ -351,10 +379,17 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
         targets: Tensor<Self, 1, Int>,
         weights: Tensor<Self, 1>,
     ) -> Option<Tensor<Self, 1>> {
+        let (targets, weights) = (targets.inner(), weights.inner());
+        let logits = if current().fused_loss {
+            match cpu_loss::token_loss_sum::<C>(logits, targets.clone(), weights.clone()) {
+                Ok(loss) => return Some(loss),
+                Err(logits) => logits,
+            }
+        } else {
+            logits
+        };
         Some(super::cross_entropy::cross_entropy_autodiff::<Flex, C>(
-            logits,
-            targets.inner(),
-            weights.inner(),
+            logits, targets, weights,
         ))
     }
 }

@@ -28,7 +28,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive};
 
-use super::gemm::{matmul, matmul_f32, matmul_scaled};
+use super::gemm::{add_matmul_scaled, matmul, matmul_f32, matmul_scaled};
 use super::kernels::Kernels;
 use super::quant_product::quantized_product;
 use crate::model::lora::in_dtype;
@@ -139,7 +139,7 @@ fn forward<I: Kernels>(
         let a_low = in_dtype(a_full, dtype);
         let b_low = in_dtype(b_full, dtype);
         let down = matmul(x_in.clone(), a_low.clone());
-        let out = base + matmul_scaled(down.clone(), b_low.clone(), scale);
+        let out = add_matmul_scaled(base, down.clone(), b_low.clone(), scale);
         (out, a_low, b_low, down)
     } else {
         let rank = a_full.dims()[1];
@@ -265,7 +265,7 @@ fn backward<I: Kernels>(
             BaseWeight::Quantized(weight) => matmul(dy.clone(), weight.dequantize(dy.dtype())),
             BaseWeight::Pending => unreachable!("the base is set before the node is recorded"),
         };
-        let dx = through_base + matmul_scaled(up_grad, a_low.transpose(), s);
+        let dx = add_matmul_scaled(through_base, up_grad, a_low.transpose(), s);
         grads.register::<I>(id, dx.into_primitive().tensor());
     }
     if let Some(id) = id_a {

@@ -21,6 +21,8 @@
 
 pub mod attention;
 pub mod cpu_attention;
+pub mod cpu_elementwise;
+pub mod cpu_loss;
 pub mod cpu_matmul;
 pub mod cpu_norm;
 pub mod cpu_rope;
@@ -225,6 +227,10 @@ pub struct ComputeSection {
     /// op, as graft computed it before the node).
     #[serde(default = "default_true")]
     pub fused_norm: bool,
+    /// The token loss with its rows in one parallel kernel where the backend has one
+    /// (the CPU; false: the loss node over burn's ops, as graft computed it before).
+    #[serde(default = "default_true")]
+    pub fused_loss: bool,
     /// AdamW over the whole LoRA group in a few fused CUDA launches.
     #[serde(default = "default_true")]
     pub fused_adamw: bool,
@@ -342,6 +348,7 @@ impl Compute {
             fused_lora: o.fused_lora,
             fused_swiglu: o.fused_swiglu,
             fused_norm: o.fused_norm,
+            fused_loss: o.fused_loss,
             fused_adamw: o.fused_adamw,
         }
     }

@@ -20,6 +20,7 @@ pub struct KernelOptions {
     pub fused_lora: bool,
     pub fused_swiglu: bool,
     pub fused_norm: bool,
+    pub fused_loss: bool,
     pub fused_adamw: bool,
 }
 

@@ -1,0 +1,85 @@
+//! Element-wise sums on the CPU on all cores.
+//!
+//! Flex runs element-wise ops on one thread; the adapted projections add their
+//! branch to the base product in both passes, over `[tokens, d_out]` and `[tokens,
+//! d_in]`, fourteen times a layer. The arithmetic here is Flex's (`b * s` rounded,
+//! then the sum rounded), so the values are the same bit for bit.
+
+use burn::backend::Flex;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use rayon::prelude::*;
+
+use super::flex_values::{flex_primitive, zeros, HostValues};
+
+/// Elements per rayon task.
+const CHUNK: usize = 32 * 1024;
+
+/// `a + s b` for f32 tensors of one shape (`a + b` when s is 1); other inputs are
+/// handed back.
+pub fn add_scaled<const D: usize>(
+    a: Tensor<Flex, D>,
+    b: Tensor<Flex, D>,
+    scale: f64,
+) -> Result<Tensor<Flex, D>, (Tensor<Flex, D>, Tensor<Flex, D>)> {
+    let shape = a.dims();
+    if shape != b.dims() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+        return Err((a, b));
+    }
+    let (a, b) = (
+        HostValues::new(a.into_primitive().tensor()),
+        HostValues::new(b.into_primitive().tensor()),
+    );
+    let mut out = zeros(a.len());
+    let s = scale as f32;
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(out, (a, b))| {
+            if scale == 1.0 {
+                for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                    *o = a + b;
+                }
+            } else {
+                for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                    *o = a + b * s;
+                }
+            }
+        });
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(
+        flex_primitive(out, shape),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn sums_equal_flex_s_ops_bit_for_bit() {
+        let device = Default::default();
+        let random =
+            || Tensor::<Flex, 2>::random([130, 700], Distribution::Normal(0.0, 1.0), &device);
+        let (a, b) = (random(), random());
+        let bits = |t: Tensor<Flex, 2>| {
+            t.into_data()
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        for scale in [1.0, 2.0, 0.3] {
+            let expected = if scale == 1.0 {
+                a.clone() + b.clone()
+            } else {
+                a.clone() + b.clone().mul_scalar(scale)
+            };
+            let ours = add_scaled(a.clone(), b.clone(), scale).unwrap();
+            assert_eq!(bits(ours), bits(expected), "scale {scale}");
+        }
+        // A transposed operand is read in its logical order.
+        let square = Tensor::<Flex, 2>::random([64, 64], Distribution::Normal(0.0, 1.0), &device);
+        let ours = add_scaled(square.clone(), square.clone().transpose(), 1.0).unwrap();
+        assert_eq!(bits(ours), bits(square.clone() + square.transpose()));
+    }
+}
