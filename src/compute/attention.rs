@@ -30,6 +30,58 @@ use super::kernels::Kernels;
 /// the transient memory of a block whatever the sequence length.
 pub const BLOCK_ELEMENTS: usize = 1 << 27;
 
+/// Causal attention op by op, for the layers the fused kernels do not serve: scores
+/// soft-capped as `c tanh(s / c)` (Gemma 2) and keys hidden beyond a sliding window
+/// (Gemma 2 and 3), in the order of transformers' eager attention: scores in the
+/// inputs' dtype, scaled and capped there, the softmax in f32. Both products go
+/// through [`matmul`], so on CUDA they reach cuBLAS in both passes (f32 without
+/// TF32, where burn's own kernel would round the operands). q: `[batch, heads, seq,
+/// d]`, k and v: `[batch, heads, keys, d]` (kv heads repeated), with the queries at
+/// the last `seq` of the `keys` positions.
+pub fn masked_attention<B: Kernels>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: f64,
+    softcap: Option<f64>,
+    window: Option<usize>,
+) -> Tensor<B, 4> {
+    let [batch, heads, seq, _] = q.dims();
+    let keys = k.dims()[2];
+    let dtype = q.dtype();
+    let device = q.device();
+    let scores = matmul(q, k.swap_dims(2, 3)) * scale;
+    let scores = match softcap {
+        Some(cap) => (scores / cap).tanh() * cap,
+        None => scores,
+    };
+    let hidden = hidden_keys::<B>(seq, keys, window, &device)
+        .reshape([1, 1, seq, keys])
+        .expand([batch, heads, seq, keys]);
+    let scores = scores
+        .cast(FloatDType::F32)
+        .mask_fill(hidden, f32::NEG_INFINITY);
+    let probs = burn::tensor::activation::softmax(scores, 3).cast(dtype);
+    matmul(probs, v)
+}
+
+/// `[seq, keys]`, true where query `q` (at position `keys - seq + q`) may not see key
+/// `k`: a later key, or one `window` or more positions back.
+fn hidden_keys<B: Backend>(
+    seq: usize,
+    keys: usize,
+    window: Option<usize>,
+    device: &B::Device,
+) -> Tensor<B, 2, burn::tensor::Bool> {
+    let offset = keys - seq;
+    let values: Vec<bool> = (0..seq)
+        .flat_map(|q| {
+            (0..keys).map(move |k| k > q + offset || window.is_some_and(|w| q + offset >= k + w))
+        })
+        .collect();
+    Tensor::from_data(burn::tensor::TensorData::new(values, [seq, keys]), device)
+}
+
 /// x: `[batch, kv_heads, t, head_dim]` -> `[batch, kv_heads * groups, t, head_dim]`, each
 /// kv head repeated for the `groups` query heads that share it (HF's `repeat_kv`).
 pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {

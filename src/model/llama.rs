@@ -1,7 +1,7 @@
 //! The Llama-family causal language model (Llama, Qwen2, Mistral, and the families
 //! built like it: Qwen3, Phi-3, Gemma 2 and 3): embeddings, RMSNorm, rotary embeddings
 //! in HF's rotate-half layout, grouped-query attention (graft's fused causal kernel for
-//! plain layers, burn's attention op for sliding-window masks and soft-capped scores),
+//! plain layers, op by op for sliding-window masks and soft-capped scores),
 //! SwiGLU or GeGLU MLP, tied or separate `lm_head`, the masked next-token loss, and a
 //! KV cache for generation.
 //!
@@ -23,7 +23,7 @@ use burn::tensor::{activation, DType, FloatDType, Int, Tensor, TensorData};
 
 use super::config::{Activation, ModelConfig, RopeConfig};
 use super::lora::{Linear, LoraConfig};
-use crate::compute::attention::repeat_kv;
+use crate::compute::attention::{masked_attention, repeat_kv};
 use crate::compute::reduce::ordered_sum;
 
 /// Token embedding table.
@@ -240,19 +240,12 @@ impl<B: Kernels> Attention<B> {
         };
 
         let groups = self.num_heads / self.num_kv_heads;
-        let options = AttentionModuleOptions {
-            scale: self.scale,
-            softcap: self.softcap,
-            is_causal: true,
-        };
-        let mask = self.sliding_window.and_then(|window| {
-            sliding_window_mask::<B>(batch, self.num_heads, seq, k.dims()[2], window, &k.device())
-        });
+        // A window only hides keys once there are more keys than it spans.
+        let window = self.sliding_window.filter(|&window| k.dims()[2] > window);
         // Plain causal layers take the fused attention, which keeps O(seq) memory per
         // layer where burn's autodiff would keep the O(seq²) probabilities; a window
-        // mask or soft-capped scores go op by op through burn's attention, which
-        // applies both (the fused kernels do neither).
-        let context = if mask.is_none() && self.softcap.is_none() {
+        // or soft-capped scores go op by op (the fused kernels do neither).
+        let context = if window.is_none() && self.softcap.is_none() {
             // The fused kernel scales by head_dim^-1/2: another scale goes into q.
             let q = match self.scale {
                 Some(scale) => q * (scale * (self.head_dim as f64).sqrt()),
@@ -268,18 +261,22 @@ impl<B: Kernels> Attention<B> {
                     None,
                     AttentionModuleOptions {
                         scale: None,
-                        ..options
+                        softcap: None,
+                        is_causal: true,
                     },
                 ),
             }
         } else {
-            attention(
+            let scale = self
+                .scale
+                .unwrap_or_else(|| (self.head_dim as f64).powf(-0.5));
+            masked_attention(
                 q,
                 repeat_kv(k, groups),
                 repeat_kv(v, groups),
-                mask,
-                None,
-                options,
+                scale,
+                self.softcap,
+                window,
             )
         };
         let context = context
@@ -287,35 +284,6 @@ impl<B: Kernels> Attention<B> {
             .reshape([batch, seq, self.num_heads * self.head_dim]);
         self.o_proj.forward(context)
     }
-}
-
-/// Keys too far back for a sliding window, `[batch, heads, seq_q, seq_k]` (true = hidden),
-/// or `None` when the window covers every key. Queries are the last `seq_q` of `seq_k`
-/// positions; query `q` may see key `k` when `q - k < window` (HF's sliding overlay).
-/// The causal part is left to the attention op.
-fn sliding_window_mask<B: Backend>(
-    batch: usize,
-    heads: usize,
-    seq_q: usize,
-    seq_k: usize,
-    window: usize,
-    device: &B::Device,
-) -> Option<Tensor<B, 4, burn::tensor::Bool>> {
-    if seq_k <= window {
-        return None;
-    }
-    let offset = seq_k - seq_q;
-    let values: Vec<bool> = (0..seq_q)
-        .flat_map(|q| (0..seq_k).map(move |k| q + offset >= k + window))
-        .collect();
-    let mask = Tensor::<B, 2, burn::tensor::Bool>::from_data(
-        TensorData::new(values, [seq_q, seq_k]),
-        device,
-    );
-    Some(
-        mask.reshape([1, 1, seq_q, seq_k])
-            .expand([batch, heads, seq_q, seq_k]),
-    )
 }
 
 /// Gated feed-forward: `down(act(gate(x)) * up(x))`, SwiGLU (silu) or GeGLU (tanh GELU).
