@@ -11,6 +11,7 @@
 
 pub mod layout;
 pub mod quant;
+pub mod sentencepiece;
 pub mod vocab;
 pub mod writer;
 

@@ -7,9 +7,11 @@
 //! `gpt2` model with its merges; BPE with `byte_fallback` (the SentencePiece
 //! models of Llama 2, Mistral, Gemma, Phi-3 exported to `tokenizer.json`) becomes
 //! the `llama` model with scores. `tokenizer.json` carries no SentencePiece
-//! scores; the score written is minus the rank of the merge that forms the token
-//! (tokens no merge forms score 0), which orders merges exactly as the merge list
-//! does, where llama.cpp's own fallback writes one placeholder score for all.
+//! scores: they come from the folder's `tokenizer.model` where it has one (as
+//! llama.cpp's converter takes them), else the score written is minus the rank of
+//! the merge that forms the token (tokens no merge forms score 0), which orders
+//! merges exactly as the merge list does, where llama.cpp's own fallback writes one
+//! placeholder score for all.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -209,7 +211,11 @@ pub fn tokenizer_metadata(
             MetaValue::Strings(token_list.clone()),
         ),
     ];
-    if byte_fallback {
+    let model_file = dir.join("tokenizer.model");
+    if byte_fallback && model_file.is_file() {
+        let scores = piece_scores(&model_file, &token_list)?;
+        out.push(("tokenizer.ggml.scores".to_string(), MetaValue::F32s(scores)));
+    } else if byte_fallback {
         let rank: HashMap<String, usize> = merges
             .iter()
             .enumerate()
@@ -294,6 +300,40 @@ pub fn tokenizer_metadata(
 /// The merges as `"left right"` strings: tokenizers writes them so, or (since
 /// tokenizers 0.20) as `[left, right]` pairs, whose spaces llama.cpp's converter
 /// writes as U+0120 so that the one separator stays unambiguous.
+/// The score of every token from a SentencePiece `tokenizer.model` whose pieces are
+/// the first tokens of `tokens` (added tokens past its pieces score 0).
+fn piece_scores(path: &Path, tokens: &[String]) -> Result<Vec<f32>, ModelError> {
+    let pieces = super::sentencepiece::read_pieces(path)?;
+    if pieces.len() > tokens.len() {
+        return Err(ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            message: format!(
+                "{} pieces, more than the {} tokens of tokenizer.json and config.json's vocab_size",
+                pieces.len(),
+                tokens.len()
+            ),
+        });
+    }
+    if let Some((id, (piece, _))) = pieces
+        .iter()
+        .enumerate()
+        .find(|(id, (piece, _))| *piece != tokens[*id])
+    {
+        return Err(ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            message: format!(
+                "piece {id} is {piece:?} where tokenizer.json has {:?}: the two files are not one tokenizer",
+                tokens[id]
+            ),
+        });
+    }
+    let mut scores = vec![0.0; tokens.len()];
+    for (score, (_, piece_score)) in scores.iter_mut().zip(pieces) {
+        *score = piece_score;
+    }
+    Ok(scores)
+}
+
 fn merge_list(model: &Value) -> Result<Vec<String>, String> {
     let Some(merges) = model.get("merges").and_then(Value::as_array) else {
         return Ok(Vec::new());
@@ -326,6 +366,71 @@ mod tests {
             .find(|(k, _)| k == key)
             .unwrap_or_else(|| panic!("no {key}"))
             .1
+    }
+
+    /// tests/fixtures/spm-tiny copied to a temp dir, with or without its
+    /// `tokenizer.model`.
+    fn spm_tiny(with_model: bool) -> tempfile::TempDir {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm-tiny");
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["tokenizer.json", "tokenizer_config.json", "tokenizer.model"] {
+            if with_model || name != "tokenizer.model" {
+                std::fs::copy(fixture.join(name), dir.path().join(name)).unwrap();
+            }
+        }
+        dir
+    }
+
+    fn spm_config() -> ModelConfig {
+        let mut config = ModelConfig::tiny();
+        config.vocab_size = 320;
+        config.model_type = ModelType::Mistral;
+        config
+    }
+
+    fn scores(metadata: &[(String, MetaValue)]) -> Vec<f32> {
+        match value(metadata, "tokenizer.ggml.scores") {
+            MetaValue::F32s(scores) => scores.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_tokenizer_model_gives_the_scores_sentencepiece_trained() {
+        let metadata = tokenizer_metadata(spm_tiny(true).path(), &spm_config()).unwrap();
+        let trained = scores(&metadata);
+        // As the sentencepiece package reports them (tests/fixtures/README.md):
+        // 270 "▁train" -11 and 319 "k" -60; the special and byte pieces 0.
+        assert_eq!(
+            (trained[270], trained[319], trained[0], trained[3]),
+            (-11.0, -60.0, 0.0, 0.0)
+        );
+        // A piece no merge forms keeps its own score, where the merge-rank
+        // fallback gives it 0.
+        let fallback = tokenizer_metadata(spm_tiny(false).path(), &spm_config()).unwrap();
+        assert_eq!(scores(&fallback)[319], 0.0);
+    }
+
+    #[test]
+    fn a_tokenizer_model_of_another_tokenizer_is_refused_naming_it() {
+        let dir = spm_tiny(true);
+        let path = dir.path().join("tokenizer.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"▁train\"", "\"▁trail\"");
+        std::fs::write(&path, text).unwrap();
+        let error = tokenizer_metadata(dir.path(), &spm_config())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tokenizer.model") && error.contains("piece 270"),
+            "{error}"
+        );
+        std::fs::write(dir.path().join("tokenizer.model"), b"not a protobuf").unwrap();
+        let error = tokenizer_metadata(dir.path(), &spm_config())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("tokenizer.model"), "{error}");
     }
 
     #[test]
