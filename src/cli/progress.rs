@@ -1,5 +1,5 @@
-//! Terminal progress for training: a bar with loss and learning rate, and a
-//! line per evaluation.
+//! Terminal progress for training: a bar over the base model's bytes while it
+//! loads, then a bar with loss and learning rate, and a line per evaluation.
 
 use super::interrupt::StopRequest;
 use crate::store::Id;
@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub struct TerminalEvents {
     bar: Option<ProgressBar>,
+    load_bar: Option<ProgressBar>,
     quiet: bool,
     stop: Option<StopRequest>,
     stop_announced: bool,
@@ -18,6 +19,7 @@ impl TerminalEvents {
     pub fn new(quiet: bool) -> Self {
         TerminalEvents {
             bar: None,
+            load_bar: None,
             quiet,
             stop: None,
             stop_announced: false,
@@ -79,6 +81,28 @@ impl Events for TerminalEvents {
 
     fn message(&mut self, text: &str) {
         self.line(text);
+    }
+
+    fn loading(&mut self, done: u64, total: u64) {
+        if self.quiet {
+            return;
+        }
+        let bar = self.load_bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "loading the base [{bar:30}] {bytes}/{total_bytes} ({elapsed} < {eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        bar.set_position(done);
+        if done >= total {
+            bar.finish_and_clear();
+            self.load_bar = None;
+        }
     }
 
     fn should_stop(&mut self) -> bool {
