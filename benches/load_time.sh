@@ -6,7 +6,8 @@
 # stderr lines are stamped as they arrive. Printed per run:
 #
 #   - before load: the process start to the start of the load (planning: hashing
-#     the folder's tensors, reading the tokenizer and data);
+#     the folder's tensors, reading the tokenizer and data; then the trainer's own
+#     check that the folder still hashes as planned);
 #   - load: reading the tensors, converting/quantizing them, making the device
 #     tensors (graft's own split, from the "loaded the base model" line);
 #   - after load: the end of the load to the exit (the first step, its record, the
@@ -29,6 +30,11 @@ BACKEND=${BACKEND:-cpu}
 DTYPE=${DTYPE:-f32}
 WORK=${WORK:-$(mktemp -d /tmp/graft-load-time.XXXXXX)}
 mkdir -p "$WORK"
+# bench_experiment: the GPU benches' LoRA experiment on $FOLDER, $SEQ x $BATCH, $STEPS.
+# shellcheck source=benches/gpu_common.sh
+. "$(dirname "$0")/gpu_common.sh"
+STEPS=1
+BATCH=1
 [ -x /usr/bin/time ] || { echo "needs /usr/bin/time (GNU time)" >&2; exit 1; }
 [ -f "$FOLDER/train.jsonl" ] || { echo "$FOLDER has no train.jsonl (make it with benches/make_llama_folder.py)" >&2; exit 1; }
 echo "folder $FOLDER: $(du -sh "$FOLDER" | cut -f1), graft $GRAFT, backend $BACKEND, dtype $DTYPE, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -36,34 +42,8 @@ printf '%-6s %10s %12s %8s %8s %9s %8s %11s %12s\n' base total_s before_s read_s
 for BASE in $BASES; do
   STORE=$WORK/store-$BASE
   rm -rf "$STORE"
-  cat >"$WORK/$BASE.toml" <<TOML
-[model]
-base = "$FOLDER"
-
-[adapter]
-rank = 16
-alpha = 16
-dropout = 0.0
-
-[data]
-train = [{ path = "$FOLDER/train.jsonl", format = "text" }]
-seq_len = $SEQ
-pack = true
-val_fraction = 0.0
-
-[optim]
-lr = 1e-4
-batch_size = 1
-
-[compute]
-dtype = "$DTYPE"
-base = "$BASE"
-
-[train]
-steps = 1
-baseline_eval = false
-eval_every = 100000
-TOML
+  bench_experiment "$WORK/$BASE.toml" "dtype = \"$DTYPE\"
+base = \"$BASE\""
   start=$(date +%s.%N)
   # Each stderr line stamped with the seconds since the start.
   /usr/bin/time -v -o "$WORK/$BASE.time" "$GRAFT" --store "$STORE" train "$WORK/$BASE.toml" \
@@ -75,7 +55,12 @@ TOML
   total=$(awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, t, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + t[i]; print s}' "$WORK/$BASE.time")
   rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2 / 1024}' "$WORK/$BASE.time")
   # "<t> loaded the base model (X GB) in L s: reading R s, <verb> C s, to the device D s"
-  line=$(grep 'loaded the base model' "$WORK/$BASE.err" | head -n 1)
+  line=$(grep 'loaded the base model' "$WORK/$BASE.err" | head -n 1 || true)
+  if [ -z "$line" ]; then
+    # A graft from before the load said where its time went: the total only.
+    printf '%-6s %10.1f %12s %8s %8s %9s %8s %11s %12s\n' "$BASE" "$total" - - - - - - "$rss"
+    continue
+  fi
   read -r at load read_s convert device < <(echo "$line" | sed -E 's/^([0-9.]+) .* in ([0-9.]+) s: reading ([0-9.]+) s, .* ([0-9.]+) s, to the device ([0-9.]+) s.*/\1 \2 \3 \4 \5/')
   before=$(echo "$at - $load" | bc)
   after=$(echo "$total - $at" | bc)

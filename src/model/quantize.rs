@@ -311,7 +311,7 @@ impl FloatValues for [f32] {
 }
 
 /// Quantizes every block of `values` in parallel: `quantize` gets the block's values
-/// in f32 and its `block / per_byte` code bytes (fewer for a last partial block) and
+/// in f32 (to use as scratch) and its `block / per_byte` code bytes (fewer for a last partial block) and
 /// returns the block's scale. Blocks are independent, so the result is the same on
 /// any thread count (an 8B model's projections are 7 billion values). The codes and
 /// scales are written in place: no per-block allocation, one buffer a thread.
@@ -319,7 +319,7 @@ fn map_blocks<V: FloatValues + ?Sized>(
     values: &V,
     block: usize,
     per_byte: usize,
-    quantize: impl Fn(&[f32], &mut [u8]) -> f32 + Sync,
+    quantize: impl Fn(&mut [f32], &mut [u8]) -> f32 + Sync,
 ) -> (Vec<u8>, Vec<f32>) {
     let len = values.len();
     let mut codes = vec![0u8; len.div_ceil(per_byte)];
@@ -342,7 +342,7 @@ fn map_blocks<V: FloatValues + ?Sized>(
 
 /// Codes into `table` (through its `bounds`) and the absmax of each block of
 /// `values`, `per_byte` codes a byte: 1, or 2 with the first in the high nibble and a
-/// last odd code paired with `pad`.
+/// last odd code paired with `pad`. Blocks hold at most [`NESTED_BLOCK`] values.
 fn quantize_blocks<V: FloatValues + ?Sized>(
     values: &V,
     block: usize,
@@ -355,24 +355,33 @@ fn quantize_blocks<V: FloatValues + ?Sized>(
         let full = chunk.len() == block;
         let scale = max.max(1e-38);
         let inverse = 1.0 / scale;
-        let code = |v: f32| {
-            // bitsandbytes multiplies full blocks by the reciprocal and divides the
-            // partial one.
-            let scaled = if full { v * inverse } else { v / scale };
-            let scaled = scaled.clamp(-1.0, 1.0);
-            // The number of bounds below the value, which for sorted bounds is
-            // `partition_point`'s index; counted without branches, it vectorizes.
-            bounds.iter().map(|&b| (b < scaled) as u8).sum::<u8>()
-        };
+        // bitsandbytes multiplies full blocks by the reciprocal and divides the
+        // partial one.
+        if full {
+            chunk
+                .iter_mut()
+                .for_each(|v| *v = (*v * inverse).clamp(-1.0, 1.0));
+        } else {
+            chunk
+                .iter_mut()
+                .for_each(|v| *v = (*v / scale).clamp(-1.0, 1.0));
+        }
+        // A value's code is the number of bounds below it, which for sorted bounds is
+        // `partition_point`'s index; counted bound by bound over the whole block, the
+        // comparisons vectorize (a binary search per value does not).
+        let mut index = [0u8; NESTED_BLOCK];
+        let index = &mut index[..chunk.len()];
+        for &bound in bounds {
+            for (code, &value) in index.iter_mut().zip(chunk.iter()) {
+                *code += (bound < value) as u8;
+            }
+        }
         if per_byte == 2 {
-            for (byte, pair) in codes.iter_mut().zip(chunk.chunks(2)) {
-                let low = pair.get(1).map_or(pad, |&v| code(v));
-                *byte = (code(pair[0]) << 4) | low;
+            for (byte, pair) in codes.iter_mut().zip(index.chunks(2)) {
+                *byte = (pair[0] << 4) | pair.get(1).copied().unwrap_or(pad);
             }
         } else {
-            for (byte, &value) in codes.iter_mut().zip(chunk.iter()) {
-                *byte = code(value);
-            }
+            codes.copy_from_slice(index);
         }
         if full {
             max
@@ -437,7 +446,7 @@ pub fn quantize_int8_from<V: FloatValues + ?Sized>(values: &V, shape: [usize; 2]
     let (codes, scales) = map_blocks(values, BLOCK, 1, |chunk, codes| {
         let max = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let scale = max / 127.0;
-        for (byte, &v) in codes.iter_mut().zip(chunk) {
+        for (byte, &v) in codes.iter_mut().zip(chunk.iter()) {
             let code = if scale == 0.0 {
                 0.0
             } else {
