@@ -231,7 +231,8 @@ fn loading_a_quantized_base_reports_its_bytes_up_to_the_whole_folder_and_where_t
         .byte_len();
     let reports = &watcher.loading;
     // One report a tensor taken: the embedding, 2 x (7 projections + 2 norms), the norm.
-    assert!(reports.len() >= 1 + 2 * 9 + 1, "{} reports", reports.len());
+    let tensors_taken = 20;
+    assert!(reports.len() >= tensors_taken, "{} reports", reports.len());
     assert!(reports.iter().all(|&(_, of)| of == total), "{reports:?}");
     assert!(
         reports.windows(2).all(|pair| pair[0].0 <= pair[1].0),
