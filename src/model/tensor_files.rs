@@ -207,14 +207,6 @@ impl TensorFiles {
         self.entries.iter()
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// The bytes of every tensor, summed.
     pub fn byte_len(&self) -> u64 {
         self.entries.values().map(|e| e.byte_len() as u64).sum()
