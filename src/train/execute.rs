@@ -133,7 +133,10 @@ pub fn execute<B: TrainKernels>(
             None => None,
         }
     };
-    let folder = registry::model_folder(model_record)?;
+    let folder = match &plan.checked_folder {
+        Some(folder) => folder.clone(),
+        None => registry::model_folder(model_record)?,
+    };
     let tokenizer = Arc::new(Tokenizer::from_dir(&folder)?);
     let seed = recipe.seed;
     let resuming = matches!(kind, ExecutionKind::Resume(_));

@@ -15,7 +15,7 @@ use crate::store::{
     StoreError,
 };
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,10 @@ pub struct Plan {
     pub notes: BTreeMap<String, Canon>,
     /// Human-readable drift report, when forking.
     pub drift: Option<String>,
+    /// The base model's folder where planning hashed it just now (a folder or cache
+    /// entry described afresh), so that the execution loads it without reading and
+    /// hashing its gigabytes again; `None`: the execution checks the folder first.
+    pub checked_folder: Option<PathBuf>,
 }
 
 impl Plan {
@@ -56,6 +60,7 @@ impl Plan {
             datasets: Vec::new(),
             notes: BTreeMap::new(),
             drift: None,
+            checked_folder: None,
         }
     }
 }
@@ -70,6 +75,7 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
     let (base, start) = resolve_start(store, experiment)?;
     // A folder described just now was hashed just now: hashing it again would only
     // read its gigabytes twice.
+    let checked_folder = base.checked_folder.clone();
     let folder = match base.checked_folder {
         Some(folder) => folder,
         None => registry::model_folder(&base.record)?,
@@ -151,6 +157,7 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
         datasets: records,
         notes,
         drift: drift_text,
+        checked_folder,
     })
 }
 
