@@ -6,8 +6,7 @@
 # stderr lines are stamped as they arrive. Printed per run:
 #
 #   - before load: the process start to the start of the load (planning: hashing
-#     the folder's tensors, reading the tokenizer and data; then the trainer's own
-#     check that the folder still hashes as planned);
+#     the folder's tensors, reading the tokenizer and data);
 #   - load: reading the tensors, converting/quantizing them, making the device
 #     tensors (graft's own split, from the "loaded the base model" line);
 #   - after load: the end of the load to the exit (the first step, its record, the
