@@ -8,10 +8,8 @@
 
 use super::{output, CliError, CliResult, Context};
 use crate::data::{DataSource, Encoder, Format, Tokenizer};
-use crate::model::CpuBackend;
 use crate::store::{Canon, Id, Store};
 use crate::train::eval::{evaluate, EvalSet};
-use crate::train::restore::restore;
 use crate::train::Experiment;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -92,7 +90,7 @@ pub fn run_data_settings(store: &Store, checkpoint: &Id) -> CliResult<RunDataSet
 
 pub fn run(args: Args, context: &Context) -> CliResult {
     let store = context.store()?;
-    let restored = restore::<CpuBackend>(&store, &args.reference, &Default::default())?;
+    let restored = super::progress::restore_with_bar(&store, &args.reference)?;
     let recorded = match &restored.checkpoint {
         Some(checkpoint) => Some(run_data_settings(&store, checkpoint)?),
         None => None,

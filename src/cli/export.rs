@@ -10,9 +10,9 @@
 use super::{output, CliError, CliResult, Context};
 use crate::model::adapter::{savable_module, SAVABLE_MODULES};
 use crate::model::gguf::{export_gguf, Quantization};
-use crate::model::{save_merged, write_peft_adapter, CpuBackend};
+use crate::model::{save_merged, write_peft_adapter};
 use crate::store::Index;
-use crate::train::restore::{restore, RestoreError};
+use crate::train::restore::RestoreError;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -85,7 +85,7 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             Err(_) => None,
         }
     };
-    let restored = restore::<CpuBackend>(&store, &args.reference, &Default::default())?;
+    let restored = super::progress::restore_with_bar(&store, &args.reference)?;
     let (Some(checkpoint), Some(trained_base)) = (restored.checkpoint, trained_base) else {
         return Err(CliError::user(format!(
             "`{}` is a base model: export takes a checkpoint",
@@ -167,7 +167,7 @@ fn run_gguf(args: &Args, file: &Path, store: &crate::store::Store) -> CliResult 
         ))
         .with_hint("give a new file name, or pass --force to replace it"));
     }
-    let restored = restore::<CpuBackend>(store, &args.reference, &Default::default())?;
+    let restored = super::progress::restore_with_bar(store, &args.reference)?;
     let Some(checkpoint) = restored.checkpoint else {
         return Err(CliError::user(format!(
             "`{}` is a base model: export takes a checkpoint",

@@ -8,8 +8,7 @@
 use super::eval::run_data_settings;
 use super::{output, CliResult, Context};
 use crate::data::{ChatTemplate, Message, Tokenizer};
-use crate::model::{generate, generate_ids, load_tokenizer, CpuBackend, SamplingConfig};
-use crate::train::restore::restore;
+use crate::model::{generate, generate_ids, load_tokenizer, SamplingConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -46,7 +45,7 @@ pub struct Args {
 
 pub fn run(args: Args, context: &Context) -> CliResult {
     let store = context.store()?;
-    let restored = restore::<CpuBackend>(&store, &args.reference, &Default::default())?;
+    let restored = super::progress::restore_with_bar(&store, &args.reference)?;
     let config = SamplingConfig {
         max_new_tokens: args.max_tokens,
         temperature: args.temperature,

@@ -1,5 +1,5 @@
-//! Terminal progress for training: a bar with loss and learning rate, and a
-//! line per evaluation.
+//! Terminal progress for training: a bar over the base model's bytes while it
+//! loads, then a bar with loss and learning rate, and a line per evaluation.
 
 use super::interrupt::StopRequest;
 use crate::store::Id;
@@ -7,8 +7,55 @@ use crate::train::eval::EvalResult;
 use crate::train::Events;
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// A bar over a base model's bytes while it loads, drawn from the first report and
+/// cleared at the last (`done == total`).
+#[derive(Default)]
+pub struct LoadBar {
+    bar: Option<ProgressBar>,
+}
+
+impl LoadBar {
+    pub fn update(&mut self, done: u64, total: u64) {
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "loading the base [{bar:30}] {bytes}/{total_bytes} ({elapsed} < {eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        bar.set_position(done);
+        if done >= total {
+            bar.finish_and_clear();
+            self.bar = None;
+        }
+    }
+}
+
+/// A model or checkpoint rebuilt from the store on the CPU, with a [`LoadBar`] while
+/// its base loads.
+pub fn restore_with_bar(
+    store: &crate::store::Store,
+    reference: &str,
+) -> Result<
+    crate::train::restore::Restored<crate::model::CpuBackend>,
+    crate::train::restore::RestoreError,
+> {
+    let mut bar = LoadBar::default();
+    crate::train::restore::restore_reporting(
+        store,
+        reference,
+        &Default::default(),
+        &mut |done, total| bar.update(done, total),
+    )
+}
+
 pub struct TerminalEvents {
     bar: Option<ProgressBar>,
+    load_bar: LoadBar,
     quiet: bool,
     stop: Option<StopRequest>,
     stop_announced: bool,
@@ -18,6 +65,7 @@ impl TerminalEvents {
     pub fn new(quiet: bool) -> Self {
         TerminalEvents {
             bar: None,
+            load_bar: LoadBar::default(),
             quiet,
             stop: None,
             stop_announced: false,
@@ -79,6 +127,12 @@ impl Events for TerminalEvents {
 
     fn message(&mut self, text: &str) {
         self.line(text);
+    }
+
+    fn loading(&mut self, done: u64, total: u64) {
+        if !self.quiet {
+            self.load_bar.update(done, total);
+        }
     }
 
     fn should_stop(&mut self) -> bool {

@@ -17,7 +17,6 @@
 //! carries `quantization_config` with `quant_method = "bitsandbytes"`, `load_in_4bit`
 //! and `bnb_4bit_quant_type`. Embeddings, norms and `lm_head` stay in floats.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -25,7 +24,7 @@ use serde_json::Value;
 
 use super::error::ModelError;
 use super::quantize::{BlockScales, QuantScheme, QuantizedHost};
-use super::weights::RawTensor;
+use super::tensor_files::TensorFiles;
 
 /// The tensors bitsandbytes saves beside a 4-bit `*.weight`, by suffix.
 const COMPANIONS: [&str; 6] = [
@@ -57,11 +56,8 @@ struct PackedState {
     nested_offset: Option<f64>,
 }
 
-fn packed_state(
-    tensors: &BTreeMap<String, RawTensor>,
-    weight: &str,
-) -> Result<Option<PackedState>, ModelError> {
-    if tensors.contains_key(&format!("{weight}.quant_state.bitsandbytes__fp4")) {
+fn packed_state(tensors: &TensorFiles, weight: &str) -> Result<Option<PackedState>, ModelError> {
+    if tensors.contains(&format!("{weight}.quant_state.bitsandbytes__fp4")) {
         return Err(ModelError::Unsupported {
             key: format!("{weight}.quant_state"),
             value: "fp4".into(),
@@ -69,9 +65,10 @@ fn packed_state(
         });
     }
     let key = format!("{weight}.quant_state.bitsandbytes__nf4");
-    let Some(raw) = tensors.get(&key) else {
+    let Some(entry) = tensors.get(&key) else {
         return Ok(None);
     };
+    let raw = entry.read()?;
     let state: PackedState =
         serde_json::from_slice(&raw.bytes).map_err(|e| ModelError::Invalid {
             message: format!("tensor `{key}`: not bitsandbytes' JSON quantization state: {e}"),
@@ -87,10 +84,7 @@ fn packed_state(
 }
 
 /// The shape a bitsandbytes state gives `weight` (`[out, in]`), where it has one.
-pub fn stated_shape(
-    tensors: &BTreeMap<String, RawTensor>,
-    weight: &str,
-) -> Result<Option<Vec<usize>>, ModelError> {
+pub fn stated_shape(tensors: &TensorFiles, weight: &str) -> Result<Option<Vec<usize>>, ModelError> {
     Ok(packed_state(tensors, weight)?.map(|state| state.shape))
 }
 
@@ -98,7 +92,7 @@ pub fn stated_shape(
 /// where `weight` is not in bitsandbytes' layout. `shape` is the `[out, in]` the
 /// model expects.
 pub fn take_nf4(
-    tensors: &mut BTreeMap<String, RawTensor>,
+    tensors: &mut TensorFiles,
     weight: &str,
     shape: [usize; 2],
 ) -> Result<Option<QuantizedHost>, ModelError> {
@@ -114,10 +108,10 @@ pub fn take_nf4(
     }
     let mut take = |suffix: &str| {
         let name = format!("{weight}{suffix}");
-        tensors
-            .remove(&name)
-            .map(|raw| (name.clone(), raw))
-            .ok_or(ModelError::MissingTensor { name })
+        match tensors.take(&name)? {
+            Some(raw) => Ok((name, raw)),
+            None => Err(ModelError::MissingTensor { name }),
+        }
     };
     let (_, _) = take(".quant_state.bitsandbytes__nf4")?;
     let (name, codes) = take("")?;

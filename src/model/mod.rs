@@ -21,6 +21,7 @@ pub mod parity;
 pub mod quantize;
 pub mod quantized;
 pub mod shapes;
+pub mod tensor_files;
 pub mod weights;
 
 pub use adapter::{

@@ -287,51 +287,127 @@ fn midpoints(table: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// Codes into `table` (through its `bounds`) and the absmax of each block of `values`.
-/// Blocks are independent, so they are quantized in parallel (an 8B model's
-/// projections are 7 billion values) with the same result on any thread count.
-fn quantize_blocks(values: &[f32], block: usize, bounds: &[f32]) -> (Vec<u8>, Vec<f32>) {
-    let per_block: Vec<(Vec<u8>, f32)> = values
-        .par_chunks(block)
-        .map(|chunk| {
-            let max = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let full = chunk.len() == block;
-            let scale = max.max(1e-38);
-            let inverse = 1.0 / scale;
-            let codes = chunk
-                .iter()
-                .map(|&v| {
-                    // bitsandbytes multiplies full blocks by the reciprocal and divides
-                    // the partial one.
-                    let scaled = if full { v * inverse } else { v / scale };
-                    let scaled = scaled.clamp(-1.0, 1.0);
-                    bounds.partition_point(|b| *b < scaled) as u8
-                })
-                .collect();
-            (codes, if full { max } else { scale })
-        })
-        .collect();
-    let absmax = per_block.iter().map(|(_, absmax)| *absmax).collect();
-    let codes = per_block.into_iter().flat_map(|(codes, _)| codes).collect();
-    (codes, absmax)
+/// Float values a quantizer reads a block at a time: f32 values in memory, or a
+/// tensor's stored bf16/f16/f32 bytes widened block by block
+/// ([`super::weights::StoredFloats`]), so a weight is quantized from its file's bytes
+/// without a float copy of the whole tensor. Widening is exact, so both give the same
+/// codes.
+pub trait FloatValues: Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Writes values `start..start + out.len()` to `out`.
+    fn fill(&self, start: usize, out: &mut [f32]);
+}
+
+impl FloatValues for [f32] {
+    fn len(&self) -> usize {
+        <[f32]>::len(self)
+    }
+    fn fill(&self, start: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self[start..start + out.len()]);
+    }
+}
+
+/// Quantizes every block of `values` in parallel: `quantize` gets the block's values
+/// in f32 (to use as scratch) and its `block / per_byte` code bytes (fewer for a last partial block) and
+/// returns the block's scale. Blocks are independent, so the result is the same on
+/// any thread count (an 8B model's projections are 7 billion values). The codes and
+/// scales are written in place: no per-block allocation, one buffer a thread.
+fn map_blocks<V: FloatValues + ?Sized>(
+    values: &V,
+    block: usize,
+    per_byte: usize,
+    quantize: impl Fn(&mut [f32], &mut [u8]) -> f32 + Sync,
+) -> (Vec<u8>, Vec<f32>) {
+    let len = values.len();
+    let mut codes = vec![0u8; len.div_ceil(per_byte)];
+    let mut scales = vec![0f32; len.div_ceil(block)];
+    codes
+        .par_chunks_mut(block / per_byte)
+        .zip(scales.par_iter_mut())
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; block],
+            |buffer, (index, (codes, scale))| {
+                let start = index * block;
+                let chunk = &mut buffer[..block.min(len - start)];
+                values.fill(start, chunk);
+                *scale = quantize(chunk, codes);
+            },
+        );
+    (codes, scales)
+}
+
+/// Codes into `table` (through its `bounds`) and the absmax of each block of
+/// `values`, `per_byte` codes a byte: 1, or 2 with the first in the high nibble and a
+/// last odd code paired with `pad`. Blocks hold at most [`NESTED_BLOCK`] values.
+fn quantize_blocks<V: FloatValues + ?Sized>(
+    values: &V,
+    block: usize,
+    bounds: &[f32],
+    per_byte: usize,
+    pad: u8,
+) -> (Vec<u8>, Vec<f32>) {
+    map_blocks(values, block, per_byte, |chunk, codes| {
+        let max = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let full = chunk.len() == block;
+        let scale = max.max(1e-38);
+        let inverse = 1.0 / scale;
+        // bitsandbytes multiplies full blocks by the reciprocal and divides the
+        // partial one.
+        if full {
+            chunk
+                .iter_mut()
+                .for_each(|v| *v = (*v * inverse).clamp(-1.0, 1.0));
+        } else {
+            chunk
+                .iter_mut()
+                .for_each(|v| *v = (*v / scale).clamp(-1.0, 1.0));
+        }
+        // A value's code is the number of bounds below it, which for sorted bounds is
+        // `partition_point`'s index; counted bound by bound over the whole block, the
+        // comparisons vectorize (a binary search per value does not).
+        let mut index = [0u8; NESTED_BLOCK];
+        let index = &mut index[..chunk.len()];
+        for &bound in bounds {
+            for (code, &value) in index.iter_mut().zip(chunk.iter()) {
+                *code += (bound < value) as u8;
+            }
+        }
+        if per_byte == 2 {
+            for (byte, pair) in codes.iter_mut().zip(index.chunks(2)) {
+                *byte = (pair[0] << 4) | pair.get(1).copied().unwrap_or(pad);
+            }
+        } else {
+            codes.copy_from_slice(index);
+        }
+        if full {
+            max
+        } else {
+            scale
+        }
+    })
 }
 
 /// NF4 with bitsandbytes' defaults (block 64, double-quantized absmax) of a weight in
 /// Hugging Face layout, row-major `[out, in]`.
 pub fn quantize_nf4(values: &[f32], shape: [usize; 2]) -> QuantizedHost {
+    quantize_nf4_from(values, shape)
+}
+
+/// [`quantize_nf4`] of values read a block at a time (a tensor's stored bytes).
+pub fn quantize_nf4_from<V: FloatValues + ?Sized>(values: &V, shape: [usize; 2]) -> QuantizedHost {
     let table = nf4_table();
-    let (codes, absmax) = quantize_blocks(values, BLOCK, &midpoints(&table));
     // An odd count is padded with the code of 0.0 (bitsandbytes pads with a zero).
     let zero = 7u8;
-    let packed = codes
-        .chunks(2)
-        .map(|pair| (pair[0] << 4) | pair.get(1).copied().unwrap_or(zero))
-        .collect();
+    let (codes, absmax) = quantize_blocks(values, BLOCK, &midpoints(&table), 2, zero);
     QuantizedHost {
         scheme: QuantScheme::Nf4,
         shape,
         block: BLOCK,
-        codes: packed,
+        codes,
         table: table.to_vec(),
         scales: double_quantize(&absmax),
     }
@@ -344,7 +420,13 @@ fn double_quantize(absmax: &[f32]) -> BlockScales {
     let offset = mean as f32;
     let centred: Vec<f32> = absmax.iter().map(|&v| v - offset).collect();
     let nested_map = dynamic_map();
-    let (codes, nested_absmax) = quantize_blocks(&centred, NESTED_BLOCK, &midpoints(&nested_map));
+    let (codes, nested_absmax) = quantize_blocks(
+        centred.as_slice(),
+        NESTED_BLOCK,
+        &midpoints(&nested_map),
+        1,
+        0,
+    );
     BlockScales::Double {
         codes,
         nested_absmax,
@@ -356,34 +438,42 @@ fn double_quantize(absmax: &[f32]) -> BlockScales {
 
 /// Symmetric per-block int8 of a weight in Hugging Face layout, row-major `[out, in]`.
 pub fn quantize_int8(values: &[f32], shape: [usize; 2]) -> QuantizedHost {
-    let per_block: Vec<(Vec<u8>, f32)> = values
-        .par_chunks(BLOCK)
-        .map(|chunk| {
-            let max = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let scale = max / 127.0;
-            let codes = chunk
-                .iter()
-                .map(|&v| {
-                    let code = if scale == 0.0 {
-                        0.0
-                    } else {
-                        (v / scale).round_ties_even().clamp(-127.0, 127.0)
-                    };
-                    code as i8 as u8
-                })
-                .collect();
-            (codes, scale)
-        })
-        .collect();
-    let scales = per_block.iter().map(|(_, scale)| *scale).collect();
+    quantize_int8_from(values, shape)
+}
+
+/// [`quantize_int8`] of values read a block at a time (a tensor's stored bytes).
+pub fn quantize_int8_from<V: FloatValues + ?Sized>(values: &V, shape: [usize; 2]) -> QuantizedHost {
+    let (codes, scales) = map_blocks(values, BLOCK, 1, |chunk, codes| {
+        let max = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = max / 127.0;
+        for (byte, &v) in codes.iter_mut().zip(chunk.iter()) {
+            let code = if scale == 0.0 {
+                0.0
+            } else {
+                round_half_even(v / scale).clamp(-127.0, 127.0)
+            };
+            *byte = code as i8 as u8;
+        }
+        scale
+    });
     QuantizedHost {
         scheme: QuantScheme::Int8,
         shape,
         block: BLOCK,
-        codes: per_block.into_iter().flat_map(|(codes, _)| codes).collect(),
+        codes,
         table: Vec::new(),
         scales: BlockScales::Plain(scales),
     }
+}
+
+/// `value.round_ties_even()` for |value| < 2^22 (a code is within ±128), without
+/// the library call `round_ties_even` becomes on a baseline x86-64 build: adding
+/// 1.5 * 2^23 leaves no fraction bits, so the f32 sum is rounded to an integer half to
+/// even, and the subtraction is exact. Only the sign of a zero differs, which the
+/// integer code does not keep.
+fn round_half_even(value: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23
+    (value + SHIFT) - SHIFT
 }
 
 #[cfg(test)]
@@ -414,6 +504,52 @@ mod tests {
         assert_eq!(quantized.codes[0], 0xF0);
         let restored = quantized.dequantize();
         assert!((restored[0] - 2.0).abs() < 0.02, "{}", restored[0]);
+    }
+
+    /// Each code computed on its own, value by value, as bitsandbytes' reference
+    /// does: the oracle for the blocked, packed, parallel quantizer.
+    fn nf4_codes_one_by_one(values: &[f32]) -> Vec<i32> {
+        let bounds = &midpoints(&nf4_table());
+        values
+            .chunks(BLOCK)
+            .flat_map(|block| {
+                let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let scale = max.max(1e-38);
+                let full = block.len() == BLOCK;
+                block.iter().map(move |&v| {
+                    let scaled = if full { v * (1.0 / scale) } else { v / scale };
+                    bounds.partition_point(|b| *b < scaled.clamp(-1.0, 1.0)) as i32
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_last_block_and_an_odd_count_quantize_as_value_by_value() {
+        // Two full blocks, then 5 values: the last byte holds one code and the pad.
+        let values: Vec<f32> = (0..BLOCK * 2 + 5)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let quantized = quantize_nf4(&values, [1, values.len()]);
+        assert_eq!(quantized.unpacked_codes(), nf4_codes_one_by_one(&values));
+        assert_eq!(quantized.codes.len(), values.len().div_ceil(2));
+        assert_eq!(
+            quantized.codes.last().unwrap() & 0x0f,
+            7,
+            "padded with 0.0's code"
+        );
+        assert_eq!(quantized.blocks(), 3);
+    }
+
+    #[test]
+    fn round_half_even_matches_the_standard_library_over_the_code_range() {
+        let mut value = -130.0f32;
+        while value <= 130.0 {
+            for probe in [value, value + 0.5, value.next_up(), value.next_down()] {
+                assert_eq!(round_half_even(probe), probe.round_ties_even(), "{probe}");
+            }
+            value += 0.25;
+        }
     }
 
     #[test]

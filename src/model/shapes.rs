@@ -8,8 +8,7 @@
 
 use super::config::ModelConfig;
 use super::error::ModelError;
-use super::weights::RawTensor;
-use std::collections::BTreeMap;
+use super::tensor_files::TensorFiles;
 use std::path::Path;
 
 /// One dimension of an expected tensor, with the config key that sets it.
@@ -123,7 +122,7 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<ExpectedTensor> {
 /// or one the model has no place for is named too.
 pub fn check_weights(
     config: &ModelConfig,
-    tensors: &BTreeMap<String, RawTensor>,
+    tensors: &TensorFiles,
     config_path: &Path,
 ) -> Result<(), ModelError> {
     let expected = expected_tensors(config);
@@ -160,7 +159,7 @@ pub fn check_weights(
         });
     }
     let tied_copy = |name: &str| config.tie_word_embeddings && name == "lm_head.weight";
-    if let Some(name) = tensors.keys().find(|name| {
+    if let Some(name) = tensors.names().find(|name| {
         !super::weights::is_ignored_key(name)
             && !tied_copy(name)
             && !super::bnb::is_quant_state_key(name)

@@ -1,14 +1,21 @@
 //! Weights in Hugging Face layout: read `model.safetensors` (or the shards listed by
 //! `model.safetensors.index.json`) in f32, bf16 or f16 into a [`CausalLm`], list the raw
 //! tensors so the store can hash them, and write a model back out as an HF folder.
+//!
+//! A model loads one tensor at a time from its files ([`TensorFiles`]): each is read,
+//! widened or quantized, and put on the device before the next is read, so the host
+//! never holds the folder's bytes whole, nor (with a quantized base) a float copy of
+//! a projection beside its codes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors};
+use rayon::prelude::*;
+use safetensors::Dtype;
 use serde_json::Value;
 
 use super::bnb;
@@ -18,8 +25,11 @@ use super::llama::{
     attention_scale, Attention, CausalLm, DecoderLayer, Embedding, LlamaModel, Mlp, RmsNorm,
 };
 use super::lora::Linear;
-use super::quantize::{quantize_int8, quantize_nf4, QuantScheme};
+use super::quantize::{
+    quantize_int8_from, quantize_nf4_from, FloatValues, QuantScheme, QuantizedHost,
+};
 use super::quantized::QuantizedWeight;
+use super::tensor_files::TensorFiles;
 
 /// Files a model folder may carry besides weights and config; copied on export.
 pub const TOKENIZER_FILES: [&str; 8] = [
@@ -46,21 +56,81 @@ pub struct RawTensor {
 impl RawTensor {
     /// The values as f32 (bf16 and f16 widened exactly).
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
-        let chunks = |n: usize| self.bytes.chunks_exact(n);
-        match self.dtype.as_str() {
-            "F32" => Ok(chunks(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()),
-            "BF16" => Ok(chunks(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect()),
-            "F16" => Ok(chunks(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect()),
-            other => Err(ModelError::Dtype {
-                name: name.to_string(),
-                dtype: other.to_string(),
-            }),
+        let floats = self.floats(name)?;
+        let mut values = vec![0.0f32; floats.len()];
+        // Widened in parallel slices: an embedding is hundreds of millions of values.
+        const SLICE: usize = 1 << 16;
+        values
+            .par_chunks_mut(SLICE)
+            .enumerate()
+            .for_each(|(i, out)| floats.fill(i * SLICE, out));
+        Ok(values)
+    }
+
+    /// The stored bytes read as floats, widened as they are read.
+    pub fn floats(&self, name: &str) -> Result<StoredFloats<'_>, ModelError> {
+        let kind = match self.dtype.as_str() {
+            "F32" => FloatKind::F32,
+            "BF16" => FloatKind::BF16,
+            "F16" => FloatKind::F16,
+            other => {
+                return Err(ModelError::Dtype {
+                    name: name.to_string(),
+                    dtype: other.to_string(),
+                })
+            }
+        };
+        Ok(StoredFloats {
+            kind,
+            bytes: &self.bytes,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FloatKind {
+    F32,
+    BF16,
+    F16,
+}
+
+/// A tensor's little-endian f32, bf16 or f16 bytes, read as f32 values (exactly) a
+/// slice at a time: what the quantizers read a projection from, so its float copy is
+/// never made whole.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredFloats<'a> {
+    kind: FloatKind,
+    bytes: &'a [u8],
+}
+
+impl FloatValues for StoredFloats<'_> {
+    fn len(&self) -> usize {
+        match self.kind {
+            FloatKind::F32 => self.bytes.len() / 4,
+            FloatKind::BF16 | FloatKind::F16 => self.bytes.len() / 2,
+        }
+    }
+
+    fn fill(&self, start: usize, out: &mut [f32]) {
+        match self.kind {
+            FloatKind::F32 => {
+                let bytes = &self.bytes[start * 4..(start + out.len()) * 4];
+                for (value, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *value = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            FloatKind::BF16 => {
+                let bytes = &self.bytes[start * 2..(start + out.len()) * 2];
+                for (value, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *value = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+            FloatKind::F16 => {
+                let bytes = &self.bytes[start * 2..(start + out.len()) * 2];
+                for (value, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *value = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
         }
     }
 }
@@ -100,42 +170,16 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     }
 }
 
-/// Every tensor of one safetensors file, by name.
+/// Every tensor of one safetensors file, by name, read into memory.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, RawTensor>, ModelError> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    Ok(file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let raw = RawTensor {
-                dtype: format!("{:?}", view.dtype()),
-                shape: view.shape().to_vec(),
-                bytes: view.data().to_vec(),
-            };
-            (name, raw)
-        })
-        .collect())
+    TensorFiles::open_file(path)?.read_all()
 }
 
-/// All base tensors of a model folder, as stored (name -> dtype, shape, bytes): what the
-/// store hashes to identify a model. Shards are merged; a name in two shards is an error.
+/// All base tensors of a model folder, as stored (name -> dtype, shape, bytes), read
+/// into memory. Shards are merged; a name in two shards is an error. (A large folder
+/// is better read a tensor at a time: [`TensorFiles`].)
 pub fn read_raw_tensors(dir: &Path) -> Result<BTreeMap<String, RawTensor>, ModelError> {
-    let mut all = BTreeMap::new();
-    for file in weight_files(dir)? {
-        for (name, tensor) in read_safetensors(&file)? {
-            if all.insert(name.clone(), tensor).is_some() {
-                return Err(ModelError::Safetensors {
-                    path: file.clone(),
-                    message: format!("tensor `{name}` appears in more than one shard"),
-                });
-            }
-        }
-    }
-    Ok(all)
+    TensorFiles::open(dir)?.read_all()
 }
 
 /// Checkpoint keys that carry no weights of ours and are skipped on load: buffers older
@@ -144,37 +188,85 @@ pub(crate) fn is_ignored_key(name: &str) -> bool {
     name.ends_with("rotary_emb.inv_freq")
 }
 
+/// How far a model load has come: `(bytes of its weight files read, bytes in all)`.
+pub type LoadProgress<'a> = &'a mut dyn FnMut(u64, u64);
+
+/// Where a model load's time went (what `graft train` reports once the base is
+/// loaded, and the load benchmark splits).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadTimes {
+    /// Bytes of the weight files read.
+    pub bytes: u64,
+    /// Reading tensors from their files.
+    pub read: Duration,
+    /// Widening to f32 (and transposing), or quantizing.
+    pub convert: Duration,
+    /// Making the device tensors from the host values.
+    pub device: Duration,
+}
+
+/// Runs `work`, adding its time to `slot`.
+fn timed<T>(slot: &mut Duration, work: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let result = work();
+    *slot += start.elapsed();
+    result
+}
+
 /// Takes tensors out of a checkpoint by HF name, checking shapes, so that whatever is
 /// left at the end is an unexpected tensor.
 struct Checkpoint<'a, B: Backend> {
-    tensors: BTreeMap<String, RawTensor>,
+    tensors: TensorFiles,
     device: &'a B::Device,
     /// How the seven decoder projections are stored (`None`: in floats).
     quantize: Option<QuantScheme>,
+    /// The bytes of all tensors at the start, and where to say how many are read.
+    total_bytes: u64,
+    progress: LoadProgress<'a>,
+    times: LoadTimes,
 }
 
 impl<B: Backend> Checkpoint<'_, B> {
-    fn take(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let raw = self
+    /// Takes `name` out and reads it, its shape checked before its bytes are read.
+    fn take_raw(&mut self, name: &str, expected: &[usize]) -> Result<RawTensor, ModelError> {
+        let entry = self
             .tensors
             .remove(name)
             .ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
-        if raw.shape != expected {
+        if entry.shape != expected {
             return Err(ModelError::Shape {
                 name: name.into(),
                 expected: expected.to_vec(),
-                actual: raw.shape,
+                actual: entry.shape,
             });
         }
-        raw.to_f32(name)
+        let raw = timed(&mut self.times.read, || entry.read())?;
+        self.report();
+        Ok(raw)
+    }
+
+    fn take(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let raw = self.take_raw(name, expected)?;
+        timed(&mut self.times.convert, || raw.to_f32(name))
+    }
+
+    /// A device tensor of host `values`.
+    fn upload<const D: usize>(&mut self, values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
+        let device = self.device;
+        timed(&mut self.times.device, || {
+            Tensor::from_data(TensorData::new(values, shape), device)
+        })
+    }
+
+    /// Says how many bytes have been taken so far.
+    fn report(&mut self) {
+        let left = self.tensors.byte_len();
+        (self.progress)(self.total_bytes.saturating_sub(left), self.total_bytes);
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Tensor<B, 1>, ModelError> {
         let values = self.take(name, &[len])?;
-        Ok(Tensor::from_data(
-            TensorData::new(values, [len]),
-            self.device,
-        ))
+        Ok(self.upload(values, [len]))
     }
 
     /// HF `[out, in]` -> burn `[in, out]`, transposed on the host so the device tensor
@@ -193,31 +285,41 @@ impl<B: Backend> Checkpoint<'_, B> {
         };
         let name = format!("{prefix}.weight");
         // A weight saved by bitsandbytes goes to the device as stored.
-        if let Some(host) = bnb::take_nf4(&mut self.tensors, &name, [d_out, d_in])? {
+        let stored = timed(&mut self.times.read, || {
+            bnb::take_nf4(&mut self.tensors, &name, [d_out, d_in])
+        })?;
+        if let Some(host) = stored {
+            self.report();
             if self.quantize == Some(QuantScheme::Int8) {
                 return Err(ModelError::Config {
                     key: "compute.base".into(),
                     message: format!("`{name}` is stored in bitsandbytes' 4-bit NF4 layout, which graft does not convert to int8: set compute.base = \"nf4\""),
                 });
             }
-            let weight = QuantizedWeight::from_host(&host, self.device);
-            return Ok(Linear::quantized(weight, bias));
+            return Ok(Linear::quantized(self.upload_quantized(&host), bias));
         }
-        let hf = self.take(&name, &[d_out, d_in])?;
-        let quantized = match self.quantize {
+        let raw = self.take_raw(&name, &[d_out, d_in])?;
+        let floats = raw.floats(&name)?;
+        // Quantized straight from the stored bytes, a block at a time.
+        let quantized = timed(&mut self.times.convert, || match self.quantize {
             None => None,
-            Some(QuantScheme::Nf4) => Some(quantize_nf4(&hf, [d_out, d_in])),
-            Some(QuantScheme::Int8) => Some(quantize_int8(&hf, [d_out, d_in])),
-        };
+            Some(QuantScheme::Nf4) => Some(quantize_nf4_from(&floats, [d_out, d_in])),
+            Some(QuantScheme::Int8) => Some(quantize_int8_from(&floats, [d_out, d_in])),
+        });
         if let Some(host) = quantized {
-            let weight = QuantizedWeight::from_host(&host, self.device);
-            return Ok(Linear::quantized(weight, bias));
+            drop(raw);
+            return Ok(Linear::quantized(self.upload_quantized(&host), bias));
         }
-        let weight = Tensor::from_data(
-            TensorData::new(transpose(&hf, d_out, d_in), [d_in, d_out]),
-            self.device,
-        );
-        Ok(Linear::new(weight, bias))
+        let transposed = timed(&mut self.times.convert, || transpose(&floats, d_out, d_in));
+        drop(raw);
+        Ok(Linear::new(self.upload(transposed, [d_in, d_out]), bias))
+    }
+
+    fn upload_quantized(&mut self, host: &QuantizedHost) -> QuantizedWeight<B> {
+        let device = self.device;
+        timed(&mut self.times.device, || {
+            QuantizedWeight::from_host(host, device)
+        })
     }
 
     fn norm(
@@ -234,14 +336,32 @@ impl<B: Backend> Checkpoint<'_, B> {
     }
 }
 
-/// `[rows, cols]` row-major -> `[cols, rows]` row-major.
-pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+/// `[rows, cols]` row-major -> `[cols, rows]` row-major. In tiles of 32 x 32, so that
+/// reads and writes both stay in cache (element by element, the writes stride by
+/// `rows` floats and a large model's projections take many seconds), each task
+/// writing 32 whole output rows. Values are read through [`FloatValues`], so a stored bf16 weight is widened as it
+/// is transposed, with no f32 copy in its own layout.
+pub fn transpose<V: FloatValues + ?Sized>(values: &V, rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
     let mut out = vec![0.0; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
+    if values.is_empty() {
+        return out;
     }
+    out.par_chunks_mut(TILE * rows).enumerate().for_each_init(
+        || [0.0f32; TILE],
+        |row, (tile, out_rows)| {
+            let first_col = tile * TILE;
+            let width = out_rows.len() / rows;
+            for first_row in (0..rows).step_by(TILE) {
+                for r in first_row..(first_row + TILE).min(rows) {
+                    values.fill(r * cols + first_col, &mut row[..width]);
+                    for (c, &value) in row[..width].iter().enumerate() {
+                        out_rows[c * rows + r] = value;
+                    }
+                }
+            }
+        },
+    );
     out
 }
 
@@ -278,22 +398,39 @@ pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// whatever `quantize` says, except that int8 refuses it.
 pub fn build_model<B: Backend>(
     config: &ModelConfig,
-    tensors: BTreeMap<String, RawTensor>,
+    tensors: impl Into<TensorFiles>,
     device: &B::Device,
     quantize: Option<QuantScheme>,
 ) -> Result<CausalLm<B>, ModelError> {
+    build_model_reporting(config, tensors.into(), device, quantize, &mut |_, _| {})
+        .map(|(model, _)| model)
+}
+
+/// [`build_model`], saying through `progress` how many of the tensors' bytes have
+/// been read, and where the time went.
+pub fn build_model_reporting<B: Backend>(
+    config: &ModelConfig,
+    tensors: TensorFiles,
+    device: &B::Device,
+    quantize: Option<QuantScheme>,
+    progress: LoadProgress<'_>,
+) -> Result<(CausalLm<B>, LoadTimes), ModelError> {
+    let total_bytes = tensors.byte_len();
     let mut ckpt = Checkpoint::<B> {
+        total_bytes,
         tensors,
         device,
         quantize,
+        progress,
+        times: LoadTimes {
+            bytes: total_bytes,
+            ..LoadTimes::default()
+        },
     };
     let h = config.hidden_size;
     let embed = ckpt.take("model.embed_tokens.weight", &[config.vocab_size, h])?;
     let embed_tokens = Embedding {
-        weight: Param::from_tensor(Tensor::from_data(
-            TensorData::new(embed, [config.vocab_size, h]),
-            device,
-        )),
+        weight: Param::from_tensor(ckpt.upload(embed, [config.vocab_size, h])),
     };
     let separate = !config.fused_projections;
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -390,13 +527,13 @@ pub fn build_model<B: Backend>(
         ckpt.quantize = None;
         Some(ckpt.projection("lm_head", h, config.vocab_size, false)?)
     };
-    if let Some(name) = ckpt.tensors.keys().find(|name| !is_ignored_key(name)) {
+    if let Some(name) = ckpt.tensors.names().find(|name| !is_ignored_key(name)) {
         return Err(ModelError::UnexpectedTensor {
             name: name.clone(),
             model_type: config.model_type.as_str().into(),
         });
     }
-    Ok(CausalLm {
+    let model = CausalLm {
         model: LlamaModel {
             embed_tokens,
             layers,
@@ -405,7 +542,8 @@ pub fn build_model<B: Backend>(
         lm_head,
         config: config.clone(),
         lora: None,
-    })
+    };
+    Ok((model, ckpt.times))
 }
 
 /// Loads config.json and the weights of an HF folder as stored (a bitsandbytes 4-bit
@@ -424,11 +562,23 @@ pub fn load_model_dir_as<B: Backend>(
     device: &B::Device,
     quantize: Option<QuantScheme>,
 ) -> Result<CausalLm<B>, ModelError> {
+    load_model_dir_reporting(dir, device, quantize, &mut |_, _| {}).map(|(model, _)| model)
+}
+
+/// [`load_model_dir_as`], saying through `progress` how many bytes of the folder's
+/// weight files have been read (one tensor at a time: see [`TensorFiles`]), and
+/// where the time went.
+pub fn load_model_dir_reporting<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    quantize: Option<QuantScheme>,
+    progress: LoadProgress<'_>,
+) -> Result<(CausalLm<B>, LoadTimes), ModelError> {
     let config = ModelConfig::from_dir(dir)?;
     // Refuses a quantization graft does not read (8-bit, FP4, GPTQ...), naming the key.
     bnb::is_nf4_folder(dir)?;
-    let tensors = read_raw_tensors(dir)?;
-    build_model(&config, tensors, device, quantize)
+    let tensors = TensorFiles::open(dir)?;
+    build_model_reporting(&config, tensors, device, quantize, progress)
 }
 
 /// How [`write_safetensors`] stores floats.

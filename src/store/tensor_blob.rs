@@ -19,16 +19,24 @@ pub struct TensorBlob {
 
 impl TensorBlob {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.data.len() + 32 + self.shape.len() * 8);
+        let mut out = TensorBlob::header(&self.dtype, &self.shape, self.data.len());
+        out.extend_from_slice(&self.data);
+        out
+    }
+
+    /// The bytes an object of a tensor with `dtype` and `shape` begins with, before
+    /// its data, in a buffer with room for `data_len` more: so a hash can stream a
+    /// large tensor's data after it instead of building the object.
+    pub fn header(dtype: &str, shape: &[usize], data_len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data_len + 32 + shape.len() * 8);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
-        out.push(self.dtype.len() as u8);
-        out.extend_from_slice(self.dtype.as_bytes());
-        out.push(self.shape.len() as u8);
-        for dim in &self.shape {
+        out.push(dtype.len() as u8);
+        out.extend_from_slice(dtype.as_bytes());
+        out.push(shape.len() as u8);
+        for dim in shape {
             out.extend_from_slice(&(*dim as u64).to_be_bytes());
         }
-        out.extend_from_slice(&self.data);
         out
     }
 

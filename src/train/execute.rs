@@ -18,7 +18,8 @@ use super::{interrupt, loss, parallel, schedule, step, unfreeze};
 use crate::compute::kernels::{Kernels, TrainKernels};
 use crate::compute::{BaseStorage, Compute, Dtype};
 use crate::data::{self, Tokenizer};
-use crate::model::{load_model_dir_as, CausalLm, LoraConfig};
+use crate::model::weights::load_model_dir_reporting;
+use crate::model::{CausalLm, LoraConfig};
 use crate::store::refs::BestRank;
 use crate::store::{
     DatasetRecord, ExecutionKind, ExecutionStatus, Id, Recorder, Store, StoreError,
@@ -53,6 +54,9 @@ pub trait Events {
     fn step(&mut self, _step: u64, _loss: f64, _lr: f64) {}
     fn eval(&mut self, _step: u64, _results: &[(String, eval::EvalResult)]) {}
     fn message(&mut self, _text: &str) {}
+    /// The base model is loading: `done` of its weight files' `total` bytes read
+    /// (and converted or quantized); the last call has `done == total`.
+    fn loading(&mut self, _done: u64, _total: u64) {}
     fn end(&mut self) {}
     /// Asked once after each step: `true` ends the execution as interrupted,
     /// with a checkpoint at that step (resumable). The library installs no
@@ -129,7 +133,10 @@ pub fn execute<B: TrainKernels>(
             None => None,
         }
     };
-    let folder = registry::model_folder(model_record)?;
+    let folder = match &plan.checked_folder {
+        Some(folder) => folder.clone(),
+        None => registry::model_folder(model_record)?,
+    };
     let tokenizer = Arc::new(Tokenizer::from_dir(&folder)?);
     let seed = recipe.seed;
     let resuming = matches!(kind, ExecutionKind::Resume(_));
@@ -567,7 +574,23 @@ fn start_model<B: TrainKernels>(
             base.as_str()
         )));
     }
-    let mut model: CausalLm<B> = load_model_dir_as(folder, device, base.scheme())?;
+    let loading = Instant::now();
+    let (mut model, times): (CausalLm<B>, _) =
+        load_model_dir_reporting(folder, device, base.scheme(), &mut |done, total| {
+            events.loading(done, total)
+        })?;
+    let converted = match base.scheme() {
+        Some(scheme) => format!("quantizing to {}", scheme.as_str()),
+        None => "converting".into(),
+    };
+    events.message(&format!(
+        "loaded the base model ({:.2} GB) in {:.1} s: reading {:.1} s, {converted} {:.1} s, to the device {:.1} s",
+        times.bytes as f64 / 1e9,
+        loading.elapsed().as_secs_f64(),
+        times.read.as_secs_f64(),
+        times.convert.as_secs_f64(),
+        times.device.as_secs_f64(),
+    ));
     let outside_adapter = settings.adapter.as_ref().and_then(|a| a.from.as_deref());
     if let (None, Some(id)) = (start, outside_adapter) {
         model = super::adapter_start::load_stored(store, model, id)?;

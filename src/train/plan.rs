@@ -10,13 +10,12 @@ use super::config::{Experiment, ReplayFrom};
 use super::registry::{self, RegistryError};
 use crate::data::{self, check_format_change, DataSource, DriftReport, Encoder, Format, Tokenizer};
 use crate::lineage::ancestors;
-use crate::model::hf_cache::CachedModel;
 use crate::store::{
     Canon, CheckpointRecord, DatasetRecord, DatasetUse, Id, ModelRecord, Recipe, RunRecord, Store,
     StoreError,
 };
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +44,10 @@ pub struct Plan {
     pub notes: BTreeMap<String, Canon>,
     /// Human-readable drift report, when forking.
     pub drift: Option<String>,
+    /// The base model's folder where planning hashed it just now (a folder or cache
+    /// entry described afresh), so that the execution loads it without reading and
+    /// hashing its gigabytes again; `None`: the execution checks the folder first.
+    pub checked_folder: Option<PathBuf>,
 }
 
 impl Plan {
@@ -57,6 +60,7 @@ impl Plan {
             datasets: Vec::new(),
             notes: BTreeMap::new(),
             drift: None,
+            checked_folder: None,
         }
     }
 }
@@ -68,8 +72,15 @@ pub const GRAFT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// this run names, what it inherits from its parent (data, replay, the ancestors' eval
 /// sets), the config, and an outside adapter to start from.
 pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
-    let (model, start, cached) = resolve_start(store, experiment)?;
-    let folder = registry::model_folder(&model)?;
+    let (base, start) = resolve_start(store, experiment)?;
+    // A folder described just now was hashed just now: hashing it again would only
+    // read its gigabytes twice.
+    let checked_folder = base.checked_folder.clone();
+    let folder = match base.checked_folder {
+        Some(folder) => folder,
+        None => registry::model_folder(&base.record)?,
+    };
+    let (model, cached) = (base.record, base.cached);
     let tokenizer = Arc::new(Tokenizer::from_dir(&folder)?);
     check_model_fits(experiment, &tokenizer, &folder)?;
     let parent_run = match &start {
@@ -146,6 +157,7 @@ pub fn plan(store: &Store, experiment: &Experiment) -> Result<Plan, PlanError> {
         datasets: records,
         notes,
         drift: drift_text,
+        checked_folder,
     })
 }
 
@@ -498,12 +510,11 @@ fn resolved_config(
     Ok(resolved.recipe_config())
 }
 
-/// The base model, the starting checkpoint (for a fork), and the Hugging Face cache
-/// entry the base was found as (for a model id).
+/// The base model and the starting checkpoint (for a fork).
 fn resolve_start(
     store: &Store,
     experiment: &Experiment,
-) -> Result<(ModelRecord, Option<CheckpointRecord>, Option<CachedModel>), PlanError> {
+) -> Result<(registry::Base, Option<CheckpointRecord>), PlanError> {
     if let Some(from) = &experiment.model.from {
         let index = store.index()?;
         let checkpoint = index.checkpoint(&index.resolve_checkpoint(from)?)?;
@@ -514,20 +525,25 @@ fn resolve_start(
                 kind: "model",
                 id: run.recipe.base_model,
             })?;
-        return Ok((model, Some(checkpoint), None));
+        let base = registry::Base {
+            record: model,
+            cached: None,
+            checked_folder: None,
+        };
+        return Ok((base, Some(checkpoint)));
     }
     let base = experiment
         .model
         .base
         .as_deref()
         .ok_or_else(|| PlanError::Invalid("[model] needs base or from".into()))?;
-    let (model, cached) = registry::resolve_base(store, base).map_err(|e| match e {
+    let base = registry::resolve_base(store, base).map_err(|e| match e {
         RegistryError::Model(crate::model::ModelError::NotInCache { .. }) => {
             PlanError::Invalid(format!("model.base = \"{base}\": {e}"))
         }
         other => other.into(),
     })?;
-    Ok((model, None, cached))
+    Ok((base, None))
 }
 
 /// `data.replay.from` as a run's note records it.

@@ -8,10 +8,12 @@
 //! registration is caught instead of silently training a different model.
 
 use crate::model::hf_cache::{self, CachedModel};
-use crate::model::{read_raw_tensors, ModelConfig, ModelError, RawTensor};
-use crate::store::canonical::object_id;
+use crate::model::tensor_files::{TensorEntry, TensorFiles};
+use crate::model::{ModelConfig, ModelError, RawTensor};
+use crate::store::canonical::{object_id, ObjectHasher};
 use crate::store::tensor_blob::TensorBlob;
 use crate::store::{Canon, Id, Index, ModelRecord, Store, StoreError, Target};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -41,15 +43,33 @@ pub enum RegistryError {
     },
 }
 
-/// The object id a tensor has (the same whether or not it is copied).
+/// The object id a tensor has (the same whether or not it is copied), and the
+/// object's bytes.
 pub fn tensor_object(raw: &RawTensor) -> (Id, Vec<u8>) {
-    let bytes = TensorBlob {
-        dtype: raw.dtype.clone(),
-        shape: raw.shape.clone(),
-        data: raw.bytes.clone(),
-    }
-    .encode();
+    let mut bytes = TensorBlob::header(&raw.dtype, &raw.shape, raw.bytes.len());
+    bytes.extend_from_slice(&raw.bytes);
     (object_id(&bytes), bytes)
+}
+
+/// Bytes a hash reads from a weight file at a time.
+const HASH_CHUNK: usize = 8 << 20;
+
+/// The object id of a tensor in a weight file ([`tensor_object`]'s), its bytes hashed
+/// as they are read rather than held.
+pub fn tensor_entry_id(entry: &TensorEntry) -> Result<Id, ModelError> {
+    let mut hasher = ObjectHasher::new();
+    hasher.update(&TensorBlob::header(&entry.dtype, &entry.shape, 0));
+    entry.read_chunks(HASH_CHUNK, |bytes| hasher.update(bytes))?;
+    Ok(hasher.finish())
+}
+
+/// The object id of every tensor of `files`, the tensors hashed in parallel.
+pub fn tensor_ids(files: &TensorFiles) -> Result<BTreeMap<String, Id>, ModelError> {
+    let entries: Vec<(&String, &TensorEntry)> = files.iter().collect();
+    entries
+        .into_par_iter()
+        .map(|(name, entry)| Ok((name.clone(), tensor_entry_id(entry)?)))
+        .collect()
 }
 
 /// Hash (and with `copy`, store) a Hugging Face folder; record it.
@@ -73,7 +93,7 @@ pub fn describe_model(dir: &Path, copy: bool) -> Result<ModelRecord, RegistryErr
             message: "missing: graft needs the model's tokenizer.json".into(),
         });
     }
-    let raw = read_raw_tensors(&dir)?;
+    let raw = TensorFiles::open(&dir)?;
     crate::model::shapes::check_weights(&config, &raw, &dir.join("config.json"))?;
     let mut files = BTreeMap::new();
     for name in SMALL_FILES {
@@ -83,9 +103,8 @@ pub fn describe_model(dir: &Path, copy: bool) -> Result<ModelRecord, RegistryErr
             files.insert(name.to_string(), object_id(&bytes));
         }
     }
-    let mut tensors = BTreeMap::new();
     let mut parameters = 0usize;
-    for (name, tensor) in &raw {
+    for (name, tensor) in raw.iter() {
         // A 4-bit weight counts as the values it packs; its state tensors are no
         // parameters.
         if !crate::model::bnb::is_quant_state_key(name) {
@@ -93,8 +112,8 @@ pub fn describe_model(dir: &Path, copy: bool) -> Result<ModelRecord, RegistryErr
                 crate::model::bnb::stated_shape(&raw, name)?.unwrap_or(tensor.shape.clone());
             parameters += shape.iter().product::<usize>();
         }
-        tensors.insert(name.clone(), tensor_object(tensor).0);
     }
+    let tensors = tensor_ids(&raw)?;
     let config_id = files["config.json"];
     let tokenizer_id = files["tokenizer.json"];
     let id = ModelRecord::compute_id(config_id, tokenizer_id, &tensors);
@@ -107,9 +126,9 @@ pub fn describe_model(dir: &Path, copy: bool) -> Result<ModelRecord, RegistryErr
         .with("parameters", parameters)
         .with(
             "dtype",
-            raw.values()
+            raw.iter()
                 .next()
-                .map(|t| t.dtype.clone())
+                .map(|(_, t)| t.dtype.clone())
                 .unwrap_or_default(),
         );
     let record = ModelRecord {
@@ -157,10 +176,12 @@ fn store_model_files(store: &Store, record: &ModelRecord) -> Result<(), Registry
         }
     }
     if record.copied {
-        for (name, tensor) in read_raw_tensors(dir)? {
-            let (id, bytes) = tensor_object(&tensor);
-            if record.tensors.get(&name) != Some(&id) {
-                return Err(changed(&name));
+        // One tensor in memory at a time.
+        let files = TensorFiles::open(dir)?;
+        for (name, entry) in files.iter() {
+            let (id, bytes) = tensor_object(&entry.read()?);
+            if record.tensors.get(name) != Some(&id) {
+                return Err(changed(name));
             }
             store.objects().put_bytes(&bytes)?;
         }
@@ -168,33 +189,56 @@ fn store_model_files(store: &Store, record: &ModelRecord) -> Result<(), Registry
     Ok(())
 }
 
+/// A base model as an experiment names it.
+#[derive(Debug)]
+pub struct Base {
+    pub record: ModelRecord,
+    /// The Hugging Face cache entry it was found as, for a model id.
+    pub cached: Option<CachedModel>,
+    /// Its folder where that was described (hashed) just now, so that loading it
+    /// needs no second check; `None` for a model the store already had.
+    pub checked_folder: Option<PathBuf>,
+}
+
+impl Base {
+    fn described(record: ModelRecord, cached: Option<CachedModel>) -> Base {
+        let folder = PathBuf::from(&record.path);
+        Base {
+            record,
+            cached,
+            checked_folder: Some(folder),
+        }
+    }
+}
+
 /// `model.base` of an experiment: a folder (described, not yet recorded:
 /// see [`record_model`]), a model id prefix or tag already in the store, or a
 /// Hugging Face model id (`org/name`, `org/name@revision`) in the local cache,
 /// which also comes back so the run can note it as the base's label.
-pub fn resolve_base(
-    store: &Store,
-    base: &str,
-) -> Result<(ModelRecord, Option<CachedModel>), RegistryError> {
+pub fn resolve_base(store: &Store, base: &str) -> Result<Base, RegistryError> {
     let path = Path::new(base);
     if path.is_dir() {
-        return Ok((describe_model(path, false)?, None));
+        return Ok(Base::described(describe_model(path, false)?, None));
     }
     let index = store.index()?;
     match index.resolve(base) {
-        Ok(Target::Model(id)) => Ok((
-            index
+        Ok(Target::Model(id)) => Ok(Base {
+            record: index
                 .get_model(&id)?
                 .ok_or(StoreError::NotFound { kind: "model", id })?,
-            None,
-        )),
+            cached: None,
+            checked_folder: None,
+        }),
         Ok(other) => Err(RegistryError::Folder {
             path: path.to_path_buf(),
             message: format!("names a {}, not a model folder or model", other.kind()),
         }),
         Err(_) if hf_cache::is_model_id(base) => {
             let cached = hf_cache::find(base)?;
-            Ok((describe_model(&cached.dir, false)?, Some(cached)))
+            Ok(Base::described(
+                describe_model(&cached.dir, false)?,
+                Some(cached),
+            ))
         }
         Err(_) => Err(RegistryError::Folder {
             path: path.to_path_buf(),
@@ -228,10 +272,9 @@ pub fn model_folder(record: &ModelRecord) -> Result<PathBuf, RegistryError> {
             ),
         });
     }
-    let raw = read_raw_tensors(&dir)?;
+    let actual = tensor_ids(&TensorFiles::open(&dir)?)?;
     for (name, expected) in &record.tensors {
-        let actual = raw.get(name).map(|t| tensor_object(t).0);
-        if actual != Some(*expected) {
+        if actual.get(name) != Some(expected) {
             return Err(RegistryError::Changed {
                 id: record.id,
                 path: record.path.clone(),
@@ -277,7 +320,7 @@ pub fn check_model_folder(record: &ModelRecord) -> Vec<String> {
     };
     let mut seen = Vec::new();
     for file in files {
-        let tensors = match crate::model::weights::read_safetensors(&file) {
+        let tensors = match TensorFiles::open_file(&file).and_then(|files| tensor_ids(&files)) {
             Ok(tensors) => tensors,
             Err(e) => {
                 problems.push(format!("{e} ({model})"));
@@ -286,7 +329,7 @@ pub fn check_model_folder(record: &ModelRecord) -> Vec<String> {
         };
         let changed: Vec<String> = tensors
             .iter()
-            .filter(|(name, tensor)| record.tensors.get(*name) != Some(&tensor_object(tensor).0))
+            .filter(|(name, id)| record.tensors.get(*name) != Some(id))
             .map(|(name, _)| format!("`{name}`"))
             .collect();
         if !changed.is_empty() {

@@ -3,7 +3,8 @@
 
 use super::registry::{self, RegistryError};
 use super::state;
-use crate::model::{load_model_dir_as, CausalLm, LoraConfig};
+use crate::model::weights::{load_model_dir_reporting, LoadProgress};
+use crate::model::{CausalLm, LoraConfig};
 use crate::store::{Id, Store, StoreError, Target};
 use burn::tensor::backend::Backend;
 use std::path::PathBuf;
@@ -39,6 +40,17 @@ pub fn restore<B: Backend>(
     reference: &str,
     device: &B::Device,
 ) -> Result<Restored<B>, RestoreError> {
+    restore_reporting(store, reference, device, &mut |_, _| {})
+}
+
+/// [`restore`], saying through `progress` how many bytes of the base's weight files
+/// have been read.
+pub fn restore_reporting<B: Backend>(
+    store: &Store,
+    reference: &str,
+    device: &B::Device,
+    progress: LoadProgress<'_>,
+) -> Result<Restored<B>, RestoreError> {
     let index = store.index()?;
     let checkpoint = match index.resolve(reference)? {
         Target::Model(id) => Err(id),
@@ -70,7 +82,8 @@ pub fn restore<B: Backend>(
     })?;
     drop(index);
     let folder = registry::model_folder(&record)?;
-    let mut model: CausalLm<B> = load_model_dir_as(&folder, device, quantize)?;
+    let (mut model, _): (CausalLm<B>, _) =
+        load_model_dir_reporting(&folder, device, quantize, progress)?;
     let mut adapter = None;
     if let Some(checkpoint) = &checkpoint {
         adapter = state::load_adapter_config(store, checkpoint)?;

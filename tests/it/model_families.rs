@@ -9,7 +9,7 @@ use crate::common::family_fixture as fixture;
 use burn::tensor::{Int, Tensor, TensorData};
 use graft::model::config::LayerType;
 use graft::model::shapes::check_weights;
-use graft::model::weights::read_raw_tensors;
+use graft::model::tensor_files::TensorFiles;
 use graft::model::{
     generate_ids, load_model_dir, read_adapter_config, run_parity, save_adapter, CpuBackend,
     CpuTrainBackend, LoraConfig, ModelConfig, ModelError, SamplingConfig, Tolerance, ALL_TARGETS,
@@ -257,7 +257,7 @@ fn family_fixtures_pass_the_registration_shape_check_and_a_missing_norm_is_named
     for name in FAMILIES {
         let dir = fixture(name);
         let config = ModelConfig::from_dir(&dir).unwrap();
-        let tensors = read_raw_tensors(&dir).unwrap();
+        let tensors = TensorFiles::open(&dir).unwrap();
         check_weights(&config, &tensors, &dir.join("config.json")).unwrap();
     }
     let cases = [
@@ -275,7 +275,7 @@ fn family_fixtures_pass_the_registration_shape_check_and_a_missing_norm_is_named
     for (name, dropped) in cases {
         let dir = fixture(name);
         let config = ModelConfig::from_dir(&dir).unwrap();
-        let mut tensors = read_raw_tensors(&dir).unwrap();
+        let mut tensors = TensorFiles::open(&dir).unwrap();
         tensors.remove(dropped).unwrap();
         let err = check_weights(&config, &tensors, &dir.join("config.json")).unwrap_err();
         assert!(

@@ -138,3 +138,77 @@ fn wrong_shape_and_extra_tensors_are_errors_naming_the_tensor() {
         "{err}"
     );
 }
+
+/// The seven projections of every layer of a quantized model, by Hugging Face name,
+/// as stored on the device.
+fn stored_projections(
+    model: &graft::model::CausalLm<CpuBackend>,
+) -> BTreeMap<String, graft::model::quantize::QuantizedHost> {
+    let mut stored = BTreeMap::new();
+    for (i, layer) in model.model.layers.iter().enumerate() {
+        let attn = &layer.self_attn;
+        let mlp = &layer.mlp;
+        let projections = [
+            ("self_attn.q_proj", attn.q_proj.as_ref()),
+            ("self_attn.k_proj", attn.k_proj.as_ref()),
+            ("self_attn.v_proj", attn.v_proj.as_ref()),
+            ("self_attn.o_proj", Some(&attn.o_proj)),
+            ("mlp.gate_proj", mlp.gate_proj.as_ref()),
+            ("mlp.up_proj", mlp.up_proj.as_ref()),
+            ("mlp.down_proj", Some(&mlp.down_proj)),
+        ];
+        for (name, linear) in projections {
+            let weight = linear
+                .and_then(|linear| linear.quantized.as_ref())
+                .unwrap_or_else(|| panic!("layer {i} {name} is quantized"));
+            stored.insert(format!("model.layers.{i}.{name}.weight"), weight.to_host());
+        }
+    }
+    stored
+}
+
+#[test]
+fn a_bf16_sharded_folder_quantizes_tensor_by_tensor_to_the_codes_of_its_whole_f32_weights() {
+    use graft::model::quantize::{quantize_int8, quantize_nf4, QuantScheme};
+    let out = tempfile::tempdir().unwrap();
+    write_bf16_sharded_v4_copy(&fixture("llama-tiny"), out.path());
+    // The old path: every tensor in memory, each projection widened whole to f32.
+    let whole = read_raw_tensors(out.path()).unwrap();
+    for scheme in [QuantScheme::Nf4, QuantScheme::Int8] {
+        let model = graft::model::load_model_dir_as::<CpuBackend>(
+            out.path(),
+            &Default::default(),
+            Some(scheme),
+        )
+        .unwrap();
+        let stored = stored_projections(&model);
+        assert_eq!(stored.len(), 2 * 7, "two layers of seven projections");
+        for (name, host) in stored {
+            let raw = &whole[&name];
+            assert_eq!(raw.dtype, "BF16", "{name} is read from bf16 bytes");
+            let values = raw.to_f32(&name).unwrap();
+            let shape = [raw.shape[0], raw.shape[1]];
+            let expected = match scheme {
+                QuantScheme::Nf4 => quantize_nf4(&values, shape),
+                QuantScheme::Int8 => quantize_int8(&values, shape),
+            };
+            assert_eq!(host, expected, "{} {name}", scheme.as_str());
+        }
+    }
+}
+
+#[test]
+fn a_weight_file_shorter_than_its_header_says_is_refused_naming_it() {
+    let src = fixture("llama-tiny");
+    let out = tempfile::tempdir().unwrap();
+    copy_without(&src, out.path(), "");
+    let weights = out.path().join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 3]).unwrap();
+    let err = load_model_dir::<CpuBackend>(out.path(), &Default::default()).unwrap_err();
+    assert!(
+        matches!(&err, ModelError::Safetensors { path, .. } if path == &weights),
+        "{err}"
+    );
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+}

@@ -190,6 +190,93 @@ impl graft::train::Events for StopAfter {
     }
 }
 
+/// What the trainer says while the base loads.
+#[derive(Default)]
+struct LoadWatcher {
+    loading: Vec<(u64, u64)>,
+    messages: Vec<String>,
+}
+
+impl graft::train::Events for LoadWatcher {
+    fn loading(&mut self, done: u64, total: u64) {
+        self.loading.push((done, total));
+    }
+    fn message(&mut self, text: &str) {
+        self.messages.push(text.to_string());
+    }
+}
+
+#[test]
+fn loading_a_quantized_base_reports_its_bytes_up_to_the_whole_folder_and_where_the_time_went() {
+    let work = lora_workspace(&llama_tiny());
+    let dir = work.path();
+    let store = graft::store::Store::open_or_init(&dir.join("store")).unwrap();
+    let sets = ["compute.base=nf4".to_string(), "train.steps=1".to_string()];
+    let experiment = graft::train::Experiment::load(&dir.join("a.toml"), &sets).unwrap();
+    let plan = graft::train::plan(&store, &experiment).unwrap();
+    let compute = graft::compute::Compute::new(Default::default(), experiment.compute);
+    let mut watcher = LoadWatcher::default();
+    graft::train::execute::<graft::model::CpuTrainBackend>(
+        &Default::default(),
+        &store,
+        &plan,
+        graft::store::ExecutionKind::Train,
+        &compute,
+        &mut graft::store::StoreRecorder::new(store.clone()),
+        &mut watcher,
+    )
+    .unwrap();
+    let total = graft::model::tensor_files::TensorFiles::open(&llama_tiny())
+        .unwrap()
+        .byte_len();
+    let reports = &watcher.loading;
+    // One report a tensor taken: the embedding, 2 x (7 projections + 2 norms), the norm.
+    let tensors_taken = 20;
+    assert!(reports.len() >= tensors_taken, "{} reports", reports.len());
+    assert!(reports.iter().all(|&(_, of)| of == total), "{reports:?}");
+    assert!(
+        reports.windows(2).all(|pair| pair[0].0 <= pair[1].0),
+        "bytes read only grow: {reports:?}"
+    );
+    assert_eq!(
+        reports.last().map(|r| r.0),
+        Some(total),
+        "ends with every byte"
+    );
+    let line = watcher
+        .messages
+        .iter()
+        .find(|m| m.starts_with("loaded the base model"))
+        .expect("a line says the base loaded");
+    assert!(
+        line.contains("reading")
+            && line.contains("quantizing to nf4")
+            && line.contains("to the device"),
+        "{line}"
+    );
+
+    // The binary prints the same line on stderr (the bar itself is drawn only on a
+    // terminal).
+    let output = graft_in(
+        dir,
+        &dir.join("cli-store"),
+        &[
+            "train",
+            "a.toml",
+            "--set",
+            "compute.base=int8",
+            "--set",
+            "train.steps=1",
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("quantizing to int8"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 #[test]
 fn training_over_an_nf4_or_int8_base_resumes_and_recomputes_to_the_uninterrupted_checkpoint() {
     let work = lora_workspace(&llama_tiny());

@@ -130,13 +130,7 @@ fn crash_child() {
             .rfind(|c| !c.retired)
             .unwrap();
         let model = index.get_model(&run.recipe.base_model).unwrap().unwrap();
-        let plan = graft::train::Plan {
-            recipe: run.recipe,
-            model,
-            datasets: Vec::new(),
-            notes: BTreeMap::new(),
-            drift: None,
-        };
+        let plan = graft::train::Plan::of_recorded_run(run.recipe, model);
         (plan, ExecutionKind::Resume(last.id))
     } else {
         let experiment = graft::train::Experiment::load(Path::new("exp.toml"), &[]).unwrap();

@@ -453,6 +453,43 @@ fn verify_rehashes_the_files_of_models_referenced_in_place() {
     assert_eq!(report["changed_model_files"].as_array().unwrap().len(), 2);
 }
 
+#[test]
+fn training_a_registered_model_whose_weights_changed_since_is_refused_naming_a_tensor() {
+    let work = Work::new();
+    let dir = model_with_config(&work, "model_type", "llama".into());
+    work.ok(&["model", "add", dir.to_str().unwrap(), "--tag", "tiny"]);
+    let runs_before = work.ok(&["runs", "--json"]);
+    // The last byte of the weights changes behind graft's back.
+    let weights = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&weights, bytes).unwrap();
+    let text = std::fs::read_to_string(work.path().join("run.toml")).unwrap();
+    let by_tag = text.replacen(
+        &format!("base = \"{}\"", fixture().display()),
+        "base = \"tiny\"",
+        1,
+    );
+    assert_ne!(by_tag, text);
+    std::fs::write(work.path().join("tagged.toml"), by_tag).unwrap();
+    let said = graft_fails_in(
+        work.path(),
+        &work.store(),
+        &["train", "tagged.toml", "--set", "train.steps=1"],
+    );
+    assert!(
+        said.contains("has changed since") && said.contains("tensor `"),
+        "{said}"
+    );
+    assert!(said.contains("graft model add"), "{said}");
+    assert_eq!(
+        work.ok(&["runs", "--json"]),
+        runs_before,
+        "nothing recorded"
+    );
+}
+
 /// `#RRGGBB` -> (hue in degrees, saturation, value), HSV.
 fn hsv(hex: &str) -> (f64, f64, f64) {
     let channel =
