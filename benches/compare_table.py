@@ -15,7 +15,7 @@ def main(path):
         if not text.startswith("{"):
             continue
         line = json.loads(text)
-        key = (line.get("preset"), line.get("seq"), line.get("batch"))
+        key = (line.get("preset"), line.get("seq"), line.get("batch"), line.get("threads"))
         if key not in rows:
             rows[key] = {}
             order.append(key)
@@ -38,17 +38,20 @@ def main(path):
 
     print(f"device: {device or 'unknown'}")
     print()
-    print("| preset | seq x batch | graft tokens/s | HF+PEFT tokens/s | graft/HF | "
+    # The threads column only for a thread sweep.
+    sweep = any(key[3] is not None for key in order)
+    print("| preset | seq x batch |" + (" threads |" if sweep else "") + " graft tokens/s | HF+PEFT tokens/s | graft/HF | "
           "graft peak GiB | HF peak GiB | graft ms/step | HF ms/step |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- |" + (" ---: |" if sweep else "") + " ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for key in order:
         graft, ref = rows[key].get("graft"), rows[key].get("ref")
-        preset, seq, batch = key
+        preset, seq, batch, threads = key
         note = ""
         for side, line in (("graft", graft), ("HF", ref)):
             if line and line.get("error"):
                 note += f" ({side} failed: {line['error'][:120]})"
-        print(f"| {preset} | {seq} x {batch} | {fig(graft, 'tokens_per_s')} | "
+        column = f" {threads or 'all'} |" if sweep else ""
+        print(f"| {preset} | {seq} x {batch} |{column} {fig(graft, 'tokens_per_s')} | "
               f"{fig(ref, 'tokens_per_s')} | {ratio(graft, ref, 'tokens_per_s')} | "
               f"{fig(graft, 'peak_gib', 2)} | {fig(ref, 'peak_gib', 2)} | "
               f"{fig(graft, 'ms_per_step', 1)} | {fig(ref, 'ms_per_step', 1)} |{note}")

@@ -7,6 +7,8 @@
 #
 #   benches/cpu_vs_reference.sh
 #   CONFIGS="tiny:128:4" STEPS=5 benches/cpu_vs_reference.sh
+#   THREADS="1 2 4 8 16" benches/cpu_vs_reference.sh   # a thread sweep: graft with
+#       RAYON_NUM_THREADS, the reference with OMP_NUM_THREADS, each count in turn
 #
 # Figures from different calls or machines are not comparable.
 set -u
@@ -33,11 +35,18 @@ mkdir -p "$LOGS"
 
 results=$LOGS/results.jsonl
 : >"$results"
+# "" runs each side once on every core.
+THREADS=${THREADS:-""}
+with_threads() { # THREADS LINE: the JSON line with the thread count in it
+  if [ -n "$1" ]; then echo "$2" | sed "s/^{/{\"threads\":$1,/"; else echo "$2"; fi
+}
+for threads in ${THREADS:-all}; do
+[ "$threads" = all ] && threads=""
 for config in $CONFIGS; do
   IFS=: read -r preset seq batch <<<"$config"
-  name="$preset-${seq}x$batch"
+  name="$preset-${seq}x$batch${threads:+-t$threads}"
   echo "== graft cpu $name" >&2
-  timeout "$TIMEOUT" "$GRAFT" bench train --backend cpu --preset "$preset" --seq "$seq" \
+  ${threads:+env RAYON_NUM_THREADS=$threads} timeout "$TIMEOUT" "$GRAFT" bench train --backend cpu --preset "$preset" --seq "$seq" \
     --batch "$batch" --rank "$RANK" --steps "$STEPS" --warmup "$WARMUP" \
     >"$LOGS/graft-$name.out" 2>"$LOGS/graft-$name.err"
   status=$?
@@ -45,9 +54,9 @@ for config in $CONFIGS; do
   if [ -z "$line" ]; then
     line="{\"impl\":\"graft\",\"preset\":\"$preset\",\"seq\":$seq,\"batch\":$batch,\"error\":\"exit $status: $(tail -c 300 "$LOGS/graft-$name.err" | tr -d '"\\\n')\"}"
   fi
-  echo "$line" | tee -a "$results"
+  with_threads "$threads" "$line" | tee -a "$results"
   echo "== reference cpu $name" >&2
-  timeout "$TIMEOUT" python3 "$REF" --device cpu --dtype fp32 --preset "$preset" --seq "$seq" \
+  ${threads:+env OMP_NUM_THREADS=$threads} timeout "$TIMEOUT" python3 "$REF" --device cpu --dtype fp32 --preset "$preset" --seq "$seq" \
     --batch "$batch" --rank "$RANK" --steps "$STEPS" --warmup "$WARMUP" \
     >"$LOGS/ref-$name.out" 2>"$LOGS/ref-$name.err"
   status=$?
@@ -55,7 +64,8 @@ for config in $CONFIGS; do
   if [ -z "$line" ]; then
     line="{\"impl\":\"hf-peft\",\"preset\":\"$preset\",\"seq\":$seq,\"batch\":$batch,\"error\":\"exit $status: $(tail -c 300 "$LOGS/ref-$name.err" | tr -d '"\\\n')\"}"
   fi
-  echo "$line" | tee -a "$results"
+  with_threads "$threads" "$line" | tee -a "$results"
+done
 done
 
 python3 "$(dirname "$0")/compare_table.py" "$results"

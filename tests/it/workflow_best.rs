@@ -35,6 +35,13 @@ batch_size = 4
 steps = 4
 eval_every = 2
 checkpoint_every = 2
+
+# At lr 10 the steps are chaotic: whether the second evaluation also ends above the
+# baseline turns on the last bits of the arithmetic, so it is pinned to burn's ops
+# for the norm and the loss, under which both evaluations are worse.
+[compute]
+fused_norm = false
+fused_loss = false
 "#,
             fixture = root.join("../shared/fixtures/llama-tiny").display(),
             data = root.join("experiments/data").display(),
