@@ -21,16 +21,22 @@ use super::flex_values::{flex_primitive, zeros, HostValues};
 /// Rows per rayon task.
 const ROWS: usize = 8;
 
-/// `Σ_n w[n] (logsumexp(x[n]) - x[n, t[n]])` as `[1]`, for f32 logits `[n, vocab]`;
-/// `None` for other dtypes.
+/// Whether [`token_loss_sum`] takes these: f32 logits and weights.
+pub fn supports<C: CheckpointStrategy>(
+    logits: &Tensor<Autodiff<Flex, C>, 2>,
+    weights: &Tensor<Flex, 1>,
+) -> bool {
+    logits.dtype() == DType::F32 && weights.dtype() == DType::F32
+}
+
+/// `Σ_n w[n] (logsumexp(x[n]) - x[n, t[n]])` as `[1]`, for logits `[n, vocab]` and
+/// weights [`supports`] takes.
 pub fn token_loss_sum<C: CheckpointStrategy>(
     logits: Tensor<Autodiff<Flex, C>, 2>,
     targets: Tensor<Flex, 1, Int>,
     weights: Tensor<Flex, 1>,
-) -> Result<Tensor<Autodiff<Flex, C>, 1>, Tensor<Autodiff<Flex, C>, 2>> {
-    if logits.dtype() != DType::F32 || weights.dtype() != DType::F32 {
-        return Err(logits);
-    }
+) -> Tensor<Autodiff<Flex, C>, 1> {
+    assert!(supports(&logits, &weights), "f32 logits and weights");
     let [rows, vocab] = logits.dims();
     let targets: Vec<usize> = targets
         .into_data()
@@ -82,7 +88,7 @@ pub fn token_loss_sum<C: CheckpointStrategy>(
         ),
         OpsKind::UnTracked(prep) => prep.finish(loss),
     };
-    Ok(Tensor::from_primitive(TensorPrimitive::Float(output)))
+    Tensor::from_primitive(TensorPrimitive::Float(output))
 }
 
 /// `max + ln Σ exp(x - max)`, the sum in eight lanes added pairwise, then the tail.
@@ -175,7 +181,7 @@ mod tests {
             );
             let w = Tensor::<Flex, 1>::from_data(TensorData::new(weights.clone(), [rows]), &device);
             let loss = if ours {
-                token_loss_sum(x.clone(), t, w).unwrap()
+                token_loss_sum(x.clone(), t, w)
             } else {
                 super::super::cross_entropy::cross_entropy_autodiff(x.clone(), t, w)
             };
@@ -207,7 +213,7 @@ mod tests {
                         &device,
                     );
                     let w = Tensor::<Flex, 1>::ones([100], &device);
-                    let loss = token_loss_sum(x.clone(), t, w).unwrap();
+                    let loss = token_loss_sum(x.clone(), t, w);
                     let grads = loss.clone().backward();
                     let bits = |d: TensorData| {
                         d.to_vec::<f32>()

@@ -15,22 +15,16 @@ use super::flex_values::{flex_primitive, zeros};
 /// Products with fewer multiply-adds run on one thread, as Flex runs them.
 const PARALLEL_MACS: usize = 192 * 192 * 192;
 
-/// `lhs @ rhs` for f32 `[m, k]` and `[k, n]` with any strides; other inputs are
-/// handed back.
-pub fn matmul(
-    lhs: Tensor<Flex, 2>,
-    rhs: Tensor<Flex, 2>,
-) -> Result<Tensor<Flex, 2>, (Tensor<Flex, 2>, Tensor<Flex, 2>)> {
+/// Whether [`matmul`] takes these: f32 `[m, k]` and `[k, n]`, none of them 0.
+pub fn supports(lhs: &Tensor<Flex, 2>, rhs: &Tensor<Flex, 2>) -> bool {
     let ([m, k], [k2, n]) = (lhs.dims(), rhs.dims());
-    if lhs.dtype() != DType::F32
-        || rhs.dtype() != DType::F32
-        || k != k2
-        || m == 0
-        || n == 0
-        || k == 0
-    {
-        return Err((lhs, rhs));
-    }
+    lhs.dtype() == DType::F32 && rhs.dtype() == DType::F32 && k == k2 && m * n * k > 0
+}
+
+/// `lhs @ rhs` with any strides, for operands [`supports`] takes.
+pub fn matmul(lhs: Tensor<Flex, 2>, rhs: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
+    assert!(supports(&lhs, &rhs), "f32 operands of matching inner size");
+    let ([m, k], [_, n]) = (lhs.dims(), rhs.dims());
     let (lhs, rhs) = (lhs.into_primitive().tensor(), rhs.into_primitive().tensor());
     let mut out = zeros(m * n);
     let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MACS {
@@ -65,9 +59,7 @@ pub fn matmul(
             parallelism,
         );
     }
-    Ok(Tensor::from_primitive(TensorPrimitive::Float(
-        flex_primitive(out, [m, n]),
-    )))
+    Tensor::from_primitive(TensorPrimitive::Float(flex_primitive(out, [m, n])))
 }
 
 /// The first element and the row and column strides of a `[rows, cols]` operand,
@@ -115,11 +107,7 @@ mod tests {
                     .into_data()
                     .to_vec::<f32>()
                     .unwrap();
-                let ours = matmul(lhs, rhs)
-                    .unwrap()
-                    .into_data()
-                    .to_vec::<f32>()
-                    .unwrap();
+                let ours = matmul(lhs, rhs).into_data().to_vec::<f32>().unwrap();
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&ours), bits(&expected), "{m}x{k}x{n}");
             }

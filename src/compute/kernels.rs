@@ -262,9 +262,11 @@ impl Kernels for Flex {
             |t: Tensor<Self, D>| -> Tensor<Self, 2> { Tensor::from_primitive(t.into_primitive()) };
         let back =
             |t: Tensor<Self, 2>| -> Tensor<Self, D> { Tensor::from_primitive(t.into_primitive()) };
-        match cpu_matmul::matmul(rank2(lhs), rank2(rhs)) {
-            Ok(product) => back(product),
-            Err((lhs, rhs)) => back(lhs.matmul(rhs)),
+        let (lhs, rhs) = (rank2(lhs), rank2(rhs));
+        if cpu_matmul::supports(&lhs, &rhs) {
+            back(cpu_matmul::matmul(lhs, rhs))
+        } else {
+            back(lhs.matmul(rhs))
         }
     }
 
@@ -273,10 +275,12 @@ impl Kernels for Flex {
         b: Tensor<Self, D>,
         scale: f64,
     ) -> Tensor<Self, D> {
-        match cpu_elementwise::add_scaled(a, b, scale) {
-            Ok(sum) => sum,
-            Err((a, b)) if scale == 1.0 => a + b,
-            Err((a, b)) => a + b.mul_scalar(scale),
+        if cpu_elementwise::supports(&a, &b) {
+            cpu_elementwise::add_scaled(a, b, scale)
+        } else if scale == 1.0 {
+            a + b
+        } else {
+            a + b.mul_scalar(scale)
         }
     }
 }
@@ -380,14 +384,9 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
         weights: Tensor<Self, 1>,
     ) -> Option<Tensor<Self, 1>> {
         let (targets, weights) = (targets.inner(), weights.inner());
-        let logits = if current().fused_loss {
-            match cpu_loss::token_loss_sum::<C>(logits, targets.clone(), weights.clone()) {
-                Ok(loss) => return Some(loss),
-                Err(logits) => logits,
-            }
-        } else {
-            logits
-        };
+        if current().fused_loss && cpu_loss::supports(&logits, &weights) {
+            return Some(cpu_loss::token_loss_sum::<C>(logits, targets, weights));
+        }
         Some(super::cross_entropy::cross_entropy_autodiff::<Flex, C>(
             logits, targets, weights,
         ))
