@@ -51,6 +51,7 @@ pub fn add_scaled<const D: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::flex_values::bits;
     use super::*;
     use burn::tensor::Distribution;
 
@@ -60,14 +61,6 @@ mod tests {
         let random =
             || Tensor::<Flex, 2>::random([130, 700], Distribution::Normal(0.0, 1.0), &device);
         let (a, b) = (random(), random());
-        let bits = |t: Tensor<Flex, 2>| {
-            t.into_data()
-                .to_vec::<f32>()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect::<Vec<_>>()
-        };
         for scale in [1.0, 2.0, 0.3] {
             let expected = if scale == 1.0 {
                 a.clone() + b.clone()

@@ -158,6 +158,7 @@ impl Backward<Flex, 1> for LossBackward {
 
 #[cfg(test)]
 mod tests {
+    use super::super::flex_values::bits;
     use super::*;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::tensor::{Distribution, TensorData, Tolerance};
@@ -215,17 +216,7 @@ mod tests {
                     let w = Tensor::<Flex, 1>::ones([100], &device);
                     let loss = token_loss_sum(x.clone(), t, w);
                     let grads = loss.clone().backward();
-                    let bits = |d: TensorData| {
-                        d.to_vec::<f32>()
-                            .unwrap()
-                            .iter()
-                            .map(|v| v.to_bits())
-                            .collect::<Vec<_>>()
-                    };
-                    (
-                        bits(loss.inner().into_data()),
-                        bits(x.grad(&grads).unwrap().into_data()),
-                    )
+                    (bits(loss.inner()), bits(x.grad(&grads).unwrap()))
                 })
         };
         assert_eq!(run(1), run(4));

@@ -79,6 +79,7 @@ fn operand(tensor: &FlexTensor, rows: usize, cols: usize) -> (*const f32, isize,
 
 #[cfg(test)]
 mod tests {
+    use super::super::flex_values::bits;
     use super::*;
     use burn::tensor::Distribution;
 
@@ -101,15 +102,8 @@ mod tests {
                 (random([k, m]).transpose(), b.clone()),
             ];
             for (lhs, rhs) in cases {
-                let expected = lhs
-                    .clone()
-                    .matmul(rhs.clone())
-                    .into_data()
-                    .to_vec::<f32>()
-                    .unwrap();
-                let ours = matmul(lhs, rhs).into_data().to_vec::<f32>().unwrap();
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&ours), bits(&expected), "{m}x{k}x{n}");
+                let expected = bits(lhs.clone().matmul(rhs.clone()));
+                assert_eq!(bits(matmul(lhs, rhs)), expected, "{m}x{k}x{n}");
             }
         }
     }

@@ -198,6 +198,7 @@ fn weight_gradient(state: &RmsNormState, dy: &[f32]) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::flex_values::bits;
     use super::*;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::tensor::{Distribution, Tolerance};
@@ -285,24 +286,11 @@ mod tests {
                     Tensor::<B, 1>::from_inner(Tensor::ones([96], &device) * 0.5).require_grad();
                 let y = rms_norm(x.clone(), w.clone(), 1e-6, false);
                 let grads = (y.clone() * y.clone()).sum().backward();
-                let bits = |t: Tensor<Flex, 3>| {
-                    t.into_data()
-                        .to_vec::<f32>()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.to_bits())
-                        .collect::<Vec<_>>()
-                };
-                let dw: Vec<u32> = w
-                    .grad(&grads)
-                    .unwrap()
-                    .into_data()
-                    .to_vec::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect();
-                (bits(y.inner()), bits(x.grad(&grads).unwrap()), dw)
+                (
+                    bits(y.inner()),
+                    bits(x.grad(&grads).unwrap()),
+                    bits(w.grad(&grads).unwrap()),
+                )
             })
         };
         assert_eq!(run(1), run(3));

@@ -165,6 +165,16 @@ fn copy_row(
     }
 }
 
+/// The bit patterns of a tensor's values, for tests that compare two computations
+/// bit for bit.
+#[cfg(test)]
+pub fn bits<B: burn::tensor::backend::Backend, const D: usize>(
+    tensor: burn::tensor::Tensor<B, D>,
+) -> Vec<u32> {
+    let values = tensor.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
