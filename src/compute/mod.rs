@@ -256,6 +256,11 @@ impl Default for ComputeSection {
     }
 }
 
+/// Execution keys added after executions began to be recorded, with the value that
+/// computes as graft did before the key existed: an execution whose record lacks one
+/// ran that way, so reading the record (and resuming or reproducing it) takes it.
+pub const LATER_KEYS: [(&str, bool); 2] = [("fused_norm", false), ("fused_loss", false)];
+
 /// The keys of [`ComputeSection`] that enter the recipe; the others are recorded on
 /// the execution only.
 pub const RECIPE_KEYS: [&str; 3] = ["dtype", "lora_branch", "base"];
@@ -269,6 +274,13 @@ impl ComputeSection {
             section.base = BaseStorage::Dtype;
         }
         section
+    }
+
+    /// This section as an execution recorded before [`LATER_KEYS`] existed ran it.
+    pub fn as_recorded_before_later_keys(mut self) -> ComputeSection {
+        self.fused_norm = false;
+        self.fused_loss = false;
+        self
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -368,9 +380,15 @@ impl Compute {
         Canon::Map(map)
     }
 
-    /// Reads a record written by [`Compute::to_canon`]; keys it lacks take defaults.
+    /// Reads a record written by [`Compute::to_canon`]; keys it lacks take defaults,
+    /// but for [`LATER_KEYS`], which take the value that computes as it was computed.
     pub fn from_canon(canon: &Canon) -> Result<Compute, String> {
         let mut json = canon.to_json();
+        if let Some(object) = json.as_object_mut() {
+            for (key, before) in LATER_KEYS {
+                object.entry(key).or_insert(serde_json::Value::Bool(before));
+            }
+        }
         let backend = json
             .as_object_mut()
             .and_then(|object| object.remove("backend"))
@@ -425,6 +443,28 @@ impl Compute {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_without_the_later_keys_reads_as_the_section_before_them() {
+        let Canon::Map(mut record) =
+            Compute::new(BackendKind::Cpu, ComputeSection::default()).to_canon()
+        else {
+            panic!("a map");
+        };
+        for (key, _) in LATER_KEYS {
+            record.remove(key);
+        }
+        let read = Compute::from_canon(&Canon::Map(record)).unwrap();
+        assert_eq!(
+            read.options,
+            ComputeSection::default().as_recorded_before_later_keys()
+        );
+        assert_ne!(
+            read.options,
+            ComputeSection::default(),
+            "the keys default to true"
+        );
+    }
 
     #[test]
     fn default_compute_adds_nothing_to_the_recipe() {

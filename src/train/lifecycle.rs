@@ -113,12 +113,15 @@ pub fn continuing_compute(
     recipe: &Recipe,
     backend: Option<BackendKind>,
 ) -> Compute {
+    // A run with no recorded compute was trained before compute was recorded, so
+    // before the later keys existed too.
     let mut compute = recorded.copied().unwrap_or_else(|| {
         Compute::new(
             BackendKind::default(),
             super::Experiment::from_recipe(recipe)
                 .map(|e| e.compute)
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .as_recorded_before_later_keys(),
         )
     });
     if let Some(backend) = backend {

@@ -168,10 +168,13 @@ pub fn compare(
         }
     }
     let identical = first_difference.is_none() && !new.is_empty();
-    // Executions recorded before compute was recorded ran with the defaults.
-    let original_compute = original_compute
-        .copied()
-        .unwrap_or_else(|| Compute::new(Default::default(), compute.options));
+    // Executions recorded before compute was recorded ran with the defaults of the
+    // time, before the later keys existed.
+    let original_compute = original_compute.copied().unwrap_or_else(|| {
+        let mut then = Compute::new(Default::default(), compute.options);
+        then.options = then.options.as_recorded_before_later_keys();
+        then
+    });
     let compute_differences = original_compute.differences(compute);
     let tolerance = (!compute_differences.is_empty()).then(|| original_compute.tolerance(compute));
     let reproduces = identical

@@ -126,3 +126,74 @@ fn reproduce_with_other_kernels_names_the_option_and_compares_within_tolerance()
         stderr(&recipe_key)
     );
 }
+
+/// A CPU run recorded before `compute.fused_norm` and `compute.fused_loss` existed
+/// computed its norms and loss through burn's ops: its record, which lacks both keys,
+/// reads as `false`, so `graft reproduce` runs those kernels again and matches bit for
+/// bit; turning them on names them and compares within the tolerance.
+#[test]
+fn an_execution_recorded_before_the_row_kernels_reproduces_with_the_kernels_it_ran() {
+    let work = workspace();
+    let trained: Value = serde_json::from_str(&ok_in(
+        work.path(),
+        &[
+            "train",
+            "a.toml",
+            "--quiet",
+            "--json",
+            "--set",
+            "compute.fused_norm=false",
+            "--set",
+            "compute.fused_loss=false",
+        ],
+    ))
+    .unwrap();
+    let run = trained["run"].as_str().unwrap().to_string();
+    // Rewrite the record as one written before the keys existed.
+    {
+        let store = graft::store::Store::open(&work.path().join("store")).unwrap();
+        let index = store.index().unwrap();
+        let id = graft::store::Id::from_hex(&run).unwrap();
+        let mut execution = index.executions(&id).unwrap().remove(0);
+        let graft::store::Canon::Map(mut compute) = execution.compute.take().unwrap() else {
+            panic!("compute is recorded as a map");
+        };
+        for (key, _) in graft::compute::LATER_KEYS {
+            assert!(compute.remove(key).is_some(), "{key} is recorded");
+        }
+        index
+            .set_execution_compute(&id, execution.number, graft::store::Canon::Map(compute))
+            .unwrap();
+        index.flush().unwrap();
+    }
+    let shown: Value =
+        serde_json::from_str(&ok_in(work.path(), &["show", &run, "--json"])).unwrap();
+    assert!(
+        shown["executions"][0]["compute"]
+            .get("fused_norm")
+            .is_none(),
+        "{shown}"
+    );
+
+    let same = ok_in(work.path(), &["reproduce", &run, "--quiet"]);
+    assert!(same.contains("checkpoint ids identical"), "{same}");
+    assert!(!same.contains("fused_norm differs"), "{same}");
+
+    let newer = ok_in(
+        work.path(),
+        &[
+            "reproduce",
+            &run,
+            "--quiet",
+            "--set",
+            "compute.fused_norm=true",
+        ],
+    );
+    assert!(
+        newer.contains(
+            "compute.fused_norm differs: false in the original execution, true in this one"
+        ),
+        "{newer}"
+    );
+    assert!(newer.contains("reproduces within tolerance"), "{newer}");
+}
