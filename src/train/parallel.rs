@@ -162,16 +162,18 @@ impl<B: TrainKernels> DataParallel<B> {
                     model,
                     mut optimizer,
                 } = slot.take().expect("the copy was made");
-                let (model, _) = device_step(
-                    rank,
-                    model,
-                    &mut optimizer,
-                    &theirs,
-                    &all,
-                    clip,
-                    lr,
-                    embedding_lr,
-                );
+                let (model, _) = stop_if_panicked(rank, || {
+                    device_step(
+                        rank,
+                        model,
+                        &mut optimizer,
+                        &theirs,
+                        &all,
+                        clip,
+                        lr,
+                        embedding_lr,
+                    )
+                });
                 *slot = Some(Replica { model, optimizer });
             },
             || {
@@ -194,10 +196,32 @@ impl<B: TrainKernels> DataParallel<B> {
 
 impl<B: TrainKernels> Drop for DataParallel<B> {
     fn drop(&mut self) {
-        // Each thread ends when its own queue closes.
+        // Each thread ends when its own queue closes. Not while this thread panics:
+        // the others may be waiting in a collective it left, and would never end.
+        let panicking = std::thread::panicking();
         for Worker { jobs, thread } in self.workers.drain(..) {
             drop(jobs);
-            let _ = thread.join();
+            if !panicking {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Runs device `rank`'s part of a step, and ends the process if it panics: the other
+/// devices are then waiting in an all-reduce this one will never join, which no thread
+/// can leave, so a run would hang instead of failing. What the run recorded is safe
+/// (its journal is written as it goes), and `graft resume` continues from its last
+/// checkpoint.
+fn stop_if_panicked<R>(rank: usize, part: impl FnOnce() -> R) -> R {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(part)) {
+        Ok(result) => result,
+        Err(_) => {
+            // The panic hook has printed the panic itself.
+            eprintln!(
+                "error: device {rank} (of compute.devices) failed during a step while the others wait for it in a collective; graft stops here. `graft resume RUN` continues from the last checkpoint."
+            );
+            std::process::exit(101);
         }
     }
 }
@@ -276,6 +300,55 @@ fn sum_over_devices<I: Kernels>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The child half of the next test: the lead waits for a message the other device
+    /// would send after its part (as it waits in an all-reduce), and that part panics.
+    #[test]
+    #[ignore = "run by a_device_that_panics_mid_step_ends_the_process_instead_of_hanging"]
+    fn child_a_device_panics_while_the_lead_waits() {
+        let (done, wait) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            stop_if_panicked(1, || panic!("device 1 broke"));
+            let _ = done.send(());
+        });
+        let _ = wait.recv();
+        // Reached only if the panicking part let the thread go on.
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_device_that_panics_mid_step_ends_the_process_instead_of_hanging() {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "train::parallel::tests::child_a_device_panics_while_the_lead_waits",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("the process still waits a minute after a device panicked");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(101), "{stderr}");
+        assert!(
+            stderr.contains("device 1 broke"),
+            "the panic is printed: {stderr}"
+        );
+        assert!(stderr.contains("graft resume RUN"), "{stderr}");
+    }
 
     #[test]
     fn shares_cover_every_row_once_in_order() {
