@@ -111,8 +111,22 @@ try {
   // 4. Live: the test starts a training run now; it appears in the table
   //    without a reload, running, and its curve grows.
   await lines.next();
+  // The page is still on the fork's run page, which the training's records keep
+  // refreshing. A refresh in flight when the route changes must not draw over the
+  // next view: hold the run page's answers back, and leave while one is held.
+  let arrived;
+  const held = new Promise((resolve) => { arrived = resolve; });
+  const runPage = `**/api/runs/${fork.id}`;
+  await page.route(runPage, async (route) => {
+    arrived();
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    await route.continue().catch(() => {});
+  });
+  await Promise.race([held, new Promise((resolve) => setTimeout(resolve, 60000))]);
   // The new run is the row the store did not have (its tag comes at the end).
   await page.goto(`${url}#/runs`);
+  await new Promise((resolve) => setTimeout(resolve, 3500));
+  await page.unroute(runPage);
   const known = expect.runs.map((r) => r.id);
   await page.waitForFunction((ids) => [...document.querySelectorAll('#runs-table tbody tr')]
     .some((r) => !ids.includes(r.dataset.runId)), known, { timeout: 120000 });

@@ -9,6 +9,9 @@ import { runView } from './run.js';
 
 const views = { runs: runsView, lineage: lineageView, compare: compareView, run: runView };
 let current = null;
+// Counts route changes: a view whose route was left while it loaded is not made
+// current.
+let shown = 0;
 
 function route() {
   const [path, query = ''] = location.hash.replace(/^#\/?/, '').split('?');
@@ -17,9 +20,15 @@ function route() {
 }
 
 async function show() {
+  const token = ++shown;
+  current = null;
   const { name, argument, params } = route();
   const root = document.getElementById('view');
-  root.replaceChildren();
+  // Each view draws into a container of its own. A view left while a load of its
+  // own was in flight (a refresh the record's changes keep starting) then draws
+  // into a detached element instead of over the view that replaced it.
+  const container = document.createElement('div');
+  root.replaceChildren(container);
   root.dataset.view = name;
   // Charts belong to the view they were drawn in.
   for (const chart of window.graftCharts || []) chart.plot.destroy();
@@ -27,7 +36,8 @@ async function show() {
   for (const link of document.querySelectorAll('nav a')) {
     link.classList.toggle('active', link.dataset.view === name);
   }
-  current = await views[name](root, argument, params);
+  const view = await views[name](container, argument, params);
+  if (token === shown) current = view;
 }
 
 // Refresh the view now, or, for a view that asks to be refreshed at most

@@ -95,6 +95,9 @@ export async function compareView(root, _argument, params) {
   }
 
   function draw() {
+    // A compare view already left (its load was in flight) must not touch the
+    // charts of the view that replaced it.
+    if (!root.isConnected) return;
     for (const chart of window.graftCharts || []) chart.plot.destroy();
     window.graftCharts = [];
     main.replaceChildren();
