@@ -113,15 +113,17 @@ pub fn continuing_compute(
     recipe: &Recipe,
     backend: Option<BackendKind>,
 ) -> Compute {
-    // A run with no recorded compute was trained before compute was recorded, so
-    // before the later keys existed too.
+    // No recorded compute: a run trained before compute was recorded, or one
+    // stopped between registering its execution and recording how it computes
+    // (before its first step). A resume of the second must compute as a fresh run
+    // does, so both take today's defaults; `reproduce` compares the first kind
+    // with the options of its time and names the difference.
     let mut compute = recorded.copied().unwrap_or_else(|| {
         Compute::new(
             BackendKind::default(),
             super::Experiment::from_recipe(recipe)
                 .map(|e| e.compute)
-                .unwrap_or_default()
-                .as_recorded_before_later_keys(),
+                .unwrap_or_default(),
         )
     });
     if let Some(backend) = backend {
