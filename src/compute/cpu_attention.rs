@@ -398,7 +398,8 @@ pub fn causal_attention<C: CheckpointStrategy>(
     let (out, lse) = forward(&q, &k, &v, dims);
     // The model merges the heads next (`swap_dims(1, 2)` and a reshape): stored in
     // that order, the output is merged without a copy.
-    let output = seq_major(&out, [batch, heads, seq, dim]);
+    let out = flex_primitive(out, [batch, heads, seq, dim]);
+    let output = seq_major(out.clone());
     let output = match prepared {
         OpsKind::Tracked(prep) => {
             let state = AttentionState {
@@ -406,7 +407,7 @@ pub fn causal_attention<C: CheckpointStrategy>(
                 q,
                 k,
                 v,
-                out,
+                out: HostValues::new(out),
                 lse,
             };
             prep.finish(state, output)
@@ -433,7 +434,7 @@ struct AttentionState {
     q: HostValues,
     k: HostValues,
     v: HostValues,
-    out: Vec<f32>,
+    out: HostValues,
     lse: Vec<f32>,
 }
 
@@ -463,7 +464,10 @@ impl Backward<Flex, 3> for CpuAttentionBackward {
         let registered = [
             (node_q, flex_primitive(dq, [batch, heads, seq, dim])),
             (node_k, flex_primitive(dk, [batch, kv_heads, keys, dim])),
-            (node_v, seq_major(&dv, [batch, kv_heads, keys, dim])),
+            (
+                node_v,
+                seq_major(flex_primitive(dv, [batch, kv_heads, keys, dim])),
+            ),
         ];
         for (node, grad) in registered {
             if let Some(node) = node {

@@ -17,6 +17,7 @@ use burn::tensor::{DType, Int, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
 use super::flex_values::{flex_primitive, zeros, HostValues};
+use super::reduce::lane_sum;
 
 /// Rows per rayon task.
 const ROWS: usize = 8;
@@ -91,22 +92,10 @@ pub fn token_loss_sum<C: CheckpointStrategy>(
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }
 
-/// `max + ln Σ exp(x - max)`, the sum in eight lanes added pairwise, then the tail.
+/// `max + ln Σ exp(x - max)`, the sum in [`lane_sum`]'s fixed order.
 fn log_sum_exp(x: &[f32]) -> f32 {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut lanes = [0.0f32; 8];
-    let head = x.len() / 8 * 8;
-    for chunk in x[..head].chunks_exact(8) {
-        for lane in 0..8 {
-            lanes[lane] += (chunk[lane] - max).exp();
-        }
-    }
-    let mut sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-    for &v in &x[head..] {
-        sum += (v - max).exp();
-    }
-    max + sum.ln()
+    max + lane_sum(x.iter().map(|&v| (v - max).exp())).ln()
 }
 
 #[derive(Debug)]

@@ -18,6 +18,7 @@ use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
 use super::flex_values::{flex_primitive, zeros, HostValues};
+use super::reduce::lane_sum;
 
 /// Rows per rayon task, and per partial sum of the weight's gradient: a fixed number,
 /// so the order of additions is the same on any machine.
@@ -84,23 +85,9 @@ pub fn rms_norm<C: CheckpointStrategy, const D: usize>(
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }
 
-/// `Σ a_i b_i` in a fixed order: eight running lanes, the lanes added pairwise, then
-/// the tail.
+/// `Σ a_i b_i` in [`lane_sum`]'s fixed order.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (head_a, tail_a) = a.split_at(a.len() / 8 * 8);
-    let (head_b, tail_b) = b.split_at(head_a.len());
-    for (a, b) in head_a.chunks_exact(8).zip(head_b.chunks_exact(8)) {
-        for lane in 0..8 {
-            lanes[lane] += a[lane] * b[lane];
-        }
-    }
-    let mut sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-    for (a, b) in tail_a.iter().zip(tail_b) {
-        sum += a * b;
-    }
-    sum
+    lane_sum(a.iter().zip(b).map(|(a, b)| a * b))
 }
 
 #[derive(Debug)]

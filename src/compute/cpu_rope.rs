@@ -110,7 +110,7 @@ impl Backward<Flex, 1> for RopeBackward {
             let dx = apply(&dy, &state.cos, &state.sin, state.shape, Pass::Gradient);
             // The input was a head-split view of the projection's output: stored in
             // that order, its gradient goes back through the split without a copy.
-            grads.register::<Flex>(node.id, seq_major(&dx, state.shape));
+            grads.register::<Flex>(node.id, seq_major(flex_primitive(dx, state.shape)));
         }
     }
 }

@@ -54,52 +54,17 @@ impl std::ops::Deref for HostValues {
     }
 }
 
-/// The values of a CPU tensor primitive in logical (row-major) order, as a vector
-/// the caller may change: no copy where the primitive owns a contiguous buffer alone.
-pub fn host_values(primitive: FlexTensor) -> Vec<f32> {
-    let primitive = if primitive.as_slice::<f32>().is_some() {
-        primitive
-    } else {
-        contiguous(&primitive)
-    };
-    primitive
-        .into_data()
-        .into_vec::<f32>()
-        .expect("the fused CPU nodes take f32")
-}
-
 /// A CPU tensor primitive of `shape` holding `values` (row-major), without a copy.
 pub fn flex_primitive(values: Vec<f32>, shape: impl Into<burn::tensor::Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// A `[batch, heads, seq, dim]` primitive holding `values` (row-major in that shape)
-/// stored as `[batch, seq, heads, dim]`: the model's head merge, `swap_dims(1, 2)`
-/// then a reshape, reads that as contiguous instead of copying it on one thread. The
-/// permuting copy runs in parallel.
-pub fn seq_major(values: &[f32], shape: [usize; 4]) -> FlexTensor {
-    let [batch, heads, seq, dim] = shape;
-    assert_eq!(values.len(), batch * heads * seq * dim);
-    let mut stored = Vec::with_capacity(values.len());
-    let rows_per_task = (CHUNK / dim.max(1)).max(1);
-    stored.spare_capacity_mut()[..values.len()]
-        .par_chunks_mut(rows_per_task * dim.max(1))
-        .enumerate()
-        .for_each(|(task, out)| {
-            for (i, out_row) in out.chunks_mut(dim).enumerate() {
-                // Row (b, s, h) of the stored order is row (b, h, s) of `values`.
-                let row = task * rows_per_task + i;
-                let (h, rest) = (row % heads, row / heads);
-                let (s, b) = (rest % seq, rest / seq);
-                let from = ((b * heads + h) * seq + s) * dim;
-                for (o, &v) in out_row.iter_mut().zip(&values[from..from + dim]) {
-                    *o = MaybeUninit::new(v);
-                }
-            }
-        });
-    // SAFETY: every row of the buffer was written above.
-    unsafe { stored.set_len(values.len()) };
-    FlexTensor::from_data(TensorData::new(stored, [batch, seq, heads, dim])).transpose(1, 2)
+/// `head_major`, a contiguous `[batch, heads, seq, dim]` primitive, stored as
+/// `[batch, seq, heads, dim]`: the model's head merge, `swap_dims(1, 2)` then a
+/// reshape, reads that as contiguous instead of copying it on one thread. The
+/// permuting copy runs in parallel ([`contiguous`]).
+pub fn seq_major(head_major: FlexTensor) -> FlexTensor {
+    contiguous(&head_major.transpose(1, 2)).transpose(1, 2)
 }
 
 /// `len` zeros, written by all cores (a reused heap block is not zero already).
@@ -203,7 +168,6 @@ mod tests {
             let expected = view.clone().into_data().to_vec::<f32>().unwrap();
             let shared = HostValues::new(primitive(view.clone()));
             assert_eq!(&shared[..], &expected[..]);
-            assert_eq!(host_values(primitive(view)), expected);
         }
     }
 
@@ -224,7 +188,7 @@ mod tests {
         let values: Vec<f32> = (0..shape.iter().product::<usize>())
             .map(|i| i as f32)
             .collect();
-        let stored = seq_major(&values, shape);
+        let stored = seq_major(flex_primitive(values.clone(), shape));
         let tensor =
             Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(stored));
         assert_eq!(tensor.dims(), shape);

@@ -277,10 +277,14 @@ impl ComputeSection {
     }
 
     /// This section as an execution recorded before [`LATER_KEYS`] existed ran it.
-    pub fn as_recorded_before_later_keys(mut self) -> ComputeSection {
-        self.fused_norm = false;
-        self.fused_loss = false;
-        self
+    pub fn as_recorded_before_later_keys(self) -> ComputeSection {
+        let mut json = serde_json::to_value(self).expect("the section serializes");
+        if let Some(object) = json.as_object_mut() {
+            for (key, before) in LATER_KEYS {
+                object.insert(key.to_string(), serde_json::Value::Bool(before));
+            }
+        }
+        serde_json::from_value(json).expect("the section reads back")
     }
 
     pub fn validate(&self) -> Result<(), String> {

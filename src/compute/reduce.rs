@@ -40,6 +40,30 @@ pub fn ordered_sum<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<B
     Tensor::cat(parts, 0).sum()
 }
 
+/// The sum of `terms` in an order fixed by their count alone: eight running lanes
+/// (term i into lane i mod 8), the lanes added pairwise, then the last `count mod 8`
+/// terms. No thread count or SIMD width changes a bit of it (Rust neither
+/// reassociates nor fuses float additions), which the CPU's row kernels need.
+pub fn lane_sum(terms: impl ExactSizeIterator<Item = f32>) -> f32 {
+    let count = terms.len();
+    let head = count / 8 * 8;
+    let mut lanes = [0.0f32; 8];
+    let mut tail = [0.0f32; 7];
+    for (i, term) in terms.enumerate() {
+        if i < head {
+            lanes[i % 8] += term;
+        } else {
+            tail[i - head] = term;
+        }
+    }
+    let mut sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    for term in &tail[..count - head] {
+        sum += term;
+    }
+    sum
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
