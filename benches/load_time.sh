@@ -48,7 +48,7 @@ base = \"$BASE\""
   /usr/bin/time -v -o "$WORK/$BASE.time" "$GRAFT" --store "$STORE" train "$WORK/$BASE.toml" \
     --backend "$BACKEND" --json >"$WORK/$BASE.out" \
     2> >(while IFS= read -r line; do
-           printf '%.2f %s\n' "$(echo "$(date +%s.%N) - $start" | bc)" "$line"
+           printf '%.2f %s\n' "$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { print a - b }')" "$line"
          done >"$WORK/$BASE.err") || { echo "$BASE: graft failed" >&2; cat "$WORK/$BASE.err" >&2; exit 1; }
   sleep 0.2 # the stamping loop finishes its last line
   total=$(awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, t, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + t[i]; print s}' "$WORK/$BASE.time")
@@ -61,8 +61,9 @@ base = \"$BASE\""
     continue
   fi
   read -r at load read_s convert device < <(echo "$line" | sed -E 's/^([0-9.]+) .* in ([0-9.]+) s: reading ([0-9.]+) s, .* ([0-9.]+) s, to the device ([0-9.]+) s.*/\1 \2 \3 \4 \5/')
-  before=$(echo "$at - $load" | bc)
-  after=$(echo "$total - $at" | bc)
+  # awk, not bc: the GPU machine has no bc.
+  before=$(awk -v a="$at" -v b="$load" 'BEGIN { print a - b }')
+  after=$(awk -v a="$total" -v b="$at" 'BEGIN { print a - b }')
   printf '%-6s %10.1f %12.1f %8.1f %8.1f %9.1f %8.1f %11.1f %12s\n' "$BASE" "$total" "$before" "$read_s" "$convert" "$device" "$load" "$after" "$rss"
 done
 echo "logs in $WORK"

@@ -130,6 +130,12 @@ fn with_overrides(options: ComputeSection, overrides: &[String]) -> CliResult<Co
             ))
             .with_hint("`graft fork RUN@STEP --set KEY=VALUE` trains a changed recipe"));
         };
+        if name == "cpu_vectors" {
+            return Err(CliError::user(format!(
+                "--set {assignment}: compute.cpu_vectors is what this machine's CPU offers (recorded, not chosen)"
+            ))
+            .with_hint("reproduce on a machine with those vectors to compare bit for bit"));
+        }
         if RECIPE_KEYS.contains(&name) {
             return Err(CliError::user(format!(
                 "--set {assignment}: compute.{name} is part of the recipe, so changing it makes another run"

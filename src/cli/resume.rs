@@ -40,12 +40,15 @@ pub fn run(args: Args, context: &Context) -> CliResult {
             ),
         }
     }
-    let compute = crate::train::lifecycle::resume_compute(
+    let (compute, not_exact) = crate::train::lifecycle::resume_compute(
         &store.index()?,
         &run_id,
         &run.recipe,
         args.common.backend,
     )?;
+    if let (Some(note), false) = (not_exact, args.common.quiet) {
+        eprintln!("note: {note}");
+    }
     let outcome = execute_plan(&store, &plan, kind, compute, &args.common)?;
     finish(&store, &outcome, &args.common)
 }

@@ -17,6 +17,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
+use super::cpu_exp::{exp_in_place, with_exp, Exp};
 use super::flex_values::{flex_primitive, seq_major, zeros, HostValues};
 
 /// Queries per block: a block's scores (`ROWS x keys` f32) stay in cache at the
@@ -138,7 +139,7 @@ fn product(
 }
 
 /// One head's output and per-row log-sum-exp.
-fn forward_head(
+fn forward_head<E: Exp>(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -163,9 +164,10 @@ fn forward_head(
         for (i, row) in scores.chunks_mut(visible).enumerate() {
             let (seen, future) = row.split_at_mut(dims.seen(start, i));
             let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            seen.iter_mut().for_each(|x| *x -= max);
+            exp_in_place::<E>(seen);
             let mut sum = 0.0;
-            for x in seen.iter_mut() {
-                *x = (*x - max).exp();
+            for x in seen.iter() {
                 sum += *x;
             }
             let inverse = 1.0 / sum;
@@ -209,7 +211,7 @@ struct HeadInputs<'a> {
     dout: &'a [f32],
 }
 
-fn backward_head(x: HeadInputs, g: HeadGrads, dims: Dims, scratch: &mut BackwardScratch) {
+fn backward_head<E: Exp>(x: HeadInputs, g: HeadGrads, dims: Dims, scratch: &mut BackwardScratch) {
     let dim = dims.dim;
     let scale = dims.scale();
     for (start, rows, visible) in dims.blocks() {
@@ -230,7 +232,8 @@ fn backward_head(x: HeadInputs, g: HeadGrads, dims: Dims, scratch: &mut Backward
         for (i, row) in probs.chunks_mut(visible).enumerate() {
             let (seen, future) = row.split_at_mut(dims.seen(start, i));
             let lse = x.lse[start + i];
-            seen.iter_mut().for_each(|s| *s = (*s - lse).exp());
+            seen.iter_mut().for_each(|s| *s -= lse);
+            exp_in_place::<E>(seen);
             future.fill(0.0);
         }
         // dV += Pᵀ dO
@@ -295,7 +298,7 @@ fn backward_head(x: HeadInputs, g: HeadGrads, dims: Dims, scratch: &mut Backward
 
 /// The output and log-sum-exp of every head. Tasks are kv heads, each with the query
 /// heads it serves.
-fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims) -> (Vec<f32>, Vec<f32>) {
+fn forward<E: Exp>(q: &[f32], k: &[f32], v: &[f32], dims: Dims) -> (Vec<f32>, Vec<f32>) {
     let (seq, keys, dim, groups) = (dims.seq, dims.keys, dims.dim, dims.groups());
     let heads = dims.batch * dims.heads;
     let mut out = zeros(heads * seq * dim);
@@ -310,7 +313,7 @@ fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims) -> (Vec<f32>, Vec<f32>) 
             for (g, (out, lse)) in outs.enumerate() {
                 let h = kv * groups + g;
                 let q = &q[h * seq * dim..(h + 1) * seq * dim];
-                forward_head(q, k, v, out, lse, dims, scores);
+                forward_head::<E>(q, k, v, out, lse, dims, scores);
             }
         });
     (out, lse)
@@ -318,7 +321,7 @@ fn forward(q: &[f32], k: &[f32], v: &[f32], dims: Dims) -> (Vec<f32>, Vec<f32>) 
 
 /// Gradients of q, k and v. Tasks are kv heads: each adds its query heads'
 /// contributions to its keys' and values' gradients in a fixed order.
-fn backward(state: &AttentionState, dout: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn backward<E: Exp>(state: &AttentionState, dout: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let dims = state.dims;
     let (seq, keys, dim, groups) = (dims.seq, dims.keys, dims.dim, dims.groups());
     let heads = dims.batch * dims.heads;
@@ -348,7 +351,7 @@ fn backward(state: &AttentionState, dout: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f3
                     dk: &mut *dk,
                     dv: &mut *dv,
                 };
-                backward_head(inputs, grads, dims, scratch);
+                backward_head::<E>(inputs, grads, dims, scratch);
             }
         });
     (dq, dk, dv)
@@ -395,7 +398,7 @@ pub fn causal_attention<C: CheckpointStrategy>(
         HostValues::new(k.primitive),
         HostValues::new(v.primitive),
     );
-    let (out, lse) = forward(&q, &k, &v, dims);
+    let (out, lse) = with_exp!(E => forward::<E>(&q, &k, &v, dims));
     // The model merges the heads next (`swap_dims(1, 2)` and a reshape): stored in
     // that order, the output is merged without a copy.
     let out = flex_primitive(out, [batch, heads, seq, dim]);
@@ -450,7 +453,7 @@ impl Backward<Flex, 3> for CpuAttentionBackward {
         let [node_q, node_k, node_v] = ops.parents;
         let dout = HostValues::new(grads.consume::<Flex>(&ops.node));
         let state = ops.state;
-        let (dq, dk, dv) = backward(&state, &dout);
+        let (dq, dk, dv) = with_exp!(E => backward::<E>(&state, &dout));
         let Dims {
             batch,
             heads,

@@ -16,6 +16,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Int, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
+use super::cpu_exp::{exp_in_place, with_exp, Exp};
 use super::flex_values::{flex_primitive, zeros, HostValues};
 use super::reduce::lane_sum;
 
@@ -62,18 +63,19 @@ pub fn token_loss_sum<C: CheckpointStrategy>(
     let x = HostValues::new(logits.primitive);
     let mut lse = zeros(rows);
     let mut terms = zeros(rows);
-    lse.par_chunks_mut(ROWS)
-        .zip(terms.par_chunks_mut(ROWS))
-        .zip(x.par_chunks(ROWS * vocab))
-        .enumerate()
-        .for_each(|(task, ((lse, terms), x))| {
-            for (i, ((lse, term), x)) in lse.iter_mut().zip(terms).zip(x.chunks(vocab)).enumerate()
-            {
-                let row = task * ROWS + i;
-                *lse = log_sum_exp(x);
-                *term = (*lse - x[targets[row]]) * weights[row];
-            }
-        });
+    with_exp!(E => lse
+    .par_chunks_mut(ROWS)
+    .zip(terms.par_chunks_mut(ROWS))
+    .zip(x.par_chunks(ROWS * vocab))
+    .enumerate()
+    .for_each_init(Vec::new, |shifted, (task, ((lse, terms), x))| {
+        for (i, ((lse, term), x)) in lse.iter_mut().zip(terms).zip(x.chunks(vocab)).enumerate()
+        {
+            let row = task * ROWS + i;
+            *lse = log_sum_exp::<E>(x, shifted);
+            *term = (*lse - x[targets[row]]) * weights[row];
+        }
+    }));
     let total = terms.iter().map(|&t| t as f64).sum::<f64>() as f32;
     let loss = flex_primitive(vec![total], [1]);
     let output = match prepared {
@@ -92,10 +94,14 @@ pub fn token_loss_sum<C: CheckpointStrategy>(
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }
 
-/// `max + ln Σ exp(x - max)`, the sum in [`lane_sum`]'s fixed order.
-fn log_sum_exp(x: &[f32]) -> f32 {
+/// `max + ln Σ exp(x - max)`, the sum in [`lane_sum`]'s fixed order; `shifted` is
+/// scratch for the exponentials, so they are computed in one vectorizable pass.
+fn log_sum_exp<E: Exp>(x: &[f32], shifted: &mut Vec<f32>) -> f32 {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    max + lane_sum(x.iter().map(|&v| (v - max).exp())).ln()
+    shifted.clear();
+    shifted.extend(x.iter().map(|&v| v - max));
+    exp_in_place::<E>(shifted);
+    max + lane_sum(shifted.iter().copied()).ln()
 }
 
 #[derive(Debug)]
@@ -127,19 +133,22 @@ impl Backward<Flex, 1> for LossBackward {
         // d/dx of w (lse - x[t]) is w softmax(x) - w onehot(t), times the upstream
         // gradient of the sum.
         let mut dx = zeros(state.x.len());
-        dx.par_chunks_mut(ROWS * vocab)
-            .zip(state.x.par_chunks(ROWS * vocab))
-            .enumerate()
-            .for_each(|(task, (dx, x))| {
-                for (i, (dx, x)) in dx.chunks_mut(vocab).zip(x.chunks(vocab)).enumerate() {
-                    let row = task * ROWS + i;
-                    let (lse, weight) = (state.lse[row], state.weights[row] * upstream);
-                    for (d, &v) in dx.iter_mut().zip(x) {
-                        *d = (v - lse).exp() * weight;
-                    }
-                    dx[state.targets[row]] += -weight;
+        with_exp!(E => dx
+        .par_chunks_mut(ROWS * vocab)
+        .zip(state.x.par_chunks(ROWS * vocab))
+        .enumerate()
+        .for_each(|(task, (dx, x))| {
+            for (i, (dx, x)) in dx.chunks_mut(vocab).zip(x.chunks(vocab)).enumerate() {
+                let row = task * ROWS + i;
+                let (lse, weight) = (state.lse[row], state.weights[row] * upstream);
+                for (d, &v) in dx.iter_mut().zip(x) {
+                    *d = v - lse;
                 }
-            });
+                exp_in_place::<E>(dx);
+                dx.iter_mut().for_each(|d| *d *= weight);
+                dx[state.targets[row]] += -weight;
+            }
+        }));
         let rows = state.lse.len();
         grads.register::<Flex>(node.id, flex_primitive(dx, [rows, vocab]));
     }

@@ -14,6 +14,8 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
+use super::cpu_exp::{with_exp, Exp};
+use super::cpu_vectors::in_widest_vectors;
 use super::flex_values::{flex_primitive, zeros, HostValues};
 
 /// Elements per rayon task.
@@ -40,9 +42,11 @@ pub fn gate<C: CheckpointStrategy>(
     out.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
         .for_each(|(out, (g, u))| {
-            for ((y, &g), &u) in out.iter_mut().zip(g).zip(u) {
-                *y = silu(g) * u;
-            }
+            with_exp!(E => in_widest_vectors(|| {
+                for ((y, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                    *y = silu::<E>(g) * u;
+                }
+            }))
         });
     let out = flex_primitive(out, shape);
     let output = match prepared {
@@ -59,12 +63,14 @@ pub fn gate<C: CheckpointStrategy>(
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+#[inline(always)]
+fn sigmoid<E: Exp>(x: f32) -> f32 {
+    1.0 / (1.0 + E::exp(-x))
 }
 
-fn silu(x: f32) -> f32 {
-    x * sigmoid(x)
+#[inline(always)]
+fn silu<E: Exp>(x: f32) -> f32 {
+    x * sigmoid::<E>(x)
 }
 
 #[derive(Debug)]
@@ -97,12 +103,15 @@ impl Backward<Flex, 2> for SwigluBackward {
             .zip(dy.par_chunks(CHUNK))
             .zip(state.gate.par_chunks(CHUNK).zip(state.up.par_chunks(CHUNK)))
             .for_each(|(((dgate, dup), dy), (g, u))| {
-                for i in 0..dy.len() {
-                    let s = sigmoid(g[i]);
-                    // silu'(g) = s (1 + g (1 - s))
-                    dgate[i] = dy[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
-                    dup[i] = dy[i] * (g[i] * s);
-                }
+                let rows = dgate.iter_mut().zip(dup.iter_mut()).zip(dy).zip(g).zip(u);
+                with_exp!(E => in_widest_vectors(|| {
+                    for ((((dgate, dup), &dy), &g), &u) in rows {
+                        let s = sigmoid::<E>(g);
+                        // silu'(g) = s (1 + g (1 - s))
+                        *dgate = dy * u * (s * (1.0 + g * (1.0 - s)));
+                        *dup = dy * (g * s);
+                    }
+                }))
             });
         for (node, grad) in [(node_gate, dgate), (node_up, dup)] {
             if let Some(node) = node {

@@ -22,11 +22,13 @@
 pub mod attention;
 pub mod cpu_attention;
 pub mod cpu_elementwise;
+pub mod cpu_exp;
 pub mod cpu_loss;
 pub mod cpu_matmul;
 pub mod cpu_norm;
 pub mod cpu_rope;
 pub mod cpu_swiglu;
+pub mod cpu_vectors;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cublas;
@@ -50,6 +52,7 @@ pub mod lora_product;
 pub mod nccl;
 pub mod quant_product;
 pub mod reduce;
+pub use cpu_vectors::CpuVectors;
 pub use devices::Devices;
 pub use dispatch::ComputeError;
 pub mod options;
@@ -231,6 +234,10 @@ pub struct ComputeSection {
     /// (the CPU; false: the loss node over burn's ops, as graft computed it before).
     #[serde(default = "default_true")]
     pub fused_loss: bool,
+    /// The CPU kernels' `exp` over a polynomial that vectorizes and gives the same bits
+    /// on every CPU (false: the C library's `expf`, as graft computed it before).
+    #[serde(default = "default_true")]
+    pub vector_exp: bool,
     /// AdamW over the whole LoRA group in a few fused CUDA launches.
     #[serde(default = "default_true")]
     pub fused_adamw: bool,
@@ -259,7 +266,11 @@ impl Default for ComputeSection {
 /// Execution keys added after executions began to be recorded, with the value that
 /// computes as graft did before the key existed: an execution whose record lacks one
 /// ran that way, so reading the record (and resuming or reproducing it) takes it.
-pub const LATER_KEYS: [(&str, bool); 2] = [("fused_norm", false), ("fused_loss", false)];
+pub const LATER_KEYS: [(&str, bool); 3] = [
+    ("fused_norm", false),
+    ("fused_loss", false),
+    ("vector_exp", false),
+];
 
 /// The keys of [`ComputeSection`] that enter the recipe; the others are recorded on
 /// the execution only.
@@ -317,11 +328,15 @@ impl ComputeSection {
     }
 }
 
-/// The resolved way an execution computes: the device and the `[compute]` section.
+/// The resolved way an execution computes: the device, the `[compute]` section and,
+/// on the CPU, the vector instructions its products ran with.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Compute {
     pub backend: BackendKind,
     pub options: ComputeSection,
+    /// This machine's for a new execution, the recorded one for a read record;
+    /// recorded for CPU executions only (the GPU's products do not use them).
+    pub cpu_vectors: CpuVectors,
 }
 
 impl Compute {
@@ -331,7 +346,32 @@ impl Compute {
         Compute {
             backend,
             options: options.normalized(),
+            cpu_vectors: CpuVectors::of_this_machine(),
         }
+    }
+
+    /// This value computing on this machine: a record read from another (or from an
+    /// older build) carries the vectors it ran with, a new execution runs with these.
+    pub fn on_this_machine(self) -> Compute {
+        Compute {
+            cpu_vectors: CpuVectors::of_this_machine(),
+            ..self
+        }
+    }
+
+    /// Why a new execution of `recorded` here cannot continue it bit for bit, if it
+    /// cannot: the CPU's products run with other vector instructions.
+    pub fn vectors_differ_from(&self, recorded: &Compute) -> Option<String> {
+        (self.backend == BackendKind::Cpu
+            && recorded.backend == BackendKind::Cpu
+            && self.cpu_vectors != recorded.cpu_vectors)
+            .then(|| {
+                format!(
+                    "compute.cpu_vectors: this machine's matrix products run with {} kernels, the recorded execution's with {}; they sum in another order, so this execution is not bit-identical to one on the recorded machine",
+                    self.cpu_vectors.as_str(),
+                    recorded.cpu_vectors.as_str()
+                )
+            })
     }
 
     /// Refuses what this build or backend cannot compute, naming the key.
@@ -365,6 +405,7 @@ impl Compute {
             fused_swiglu: o.fused_swiglu,
             fused_norm: o.fused_norm,
             fused_loss: o.fused_loss,
+            vector_exp: o.vector_exp,
             fused_adamw: o.fused_adamw,
         }
     }
@@ -381,11 +422,18 @@ impl Compute {
             _ => BTreeMap::new(),
         };
         map.insert("backend".into(), Canon::Str(self.backend.as_str().into()));
+        if self.backend == BackendKind::Cpu {
+            map.insert(
+                "cpu_vectors".into(),
+                Canon::Str(self.cpu_vectors.as_str().into()),
+            );
+        }
         Canon::Map(map)
     }
 
     /// Reads a record written by [`Compute::to_canon`]; keys it lacks take defaults,
-    /// but for [`LATER_KEYS`], which take the value that computes as it was computed.
+    /// but for [`LATER_KEYS`], which take the value that computes as it was computed,
+    /// and a CPU record's vectors, which were [`CpuVectors::BEFORE_RECORDED`].
     pub fn from_canon(canon: &Canon) -> Result<Compute, String> {
         let mut json = canon.to_json();
         if let Some(object) = json.as_object_mut() {
@@ -400,8 +448,22 @@ impl Compute {
             .transpose()
             .map_err(|e| format!("compute.backend: {e}"))?
             .unwrap_or_default();
+        let cpu_vectors = json
+            .as_object_mut()
+            .and_then(|object| object.remove("cpu_vectors"))
+            .map(serde_json::from_value::<CpuVectors>)
+            .transpose()
+            .map_err(|e| format!("compute.cpu_vectors: {e}"))?
+            .unwrap_or(match backend {
+                BackendKind::Cpu => CpuVectors::BEFORE_RECORDED,
+                BackendKind::Cuda => CpuVectors::of_this_machine(),
+            });
         let options = serde_json::from_value(json).map_err(|e| e.to_string())?;
-        Ok(Compute { backend, options })
+        Ok(Compute {
+            backend,
+            options,
+            cpu_vectors,
+        })
     }
 
     /// Every option whose value differs: `(key, self's value, other's value)`.
@@ -420,6 +482,9 @@ impl Compute {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .filter(|key| mine.get(*key) != theirs.get(*key))
+            // Vectors matter where both executions multiply on the CPU; across backends
+            // the backend is the difference.
+            .filter(|key| *key != "cpu_vectors" || self.backend == other.backend)
             .map(|key| {
                 (
                     format!("compute.{key}"),
@@ -504,6 +569,38 @@ mod tests {
         assert_eq!(keys, ["compute.attention", "compute.backend"]);
         let back = Compute::from_canon(&other.to_canon()).unwrap();
         assert_eq!(back, other);
+    }
+
+    #[test]
+    fn a_cpu_execution_records_its_vectors_and_another_machines_are_named() {
+        let here = Compute::new(BackendKind::Cpu, ComputeSection::default());
+        assert_eq!(here.cpu_vectors, CpuVectors::of_this_machine());
+        assert_eq!(Compute::from_canon(&here.to_canon()).unwrap(), here);
+        // A record from before the key: the FMA kernels every build then used.
+        let Canon::Map(mut record) = here.to_canon() else {
+            panic!("a map");
+        };
+        record.remove("cpu_vectors");
+        let before = Compute::from_canon(&Canon::Map(record)).unwrap();
+        assert_eq!(before.cpu_vectors, CpuVectors::Fma);
+        let elsewhere = Compute {
+            cpu_vectors: if here.cpu_vectors == CpuVectors::Scalar {
+                CpuVectors::Fma
+            } else {
+                CpuVectors::Scalar
+            },
+            ..here
+        };
+        let named = elsewhere.differences(&here);
+        assert_eq!(named.len(), 1, "{named:?}");
+        assert_eq!(named[0].0, "compute.cpu_vectors");
+        let note = here.vectors_differ_from(&elsewhere).expect("not exact");
+        assert!(note.contains(elsewhere.cpu_vectors.as_str()), "{note}");
+        assert_eq!(elsewhere.on_this_machine(), here);
+        assert_eq!(here.vectors_differ_from(&here), None);
+        // On the GPU the host's vectors compute nothing, so they are not recorded.
+        let cuda = Compute::new(BackendKind::Cuda, ComputeSection::default());
+        assert!(cuda.to_canon().get("cpu_vectors").is_none());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub struct KernelOptions {
     pub fused_swiglu: bool,
     pub fused_norm: bool,
     pub fused_loss: bool,
+    pub vector_exp: bool,
     pub fused_adamw: bool,
 }
 

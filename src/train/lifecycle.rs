@@ -94,19 +94,22 @@ pub fn resume_point(
 }
 
 /// How a resumed run computes: as its last training execution did, so a resume on the
-/// same backend continues exactly; `backend` moves it to another device.
+/// same backend continues exactly; `backend` moves it to another device. The note
+/// says why this machine cannot continue it bit for bit, where it cannot.
 pub fn resume_compute(
     index: &Index,
     run: &Id,
     recipe: &Recipe,
     backend: Option<BackendKind>,
-) -> Result<Compute, LifecycleError> {
+) -> Result<(Compute, Option<String>), LifecycleError> {
     let recorded = super::reproduce::recorded_compute(index, run)?;
-    Ok(continuing_compute(recorded.as_ref(), recipe, backend))
+    let compute = continuing_compute(recorded.as_ref(), recipe, backend);
+    let note = recorded.and_then(|recorded| compute.vectors_differ_from(&recorded));
+    Ok((compute, note))
 }
 
 /// How a new execution of a recorded run computes: as `recorded` (its last training
-/// execution's), on `backend` where given. Runs recorded before executions held their
+/// execution's), on `backend` where given, with this machine's CPU vectors. Runs recorded before executions held their
 /// compute take the recipe's precision on the CPU.
 pub fn continuing_compute(
     recorded: Option<&Compute>,
@@ -129,5 +132,5 @@ pub fn continuing_compute(
     if let Some(backend) = backend {
         compute.backend = backend;
     }
-    compute
+    compute.on_this_machine()
 }

@@ -134,20 +134,18 @@ fn reproduce_with_other_kernels_names_the_option_and_compares_within_tolerance()
 #[test]
 fn an_execution_recorded_before_the_row_kernels_reproduces_with_the_kernels_it_ran() {
     let work = workspace();
-    let trained: Value = serde_json::from_str(&ok_in(
-        work.path(),
-        &[
-            "train",
-            "a.toml",
-            "--quiet",
-            "--json",
-            "--set",
-            "compute.fused_norm=false",
-            "--set",
-            "compute.fused_loss=false",
-        ],
-    ))
-    .unwrap();
+    // Trained as before the later keys: each at the value that computes as then.
+    let mut args = vec![
+        "train".to_string(),
+        "a.toml".into(),
+        "--quiet".into(),
+        "--json".into(),
+    ];
+    for (key, before) in graft::compute::LATER_KEYS {
+        args.extend(["--set".into(), format!("compute.{key}={before}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let trained: Value = serde_json::from_str(&ok_in(work.path(), &args)).unwrap();
     let run = trained["run"].as_str().unwrap().to_string();
     // Rewrite the record as one written before the keys existed.
     {
@@ -196,4 +194,125 @@ fn an_execution_recorded_before_the_row_kernels_reproduces_with_the_kernels_it_r
         "{newer}"
     );
     assert!(newer.contains("reproduces within tolerance"), "{newer}");
+}
+
+/// Rewrites the first execution's recorded `compute.cpu_vectors` of `run`.
+fn record_vectors(dir: &Path, run: &str, vectors: &str) {
+    let store = graft::store::Store::open(&dir.join("store")).unwrap();
+    let index = store.index().unwrap();
+    let id = graft::store::Id::from_hex(run).unwrap();
+    let mut execution = index.executions(&id).unwrap().remove(0);
+    let graft::store::Canon::Map(mut compute) = execution.compute.take().unwrap() else {
+        panic!("compute is recorded as a map");
+    };
+    let here = compute
+        .insert(
+            "cpu_vectors".into(),
+            graft::store::Canon::Str(vectors.into()),
+        )
+        .expect("a CPU execution records its vectors");
+    assert_eq!(
+        here,
+        graft::store::Canon::Str(
+            graft::compute::CpuVectors::of_this_machine()
+                .as_str()
+                .into()
+        )
+    );
+    index
+        .set_execution_compute(&id, execution.number, graft::store::Canon::Map(compute))
+        .unwrap();
+    index.flush().unwrap();
+}
+
+#[test]
+fn a_cpu_execution_from_a_machine_with_other_vectors_is_compared_within_tolerance() {
+    use graft::compute::CpuVectors;
+    let work = workspace();
+    let here = CpuVectors::of_this_machine();
+    // The FMA kernels where this CPU has AVX-512 (a record of an older build), the
+    // scalar ones elsewhere: a machine whose products sum in another order.
+    let other = if here == CpuVectors::Avx512f {
+        CpuVectors::Fma
+    } else {
+        CpuVectors::Scalar
+    };
+    // A run that stops on a NaN after its step-3 checkpoint, so it can be resumed.
+    let output = run_in(work.path(), &["train", "a.toml", "--quiet"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let failing = Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(["train", "a.toml", "--quiet", "--set", "train.seed=9"])
+        .current_dir(work.path())
+        .env("GRAFT_STORE", work.path().join("store"))
+        .env("GRAFT_INJECT_NAN_AT_STEP", "5")
+        .output()
+        .unwrap();
+    assert!(!failing.status.success());
+    let log: Value = serde_json::from_str(&ok_in(work.path(), &["log", "--json"])).unwrap();
+    let (stopped, completed) = (
+        log[0]["id"].as_str().unwrap().to_string(),
+        log[1]["id"].as_str().unwrap().to_string(),
+    );
+    let shown: Value =
+        serde_json::from_str(&ok_in(work.path(), &["show", &completed, "--json"])).unwrap();
+    assert_eq!(
+        shown["executions"][0]["compute"]["cpu_vectors"],
+        here.as_str(),
+        "{shown}"
+    );
+    record_vectors(work.path(), &completed, other.as_str());
+    record_vectors(work.path(), &stopped, other.as_str());
+
+    let compared = ok_in(work.path(), &["reproduce", &completed, "--quiet"]);
+    assert!(
+        compared.contains(&format!(
+            "compute.cpu_vectors differs: {} in the original execution, {} in this one",
+            other.as_str(),
+            here.as_str()
+        )),
+        "{compared}"
+    );
+    // Compared within the tolerance, or identical where this small model's products
+    // happen to round alike under both kernels; either way it passes.
+    assert!(
+        compared.contains("reproduces") && !compared.contains("NOT"),
+        "{compared}"
+    );
+
+    let refused = run_in(
+        work.path(),
+        &[
+            "reproduce",
+            &completed,
+            "--set",
+            &format!("compute.cpu_vectors={}", other.as_str()),
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("compute.cpu_vectors is what this machine's CPU offers"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let resumed = run_in(work.path(), &["resume", &stopped]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed).contains(&format!(
+            "compute.cpu_vectors: this machine's matrix products run with {} kernels, the recorded execution's with {}",
+            here.as_str(),
+            other.as_str()
+        )),
+        "{}",
+        stderr(&resumed)
+    );
+    // The resumed execution records the vectors it ran with.
+    let shown: Value =
+        serde_json::from_str(&ok_in(work.path(), &["show", &stopped, "--json"])).unwrap();
+    let executions = shown["executions"].as_array().unwrap();
+    assert_eq!(
+        executions.last().unwrap()["compute"]["cpu_vectors"],
+        here.as_str(),
+        "{shown}"
+    );
 }
