@@ -52,7 +52,7 @@ impl Exp for Polynomial {
             * r
             + 1.666_666_5e-1)
             * r
-            + 5.000_000_1e-1;
+            + 0.5;
         let p = p * (r * r) + r + 1.0;
         let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
         let y = p * scale;
