@@ -2,7 +2,8 @@
 # QLoRA on Llama-3.1-8B's shapes: `graft train` with the frozen base stored as NF4,
 # int8 and bf16 (`[compute] base`), against HF + PEFT in bf16, in one device call.
 # LoRA r=16 on all seven projections, batch 1, seq 2048 and 8192, activation
-# checkpointing on (graft: `compute.checkpointing = "balanced"`; HF: --grad-ckpt),
+# checkpointing on (graft: `compute.checkpointing = "layers"`, per-layer recomputation as
+# HF's, or $CHECKPOINTING; HF: --grad-ckpt),
 # AdamW, clip 1.0. Prints, per run, tokens/s (graft: the trainer's steady figure as
 # `graft train --json` reports it; HF: its own JSON line) and the peak device memory
 # nvidia-smi saw (the pool cubecl reserved for graft; torch's cache for HF, whose
@@ -28,6 +29,7 @@ BATCH=${BATCH:-1}
 STEPS=${STEPS:-12}
 HF=${HF:-1}
 TIMEOUT=${TIMEOUT:-240}
+CHECKPOINTING=${CHECKPOINTING:-layers}
 # A smoke run on the CPU: BACKEND=cpu DTYPE=f32 SCHEMES="nf4 int8 dtype" HF=0.
 BACKEND=${BACKEND:-cuda}
 DTYPE=${DTYPE:-bf16}
@@ -54,7 +56,7 @@ for SEQ in $SEQS; do
     NAME=graft-$SCHEME-$SEQ
     bench_experiment "$WORK/$NAME.toml" "dtype = \"$DTYPE\"
 base = \"$SCHEME\"
-checkpointing = \"balanced\""
+checkpointing = \"$CHECKPOINTING\""
     rm -rf "$WORK/store-$NAME"
     echo "== $NAME" >&2
     peak_of "$LOGS/$NAME" timeout "$TIMEOUT" "$GRAFT" --store "$WORK/store-$NAME" train "$WORK/$NAME.toml" --backend "$BACKEND" --quiet --json \

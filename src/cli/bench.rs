@@ -47,9 +47,13 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
     /// Recompute cheap activations in the backward pass instead of keeping them
-    /// (burn's balanced checkpointing).
+    /// (burn's balanced checkpointing; `--checkpointing balanced`).
     #[arg(long)]
     pub grad_ckpt: bool,
+    /// What the backward pass recomputes: `none`, `balanced` (burn's, as `--grad-ckpt`)
+    /// or `layers` (each decoder layer from its input, as HF's gradient checkpointing).
+    #[arg(long, value_enum, conflicts_with = "grad_ckpt")]
+    pub checkpointing: Option<Checkpointing>,
     #[arg(long, value_enum, default_value_t)]
     pub backend: BackendKind,
     /// Compute dtype [default: bf16 on cuda, f32 on cpu].
@@ -75,6 +79,11 @@ fn train(args: TrainArgs) -> CliResult {
         BackendKind::Cpu => Dtype::F32,
         BackendKind::Cuda => Dtype::Bf16,
     });
+    let checkpointing = match (args.checkpointing, args.grad_ckpt) {
+        (Some(choice), _) => choice,
+        (None, true) => Checkpointing::Balanced,
+        (None, false) => Checkpointing::None,
+    };
     let config = BenchConfig {
         preset: args.preset.clone(),
         seq: args.seq,
@@ -89,17 +98,13 @@ fn train(args: TrainArgs) -> CliResult {
             (Dtype::Bf16, false) => "bf16".into(),
             (Dtype::Bf16, true) => "bf16-adapter-bf16".into(),
         },
-        grad_ckpt: args.grad_ckpt,
+        grad_ckpt: checkpointing != Checkpointing::None,
     };
     let compute = Compute::new(
         args.backend,
         ComputeSection {
             dtype,
-            checkpointing: if args.grad_ckpt {
-                Checkpointing::Balanced
-            } else {
-                Checkpointing::None
-            },
+            checkpointing,
             ..Default::default()
         },
     );

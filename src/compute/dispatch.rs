@@ -26,14 +26,14 @@ macro_rules! on_compute {
             Ok(()) => {
                 compute.install();
                 match (compute.backend, compute.options.dtype, compute.options.checkpointing) {
-                    (BackendKind::Cpu, _, Checkpointing::None) => {
+                    (BackendKind::Cpu, _, Checkpointing::None | Checkpointing::Layers) => {
                         $f::<Autodiff<Flex, NoCheckpointing>>(&Default::default(), $($arg),*)
                     }
                     (BackendKind::Cpu, _, Checkpointing::Balanced) => {
                         $f::<Autodiff<Flex, BalancedCheckpointing>>(&Default::default(), $($arg),*)
                     }
                     #[cfg(feature = "cuda")]
-                    (BackendKind::Cuda, Dtype::F32, Checkpointing::None) => {
+                    (BackendKind::Cuda, Dtype::F32, Checkpointing::None | Checkpointing::Layers) => {
                         $f::<Autodiff<burn::backend::Cuda<f32>, NoCheckpointing>>(&Default::default(), $($arg),*)
                     }
                     #[cfg(feature = "cuda")]
@@ -41,7 +41,7 @@ macro_rules! on_compute {
                         $f::<Autodiff<burn::backend::Cuda<f32>, BalancedCheckpointing>>(&Default::default(), $($arg),*)
                     }
                     #[cfg(feature = "cuda")]
-                    (BackendKind::Cuda, Dtype::Bf16, Checkpointing::None) => {
+                    (BackendKind::Cuda, Dtype::Bf16, Checkpointing::None | Checkpointing::Layers) => {
                         $f::<Autodiff<burn::backend::Cuda<burn::tensor::bf16>, NoCheckpointing>>(&Default::default(), $($arg),*)
                     }
                     #[cfg(feature = "cuda")]

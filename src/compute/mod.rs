@@ -105,7 +105,7 @@ impl Dtype {
 }
 
 /// Whether the backward pass recomputes activations instead of keeping them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Checkpointing {
     /// Keep every activation the backward pass needs.
@@ -113,6 +113,9 @@ pub enum Checkpointing {
     None,
     /// burn's balanced checkpointing: recompute the cheap ones.
     Balanced,
+    /// Keep each decoder layer's input only and run the layer again in the backward
+    /// pass (HF's gradient checkpointing; `train::layer_recompute`).
+    Layers,
 }
 
 /// Which matrix product the CUDA backends use.
@@ -406,6 +409,7 @@ impl Compute {
             fused_norm: o.fused_norm,
             fused_loss: o.fused_loss,
             vector_exp: o.vector_exp,
+            recompute_layers: o.checkpointing == Checkpointing::Layers,
             fused_adamw: o.fused_adamw,
         }
     }

@@ -22,6 +22,7 @@ pub struct KernelOptions {
     pub fused_norm: bool,
     pub fused_loss: bool,
     pub vector_exp: bool,
+    pub recompute_layers: bool,
     pub fused_adamw: bool,
 }
 

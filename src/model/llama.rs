@@ -404,6 +404,25 @@ impl<B: Kernels> DecoderLayer<B> {
     }
 }
 
+/// The RoPE tables of one forward pass, `(cos, sin)` as [`rope_tables`] makes them.
+pub struct RopeTables<B: Backend> {
+    global: (Tensor<B, 4>, Tensor<B, 4>),
+    local: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    /// Per layer: whether it attends through a sliding window.
+    windows: Vec<bool>,
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// The tables layer `layer` rotates with.
+    pub fn of_layer(&self, layer: usize) -> (&Tensor<B, 4>, &Tensor<B, 4>) {
+        let (cos, sin) = match (&self.local, self.windows[layer]) {
+            (Some(local), true) => local,
+            _ => &self.global,
+        };
+        (cos, sin)
+    }
+}
+
 /// The decoder stack without the output head (HF's `model.` prefix).
 #[derive(Module, Debug)]
 pub struct LlamaModel<B: Backend> {
@@ -521,41 +540,53 @@ impl<B: Kernels> CausalLm<B> {
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let [_, seq] = ids.dims();
-        let device = ids.device();
         let offset = cache.as_ref().map_or(0, |c| c.len);
-        let head_dim = self.config.head_dim;
-        let global = rope_tables::<B>(&self.config.rope, head_dim, offset, seq, &device);
-        // Gemma 3's sliding layers rotate with their own theta.
-        let local = self
-            .config
-            .rope_local
-            .as_ref()
-            .map(|rope| rope_tables::<B>(rope, head_dim, offset, seq, &device));
-        let tables = |layer: usize| match (&local, self.config.layer_window(layer)) {
-            (Some(local), Some(_)) => local,
-            _ => &global,
-        };
-        let mut x = self.model.embed_tokens.forward(ids);
-        if self.config.gemma_layout {
-            x = scale_embeddings(x, self.config.hidden_size);
-        }
+        let tables = self.rope(offset, seq, &ids.device());
+        let mut x = self.embed(ids);
         match cache {
             None => {
                 for (i, layer) in self.model.layers.iter().enumerate() {
-                    let (cos, sin) = tables(i);
+                    let (cos, sin) = tables.of_layer(i);
                     x = layer.forward(x, cos, sin, None);
                 }
             }
             Some(cache) => {
                 let layers = self.model.layers.iter().zip(cache.layers.iter_mut());
                 for (i, (layer, slot)) in layers.enumerate() {
-                    let (cos, sin) = tables(i);
+                    let (cos, sin) = tables.of_layer(i);
                     x = layer.forward(x, cos, sin, Some(slot));
                 }
                 cache.len += seq;
             }
         }
         self.model.norm.forward(x)
+    }
+
+    /// ids: `[batch, seq]` -> the first layer's input `[batch, seq, hidden]`.
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let x = self.model.embed_tokens.forward(ids);
+        if self.config.gemma_layout {
+            scale_embeddings(x, self.config.hidden_size)
+        } else {
+            x
+        }
+    }
+
+    /// The RoPE tables of `seq` positions from `offset`, for every layer.
+    pub fn rope(&self, offset: usize, seq: usize, device: &B::Device) -> RopeTables<B> {
+        let head_dim = self.config.head_dim;
+        RopeTables {
+            global: rope_tables::<B>(&self.config.rope, head_dim, offset, seq, device),
+            // Gemma 3's sliding layers rotate with their own theta.
+            local: self
+                .config
+                .rope_local
+                .as_ref()
+                .map(|rope| rope_tables::<B>(rope, head_dim, offset, seq, device)),
+            windows: (0..self.model.layers.len())
+                .map(|layer| self.config.layer_window(layer).is_some())
+                .collect(),
+        }
     }
 
     /// hidden: `[batch, seq, hidden]` -> logits `[batch, seq, vocab]`.

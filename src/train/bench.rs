@@ -193,14 +193,24 @@ pub fn run_bench<B: TrainKernels>(
             clock = Instant::now();
         };
         let batch = ids();
-        let logits = model.forward(batch.inputs.clone());
-        let loss = super::loss::masked_loss_sum(logits, &batch) / batch.tokens as f64;
-        lap(0, &mut peak);
-        let grads = loss.backward();
-        lap(1, &mut peak);
-        let mut accumulated = super::optim::GradAccumulator::<B::InnerBackend>::default();
-        accumulated.add(&model, &grads);
-        drop(grads);
+        let accumulated = if crate::compute::options::current().recompute_layers {
+            // Per-layer recomputation stages forward and backward together: the
+            // trainer's backward, its time all in the backward phase.
+            lap(0, &mut peak);
+            let tokens = batch.tokens as f64;
+            let (accumulated, _) = super::step::backward(&model, vec![(batch, tokens)]);
+            lap(1, &mut peak);
+            accumulated
+        } else {
+            let logits = model.forward(batch.inputs.clone());
+            let loss = super::loss::masked_loss_sum(logits, &batch) / batch.tokens as f64;
+            lap(0, &mut peak);
+            let grads = loss.backward();
+            lap(1, &mut peak);
+            let mut accumulated = super::optim::GradAccumulator::<B::InnerBackend>::default();
+            accumulated.add(&model, &grads);
+            accumulated
+        };
         model = optimizer
             .step_clipped(model, accumulated, 1.0, CLIP, |_| LEARNING_RATE)
             .0;

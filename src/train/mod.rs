@@ -9,6 +9,7 @@ pub mod eval;
 pub mod execute;
 pub mod fork;
 pub mod interrupt;
+pub mod layer_recompute;
 pub mod lifecycle;
 pub mod loss;
 pub mod optim;

@@ -55,7 +55,18 @@ pub fn backward<B: TrainKernels>(
 ) -> (GradAccumulator<B::InnerBackend>, Tensor<B::InnerBackend, 1>) {
     let mut grads = GradAccumulator::<B::InnerBackend>::default();
     let mut losses = Vec::with_capacity(shares.len());
+    let recompute = crate::compute::options::current().recompute_layers;
     for (tensors, denominator) in shares {
+        if recompute {
+            let loss = super::layer_recompute::recomputed_backward(
+                model,
+                &tensors,
+                denominator,
+                &mut grads,
+            );
+            losses.push(loss);
+            continue;
+        }
         let logits = model.forward(tensors.inputs.clone());
         let loss = masked_loss_sum(logits, &tensors) / denominator;
         losses.push(loss.clone().inner());

@@ -316,3 +316,44 @@ fn a_cpu_execution_from_a_machine_with_other_vectors_is_compared_within_toleranc
         "{shown}"
     );
 }
+
+#[test]
+fn per_layer_recomputation_trains_bit_for_bit_as_keeping_every_activation() {
+    let work = workspace();
+    // A LoRA run, and one whose embedding trains too (its gradient comes from a stage
+    // of its own after the layers').
+    let lora = std::fs::read_to_string(work.path().join("a.toml")).unwrap();
+    std::fs::write(
+        work.path().join("embed.toml"),
+        format!("{lora}\n[[unfreeze.schedule]]\nat = 0\nlayers = \"embed,layer.1\"\n"),
+    )
+    .unwrap();
+    for experiment in ["a.toml", "embed.toml"] {
+        let trained: Value = serde_json::from_str(&ok_in(
+            work.path(),
+            &["train", experiment, "--quiet", "--json"],
+        ))
+        .unwrap();
+        let run = trained["run"].as_str().unwrap();
+        let recomputed = ok_in(
+            work.path(),
+            &[
+                "reproduce",
+                run,
+                "--quiet",
+                "--set",
+                "compute.checkpointing=layers",
+            ],
+        );
+        assert!(
+            recomputed.contains(
+                "compute.checkpointing differs: none in the original execution, layers in this one"
+            ),
+            "{experiment}: {recomputed}"
+        );
+        assert!(
+            recomputed.contains("checkpoint ids identical"),
+            "{experiment}: {recomputed}"
+        );
+    }
+}

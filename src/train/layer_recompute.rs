@@ -1,0 +1,88 @@
+//! Per-layer activation checkpointing, `compute.checkpointing = "layers"`: a step keeps
+//! each decoder layer's input only and runs the layer again to get its gradients, as
+//! HF's gradient checkpointing does.
+//!
+//! burn's balanced checkpointing recomputes the cheap (memory-bound) operations and
+//! keeps every product's output, and graft's fused nodes are products, so it saves
+//! little. Here the backward pass is staged by hand instead of nested in burn's: the
+//! forward pass runs each layer untracked (a copy whose parameters need no gradient, so
+//! the same kernels compute the same values and nothing is saved) and keeps its input;
+//! the head and the loss run tracked from the last layer's output as a leaf; then, last
+//! layer first, each layer runs again tracked on its saved input and back-propagates
+//! the gradient that reached its output (as the gradient of `Σ y ⊙ dy`, which is `dy`
+//! exactly), handing its input's gradient to the layer below. Each stage is a backward
+//! pass of its own, so only one layer's activations live at a time. (A layer as one
+//! autodiff node that recomputes inside burn's backward pass deadlocks in burn 0.21:
+//! a backward pass started there cleans up every graph, the running one included,
+//! whose lock the outer pass holds.)
+
+use burn::module::Module;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+
+use super::loss::{masked_loss_sum, BatchTensors};
+use super::optim::GradAccumulator;
+use crate::compute::kernels::TrainKernels;
+use crate::model::CausalLm;
+
+/// `loss / denominator` of one share, its gradients added to `grads`, with every
+/// decoder layer recomputed; returns the loss, `[1]`.
+pub fn recomputed_backward<B: TrainKernels>(
+    model: &CausalLm<B>,
+    tensors: &BatchTensors<B>,
+    denominator: f64,
+    grads: &mut GradAccumulator<B::InnerBackend>,
+) -> Tensor<B::InnerBackend, 1> {
+    let [_, seq] = tensors.inputs.dims();
+    let tables = model.rope(0, seq, &tensors.inputs.device());
+    let layers = &model.model.layers;
+    let mut inputs = Vec::with_capacity(layers.len());
+    // The lookup runs again, tracked, for its own stage at the end: a graph kept
+    // across the stages' backward passes would be cleaned up by them as orphaned.
+    let mut x = model.embed(tensors.inputs.clone()).detach();
+    for (i, layer) in layers.iter().enumerate() {
+        let (cos, sin) = tables.of_layer(i);
+        inputs.push(x.clone());
+        x = layer.clone().no_grad().forward(x, cos, sin, None);
+    }
+
+    let last = x.detach().require_grad();
+    let logits = model.head(model.model.norm.forward(last.clone()));
+    let loss = masked_loss_sum(logits, tensors) / denominator;
+    let value = loss.clone().inner();
+    let stage = loss.backward();
+    grads.add(model, &stage);
+    let mut dy = last
+        .grad(&stage)
+        .expect("the loss depends on the last layer");
+
+    for (i, layer) in layers.iter().enumerate().rev() {
+        let (cos, sin) = tables.of_layer(i);
+        let input = inputs
+            .pop()
+            .expect("one input per layer")
+            .detach()
+            .require_grad();
+        let y = layer.forward(input.clone(), cos, sin, None);
+        let stage = through(y, dy);
+        grads.add(model, &stage);
+        dy = input
+            .grad(&stage)
+            .expect("a layer's output depends on its input");
+    }
+    // `is_require_grad` is true of leaves only, so ask the embedding's weight.
+    if model.model.embed_tokens.weight.val().is_require_grad() {
+        let embedded = model.embed(tensors.inputs.clone());
+        grads.add(model, &through(embedded, dy));
+    }
+    value
+}
+
+/// The backward pass of `Σ y ⊙ dy`: every tensor `y` depends on gets the gradient it
+/// would get from `dy` arriving at `y`.
+fn through<B: AutodiffBackend, const D: usize>(
+    y: Tensor<B, D>,
+    dy: Tensor<B::InnerBackend, D>,
+) -> B::Gradients {
+    (y * Tensor::from_inner(dy)).sum().backward()
+}
