@@ -27,8 +27,11 @@ impl Exp for Libm {
     }
 }
 
-/// Cephes' single-precision `exp` polynomial, within 2 ulp of the exact value over
-/// the normal range (checked against f64 in the tests).
+/// Cephes' single-precision `exp` polynomial, within 2 ulp of the exact value for
+/// results in f32's normal range up to `exp(88)` (checked against f64 in the tests);
+/// 0 below it and infinity above 88 (where `expf` still gives up to 3.4e38: the
+/// kernels only take `exp` of values at most 0, and SwiGLU's `1 / (1 + exp(-g))`
+/// is then 0 against about 1e-38).
 pub struct Polynomial;
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
@@ -37,7 +40,7 @@ const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
 // Below it the result is under f32's smallest normal: 0, as the kernels want.
 const LOWEST: f32 = -87.336_55;
-// Above it 2^n would need the exponent 255: infinity.
+// Above it 2^n would need the exponent 255: infinity (an early one, see above).
 const HIGHEST: f32 = 88.0;
 // 1.5 * 2^23: adding it rounds to an integer, to nearest even, without a branch.
 const ROUNDER: f32 = 12_582_912.0;

@@ -22,9 +22,15 @@ pub enum CpuVectors {
 }
 
 impl CpuVectors {
-    /// What executions recorded before this key existed ran with: graft's builds then
-    /// left gemm's AVX-512 kernels out, so every x86-64 CPU with FMA took the FMA path.
-    pub const BEFORE_RECORDED: CpuVectors = CpuVectors::Fma;
+    /// What an execution recorded before this key existed ran with, taken to be
+    /// this machine: graft's builds then left gemm's AVX-512 kernels out, so an
+    /// AVX-512 CPU took the FMA path; other CPUs took what they take today.
+    pub fn before_recorded() -> CpuVectors {
+        match CpuVectors::of_this_machine() {
+            CpuVectors::Avx512f => CpuVectors::Fma,
+            other => other,
+        }
+    }
 
     /// The family `gemm` picks here, by the same tests in the same order as its
     /// dispatch (`gemm-common`'s `init_gemm_fn`, with the `x86-v4` feature on).

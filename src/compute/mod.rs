@@ -207,7 +207,7 @@ pub struct ComputeSection {
     /// are stored. Enters the recipe.
     #[serde(default)]
     pub base: BaseStorage,
-    /// `none` | `balanced`: recompute activations in the backward pass.
+    /// `none` | `balanced` | `layers`: recompute activations in the backward pass.
     #[serde(default)]
     pub checkpointing: Checkpointing,
     /// `cublas` | `burn`: the CUDA matrix product.
@@ -437,7 +437,7 @@ impl Compute {
 
     /// Reads a record written by [`Compute::to_canon`]; keys it lacks take defaults,
     /// but for [`LATER_KEYS`], which take the value that computes as it was computed,
-    /// and a CPU record's vectors, which were [`CpuVectors::BEFORE_RECORDED`].
+    /// and a CPU record's vectors, which were [`CpuVectors::before_recorded`].
     pub fn from_canon(canon: &Canon) -> Result<Compute, String> {
         let mut json = canon.to_json();
         if let Some(object) = json.as_object_mut() {
@@ -459,7 +459,7 @@ impl Compute {
             .transpose()
             .map_err(|e| format!("compute.cpu_vectors: {e}"))?
             .unwrap_or(match backend {
-                BackendKind::Cpu => CpuVectors::BEFORE_RECORDED,
+                BackendKind::Cpu => CpuVectors::before_recorded(),
                 BackendKind::Cuda => CpuVectors::of_this_machine(),
             });
         let options = serde_json::from_value(json).map_err(|e| e.to_string())?;
@@ -580,13 +580,14 @@ mod tests {
         let here = Compute::new(BackendKind::Cpu, ComputeSection::default());
         assert_eq!(here.cpu_vectors, CpuVectors::of_this_machine());
         assert_eq!(Compute::from_canon(&here.to_canon()).unwrap(), here);
-        // A record from before the key: the FMA kernels every build then used.
+        // A record from before the key: the kernels this machine then used.
         let Canon::Map(mut record) = here.to_canon() else {
             panic!("a map");
         };
         record.remove("cpu_vectors");
         let before = Compute::from_canon(&Canon::Map(record)).unwrap();
-        assert_eq!(before.cpu_vectors, CpuVectors::Fma);
+        assert_eq!(before.cpu_vectors, CpuVectors::before_recorded());
+        assert_ne!(before.cpu_vectors, CpuVectors::Avx512f);
         let elsewhere = Compute {
             cpu_vectors: if here.cpu_vectors == CpuVectors::Scalar {
                 CpuVectors::Fma

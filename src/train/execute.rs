@@ -16,7 +16,7 @@ use super::registry::{self, RegistryError};
 use super::state::{self, Kept, TrainerState};
 use super::{interrupt, loss, parallel, schedule, step, unfreeze};
 use crate::compute::kernels::{Kernels, TrainKernels};
-use crate::compute::{BaseStorage, Compute, Dtype};
+use crate::compute::{BaseStorage, Checkpointing, Compute, Dtype};
 use crate::data::{self, Tokenizer};
 use crate::model::weights::load_model_dir_reporting;
 use crate::model::{CausalLm, LoraConfig};
@@ -777,6 +777,12 @@ fn check_compute(settings: &Experiment, compute: &Compute) -> Result<(), TrainEr
         return Err(TrainError::Recipe(format!(
             "compute.base = \"{}\" keeps the base quantized and frozen: full fine-tuning and [unfreeze] cannot train it; give an [adapter] without [unfreeze], or set compute.base = \"dtype\"",
             scheme.as_str()
+        )));
+    }
+    let dropout = settings.adapter.as_ref().map_or(0.0, |a| a.dropout);
+    if compute.options.checkpointing == Checkpointing::Layers && dropout > 0.0 {
+        return Err(TrainError::Recipe(format!(
+            "compute.checkpointing = \"layers\" runs each layer twice, and adapter.dropout = {dropout} would draw other masks the second time: set adapter.dropout = 0, or compute.checkpointing = \"none\" or \"balanced\""
         )));
     }
     Ok(())

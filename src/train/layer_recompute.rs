@@ -25,9 +25,23 @@ use super::optim::GradAccumulator;
 use crate::compute::kernels::TrainKernels;
 use crate::model::CausalLm;
 
-/// `loss / denominator` of one share, its gradients added to `grads`, with every
-/// decoder layer recomputed; returns the loss, `[1]`.
+/// `loss / denominator` of one share, its gradients added to `total`, with every
+/// decoder layer recomputed; returns the loss, `[1]`. The share's stages sum into an
+/// accumulator of their own first, so a tied embedding's two parts (the head's and
+/// the lookup's) meet before they join other shares, as in one backward pass.
 pub fn recomputed_backward<B: TrainKernels>(
+    model: &CausalLm<B>,
+    tensors: &BatchTensors<B>,
+    denominator: f64,
+    total: &mut GradAccumulator<B::InnerBackend>,
+) -> Tensor<B::InnerBackend, 1> {
+    let mut share = GradAccumulator::default();
+    let loss = staged(model, tensors, denominator, &mut share);
+    total.merge(share);
+    loss
+}
+
+fn staged<B: TrainKernels>(
     model: &CausalLm<B>,
     tensors: &BatchTensors<B>,
     denominator: f64,

@@ -134,6 +134,17 @@ fn flatten<B: Backend>(tensor: AnyTensor<B>) -> Tensor<B, 1> {
 }
 
 impl<B: Backend> GradAccumulator<B> {
+    /// Adds another accumulator's sums, each after this one's.
+    pub fn merge(&mut self, other: GradAccumulator<B>) {
+        for (name, grad) in other.grads {
+            let entry = match self.grads.remove(&name) {
+                Some(sum) => sum + grad,
+                None => grad,
+            };
+            self.grads.insert(name, entry);
+        }
+    }
+
     /// Add the gradients of `model`'s trainable parameters from one backward pass.
     pub fn add<A: AutodiffBackend<InnerBackend = B>>(
         &mut self,

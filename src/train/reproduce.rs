@@ -173,6 +173,7 @@ pub fn compare(
     let original_compute = original_compute.copied().unwrap_or_else(|| {
         let mut then = Compute::new(Default::default(), compute.options);
         then.options = then.options.as_recorded_before_later_keys();
+        then.cpu_vectors = crate::compute::CpuVectors::before_recorded();
         then
     });
     let compute_differences = original_compute.differences(compute);

@@ -328,6 +328,25 @@ fn per_layer_recomputation_trains_bit_for_bit_as_keeping_every_activation() {
         format!("{lora}\n[[unfreeze.schedule]]\nat = 0\nlayers = \"embed,layer.1\"\n"),
     )
     .unwrap();
+    // Dropout would draw other masks when a layer runs again: refused by key.
+    let refused = run_in(
+        work.path(),
+        &[
+            "train",
+            "a.toml",
+            "--set",
+            "adapter.dropout=0.1",
+            "--set",
+            "compute.checkpointing=layers",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("compute.checkpointing = \"layers\"")
+            && stderr(&refused).contains("adapter.dropout"),
+        "{}",
+        stderr(&refused)
+    );
     for experiment in ["a.toml", "embed.toml"] {
         let trained: Value = serde_json::from_str(&ok_in(
             work.path(),
