@@ -15,7 +15,8 @@ def main(path):
         if not text.startswith("{"):
             continue
         line = json.loads(text)
-        key = (line.get("preset"), line.get("seq"), line.get("batch"), line.get("threads"))
+        key = (line.get("preset"), line.get("seq"), line.get("batch"), line.get("threads"),
+               bool(line.get("grad_ckpt")))
         if key not in rows:
             rows[key] = {}
             order.append(key)
@@ -45,13 +46,14 @@ def main(path):
     print("| --- | --- |" + (" ---: |" if sweep else "") + " ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for key in order:
         graft, ref = rows[key].get("graft"), rows[key].get("ref")
-        preset, seq, batch, threads = key
+        preset, seq, batch, threads, ckpt = key
         note = ""
         for side, line in (("graft", graft), ("HF", ref)):
             if line and line.get("error"):
                 note += f" ({side} failed: {line['error'][:120]})"
         column = f" {threads or 'all'} |" if sweep else ""
-        print(f"| {preset} | {seq} x {batch} |{column} {fig(graft, 'tokens_per_s')} | "
+        shape = f"{seq} x {batch}" + (", checkpointing" if ckpt else "")
+        print(f"| {preset} | {shape} |{column} {fig(graft, 'tokens_per_s')} | "
               f"{fig(ref, 'tokens_per_s')} | {ratio(graft, ref, 'tokens_per_s')} | "
               f"{fig(graft, 'peak_gib', 2)} | {fig(ref, 'peak_gib', 2)} | "
               f"{fig(graft, 'ms_per_step', 1)} | {fig(ref, 'ms_per_step', 1)} |{note}")

@@ -9,6 +9,9 @@
 #
 #   benches/gpu_vs_reference.sh                      # llama-1b, smol-135m, tiny
 #   CONFIGS="tiny:512:8" STEPS=10 benches/gpu_vs_reference.sh
+#   CONFIGS="llama-1b:32768:1:ckpt" benches/gpu_vs_reference.sh
+#       # a fourth field `ckpt`: activation checkpointing on both sides, per layer
+#       # (graft `--checkpointing layers`, HF `--grad-ckpt`)
 #
 # Figures from different calls are not comparable: both sides run in this one call.
 # cubecl's compiled-kernel (PTX) and autotune caches live in $CUBECL_DIR, so only the
@@ -50,26 +53,30 @@ fi
 results=$LOGS/results.jsonl
 : >"$results"
 for config in $CONFIGS; do
-  IFS=: read -r preset seq batch <<<"$config"
-  name="$preset-${seq}x$batch"
+  IFS=: read -r preset seq batch ckpt <<<"$config"
+  name="$preset-${seq}x$batch${ckpt:+-ckpt}"
+  graft_ckpt=${ckpt:+--checkpointing layers}
+  ref_ckpt=${ckpt:+--grad-ckpt}
+  ckpt_json=$([ -n "$ckpt" ] && echo true || echo false)
   echo "== graft $name" >&2
   # shellcheck disable=SC2086
   (cd "$CUBECL_DIR" && timeout "$TIMEOUT" "$GRAFT" bench train --backend cuda --preset "$preset" \
-    --seq "$seq" --batch "$batch" --rank "$RANK" --steps "$STEPS" --warmup "$WARMUP" $GRAFT_ARGS) \
+    --seq "$seq" --batch "$batch" --rank "$RANK" --steps "$STEPS" --warmup "$WARMUP" $graft_ckpt $GRAFT_ARGS) \
     >"$LOGS/graft-$name.out" 2>"$LOGS/graft-$name.err"
   status=$?
   line=$(grep '^{' "$LOGS/graft-$name.out" | tail -n 1)
   if [ -z "$line" ]; then
-    line="{\"impl\":\"graft\",\"preset\":\"$preset\",\"seq\":$seq,\"batch\":$batch,\"error\":\"exit $status: $(tail -c 300 "$LOGS/graft-$name.err" | tr -d '"\\\n' )\"}"
+    line="{\"impl\":\"graft\",\"preset\":\"$preset\",\"seq\":$seq,\"batch\":$batch,\"grad_ckpt\":$ckpt_json,\"error\":\"exit $status: $(tail -c 300 "$LOGS/graft-$name.err" | tr -d '"\\\n' )\"}"
   fi
   echo "$line" | tee -a "$results"
   echo "== reference $name" >&2
+  # shellcheck disable=SC2086
   timeout "$TIMEOUT" python3 "$REF" --preset "$preset" --seq "$seq" --batch "$batch" --rank "$RANK" \
-    --steps "$STEPS" --warmup "$WARMUP" >"$LOGS/ref-$name.out" 2>"$LOGS/ref-$name.err"
+    --steps "$STEPS" --warmup "$WARMUP" $ref_ckpt >"$LOGS/ref-$name.out" 2>"$LOGS/ref-$name.err"
   status=$?
   line=$(grep '^{' "$LOGS/ref-$name.out" | tail -n 1)
   if [ -z "$line" ]; then
-    line="{\"impl\":\"hf-peft\",\"preset\":\"$preset\",\"seq\":$seq,\"batch\":$batch,\"error\":\"exit $status: $(tail -c 300 "$LOGS/ref-$name.err" | tr -d '"\\\n')\"}"
+    line="{\"impl\":\"hf-peft\",\"preset\":\"$preset\",\"seq\":$seq,\"batch\":$batch,\"grad_ckpt\":$ckpt_json,\"error\":\"exit $status: $(tail -c 300 "$LOGS/ref-$name.err" | tr -d '"\\\n')\"}"
   fi
   echo "$line" | tee -a "$results"
 done
