@@ -176,8 +176,35 @@ pub fn compare(
         then.cpu_vectors = crate::compute::CpuVectors::before_recorded();
         then
     });
-    let compute_differences = original_compute.differences(compute);
-    let tolerance = (!compute_differences.is_empty()).then(|| original_compute.tolerance(compute));
+    // The checkpoints compared come from every training execution, so an option
+    // that differs from any of them (a run resumed on another machine or backend)
+    // makes the comparison one within the tolerance; the newest names it first.
+    let mut computes = vec![original_compute];
+    computes.extend(
+        executions
+            .iter()
+            .rev()
+            .filter(|e| e.purpose != "reproduce")
+            .filter_map(|e| e.compute.as_ref())
+            .filter_map(|canon| Compute::from_canon(canon).ok()),
+    );
+    let mut compute_differences: Vec<(String, String, String)> = Vec::new();
+    let mut tolerance = None::<f64>;
+    for earlier in &computes {
+        let differences = earlier.differences(compute);
+        if !differences.is_empty() {
+            let allowed = earlier.tolerance(compute);
+            tolerance = Some(tolerance.map_or(allowed, |t| t.max(allowed)));
+        }
+        for difference in differences {
+            if !compute_differences
+                .iter()
+                .any(|(key, ..)| *key == difference.0)
+            {
+                compute_differences.push(difference);
+            }
+        }
+    }
     let reproduces = identical
         || tolerance
             .is_some_and(|tolerance| !new.is_empty() && max_relative_loss_difference <= tolerance);

@@ -315,6 +315,17 @@ fn a_cpu_execution_from_a_machine_with_other_vectors_is_compared_within_toleranc
         here.as_str(),
         "{shown}"
     );
+    // Its checkpoints now come from both machines: a reproduce here names the first
+    // one's vectors although the newest execution ran with this machine's.
+    let both = ok_in(work.path(), &["reproduce", &stopped, "--quiet"]);
+    assert!(
+        both.contains(&format!(
+            "compute.cpu_vectors differs: {} in the original execution",
+            other.as_str()
+        )) && both.contains("reproduces")
+            && !both.contains("NOT"),
+        "{both}"
+    );
 }
 
 #[test]
