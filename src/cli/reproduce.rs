@@ -66,7 +66,6 @@ pub fn run(args: Args, context: &Context) -> CliResult {
         &run_id,
         outcome.execution,
         &recorder.checkpoints,
-        original.as_ref(),
         &compute,
     )?;
     if args.json {

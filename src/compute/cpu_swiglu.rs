@@ -39,15 +39,17 @@ pub fn gate<C: CheckpointStrategy>(
         HostValues::new(up.primitive),
     );
     let mut out = zeros(g.len());
-    out.par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-        .for_each(|(out, (g, u))| {
-            with_exp!(E => in_widest_vectors(|| {
-                for ((y, &g), &u) in out.iter_mut().zip(g).zip(u) {
-                    *y = silu::<E>(g) * u;
-                }
-            }))
-        });
+    // The exp is chosen once for the whole loop, not per chunk.
+    with_exp!(E => out
+    .par_chunks_mut(CHUNK)
+    .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+    .for_each(|(out, (g, u))| {
+        in_widest_vectors(|| {
+            for ((y, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                *y = silu::<E>(g) * u;
+            }
+        })
+    }));
     let out = flex_primitive(out, shape);
     let output = match prepared {
         OpsKind::Tracked(prep) => prep.finish(
@@ -97,22 +99,22 @@ impl Backward<Flex, 2> for SwigluBackward {
         let state = ops.state;
         let mut dgate = zeros(dy.len());
         let mut dup = zeros(dy.len());
-        dgate
-            .par_chunks_mut(CHUNK)
-            .zip(dup.par_chunks_mut(CHUNK))
-            .zip(dy.par_chunks(CHUNK))
-            .zip(state.gate.par_chunks(CHUNK).zip(state.up.par_chunks(CHUNK)))
-            .for_each(|(((dgate, dup), dy), (g, u))| {
-                let rows = dgate.iter_mut().zip(dup.iter_mut()).zip(dy).zip(g).zip(u);
-                with_exp!(E => in_widest_vectors(|| {
-                    for ((((dgate, dup), &dy), &g), &u) in rows {
-                        let s = sigmoid::<E>(g);
-                        // silu'(g) = s (1 + g (1 - s))
-                        *dgate = dy * u * (s * (1.0 + g * (1.0 - s)));
-                        *dup = dy * (g * s);
-                    }
-                }))
-            });
+        with_exp!(E => dgate
+        .par_chunks_mut(CHUNK)
+        .zip(dup.par_chunks_mut(CHUNK))
+        .zip(dy.par_chunks(CHUNK))
+        .zip(state.gate.par_chunks(CHUNK).zip(state.up.par_chunks(CHUNK)))
+        .for_each(|(((dgate, dup), dy), (g, u))| {
+            let rows = dgate.iter_mut().zip(dup.iter_mut()).zip(dy).zip(g).zip(u);
+            in_widest_vectors(|| {
+                for ((((dgate, dup), &dy), &g), &u) in rows {
+                    let s = sigmoid::<E>(g);
+                    // silu'(g) = s (1 + g (1 - s))
+                    *dgate = dy * u * (s * (1.0 + g * (1.0 - s)));
+                    *dup = dy * (g * s);
+                }
+            })
+        }));
         for (node, grad) in [(node_gate, dgate), (node_up, dup)] {
             if let Some(node) = node {
                 grads.register::<Flex>(node.id, flex_primitive(grad, state.shape));

@@ -445,23 +445,11 @@ impl Compute {
                 object.entry(key).or_insert(serde_json::Value::Bool(before));
             }
         }
-        let backend = json
-            .as_object_mut()
-            .and_then(|object| object.remove("backend"))
-            .map(serde_json::from_value::<BackendKind>)
-            .transpose()
-            .map_err(|e| format!("compute.backend: {e}"))?
-            .unwrap_or_default();
-        let cpu_vectors = json
-            .as_object_mut()
-            .and_then(|object| object.remove("cpu_vectors"))
-            .map(serde_json::from_value::<CpuVectors>)
-            .transpose()
-            .map_err(|e| format!("compute.cpu_vectors: {e}"))?
-            .unwrap_or(match backend {
-                BackendKind::Cpu => CpuVectors::before_recorded(),
-                BackendKind::Cuda => CpuVectors::of_this_machine(),
-            });
+        let backend = take::<BackendKind>(&mut json, "backend")?.unwrap_or_default();
+        let cpu_vectors = take::<CpuVectors>(&mut json, "cpu_vectors")?.unwrap_or(match backend {
+            BackendKind::Cpu => CpuVectors::before_recorded(),
+            BackendKind::Cuda => CpuVectors::of_this_machine(),
+        });
         let options = serde_json::from_value(json).map_err(|e| e.to_string())?;
         Ok(Compute {
             backend,
@@ -511,6 +499,18 @@ impl Compute {
             1e-3
         }
     }
+}
+
+/// Removes `key` from a record's JSON object and reads it, naming it on error.
+fn take<T: serde::de::DeserializeOwned>(
+    json: &mut serde_json::Value,
+    key: &str,
+) -> Result<Option<T>, String> {
+    json.as_object_mut()
+        .and_then(|object| object.remove(key))
+        .map(serde_json::from_value::<T>)
+        .transpose()
+        .map_err(|e| format!("compute.{key}: {e}"))
 }
 
 #[cfg(test)]

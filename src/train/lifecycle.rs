@@ -109,8 +109,9 @@ pub fn resume_compute(
 }
 
 /// How a new execution of a recorded run computes: as `recorded` (its last training
-/// execution's), on `backend` where given, with this machine's CPU vectors. Runs recorded before executions held their
-/// compute take the recipe's precision on the CPU.
+/// execution's), on `backend` where given, with this machine's CPU vectors. Runs
+/// recorded before executions held their compute take the recipe's precision on the
+/// CPU.
 pub fn continuing_compute(
     recorded: Option<&Compute>,
     recipe: &Recipe,

@@ -137,12 +137,17 @@ impl<B: Backend> GradAccumulator<B> {
     /// Adds another accumulator's sums, each after this one's.
     pub fn merge(&mut self, other: GradAccumulator<B>) {
         for (name, grad) in other.grads {
-            let entry = match self.grads.remove(&name) {
-                Some(sum) => sum + grad,
-                None => grad,
-            };
-            self.grads.insert(name, entry);
+            self.accumulate(name, grad);
         }
+    }
+
+    /// `grad` added after the sum so far of parameter `name`.
+    fn accumulate(&mut self, name: String, grad: Tensor<B, 1>) {
+        let entry = match self.grads.remove(&name) {
+            Some(sum) => sum + grad,
+            None => grad,
+        };
+        self.grads.insert(name, entry);
     }
 
     /// Add the gradients of `model`'s trainable parameters from one backward pass.
@@ -160,12 +165,7 @@ impl<B: Backend> GradAccumulator<B> {
                 AnyTensor::D2(t) => t.grad(grads).map(AnyTensor::D2),
             };
             let Some(grad) = grad else { continue };
-            let grad = flatten(grad);
-            let entry = match self.grads.remove(&info.name) {
-                Some(sum) => sum + grad,
-                None => grad,
-            };
-            self.grads.insert(info.name, entry);
+            self.accumulate(info.name, flatten(grad));
         }
     }
 }

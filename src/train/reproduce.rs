@@ -119,7 +119,6 @@ pub fn compare(
     run: &Id,
     number: u32,
     reproduced: &[(u64, Id)],
-    original_compute: Option<&Compute>,
     compute: &Compute,
 ) -> Result<Comparison> {
     let executions = index.executions(run)?;
@@ -168,26 +167,24 @@ pub fn compare(
         }
     }
     let identical = first_difference.is_none() && !new.is_empty();
-    // Executions recorded before compute was recorded ran with the defaults of the
-    // time, before the later keys existed.
-    let original_compute = original_compute.copied().unwrap_or_else(|| {
-        let mut then = Compute::new(Default::default(), compute.options);
-        then.options = then.options.as_recorded_before_later_keys();
-        then.cpu_vectors = crate::compute::CpuVectors::before_recorded();
-        then
-    });
     // The checkpoints compared come from every training execution, so an option
     // that differs from any of them (a run resumed on another machine or backend)
     // makes the comparison one within the tolerance; the newest names it first.
-    let mut computes = vec![original_compute];
-    computes.extend(
-        executions
-            .iter()
-            .rev()
-            .filter(|e| e.purpose != "reproduce")
-            .filter_map(|e| e.compute.as_ref())
-            .filter_map(|canon| Compute::from_canon(canon).ok()),
-    );
+    let mut computes: Vec<Compute> = executions
+        .iter()
+        .rev()
+        .filter(|e| e.purpose != "reproduce")
+        .filter_map(|e| e.compute.as_ref())
+        .filter_map(|canon| Compute::from_canon(canon).ok())
+        .collect();
+    if computes.is_empty() {
+        // Executions recorded before compute was recorded ran with the defaults of
+        // the time, before the later keys existed.
+        let mut then = Compute::new(Default::default(), compute.options);
+        then.options = then.options.as_recorded_before_later_keys();
+        then.cpu_vectors = crate::compute::CpuVectors::before_recorded();
+        computes.push(then);
+    }
     let mut compute_differences: Vec<(String, String, String)> = Vec::new();
     let mut tolerance = None::<f64>;
     for earlier in &computes {
