@@ -393,11 +393,19 @@ impl<B: Kernels> AdamW<B> {
             .map(|e| (e.name.clone(), e.param.dims()[0]))
             .collect();
         let fused_matches = self.fused.as_ref().is_some_and(|f| f.members == members);
-        let fresh =
-            self.fused.is_none() && entries.iter().all(|e| !self.state.contains_key(&e.name));
+        // Per-name moments (fresh, or as a restored checkpoint leaves them) are joined
+        // into the flat ones below, so that the first update after a resume runs the same
+        // kernels as the uninterrupted run's update at that step: the op-by-op path rounds
+        // differently, and a resumed run would leave the uninterrupted one's checkpoints.
+        let per_name = self.fused.is_none()
+            && entries.iter().all(|e| {
+                self.state
+                    .get(&e.name)
+                    .is_none_or(|m| m.m.dtype() == f32 && m.v.dtype() == f32)
+            });
         if entries.len() < 2
             || !one_group
-            || !(fused_matches || fresh)
+            || !(fused_matches || per_name)
             || clip.is_some_and(|c| c <= 0.0)
             || !B::fused_adamw()
         {
@@ -419,11 +427,28 @@ impl<B: Kernels> AdamW<B> {
         };
         let (m, v) = match self.fused.take() {
             Some(fused) => (fused.m, fused.v),
-            None => {
+            None if members
+                .iter()
+                .all(|(name, _)| !self.state.contains_key(name)) =>
+            {
                 let total = members.iter().map(|(_, len)| len).sum::<usize>();
                 let device = first.param.device();
-                let zeros = || Tensor::<B, 1>::zeros([total], (&device, burn::tensor::DType::F32));
+                let zeros = || Tensor::<B, 1>::zeros([total], (&device, f32));
                 (zeros(), zeros())
+            }
+            None => {
+                let device = first.param.device();
+                let (ms, vs): (Vec<_>, Vec<_>) = members
+                    .iter()
+                    .map(|(name, len)| match self.state.remove(name) {
+                        Some(moments) => (moments.m, moments.v),
+                        None => {
+                            let zeros = || Tensor::<B, 1>::zeros([*len], (&device, f32));
+                            (zeros(), zeros())
+                        }
+                    })
+                    .unzip();
+                (concat(ms), concat(vs))
             }
         };
         let (params, grads): (Vec<_>, Vec<_>) =
