@@ -19,7 +19,8 @@
 #   SEQS=8192 benches/qlora_memory.sh             # the same at 8192
 #   SEQS=2048 SCHEMES="nf4 bf16" HF=0 benches/qlora_memory.sh
 #
-# TIMEOUT (seconds, default 240) bounds each run.
+# TIMEOUT (seconds, default 240) bounds each graft run, HF_TIMEOUT (default TIMEOUT) the
+# reference's, which initialises the 8B model's random weights on the host first.
 set -u
 GRAFT=${GRAFT:-$PWD/.gpu/graft}
 PRESET=${PRESET:-llama-8b}
@@ -29,7 +30,10 @@ BATCH=${BATCH:-1}
 STEPS=${STEPS:-12}
 HF=${HF:-1}
 TIMEOUT=${TIMEOUT:-240}
+HF_TIMEOUT=${HF_TIMEOUT:-$TIMEOUT}
 CHECKPOINTING=${CHECKPOINTING:-layers}
+# Tokens per part of the staged head and loss (compute.loss_chunk_tokens; 0: whole).
+LOSS_CHUNK=${LOSS_CHUNK:-0}
 # A smoke run on the CPU: BACKEND=cpu DTYPE=f32 SCHEMES="nf4 int8 dtype" HF=0.
 BACKEND=${BACKEND:-cuda}
 DTYPE=${DTYPE:-bf16}
@@ -56,7 +60,8 @@ for SEQ in $SEQS; do
     NAME=graft-$SCHEME-$SEQ
     bench_experiment "$WORK/$NAME.toml" "dtype = \"$DTYPE\"
 base = \"$SCHEME\"
-checkpointing = \"$CHECKPOINTING\""
+checkpointing = \"$CHECKPOINTING\"
+loss_chunk_tokens = $LOSS_CHUNK"
     rm -rf "$WORK/store-$NAME"
     echo "== $NAME" >&2
     peak_of "$LOGS/$NAME" timeout "$TIMEOUT" "$GRAFT" --store "$WORK/store-$NAME" train "$WORK/$NAME.toml" --backend "$BACKEND" --quiet --json \
@@ -70,7 +75,7 @@ checkpointing = \"$CHECKPOINTING\""
   if [ "$HF" = 1 ]; then
     NAME=hf-bf16-$SEQ
     echo "== $NAME" >&2
-    peak_of "$LOGS/$NAME" timeout "$TIMEOUT" python3 "$REF" --preset "$PRESET" --seq "$SEQ" --batch "$BATCH" --steps 10 --warmup 3 --grad-ckpt \
+    peak_of "$LOGS/$NAME" timeout "$HF_TIMEOUT" python3 "$REF" --preset "$PRESET" --seq "$SEQ" --batch "$BATCH" --steps 10 --warmup 3 --grad-ckpt \
       >"$LOGS/$NAME.out" 2>"$LOGS/$NAME.err"
     status=$?
     line=$(grep '^{' "$LOGS/$NAME.out" | tail -n 1)

@@ -54,6 +54,10 @@ pub struct TrainArgs {
     /// or `layers` (each decoder layer from its input, as HF's gradient checkpointing).
     #[arg(long, value_enum, conflicts_with = "grad_ckpt")]
     pub checkpointing: Option<Checkpointing>,
+    /// With `--checkpointing layers`: run the head and the loss over this many tokens
+    /// at a time (`compute.loss_chunk_tokens`; 0: all at once).
+    #[arg(long, default_value_t = 0)]
+    pub loss_chunk_tokens: u64,
     #[arg(long, value_enum, default_value_t)]
     pub backend: BackendKind,
     /// Compute dtype [default: bf16 on cuda, f32 on cpu].
@@ -105,9 +109,11 @@ fn train(args: TrainArgs) -> CliResult {
         ComputeSection {
             dtype,
             checkpointing,
+            loss_chunk_tokens: args.loss_chunk_tokens,
             ..Default::default()
         },
     );
+    compute.check().map_err(CliError::user)?;
     let report: BenchReport = crate::on_compute!(compute, bench(&config, args.backend))?;
     let line = serde_json::to_string(&report).map_err(|e| CliError::internal(e.to_string()))?;
     output::println_safe(&line);

@@ -129,6 +129,13 @@ pub trait Kernels: Backend {
         super::quant_product::quantized_product(x, weight)
     }
 
+    /// A quantized weight's values as `[out, in]` in `dtype`: one kernel where the
+    /// backend has it (CUDA), else burn's ops ([`QuantizedWeight::dequantize`]); the
+    /// same values either way.
+    fn dequantized(weight: &QuantizedWeight<Self>, dtype: DType) -> Tensor<Self, 2> {
+        weight.dequantize(dtype)
+    }
+
     /// [`Kernels::lora_projection`] over a quantized frozen W `[out, in]`, dequantized in
     /// each pass; `None` where not [`Kernels::fused_lora`].
     fn quantized_lora_projection(
@@ -495,6 +502,11 @@ mod cuda {
 
         fn device(index: usize) -> Result<Self::Device, String> {
             cuda_device(index)
+        }
+
+        fn dequantized(weight: &QuantizedWeight<Self>, dtype: DType) -> Tensor<Self, 2> {
+            crate::compute::dequantize::dequantize::<F>(weight, dtype)
+                .unwrap_or_else(|| weight.dequantize(dtype))
         }
 
         fn collectives() -> Result<(), String> {

@@ -262,7 +262,7 @@ fn backward<I: Kernels>(
             BaseWeight::Float { weight, .. } => {
                 matmul(dy.clone(), wrap(weight.clone()).transpose())
             }
-            BaseWeight::Quantized(weight) => matmul(dy.clone(), weight.dequantize(dy.dtype())),
+            BaseWeight::Quantized(weight) => matmul(dy.clone(), I::dequantized(weight, dy.dtype())),
             BaseWeight::Pending => unreachable!("the base is set before the node is recorded"),
         };
         let dx = add_matmul_scaled(through_base, up_grad, a_low.transpose(), s);

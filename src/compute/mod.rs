@@ -36,6 +36,8 @@ pub mod cublas;
 pub mod cuda_kernels;
 #[cfg(feature = "cuda")]
 pub mod cuda_stream;
+#[cfg(feature = "cuda")]
+pub mod dequantize;
 pub mod devices;
 pub mod dispatch;
 #[cfg(feature = "cuda")]
@@ -210,6 +212,12 @@ pub struct ComputeSection {
     /// `none` | `balanced` | `layers`: recompute activations in the backward pass.
     #[serde(default)]
     pub checkpointing: Checkpointing,
+    /// With `checkpointing = "layers"`: the head and the loss run over this many
+    /// tokens at a time, each its own backward pass, so the `[tokens, vocab]` logits
+    /// and their gradient are never whole (0: all tokens at once, as before the key).
+    /// The gradients are the same; the loss is summed a part at a time.
+    #[serde(default)]
+    pub loss_chunk_tokens: u64,
     /// `cublas` | `burn`: the CUDA matrix product.
     #[serde(default)]
     pub matmul: Matmul,
@@ -304,6 +312,12 @@ impl ComputeSection {
     pub fn validate(&self) -> Result<(), String> {
         if self.base == BaseStorage::Bf16 && self.dtype != Dtype::Bf16 {
             return Err("compute.base = \"bf16\" needs compute.dtype = \"bf16\" (a bf16 base is the bf16 dtype's): set both, or compute.base = \"dtype\"".into());
+        }
+        if self.loss_chunk_tokens > 0 && self.checkpointing != Checkpointing::Layers {
+            return Err(format!(
+                "compute.loss_chunk_tokens = {} stages the head and the loss by hand, which only per-layer recomputation does: set compute.checkpointing = \"layers\", or compute.loss_chunk_tokens = 0",
+                self.loss_chunk_tokens
+            ));
         }
         if self.cublas_min_macs == 0 || self.attention_block_elements == 0 {
             return Err(
@@ -410,6 +424,7 @@ impl Compute {
             fused_loss: o.fused_loss,
             vector_exp: o.vector_exp,
             recompute_layers: o.checkpointing == Checkpointing::Layers,
+            loss_chunk_tokens: o.loss_chunk_tokens as usize,
             fused_adamw: o.fused_adamw,
         }
     }

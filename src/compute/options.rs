@@ -23,6 +23,8 @@ pub struct KernelOptions {
     pub fused_loss: bool,
     pub vector_exp: bool,
     pub recompute_layers: bool,
+    /// Tokens per part of the staged head and loss (0: whole).
+    pub loss_chunk_tokens: usize,
     pub fused_adamw: bool,
 }
 

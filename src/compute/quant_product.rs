@@ -7,8 +7,8 @@
 //! save. This node keeps the packed codes and scales instead (handles to tensors the
 //! model holds anyway), dequantizes for the forward product and drops the result, and
 //! dequantizes again for the backward product `dx = dy · dequant(W)`. The weight is
-//! frozen, so it has no gradient. The dequantization is burn tensor ops
-//! ([`QuantizedWeight::dequantize`]), so both backends run it as they run the model.
+//! frozen, so it has no gradient. The dequantization is [`Kernels::dequantized`]: one
+//! kernel on CUDA (`compute::dequantize`), burn's ops elsewhere, with the same values.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -25,7 +25,7 @@ use crate::model::quantized::QuantizedWeight;
 /// `x · dequant(W)ᵀ` for x `[n, in]` and W `[out, in]` -> `[n, out]`, on any backend
 /// without autodiff (inference), or where no node is needed.
 pub fn quantized_product<B: Kernels>(x: Tensor<B, 2>, weight: &QuantizedWeight<B>) -> Tensor<B, 2> {
-    let dequantized = weight.dequantize(x.dtype());
+    let dequantized = B::dequantized(weight, x.dtype());
     matmul(x, dequantized.transpose())
 }
 
@@ -79,7 +79,7 @@ impl<I: Kernels> Backward<I, 1> for QuantizedProductBackward {
         };
         let dy =
             Tensor::<I, 2>::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
-        let weight = ops.state.weight.dequantize(ops.state.dtype);
+        let weight = I::dequantized(&ops.state.weight, ops.state.dtype);
         let dx = matmul(dy, weight);
         grads.register::<I>(node.id, dx.into_primitive().tensor());
     }

@@ -20,7 +20,7 @@ use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 
-use super::loss::{masked_loss_sum, BatchTensors};
+use super::loss::{masked_loss_sum, masked_loss_sum_of, BatchTensors};
 use super::optim::GradAccumulator;
 use crate::compute::kernels::TrainKernels;
 use crate::model::CausalLm;
@@ -60,15 +60,8 @@ fn staged<B: TrainKernels>(
         x = layer.clone().no_grad().forward(x, cos, sin, None);
     }
 
-    let last = x.detach().require_grad();
-    let logits = model.head(model.model.norm.forward(last.clone()));
-    let loss = masked_loss_sum(logits, tensors) / denominator;
-    let value = loss.clone().inner();
-    let stage = loss.backward();
-    grads.add(model, &stage);
-    let mut dy = last
-        .grad(&stage)
-        .expect("the loss depends on the last layer");
+    let chunk = crate::compute::options::current().loss_chunk_tokens;
+    let (value, mut dy) = head_and_loss(model, x.detach(), tensors, denominator, chunk, grads);
 
     for (i, layer) in layers.iter().enumerate().rev() {
         let (cos, sin) = tables.of_layer(i);
@@ -90,6 +83,68 @@ fn staged<B: TrainKernels>(
         grads.add(model, &through(embedded, dy));
     }
     value
+}
+
+/// The final norm, the head and the loss over the last layer's output `last`
+/// `[batch, seq, hidden]` as a leaf, back-propagated: the loss (`[1]`, over
+/// `denominator`) and the gradient at `last`. With `chunk > 0` they run over `chunk`
+/// tokens at a time (the rows of the batch laid end to end), each part its own backward
+/// pass, so only one part's `[chunk, vocab]` logits and their gradient are ever alive:
+/// at 32k tokens and a 128k vocabulary the whole would be 8 GiB in bf16 and twice that
+/// again in f32. Every token's logits and gradients are its own, so the parts give the
+/// same gradient at `last`; the loss is the parts' sum, rounded in another order than
+/// one sum over all tokens, and the gradients of anything the head trains sum part by
+/// part.
+fn head_and_loss<B: TrainKernels>(
+    model: &CausalLm<B>,
+    last: Tensor<B, 3>,
+    tensors: &BatchTensors<B>,
+    denominator: f64,
+    chunk: usize,
+    grads: &mut GradAccumulator<B::InnerBackend>,
+) -> (Tensor<B::InnerBackend, 1>, Tensor<B::InnerBackend, 3>) {
+    let [batch, seq, hidden] = last.dims();
+    let rows = batch * seq;
+    if chunk == 0 || chunk >= rows {
+        let last = last.require_grad();
+        let logits = model.head(model.model.norm.forward(last.clone()));
+        let loss = masked_loss_sum(logits, tensors) / denominator;
+        let value = loss.clone().inner();
+        let stage = loss.backward();
+        grads.add(model, &stage);
+        let dy = last
+            .grad(&stage)
+            .expect("the loss depends on the last layer");
+        return (value, dy);
+    }
+    let flat = last.reshape([1, rows, hidden]);
+    let targets = tensors.targets.clone().reshape([1, rows]);
+    let mask = tensors.mask.clone().reshape([1, rows]);
+    let mut value: Option<Tensor<B::InnerBackend, 1>> = None;
+    let mut parts = Vec::with_capacity(rows.div_ceil(chunk));
+    for start in (0..rows).step_by(chunk) {
+        let len = chunk.min(rows - start);
+        let part = flat.clone().narrow(1, start, len).detach().require_grad();
+        let logits = model.head(model.model.norm.forward(part.clone()));
+        let loss = masked_loss_sum_of(
+            logits,
+            targets.clone().narrow(1, start, len),
+            mask.clone().narrow(1, start, len),
+        ) / denominator;
+        let loss_value = loss.clone().inner();
+        value = Some(match value {
+            Some(sum) => sum + loss_value,
+            None => loss_value,
+        });
+        let stage = loss.backward();
+        grads.add(model, &stage);
+        parts.push(
+            part.grad(&stage)
+                .expect("the loss depends on the last layer"),
+        );
+    }
+    let dy = Tensor::cat(parts, 1).reshape([batch, seq, hidden]);
+    (value.expect("at least one part"), dy)
 }
 
 /// The backward pass of `Σ y ⊙ dy`: every tensor `y` depends on gets the gradient it

@@ -38,12 +38,22 @@ impl<B: Backend> BatchTensors<B> {
 /// Sum of the masked token losses `[1]` (divide by `tokens` for the mean).
 /// logits: [batch, seq, vocab]
 pub fn masked_loss_sum<B: Kernels>(logits: Tensor<B, 3>, batch: &BatchTensors<B>) -> Tensor<B, 1> {
+    masked_loss_sum_of(logits, batch.targets.clone(), batch.mask.clone())
+}
+
+/// [`masked_loss_sum`] of `logits` `[batch, seq, vocab]` against `targets` and `mask`
+/// `[batch, seq]`.
+pub fn masked_loss_sum_of<B: Kernels>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+    mask: Tensor<B, 2>,
+) -> Tensor<B, 1> {
     let [b, s, vocab] = logits.dims();
     if B::fused_loss() {
         return B::token_loss_sum(
             logits.reshape([b * s, vocab]),
-            batch.targets.clone().reshape([b * s]),
-            batch.mask.clone().reshape([b * s]),
+            targets.reshape([b * s]),
+            mask.reshape([b * s]),
         )
         .expect("checked above");
     }
@@ -54,9 +64,9 @@ pub fn masked_loss_sum<B: Kernels>(logits: Tensor<B, 3>, batch: &BatchTensors<B>
     };
     let log_probs = log_softmax(logits, 2);
     let picked = log_probs
-        .gather(2, batch.targets.clone().reshape([b, s, 1]))
+        .gather(2, targets.reshape([b, s, 1]))
         .reshape([b, s]);
-    ordered_sum(picked * batch.mask.clone()).neg()
+    ordered_sum(picked * mask).neg()
 }
 
 /// Per row: whether the greedy prediction matches every trained target.

@@ -387,3 +387,53 @@ fn per_layer_recomputation_trains_bit_for_bit_as_keeping_every_activation() {
         );
     }
 }
+
+#[test]
+fn the_head_and_loss_in_parts_train_to_the_same_checkpoints() {
+    let work = workspace();
+    // Parts only exist where per-layer recomputation stages the head: refused by key.
+    let refused = run_in(
+        work.path(),
+        &["train", "a.toml", "--set", "compute.loss_chunk_tokens=7"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("compute.loss_chunk_tokens = 7")
+            && stderr(&refused).contains("compute.checkpointing = \"layers\""),
+        "{}",
+        stderr(&refused)
+    );
+    let trained: Value = serde_json::from_str(&ok_in(
+        work.path(),
+        &[
+            "train",
+            "a.toml",
+            "--quiet",
+            "--json",
+            "--set",
+            "compute.checkpointing=layers",
+        ],
+    ))
+    .unwrap();
+    let run = trained["run"].as_str().unwrap();
+    // 7 tokens a part: parts that straddle the batch's rows and a short last part.
+    let parts = ok_in(
+        work.path(),
+        &[
+            "reproduce",
+            run,
+            "--quiet",
+            "--set",
+            "compute.checkpointing=layers",
+            "--set",
+            "compute.loss_chunk_tokens=7",
+        ],
+    );
+    assert!(
+        parts.contains(
+            "compute.loss_chunk_tokens differs: 0 in the original execution, 7 in this one"
+        ),
+        "{parts}"
+    );
+    assert!(parts.contains("checkpoint ids identical"), "{parts}");
+}
