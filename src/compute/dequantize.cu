@@ -32,7 +32,7 @@ __device__ __forceinline__ float block_scale(long long b, const float* scales,
 
 __device__ __forceinline__ unsigned int to_bf16(float x) {
     const unsigned int bits = __float_as_uint(x);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;  // NaN
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (bits >> 16) | 0x40u;  // NaN, kept quiet
     return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
 }
 

@@ -9,14 +9,14 @@
 //! once and writes the weight once, with the host reference's arithmetic step by step
 //! (no fused multiply-add), so its values are those of
 //! [`QuantizedHost::dequantize`](crate::model::quantize::QuantizedHost::dequantize) bit
-//! for bit, which the op chain's are too.
+//! for bit, which the op chain's are too (a NaN keeps its sign and payload, as `half`
+//! rounds it).
 
 use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 use burn::backend::Cuda;
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::fusion::FusionCubeRuntime;
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, FloatElement};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::FusionRuntime;
@@ -83,6 +83,7 @@ pub fn dequantize<F: FloatElement>(
         || !words_i32
         || nf4 != weight.table.is_some()
         || layout.nested.is_some() != weight.scale_words.is_some()
+        || layout.nested.is_some() != weight.scale_map.is_some()
         || !layout.block.is_multiple_of(8)
     {
         return None;
@@ -118,7 +119,7 @@ pub fn dequantize<F: FloatElement>(
         desc: desc.clone(),
         layout: KernelLayout {
             len: (layout.shape[0] * layout.shape[1]) as i64,
-            words: 0,
+            words: weight.words.dims()[0] as i64,
             nf4: nf4 as i32,
             block: layout.block as i32,
             nested_block: nested_block as i32,
@@ -157,13 +158,8 @@ type Handles = HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>
 
 impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for Dequantize<F> {
     fn execute(&self, handles: &mut Handles) {
-        let contiguous = |t: CubeTensor<CudaRuntime>| {
-            if t.meta.strides()[0] == 1 {
-                t
-            } else {
-                burn_cubecl::kernel::into_contiguous(t)
-            }
-        };
+        // A no-op for the contiguous tensors the weight holds.
+        let contiguous = burn_cubecl::kernel::into_contiguous::<CudaRuntime>;
         let inputs = &self.desc.inputs;
         let words = contiguous(handles.get_int_tensor::<Cube<F>>(&inputs[0]));
         let scales = contiguous(handles.get_float_tensor::<Cube<F>>(&inputs[1]));
@@ -181,8 +177,7 @@ impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for Dequantize<F
         });
         let out_ir = &self.desc.outputs[0];
         let out = empty(&words, out_ir.shape.clone(), out_ir.dtype);
-        let mut layout = self.layout;
-        layout.words = words.meta.shape()[0] as i64;
+        let layout = self.layout;
         let mut buffers = vec![
             words.handle.clone().binding(),
             scales.handle.clone().binding(),

@@ -214,8 +214,10 @@ pub struct ComputeSection {
     pub checkpointing: Checkpointing,
     /// With `checkpointing = "layers"`: the head and the loss run over this many
     /// tokens at a time, each its own backward pass, so the `[tokens, vocab]` logits
-    /// and their gradient are never whole (0: all tokens at once, as before the key).
-    /// The gradients are the same; the loss is summed a part at a time.
+    /// and their gradient are never whole (0: all tokens in one pass). The gradient
+    /// reaching the layers is each token's own, so it does not change; the loss, and
+    /// the gradient of a final norm, head or tied embedding that trains, are summed a
+    /// part at a time.
     #[serde(default)]
     pub loss_chunk_tokens: u64,
     /// `cublas` | `burn`: the CUDA matrix product.

@@ -20,7 +20,7 @@ use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 
-use super::loss::{masked_loss_sum, masked_loss_sum_of, BatchTensors};
+use super::loss::{masked_loss_sum_of, BatchTensors};
 use super::optim::GradAccumulator;
 use crate::compute::kernels::TrainKernels;
 use crate::model::CausalLm;
@@ -105,18 +105,7 @@ fn head_and_loss<B: TrainKernels>(
 ) -> (Tensor<B::InnerBackend, 1>, Tensor<B::InnerBackend, 3>) {
     let [batch, seq, hidden] = last.dims();
     let rows = batch * seq;
-    if chunk == 0 || chunk >= rows {
-        let last = last.require_grad();
-        let logits = model.head(model.model.norm.forward(last.clone()));
-        let loss = masked_loss_sum(logits, tensors) / denominator;
-        let value = loss.clone().inner();
-        let stage = loss.backward();
-        grads.add(model, &stage);
-        let dy = last
-            .grad(&stage)
-            .expect("the loss depends on the last layer");
-        return (value, dy);
-    }
+    let chunk = if chunk == 0 { rows } else { chunk.min(rows) };
     let flat = last.reshape([1, rows, hidden]);
     let targets = tensors.targets.clone().reshape([1, rows]);
     let mask = tensors.mask.clone().reshape([1, rows]);
@@ -143,7 +132,11 @@ fn head_and_loss<B: TrainKernels>(
                 .expect("the loss depends on the last layer"),
         );
     }
-    let dy = Tensor::cat(parts, 1).reshape([batch, seq, hidden]);
+    let dy = match parts.len() {
+        1 => parts.pop().expect("one part"),
+        _ => Tensor::cat(parts, 1),
+    };
+    let dy = dy.reshape([batch, seq, hidden]);
     (value.expect("at least one part"), dy)
 }
 

@@ -365,7 +365,8 @@ impl<B: Kernels> AdamW<B> {
     }
 
     /// The whole update in `crate::compute::fused_adamw`'s kernels, when the backend is CUDA and
-    /// the parameters form one f32 group whose moments are fused or not yet created;
+    /// the parameters form one f32 group whose moments are fused, per name (restored
+    /// from a checkpoint) or not yet created;
     /// hands the entries back otherwise. Returns the new values by name and, with
     /// `clip`, the gradients' norm.
     #[allow(clippy::type_complexity)]
@@ -398,10 +399,13 @@ impl<B: Kernels> AdamW<B> {
         // kernels as the uninterrupted run's update at that step: the op-by-op path rounds
         // differently, and a resumed run would leave the uninterrupted one's checkpoints.
         let per_name = self.fused.is_none()
-            && entries.iter().all(|e| {
-                self.state
-                    .get(&e.name)
-                    .is_none_or(|m| m.m.dtype() == f32 && m.v.dtype() == f32)
+            && members.iter().all(|(name, len)| {
+                self.state.get(name).is_none_or(|m| {
+                    m.m.dtype() == f32
+                        && m.v.dtype() == f32
+                        && m.m.dims()[0] == *len
+                        && m.v.dims()[0] == *len
+                })
             });
         if entries.len() < 2
             || !one_group
@@ -427,16 +431,10 @@ impl<B: Kernels> AdamW<B> {
         };
         let (m, v) = match self.fused.take() {
             Some(fused) => (fused.m, fused.v),
-            None if members
-                .iter()
-                .all(|(name, _)| !self.state.contains_key(name)) =>
-            {
-                let total = members.iter().map(|(_, len)| len).sum::<usize>();
-                let device = first.param.device();
-                let zeros = || Tensor::<B, 1>::zeros([total], (&device, f32));
-                (zeros(), zeros())
-            }
             None => {
+                // Every member has restored moments or none has: a member with
+                // none has taken no step, and differing step counts never share a
+                // group (`shares_update_with`).
                 let device = first.param.device();
                 let (ms, vs): (Vec<_>, Vec<_>) = members
                     .iter()

@@ -359,21 +359,11 @@ fn per_layer_recomputation_trains_bit_for_bit_as_keeping_every_activation() {
         stderr(&refused)
     );
     for experiment in ["a.toml", "embed.toml"] {
-        let trained: Value = serde_json::from_str(&ok_in(
+        let recomputed = train_then_reproduce(
             work.path(),
-            &["train", experiment, "--quiet", "--json"],
-        ))
-        .unwrap();
-        let run = trained["run"].as_str().unwrap();
-        let recomputed = ok_in(
-            work.path(),
-            &[
-                "reproduce",
-                run,
-                "--quiet",
-                "--set",
-                "compute.checkpointing=layers",
-            ],
+            experiment,
+            &[],
+            &["compute.checkpointing=layers"],
         );
         assert!(
             recomputed.contains(
@@ -403,29 +393,13 @@ fn the_head_and_loss_in_parts_train_to_the_same_checkpoints() {
         "{}",
         stderr(&refused)
     );
-    let trained: Value = serde_json::from_str(&ok_in(
-        work.path(),
-        &[
-            "train",
-            "a.toml",
-            "--quiet",
-            "--json",
-            "--set",
-            "compute.checkpointing=layers",
-        ],
-    ))
-    .unwrap();
-    let run = trained["run"].as_str().unwrap();
     // 7 tokens a part: parts that straddle the batch's rows and a short last part.
-    let parts = ok_in(
+    let parts = train_then_reproduce(
         work.path(),
+        "a.toml",
+        &["compute.checkpointing=layers"],
         &[
-            "reproduce",
-            run,
-            "--quiet",
-            "--set",
             "compute.checkpointing=layers",
-            "--set",
             "compute.loss_chunk_tokens=7",
         ],
     );
@@ -436,4 +410,38 @@ fn the_head_and_loss_in_parts_train_to_the_same_checkpoints() {
         "{parts}"
     );
     assert!(parts.contains("checkpoint ids identical"), "{parts}");
+}
+
+/// Trains `experiment` with `train_sets` (`--set` values), then reproduces the run with
+/// `reproduce_sets`; returns what `graft reproduce` printed.
+fn train_then_reproduce(
+    dir: &Path,
+    experiment: &str,
+    train_sets: &[&str],
+    reproduce_sets: &[&str],
+) -> String {
+    let with_sets = |mut args: Vec<String>, sets: &[&str]| {
+        for set in sets {
+            args.extend(["--set".to_string(), set.to_string()]);
+        }
+        args
+    };
+    let train = with_sets(
+        vec![
+            "train".into(),
+            experiment.into(),
+            "--quiet".into(),
+            "--json".into(),
+        ],
+        train_sets,
+    );
+    let train: Vec<&str> = train.iter().map(String::as_str).collect();
+    let trained: Value = serde_json::from_str(&ok_in(dir, &train)).unwrap();
+    let run = trained["run"].as_str().unwrap().to_string();
+    let reproduce = with_sets(
+        vec!["reproduce".into(), run, "--quiet".into()],
+        reproduce_sets,
+    );
+    let reproduce: Vec<&str> = reproduce.iter().map(String::as_str).collect();
+    ok_in(dir, &reproduce)
 }
