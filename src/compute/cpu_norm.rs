@@ -54,9 +54,12 @@ pub fn rms_norm<C: CheckpointStrategy, const D: usize>(
     };
     let rows = values.len() / width.max(1);
     let mut inverse = zeros(rows);
-    let mut out = zeros(values.len());
+    assert_eq!(scale.len(), width, "one weight per element of a row");
+    // Written once, not zeroed first (a pass and a parallel region fewer).
+    let mut out = Vec::with_capacity(values.len());
     let eps = eps as f32;
-    out.par_chunks_mut(ROWS * width)
+    out.spare_capacity_mut()[..values.len()]
+        .par_chunks_mut(ROWS * width)
         .zip(inverse.par_chunks_mut(ROWS))
         .zip(values.par_chunks(ROWS * width))
         .for_each(|((out, inverse), x)| {
@@ -64,10 +67,13 @@ pub fn rms_norm<C: CheckpointStrategy, const D: usize>(
                 let mean = dot(x, x) / width as f32;
                 *r = 1.0 / (mean + eps).sqrt();
                 for ((y, &x), &w) in y.iter_mut().zip(x).zip(&scale) {
-                    *y = x * *r * w;
+                    y.write(x * *r * w);
                 }
             }
         });
+    // SAFETY: the chunks cover the first `values.len()` values, whole rows of `width`,
+    // and each value of a row is written (`scale` has `width` values).
+    unsafe { out.set_len(values.len()) };
     let out = flex_primitive(out, shape);
     let output = match prepared {
         OpsKind::Tracked(prep) => prep.finish(
