@@ -163,13 +163,10 @@ impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for Dequantize<F
         let inputs = &self.desc.inputs;
         let words = contiguous(handles.get_int_tensor::<Cube<F>>(&inputs[0]));
         let scales = contiguous(handles.get_float_tensor::<Cube<F>>(&inputs[1]));
-        let mut rest = 2;
-        let mut next_float = |handles: &mut Handles| {
-            let t = contiguous(handles.get_float_tensor::<Cube<F>>(&inputs[rest]));
-            rest += 1;
-            t
-        };
-        let pairs = (self.layout.nf4 == 1).then(|| next_float(handles));
+        // Inputs: words, scales, then NF4's pairs, then the nested codes and map.
+        let pairs = (self.layout.nf4 == 1)
+            .then(|| contiguous(handles.get_float_tensor::<Cube<F>>(&inputs[2])));
+        let rest = 2 + pairs.is_some() as usize;
         let nested = (self.layout.nested_block > 0).then(|| {
             let codes = contiguous(handles.get_int_tensor::<Cube<F>>(&inputs[rest]));
             let map = contiguous(handles.get_float_tensor::<Cube<F>>(&inputs[rest + 1]));

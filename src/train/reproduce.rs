@@ -85,13 +85,19 @@ impl Recorder for ReproduceRecorder {
 
 /// How the run's newest training execution computed, where it was recorded.
 pub fn recorded_compute(index: &Index, run: &Id) -> Result<Option<Compute>> {
-    Ok(index
-        .executions(run)?
-        .into_iter()
+    Ok(training_compute_records(&index.executions(run)?)
+        .next()
+        .and_then(|canon| Compute::from_canon(canon).ok()))
+}
+
+/// The compute records of the training executions among `executions` (in execution
+/// order), newest first; executions recorded before compute was have none.
+fn training_compute_records(executions: &[ExecutionRecord]) -> impl Iterator<Item = &Canon> {
+    executions
+        .iter()
         .rev()
         .filter(|e| e.purpose != "reproduce")
-        .find_map(|e| e.compute)
-        .and_then(|canon| Compute::from_canon(&canon).ok()))
+        .filter_map(|e| e.compute.as_ref())
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -170,11 +176,7 @@ pub fn compare(
     // The checkpoints compared come from every training execution, so an option
     // that differs from any of them (a run resumed on another machine or backend)
     // makes the comparison one within the tolerance; the newest names it first.
-    let mut computes: Vec<Compute> = executions
-        .iter()
-        .rev()
-        .filter(|e| e.purpose != "reproduce")
-        .filter_map(|e| e.compute.as_ref())
+    let mut computes: Vec<Compute> = training_compute_records(&executions)
         .filter_map(|canon| Compute::from_canon(canon).ok())
         .collect();
     if computes.is_empty() {

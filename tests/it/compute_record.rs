@@ -76,12 +76,7 @@ fn bf16_is_another_recipe_and_the_cpu_refuses_it_without_recording() {
 #[test]
 fn reproduce_with_other_kernels_names_the_option_and_compares_within_tolerance() {
     let work = workspace();
-    let trained: Value = serde_json::from_str(&ok_in(
-        work.path(),
-        &["train", "a.toml", "--quiet", "--json"],
-    ))
-    .unwrap();
-    let run = trained["run"].as_str().unwrap().to_string();
+    let run = train_run(work.path(), "a.toml", &[]);
 
     let shown: Value =
         serde_json::from_str(&ok_in(work.path(), &["show", &run, "--json"])).unwrap();
@@ -135,18 +130,12 @@ fn reproduce_with_other_kernels_names_the_option_and_compares_within_tolerance()
 fn an_execution_recorded_before_the_row_kernels_reproduces_with_the_kernels_it_ran() {
     let work = workspace();
     // Trained as before the later keys: each at the value that computes as then.
-    let mut args = vec![
-        "train".to_string(),
-        "a.toml".into(),
-        "--quiet".into(),
-        "--json".into(),
-    ];
-    for (key, before) in graft::compute::LATER_KEYS {
-        args.extend(["--set".into(), format!("compute.{key}={before}")]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let trained: Value = serde_json::from_str(&ok_in(work.path(), &args)).unwrap();
-    let run = trained["run"].as_str().unwrap().to_string();
+    let sets: Vec<String> = graft::compute::LATER_KEYS
+        .iter()
+        .map(|(key, before)| format!("compute.{key}={before}"))
+        .collect();
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let run = train_run(work.path(), "a.toml", &sets);
     // Rewrite the record as one written before the keys existed.
     {
         let store = graft::store::Store::open(&work.path().join("store")).unwrap();
@@ -412,6 +401,26 @@ fn the_head_and_loss_in_parts_train_to_the_same_checkpoints() {
     assert!(parts.contains("checkpoint ids identical"), "{parts}");
 }
 
+/// `graft ARGS... --set SET...` in `dir`, which must succeed; returns its stdout.
+fn ok_with_sets(dir: &Path, args: &[&str], sets: &[&str]) -> String {
+    let mut all = args.to_vec();
+    for set in sets {
+        all.extend(["--set", set]);
+    }
+    ok_in(dir, &all)
+}
+
+/// Trains `experiment` with `sets` (`--set` values); returns the run id.
+fn train_run(dir: &Path, experiment: &str, sets: &[&str]) -> String {
+    let trained: Value = serde_json::from_str(&ok_with_sets(
+        dir,
+        &["train", experiment, "--quiet", "--json"],
+        sets,
+    ))
+    .unwrap();
+    trained["run"].as_str().unwrap().to_string()
+}
+
 /// Trains `experiment` with `train_sets` (`--set` values), then reproduces the run with
 /// `reproduce_sets`; returns what `graft reproduce` printed.
 fn train_then_reproduce(
@@ -420,28 +429,6 @@ fn train_then_reproduce(
     train_sets: &[&str],
     reproduce_sets: &[&str],
 ) -> String {
-    let with_sets = |mut args: Vec<String>, sets: &[&str]| {
-        for set in sets {
-            args.extend(["--set".to_string(), set.to_string()]);
-        }
-        args
-    };
-    let train = with_sets(
-        vec![
-            "train".into(),
-            experiment.into(),
-            "--quiet".into(),
-            "--json".into(),
-        ],
-        train_sets,
-    );
-    let train: Vec<&str> = train.iter().map(String::as_str).collect();
-    let trained: Value = serde_json::from_str(&ok_in(dir, &train)).unwrap();
-    let run = trained["run"].as_str().unwrap().to_string();
-    let reproduce = with_sets(
-        vec!["reproduce".into(), run, "--quiet".into()],
-        reproduce_sets,
-    );
-    let reproduce: Vec<&str> = reproduce.iter().map(String::as_str).collect();
-    ok_in(dir, &reproduce)
+    let run = train_run(dir, experiment, train_sets);
+    ok_with_sets(dir, &["reproduce", &run, "--quiet"], reproduce_sets)
 }
