@@ -6,8 +6,10 @@
 # HF's, or $CHECKPOINTING; HF: --grad-ckpt),
 # AdamW, clip 1.0. Prints, per run, tokens/s (graft: the trainer's steady figure as
 # `graft train --json` reports it; HF: its own JSON line) and the peak device memory
-# nvidia-smi saw (the pool cubecl reserved for graft; torch's cache for HF, whose
-# `max_memory_allocated` is in its JSON as peak_gib), then a table.
+# nvidia-smi saw (the pool cubecl reserved for graft, with the CUDA context; torch's
+# cache for HF, whose `max_memory_allocated` is in its JSON as peak_gib), graft's own
+# figure of its pool at the end (`pool_reserved_gib` in `graft train --json`), then a
+# table.
 #
 # Run from the repository root on the GPU machine with the CUDA build in .gpu/graft
 # (see shared/DEVICE.md). Making the folder (random bf16 weights via transformers,
@@ -68,9 +70,10 @@ loss_chunk_tokens = $LOSS_CHUNK"
       >"$LOGS/$NAME.out" 2>"$LOGS/$NAME.err"
     status=$?
     tokens=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["tokens_per_s"]))' "$LOGS/$NAME.out" 2>/dev/null || echo "-")
+    pool=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["pool_reserved_gib"] * 1024))' "$LOGS/$NAME.out" 2>/dev/null || echo "-")
     echo "$NAME exit $status: $(tail -c 600 "$LOGS/$NAME.out")"
     [ "$status" -eq 0 ] || tail -c 2000 "$LOGS/$NAME.err"
-    ROWS+=("| graft train, base $SCHEME | $SEQ x $BATCH | $tokens | $(added "$LOGS/$NAME") |")
+    ROWS+=("| graft train, base $SCHEME | $SEQ x $BATCH | $tokens | $(added "$LOGS/$NAME") | $pool |")
   done
   if [ "$HF" = 1 ]; then
     NAME=hf-bf16-$SEQ
@@ -83,10 +86,10 @@ loss_chunk_tokens = $LOSS_CHUNK"
     [ "$status" -eq 0 ] || tail -c 1500 "$LOGS/$NAME.err"
     tokens=$(echo "$line" | python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["tokens_per_s"]))' 2>/dev/null || echo "-")
     allocated=$(echo "$line" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["peak_gib"])' 2>/dev/null || echo "-")
-    ROWS+=("| HF + PEFT bf16 (max_memory_allocated $allocated GiB) | $SEQ x $BATCH | $tokens | $(added "$LOGS/$NAME") |")
+    ROWS+=("| HF + PEFT bf16 (max_memory_allocated $allocated GiB) | $SEQ x $BATCH | $tokens | $(added "$LOGS/$NAME") | - |")
   fi
 done
 echo
-echo "| run | seq x batch | tokens/s | peak device memory, MiB (nvidia-smi, less what was in use before) |"
-echo "| --- | --- | ---: | ---: |"
+echo "| run | seq x batch | tokens/s | peak device memory, MiB (nvidia-smi, less what was in use before) | graft's pool at the end, MiB |"
+echo "| --- | --- | ---: | ---: | ---: |"
 printf '%s\n' "${ROWS[@]}"

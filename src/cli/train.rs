@@ -245,6 +245,7 @@ pub fn finish(store: &Store, outcome: &Outcome, options: &RunOptions) -> CliResu
             "checkpoints": outcome.checkpoints.iter().map(|(s, id)| serde_json::json!({"step": s, "id": id.to_hex()})).collect::<Vec<_>>(),
             "eval": outcome.last_eval,
             "tokens_per_s": outcome.tokens_per_s,
+            "pool_reserved_gib": outcome.pool_reserved.map(|bytes| bytes as f64 / (1u64 << 30) as f64),
             "record_share": outcome.record_time.as_secs_f64() / outcome.loop_time.as_secs_f64().max(1e-9),
         }));
     }

@@ -237,6 +237,12 @@ pub trait Kernels: Backend {
         }
     }
 
+    /// Bytes of `device` memory the calling thread's pool holds, where the backend keeps
+    /// one (cubecl's pools keep what a step reserved until the run ends).
+    fn pool_reserved(_device: &Self::Device) -> Option<u64> {
+        None
+    }
+
     /// Whether [`Kernels::all_reduce_sum`] can run here: `Err` says what is missing.
     fn collectives() -> Result<(), String> {
         Err("compute.devices names several devices: only the CUDA backend trains on more than one (set compute.devices = 1)".into())
@@ -504,6 +510,10 @@ mod cuda {
             cuda_device(index)
         }
 
+        fn pool_reserved(device: &Self::Device) -> Option<u64> {
+            cuda_pool_reserved(device)
+        }
+
         fn dequantized(weight: &QuantizedWeight<Self>, dtype: DType) -> Tensor<Self, 2> {
             crate::compute::dequantize::dequantize::<F>(weight, dtype)
                 .unwrap_or_else(|| weight.dequantize(dtype))
@@ -531,6 +541,13 @@ mod cuda {
         }
     }
 
+    /// What the calling thread's pool on `device` holds.
+    fn cuda_pool_reserved(device: &burn::backend::cuda::CudaDevice) -> Option<u64> {
+        use burn::cubecl::{cuda::CudaRuntime, Runtime};
+        let usage = CudaRuntime::client(device).memory_usage().ok()?;
+        Some(usage.bytes_reserved)
+    }
+
     /// CUDA device `index`, refused naming `compute.devices` where the machine has
     /// fewer GPUs.
     fn cuda_device(index: usize) -> Result<burn::backend::cuda::CudaDevice, String> {
@@ -549,6 +566,10 @@ mod cuda {
     impl<F: FlashFloat, C: CheckpointStrategy> Kernels for Autodiff<Cuda<F>, C> {
         fn device(index: usize) -> Result<Self::Device, String> {
             cuda_device(index)
+        }
+
+        fn pool_reserved(device: &Self::Device) -> Option<u64> {
+            cuda_pool_reserved(device)
         }
 
         fn causal_attention(

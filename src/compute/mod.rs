@@ -54,6 +54,7 @@ pub mod lora_product;
 pub mod nccl;
 pub mod quant_product;
 pub mod reduce;
+pub mod resident;
 pub use cpu_vectors::CpuVectors;
 pub use devices::Devices;
 pub use dispatch::ComputeError;

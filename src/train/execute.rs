@@ -16,6 +16,7 @@ use super::registry::{self, RegistryError};
 use super::state::{self, Kept, TrainerState};
 use super::{interrupt, loss, parallel, schedule, step, unfreeze};
 use crate::compute::kernels::{Kernels, TrainKernels};
+use crate::compute::resident::load_resident;
 use crate::compute::{BaseStorage, Checkpointing, Compute, Dtype};
 use crate::data::{self, Tokenizer};
 use crate::model::weights::load_model_dir_reporting;
@@ -89,6 +90,8 @@ pub struct Outcome {
     /// Training tokens per second after the first window of steps (which holds the
     /// kernels' compilation), evaluation and checkpoint time left out.
     pub tokens_per_s: Option<f64>,
+    /// Bytes the first device's memory pool held at the end (`None` on the CPU).
+    pub pool_reserved: Option<u64>,
 }
 
 /// Executes `plan` on backend `B`, which `compute` names (see
@@ -535,6 +538,7 @@ pub fn execute<B: TrainKernels>(
                 record_time,
                 last_eval,
                 tokens_per_s: pending.steady_tokens_per_s(),
+                pool_reserved: B::pool_reserved(device),
             })
         }
         Err(error) => {
@@ -575,10 +579,12 @@ fn start_model<B: TrainKernels>(
         )));
     }
     let loading = Instant::now();
-    let (mut model, times): (CausalLm<B>, _) =
+    // The base stays for the whole run: exact buffers, none of the pool's large pages.
+    let (mut model, times): (CausalLm<B>, _) = load_resident::<B, _>(device, || {
         load_model_dir_reporting(folder, device, base.scheme(), &mut |done, total| {
             events.loading(done, total)
-        })?;
+        })
+    })?;
     let converted = match base.scheme() {
         Some(scheme) => format!("quantizing to {}", scheme.as_str()),
         None => "converting".into(),

@@ -3,6 +3,7 @@
 
 use super::registry::{self, RegistryError};
 use super::state;
+use crate::compute::resident::load_resident;
 use crate::model::weights::{load_model_dir_reporting, LoadProgress};
 use crate::model::{CausalLm, LoraConfig};
 use crate::store::{Id, Store, StoreError, Target};
@@ -82,8 +83,9 @@ pub fn restore_reporting<B: Backend>(
     })?;
     drop(index);
     let folder = registry::model_folder(&record)?;
-    let (mut model, _): (CausalLm<B>, _) =
-        load_model_dir_reporting(&folder, device, quantize, progress)?;
+    let (mut model, _): (CausalLm<B>, _) = load_resident::<B, _>(device, || {
+        load_model_dir_reporting(&folder, device, quantize, progress)
+    })?;
     let mut adapter = None;
     if let Some(checkpoint) = &checkpoint {
         adapter = state::load_adapter_config(store, checkpoint)?;

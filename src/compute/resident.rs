@@ -1,0 +1,108 @@
+//! Weights that stay on the device for a whole run, each in a buffer of its own size.
+//!
+//! cubecl's memory pool hands out slices of pages whose sizes follow the card's total
+//! memory (a quarter of it, then a sixteenth, a sixty-fourth...). On an H200 the first
+//! tensor between about 550 MB and 4.4 GB (an 8B model's embedding) reserves an 8.8 GiB
+//! page, so an NF4 base of 5.4 GiB held 13 GiB of pool before the first step. A base is
+//! allocated once and kept, which is what burn's persistent allocation mode is for:
+//! every tensor made inside it gets a buffer of exactly its size. The loader's
+//! temporaries (an f32 copy before a cast, host-quantized codes on their way) get such
+//! buffers too; once the load is done they are free, and an explicit cleanup gives them
+//! back, with any page of the ordinary pools left empty.
+//!
+//! Where the allocator is not cubecl's (the CPU), burn runs the load as it is.
+
+use burn::tensor::backend::Backend;
+use std::cell::Cell;
+
+/// Runs `load` with every device allocation it makes sized exactly and kept outside the
+/// pool's shared pages, then releases what the load allocated and no longer holds.
+pub fn load_resident<B: Backend, T>(device: &B::Device, load: impl FnOnce() -> T) -> T {
+    let once = Cell::new(Some(load));
+    let loaded = B::memory_persistent_allocations(device, OnCaller(&once), |once| {
+        OnCaller(once
+            .0
+            .take()
+            .expect("burn runs the allocation closure once")(
+        ))
+    });
+    // The temporaries are free only once the device has run what used them.
+    let _ = B::sync(device);
+    B::memory_cleanup(device);
+    loaded.0
+}
+
+/// A value that moves into burn's allocation closure and back out on the same call.
+///
+/// burn asks the closure, its input and its output to be `Send` because a backend may
+/// run it on another thread; cubecl's (`ComputeClient::memory_persistent_allocation`)
+/// and burn's default run it on the caller's thread before returning. Even on another
+/// thread, the caller would wait for it, so nothing here is touched from two threads at
+/// once: the loader's borrowed progress callback is only ever used by one.
+struct OnCaller<T>(T);
+
+// SAFETY: see the type's comment; the wrapped value is used by one thread at a time,
+// the calling thread waiting for the closure to return it.
+unsafe impl<T> Send for OnCaller<T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::{Tensor, TensorData};
+
+    #[test]
+    fn the_load_runs_once_and_its_value_comes_back() {
+        let device = Default::default();
+        let mut calls = 0;
+        let tensor = load_resident::<Flex, _>(&device, || {
+            calls += 1;
+            Tensor::<Flex, 1>::from_data(TensorData::new(vec![1.0f32, 2.0], [2]), &device)
+        });
+        assert_eq!(calls, 1);
+        assert_eq!(tensor.into_data().to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
+    }
+
+    /// On a CUDA card: a 640 MB weight loaded resident holds its own size of the pool,
+    /// where an ordinary allocation of it takes a slice of a page sized from the card
+    /// (on an H200, 8.8 GiB); the loader's f32 temporary is given back.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn a_resident_weight_holds_its_size_of_the_pool_on_cuda() {
+        use burn::backend::Cuda;
+        use burn::cubecl::{cuda::CudaRuntime, Runtime};
+        use burn::tensor::{DType, FloatDType};
+        use cudarc::driver::result as driver;
+        if let Err(why) = driver::init().and_then(|()| driver::device::get_count().map(|_| ())) {
+            eprintln!("skipped: no CUDA driver ({why:?})");
+            return;
+        }
+        type B = Cuda<f32>;
+        let device = Default::default();
+        let client = CudaRuntime::client(&device);
+        let reserved = || client.memory_usage().unwrap().bytes_reserved;
+        let before = reserved();
+        let len = 160 * 1024 * 1024; // 640 MB in f32, 320 MB in bf16
+        let weight = load_resident::<B, _>(&device, || {
+            let f32s =
+                Tensor::<B, 1>::from_data(TensorData::new(vec![0.5f32; len], [len]), &device);
+            f32s.cast(FloatDType::BF16)
+        });
+        assert_eq!(weight.dtype(), DType::BF16);
+        let grown = reserved() - before;
+        assert!(
+            grown >= 2 * len as u64 && grown < 2 * len as u64 + (64 << 20),
+            "the pool grew by {grown} bytes for a {} byte weight",
+            2 * len
+        );
+        assert_eq!(
+            weight
+                .narrow(0, len - 1, 1)
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap(),
+            vec![0.5]
+        );
+    }
+}
