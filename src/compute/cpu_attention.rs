@@ -138,53 +138,55 @@ fn product(
     }
 }
 
-/// One head's output and per-row log-sum-exp.
-fn forward_head<E: Exp>(
+/// The output rows and log-sum-exp of one query block `(start, rows, visible)` of a
+/// head (`q` the head's, `out` and `lse` the block's): what each block computes does
+/// not depend on any other, so blocks may run in any order or at once.
+#[allow(clippy::too_many_arguments)]
+fn forward_block<E: Exp>(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     out: &mut [f32],
     lse: &mut [f32],
+    (start, rows, visible): (usize, usize, usize),
     dims: Dims,
     scores: &mut Vec<f32>,
 ) {
     let dim = dims.dim;
-    for (start, rows, visible) in dims.blocks() {
-        scores.clear();
-        scores.resize(rows * visible, 0.0);
-        product(
-            scores,
-            visible,
-            (rows, visible, dim),
-            Matrix::rows(&q[start * dim..], dim),
-            Matrix::transposed(k, dim),
-            dims.scale(),
-            false,
-        );
-        for (i, row) in scores.chunks_mut(visible).enumerate() {
-            let (seen, future) = row.split_at_mut(dims.seen(start, i));
-            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            seen.iter_mut().for_each(|x| *x -= max);
-            exp_in_place::<E>(seen);
-            let mut sum = 0.0;
-            for x in seen.iter() {
-                sum += *x;
-            }
-            let inverse = 1.0 / sum;
-            seen.iter_mut().for_each(|x| *x *= inverse);
-            future.fill(0.0);
-            lse[start + i] = max + sum.ln();
+    scores.clear();
+    scores.resize(rows * visible, 0.0);
+    product(
+        scores,
+        visible,
+        (rows, visible, dim),
+        Matrix::rows(&q[start * dim..], dim),
+        Matrix::transposed(k, dim),
+        dims.scale(),
+        false,
+    );
+    for (i, row) in scores.chunks_mut(visible).enumerate() {
+        let (seen, future) = row.split_at_mut(dims.seen(start, i));
+        let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        seen.iter_mut().for_each(|x| *x -= max);
+        exp_in_place::<E>(seen);
+        let mut sum = 0.0;
+        for x in seen.iter() {
+            sum += *x;
         }
-        product(
-            &mut out[start * dim..],
-            dim,
-            (rows, dim, visible),
-            Matrix::rows(scores, visible),
-            Matrix::rows(v, dim),
-            1.0,
-            false,
-        );
+        let inverse = 1.0 / sum;
+        seen.iter_mut().for_each(|x| *x *= inverse);
+        future.fill(0.0);
+        lse[i] = max + sum.ln();
     }
+    product(
+        out,
+        dim,
+        (rows, dim, visible),
+        Matrix::rows(scores, visible),
+        Matrix::rows(v, dim),
+        1.0,
+        false,
+    );
 }
 
 /// Scratch for one head's backward pass.
@@ -213,115 +215,250 @@ struct HeadInputs<'a> {
 
 fn backward_head<E: Exp>(x: HeadInputs, g: HeadGrads, dims: Dims, scratch: &mut BackwardScratch) {
     let dim = dims.dim;
-    let scale = dims.scale();
-    for (start, rows, visible) in dims.blocks() {
-        let q_block = &x.q[start * dim..(start + rows) * dim];
-        let dout_block = &x.dout[start * dim..(start + rows) * dim];
-        let probs = &mut scratch.probs;
-        probs.clear();
-        probs.resize(rows * visible, 0.0);
-        product(
-            probs,
-            visible,
-            (rows, visible, dim),
-            Matrix::rows(q_block, dim),
-            Matrix::transposed(x.k, dim),
-            scale,
-            false,
-        );
-        for (i, row) in probs.chunks_mut(visible).enumerate() {
-            let (seen, future) = row.split_at_mut(dims.seen(start, i));
-            let lse = x.lse[start + i];
-            seen.iter_mut().for_each(|s| *s -= lse);
-            exp_in_place::<E>(seen);
-            future.fill(0.0);
-        }
-        // dV += Pᵀ dO
-        product(
-            g.dv,
-            dim,
-            (visible, dim, rows),
-            Matrix::transposed(probs, visible),
-            Matrix::rows(dout_block, dim),
-            1.0,
-            true,
-        );
-        // dP = dO Vᵀ, then dS = P (dP - rowdot(dO, O)) scale in place.
-        let dprobs = &mut scratch.dprobs;
-        dprobs.clear();
-        dprobs.resize(rows * visible, 0.0);
-        product(
-            dprobs,
-            visible,
-            (rows, visible, dim),
-            Matrix::rows(dout_block, dim),
-            Matrix::transposed(x.v, dim),
-            1.0,
-            false,
-        );
-        for (i, (ds, p)) in dprobs
-            .chunks_mut(visible)
-            .zip(probs.chunks(visible))
-            .enumerate()
-        {
-            let row = (start + i) * dim;
-            let row_dot: f32 = x.dout[row..row + dim]
-                .iter()
-                .zip(&x.out[row..row + dim])
-                .map(|(a, b)| a * b)
-                .sum();
-            for (d, &p) in ds.iter_mut().zip(p) {
-                *d = p * (*d - row_dot) * scale;
-            }
-        }
-        // dQ = dS K, dK += dSᵀ Q
-        product(
-            &mut g.dq[start * dim..],
-            dim,
-            (rows, dim, visible),
-            Matrix::rows(dprobs, visible),
-            Matrix::rows(x.k, dim),
-            1.0,
-            false,
-        );
-        product(
-            g.dk,
-            dim,
-            (visible, dim, rows),
-            Matrix::transposed(dprobs, visible),
-            Matrix::rows(q_block, dim),
-            1.0,
-            true,
-        );
+    for block in dims.blocks() {
+        let (start, rows, _) = block;
+        let grads = BlockGrads {
+            dq: &mut g.dq[start * dim..(start + rows) * dim],
+            dk: &mut *g.dk,
+            dv: &mut *g.dv,
+            accumulate: true,
+        };
+        backward_block::<E>(&x, grads, block, dims, scratch);
     }
 }
 
-/// The output and log-sum-exp of every head. Tasks are kv heads, each with the query
-/// heads it serves.
+/// Where one query block's backward pass writes: its rows of dQ, and the first
+/// `visible` rows of dK and dV, added to what they hold when `accumulate` (each
+/// addition rounds once, as gemm adds its product to its destination), else written.
+struct BlockGrads<'a> {
+    dq: &'a mut [f32],
+    dk: &'a mut [f32],
+    dv: &'a mut [f32],
+    accumulate: bool,
+}
+
+/// One query block `(start, rows, visible)` of a head's backward pass (`x` the head's).
+fn backward_block<E: Exp>(
+    x: &HeadInputs,
+    g: BlockGrads,
+    (start, rows, visible): (usize, usize, usize),
+    dims: Dims,
+    scratch: &mut BackwardScratch,
+) {
+    let dim = dims.dim;
+    let scale = dims.scale();
+    let q_block = &x.q[start * dim..(start + rows) * dim];
+    let dout_block = &x.dout[start * dim..(start + rows) * dim];
+    let probs = &mut scratch.probs;
+    probs.clear();
+    probs.resize(rows * visible, 0.0);
+    product(
+        probs,
+        visible,
+        (rows, visible, dim),
+        Matrix::rows(q_block, dim),
+        Matrix::transposed(x.k, dim),
+        scale,
+        false,
+    );
+    for (i, row) in probs.chunks_mut(visible).enumerate() {
+        let (seen, future) = row.split_at_mut(dims.seen(start, i));
+        let lse = x.lse[start + i];
+        seen.iter_mut().for_each(|s| *s -= lse);
+        exp_in_place::<E>(seen);
+        future.fill(0.0);
+    }
+    // dV += Pᵀ dO
+    product(
+        g.dv,
+        dim,
+        (visible, dim, rows),
+        Matrix::transposed(probs, visible),
+        Matrix::rows(dout_block, dim),
+        1.0,
+        g.accumulate,
+    );
+    // dP = dO Vᵀ, then dS = P (dP - rowdot(dO, O)) scale in place.
+    let dprobs = &mut scratch.dprobs;
+    dprobs.clear();
+    dprobs.resize(rows * visible, 0.0);
+    product(
+        dprobs,
+        visible,
+        (rows, visible, dim),
+        Matrix::rows(dout_block, dim),
+        Matrix::transposed(x.v, dim),
+        1.0,
+        false,
+    );
+    for (i, (ds, p)) in dprobs
+        .chunks_mut(visible)
+        .zip(probs.chunks(visible))
+        .enumerate()
+    {
+        let row = (start + i) * dim;
+        let row_dot: f32 = x.dout[row..row + dim]
+            .iter()
+            .zip(&x.out[row..row + dim])
+            .map(|(a, b)| a * b)
+            .sum();
+        for (d, &p) in ds.iter_mut().zip(p) {
+            *d = p * (*d - row_dot) * scale;
+        }
+    }
+    // dQ = dS K, dK += dSᵀ Q
+    product(
+        g.dq,
+        dim,
+        (rows, dim, visible),
+        Matrix::rows(dprobs, visible),
+        Matrix::rows(x.k, dim),
+        1.0,
+        false,
+    );
+    product(
+        g.dk,
+        dim,
+        (visible, dim, rows),
+        Matrix::transposed(dprobs, visible),
+        Matrix::rows(q_block, dim),
+        1.0,
+        g.accumulate,
+    );
+}
+
+/// The output and log-sum-exp of every head. Tasks are the query blocks of every head,
+/// which are independent: a batch with few kv heads still keeps many cores busy.
 fn forward<E: Exp>(q: &[f32], k: &[f32], v: &[f32], dims: Dims) -> (Vec<f32>, Vec<f32>) {
     let (seq, keys, dim, groups) = (dims.seq, dims.keys, dims.dim, dims.groups());
     let heads = dims.batch * dims.heads;
     let mut out = zeros(heads * seq * dim);
     let mut lse = zeros(heads * seq);
-    out.par_chunks_mut(groups * seq * dim)
-        .zip(lse.par_chunks_mut(groups * seq))
+    let blocks: Vec<_> = dims.blocks().collect();
+    out.par_chunks_mut(seq * dim)
+        .zip(lse.par_chunks_mut(seq))
         .enumerate()
-        .for_each_init(Vec::new, |scores, (kv, (out, lse))| {
-            let kv_range = kv * keys * dim..(kv + 1) * keys * dim;
+        .for_each(|(h, (out, lse))| {
+            let kv_range = h / groups * keys * dim..(h / groups + 1) * keys * dim;
             let (k, v) = (&k[kv_range.clone()], &v[kv_range]);
-            let outs = out.chunks_mut(seq * dim).zip(lse.chunks_mut(seq));
-            for (g, (out, lse)) in outs.enumerate() {
-                let h = kv * groups + g;
-                let q = &q[h * seq * dim..(h + 1) * seq * dim];
-                forward_head::<E>(q, k, v, out, lse, dims, scores);
-            }
+            let q = &q[h * seq * dim..(h + 1) * seq * dim];
+            out.par_chunks_mut(ROWS * dim)
+                .zip(lse.par_chunks_mut(ROWS))
+                .zip(blocks.par_iter())
+                .for_each_init(Vec::new, |scores, ((out, lse), &block)| {
+                    forward_block::<E>(q, k, v, out, lse, block, dims, scores)
+                });
         });
     (out, lse)
 }
 
+/// At most this many bytes of per-block dK and dV terms before their ordered sum; past
+/// it (long sequences) the backward pass runs per kv head, with the same result.
+const BLOCK_PARTIAL_BYTES: usize = 256 << 20;
+
+/// Gradients of q, k and v. Tasks are the query blocks of every head: each writes its
+/// rows of dQ and its own dK and dV terms, which are then added per key row in the
+/// order [`backward_by_kv_head`] adds them (query heads, then blocks), so both give
+/// the same bits.
+fn backward<E: Exp>(state: &AttentionState, dout: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let dims = state.dims;
+    let (seq, keys, dim, groups) = (dims.seq, dims.keys, dims.dim, dims.groups());
+    let heads = dims.batch * dims.heads;
+    let blocks: Vec<_> = dims.blocks().collect();
+    let per_head = blocks.iter().map(|&(_, _, visible)| visible).sum::<usize>() * dim;
+    // gemm adds a product over one or two rows to its destination term by term (its
+    // `gevv` path), not as one rounded sum: a last block that short would not give
+    // the per-kv-head pass's bits from a separate term.
+    let last_rows = blocks.last().map_or(ROWS, |&(_, rows, _)| rows);
+    let too_big = 2 * heads * per_head * std::mem::size_of::<f32>() > BLOCK_PARTIAL_BYTES;
+    if too_big || last_rows <= 2 {
+        return backward_by_kv_head::<E>(state, dout);
+    }
+    let mut dq = zeros(heads * seq * dim);
+    let mut terms_k = zeros(heads * per_head);
+    let mut terms_v = zeros(heads * per_head);
+    dq.par_chunks_mut(seq * dim)
+        .zip(terms_k.par_chunks_mut(per_head))
+        .zip(terms_v.par_chunks_mut(per_head))
+        .enumerate()
+        .for_each(|(h, ((dq, terms_k), terms_v))| {
+            let kv_range = h / groups * keys * dim..(h / groups + 1) * keys * dim;
+            let queries = h * seq * dim..(h + 1) * seq * dim;
+            let inputs = HeadInputs {
+                q: &state.q[queries.clone()],
+                k: &state.k[kv_range.clone()],
+                v: &state.v[kv_range],
+                out: &state.out[queries.clone()],
+                lse: &state.lse[h * seq..(h + 1) * seq],
+                dout: &dout[queries],
+            };
+            let (mut dq, mut terms_k, mut terms_v) = (dq, terms_k, terms_v);
+            let mut tasks = Vec::with_capacity(blocks.len());
+            for &block in &blocks {
+                let (_, rows, visible) = block;
+                let (dq_block, rest) = std::mem::take(&mut dq).split_at_mut(rows * dim);
+                dq = rest;
+                let (dk, rest) = std::mem::take(&mut terms_k).split_at_mut(visible * dim);
+                terms_k = rest;
+                let (dv, rest) = std::mem::take(&mut terms_v).split_at_mut(visible * dim);
+                terms_v = rest;
+                let grads = BlockGrads {
+                    dq: dq_block,
+                    dk,
+                    dv,
+                    accumulate: false,
+                };
+                tasks.push((block, grads));
+            }
+            tasks
+                .into_par_iter()
+                .for_each_init(BackwardScratch::default, |scratch, (block, grads)| {
+                    backward_block::<E>(&inputs, grads, block, dims, scratch)
+                });
+        });
+    let kv_heads = dims.batch * dims.kv_heads;
+    let mut dk = zeros(kv_heads * keys * dim);
+    let mut dv = zeros(kv_heads * keys * dim);
+    dk.par_chunks_mut(keys * dim)
+        .zip(dv.par_chunks_mut(keys * dim))
+        .enumerate()
+        .for_each(|(kv, (dk, dv))| {
+            dk.par_chunks_mut(ROWS * dim)
+                .zip(dv.par_chunks_mut(ROWS * dim))
+                .enumerate()
+                .for_each(|(chunk, (dk, dv))| {
+                    let first = chunk * ROWS;
+                    let rows = dk.len() / dim;
+                    for h in kv * groups..(kv + 1) * groups {
+                        let mut offset = h * per_head;
+                        for &(_, _, visible) in &blocks {
+                            if visible > first {
+                                let len = (visible.min(first + rows) - first) * dim;
+                                let at = offset + first * dim;
+                                add_into(&mut dk[..len], &terms_k[at..at + len]);
+                                add_into(&mut dv[..len], &terms_v[at..at + len]);
+                            }
+                            offset += visible * dim;
+                        }
+                    }
+                });
+        });
+    (dq, dk, dv)
+}
+
+/// `sum += terms`, element by element.
+fn add_into(sum: &mut [f32], terms: &[f32]) {
+    for (s, t) in sum.iter_mut().zip(terms) {
+        *s += *t;
+    }
+}
+
 /// Gradients of q, k and v. Tasks are kv heads: each adds its query heads'
 /// contributions to its keys' and values' gradients in a fixed order.
-fn backward<E: Exp>(state: &AttentionState, dout: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn backward_by_kv_head<E: Exp>(
+    state: &AttentionState,
+    dout: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let dims = state.dims;
     let (seq, keys, dim, groups) = (dims.seq, dims.keys, dims.dim, dims.groups());
     let heads = dims.batch * dims.heads;
@@ -498,5 +635,69 @@ mod tests {
         assert_eq!(blocks, vec![(0, 64, 74), (64, 64, 138), (128, 22, 160)]);
         assert_eq!(dims.seen(0, 0), 11);
         assert_eq!(dims.seen(128, 21), 160);
+    }
+
+    /// The backward pass by query blocks adds the same terms in the same order as the
+    /// one by kv heads, so it gives the same bits (both are used: the second past
+    /// [`BLOCK_PARTIAL_BYTES`] or with a last block of one or two rows). Shapes with
+    /// grouped queries, partial last blocks and keys before the queries.
+    #[test]
+    fn the_backward_by_query_blocks_equals_the_one_by_kv_heads_bit_for_bit() {
+        use super::super::cpu_exp::Polynomial;
+        let values = |len: usize, salt: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0 - 1.0)
+                .collect()
+        };
+        let host =
+            |values: Vec<f32>, shape: [usize; 4]| HostValues::new(flex_primitive(values, shape));
+        for (batch, heads, kv_heads, seq, keys, dim) in [
+            (2, 6, 2, 150, 150, 8),
+            (1, 4, 4, 64, 64, 16),
+            (1, 4, 1, 131, 142, 8),
+            (1, 4, 1, 130, 141, 8),
+        ] {
+            let dims = Dims {
+                batch,
+                heads,
+                kv_heads,
+                seq,
+                keys,
+                dim,
+            };
+            let (q, k, v) = (
+                values(batch * heads * seq * dim, 1),
+                values(batch * kv_heads * keys * dim, 2),
+                values(batch * kv_heads * keys * dim, 3),
+            );
+            let dout = values(batch * heads * seq * dim, 4);
+            let (out, lse) = forward::<Polynomial>(&q, &k, &v, dims);
+            let state = AttentionState {
+                dims,
+                q: host(q, [batch, heads, seq, dim]),
+                k: host(k, [batch, kv_heads, keys, dim]),
+                v: host(v, [batch, kv_heads, keys, dim]),
+                out: host(out, [batch, heads, seq, dim]),
+                lse,
+            };
+            let bits = |(dq, dk, dv): (Vec<f32>, Vec<f32>, Vec<f32>)| -> Vec<u32> {
+                dq.iter()
+                    .chain(&dk)
+                    .chain(&dv)
+                    .map(|x| x.to_bits())
+                    .collect()
+            };
+            let by_blocks = bits(backward::<Polynomial>(&state, &dout));
+            let by_kv_heads = bits(backward_by_kv_head::<Polynomial>(&state, &dout));
+            let first = by_blocks.iter().zip(&by_kv_heads).position(|(a, b)| a != b);
+            assert_eq!(
+                by_blocks, by_kv_heads,
+                "{dims:?}: first difference at {first:?}"
+            );
+            assert!(
+                by_blocks.iter().any(|&b| b != 0),
+                "{dims:?}: gradients are not all zero"
+            );
+        }
     }
 }
