@@ -38,6 +38,28 @@ struct Dims {
 }
 
 impl Dims {
+    /// The shapes of q (`[batch, heads, seq, dim]`) and k.
+    fn of([batch, heads, seq, dim]: [usize; 4], [_, kv_heads, keys, _]: [usize; 4]) -> Self {
+        Dims {
+            batch,
+            heads,
+            kv_heads,
+            seq,
+            keys,
+            dim,
+        }
+    }
+
+    /// `[batch, heads, seq, dim]`: q's shape, and the output's.
+    fn q_shape(&self) -> [usize; 4] {
+        [self.batch, self.heads, self.seq, self.dim]
+    }
+
+    /// `[batch, kv_heads, keys, dim]`: k's and v's shape.
+    fn kv_shape(&self) -> [usize; 4] {
+        [self.batch, self.kv_heads, self.keys, self.dim]
+    }
+
     fn groups(&self) -> usize {
         self.heads / self.kv_heads
     }
@@ -138,6 +160,44 @@ fn product(
     }
 }
 
+/// `buffer` = `scale * block[rows x dim] . keys[visible x dim]ᵀ`, rows of `visible`.
+fn scores_into(
+    buffer: &mut Vec<f32>,
+    (rows, visible, dim): (usize, usize, usize),
+    block: &[f32],
+    keys: &[f32],
+    scale: f32,
+) {
+    buffer.clear();
+    buffer.resize(rows * visible, 0.0);
+    let (lhs, rhs) = (Matrix::rows(block, dim), Matrix::transposed(keys, dim));
+    product(
+        buffer,
+        visible,
+        (rows, visible, dim),
+        lhs,
+        rhs,
+        scale,
+        false,
+    );
+}
+
+/// A block's terms of a key-side gradient: `dst[visible x dim]` = (or +=, when
+/// `accumulate`) `scores[rows x visible]ᵀ . block[rows x dim]`.
+fn key_terms(
+    dst: &mut [f32],
+    (visible, dim, rows): (usize, usize, usize),
+    scores: &[f32],
+    block: &[f32],
+    accumulate: bool,
+) {
+    let (lhs, rhs) = (
+        Matrix::transposed(scores, visible),
+        Matrix::rows(block, dim),
+    );
+    product(dst, dim, (visible, dim, rows), lhs, rhs, 1.0, accumulate);
+}
+
 /// The output rows and log-sum-exp of one query block `(start, rows, visible)` of a
 /// head (`q` the head's, `out` and `lse` the block's): what each block computes does
 /// not depend on any other, so blocks may run in any order or at once.
@@ -153,16 +213,12 @@ fn forward_block<E: Exp>(
     scores: &mut Vec<f32>,
 ) {
     let dim = dims.dim;
-    scores.clear();
-    scores.resize(rows * visible, 0.0);
-    product(
+    scores_into(
         scores,
-        visible,
         (rows, visible, dim),
-        Matrix::rows(&q[start * dim..], dim),
-        Matrix::transposed(k, dim),
+        &q[start * dim..],
+        k,
         dims.scale(),
-        false,
     );
     for (i, row) in scores.chunks_mut(visible).enumerate() {
         let (seen, future) = row.split_at_mut(dims.seen(start, i));
@@ -213,6 +269,25 @@ struct HeadInputs<'a> {
     dout: &'a [f32],
 }
 
+impl<'a> HeadInputs<'a> {
+    /// Query head `h`'s inputs (with its kv head's keys and values) in `state`.
+    fn of(state: &'a AttentionState, dout: &'a [f32], h: usize) -> Self {
+        let dims = state.dims;
+        let (seq, keys, dim) = (dims.seq, dims.keys, dims.dim);
+        let kv = h / dims.groups();
+        let kv_range = kv * keys * dim..(kv + 1) * keys * dim;
+        let queries = h * seq * dim..(h + 1) * seq * dim;
+        HeadInputs {
+            q: &state.q[queries.clone()],
+            k: &state.k[kv_range.clone()],
+            v: &state.v[kv_range],
+            out: &state.out[queries.clone()],
+            lse: &state.lse[h * seq..(h + 1) * seq],
+            dout: &dout[queries],
+        }
+    }
+}
+
 fn backward_head<E: Exp>(x: HeadInputs, g: HeadGrads, dims: Dims, scratch: &mut BackwardScratch) {
     let dim = dims.dim;
     for block in dims.blocks() {
@@ -250,17 +325,7 @@ fn backward_block<E: Exp>(
     let q_block = &x.q[start * dim..(start + rows) * dim];
     let dout_block = &x.dout[start * dim..(start + rows) * dim];
     let probs = &mut scratch.probs;
-    probs.clear();
-    probs.resize(rows * visible, 0.0);
-    product(
-        probs,
-        visible,
-        (rows, visible, dim),
-        Matrix::rows(q_block, dim),
-        Matrix::transposed(x.k, dim),
-        scale,
-        false,
-    );
+    scores_into(probs, (rows, visible, dim), q_block, x.k, scale);
     for (i, row) in probs.chunks_mut(visible).enumerate() {
         let (seen, future) = row.split_at_mut(dims.seen(start, i));
         let lse = x.lse[start + i];
@@ -269,28 +334,10 @@ fn backward_block<E: Exp>(
         future.fill(0.0);
     }
     // dV += Pᵀ dO
-    product(
-        g.dv,
-        dim,
-        (visible, dim, rows),
-        Matrix::transposed(probs, visible),
-        Matrix::rows(dout_block, dim),
-        1.0,
-        g.accumulate,
-    );
+    key_terms(g.dv, (visible, dim, rows), probs, dout_block, g.accumulate);
     // dP = dO Vᵀ, then dS = P (dP - rowdot(dO, O)) scale in place.
     let dprobs = &mut scratch.dprobs;
-    dprobs.clear();
-    dprobs.resize(rows * visible, 0.0);
-    product(
-        dprobs,
-        visible,
-        (rows, visible, dim),
-        Matrix::rows(dout_block, dim),
-        Matrix::transposed(x.v, dim),
-        1.0,
-        false,
-    );
+    scores_into(dprobs, (rows, visible, dim), dout_block, x.v, 1.0);
     for (i, (ds, p)) in dprobs
         .chunks_mut(visible)
         .zip(probs.chunks(visible))
@@ -316,15 +363,7 @@ fn backward_block<E: Exp>(
         1.0,
         false,
     );
-    product(
-        g.dk,
-        dim,
-        (visible, dim, rows),
-        Matrix::transposed(dprobs, visible),
-        Matrix::rows(q_block, dim),
-        1.0,
-        g.accumulate,
-    );
+    key_terms(g.dk, (visible, dim, rows), dprobs, q_block, g.accumulate);
 }
 
 /// The output and log-sum-exp of every head. Tasks are the query blocks of every head,
@@ -382,16 +421,7 @@ fn backward<E: Exp>(state: &AttentionState, dout: &[f32]) -> (Vec<f32>, Vec<f32>
         .zip(terms_v.par_chunks_mut(per_head))
         .enumerate()
         .for_each(|(h, ((dq, terms_k), terms_v))| {
-            let kv_range = h / groups * keys * dim..(h / groups + 1) * keys * dim;
-            let queries = h * seq * dim..(h + 1) * seq * dim;
-            let inputs = HeadInputs {
-                q: &state.q[queries.clone()],
-                k: &state.k[kv_range.clone()],
-                v: &state.v[kv_range],
-                out: &state.out[queries.clone()],
-                lse: &state.lse[h * seq..(h + 1) * seq],
-                dout: &dout[queries],
-            };
+            let inputs = HeadInputs::of(state, dout, h);
             let (mut dq, mut terms_k, mut terms_v) = (dq, terms_k, terms_v);
             let mut tasks = Vec::with_capacity(blocks.len());
             for &block in &blocks {
@@ -471,18 +501,8 @@ fn backward_by_kv_head<E: Exp>(
         .zip(dv.par_chunks_mut(keys * dim))
         .enumerate()
         .for_each_init(BackwardScratch::default, |scratch, (kv, ((dq, dk), dv))| {
-            let kv_range = kv * keys * dim..(kv + 1) * keys * dim;
             for (g, dq) in dq.chunks_mut(seq * dim).enumerate() {
-                let h = kv * groups + g;
-                let queries = h * seq * dim..(h + 1) * seq * dim;
-                let inputs = HeadInputs {
-                    q: &state.q[queries.clone()],
-                    k: &state.k[kv_range.clone()],
-                    v: &state.v[kv_range.clone()],
-                    out: &state.out[queries.clone()],
-                    lse: &state.lse[h * seq..(h + 1) * seq],
-                    dout: &dout[queries],
-                };
+                let inputs = HeadInputs::of(state, dout, kv * groups + g);
                 let grads = HeadGrads {
                     dq,
                     dk: &mut *dk,
@@ -506,21 +526,13 @@ pub fn causal_attention<C: CheckpointStrategy>(
     v: Tensor<Autodiff<Flex, C>, 4>,
 ) -> Tensor<Autodiff<Flex, C>, 4> {
     assert!(supports(&[q.dtype(), k.dtype(), v.dtype()]));
-    let [batch, heads, seq, dim] = q.dims();
-    let [_, kv_heads, keys, _] = k.dims();
+    let dims = Dims::of(q.dims(), k.dims());
+    let (heads, kv_heads) = (dims.heads, dims.kv_heads);
     assert_eq!(
         heads % kv_heads,
         0,
         "{heads} query heads over {kv_heads} kv heads"
     );
-    let dims = Dims {
-        batch,
-        heads,
-        kv_heads,
-        seq,
-        keys,
-        dim,
-    };
     let (q, k, v) = (
         q.into_primitive().tensor(),
         k.into_primitive().tensor(),
@@ -538,7 +550,7 @@ pub fn causal_attention<C: CheckpointStrategy>(
     let (out, lse) = with_exp!(E => forward::<E>(&q, &k, &v, dims));
     // The model merges the heads next (`swap_dims(1, 2)` and a reshape): stored in
     // that order, the output is merged without a copy.
-    let out = flex_primitive(out, [batch, heads, seq, dim]);
+    let out = flex_primitive(out, dims.q_shape());
     let output = seq_major(out.clone());
     let output = match prepared {
         OpsKind::Tracked(prep) => {
@@ -591,23 +603,13 @@ impl Backward<Flex, 3> for CpuAttentionBackward {
         let dout = HostValues::new(grads.consume::<Flex>(&ops.node));
         let state = ops.state;
         let (dq, dk, dv) = with_exp!(E => backward::<E>(&state, &dout));
-        let Dims {
-            batch,
-            heads,
-            kv_heads,
-            seq,
-            keys,
-            dim,
-        } = state.dims;
+        let (queries, keys) = (state.dims.q_shape(), state.dims.kv_shape());
         // q and k go back through RoPE, which reads rows; v's gradient goes back
         // through the head split, so it is stored in the split's order.
         let registered = [
-            (node_q, flex_primitive(dq, [batch, heads, seq, dim])),
-            (node_k, flex_primitive(dk, [batch, kv_heads, keys, dim])),
-            (
-                node_v,
-                seq_major(flex_primitive(dv, [batch, kv_heads, keys, dim])),
-            ),
+            (node_q, flex_primitive(dq, queries)),
+            (node_k, flex_primitive(dk, keys)),
+            (node_v, seq_major(flex_primitive(dv, keys))),
         ];
         for (node, grad) in registered {
             if let Some(node) = node {
@@ -651,33 +653,26 @@ mod tests {
         };
         let host =
             |values: Vec<f32>, shape: [usize; 4]| HostValues::new(flex_primitive(values, shape));
-        for (batch, heads, kv_heads, seq, keys, dim) in [
-            (2, 6, 2, 150, 150, 8),
-            (1, 4, 4, 64, 64, 16),
-            (1, 4, 1, 131, 142, 8),
-            (1, 4, 1, 130, 141, 8),
+        for dims in [
+            Dims::of([2, 6, 150, 8], [2, 2, 150, 8]),
+            Dims::of([1, 4, 64, 16], [1, 4, 64, 16]),
+            Dims::of([1, 4, 131, 8], [1, 1, 142, 8]),
+            Dims::of([1, 4, 130, 8], [1, 1, 141, 8]),
         ] {
-            let dims = Dims {
-                batch,
-                heads,
-                kv_heads,
-                seq,
-                keys,
-                dim,
-            };
+            let (queries, keys) = (dims.q_shape(), dims.kv_shape());
             let (q, k, v) = (
-                values(batch * heads * seq * dim, 1),
-                values(batch * kv_heads * keys * dim, 2),
-                values(batch * kv_heads * keys * dim, 3),
+                values(queries.iter().product(), 1),
+                values(keys.iter().product(), 2),
+                values(keys.iter().product(), 3),
             );
-            let dout = values(batch * heads * seq * dim, 4);
+            let dout = values(queries.iter().product(), 4);
             let (out, lse) = forward::<Polynomial>(&q, &k, &v, dims);
             let state = AttentionState {
                 dims,
-                q: host(q, [batch, heads, seq, dim]),
-                k: host(k, [batch, kv_heads, keys, dim]),
-                v: host(v, [batch, kv_heads, keys, dim]),
-                out: host(out, [batch, heads, seq, dim]),
+                q: host(q, queries),
+                k: host(k, keys),
+                v: host(v, keys),
+                out: host(out, queries),
                 lse,
             };
             let bits = |(dq, dk, dv): (Vec<f32>, Vec<f32>, Vec<f32>)| -> Vec<u32> {
