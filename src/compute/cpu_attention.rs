@@ -3,11 +3,12 @@
 //! burn's op-by-op attention on the CPU writes `[batch, heads, seq, seq]` scores
 //! several times in each direction (mask, max, exp, sum, divide and their gradients),
 //! mostly through strided broadcasts: at seq 512 on the tiny preset that was about a
-//! third of a training step. Here each (batch, head) pair is one task: its queries go
-//! in blocks of [`ROWS`], each block is scored against only the keys it can see, the
-//! softmax is taken in place, and the backward pass recomputes the probabilities from
-//! each row's log-sum-exp (as FlashAttention does). Tasks write disjoint outputs and
-//! each adds in a fixed order, so results do not depend on the number of threads.
+//! third of a training step. Here each head's queries go in blocks of [`ROWS`], each
+//! block one task: it is scored against only the keys it can see, the softmax is taken
+//! in place, and the backward pass recomputes the probabilities from each row's
+//! log-sum-exp (as FlashAttention does). Tasks write disjoint outputs, and the blocks'
+//! terms of dK and dV are added in a fixed order, so results do not depend on the
+//! number of threads.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -406,11 +407,12 @@ fn backward<E: Exp>(state: &AttentionState, dout: &[f32]) -> (Vec<f32>, Vec<f32>
     let blocks: Vec<_> = dims.blocks().collect();
     let per_head = blocks.iter().map(|&(_, _, visible)| visible).sum::<usize>() * dim;
     // gemm adds a product over one or two rows to its destination term by term (its
-    // `gevv` path), not as one rounded sum: a last block that short would not give
-    // the per-kv-head pass's bits from a separate term.
+    // `gevv` path), and a product one column wide likewise (`gemv`), not as one
+    // rounded sum: a last block that short, or heads of width 1, would not give the
+    // per-kv-head pass's bits from separate terms.
     let last_rows = blocks.last().map_or(ROWS, |&(_, rows, _)| rows);
     let too_big = 2 * heads * per_head * std::mem::size_of::<f32>() > BLOCK_PARTIAL_BYTES;
-    if too_big || last_rows <= 2 {
+    if too_big || last_rows <= 2 || dim < 2 {
         return backward_by_kv_head::<E>(state, dout);
     }
     let mut dq = zeros(heads * seq * dim);

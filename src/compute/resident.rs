@@ -5,10 +5,12 @@
 //! tensor between about 550 MB and 4.4 GB (an 8B model's embedding) reserves an 8.8 GiB
 //! page, so an NF4 base of 5.4 GiB held 13 GiB of pool before the first step. A base is
 //! allocated once and kept, which is what burn's persistent allocation mode is for:
-//! every tensor made inside it gets a buffer of exactly its size. The loader's
-//! temporaries (an f32 copy before a cast, host-quantized codes on their way) get such
-//! buffers too; once the load is done they are free, and an explicit cleanup gives them
-//! back, with any page of the ordinary pools left empty.
+//! every tensor made inside it gets a buffer of exactly its size. Whatever the load
+//! makes on the device and drops gets such a buffer too (graft's loader converts and
+//! quantizes on the host, so it makes little); once the load is done those are free,
+//! and an explicit cleanup gives them back, with any page of the ordinary pools left
+//! empty. If the load panics, the thread's stream stays in persistent mode: the process
+//! is ending then.
 //!
 //! Where the allocator is not cubecl's (the CPU), burn runs the load as it is.
 
@@ -63,9 +65,11 @@ mod tests {
         assert_eq!(tensor.into_data().to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
     }
 
-    /// On a CUDA card: a 640 MB weight loaded resident holds its own size of the pool,
-    /// where an ordinary allocation of it takes a slice of a page sized from the card
-    /// (on an H200, 8.8 GiB); the loader's f32 temporary is given back.
+    /// On a CUDA card: a weight uploaded as 640 MB of f32 and cast to bf16 inside the
+    /// load grows the pool by the bf16 tensor's 320 MiB, where an ordinary allocation of
+    /// it takes a slice of a page sized from the card (on an H200, 2.2 GiB); the f32
+    /// copy is given back. (Under burn's fusion the cast may run at the sync after the
+    /// closure; the bound holds only if it ran in persistent mode, as it did on an H200.)
     #[cfg(feature = "cuda")]
     #[test]
     fn a_resident_weight_holds_its_size_of_the_pool_on_cuda() {

@@ -90,7 +90,9 @@ pub struct Outcome {
     /// Training tokens per second after the first window of steps (which holds the
     /// kernels' compilation), evaluation and checkpoint time left out.
     pub tokens_per_s: Option<f64>,
-    /// Bytes the first device's memory pool held at the end (`None` on the CPU).
+    /// Bytes the trainer thread's memory pool on the first device held at the end
+    /// (`None` on the CPU): the activations, the weights and the optimizer's state,
+    /// without the CUDA context or cuBLAS's workspace.
     pub pool_reserved: Option<u64>,
 }
 
