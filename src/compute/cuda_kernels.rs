@@ -44,6 +44,30 @@ impl<T: 'static> PerDevice<T> {
     }
 }
 
+impl<T: 'static> PerDevice<Option<T>> {
+    /// Device `index`'s kernels, built by `build` from the compiled `source` on first
+    /// use; `None` where NVRTC cannot build them, after a warning that names `what`
+    /// and says what runs `instead`.
+    pub fn build_or_warn(
+        &'static self,
+        index: usize,
+        source: &str,
+        (what, instead): (&str, &str),
+        build: impl FnOnce(&Module) -> Result<T, String>,
+    ) -> Option<&'static T> {
+        self.get_or_init(index, || {
+            match compile(source, index, &[]).and_then(|module| build(&module)) {
+                Ok(kernels) => Some(kernels),
+                Err(message) => {
+                    eprintln!("warning: graft's {what} could not be built ({message}); {instead}");
+                    None
+                }
+            }
+        })
+        .as_ref()
+    }
+}
+
 impl<T: 'static> Default for PerDevice<T> {
     fn default() -> Self {
         Self::new()

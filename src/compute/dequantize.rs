@@ -22,7 +22,7 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::FusionRuntime;
 
 use super::cublas::CudaFusionTensor;
-use super::cuda_kernels::{self, empty, launch, Args, Function, PerDevice};
+use super::cuda_kernels::{empty, launch, Args, Function, PerDevice};
 use super::cuda_stream;
 use crate::model::quantize::QuantScheme;
 use crate::model::quantized::QuantizedWeight;
@@ -39,20 +39,15 @@ type Cube<F> = CubeBackend<CudaRuntime, F, i32, u8>;
 /// after a warning; the op chain serves then).
 fn kernel(index: usize) -> Option<Function> {
     static KERNEL: PerDevice<Option<Function>> = PerDevice::new();
-    *KERNEL.get_or_init(index, || {
-        let built = cuda_kernels::compile(SOURCE, index, &[])
-            .and_then(|module| module.function("dequantize", 0));
-        match built {
-            Ok(function) => Some(function),
-            Err(message) => {
-                eprintln!(
-                    "warning: graft's dequantization kernel could not be built ({message}); \
-                     quantized weights are dequantized op by op"
-                );
-                None
-            }
-        }
-    })
+    let what = (
+        "dequantization kernel",
+        "quantized weights are dequantized op by op",
+    );
+    KERNEL
+        .build_or_warn(index, SOURCE, what, |module| {
+            module.function("dequantize", 0)
+        })
+        .copied()
 }
 
 /// `weight` as `[out, in]` values in `dtype` (bf16 or f32) from the one-pass kernel;

@@ -18,7 +18,7 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::FusionRuntime;
 
 use crate::compute::cublas::CudaFusionTensor;
-use crate::compute::cuda_kernels::{self, empty, launch, Args, Function, PerDevice};
+use crate::compute::cuda_kernels::{empty, launch, Args, Function, PerDevice};
 use crate::compute::cuda_stream;
 pub use crate::compute::kernels::Hyper;
 
@@ -73,27 +73,18 @@ pub(crate) struct Kernels {
 /// them).
 pub(crate) fn kernels(index: usize) -> Option<&'static Kernels> {
     static KERNELS: PerDevice<Option<Kernels>> = PerDevice::new();
-    KERNELS
-        .get_or_init(index, || {
-            let built = cuda_kernels::compile(SOURCE, index, &[]).and_then(|module| {
-                Ok(Kernels {
-                    sum_squares: module.function("sum_squares", 0)?,
-                    clip_factor: module.function("clip_factor", 0)?,
-                    adamw: module.function("adamw", 0)?,
-                })
-            });
-            match built {
-                Ok(kernels) => Some(kernels),
-                Err(message) => {
-                    eprintln!(
-                        "warning: graft's fused AdamW kernels could not be built ({message}); \
-                         the optimizer runs op by op"
-                    );
-                    None
-                }
-            }
-        })
-        .as_ref()
+    KERNELS.build_or_warn(
+        index,
+        SOURCE,
+        ("fused AdamW kernels", "the optimizer runs op by op"),
+        |module| {
+            Ok(Kernels {
+                sum_squares: module.function("sum_squares", 0)?,
+                clip_factor: module.function("clip_factor", 0)?,
+                adamw: module.function("adamw", 0)?,
+            })
+        },
+    )
 }
 
 #[allow(clippy::type_complexity)]
