@@ -92,15 +92,10 @@ fn reproduce_with_other_kernels_names_the_option_and_compares_within_tolerance()
     let same = ok_in(work.path(), &["reproduce", &run, "--quiet"]);
     assert!(same.contains("checkpoint ids identical"), "{same}");
 
-    let other = ok_in(
+    let other = ok_with_sets(
         work.path(),
-        &[
-            "reproduce",
-            &run,
-            "--quiet",
-            "--set",
-            "compute.attention=burn",
-        ],
+        &["reproduce", &run, "--quiet"],
+        &["compute.attention=burn"],
     );
     assert!(
         other.contains(
@@ -166,15 +161,10 @@ fn an_execution_recorded_before_the_row_kernels_reproduces_with_the_kernels_it_r
     assert!(same.contains("checkpoint ids identical"), "{same}");
     assert!(!same.contains("fused_norm differs"), "{same}");
 
-    let newer = ok_in(
+    let newer = ok_with_sets(
         work.path(),
-        &[
-            "reproduce",
-            &run,
-            "--quiet",
-            "--set",
-            "compute.fused_norm=true",
-        ],
+        &["reproduce", &run, "--quiet"],
+        &["compute.fused_norm=true"],
     );
     assert!(
         newer.contains(
