@@ -3,7 +3,8 @@
 # - cuBLAS on the library path: graft loads it at run time for its CUDA products
 #   (the CUDA toolkit's copy, or the one PyTorch ships); without it graft warns and
 #   falls back to burn's own matmul.
-# - REF: shared/bench/hf_peft_lora.py, the HF + PEFT reference, unless set.
+# - REF: shared/bench/hf_peft_lora.py, the HF + PEFT reference (or the copy carried to
+#   the GPU machine as .gpu/hf_peft_lora.py), as an absolute path, unless set.
 # - make_folder FOLDER PRESET TOKENS: a model folder with the preset's shapes, random
 #   weights and TOKENS of random-word text (benches/make_llama_folder.py), unless
 #   FOLDER has them already; its log goes to $LOGS/make-folder.out.
@@ -23,7 +24,7 @@ for dir in /usr/local/cuda/lib64 \
 done
 REF=${REF:-}
 if [ -z "$REF" ]; then
-  for candidate in shared/bench/hf_peft_lora.py ../shared/bench/hf_peft_lora.py; do
+  for candidate in shared/bench/hf_peft_lora.py ../shared/bench/hf_peft_lora.py .gpu/hf_peft_lora.py; do
     if [ -f "$candidate" ]; then REF=$(realpath "$candidate"); break; fi
   done
 fi

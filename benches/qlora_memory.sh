@@ -75,7 +75,10 @@ loss_chunk_tokens = $LOSS_CHUNK"
     [ "$status" -eq 0 ] || tail -c 2000 "$LOGS/$NAME.err"
     ROWS+=("| graft train, base $SCHEME | $SEQ x $BATCH | $tokens | $(added "$LOGS/$NAME") | $pool |")
   done
-  if [ "$HF" = 1 ]; then
+  if [ "$HF" = 1 ] && [ -z "$REF" ]; then
+    echo "HF=1 but no hf_peft_lora.py was found: set REF to its path" >&2
+    ROWS+=("| HF + PEFT bf16 (no reference script found) | $SEQ x $BATCH | - | - | - |")
+  elif [ "$HF" = 1 ]; then
     NAME=hf-bf16-$SEQ
     echo "== $NAME" >&2
     peak_of "$LOGS/$NAME" timeout "$HF_TIMEOUT" python3 "$REF" --preset "$PRESET" --seq "$SEQ" --batch "$BATCH" --steps 10 --warmup 3 --grad-ckpt \

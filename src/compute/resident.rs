@@ -22,11 +22,16 @@ use std::cell::Cell;
 pub fn load_resident<B: Backend, T>(device: &B::Device, load: impl FnOnce() -> T) -> T {
     let once = Cell::new(Some(load));
     let loaded = B::memory_persistent_allocations(device, OnCaller(&once), |once| {
-        OnCaller(once
+        let loaded = once
             .0
             .take()
-            .expect("burn runs the allocation closure once")(
-        ))
+            .expect("burn runs the allocation closure once")();
+        // burn's fusion queues device work and runs it when a fused block closes; the
+        // sync runs what the load queued while the allocations are still exact-sized
+        // (without it a cast made in the load allocated its output from the ordinary
+        // pool after the mode was switched back, as seen on an H200).
+        let _ = B::sync(device);
+        OnCaller(loaded)
     });
     // The temporaries are free only once the device has run what used them.
     let _ = B::sync(device);
@@ -68,8 +73,8 @@ mod tests {
     /// On a CUDA card: a weight uploaded as 640 MB of f32 and cast to bf16 inside the
     /// load grows the pool by the bf16 tensor's 320 MiB, where an ordinary allocation of
     /// it takes a slice of a page sized from the card (on an H200, 2.2 GiB); the f32
-    /// copy is given back. (Under burn's fusion the cast may run at the sync after the
-    /// closure; the bound holds only if it ran in persistent mode, as it did on an H200.)
+    /// copy is given back. (Under burn's fusion the cast is queued and may run after the
+    /// closure; `load_resident` syncs inside it, so the cast runs in persistent mode.)
     #[cfg(feature = "cuda")]
     #[test]
     fn a_resident_weight_holds_its_size_of_the_pool_on_cuda() {
