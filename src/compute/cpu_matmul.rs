@@ -104,40 +104,61 @@ mod tests {
     use super::*;
     use burn::tensor::Distribution;
 
+    /// Below and above the parallel threshold; an inner size of 1100 spans several of
+    /// gemm's passes over `k`, the later of which add to what the first wrote.
+    const SHAPES: [(usize, usize, usize); 5] = [
+        (7, 5, 3),
+        (300, 256, 200),
+        (33, 1100, 40),
+        (200, 1100, 64),
+        (100, 300, 2003),
+    ];
+
+    /// On 16 threads and on 3, as the thread-count test of training relies on.
     #[test]
-    fn products_equal_flex_s_bit_for_bit_on_every_layout() {
+    fn products_equal_flex_s_bit_for_bit_on_every_layout_and_thread_count() {
+        for threads in [16, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for (m, k, n) in SHAPES {
+                    products_equal_flex_s(m, k, n);
+                }
+            });
+        }
+    }
+
+    /// Plain, transposed and narrowed operands.
+    fn products_equal_flex_s(m: usize, k: usize, n: usize) {
         let device = Default::default();
         let random = |shape: [usize; 2]| {
             Tensor::<Flex, 2>::random(shape, Distribution::Normal(0.0, 1.0), &device)
         };
-        // Below and above the parallel threshold, plain, transposed and narrowed; an
-        // inner size of 1100 spans several of gemm's passes over `k`, the later of
-        // which add to what the first wrote.
-        for (m, k, n) in [(7, 5, 3), (300, 256, 200), (33, 1100, 40), (200, 1100, 64)] {
-            let a = random([m, k]);
-            let b = random([k, n]);
-            let bt = random([n, k]);
-            let wide = random([m, k + 9]);
-            let cases = [
-                (a.clone(), b.clone()),
-                (a.clone(), bt.clone().transpose()),
-                (wide.clone().narrow(1, 4, k), b.clone()),
-                (random([k, m]).transpose(), b.clone()),
-            ];
-            for (lhs, rhs) in cases {
-                let expected = bits(lhs.clone().matmul(rhs.clone()));
-                // Into a buffer of NaNs: any value of it that were read would show.
-                let (l, r) = (
-                    lhs.clone().into_primitive().tensor(),
-                    rhs.clone().into_primitive().tensor(),
-                );
-                let mut poisoned = vec![f32::NAN; m * n];
-                // SAFETY: room for m x n values, aliasing neither operand.
-                unsafe { product_into(&l, &r, [m, k, n], poisoned.as_mut_ptr()) };
-                let poisoned: Vec<u32> = poisoned.iter().map(|v| v.to_bits()).collect();
-                assert_eq!(poisoned, expected, "{m}x{k}x{n} into NaNs");
-                assert_eq!(bits(matmul(lhs, rhs)), expected, "{m}x{k}x{n}");
-            }
+        let a = random([m, k]);
+        let b = random([k, n]);
+        let bt = random([n, k]);
+        let wide = random([m, k + 9]);
+        let cases = [
+            (a.clone(), b.clone()),
+            (a.clone(), bt.clone().transpose()),
+            (wide.clone().narrow(1, 4, k), b.clone()),
+            (random([k, m]).transpose(), b.clone()),
+        ];
+        for (lhs, rhs) in cases {
+            let expected = bits(lhs.clone().matmul(rhs.clone()));
+            // Into a buffer of NaNs: any value of it that were read would show.
+            let (l, r) = (
+                lhs.clone().into_primitive().tensor(),
+                rhs.clone().into_primitive().tensor(),
+            );
+            let mut poisoned = vec![f32::NAN; m * n];
+            // SAFETY: room for m x n values, aliasing neither operand.
+            unsafe { product_into(&l, &r, [m, k, n], poisoned.as_mut_ptr()) };
+            let poisoned: Vec<u32> = poisoned.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(poisoned, expected, "{m}x{k}x{n} into NaNs");
+            assert_eq!(bits(matmul(lhs, rhs)), expected, "{m}x{k}x{n}");
         }
     }
 }

@@ -355,6 +355,67 @@ mod tests {
             .assert_approx_eq::<f32>(&theirs.2.into_data(), Default::default());
     }
 
+    /// The model's head on the CPU training backend (`lora::project`) gives burn's
+    /// `linear`'s bits, in the value and in the gradients of the hidden states and (an
+    /// unfrozen head) of the weight, tied (a transposed view of the embedding) or not,
+    /// frozen (through the node and the CPU product) or trained; 300 rows, enough for
+    /// gemm to run on several threads, and 3 rows with a head 64 wide, which gemm would
+    /// sum in another order if they were folded (so they keep `linear`).
+    #[test]
+    fn the_cpu_head_equals_burns_linear_bit_for_bit() {
+        use super::super::flex_values::bits;
+        use burn::backend::Flex;
+        type B = Autodiff<Flex, NoCheckpointing>;
+        let device = Default::default();
+        let random = |shape: [usize; 3]| {
+            Tensor::<Flex, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+        };
+        let shapes = [[2, 150, 64], [1, 3, 64]];
+        let embedding = random([1, 1000, 64]).reshape([1000, 64]);
+        let untied = random([1, 64, 1000]).reshape([64, 1000]);
+        let cases = [(true, false), (false, false), (true, true), (false, true)];
+        for ((tied, trained), shape) in cases.into_iter().flat_map(|c| shapes.map(|s| (c, s))) {
+            let hidden = random(shape);
+            let weights = random([shape[0], shape[1], 1000]);
+            let rows = shape[0] * shape[1];
+            let run = |ours: bool| {
+                let x = Tensor::<B, 3>::from_inner(hidden.clone()).require_grad();
+                let mut table = Tensor::<B, 2>::from_inner(embedding.clone());
+                let mut own = Tensor::<B, 2>::from_inner(untied.clone());
+                if trained {
+                    (table, own) = (table.require_grad(), own.require_grad());
+                }
+                let w = if tied {
+                    table.clone().transpose()
+                } else {
+                    own.clone()
+                };
+                let out = if ours {
+                    crate::model::lora::project(x.clone(), w, None)
+                } else {
+                    burn::tensor::module::linear(x.clone(), w, None)
+                };
+                let loss = (out.clone() * Tensor::from_inner(weights.clone())).sum();
+                let grads = loss.backward();
+                let weight_grad = if tied {
+                    table.grad(&grads)
+                } else {
+                    own.grad(&grads)
+                };
+                assert_eq!(weight_grad.is_some(), trained);
+                (
+                    bits(out.inner().reshape([rows, 1000])),
+                    bits(x.grad(&grads).unwrap().reshape([rows, 64])),
+                    weight_grad.map(|g| bits(g.reshape([-1, 64]))),
+                )
+            };
+            assert!(
+                run(true) == run(false),
+                "tied: {tied}, trained: {trained}, {shape:?}"
+            );
+        }
+    }
+
     /// A frozen side gets no gradient and costs no product.
     #[test]
     fn autodiff_matmul_leaves_a_frozen_side_without_gradient() {

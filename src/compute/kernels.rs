@@ -177,6 +177,14 @@ pub trait Kernels: Backend {
         Err((lhs, rhs))
     }
 
+    /// Whether `lora::project` folds its input's leading dims into `rows` rows and
+    /// makes one product through [`crate::compute::gemm::matmul`] for this weight,
+    /// rather than burn's `linear` (where that is what the backend does best, and the
+    /// bits are `linear`'s).
+    fn folds_projection(_weight: &Tensor<Self, 2>, _rows: usize) -> bool {
+        Self::accelerated_matmul()
+    }
+
     /// `lhs @ rhs` where no faster library serves it (burn's matmul unless the
     /// backend does better).
     fn host_matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
@@ -267,6 +275,12 @@ impl<B: AutodiffBackend<InnerBackend: Kernels> + Kernels> TrainKernels for B {}
 /// The CPU inference backend and the inner backend of the CPU training nodes: burn's
 /// ops, with the 2-D f32 product's output zeroed on all cores.
 impl Kernels for Flex {
+    /// The CPU product ([`cpu_matmul`]) has `linear`'s bits and no output zeroed on one
+    /// thread, for more than 64 rows (see [`cpu_folds`]).
+    fn folds_projection(weight: &Tensor<Self, 2>, rows: usize) -> bool {
+        cpu_folds(weight, rows)
+    }
+
     fn host_matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
         if D != 2 {
             return lhs.matmul(rhs);
@@ -298,8 +312,37 @@ impl Kernels for Flex {
     }
 }
 
+/// Whether a CPU projection over `rows` rows folds them into one 2-D product. gemm
+/// picks some paths by size: products at most 64 by 64 (and one-wide ones) sum in
+/// another order, and for them burn's batched product and a 2-D one over a transposed
+/// weight give different bits (seen for 1 to 3 rows). Above 64 rows neither takes such
+/// a path, and the bits are `linear`'s.
+fn cpu_folds<B: Backend>(weight: &Tensor<B, 2>, rows: usize) -> bool {
+    weight.dtype() == DType::F32 && rows > 64
+}
+
 /// The CPU training backends: graft's fused nodes, deterministic on any thread count.
 impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
+    /// 2-D f32 products (the model's head, and projections without an adapter) as one
+    /// node whose forward and backward products are [`cpu_matmul`]'s, in tiles on
+    /// every core and without Flex's output zeroed on one thread (the head's logits
+    /// are `[tokens, vocabulary]`). The same bits as burn's product and gradients.
+    fn host_matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        if D == 2 && lhs.dtype() == DType::F32 && rhs.dtype() == DType::F32 {
+            super::gemm::autodiff_matmul::<Flex, C, D>(lhs, rhs)
+        } else {
+            lhs.matmul(rhs)
+        }
+    }
+
+    /// A frozen weight (the head, unless unfrozen): the value and the input's gradient
+    /// are `linear`'s bits. A trained one keeps `linear`, which sums the weight's
+    /// gradient one batch row at a time, where the folded product would sum it in one
+    /// pass and change the bits of CPU runs recorded before.
+    fn folds_projection(weight: &Tensor<Self, 2>, rows: usize) -> bool {
+        cpu_folds(weight, rows) && !weight.clone().into_primitive().tensor().is_tracked()
+    }
+
     fn causal_attention(
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,

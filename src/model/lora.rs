@@ -409,15 +409,19 @@ impl<B: Backend> Linear<B> {
     }
 }
 
-/// `x W (+ b)` for x `[..., d_in]` and W `[d_in, d_out]`. Where the products reach
-/// cuBLAS (`gemm::accelerated`), the leading dims are folded into one so W is a single
-/// matrix rather than broadcast; elsewhere this is burn's `linear`, unchanged.
+/// `x W (+ b)` for x `[..., d_in]` and W `[d_in, d_out]`: the leading dims folded into
+/// one, so that W is a single matrix rather than broadcast, and the product made where
+/// the backend makes it best (`compute::gemm::matmul`: cuBLAS on CUDA, the tiled
+/// product on the CPU), where the backend says so (`Kernels::folds_projection`);
+/// elsewhere burn's `linear`.
 pub fn project<B: Kernels, const D: usize>(
     x: Tensor<B, D>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
-    if !crate::compute::gemm::accelerated::<B>() {
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    if !B::folds_projection(&weight, rows) {
         return burn::tensor::module::linear(x, weight, bias);
     }
     let d_out = weight.dims()[1];
