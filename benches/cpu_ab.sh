@@ -36,8 +36,8 @@ for config in $CONFIGS; do
   done
   for build in $BUILDS; do
     name=${build%%=*}
-    median=$(echo "${runs[$name]}" | tr ' ' '\n' | grep -E '^[0-9]+$' | sort -n | awk '{a[NR]=$1} END {if (NR) print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2); else print "-"}')
-    ROWS+=("| $preset $seq x $batch | ${THREADS:-all} | $name |${runs[$name]} | $median |")
+    median=$(echo "${runs[$name]:-}" | tr ' ' '\n' | grep -E '^[0-9]+$' | sort -n | awk '{a[NR]=$1} END {if (NR) print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2); else print "-"}')
+    ROWS+=("| $preset $seq x $batch | ${THREADS:-all} | $name |${runs[$name]:-} | $median |")
   done
   unset runs
 done

@@ -358,9 +358,9 @@ mod tests {
     /// The model's head on the CPU training backend (`lora::project`) gives burn's
     /// `linear`'s bits, in the value and in the gradients of the hidden states and (an
     /// unfrozen head) of the weight, tied (a transposed view of the embedding) or not,
-    /// frozen (through the node and the CPU product) or trained; 300 rows, enough for
-    /// gemm to run on several threads, and 3 rows with a head 64 wide, which gemm would
-    /// sum in another order if they were folded (so they keep `linear`).
+    /// frozen (through the node and the CPU product) or trained; 2 x 150 rows, enough for
+    /// gemm to run on several threads, and 1 x 3 and 2 x 40 rows with a head 64 wide,
+    /// which gemm would sum in other passes if they were folded (so they keep `linear`).
     #[test]
     fn the_cpu_head_equals_burns_linear_bit_for_bit() {
         use super::super::flex_values::bits;
@@ -370,7 +370,9 @@ mod tests {
         let random = |shape: [usize; 3]| {
             Tensor::<Flex, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device)
         };
-        let shapes = [[2, 150, 64], [1, 3, 64]];
+        // [2, 40]: 80 rows, but `linear` multiplies matrices of 40, which gemm sums in
+        // other passes (k = 1000 > 512) when the output is 64 wide.
+        let shapes = [[2, 150, 64], [1, 3, 64], [2, 40, 64]];
         let embedding = random([1, 1000, 64]).reshape([1000, 64]);
         let untied = random([1, 64, 1000]).reshape([64, 1000]);
         let cases = [(true, false), (false, false), (true, true), (false, true)];
@@ -378,6 +380,12 @@ mod tests {
             let hidden = random(shape);
             let weights = random([shape[0], shape[1], 1000]);
             let rows = shape[0] * shape[1];
+            // Only the frozen head over matrices of more than 64 rows takes the node.
+            let frozen = Tensor::<B, 2>::from_inner(untied.clone());
+            assert_eq!(
+                <B as crate::compute::kernels::Kernels>::folds_projection(&frozen, shape[1]),
+                shape[1] > 64
+            );
             let run = |ours: bool| {
                 let x = Tensor::<B, 3>::from_inner(hidden.clone()).require_grad();
                 let mut table = Tensor::<B, 2>::from_inner(embedding.clone());

@@ -177,8 +177,8 @@ pub trait Kernels: Backend {
         Err((lhs, rhs))
     }
 
-    /// Whether `lora::project` folds its input's leading dims into `rows` rows and
-    /// makes one product through [`crate::compute::gemm::matmul`] for this weight,
+    /// Whether `lora::project` folds its input's leading dims into rows (`rows` of them
+    /// in each matrix burn's `linear` would multiply) and makes one product through [`crate::compute::gemm::matmul`] for this weight,
     /// rather than burn's `linear` (where that is what the backend does best, and the
     /// bits are `linear`'s).
     fn folds_projection(_weight: &Tensor<Self, 2>, _rows: usize) -> bool {
@@ -312,11 +312,13 @@ impl Kernels for Flex {
     }
 }
 
-/// Whether a CPU projection over `rows` rows folds them into one 2-D product. gemm
-/// picks some paths by size: products at most 64 by 64 (and one-wide ones) sum in
-/// another order, and for them burn's batched product and a 2-D one over a transposed
-/// weight give different bits (seen for 1 to 3 rows). Above 64 rows neither takes such
-/// a path, and the bits are `linear`'s.
+/// Whether a CPU projection folds its rows into one 2-D product; `rows` is the rows of
+/// each matrix burn's `linear` would multiply (the last but one dim: `linear` makes one
+/// product per batch row). gemm picks some paths by size: products at most 64 by 64
+/// (and one-wide ones) sum in other passes over `k`, so folding 2 x 40 rows into 80
+/// changes the bits where the output is at most 64 wide. With more than 64 rows a
+/// matrix neither `linear`'s products nor the folded one take such a path, and the
+/// bits are `linear`'s.
 fn cpu_folds<B: Backend>(weight: &Tensor<B, 2>, rows: usize) -> bool {
     weight.dtype() == DType::F32 && rows > 64
 }

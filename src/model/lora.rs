@@ -419,9 +419,9 @@ pub fn project<B: Kernels, const D: usize>(
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
-    let dims = x.dims();
-    let rows = dims[..D - 1].iter().product::<usize>();
-    if !B::folds_projection(&weight, rows) {
+    // The rows of each matrix `linear` multiplies: one product per batch row.
+    let rows_per_matrix = if D >= 2 { x.dims()[D - 2] } else { 1 };
+    if !B::folds_projection(&weight, rows_per_matrix) {
         return burn::tensor::module::linear(x, weight, bias);
     }
     let d_out = weight.dims()[1];
