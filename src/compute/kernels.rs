@@ -178,9 +178,9 @@ pub trait Kernels: Backend {
     }
 
     /// Whether `lora::project` folds its input's leading dims into rows (`rows` of them
-    /// in each matrix burn's `linear` would multiply) and makes one product through [`crate::compute::gemm::matmul`] for this weight,
-    /// rather than burn's `linear` (where that is what the backend does best, and the
-    /// bits are `linear`'s).
+    /// in each matrix burn's `linear` would multiply) and makes one product through
+    /// [`crate::compute::gemm::matmul`] for this weight, rather than burn's `linear`
+    /// (where that is what the backend does best, and the bits are `linear`'s).
     fn folds_projection(_weight: &Tensor<Self, 2>, _rows: usize) -> bool {
         Self::accelerated_matmul()
     }
@@ -326,9 +326,9 @@ fn cpu_folds<B: Backend>(weight: &Tensor<B, 2>, rows: usize) -> bool {
 /// The CPU training backends: graft's fused nodes, deterministic on any thread count.
 impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
     /// 2-D f32 products (the model's head, and projections without an adapter) as one
-    /// node whose forward and backward products are [`cpu_matmul`]'s, in tiles on
-    /// every core and without Flex's output zeroed on one thread (the head's logits
-    /// are `[tokens, vocabulary]`). The same bits as burn's product and gradients.
+    /// node whose forward and backward products are [`cpu_matmul`]'s, without Flex's
+    /// output zeroed on one thread (the head's logits are `[tokens, vocabulary]`). The
+    /// same bits as burn's product and gradients.
     fn host_matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
         if D == 2 && lhs.dtype() == DType::F32 && rhs.dtype() == DType::F32 {
             super::gemm::autodiff_matmul::<Flex, C, D>(lhs, rhs)

@@ -411,7 +411,7 @@ impl<B: Backend> Linear<B> {
 
 /// `x W (+ b)` for x `[..., d_in]` and W `[d_in, d_out]`: the leading dims folded into
 /// one, so that W is a single matrix rather than broadcast, and the product made where
-/// the backend makes it best (`compute::gemm::matmul`: cuBLAS on CUDA, the tiled
+/// the backend makes it best (`compute::gemm::matmul`: cuBLAS on CUDA, graft's CPU
 /// product on the CPU), where the backend says so (`Kernels::folds_projection`);
 /// elsewhere burn's `linear`.
 pub fn project<B: Kernels, const D: usize>(
