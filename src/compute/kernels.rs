@@ -273,7 +273,7 @@ pub trait TrainKernels: AutodiffBackend<InnerBackend: Kernels> + Kernels {}
 impl<B: AutodiffBackend<InnerBackend: Kernels> + Kernels> TrainKernels for B {}
 
 /// The CPU inference backend and the inner backend of the CPU training nodes: burn's
-/// ops, with the 2-D f32 product's output zeroed on all cores.
+/// ops, with 2-D f32 products through [`cpu_matmul`] (gemm writing a fresh buffer).
 impl Kernels for Flex {
     /// The CPU product ([`cpu_matmul`]) has `linear`'s bits and no output zeroed on one
     /// thread, for more than 64 rows (see [`cpu_folds`]).
