@@ -106,11 +106,6 @@ fn scaled<B: Backend, const D: usize>(tensor: Tensor<B, D>, alpha: f64) -> Tenso
     }
 }
 
-/// Whether [`matmul`] can reach cuBLAS on backend `B` in this process.
-pub fn accelerated<B: Kernels>() -> bool {
-    B::accelerated_matmul()
-}
-
 /// Whether libcublas could be loaded (checked once; a missing library is reported once
 /// and leaves the products on burn's kernel).
 #[cfg(feature = "cuda")]
@@ -129,7 +124,7 @@ pub fn cublas_present() -> bool {
 }
 
 fn worth_cublas<B: Kernels, const D: usize>(lhs: &Tensor<B, D>, rhs: &Tensor<B, D>) -> bool {
-    if D < 2 || !accelerated::<B>() {
+    if D < 2 || !B::accelerated_matmul() {
         return false;
     }
     let (l, r) = (lhs.dims(), rhs.dims());
