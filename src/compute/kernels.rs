@@ -164,6 +164,12 @@ pub trait Kernels: Backend {
         None
     }
 
+    /// Runs one training step's work: on the CPU with the pool's other workers kept
+    /// from sleeping between the step's operations ([`super::cpu_pool`]).
+    fn step_work<R>(work: impl FnOnce() -> R) -> R {
+        work()
+    }
+
     /// Whether [`Kernels::matmul`] reaches a faster library (cuBLAS) here.
     fn accelerated_matmul() -> bool {
         false
@@ -343,6 +349,10 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
     /// pass and change the bits of CPU runs recorded before.
     fn folds_projection(weight: &Tensor<Self, 2>, rows: usize) -> bool {
         cpu_folds(weight, rows) && !weight.clone().into_primitive().tensor().is_tracked()
+    }
+
+    fn step_work<R>(work: impl FnOnce() -> R) -> R {
+        super::cpu_pool::with_workers_awake(work)
     }
 
     fn causal_attention(

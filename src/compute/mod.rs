@@ -26,6 +26,7 @@ pub mod cpu_exp;
 pub mod cpu_loss;
 pub mod cpu_matmul;
 pub mod cpu_norm;
+pub mod cpu_pool;
 pub mod cpu_rope;
 pub mod cpu_swiglu;
 pub mod cpu_vectors;

@@ -40,8 +40,10 @@ pub fn train_step<B: TrainKernels>(
             (tensors, denominator)
         })
         .collect();
-    let (grads, losses) = backward(&model, shares);
-    update(model, optimizer, grads, losses, accum, clip, lr_of)
+    B::step_work(|| {
+        let (grads, losses) = backward(&model, shares);
+        update(model, optimizer, grads, losses, accum, clip, lr_of)
+    })
 }
 
 /// Forward, loss and backward of each micro-batch share, `(tensors, denominator)`:
