@@ -6,7 +6,8 @@
 //! then the sum rounded), so the values are the same bit for bit.
 
 use burn::backend::Flex;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorMetadata, TensorPrimitive};
+use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::flex_values::{flex_primitive, HostValues};
@@ -27,11 +28,27 @@ pub fn add_scaled<const D: usize>(
 ) -> Tensor<Flex, D> {
     assert!(supports(&a, &b), "f32 tensors of one shape");
     let shape = a.dims();
-    let (a, b) = (
+    let out = sum_values(
         HostValues::new(a.into_primitive().tensor()),
         HostValues::new(b.into_primitive().tensor()),
+        scale,
     );
-    // Written once, not zeroed first (a pass and a parallel region fewer).
+    Tensor::from_primitive(TensorPrimitive::Float(flex_primitive(out, shape)))
+}
+
+/// `a + b` for f32 primitives of one shape, any rank: a gradient's parts summed
+/// (`compute::grad_sum`).
+pub fn sum(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+    let shape = a.shape();
+    assert_eq!(shape, b.shape(), "parts of one gradient have one shape");
+    let out = sum_values(HostValues::new(a), HostValues::new(b), 1.0);
+    flex_primitive(out, shape)
+}
+
+/// `a + s b` element by element, written once (not zeroed first: a pass and a
+/// parallel region fewer).
+fn sum_values(a: HostValues, b: HostValues, scale: f64) -> Vec<f32> {
+    assert_eq!(a.len(), b.len());
     let mut out = Vec::with_capacity(a.len());
     let s = scale as f32;
     out.spare_capacity_mut()[..a.len()]
@@ -49,9 +66,9 @@ pub fn add_scaled<const D: usize>(
             }
         });
     // SAFETY: the chunks cover the first `a.len()` values and each value of a chunk is
-    // written (`b` has `a`'s length, checked by `supports`).
+    // written (`b` has `a`'s length, asserted above).
     unsafe { out.set_len(a.len()) };
-    Tensor::from_primitive(TensorPrimitive::Float(flex_primitive(out, shape)))
+    out
 }
 
 #[cfg(test)]

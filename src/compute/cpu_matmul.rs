@@ -15,10 +15,15 @@ use burn::backend::Flex;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::FlexTensor;
 
-use super::flex_values::flex_primitive;
+use super::flex_values::{contiguous, flex_primitive};
 
 /// Products with fewer multiply-adds run on one thread, as Flex runs them.
 const PARALLEL_MACS: usize = 192 * 192 * 192;
+
+/// The most rows of a left operand that gemm packs once, on the calling thread, before
+/// its parallel passes (twice its row block, which is at most 8 x 64 rows), unless that
+/// operand is already in columns of its SIMD width.
+const PACKED_ON_ONE_THREAD: usize = 2 * 8 * 64;
 
 /// Whether [`matmul`] takes these: f32 `[m, k]` and `[k, n]`, none of them 0.
 pub fn supports(lhs: &Tensor<Flex, 2>, rhs: &Tensor<Flex, 2>) -> bool {
@@ -47,11 +52,20 @@ pub fn matmul(lhs: Tensor<Flex, 2>, rhs: Tensor<Flex, 2>) -> Tensor<Flex, 2> {
 /// # Safety
 /// `out` must be valid for writes of `m * n` f32 and alias neither operand.
 unsafe fn product_into(lhs: &FlexTensor, rhs: &FlexTensor, [m, k, n]: [usize; 3], out: *mut f32) {
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MACS {
+    let parallel = m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MACS;
+    let parallelism = if parallel {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
+    // gemm writes a row-major product as its transpose, `rhs^T · lhs^T`. Where `rhs` is
+    // a transposed view (a weight in the backward pass, `dy · W^T`) with few columns,
+    // gemm would pack all of it on this thread while the others wait: a copy in rows,
+    // made on all cores, is read in place instead. Packing moves values and never
+    // changes a sum, so the bits are the same.
+    let rhs_in_rows = (parallel && rhs.layout().strides()[1] != 1 && n <= PACKED_ON_ONE_THREAD)
+        .then(|| contiguous(rhs));
+    let rhs = rhs_in_rows.as_ref().unwrap_or(rhs);
     let (lhs_ptr, lhs_rows, lhs_cols) = operand(lhs, m, k);
     let (rhs_ptr, rhs_rows, rhs_cols) = operand(rhs, k, n);
     // SAFETY: `operand` checked that every element (i, j) of each operand lies in its

@@ -18,6 +18,7 @@ use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
 use super::flex_values::{flex_primitive, zeros, HostValues};
+use super::grad_sum::register_summed;
 use super::reduce::lane_sum;
 
 /// Rows per rayon task, and per partial sum of the weight's gradient: a fixed number,
@@ -128,7 +129,8 @@ impl Backward<Flex, 2> for RmsNormBackward {
         }
         if let Some(node) = node_x {
             let dx = input_gradient(&state, &dy);
-            grads.register::<Flex>(node.id, flex_primitive(dx, state.shape.clone()));
+            // The residual stream's other part came from the residual sum.
+            register_summed!(grads, node, Flex, flex_primitive(dx, state.shape.clone()));
         }
     }
 }

@@ -80,7 +80,7 @@ pub fn zeros(len: usize) -> Vec<f32> {
 
 /// A contiguous copy of an f32 view with any strides, rows of the last dimension
 /// copied in parallel.
-fn contiguous(view: &FlexTensor) -> FlexTensor {
+pub fn contiguous(view: &FlexTensor) -> FlexTensor {
     let layout = view.layout();
     let shape: Vec<usize> = layout.shape().iter().copied().collect();
     let source = view.storage::<f32>();

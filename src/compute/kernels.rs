@@ -9,7 +9,9 @@
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::{DType, Int, Tensor, TensorMetadata};
+use burn_flex::FlexTensor;
 
 use super::options::current;
 use super::{
@@ -164,6 +166,15 @@ pub trait Kernels: Backend {
         None
     }
 
+    /// `new + old`, two parts of one gradient ([`super::grad_sum`]): burn's own sum
+    /// unless the backend does better.
+    fn gradient_sum(
+        new: Self::FloatTensorPrimitive,
+        old: Self::FloatTensorPrimitive,
+    ) -> Self::FloatTensorPrimitive {
+        Self::float_add(new, old)
+    }
+
     /// Runs one training step's work: on the CPU with the pool's other workers kept
     /// from sleeping between the step's operations ([`super::cpu_pool`]).
     fn step_work<R>(work: impl FnOnce() -> R) -> R {
@@ -300,6 +311,16 @@ impl Kernels for Flex {
             back(cpu_matmul::matmul(lhs, rhs))
         } else {
             back(lhs.matmul(rhs))
+        }
+    }
+
+    /// On all cores (Flex adds on one thread below 4 Mi elements); the same bits.
+    fn gradient_sum(new: FlexTensor, old: FlexTensor) -> FlexTensor {
+        let f32s = new.dtype() == DType::F32 && old.dtype() == DType::F32;
+        if f32s && new.shape() == old.shape() {
+            cpu_elementwise::sum(new, old)
+        } else {
+            Self::float_add(new, old)
         }
     }
 

@@ -29,6 +29,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive};
 
 use super::gemm::{add_matmul_scaled, matmul, matmul_f32, matmul_scaled};
+use super::grad_sum::register_summed;
 use super::kernels::Kernels;
 use super::quant_product::quantized_product;
 use crate::model::lora::in_dtype;
@@ -218,8 +219,11 @@ impl<I: Kernels> Backward<I, 4> for LoraProjectionBackward {
     ) {
         let [node_x, node_w, node_a, node_b] = ops.parents;
         let dy = grads.consume::<I>(&ops.node);
-        let ids = [node_x, node_w, node_a, node_b].map(|node| node.map(|n| n.id));
-        backward(ops.state, dy, ids, grads);
+        let ids = [node_w, node_a, node_b].map(|node| node.map(|n| n.id));
+        let dx = backward(ops.state, dy, node_x.is_some(), ids, grads);
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            register_summed!(grads, node, I, dx);
+        }
     }
 }
 
@@ -234,19 +238,25 @@ impl<I: Kernels> Backward<I, 3> for QuantizedLoraProjectionBackward {
     ) {
         let [node_x, node_a, node_b] = ops.parents;
         let dy = grads.consume::<I>(&ops.node);
-        let ids = [node_x, None, node_a, node_b].map(|node| node.map(|n| n.id));
-        backward(ops.state, dy, ids, grads);
+        let ids = [None, node_a, node_b].map(|node| node.map(|n| n.id));
+        let dx = backward(ops.state, dy, node_x.is_some(), ids, grads);
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            register_summed!(grads, node, I, dx);
+        }
     }
 }
 
-/// Registers the gradients of x, W, A and B for the tracked ones among `ids`.
+/// Registers the gradients of W, A and B for the tracked ones among `ids`, and returns
+/// x's where `x_tracked`, for the caller to add to its other parts
+/// ([`register_summed!`]: x feeds several projections).
 fn backward<I: Kernels>(
     state: LoraProjectionState<I>,
     dy: I::FloatTensorPrimitive,
-    ids: [Option<NodeId>; 4],
+    x_tracked: bool,
+    ids: [Option<NodeId>; 3],
     grads: &mut Gradients,
-) {
-    let [id_x, id_w, id_a, id_b] = ids;
+) -> Option<I::FloatTensorPrimitive> {
+    let [id_w, id_a, id_b] = ids;
     let wrap = |p: I::FloatTensorPrimitive| -> Tensor<I, 2> {
         Tensor::from_primitive(TensorPrimitive::Float(p))
     };
@@ -255,8 +265,9 @@ fn backward<I: Kernels>(
     let x = wrap(state.x);
     let (a_low, b_low) = (wrap(state.a_low), wrap(state.b_low));
     // dy Bᵀ, `[n, r]`: shared by dx and dA.
-    let up_grad = (id_x.is_some() || id_a.is_some()).then(|| matmul(dy.clone(), b_low.transpose()));
-    if let Some(id) = id_x {
+    let up_grad = (x_tracked || id_a.is_some()).then(|| matmul(dy.clone(), b_low.transpose()));
+    let mut dx_out = None;
+    if x_tracked {
         let up_grad = up_grad.clone().expect("computed for dx");
         let through_base = match &state.base {
             BaseWeight::Float { weight, .. } => {
@@ -266,7 +277,7 @@ fn backward<I: Kernels>(
             BaseWeight::Pending => unreachable!("the base is set before the node is recorded"),
         };
         let dx = add_matmul_scaled(through_base, up_grad, a_low.transpose(), s);
-        grads.register::<I>(id, dx.into_primitive().tensor());
+        dx_out = Some(dx.into_primitive().tensor());
     }
     if let Some(id) = id_a {
         let up_grad = up_grad.expect("computed for dA");
@@ -284,6 +295,7 @@ fn backward<I: Kernels>(
         let dw = in_dtype(matmul_f32(x.transpose(), dy, 1.0), *dtype);
         grads.register::<I>(id, dw.into_primitive().tensor());
     }
+    dx_out
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ pub mod flex_values;
 pub mod fused_adamw;
 pub mod fused_swiglu;
 pub mod gemm;
+pub mod grad_sum;
 pub mod host_memory;
 pub mod kernels;
 pub mod lora_product;
