@@ -37,11 +37,26 @@ pub fn add_scaled<const D: usize>(
 }
 
 /// `a + b` for f32 primitives of one shape, any rank: a gradient's parts summed
-/// (`compute::grad_sum`).
-pub fn sum(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+/// (`compute::grad_sum`). Into `a`'s buffer where `a` holds it alone, as Flex's own
+/// add does, so the sum takes no memory more.
+pub fn sum(mut a: FlexTensor, b: FlexTensor) -> FlexTensor {
     let shape = a.shape();
     assert_eq!(shape, b.shape(), "parts of one gradient have one shape");
-    let out = sum_values(HostValues::new(a), HostValues::new(b), 1.0);
+    let b = HostValues::new(b);
+    if let Some((start, end)) = a.layout().contiguous_offsets() {
+        if let Some(values) = a.try_storage_mut::<f32>() {
+            values[start..end]
+                .par_chunks_mut(CHUNK)
+                .zip(b.par_chunks(CHUNK))
+                .for_each(|(a, b)| {
+                    for (a, &b) in a.iter_mut().zip(b) {
+                        *a += b;
+                    }
+                });
+            return a;
+        }
+    }
+    let out = sum_values(HostValues::new(a), b, 1.0);
     flex_primitive(out, shape)
 }
 
@@ -76,6 +91,35 @@ mod tests {
     use super::super::flex_values::bits;
     use super::*;
     use burn::tensor::Distribution;
+
+    /// In place into a buffer `a` holds alone, into a new one where `a` is shared or a
+    /// view: Flex's `a + b` every time.
+    #[test]
+    fn gradient_parts_sum_to_flex_s_bits_in_place_or_not() {
+        let device = Default::default();
+        let random =
+            |shape| Tensor::<Flex, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let (a, b) = (random([3, 130, 700]), random([3, 130, 700]));
+        let expected = bits(a.clone() + b.clone());
+        let primitive = |t: Tensor<Flex, 3>| t.into_primitive().tensor();
+        let wrap = |p| Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(p));
+        // Alone: a deep copy that nothing else holds.
+        let alone = primitive(Tensor::from_data(a.to_data(), &device));
+        assert!(alone.is_unique());
+        assert_eq!(bits(wrap(sum(alone, primitive(b.clone())))), expected);
+        // Shared: `a` itself must keep its values.
+        let before = bits(a.clone());
+        assert_eq!(
+            bits(wrap(sum(primitive(a.clone()), primitive(b.clone())))),
+            expected
+        );
+        assert_eq!(bits(a.clone()), before);
+        // A view in another order.
+        let swapped = random([3, 700, 130]);
+        let expected = bits(swapped.clone().swap_dims(1, 2) + b.clone());
+        let view = primitive(swapped.swap_dims(1, 2));
+        assert_eq!(bits(wrap(sum(view, primitive(b)))), expected);
+    }
 
     #[test]
     fn sums_equal_flex_s_ops_bit_for_bit() {

@@ -62,9 +62,11 @@ unsafe fn product_into(lhs: &FlexTensor, rhs: &FlexTensor, [m, k, n]: [usize; 3]
     // a transposed view (a weight in the backward pass, `dy · W^T`) with few columns,
     // gemm would pack all of it on this thread while the others wait: a copy in rows,
     // made on all cores, is read in place instead. Packing moves values and never
-    // changes a sum, so the bits are the same.
-    let rhs_in_rows = (parallel && rhs.layout().strides()[1] != 1 && n <= PACKED_ON_ONE_THREAD)
-        .then(|| contiguous(rhs));
+    // changes a sum, so the bits are the same, except where gemm picks its kernel by
+    // the operands' strides: a single row (`m == 1`, a matrix-vector kernel) and
+    // outputs of at most 16 x 16 values; those keep the view.
+    let copy = rhs.layout().strides()[1] != 1 && n <= PACKED_ON_ONE_THREAD;
+    let rhs_in_rows = (parallel && copy && m > 1 && m * n > 16 * 16).then(|| contiguous(rhs));
     let rhs = rhs_in_rows.as_ref().unwrap_or(rhs);
     let (lhs_ptr, lhs_rows, lhs_cols) = operand(lhs, m, k);
     let (rhs_ptr, rhs_rows, rhs_cols) = operand(rhs, k, n);
@@ -120,12 +122,16 @@ mod tests {
 
     /// Below and above the parallel threshold; an inner size of 1100 spans several of
     /// gemm's passes over `k`, the later of which add to what the first wrote.
-    const SHAPES: [(usize, usize, usize); 5] = [
+    /// The last two are products whose kernel gemm picks by the operands' strides (one
+    /// row; at most 16 x 16 outputs), long enough in `k` to run in parallel.
+    const SHAPES: [(usize, usize, usize); 7] = [
         (7, 5, 3),
         (300, 256, 200),
         (33, 1100, 40),
         (200, 1100, 64),
         (100, 300, 2003),
+        (1, 120_000, 64),
+        (4, 30_000, 64),
     ];
 
     /// On 16 threads and on 3, as the thread-count test of training relies on.
