@@ -189,6 +189,10 @@ impl<B: Kernels> Attention<B> {
                 )
             }
             (None, Some(q), Some(k), Some(v)) => {
+                if [q, k, v].iter().all(|p| p.fused_over_rows()) {
+                    let [q, k, v] = on_shared_rows(x, [q, k, v]);
+                    return (q, k, v);
+                }
                 (q.forward(x.clone()), k.forward(x.clone()), v.forward(x))
             }
             _ => unreachable!("an attention is built with qkv_proj or all of q/k/v_proj"),
@@ -311,6 +315,10 @@ impl<B: Kernels> Mlp<B> {
                     both.narrow(2, inter, inter),
                 )
             }
+            (None, Some(gate), Some(up)) if gate.fused_over_rows() && up.fused_over_rows() => {
+                let [gate, up] = on_shared_rows(x, [gate, up]);
+                (gate, up)
+            }
             (None, Some(gate), Some(up)) => (gate.forward(x.clone()), up.forward(x)),
             _ => unreachable!("an mlp is built with gate_up_proj or both gate_proj and up_proj"),
         };
@@ -320,6 +328,23 @@ impl<B: Kernels> Mlp<B> {
         };
         self.down_proj.forward(hidden)
     }
+}
+
+/// Each adapted projection of `projections` over one `[rows, d_in]` view of `x`
+/// `[batch, seq, d_in]`, back as `[batch, seq, d_out]`: the parts of x's gradient are
+/// then summed by the projections' nodes on all cores, in the order burn's reshapes
+/// summed them before (the last projection's part first), so the bits are the same.
+fn on_shared_rows<B: Kernels, const N: usize>(
+    x: Tensor<B, 3>,
+    projections: [&crate::model::lora::Linear<B>; N],
+) -> [Tensor<B, 3>; N] {
+    let [batch, seq, d_in] = x.dims();
+    let rows = x.reshape([batch * seq, d_in]);
+    projections.map(|projection| {
+        let out = projection.forward(rows.clone());
+        let d_out = out.dims()[1];
+        out.reshape([batch, seq, d_out])
+    })
 }
 
 /// `silu(gate) * up`: one node on the CPU and CUDA training backends, op by op
@@ -702,4 +727,75 @@ fn fused_causal_lm_loss<B: Kernels>(
         weights,
     )
     .expect("checked by the caller")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::lora::{Linear, LoraConfig};
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::Distribution;
+    use rand::SeedableRng;
+
+    type B = Autodiff<Flex, NoCheckpointing>;
+
+    /// q, k and v (adapted) over one view of their input: x's gradient has the bits of
+    /// the projections each over its own reshape, and two of its three parts are now
+    /// summed by the projections' nodes.
+    #[test]
+    fn projections_on_shared_rows_give_the_same_gradient_summed_by_the_nodes() {
+        let device = Default::default();
+        let config = LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: vec![],
+            use_rslora: false,
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let projections: Vec<Linear<B>> = [48, 16, 16]
+            .map(|d_out| {
+                let weight = Tensor::random([32, d_out], Distribution::Normal(0.0, 1.0), &device);
+                let mut projection = Linear::new(weight, None);
+                projection.attach_lora(&config, &mut rng);
+                projection
+            })
+            .into();
+        assert!(projections.iter().all(|p| p.fused_over_rows()));
+        let x = Tensor::<Flex, 3>::random([2, 40, 32], Distribution::Normal(0.0, 1.0), &device);
+        let gradient = |shared: bool| {
+            let x = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
+            let outs: Vec<Tensor<B, 3>> = if shared {
+                on_shared_rows(
+                    x.clone(),
+                    [&projections[0], &projections[1], &projections[2]],
+                )
+                .into()
+            } else {
+                projections.iter().map(|p| p.forward(x.clone())).collect()
+            };
+            let loss = outs
+                .into_iter()
+                .map(|out| (out.clone() * out).sum())
+                .reduce(|a, b| a + b)
+                .expect("three outputs");
+            x.grad(&loss.backward()).expect("x is tracked")
+        };
+        let sums = || crate::compute::grad_sum::SUMS.with(|sums| sums.get());
+        let before = sums();
+        let apart = gradient(false);
+        assert_eq!(sums(), before, "apart, burn's reshapes sum the parts");
+        let shared = gradient(true);
+        assert_eq!(sums() - before, 2, "shared, the nodes sum them");
+        let bits = |t: Tensor<Flex, 3>| -> Vec<u32> {
+            t.into_data()
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(shared), bits(apart));
+    }
 }

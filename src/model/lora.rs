@@ -283,12 +283,25 @@ impl<B: Backend> Linear<B> {
 }
 
 impl<B: Kernels> Linear<B> {
+    /// Whether [`Linear::forward`] runs as one adapted-projection node over the rows of
+    /// its input: for such projections `[rows, d_in]` and `[..., d_in]` inputs compute
+    /// the same, and projections sharing an input can share one `[rows, d_in]` view of
+    /// it, so that the parts of its gradient meet in graft's nodes
+    /// (`compute::grad_sum`) and not in burn's reshape, which adds on one thread.
+    pub fn fused_over_rows(&self) -> bool {
+        self.fused_lora().is_some()
+    }
+
+    fn fused_lora(&self) -> Option<&LoraBranch<B>> {
+        let base = self.weight.is_some() || self.quantized.is_some();
+        self.lora
+            .as_ref()
+            .filter(|lora| base && lora.dropout == 0.0 && B::fused_lora())
+    }
+
     /// x: `[..., d_in]` -> `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let fused = self
-            .lora
-            .as_ref()
-            .filter(|lora| lora.dropout == 0.0 && B::fused_lora());
+        let fused = self.fused_lora();
         let bias = self.bias.as_ref().map(|b| b.val());
         let base = match (&self.weight, &self.quantized, fused) {
             (Some(weight), _, Some(lora)) => {
@@ -440,11 +453,20 @@ fn over_rows<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     let dims = x.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
-    let out = product(x.reshape([rows, dims[D - 1]]));
+    // Rows already: no reshape node, so that projections sharing this input register
+    // their gradients on it directly.
+    let out = if D == 2 {
+        product(Tensor::from_primitive(x.into_primitive()))
+    } else {
+        product(x.reshape([rows, dims[D - 1]]))
+    };
     let out = match bias {
         Some(bias) => out + bias.unsqueeze(),
         None => out,
     };
+    if D == 2 {
+        return Tensor::from_primitive(out.into_primitive());
+    }
     let mut out_dims = dims;
     out_dims[D - 1] = d_out;
     out.reshape(out_dims)
