@@ -66,8 +66,7 @@ mod tests {
     /// x feeds a norm and three adapted projections (as the normed hidden states feed
     /// q, k and v, and the residual stream a norm): its gradient, summed by the nodes
     /// on all cores, has the bits of burn's sum of the four parts, each part taken
-    /// from a graph of its own, added in the order burn's backward pass adds them (the
-    /// node made last registers first).
+    /// from a graph of its own, added in the order burn's backward pass reaches them.
     #[test]
     fn a_gradient_summed_by_the_nodes_has_the_bits_of_burns_sum() {
         let device = Default::default();

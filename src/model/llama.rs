@@ -332,8 +332,10 @@ impl<B: Kernels> Mlp<B> {
 
 /// Each adapted projection of `projections` over one `[rows, d_in]` view of `x`
 /// `[batch, seq, d_in]`, back as `[batch, seq, d_out]`: the parts of x's gradient are
-/// then summed by the projections' nodes on all cores, in the order burn's reshapes
-/// summed them before (the last projection's part first), so the bits are the same.
+/// then summed by the projections' nodes on all cores. Each node sits at the depth its
+/// own reshape of x had, so burn's backward pass reaches the parts in the same order
+/// as before (the order the consuming node lists them: v, k, q for attention; up, gate
+/// for SwiGLU) and the sums, `new + old` as burn's were, have the same bits.
 fn on_shared_rows<B: Kernels, const N: usize>(
     x: Tensor<B, 3>,
     projections: [&crate::model::lora::Linear<B>; N],
@@ -740,9 +742,9 @@ mod tests {
 
     type B = Autodiff<Flex, NoCheckpointing>;
 
-    /// q, k and v (adapted) over one view of their input: x's gradient has the bits of
-    /// the projections each over its own reshape, and two of its three parts are now
-    /// summed by the projections' nodes.
+    /// q, k and v (adapted) over one view of their input: the outputs and x's gradient
+    /// have the bits of the projections each over its own reshape, and two of the
+    /// gradient's three parts are now summed by the projections' nodes.
     #[test]
     fn projections_on_shared_rows_give_the_same_gradient_summed_by_the_nodes() {
         let device = Default::default();
@@ -764,6 +766,14 @@ mod tests {
             .into();
         assert!(projections.iter().all(|p| p.fused_over_rows()));
         let x = Tensor::<Flex, 3>::random([2, 40, 32], Distribution::Normal(0.0, 1.0), &device);
+        // One upstream gradient per output, so that swapped outputs would show.
+        let upstream: Vec<Tensor<Flex, 3>> = [48, 16, 16]
+            .map(|d| Tensor::random([2, 40, d], Distribution::Normal(0.0, 1.0), &device))
+            .into();
+        let bits = |t: Tensor<Flex, 3>| -> Vec<u32> {
+            let values = t.into_data().to_vec::<f32>().unwrap();
+            values.iter().map(|v| v.to_bits()).collect()
+        };
         let gradient = |shared: bool| {
             let x = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
             let outs: Vec<Tensor<B, 3>> = if shared {
@@ -775,12 +785,15 @@ mod tests {
             } else {
                 projections.iter().map(|p| p.forward(x.clone())).collect()
             };
+            let values: Vec<Vec<u32>> = outs.iter().map(|out| bits(out.clone().inner())).collect();
             let loss = outs
                 .into_iter()
-                .map(|out| (out.clone() * out).sum())
+                .zip(&upstream)
+                .map(|(out, up)| (out * Tensor::from_inner(up.clone())).sum())
                 .reduce(|a, b| a + b)
                 .expect("three outputs");
-            x.grad(&loss.backward()).expect("x is tracked")
+            let gradient = x.grad(&loss.backward()).expect("x is tracked");
+            (values, bits(gradient))
         };
         let sums = || crate::compute::grad_sum::SUMS.with(|sums| sums.get());
         let before = sums();
@@ -788,14 +801,6 @@ mod tests {
         assert_eq!(sums(), before, "apart, burn's reshapes sum the parts");
         let shared = gradient(true);
         assert_eq!(sums() - before, 2, "shared, the nodes sum them");
-        let bits = |t: Tensor<Flex, 3>| -> Vec<u32> {
-            t.into_data()
-                .to_vec::<f32>()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        };
-        assert_eq!(bits(shared), bits(apart));
+        assert_eq!(shared, apart);
     }
 }

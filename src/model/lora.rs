@@ -454,7 +454,9 @@ fn over_rows<B: Backend, const D: usize>(
     let dims = x.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
     // Rows already: no reshape node, so that projections sharing this input register
-    // their gradients on it directly.
+    // their gradients on it directly. (A same-shape reshape would also have made a
+    // strided view contiguous; the one caller with rows, `llama::on_shared_rows`,
+    // passes a contiguous reshape.)
     let out = if D == 2 {
         product(Tensor::from_primitive(x.into_primitive()))
     } else {
