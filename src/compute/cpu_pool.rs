@@ -26,9 +26,10 @@ static LOOKING: AtomicUsize = AtomicUsize::new(0);
 /// rayon itself. If the pool already exists it is left as it is: this changes how the
 /// issuing thread waits, never a result.
 pub fn train_on_this_thread() {
-    if pool_size() > 1 {
+    let threads = pool_size();
+    if threads > 1 {
         let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(pool_size())
+            .num_threads(threads)
             .use_current_thread()
             .build_global();
     }
@@ -44,8 +45,11 @@ fn pool_size() -> usize {
         .unwrap_or_else(cores)
 }
 
+/// The cores this process may use, read once: `available_parallelism` reads the
+/// affinity mask and the cgroup's quota, and [`with_workers_awake`] asks every step.
 fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |cores| cores.get())
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |cores| cores.get()))
 }
 
 /// Runs `work` (a training step, issued from worker 0 of the current pool) while the

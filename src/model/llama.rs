@@ -734,6 +734,7 @@ fn fused_causal_lm_loss<B: Kernels>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::flex_values::bits;
     use crate::model::lora::{Linear, LoraConfig};
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::{Autodiff, Flex};
@@ -770,10 +771,6 @@ mod tests {
         let upstream: Vec<Tensor<Flex, 3>> = [48, 16, 16]
             .map(|d| Tensor::random([2, 40, d], Distribution::Normal(0.0, 1.0), &device))
             .into();
-        let bits = |t: Tensor<Flex, 3>| -> Vec<u32> {
-            let values = t.into_data().to_vec::<f32>().unwrap();
-            values.iter().map(|v| v.to_bits()).collect()
-        };
         let gradient = |shared: bool| {
             let x = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
             let outs: Vec<Tensor<B, 3>> = if shared {
