@@ -15,7 +15,8 @@ use burn_flex::FlexTensor;
 
 use super::options::current;
 use super::{
-    cpu_attention, cpu_elementwise, cpu_loss, cpu_matmul, cpu_norm, cpu_rope, cpu_swiglu, Attention,
+    cpu_adamw, cpu_attention, cpu_elementwise, cpu_loss, cpu_matmul, cpu_norm, cpu_residual,
+    cpu_rope, cpu_swiglu, Attention,
 };
 use crate::model::quantized::QuantizedWeight;
 
@@ -32,6 +33,11 @@ pub type AdamWInputs<B> = (
     Tensor<B, 1>,
     Tensor<B, 1>,
 );
+
+/// The host AdamW's result: new parameters, moments `m` and `v`.
+pub type HostAdamWUpdate<B> = (Vec<Tensor<B, 1>>, Tensor<B, 1>, Tensor<B, 1>);
+/// The host AdamW's inputs handed back: parameters, the flat gradient, `m`, `v`.
+pub type HostAdamWInputs<B> = (Vec<Tensor<B, 1>>, Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>);
 
 /// The scalars of one AdamW update over a flat group.
 #[repr(C)]
@@ -166,6 +172,11 @@ pub trait Kernels: Backend {
         None
     }
 
+    /// `x + y`, a residual sum of the model: burn's own unless the backend does better.
+    fn residual_sum<const D: usize>(x: Tensor<Self, D>, y: Tensor<Self, D>) -> Tensor<Self, D> {
+        x + y
+    }
+
     /// `new + old`, two parts of one gradient ([`super::grad_sum`]): burn's own sum
     /// unless the backend does better.
     fn gradient_sum(
@@ -251,6 +262,20 @@ pub trait Kernels: Backend {
         Err((params, grads, m, v))
     }
 
+    /// One AdamW update of a flat group with the op-by-op update's bits, faster
+    /// (on all cores on the CPU, [`cpu_adamw`]): `params` are the members, `grad` the
+    /// group's flat gradient, multiplied first by `clip_factor` (`[1]`) where given.
+    fn host_adamw(
+        params: Vec<Tensor<Self, 1>>,
+        grad: Tensor<Self, 1>,
+        m: Tensor<Self, 1>,
+        v: Tensor<Self, 1>,
+        _scalars: cpu_adamw::Scalars,
+        _clip_factor: Option<Tensor<Self, 1>>,
+    ) -> Result<HostAdamWUpdate<Self>, HostAdamWInputs<Self>> {
+        Err((params, grad, m, v))
+    }
+
     /// Device `index` of this backend (the CPU backends have one).
     fn device(index: usize) -> Result<Self::Device, String> {
         if index == 0 {
@@ -315,6 +340,11 @@ impl Kernels for Flex {
     }
 
     /// On all cores (Flex adds on one thread below 4 Mi elements); the same bits.
+    fn residual_sum<const D: usize>(x: Tensor<Self, D>, y: Tensor<Self, D>) -> Tensor<Self, D> {
+        Self::add_scaled(x, y, 1.0)
+    }
+
+    /// On all cores (Flex adds on one thread below 4 Mi elements); the same bits.
     fn gradient_sum(new: FlexTensor, old: FlexTensor) -> FlexTensor {
         let f32s = new.dtype() == DType::F32 && old.dtype() == DType::F32;
         if f32s && new.shape() == old.shape() {
@@ -322,6 +352,44 @@ impl Kernels for Flex {
         } else {
             Self::float_add(new, old)
         }
+    }
+
+    fn host_adamw(
+        params: Vec<Tensor<Self, 1>>,
+        grad: Tensor<Self, 1>,
+        m: Tensor<Self, 1>,
+        v: Tensor<Self, 1>,
+        scalars: cpu_adamw::Scalars,
+        clip_factor: Option<Tensor<Self, 1>>,
+    ) -> Result<HostAdamWUpdate<Self>, HostAdamWInputs<Self>> {
+        let f32s = params
+            .iter()
+            .chain([&grad, &m, &v])
+            .all(|t| t.dtype() == DType::F32);
+        if !f32s {
+            return Err((params, grad, m, v));
+        }
+        let clip = clip_factor.map(|factor| {
+            factor
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 values")[0]
+        });
+        let primitive = |t: Tensor<Self, 1>| t.into_primitive().tensor();
+        let (params, m, v) = cpu_adamw::step(
+            params.into_iter().map(primitive).collect(),
+            primitive(grad),
+            primitive(m),
+            primitive(v),
+            cpu_adamw::Scalars { clip, ..scalars },
+        );
+        let tensor = |p| Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(p));
+        Ok((
+            params.into_iter().map(tensor).collect(),
+            tensor(m),
+            tensor(v),
+        ))
     }
 
     fn add_scaled<const D: usize>(
@@ -374,6 +442,15 @@ impl<C: CheckpointStrategy> Kernels for Autodiff<Flex, C> {
 
     fn step_work<R>(work: impl FnOnce() -> R) -> R {
         super::cpu_pool::with_workers_awake(work)
+    }
+
+    /// One node on all cores ([`cpu_residual`]), burn's `add` bits and gradients.
+    fn residual_sum<const D: usize>(x: Tensor<Self, D>, y: Tensor<Self, D>) -> Tensor<Self, D> {
+        if cpu_residual::supports(&x, &y) {
+            cpu_residual::residual_sum(x, y)
+        } else {
+            x + y
+        }
     }
 
     fn causal_attention(

@@ -20,6 +20,7 @@
 //! installed for the process by [`Compute::install`] before a model is built.
 
 pub mod attention;
+pub mod cpu_adamw;
 pub mod cpu_attention;
 pub mod cpu_elementwise;
 pub mod cpu_exp;
@@ -27,6 +28,7 @@ pub mod cpu_loss;
 pub mod cpu_matmul;
 pub mod cpu_norm;
 pub mod cpu_pool;
+pub mod cpu_residual;
 pub mod cpu_rope;
 pub mod cpu_swiglu;
 pub mod cpu_vectors;

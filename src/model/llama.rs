@@ -419,13 +419,16 @@ impl<B: Kernels> DecoderLayer<B> {
             &self.post_feedforward_layernorm,
         ) {
             (Some(pre_feedforward), Some(post_feedforward)) => {
-                let h = x + self.post_attention_layernorm.forward(attended);
+                let h = B::residual_sum(x, self.post_attention_layernorm.forward(attended));
                 let fed = self.mlp.forward(pre_feedforward.forward(h.clone()));
-                h + post_feedforward.forward(fed)
+                B::residual_sum(h, post_feedforward.forward(fed))
             }
             _ => {
-                let h = x + attended;
-                h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+                let h = B::residual_sum(x, attended);
+                let fed = self
+                    .mlp
+                    .forward(self.post_attention_layernorm.forward(h.clone()));
+                B::residual_sum(h, fed)
             }
         }
     }

@@ -6,6 +6,7 @@
 //! (a block unfrozen at step 300 starts with fresh moments), and the
 //! gradient norm is global across parameters.
 
+use crate::compute::cpu_adamw;
 use crate::compute::kernels::{Hyper, Kernels};
 use crate::compute::reduce::ordered_sum;
 use crate::model::{AnyTensor, Block, CausalLm, ParamInfo};
@@ -245,14 +246,15 @@ impl<B: Kernels> AdamW<B> {
             Ok((updated, norm)) => return (with_updates(model, updated), norm),
             Err(entries) => entries,
         };
-        let mut flat_groups = flat_groups(entries, scale);
-        let norm = clip.and_then(|clip| clip_by_global_norm(&mut flat_groups, clip));
+        let flat_groups = flat_groups(entries, scale);
+        let clipped = clip.and_then(|clip| global_norm_clip(&flat_groups, clip));
+        let factor = clipped.as_ref().map(|(_, factor)| factor);
         let mut cached = self.fused_moments_for(&flat_groups);
         let mut updated: HashMap<String, Tensor<B, 1>> = HashMap::new();
         for (grad, group) in flat_groups {
-            self.step_group(grad, group, &mut cached, &mut updated);
+            self.step_group(grad, factor.cloned(), group, &mut cached, &mut updated);
         }
-        (with_updates(model, updated), norm)
+        (with_updates(model, updated), clipped.map(|(norm, _)| norm))
     }
 
     /// The trainable parameters that have a gradient, in module order, flattened.
@@ -312,10 +314,12 @@ impl<B: Kernels> AdamW<B> {
     }
 
     /// AdamW on one flat group: its moments (the cached fused ones, or each member's
-    /// concatenated), the update, and each member's new value into `updated`.
+    /// concatenated), the update (its gradient times the clip factor first, where
+    /// given), and each member's new value into `updated`.
     fn step_group(
         &mut self,
         grad: Tensor<B, 1>,
+        clip_factor: Option<Tensor<B, 1>>,
         group: Vec<Entry<B>>,
         cached: &mut Option<FusedMoments<B>>,
         updated: &mut HashMap<String, Tensor<B, 1>>,
@@ -326,7 +330,6 @@ impl<B: Kernels> AdamW<B> {
             .iter()
             .map(|e| (e.name.clone(), e.param.dims()[0]))
             .collect();
-        let param = concat(group.iter().map(|e| e.param.clone()).collect());
         let (m, v) = match cached.take() {
             Some(fused) if fused.members == members => (fused.m, fused.v),
             other => {
@@ -345,12 +348,29 @@ impl<B: Kernels> AdamW<B> {
                 (concat(ms), concat(vs))
             }
         };
-        let (param, m, v) = self.adamw(param, grad, m, v, steps, lr, decays);
-        let mut offset = 0;
-        for (name, len) in &members {
-            updated.insert(name.clone(), param.clone().narrow(0, offset, *len));
-            offset += len;
-        }
+        let params = group.into_iter().map(|e| e.param).collect();
+        let scalars = self.host_scalars(steps, lr, decays);
+        let (m, v) = match B::host_adamw(params, grad, m, v, scalars, clip_factor.clone()) {
+            Ok((params, m, v)) => {
+                for ((name, _), param) in members.iter().zip(params) {
+                    updated.insert(name.clone(), param);
+                }
+                (m, v)
+            }
+            Err((params, grad, m, v)) => {
+                let grad = match clip_factor {
+                    Some(factor) => grad.clone() * factor.cast(grad.dtype()),
+                    None => grad,
+                };
+                let (param, m, v) = self.adamw(concat(params), grad, m, v, steps, lr, decays);
+                let mut offset = 0;
+                for (name, len) in &members {
+                    updated.insert(name.clone(), param.clone().narrow(0, offset, *len));
+                    offset += len;
+                }
+                (m, v)
+            }
+        };
         let moments = FusedMoments {
             members,
             m,
@@ -467,8 +487,29 @@ impl<B: Kernels> AdamW<B> {
         Ok((updated, clip.map(|_| norm)))
     }
 
+    /// [`AdamW::adamw`]'s scalars as its ops round them, for [`Kernels::host_adamw`].
+    fn host_scalars(&self, steps: u64, lr: f64, decays: bool) -> cpu_adamw::Scalars {
+        let AdamWConfig {
+            beta1, beta2, eps, ..
+        } = self.config;
+        let scalars = self.config.step_scalars(steps, lr, decays);
+        cpu_adamw::Scalars {
+            beta1: beta1 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            correction1: scalars.correction1 as f32,
+            correction2: scalars.correction2 as f32,
+            eps: eps as f32,
+            lr: lr as f32,
+            decay: scalars.decay.map(|factor| factor as f32),
+            clip: None,
+        }
+    }
+
     /// The AdamW arithmetic on one (possibly flat) parameter; returns the new
-    /// parameter and moments. `steps` counts this update.
+    /// parameter and moments. `steps` counts this update. [`AdamW::host_scalars`] and
+    /// `compute::cpu_adamw` repeat it element by element: a change here goes there too.
     #[allow(clippy::too_many_arguments)]
     fn adamw(
         &self,
@@ -580,13 +621,13 @@ fn flat_groups<B: Backend>(entries: Vec<Entry<B>>, scale: f64) -> Vec<FlatGroup<
         .collect()
 }
 
-/// Multiplies every group's gradient by `min(1, clip / (norm + 1e-6))`, torch's
-/// `clip_grad_norm_`, on the device; returns the global norm before clipping (`[1]`,
-/// f32), `None` when there is nothing to clip.
-fn clip_by_global_norm<B: Backend>(
-    flat_groups: &mut [FlatGroup<B>],
+/// The global norm of every group's gradient before clipping (`[1]`, f32) and the
+/// factor `min(1, clip / (norm + 1e-6))` to multiply them by (torch's
+/// `clip_grad_norm_`), on the device; `None` when there is nothing to clip.
+fn global_norm_clip<B: Backend>(
+    flat_groups: &[FlatGroup<B>],
     clip: f64,
-) -> Option<Tensor<B, 1>> {
+) -> Option<(Tensor<B, 1>, Tensor<B, 1>)> {
     let squares: Vec<Tensor<B, 1>> = flat_groups
         .iter()
         .map(|(grad, _)| ordered_sum(grad.clone().cast(FloatDType::F32).powi_scalar(2)))
@@ -599,10 +640,7 @@ fn clip_by_global_norm<B: Backend>(
         .recip()
         .mul_scalar(clip)
         .clamp_max(1.0);
-    for (grad, _) in flat_groups.iter_mut() {
-        *grad = grad.clone() * factor.clone().cast(grad.dtype());
-    }
-    Some(norm)
+    Some((norm, factor))
 }
 
 /// The tensors end to end (one tensor as it is, without a copy).
@@ -642,4 +680,68 @@ fn with_updates<A: AutodiffBackend>(
         };
         Some((value, true))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::flex_values::bits;
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+
+    /// `Kernels::host_adamw` (all cores on the CPU) gives `AdamW::adamw`'s bits, with
+    /// and without clipping and decay, with moments the caller still holds (left as
+    /// they were) or that the update holds alone (written in place).
+    #[test]
+    fn the_host_update_has_the_op_by_op_bits() {
+        let device = Default::default();
+        let random =
+            |n: usize| Tensor::<Flex, 1>::random([n], Distribution::Normal(0.0, 1.0), &device);
+        let sizes = [70_000, 5, 40_000];
+        let params: Vec<_> = sizes.iter().map(|&n| random(n)).collect();
+        let total = sizes.iter().sum();
+        let grad = random(total);
+        let (m, v) = (random(total) * 0.1, random(total).abs() * 0.01);
+        let optimizer = AdamW::<Flex>::new(AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        });
+        let alone = |t: &Tensor<Flex, 1>| Tensor::<Flex, 1>::from_data(t.to_data(), &device);
+        for (clip, decays, steps) in [(None, false, 1), (Some(0.37), true, 7)] {
+            let factor = clip.map(|c: f32| Tensor::<Flex, 1>::from_floats([c], &device));
+            let clipped = match &factor {
+                Some(factor) => grad.clone() * factor.clone(),
+                None => grad.clone(),
+            };
+            let params_flat = Tensor::cat(params.clone(), 0);
+            let expected = optimizer.adamw(
+                params_flat,
+                clipped,
+                m.clone(),
+                v.clone(),
+                steps,
+                3e-4,
+                decays,
+            );
+            let expected = [expected.0, expected.1, expected.2].map(bits);
+            let scalars = optimizer.host_scalars(steps, 3e-4, decays);
+            let (m_before, v_before) = (bits(m.clone()), bits(v.clone()));
+            for (m_in, v_in) in [(m.clone(), v.clone()), (alone(&m), alone(&v))] {
+                let (new_params, m_out, v_out) = Flex::host_adamw(
+                    params.clone(),
+                    grad.clone(),
+                    m_in,
+                    v_in,
+                    scalars,
+                    factor.clone(),
+                )
+                .unwrap_or_else(|_| panic!("f32 inputs"));
+                let got = [Tensor::cat(new_params, 0), m_out, v_out].map(bits);
+                assert_eq!(got, expected, "clip {clip:?}, decay {decays}");
+            }
+            assert_eq!((bits(m.clone()), bits(v.clone())), (m_before, v_before));
+        }
+    }
 }
