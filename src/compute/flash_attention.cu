@@ -1,5 +1,6 @@
 // Causal flash attention for training, bf16 in and out, f32 arithmetic, on tensor
-// cores through WMMA. Compiled at run time by NVRTC (see flash_attention.rs).
+// cores through `mma.sync` (m16n8k16). Compiled at run time by NVRTC (see
+// flash_attention.rs).
 //
 // Layouts: q, k, v and the output's gradient are [batch, heads, rows, D] with any
 // batch, head and row strides (in elements) and unit stride along D. Outputs are
@@ -7,230 +8,352 @@
 // backward kernels recompute probabilities as exp2(s * scale_log2 - lse) with no
 // reduction. Query i (of `seq`) sees key j (of `keys`) when j <= i + keys - seq.
 //
-// Each block has four warps and handles a tile of 64 rows, 16 per warp. Products go
-// through 16x16x16 WMMA fragments; scores go through a per-warp f32 scratch in
-// shared memory, where two lanes per row apply the mask and the softmax.
+// Each block has four warps. A warp owns 16 rows per m-tile (query rows in the forward
+// and dQ kernels, keys in the dK/dV kernel) and keeps its scores, probabilities and
+// accumulators in registers, in the mma fragment layout: lane l holds rows l/4 and
+// l/4 + 8 of each 16-row tile, and columns 2(l%4) and 2(l%4)+1 of each 8-column tile.
+// That layout is also the A operand's, so probabilities go from one product into the
+// next without leaving registers. The streamed tiles (keys and values, or queries and
+// output gradients) pass through shared memory two stages deep by cp.async, and reach
+// the tensor cores through ldmatrix.
 //
 // No atomics anywhere: dQ has its own kernel (over query tiles) and dK, dV theirs
 // (over key tiles), so a step's gradients are the same bits on every run.
 
-#include <mma.h>
 #include <cuda_bf16.h>
 
-using namespace nvcuda;
 typedef __nv_bfloat16 bf16;
 
 #define TILE 64
 #define WARPS 4
 #define THREADS (WARPS * 32)
 
+// Query rows per forward block: two m-tiles a warp where the accumulators fit in
+// registers, so that each key fragment read from shared memory feeds two products.
+#ifndef FORWARD_MTILES
+#define FORWARD_MTILES(D) ((D) <= 64 ? 2 : 1)
+#endif
+
+#ifndef GRAFT_CUDA_EMULATION
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// c (16 x 8, f32) += a (16 x 16, bf16) * b (16 x 8, bf16).
+__device__ __forceinline__ void mma(float* c, const unsigned* a, const unsigned* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Four 8x8 bf16 matrices; lane l gives the address of row l%8 of matrix l/8.
+__device__ __forceinline__ void ldmatrix(unsigned* r, const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(p)));
+}
+
+// The same, each matrix transposed.
+__device__ __forceinline__ void ldmatrix_t(unsigned* r, const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(p)));
+}
+
+// 16 bytes from global to shared memory, or 16 zero bytes where `valid` is false
+// (then `src` is not read).
+__device__ __forceinline__ void copy16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
+                 "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void copies_issued() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Waits until at most `N` groups of copies are still in flight.
+template <int N>
+__device__ __forceinline__ void copies_landed() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ unsigned pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&v);
+}
+#endif
+
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 __device__ __forceinline__ float pos_inf() { return __int_as_float(0x7f800000); }
 
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> FragA;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> FragAT;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FragB;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FragBT;
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
-
-// Pitches: rows padded so that consecutive rows fall on different banks; each keeps
-// the 32-byte alignment WMMA needs at every 16-row, 16-column fragment.
+// Shared tiles are [rows][D + 8]: the 16-byte pad puts the eight rows an ldmatrix
+// reads on different banks.
 template <int D> struct Pitch {
-    static const int tile = D + 8;      // bf16 [64][D] tiles
-    static const int probs = TILE + 8;  // bf16 [16][64] per warp
-    static const int scratch = (D > TILE ? D : TILE) + 4;  // f32 [16][max(D, 64)] per warp
+    static const int row = D + 8;
 };
-
-// Copies rows [0, valid) of a [64][D] tile from global memory (row stride in
-// elements) into shared memory, zero-filling the rest, 16 bytes per thread access.
-template <int D>
-__device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, long long row_stride, int valid) {
-    const int chunks = D / 8;
-    for (int c = threadIdx.x; c < TILE * chunks; c += THREADS) {
-        const int r = c / chunks, part = c % chunks;
-        uint4 value = make_uint4(0, 0, 0, 0);
-        if (r < valid) value = *reinterpret_cast<const uint4*>(src + r * row_stride + part * 8);
-        *reinterpret_cast<uint4*>(dst + r * Pitch<D>::tile + part * 8) = value;
-    }
-}
 
 struct Strides {
     long long batch, head, row;
 };
 
-// One past the last key that any row of the query tile starting at q0 sees.
-__device__ __forceinline__ int key_end(int q0, int seq, int keys) {
-    return min(keys, min(q0 + TILE, seq) + keys - seq);
+// Starts copying rows [0, valid) of a [ROWS][D] tile from global memory (row stride in
+// elements) into shared memory, zero-filling the rest.
+template <int D, int ROWS>
+__device__ __forceinline__ void fetch_tile(bf16* dst, const bf16* src, long long row_stride, int valid) {
+    const int chunks = D / 8;
+    for (int c = threadIdx.x; c < ROWS * chunks; c += THREADS) {
+        const int r = c / chunks, part = c % chunks;
+        const bool ok = r < valid;
+        copy16(dst + r * Pitch<D>::row + part * 8, ok ? src + r * row_stride + part * 8 : src, ok);
+    }
 }
 
-// The key and value tiles that start at key k0, from one kv head's rows.
-template <int D>
-__device__ __forceinline__ void load_kv(bf16* k_tile, bf16* v_tile, const bf16* k, Strides ks, const bf16* v,
-                                        Strides vs, int k0, int keys) {
-    const int valid = min(TILE, keys - k0);
-    load_tile<D>(k_tile, k + k0 * ks.row, ks.row, valid);
-    load_tile<D>(v_tile, v + k0 * vs.row, vs.row, valid);
+// A query tile's lse (threads 0-63) and delta (64-127) into shared memory, with plain
+// loads: rows of [batch * heads, seq] vectors need not be 16-byte aligned. Rows past
+// `valid` get lse +inf (probability 0) and delta 0.
+__device__ __forceinline__ void fetch_vectors(float* dst, const float* lse, const float* delta, int valid) {
+    const int i = threadIdx.x % TILE;
+    const bool is_delta = threadIdx.x >= TILE;
+    if (threadIdx.x < 2 * TILE)
+        dst[threadIdx.x] = i < valid ? (is_delta ? delta : lse)[i] : (is_delta ? 0.0f : pos_inf());
 }
 
-// This warp's 16 rows of a shared [64][D] tile as D/16 row-major A fragments.
+// A fragments (16 x 16 each) of rows [row0, row0 + 16) of a shared tile, all D / 16
+// blocks of columns.
 template <int D>
-__device__ __forceinline__ void load_rows(FragA* frags, const bf16* tile, int warp) {
+__device__ __forceinline__ void load_a(unsigned (*a)[4], const bf16* tile, int row0) {
+    const int lane = threadIdx.x % 32;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-        wmma::load_matrix_sync(frags[kk], tile + warp * 16 * Pitch<D>::tile + kk * 16, Pitch<D>::tile);
+        ldmatrix(a[kk], tile + (row0 + lane % 16) * Pitch<D>::row + kk * 16 + (lane / 16) * 8);
 }
 
-// scratch[16][64] = rows (16 x D, A fragments) times the transpose of a shared
-// [64][D] tile: each row's dot product with each of the tile's 64 rows.
+// B fragments for a product with the transpose of a shared tile (rows as the product's
+// columns): columns [n0, n0 + 16) (two 8-column fragments) of the k-block at column k0.
 template <int D>
-__device__ __forceinline__ void rows_times_tile_t(float* scratch, const FragA* rows, const bf16* tile) {
+__device__ __forceinline__ void load_b_rows(unsigned* b, const bf16* tile, int n0, int k0) {
+    const int lane = threadIdx.x % 32, m = lane / 8;
+    ldmatrix(b, tile + (n0 + lane % 8 + 8 * (m / 2)) * Pitch<D>::row + k0 + 8 * (m % 2));
+}
+
+// B fragments for a product with a shared tile as it is (rows as the product's inner
+// dimension): rows [k0, k0 + 16), columns [n0, n0 + 16) (two 8-column fragments).
+template <int D>
+__device__ __forceinline__ void load_b_cols(unsigned* b, const bf16* tile, int k0, int n0) {
+    const int lane = threadIdx.x % 32, m = lane / 8;
+    ldmatrix_t(b, tile + (k0 + lane % 8 + 8 * (m % 2)) * Pitch<D>::row + n0 + 8 * (m / 2));
+}
+
+// acc[MT][64 / 8] (scores: each m-tile's 16 rows against a tile's 64 rows) +=
+// rows (A fragments, D / 16 per m-tile) times the transpose of a shared [64][D] tile.
+template <int D, int MT>
+__device__ __forceinline__ void times_tile_t(float (*acc)[TILE / 8][4], unsigned (*rows)[D / 16][4],
+                                             const bf16* tile) {
 #pragma unroll
-    for (int n = 0; n < TILE / 16; ++n) {
-        FragC acc;
-        wmma::fill_fragment(acc, 0.0f);
+    for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            FragBT b;
-            wmma::load_matrix_sync(b, tile + n * 16 * Pitch<D>::tile + kk * 16, Pitch<D>::tile);
-            wmma::mma_sync(acc, rows[kk], b, acc);
+        for (int p = 0; p < TILE / 16; ++p) {
+            unsigned b[4];
+            load_b_rows<D>(b, tile, p * 16, kk * 16);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                mma(acc[mt][2 * p], rows[mt][kk], b);
+                mma(acc[mt][2 * p + 1], rows[mt][kk], b + 2);
+            }
         }
-        wmma::store_matrix_sync(scratch + n * 16, acc, Pitch<D>::scratch, wmma::mem_row_major);
     }
 }
 
-// acc (16 x D) += probs (16 x 64, bf16, row-major in shared memory) times a shared
-// [64][D] tile.
-template <int D>
-__device__ __forceinline__ void accumulate_probs_times_tile(FragC* acc, const bf16* probs, const bf16* tile) {
+// acc[MT][D / 8] += probs (A fragments over a tile's 64 rows, 4 per m-tile) times a
+// shared [64][D] tile.
+template <int D, int MT>
+__device__ __forceinline__ void probs_times_tile(float (*acc)[D / 8][4], unsigned (*probs)[TILE / 16][4],
+                                                 const bf16* tile) {
 #pragma unroll
     for (int kk = 0; kk < TILE / 16; ++kk) {
-        FragA a;
-        wmma::load_matrix_sync(a, probs + kk * 16, Pitch<D>::probs);
 #pragma unroll
-        for (int n = 0; n < D / 16; ++n) {
-            FragB b;
-            wmma::load_matrix_sync(b, tile + kk * 16 * Pitch<D>::tile + n * 16, Pitch<D>::tile);
-            wmma::mma_sync(acc[n], a, b, acc[n]);
+        for (int p = 0; p < D / 16; ++p) {
+            unsigned b[4];
+            load_b_cols<D>(b, tile, kk * 16, p * 16);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                mma(acc[mt][2 * p], probs[mt][kk], b);
+                mma(acc[mt][2 * p + 1], probs[mt][kk], b + 2);
+            }
         }
     }
 }
 
-// Writes a warp's 16 x D accumulators as bf16 rows [row0, row0 + 16) of a contiguous
-// [rows][D] matrix, through the warp's scratch; rows at or past `rows` are skipped.
-template <int D>
-__device__ __forceinline__ void store_rows(bf16* out, const FragC* acc, float* scratch, int row0, int rows, float factor) {
+// Score accumulators (16 x 64) as A fragments (16 x 16 each) in bf16.
+__device__ __forceinline__ void as_a(unsigned (*a)[4], float (*s)[4]) {
 #pragma unroll
-    for (int n = 0; n < D / 16; ++n)
-        wmma::store_matrix_sync(scratch + n * 16, acc[n], Pitch<D>::scratch, wmma::mem_row_major);
-    __syncwarp();
-    const int lane = threadIdx.x % 32;
-    for (int i = lane; i < 16 * D / 2; i += 32) {
-        const int r = i / (D / 2), c = (i % (D / 2)) * 2;
-        if (row0 + r < rows) {
-            const float* s = scratch + r * Pitch<D>::scratch + c;
-            *reinterpret_cast<__nv_bfloat162*>(out + (long long)(row0 + r) * D + c) =
-                __floats2bfloat162_rn(s[0] * factor, s[1] * factor);
-        }
+    for (int kk = 0; kk < TILE / 16; ++kk) {
+        a[kk][0] = pack(s[2 * kk][0], s[2 * kk][1]);
+        a[kk][1] = pack(s[2 * kk][2], s[2 * kk][3]);
+        a[kk][2] = pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        a[kk][3] = pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
     }
-    __syncwarp();
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (*acc)[4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+}
+
+// Writes 16 rows of accumulators (row0 + lane/4 and + 8, D / 8 fragments) as bf16 rows
+// of a contiguous [rows][D] matrix, times each row's factor; rows at or past `rows` are
+// skipped.
+template <int D>
+__device__ __forceinline__ void store_rows(bf16* out, float (*acc)[4], int row0, int rows, float f0,
+                                           float f1) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int row = row0 + g + 8 * h;
+        if (row >= rows) continue;
+        const float f = h ? f1 : f0;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+            *reinterpret_cast<__nv_bfloat162*>(out + (long long)row * D + n * 8 + 2 * t) =
+                __floats2bfloat162_rn(acc[n][2 * h] * f, acc[n][2 * h + 1] * f);
+    }
+}
+
+// One past the last key that any of `rows` query rows from q0 sees.
+__device__ __forceinline__ int key_end(int q0, int rows, int seq, int keys) {
+    return min(keys, min(q0 + rows, seq) + keys - seq);
 }
 
 // Forward: out = softmax(scale q kᵀ, causal) v and each row's lse. Grid: (query
-// tiles, batch * heads), the longest rows first.
-template <int D>
+// blocks of 64 * MT rows, batch * heads), the longest rows first.
+template <int D, int MT>
 __device__ void forward(const bf16* __restrict__ q, Strides qs, const bf16* __restrict__ k, Strides ks,
                         const bf16* __restrict__ v, Strides vs, bf16* __restrict__ out, float* __restrict__ lse,
                         int heads, int kv_heads, int seq, int keys, float scale_log2) {
     extern __shared__ __align__(128) unsigned char smem[];
-    typedef Pitch<D> P;
-    bf16* k_tile = reinterpret_cast<bf16*>(smem);
-    bf16* v_tile = k_tile + TILE * P::tile;
-    float* scratch_all = reinterpret_cast<float*>(v_tile + TILE * P::tile);
-    bf16* probs_all = reinterpret_cast<bf16*>(scratch_all + WARPS * 16 * P::scratch);
+    constexpr int P = Pitch<D>::row, ROWS = 64 * MT;
+    bf16* q_tile = reinterpret_cast<bf16*>(smem);
+    bf16* stages = q_tile + ROWS * P;  // stage s: keys at s * 2 * TILE * P, values after
 
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int tile = gridDim.x - 1 - blockIdx.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int batch = blockIdx.y / heads, head = blockIdx.y % heads;
     const int kv_head = head / (heads / kv_heads);
-    const int q0 = tile * TILE;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * ROWS;
     const int offset = keys - seq;
-    float* scratch = scratch_all + warp * 16 * P::scratch;
-    bf16* probs = probs_all + warp * 16 * P::probs;
-
-    load_tile<D>(k_tile, q + batch * qs.batch + head * qs.head + q0 * qs.row, qs.row, min(TILE, seq - q0));
-    __syncthreads();
-    FragA q_rows[D / 16];
-    load_rows<D>(q_rows, k_tile, warp);
-    __syncthreads();
-
-    // Two lanes per row: lane/2 is the row, lane%2 the half of the columns.
-    const int r = lane >> 1, half = lane & 1;
-    const int row = q0 + warp * 16 + r;
-    float m = neg_inf(), l = 0.0f;
-    float acc[D / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) acc[i] = 0.0f;
-
+    const int warp_row0 = q0 + warp * 16 * MT;
     const bf16* k_base = k + batch * ks.batch + kv_head * ks.head;
     const bf16* v_base = v + batch * vs.batch + kv_head * vs.head;
-    for (int k0 = 0; k0 < key_end(q0, seq, keys); k0 += TILE) {
-        load_kv<D>(k_tile, v_tile, k_base, ks, v_base, vs, k0, keys);
-        __syncthreads();
-        rows_times_tile_t<D>(scratch, q_rows, k_tile);
-        __syncwarp();
+    const int tiles = (max(0, key_end(q0, ROWS, seq, keys)) + TILE - 1) / TILE;
 
-        const float* s = scratch + r * P::scratch + half * 32;
-        float x[32];
-        float tile_max = neg_inf();
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            const int key = k0 + half * 32 + j;
-            x[j] = (key < keys && key <= row + offset) ? s[j] * scale_log2 : neg_inf();
-            tile_max = fmaxf(tile_max, x[j]);
-        }
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffff, tile_max, 1));
-        const float m_new = fmaxf(m, tile_max);
-        const float base = m_new == neg_inf() ? 0.0f : m_new;
-        const float rescale = exp2f(m - base);
-        float sum = 0.0f;
-        bf16* p = probs + r * P::probs + half * 32;
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            const float e = exp2f(x[j] - base);
-            sum += e;
-            p[j] = __float2bfloat16(e);
-        }
-        sum += __shfl_xor_sync(0xffffffff, sum, 1);
-        l = l * rescale + sum;
-        m = m_new;
-        __syncwarp();
+    fetch_tile<D, ROWS>(q_tile, q + batch * qs.batch + head * qs.head + q0 * qs.row, qs.row, min(ROWS, seq - q0));
+    if (tiles > 0) {
+        fetch_tile<D, TILE>(stages, k_base, ks.row, min(TILE, keys));
+        fetch_tile<D, TILE>(stages + TILE * P, v_base, vs.row, min(TILE, keys));
+    }
+    copies_issued();
 
-        FragC pv[D / 16];
+    unsigned q_frags[MT][D / 16][4];
+    float o[MT][D / 8][4];
+    float m[MT][2], l[MT][2];
 #pragma unroll
-        for (int n = 0; n < D / 16; ++n) wmma::fill_fragment(pv[n], 0.0f);
-        accumulate_probs_times_tile<D>(pv, probs, v_tile);
-#pragma unroll
-        for (int n = 0; n < D / 16; ++n)
-            wmma::store_matrix_sync(scratch + n * 16, pv[n], P::scratch, wmma::mem_row_major);
-        __syncwarp();
-        const float* o = scratch + r * P::scratch + half * (D / 2);
-#pragma unroll
-        for (int i = 0; i < D / 2; ++i) acc[i] = acc[i] * rescale + o[i];
-        __syncthreads();
+    for (int mt = 0; mt < MT; ++mt) {
+        zero<D / 8>(o[mt]);
+        m[mt][0] = m[mt][1] = neg_inf();
+        l[mt][0] = l[mt][1] = 0.0f;
     }
 
-    if (row < seq) {
-        const long long index = ((long long)blockIdx.y) * seq + row;
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        bf16* o = out + index * D + half * (D / 2);
+    for (int i = 0; i < tiles; ++i) {
+        const int k0 = i * TILE;
+        if (i + 1 < tiles) {
+            bf16* next = stages + ((i + 1) & 1) * 2 * TILE * P;
+            const int valid = min(TILE, keys - k0 - TILE);
+            fetch_tile<D, TILE>(next, k_base + (k0 + TILE) * ks.row, ks.row, valid);
+            fetch_tile<D, TILE>(next + TILE * P, v_base + (k0 + TILE) * vs.row, vs.row, valid);
+        }
+        copies_issued();
+        copies_landed<1>();
+        __syncthreads();
+        if (i == 0) {
 #pragma unroll
-        for (int i = 0; i < D / 2; i += 2)
-            *reinterpret_cast<__nv_bfloat162*>(o + i) = __floats2bfloat162_rn(acc[i] * inv, acc[i + 1] * inv);
-        if (half == 0) lse[index] = l > 0.0f ? m + log2f(l) : pos_inf();
+            for (int mt = 0; mt < MT; ++mt) load_a<D>(q_frags[mt], q_tile, warp * 16 * MT + mt * 16);
+        }
+        const bf16* k_tile = stages + (i & 1) * 2 * TILE * P;
+        const bf16* v_tile = k_tile + TILE * P;
+
+        float s[MT][TILE / 8][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) zero<TILE / 8>(s[mt]);
+        times_tile_t<D, MT>(s, q_frags, k_tile);
+
+        const bool masked = k0 + TILE > keys || k0 + TILE - 1 > warp_row0 + offset;
+        unsigned p_frags[MT][TILE / 16][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int row = warp_row0 + mt * 16 + g + 8 * h;
+                float tile_max = neg_inf();
+#pragma unroll
+                for (int n = 0; n < TILE / 8; ++n)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int key = k0 + n * 8 + 2 * t + e;
+                        float x = s[mt][n][2 * h + e] * scale_log2;
+                        if (masked && !(key < keys && key <= row + offset)) x = neg_inf();
+                        s[mt][n][2 * h + e] = x;
+                        tile_max = fmaxf(tile_max, x);
+                    }
+                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffff, tile_max, 1));
+                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffff, tile_max, 2));
+                const float m_new = fmaxf(m[mt][h], tile_max);
+                const float base = m_new == neg_inf() ? 0.0f : m_new;
+                const float rescale = exp2f(m[mt][h] - base);
+                m[mt][h] = m_new;
+                float sum = 0.0f;
+#pragma unroll
+                for (int n = 0; n < TILE / 8; ++n)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const float p = exp2f(s[mt][n][2 * h + e] - base);
+                        s[mt][n][2 * h + e] = p;
+                        sum += p;
+                    }
+                l[mt][h] = l[mt][h] * rescale + sum;
+#pragma unroll
+                for (int n = 0; n < D / 8; ++n) {
+                    o[mt][n][2 * h] *= rescale;
+                    o[mt][n][2 * h + 1] *= rescale;
+                }
+            }
+            as_a(p_frags[mt], s[mt]);
+        }
+        probs_times_tile<D, MT>(o, p_frags, v_tile);
+        __syncthreads();
+    }
+    copies_landed<0>();
+
+    const long long rows_base = ((long long)blockIdx.y) * seq;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        float inv[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float total = l[mt][h];
+            total += __shfl_xor_sync(0xffffffff, total, 1);
+            total += __shfl_xor_sync(0xffffffff, total, 2);
+            inv[h] = total > 0.0f ? 1.0f / total : 0.0f;
+            const int row = warp_row0 + mt * 16 + g + 8 * h;
+            if (t == 0 && row < seq) lse[rows_base + row] = total > 0.0f ? m[mt][h] + log2f(total) : pos_inf();
+        }
+        store_rows<D>(out + rows_base * D, o[mt], warp_row0 + mt * 16, seq, inv[0], inv[1]);
     }
 }
 
-// dQ, and each row's delta = sum(dO * O) for the dK/dV kernel. Grid as the forward's.
+// dQ, and each row's delta = sum(dO * O) for the dK/dV kernel. Grid: (query tiles of
+// 64 rows, batch * heads), the longest rows first.
 template <int D>
 __device__ void backward_dq(const bf16* __restrict__ q, Strides qs, const bf16* __restrict__ k, Strides ks,
                             const bf16* __restrict__ v, Strides vs, const bf16* __restrict__ out,
@@ -238,77 +361,105 @@ __device__ void backward_dq(const bf16* __restrict__ q, Strides qs, const bf16* 
                             float* __restrict__ delta, bf16* __restrict__ dq, int heads, int kv_heads, int seq,
                             int keys, float scale, float scale_log2) {
     extern __shared__ __align__(128) unsigned char smem[];
-    typedef Pitch<D> P;
-    bf16* k_tile = reinterpret_cast<bf16*>(smem);
-    bf16* v_tile = k_tile + TILE * P::tile;
-    float* scores_all = reinterpret_cast<float*>(v_tile + TILE * P::tile);
-    float* dprobs_all = scores_all + WARPS * 16 * P::scratch;
-    bf16* dscores_all = reinterpret_cast<bf16*>(dprobs_all + WARPS * 16 * P::scratch);
+    constexpr int P = Pitch<D>::row;
+    bf16* q_tile = reinterpret_cast<bf16*>(smem);
+    bf16* do_tile = q_tile + TILE * P;
+    bf16* stages = do_tile + TILE * P;
+    float* row_delta = reinterpret_cast<float*>(stages + 4 * TILE * P);
 
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int tile = gridDim.x - 1 - blockIdx.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int batch = blockIdx.y / heads, head = blockIdx.y % heads;
     const int kv_head = head / (heads / kv_heads);
-    const int q0 = tile * TILE;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * TILE;
     const int offset = keys - seq;
     const int valid_rows = min(TILE, seq - q0);
-    float* scores = scores_all + warp * 16 * P::scratch;
-    float* dprobs = dprobs_all + warp * 16 * P::scratch;
-    bf16* dscores = dscores_all + warp * 16 * P::probs;
-
-    load_tile<D>(k_tile, q + batch * qs.batch + head * qs.head + q0 * qs.row, qs.row, valid_rows);
-    load_tile<D>(v_tile, dout + batch * dos.batch + head * dos.head + q0 * dos.row, dos.row, valid_rows);
-    __syncthreads();
-    FragA q_rows[D / 16], do_rows[D / 16];
-    load_rows<D>(q_rows, k_tile, warp);
-    load_rows<D>(do_rows, v_tile, warp);
-
-    const int r = lane >> 1, half = lane & 1;
-    const int row = q0 + warp * 16 + r;
-    const long long index = ((long long)blockIdx.y) * seq + row;
-    // delta = sum over D of dO * O, from the staged dO tile and O in global memory.
-    float row_delta = 0.0f, row_lse = pos_inf();
-    if (row < seq) {
-        const bf16* o = out + index * D + half * (D / 2);
-        const bf16* g = v_tile + (warp * 16 + r) * P::tile + half * (D / 2);
-        for (int i = 0; i < D / 2; ++i) row_delta += __bfloat162float(o[i]) * __bfloat162float(g[i]);
-        row_lse = lse[index];
-    }
-    row_delta += __shfl_xor_sync(0xffffffff, row_delta, 1);
-    if (row < seq && half == 0) delta[index] = row_delta;
-    __syncthreads();
-
-    FragC dq_acc[D / 16];
-#pragma unroll
-    for (int n = 0; n < D / 16; ++n) wmma::fill_fragment(dq_acc[n], 0.0f);
-
+    const int warp_row0 = q0 + warp * 16;
+    const long long rows_base = ((long long)blockIdx.y) * seq;
     const bf16* k_base = k + batch * ks.batch + kv_head * ks.head;
     const bf16* v_base = v + batch * vs.batch + kv_head * vs.head;
-    for (int k0 = 0; k0 < key_end(q0, seq, keys); k0 += TILE) {
-        load_kv<D>(k_tile, v_tile, k_base, ks, v_base, vs, k0, keys);
-        __syncthreads();
-        rows_times_tile_t<D>(scores, q_rows, k_tile);
-        rows_times_tile_t<D>(dprobs, do_rows, v_tile);
-        __syncwarp();
-        const float* s = scores + r * P::scratch + half * 32;
-        const float* dp = dprobs + r * P::scratch + half * 32;
-        bf16* ds = dscores + r * P::probs + half * 32;
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            const int key = k0 + half * 32 + j;
-            const bool seen = key < keys && key <= row + offset;
-            const float p = seen ? exp2f(s[j] * scale_log2 - row_lse) : 0.0f;
-            ds[j] = __float2bfloat16(p * (dp[j] - row_delta) * scale);
-        }
-        __syncwarp();
-        accumulate_probs_times_tile<D>(dq_acc, dscores, k_tile);
-        __syncthreads();
+    const int tiles = (max(0, key_end(q0, TILE, seq, keys)) + TILE - 1) / TILE;
+
+    fetch_tile<D, TILE>(q_tile, q + batch * qs.batch + head * qs.head + q0 * qs.row, qs.row, valid_rows);
+    fetch_tile<D, TILE>(do_tile, dout + batch * dos.batch + head * dos.head + q0 * dos.row, dos.row, valid_rows);
+    if (tiles > 0) {
+        fetch_tile<D, TILE>(stages, k_base, ks.row, min(TILE, keys));
+        fetch_tile<D, TILE>(stages + TILE * P, v_base, vs.row, min(TILE, keys));
     }
-    store_rows<D>(dq + ((long long)blockIdx.y) * seq * D, dq_acc, scores, q0 + warp * 16, seq, 1.0f);
+    copies_issued();
+    copies_landed<0>();
+    __syncthreads();
+
+    // delta = sum over D of dO * O: two threads per row, O from global memory.
+    {
+        const int r = threadIdx.x / 2, half = threadIdx.x % 2;
+        float sum = 0.0f;
+        if (r < valid_rows) {
+            const bf16* o = out + (rows_base + q0 + r) * D + half * (D / 2);
+            const bf16* go = do_tile + r * P + half * (D / 2);
+            for (int i = 0; i < D / 2; ++i) sum += __bfloat162float(o[i]) * __bfloat162float(go[i]);
+        }
+        sum += __shfl_xor_sync(0xffffffff, sum, 1);
+        if (half == 0) {
+            row_delta[r] = sum;
+            if (r < valid_rows) delta[rows_base + q0 + r] = sum;
+        }
+    }
+    unsigned q_frags[1][D / 16][4], do_frags[1][D / 16][4];
+    load_a<D>(q_frags[0], q_tile, warp * 16);
+    load_a<D>(do_frags[0], do_tile, warp * 16);
+    __syncthreads();
+    float row_lse[2], my_delta[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int row = warp_row0 + g + 8 * h;
+        row_lse[h] = row < seq ? lse[rows_base + row] : pos_inf();
+        my_delta[h] = row_delta[warp * 16 + g + 8 * h];
+    }
+
+    float dq_acc[1][D / 8][4];
+    zero<D / 8>(dq_acc[0]);
+    for (int i = 0; i < tiles; ++i) {
+        const int k0 = i * TILE;
+        if (i > 0) {
+            copies_landed<0>();
+            __syncthreads();
+        }
+        if (i + 1 < tiles) {
+            bf16* next = stages + ((i + 1) & 1) * 2 * TILE * P;
+            const int valid = min(TILE, keys - k0 - TILE);
+            fetch_tile<D, TILE>(next, k_base + (k0 + TILE) * ks.row, ks.row, valid);
+            fetch_tile<D, TILE>(next + TILE * P, v_base + (k0 + TILE) * vs.row, vs.row, valid);
+        }
+        copies_issued();
+        const bf16* k_tile = stages + (i & 1) * 2 * TILE * P;
+        const bf16* v_tile = k_tile + TILE * P;
+
+        float s[1][TILE / 8][4], dp[1][TILE / 8][4];
+        zero<TILE / 8>(s[0]);
+        zero<TILE / 8>(dp[0]);
+        times_tile_t<D, 1>(s, q_frags, k_tile);
+        times_tile_t<D, 1>(dp, do_frags, v_tile);
+        const bool masked = k0 + TILE > keys || k0 + TILE - 1 > warp_row0 + offset;
+#pragma unroll
+        for (int n = 0; n < TILE / 8; ++n)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int h = j / 2, key = k0 + n * 8 + 2 * t + j % 2;
+                const int row = warp_row0 + g + 8 * h;
+                float p = exp2f(s[0][n][j] * scale_log2 - row_lse[h]);
+                if (masked && !(key < keys && key <= row + offset)) p = 0.0f;
+                s[0][n][j] = p * (dp[0][n][j] - my_delta[h]) * scale;
+            }
+        unsigned ds_frags[1][TILE / 16][4];
+        as_a(ds_frags[0], s[0]);
+        probs_times_tile<D, 1>(dq_acc, ds_frags, k_tile);
+    }
+    copies_landed<0>();
+    store_rows<D>(dq + rows_base * D, dq_acc[0], warp_row0, seq, 1.0f, 1.0f);
 }
 
-// dK and dV. Grid: (key tiles, batch * kv_heads), the keys seen by most queries first;
-// each block sums over the query heads its kv head serves.
+// dK and dV. Grid: (key tiles of 64, batch * kv_heads), the keys seen by most queries
+// first; each block sums over the query heads its kv head serves.
 template <int D>
 __device__ void backward_dkv(const bf16* __restrict__ q, Strides qs, const bf16* __restrict__ k, Strides ks,
                              const bf16* __restrict__ v, Strides vs, const bf16* __restrict__ dout, Strides dos,
@@ -316,84 +467,89 @@ __device__ void backward_dkv(const bf16* __restrict__ q, Strides qs, const bf16*
                              bf16* __restrict__ dv, int heads, int kv_heads, int seq, int keys, float scale,
                              float scale_log2) {
     extern __shared__ __align__(128) unsigned char smem[];
-    typedef Pitch<D> P;
-    bf16* q_tile = reinterpret_cast<bf16*>(smem);
-    bf16* do_tile = q_tile + TILE * P::tile;
-    float* scores_all = reinterpret_cast<float*>(do_tile + TILE * P::tile);
-    float* dprobs_all = scores_all + WARPS * 16 * P::scratch;
-    bf16* probs_all = reinterpret_cast<bf16*>(dprobs_all + WARPS * 16 * P::scratch);
-    bf16* dscores_all = probs_all + WARPS * 16 * P::probs;
-    float* tile_lse = reinterpret_cast<float*>(dscores_all + WARPS * 16 * P::probs);
-    float* tile_delta = tile_lse + TILE;
+    constexpr int P = Pitch<D>::row;
+    bf16* k_tile = reinterpret_cast<bf16*>(smem);
+    bf16* v_tile = k_tile + TILE * P;
+    bf16* stages = v_tile + TILE * P;  // stage s: queries at s * 2 * TILE * P, dO after
+    float* vectors = reinterpret_cast<float*>(stages + 4 * TILE * P);  // stage s: lse, delta
 
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int k0 = blockIdx.x * TILE;
     const int batch = blockIdx.y / kv_heads, kv_head = blockIdx.y % kv_heads;
     const int groups = heads / kv_heads;
     const int offset = keys - seq;
-    const int valid_keys = min(TILE, keys - k0);
-    float* scores = scores_all + warp * 16 * P::scratch;
-    float* dprobs = dprobs_all + warp * 16 * P::scratch;
-    bf16* probs = probs_all + warp * 16 * P::probs;
-    bf16* dscores = dscores_all + warp * 16 * P::probs;
+    const int warp_key0 = k0 + warp * 16;
+    // The first query tile that sees this tile's first key; every head walks the same.
+    const int first_q0 = (max(0, k0 - offset) / TILE) * TILE;
+    const int per_head = first_q0 < seq ? (seq - first_q0 + TILE - 1) / TILE : 0;
+    const int tiles = per_head * groups;
 
-    load_tile<D>(q_tile, k + batch * ks.batch + kv_head * ks.head + k0 * ks.row, ks.row, valid_keys);
-    load_tile<D>(do_tile, v + batch * vs.batch + kv_head * vs.head + k0 * vs.row, vs.row, valid_keys);
+    fetch_tile<D, TILE>(k_tile, k + batch * ks.batch + kv_head * ks.head + k0 * ks.row, ks.row, min(TILE, keys - k0));
+    fetch_tile<D, TILE>(v_tile, v + batch * vs.batch + kv_head * vs.head + k0 * vs.row, vs.row, min(TILE, keys - k0));
+    // Tile i: head kv_head * groups + i / per_head, queries from first_q0 + (i % per_head) * TILE.
+    auto fetch = [&](int i, int stage) {
+        const int head = kv_head * groups + i / per_head, q_start = first_q0 + (i % per_head) * TILE;
+        const int valid = min(TILE, seq - q_start);
+        bf16* dst = stages + stage * 2 * TILE * P;
+        fetch_tile<D, TILE>(dst, q + batch * qs.batch + head * qs.head + q_start * qs.row, qs.row, valid);
+        fetch_tile<D, TILE>(dst + TILE * P, dout + batch * dos.batch + head * dos.head + q_start * dos.row, dos.row,
+                            valid);
+        const long long rows = ((long long)batch * heads + head) * seq + q_start;
+        fetch_vectors(vectors + stage * 2 * TILE, lse + rows, delta + rows, valid);
+    };
+    if (tiles > 0) fetch(0, 0);
+    copies_issued();
+    copies_landed<0>();
     __syncthreads();
-    FragA k_rows[D / 16], v_rows[D / 16];
-    load_rows<D>(k_rows, q_tile, warp);
-    load_rows<D>(v_rows, do_tile, warp);
-    __syncthreads();
 
-    FragC dk_acc[D / 16], dv_acc[D / 16];
-#pragma unroll
-    for (int n = 0; n < D / 16; ++n) {
-        wmma::fill_fragment(dk_acc[n], 0.0f);
-        wmma::fill_fragment(dv_acc[n], 0.0f);
-    }
+    unsigned k_frags[1][D / 16][4], v_frags[1][D / 16][4];
+    load_a<D>(k_frags[0], k_tile, warp * 16);
+    load_a<D>(v_frags[0], v_tile, warp * 16);
 
-    const int r = lane >> 1, half = lane & 1;
-    const int key = k0 + warp * 16 + r;
-    // The first query that sees this tile's first key.
-    const int first_row = max(0, k0 - offset);
-    for (int g = 0; g < groups; ++g) {
-        const int head = kv_head * groups + g;
-        const long long rows_base = ((long long)batch * heads + head) * seq;
-        for (int q0 = (first_row / TILE) * TILE; q0 < seq; q0 += TILE) {
-            const int valid_rows = min(TILE, seq - q0);
-            load_tile<D>(q_tile, q + batch * qs.batch + head * qs.head + q0 * qs.row, qs.row, valid_rows);
-            load_tile<D>(do_tile, dout + batch * dos.batch + head * dos.head + q0 * dos.row, dos.row, valid_rows);
-            for (int i = threadIdx.x; i < TILE; i += THREADS) {
-                tile_lse[i] = i < valid_rows ? lse[rows_base + q0 + i] : pos_inf();
-                tile_delta[i] = i < valid_rows ? delta[rows_base + q0 + i] : 0.0f;
-            }
-            __syncthreads();
-            // Transposed scores: this warp's 16 keys against the tile's 64 queries.
-            rows_times_tile_t<D>(scores, k_rows, q_tile);
-            rows_times_tile_t<D>(dprobs, v_rows, do_tile);
-            __syncwarp();
-            const float* s = scores + r * P::scratch + half * 32;
-            const float* dp = dprobs + r * P::scratch + half * 32;
-            bf16* p_out = probs + r * P::probs + half * 32;
-            bf16* ds_out = dscores + r * P::probs + half * 32;
-#pragma unroll
-            for (int j = 0; j < 32; ++j) {
-                const int c = half * 32 + j;
-                const int row = q0 + c;
-                const bool seen = key < keys && row < seq && key <= row + offset;
-                const float p = seen ? exp2f(s[j] * scale_log2 - tile_lse[c]) : 0.0f;
-                p_out[j] = __float2bfloat16(p);
-                ds_out[j] = __float2bfloat16(p * (dp[j] - tile_delta[c]) * scale);
-            }
-            __syncwarp();
-            accumulate_probs_times_tile<D>(dv_acc, probs, do_tile);
-            accumulate_probs_times_tile<D>(dk_acc, dscores, q_tile);
+    float dk_acc[1][D / 8][4], dv_acc[1][D / 8][4];
+    zero<D / 8>(dk_acc[0]);
+    zero<D / 8>(dv_acc[0]);
+    for (int i = 0; i < tiles; ++i) {
+        const int q_start = first_q0 + (i % per_head) * TILE;
+        if (i > 0) {
+            copies_landed<0>();
             __syncthreads();
         }
+        if (i + 1 < tiles) fetch(i + 1, (i + 1) & 1);
+        copies_issued();
+        const bf16* q_tile = stages + (i & 1) * 2 * TILE * P;
+        const bf16* do_tile = q_tile + TILE * P;
+        const float* tile_lse = vectors + (i & 1) * 2 * TILE;
+        const float* tile_delta = tile_lse + TILE;
+
+        // Transposed scores: this warp's 16 keys against the tile's 64 queries.
+        float s[1][TILE / 8][4], dp[1][TILE / 8][4];
+        zero<TILE / 8>(s[0]);
+        zero<TILE / 8>(dp[0]);
+        times_tile_t<D, 1>(s, k_frags, q_tile);
+        times_tile_t<D, 1>(dp, v_frags, do_tile);
+        const bool masked = q_start + offset < warp_key0 + 15 || warp_key0 + 16 > keys;
+#pragma unroll
+        for (int n = 0; n < TILE / 8; ++n)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int c = n * 8 + 2 * t + j % 2;
+                const int key = warp_key0 + g + 8 * (j / 2), row = q_start + c;
+                float p = exp2f(s[0][n][j] * scale_log2 - tile_lse[c]);
+                if (masked && !(key < keys && key <= row + offset)) p = 0.0f;
+                s[0][n][j] = p;
+                dp[0][n][j] = p * (dp[0][n][j] - tile_delta[c]) * scale;
+            }
+        unsigned p_frags[1][TILE / 16][4], ds_frags[1][TILE / 16][4];
+        as_a(p_frags[0], s[0]);
+        as_a(ds_frags[0], dp[0]);
+        probs_times_tile<D, 1>(dv_acc, p_frags, do_tile);
+        probs_times_tile<D, 1>(dk_acc, ds_frags, q_tile);
     }
+    copies_landed<0>();
     const long long out_base = ((long long)blockIdx.y) * keys * D;
-    store_rows<D>(dk + out_base, dk_acc, scores, k0 + warp * 16, keys, 1.0f);
-    store_rows<D>(dv + out_base, dv_acc, scores, k0 + warp * 16, keys, 1.0f);
+    store_rows<D>(dk + out_base, dk_acc[0], warp_key0, keys, 1.0f, 1.0f);
+    store_rows<D>(dv + out_base, dv_acc[0], warp_key0, keys, 1.0f, 1.0f);
 }
 
 #define ENTRY_POINTS(D)                                                                                       \
@@ -401,7 +557,7 @@ __device__ void backward_dkv(const bf16* __restrict__ q, Strides qs, const bf16*
         flash_forward_##D(const bf16* q, Strides qs, const bf16* k, Strides ks, const bf16* v, Strides vs,   \
                           bf16* out, float* lse, int heads, int kv_heads, int seq, int keys, float scale,    \
                           float scale_log2) {                                                              \
-        forward<D>(q, qs, k, ks, v, vs, out, lse, heads, kv_heads, seq, keys, scale_log2);                \
+        forward<D, FORWARD_MTILES(D)>(q, qs, k, ks, v, vs, out, lse, heads, kv_heads, seq, keys, scale_log2); \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(THREADS)                                                  \
         flash_backward_dq_##D(const bf16* q, Strides qs, const bf16* k, Strides ks, const bf16* v,          \

@@ -1,7 +1,7 @@
 //! Fused causal attention on CUDA for training in bf16: the forward and backward
 //! passes of FlashAttention-2 as three kernels (`flash_attention.cu`) that keep each
-//! 64 x 64 block of scores in shared memory and registers, with the products on
-//! tensor cores.
+//! block of scores in registers, with the products on tensor cores (`mma.sync`) and
+//! the streamed tiles loaded two stages ahead (`cp.async`).
 //!
 //! The blocked attention in `super::attention` writes every block of scores to global
 //! memory in f32 and passes over it several times in each direction (mask, max, exp,
@@ -35,8 +35,18 @@ use super::cuda_kernels::{self, empty, launch, Args, Function, PerDevice};
 use super::cuda_stream;
 
 const SOURCE: &str = include_str!("flash_attention.cu");
-/// Rows of queries or keys per block (`TILE` in the source).
+/// Rows of queries or keys per block of the backward kernels, and per m-tile of four
+/// warps in the forward (`TILE` in the source).
 const TILE: usize = 64;
+
+/// Query rows per forward block: `TILE` times `FORWARD_MTILES(D)` in the source.
+fn forward_rows(head_dim: usize) -> usize {
+    if head_dim <= 64 {
+        2 * TILE
+    } else {
+        TILE
+    }
+}
 /// Threads per block: four warps (`THREADS` in the source).
 const THREADS: u32 = 128;
 
@@ -206,19 +216,19 @@ fn functions(index: usize, head_dim: usize) -> Functions {
         .expect("supported head size")
 }
 
-/// Shared memory of each kernel for head size `d`, as laid out in the source.
+/// Shared memory of each kernel for head size `d`, as laid out in the source: bf16
+/// tiles of `[TILE][d + 8]` (the forward's query block, two stages of keys and values;
+/// the backward's resident pair, two stages of the streamed pair) and f32 row vectors.
 fn shared_bytes(d: usize) -> (u32, u32, u32) {
-    let tiles = 2 * TILE * (d + 8) * 2;
-    let scratch = 4 * 16 * (d.max(TILE) + 4) * 4;
-    let probs = 4 * 16 * (TILE + 8) * 2;
-    let forward = tiles + scratch + probs;
-    let dq = tiles + 2 * scratch + probs;
-    let dkv = tiles + 2 * scratch + 2 * probs + 2 * TILE * 4;
+    let tile = TILE * (d + 8) * 2;
+    let forward = (forward_rows(d) / TILE + 4) * tile;
+    let dq = 6 * tile + TILE * 4;
+    let dkv = 6 * tile + 4 * TILE * 4;
     (forward as u32, dq as u32, dkv as u32)
 }
 
 fn compile(index: usize) -> Result<Kernels, String> {
-    let module = cuda_kernels::compile(SOURCE, index, &["mma.h", "cuda_bf16.h"])?;
+    let module = cuda_kernels::compile(SOURCE, index, &["cuda_bf16.h"])?;
     let (major, minor) = module.capability;
     if major < 8 {
         return Err(format!(
@@ -404,7 +414,7 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashForward {
             let f = functions(index, problem.head_dim).forward;
             let (shared, _, _) = shared_bytes(problem.head_dim);
             let grid = (
-                problem.seq.div_ceil(TILE) as u32,
+                problem.seq.div_ceil(forward_rows(problem.head_dim)) as u32,
                 (problem.batch * problem.heads) as u32,
             );
             let mut args = qkv_args([(q, qs), (k, ks), (v, vs)]);

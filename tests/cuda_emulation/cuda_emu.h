@@ -1,10 +1,13 @@
-// Functional CPU emulation of the CUDA subset that src/model/flash_attention.cu uses,
+// Functional CPU emulation of the CUDA subset that src/compute/flash_attention.cu uses,
 // for tests/cuda_emulation/run.sh. Not fast and not complete: enough to run those
 // kernels on small shapes and compare them with a reference.
-// How: one std::thread
-// per CUDA thread, barriers for __syncthreads/__syncwarp, WMMA fragments as full
-// 16x16 matrices computed redundantly by each lane (lane 0 stores).
+// How: one std::thread per CUDA thread, barriers for __syncthreads/__syncwarp; the
+// warp-wide instructions (mma.sync, ldmatrix) gather every lane's registers or
+// addresses in a per-warp buffer and give each lane its part, in the fragment layouts
+// of the PTX ISA; cp.async copies wait in per-thread groups until a wait_group lets
+// them land, the latest moment the hardware allows.
 #pragma once
+#define GRAFT_CUDA_EMULATION
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -47,40 +50,72 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
 }
 struct __nv_bfloat162 { __nv_bfloat16 x, y; };
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16(a), __float2bfloat16(b)}; }
-namespace nvcuda { namespace wmma {
-struct matrix_a {}; struct matrix_b {}; struct accumulator {};
-struct row_major {}; struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-template <class Use, int M, int N, int K, class T, class L = void> struct fragment { float v[16][16]; };
-template <class Use, class T, class L>
-void load_matrix_sync(fragment<Use, 16, 16, 16, T, L>& f, const T* p, unsigned ldm) {
+inline float bf16_bits_to_float(unsigned bits) { unsigned u = (bits & 0xffff) << 16; float f; memcpy(&f, &u, 4); return f; }
+inline unsigned pack(float lo, float hi) { return __float2bfloat16(lo).bits | (unsigned(__float2bfloat16(hi).bits) << 16); }
+struct MmaLane { unsigned a[4], b[2]; };
+MmaLane g_mma[4][32];
+const __nv_bfloat16* g_rows[4][32];
+// c (16 x 8) += a (16 x 16) * b (16 x 8): lane l holds a's rows l/4 and l/4 + 8 at
+// columns 2(l%4) and + 8, b's columns l/4 at rows 2(l%4) and + 8, c's rows l/4, l/4 + 8
+// at columns 2(l%4), + 1.
+inline void mma(float* c, const unsigned* a, const unsigned* b) {
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32;
   __syncwarp();
-  for (int i = 0; i < 16; ++i) for (int j = 0; j < 16; ++j) {
-    const T& e = std::is_same<L, row_major>::value ? p[i * ldm + j] : p[j * ldm + i];
-    if constexpr (std::is_same<T, float>::value) f.v[i][j] = e; else f.v[i][j] = __bfloat162float(e);
+  for (int i = 0; i < 4; ++i) g_mma[w][l].a[i] = a[i];
+  for (int i = 0; i < 2; ++i) g_mma[w][l].b[i] = b[i];
+  __syncwarp();
+  float A[16][16], B[16][8];
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    const MmaLane& m = g_mma[w][lane];
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + 8 * (i % 2), col = 2 * t + 8 * (i / 2);
+      A[row][col] = bf16_bits_to_float(m.a[i]);
+      A[row][col + 1] = bf16_bits_to_float(m.a[i] >> 16);
+    }
+    for (int i = 0; i < 2; ++i) {
+      B[2 * t + 8 * i][g] = bf16_bits_to_float(m.b[i]);
+      B[2 * t + 8 * i + 1][g] = bf16_bits_to_float(m.b[i] >> 16);
+    }
+  }
+  const int g = l / 4, t = l % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+    float s = c[i];
+    for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
+    c[i] = s;
   }
   __syncwarp();
 }
-template <class T> void fill_fragment(fragment<accumulator, 16, 16, 16, T>& f, float x) {
-  for (auto& r : f.v) for (auto& e : r) e = x;
-}
-template <class LA, class LB>
-void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA>& a,
-              const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
-  fragment<accumulator, 16, 16, 16, float> out;
-  for (int i = 0; i < 16; ++i) for (int j = 0; j < 16; ++j) {
-    float s = c.v[i][j];
-    for (int k = 0; k < 16; ++k) s += a.v[i][k] * b.v[k][j];
-    out.v[i][j] = s;
+inline unsigned bits_at(const __nv_bfloat16* p) { return p->bits; }
+// Four 8x8 matrices; lane l gives row l%8 of matrix l/8 and gets, of matrix i, row
+// l/4 at columns 2(l%4), + 1 (transposed: column l/4 at rows 2(l%4), + 1).
+inline void ldmatrix_any(unsigned* r, const __nv_bfloat16* p, bool transposed) {
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32, g = l / 4, t = l % 4;
+  __syncwarp();
+  g_rows[w][l] = p;
+  __syncwarp();
+  for (int i = 0; i < 4; ++i) {
+    if (transposed)
+      r[i] = bits_at(g_rows[w][8 * i + 2 * t] + g) | (bits_at(g_rows[w][8 * i + 2 * t + 1] + g) << 16);
+    else
+      r[i] = bits_at(g_rows[w][8 * i + g] + 2 * t) | (bits_at(g_rows[w][8 * i + g] + 2 * t + 1) << 16);
   }
-  d = out;
-}
-inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t) {
-  __syncwarp();
-  if (threadIdx.x % 32 == 0) for (int i = 0; i < 16; ++i) for (int j = 0; j < 16; ++j) p[i * ldm + j] = f.v[i][j];
   __syncwarp();
 }
-}}
+inline void ldmatrix(unsigned* r, const __nv_bfloat16* p) { ldmatrix_any(r, p, false); }
+inline void ldmatrix_t(unsigned* r, const __nv_bfloat16* p) { ldmatrix_any(r, p, true); }
+struct PendingCopy { void* dst; const void* src; bool valid; };
+thread_local std::vector<std::vector<PendingCopy>> t_groups;
+thread_local std::vector<PendingCopy> t_open;
+inline void copy16(void* dst, const void* src, bool valid) { t_open.push_back({dst, src, valid}); }
+inline void copies_issued() { t_groups.push_back(std::move(t_open)); t_open.clear(); }
+template <int N> void copies_landed() {
+  while (t_groups.size() > size_t(N)) {
+    for (auto& c : t_groups.front()) { if (c.valid) memcpy(c.dst, c.src, 16); else memset(c.dst, 0, 16); }
+    t_groups.erase(t_groups.begin());
+  }
+}
 template <class F> void launch(dim3 grid, size_t smem_bytes, F kernel) {
   gridDim = grid;
   std::vector<unsigned char> smem(smem_bytes + 256);
@@ -90,7 +125,7 @@ template <class F> void launch(dim3 grid, size_t smem_bytes, F kernel) {
     std::vector<std::barrier<>*> warps; for (int w = 0; w < 4; ++w) warps.push_back(new std::barrier<>(32));
     g_warp_barriers = warps;
     std::vector<std::thread> threads;
-    for (unsigned t = 0; t < 128; ++t) threads.emplace_back([&, t] { threadIdx.x = t; blockIdx.x = x; blockIdx.y = y; kernel(); });
+    for (unsigned t = 0; t < 128; ++t) threads.emplace_back([&, t] { threadIdx.x = t; blockIdx.x = x; blockIdx.y = y; t_groups.clear(); t_open.clear(); kernel(); });
     for (auto& th : threads) th.join();
     for (auto* w : warps) delete w;
   }

@@ -6,7 +6,9 @@
 #include <random>
 typedef __nv_bfloat16 B;
 template <int D> int run(int batch, int heads, int kvh, int seq, int keys) {
-  size_t tiles = 2*64*(D+8)*2, scr = 4*16*(std::max(D,64)+4)*4, pr = 4*16*72*2;
+  // Shared memory as flash_attention.rs sizes it: [64][D + 8] bf16 tiles.
+  constexpr int mt = FORWARD_MTILES(D);
+  size_t tile = 64*(D+8)*2, fwd_bytes = (mt + 4) * tile, dq_bytes = 6 * tile + 64*4, dkv_bytes = 6 * tile + 256*4;
   std::mt19937 rng(7); std::normal_distribution<float> nd(0, 1);
   // q laid out [b, s, h, d] (strided view), k/v [b, kvh, keys, d] contiguous, dout [b,h,s,d]
   std::vector<B> q(batch * seq * heads * D), k(batch * kvh * keys * D), v(k.size()), dout(batch * heads * seq * D);
@@ -18,12 +20,12 @@ template <int D> int run(int batch, int heads, int kvh, int seq, int keys) {
   std::vector<B> out(batch * heads * seq * D), dq(out.size()), dk(k.size()), dv(k.size());
   std::vector<float> lse(batch * heads * seq), delta(lse.size());
   float scale = 1.0f / std::sqrt((float)D), sl2 = scale * 1.4426950408889634f;
-  int qt = (seq + 63) / 64, kt = (keys + 63) / 64;
-  launch({(unsigned)qt, (unsigned)(batch * heads)}, tiles+scr+pr, [&] {
-    forward<D>(q.data(), qs, k.data(), ks, v.data(), ks, out.data(), lse.data(), heads, kvh, seq, keys, sl2); });
-  launch({(unsigned)qt, (unsigned)(batch * heads)}, tiles+2*scr+pr, [&] {
+  int qt = (seq + 63) / 64, kt = (keys + 63) / 64, ft = (seq + 64 * mt - 1) / (64 * mt);
+  launch({(unsigned)ft, (unsigned)(batch * heads)}, fwd_bytes, [&] {
+    forward<D, mt>(q.data(), qs, k.data(), ks, v.data(), ks, out.data(), lse.data(), heads, kvh, seq, keys, sl2); });
+  launch({(unsigned)qt, (unsigned)(batch * heads)}, dq_bytes, [&] {
     backward_dq<D>(q.data(), qs, k.data(), ks, v.data(), ks, out.data(), dout.data(), dos, lse.data(), delta.data(), dq.data(), heads, kvh, seq, keys, scale, sl2); });
-  launch({(unsigned)kt, (unsigned)(batch * kvh)}, tiles+2*scr+2*pr+512, [&] {
+  launch({(unsigned)kt, (unsigned)(batch * kvh)}, dkv_bytes, [&] {
     backward_dkv<D>(q.data(), qs, k.data(), ks, v.data(), ks, dout.data(), dos, lse.data(), delta.data(), dk.data(), dv.data(), heads, kvh, seq, keys, scale, sl2); });
   // reference in double
   double err_o = 0, err_q = 0, err_k = 0, err_v = 0, mo = 0, mq = 0, mk = 0, mv = 0;

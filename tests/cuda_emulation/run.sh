@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the flash-attention kernels (src/model/flash_attention.cu) on the CPU under a
+# Runs the flash-attention kernels (src/compute/flash_attention.cu) on the CPU under a
 # functional emulation of the CUDA subset they use (cuda_emu.h: one thread per CUDA
-# thread, barriers, WMMA fragments as plain 16x16 matrices), and prints each output's
+# thread, barriers, mma.sync and ldmatrix in the PTX fragment layouts, cp.async copies
+# landing as late as their waits allow), and prints each output's
 # and gradient's largest error against a float64 reference next to its largest value.
 # For checking kernel changes on a machine without a GPU; bf16 rounding makes errors of
 # about 0.5% of the largest value normal. Needs g++ with C++20; takes about a minute.
@@ -9,9 +10,9 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-sed -e 's|#include <mma.h>|#include "cuda_emu.h"|' -e 's|#include <cuda_bf16.h>||' \
+sed -e 's|#include <cuda_bf16.h>|#include "cuda_emu.h"|' \
   -e 's|extern __shared__ __align__(128) unsigned char smem\[\];|unsigned char* smem = g_smem;|' \
-  -e 's|extern "C" __global__|inline|' "$here/../../src/model/flash_attention.cu" >"$work/kernel_emu.h"
+  -e 's|extern "C" __global__|inline|' "$here/../../src/compute/flash_attention.cu" >"$work/kernel_emu.h"
 cp "$here/cuda_emu.h" "$work/"
 g++ -std=c++20 -O1 -pthread -I"$work" "$here/flash_attention_check.cpp" -o "$work/check"
 "$work/check"
