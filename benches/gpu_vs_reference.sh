@@ -12,6 +12,8 @@
 #   CONFIGS="llama-1b:32768:1:ckpt" benches/gpu_vs_reference.sh
 #       # a fourth field `ckpt`: activation checkpointing on both sides, per layer
 #       # (graft `--checkpointing layers`, HF `--grad-ckpt`)
+#   REF_ARGS=--compile CONFIGS="llama-1b:2048:4" benches/gpu_vs_reference.sh
+#       # the reference under torch.compile
 #
 # Figures from different calls are not comparable: both sides run in this one call.
 # cubecl's compiled-kernel (PTX) and autotune caches live in $CUBECL_DIR, so only the
@@ -31,6 +33,7 @@ WARMUP=${WARMUP:-5}
 RANK=${RANK:-16}
 TIMEOUT=${TIMEOUT:-400}
 GRAFT_ARGS=${GRAFT_ARGS:-}
+REF_ARGS=${REF_ARGS:-}
 LOGS=${LOGS:-${OUT:-/tmp}/bench-logs}
 CUBECL_DIR=${CUBECL_DIR:-$PWD/.gpu/cubecl}
 mkdir -p "$LOGS" "$CUBECL_DIR"
@@ -72,7 +75,7 @@ for config in $CONFIGS; do
   echo "== reference $name" >&2
   # shellcheck disable=SC2086
   timeout "$TIMEOUT" python3 "$REF" --preset "$preset" --seq "$seq" --batch "$batch" --rank "$RANK" \
-    --steps "$STEPS" --warmup "$WARMUP" $ref_ckpt >"$LOGS/ref-$name.out" 2>"$LOGS/ref-$name.err"
+    --steps "$STEPS" --warmup "$WARMUP" $ref_ckpt $REF_ARGS >"$LOGS/ref-$name.out" 2>"$LOGS/ref-$name.err"
   status=$?
   line=$(grep '^{' "$LOGS/ref-$name.out" | tail -n 1)
   if [ -z "$line" ]; then

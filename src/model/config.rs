@@ -798,16 +798,23 @@ impl ModelConfig {
         Self::llama_shape(2048, 8192, 16, 32, 8, 128_256, true, 500_000.0)
     }
 
+    /// Llama-3.1-8B shapes (`llama-8b` preset of the reference benchmark), with the same
+    /// plain RoPE.
+    pub fn llama_8b() -> Self {
+        Self::llama_shape(4096, 14336, 32, 32, 8, 128_256, false, 500_000.0)
+    }
+
     /// A preset by the name the reference benchmark uses.
     pub fn preset(name: &str) -> Result<Self, ModelError> {
         match name {
             "tiny" => Ok(Self::tiny()),
             "smol-135m" => Ok(Self::smol_135m()),
             "llama-1b" => Ok(Self::llama_1b()),
+            "llama-8b" => Ok(Self::llama_8b()),
             other => Err(ModelError::Unsupported {
                 key: "preset".into(),
                 value: other.into(),
-                supported: "tiny, smol-135m, llama-1b".into(),
+                supported: "tiny, smol-135m, llama-1b, llama-8b".into(),
             }),
         }
     }
