@@ -358,8 +358,9 @@ impl<B: Kernels> AdamW<B> {
                 (m, v)
             }
             Err((params, grad, m, v)) => {
+                let dtype = grad.dtype();
                 let grad = match clip_factor {
-                    Some(factor) => grad.clone() * factor.cast(grad.dtype()),
+                    Some(factor) => grad * factor.cast(dtype),
                     None => grad,
                 };
                 let (param, m, v) = self.adamw(concat(params), grad, m, v, steps, lr, decays);
