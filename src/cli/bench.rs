@@ -24,6 +24,41 @@ pub enum BenchCommand {
     /// (see the README's "Compute options"): `graft train --set compute.KEY=VALUE`
     /// measures them on the trainer itself.
     Train(TrainArgs),
+    /// Causal attention alone on CUDA: the flash kernels' forward and backward passes
+    /// on random bf16 inputs, timed apart; prints one JSON line with milliseconds and
+    /// TFLOP/s (causal products counted as FlashAttention's papers count them: 2 of
+    /// 2·d multiply-adds per visible score forward, 5 backward), so that
+    /// benches/attention_vs_sdpa.sh can set PyTorch's SDPA beside it.
+    Attention(AttentionArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AttentionArgs {
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 16384)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Query heads.
+    #[arg(long, default_value_t = 32)]
+    pub heads: usize,
+    /// Key and value heads (a divisor of --heads).
+    #[arg(long, default_value_t = 8)]
+    pub kv_heads: usize,
+    /// Head size: 32, 64 or 128.
+    #[arg(long, default_value_t = 64)]
+    pub head_dim: usize,
+    /// Timed passes of each direction.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed forward and backward passes first (NVRTC compiles the kernels here).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// For kernel development: time this CUDA source instead of the built-in
+    /// src/compute/flash_attention.cu. It must define the same entry points and
+    /// `flash_geometry_D` arrays, which say how to launch them.
+    #[arg(long, value_name = "FILE")]
+    pub source: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -75,6 +110,7 @@ pub struct TrainArgs {
 pub fn run(args: Args, _context: &Context) -> CliResult {
     match args.command {
         BenchCommand::Train(args) => train(args),
+        BenchCommand::Attention(args) => attention(args),
     }
 }
 
@@ -118,6 +154,57 @@ fn train(args: TrainArgs) -> CliResult {
     let line = serde_json::to_string(&report).map_err(|e| CliError::internal(e.to_string()))?;
     output::println_safe(&line);
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn attention(args: AttentionArgs) -> CliResult {
+    use crate::compute::flash_attention::{time_passes, BenchShape};
+    if args.steps == 0 {
+        return Err(CliError::user("--steps must be at least 1"));
+    }
+    if let Some(path) = &args.source {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
+        crate::compute::flash_attention::use_source_for_bench(text).map_err(CliError::user)?;
+    }
+    let shape = BenchShape {
+        batch: args.batch,
+        heads: args.heads,
+        kv_heads: args.kv_heads,
+        seq: args.seq,
+        head_dim: args.head_dim,
+    };
+    let (forward_ms, backward_ms) =
+        time_passes(shape, args.steps, args.warmup).map_err(CliError::user)?;
+    let flop = causal_attention_flop(&shape);
+    let report = serde_json::json!({
+        "kernel": match &args.source {
+            Some(path) => format!("graft-flash {}", path.display()),
+            None => "graft-flash".into(),
+        },
+        "shape": shape,
+        "forward_ms": forward_ms,
+        "backward_ms": backward_ms,
+        "forward_tflops": flop / (forward_ms * 1e9),
+        "backward_tflops": 2.5 * flop / (backward_ms * 1e9),
+    });
+    output::println_safe(&report.to_string());
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn attention(_args: AttentionArgs) -> CliResult {
+    Err(CliError::user(
+        "`graft bench attention` times the CUDA kernels: this graft was built without the `cuda` feature",
+    ))
+}
+
+/// Forward multiply-adds of causal attention, times two: q·k and p·v over the
+/// s(s+1)/2 visible scores of every head.
+#[cfg(feature = "cuda")]
+fn causal_attention_flop(shape: &crate::compute::flash_attention::BenchShape) -> f64 {
+    let visible = (shape.seq * (shape.seq + 1) / 2) as f64;
+    4.0 * (shape.batch * shape.heads) as f64 * visible * shape.head_dim as f64
 }
 
 fn bench<B: crate::compute::kernels::TrainKernels>(

@@ -142,6 +142,25 @@ pub fn compile(source: &str, index: usize, headers: &[&str]) -> Result<Module, S
 }
 
 impl Module {
+    /// The `int` array `name` that the source defines as an `extern "C" __device__`
+    /// constant, `len` long: how a source states the geometry its kernels are
+    /// written for.
+    pub fn ints(&self, name: &str, len: usize) -> Result<Vec<i32>, String> {
+        let mut values = vec![0i32; len];
+        // SAFETY: the module's context is current on this thread (compile made it so);
+        // the copy is bounded by the symbol's own size, checked first.
+        unsafe {
+            let (pointer, bytes) =
+                driver::module::get_global(self.module, CString::new(name).unwrap())
+                    .map_err(|e| format!("{name}: {e:?}"))?;
+            if bytes != len * std::mem::size_of::<i32>() {
+                return Err(format!("{name} holds {bytes} bytes, not {len} ints"));
+            }
+            driver::memcpy_dtoh_sync(&mut values, pointer).map_err(|e| format!("{name}: {e:?}"))?;
+        }
+        Ok(values)
+    }
+
     /// Kernel `name`, allowed `shared` bytes of dynamic shared memory.
     pub fn function(&self, name: &str, shared: u32) -> Result<Function, String> {
         // SAFETY: the module is loaded; the attribute call only raises a limit.

@@ -33,6 +33,22 @@ typedef __nv_bfloat16 bf16;
 #ifndef FORWARD_MTILES
 #define FORWARD_MTILES(D) ((D) <= 64 ? 2 : 1)
 #endif
+// Blocks each kernel is built to fit on one SM at once (__launch_bounds__' second
+// argument: it caps the registers a thread may use).
+#ifndef FORWARD_MIN_BLOCKS
+#define FORWARD_MIN_BLOCKS(D) 1
+#endif
+#ifndef BACKWARD_MIN_BLOCKS
+#define BACKWARD_MIN_BLOCKS(D) 1
+#endif
+
+// Dynamic shared memory of each kernel: bf16 tiles of [TILE][D + 8] (the forward's
+// query block and two stages of keys and values; the backward's resident pair and two
+// stages of the streamed pair) and f32 row vectors.
+#define TILE_BYTES(D) (TILE * ((D) + 8) * 2)
+#define FORWARD_SHARED(D) ((FORWARD_MTILES(D) + 4) * TILE_BYTES(D))
+#define DQ_SHARED(D) (6 * TILE_BYTES(D) + TILE * 4)
+#define DKV_SHARED(D) (6 * TILE_BYTES(D) + 4 * TILE * 4)
 
 #ifndef GRAFT_CUDA_EMULATION
 __device__ __forceinline__ unsigned shared_address(const void* p) {
@@ -75,6 +91,14 @@ __device__ __forceinline__ void copies_issued() { asm volatile("cp.async.commit_
 template <int N>
 __device__ __forceinline__ void copies_landed() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// 2^x, flushing subnormal results to zero: one MUFU.EX2. (exp2f without fast-math
+// adds a rescaling around it to keep subnormals, several instructions a score.)
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
 }
 
 __device__ __forceinline__ unsigned pack(float lo, float hi) {
@@ -295,29 +319,29 @@ __device__ void forward(const bf16* __restrict__ q, Strides qs, const bf16* __re
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int row = warp_row0 + mt * 16 + g + 8 * h;
+                // The max of the raw scores, then probabilities as one FFMA and one
+                // exp2 each: scale_log2 > 0, so the scaled max is the max scaled.
                 float tile_max = neg_inf();
 #pragma unroll
                 for (int n = 0; n < TILE / 8; ++n)
 #pragma unroll
                     for (int e = 0; e < 2; ++e) {
                         const int key = k0 + n * 8 + 2 * t + e;
-                        float x = s[mt][n][2 * h + e] * scale_log2;
-                        if (masked && !(key < keys && key <= row + offset)) x = neg_inf();
-                        s[mt][n][2 * h + e] = x;
-                        tile_max = fmaxf(tile_max, x);
+                        if (masked && !(key < keys && key <= row + offset)) s[mt][n][2 * h + e] = neg_inf();
+                        tile_max = fmaxf(tile_max, s[mt][n][2 * h + e]);
                     }
                 tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffff, tile_max, 1));
                 tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffff, tile_max, 2));
-                const float m_new = fmaxf(m[mt][h], tile_max);
+                const float m_new = fmaxf(m[mt][h], tile_max * scale_log2);
                 const float base = m_new == neg_inf() ? 0.0f : m_new;
-                const float rescale = exp2f(m[mt][h] - base);
+                const float rescale = fast_exp2(m[mt][h] - base);
                 m[mt][h] = m_new;
                 float sum = 0.0f;
 #pragma unroll
                 for (int n = 0; n < TILE / 8; ++n)
 #pragma unroll
                     for (int e = 0; e < 2; ++e) {
-                        const float p = exp2f(s[mt][n][2 * h + e] - base);
+                        const float p = fast_exp2(fmaf(s[mt][n][2 * h + e], scale_log2, -base));
                         s[mt][n][2 * h + e] = p;
                         sum += p;
                     }
@@ -446,16 +470,16 @@ __device__ void backward_dq(const bf16* __restrict__ q, Strides qs, const bf16* 
             for (int j = 0; j < 4; ++j) {
                 const int h = j / 2, key = k0 + n * 8 + 2 * t + j % 2;
                 const int row = warp_row0 + g + 8 * h;
-                float p = exp2f(s[0][n][j] * scale_log2 - row_lse[h]);
+                float p = fast_exp2(fmaf(s[0][n][j], scale_log2, -row_lse[h]));
                 if (masked && !(key < keys && key <= row + offset)) p = 0.0f;
-                s[0][n][j] = p * (dp[0][n][j] - my_delta[h]) * scale;
+                s[0][n][j] = p * (dp[0][n][j] - my_delta[h]);  // dS / scale
             }
         unsigned ds_frags[1][TILE / 16][4];
         as_a(ds_frags[0], s[0]);
         probs_times_tile<D, 1>(dq_acc, ds_frags, k_tile);
     }
     copies_landed<0>();
-    store_rows<D>(dq + rows_base * D, dq_acc[0], warp_row0, seq, 1.0f, 1.0f);
+    store_rows<D>(dq + rows_base * D, dq_acc[0], warp_row0, seq, scale, scale);
 }
 
 // dK and dV. Grid: (key tiles of 64, batch * kv_heads), the keys seen by most queries
@@ -535,10 +559,10 @@ __device__ void backward_dkv(const bf16* __restrict__ q, Strides qs, const bf16*
             for (int j = 0; j < 4; ++j) {
                 const int c = n * 8 + 2 * t + j % 2;
                 const int key = warp_key0 + g + 8 * (j / 2), row = q_start + c;
-                float p = exp2f(s[0][n][j] * scale_log2 - tile_lse[c]);
+                float p = fast_exp2(fmaf(s[0][n][j], scale_log2, -tile_lse[c]));
                 if (masked && !(key < keys && key <= row + offset)) p = 0.0f;
                 s[0][n][j] = p;
-                dp[0][n][j] = p * (dp[0][n][j] - tile_delta[c]) * scale;
+                dp[0][n][j] = p * (dp[0][n][j] - tile_delta[c]);  // dS / scale
             }
         unsigned p_frags[1][TILE / 16][4], ds_frags[1][TILE / 16][4];
         as_a(p_frags[0], s[0]);
@@ -548,18 +572,24 @@ __device__ void backward_dkv(const bf16* __restrict__ q, Strides qs, const bf16*
     }
     copies_landed<0>();
     const long long out_base = ((long long)blockIdx.y) * keys * D;
-    store_rows<D>(dk + out_base, dk_acc[0], warp_key0, keys, 1.0f, 1.0f);
+    store_rows<D>(dk + out_base, dk_acc[0], warp_key0, keys, scale, scale);
     store_rows<D>(dv + out_base, dv_acc[0], warp_key0, keys, 1.0f, 1.0f);
 }
 
+// flash_geometry_D: rows per block (queries; keys for dK/dV), threads per block and
+// dynamic shared bytes of the forward, dQ and dK/dV kernels, which the host reads to
+// launch them.
 #define ENTRY_POINTS(D)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(THREADS)                                                  \
+    extern "C" __device__ const int flash_geometry_##D[9] = {                                              \
+        TILE * FORWARD_MTILES(D), THREADS, FORWARD_SHARED(D), TILE, THREADS, DQ_SHARED(D),                  \
+        TILE,                     THREADS, DKV_SHARED(D)};                                                 \
+    extern "C" __global__ void __launch_bounds__(THREADS, FORWARD_MIN_BLOCKS(D))                          \
         flash_forward_##D(const bf16* q, Strides qs, const bf16* k, Strides ks, const bf16* v, Strides vs,   \
                           bf16* out, float* lse, int heads, int kv_heads, int seq, int keys, float scale,    \
                           float scale_log2) {                                                              \
         forward<D, FORWARD_MTILES(D)>(q, qs, k, ks, v, vs, out, lse, heads, kv_heads, seq, keys, scale_log2); \
     }                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(THREADS)                                                  \
+    extern "C" __global__ void __launch_bounds__(THREADS, BACKWARD_MIN_BLOCKS(D))                         \
         flash_backward_dq_##D(const bf16* q, Strides qs, const bf16* k, Strides ks, const bf16* v,          \
                               Strides vs, const bf16* out, const bf16* dout, Strides dos, const float* lse,  \
                               float* delta, bf16* dq, int heads, int kv_heads, int seq, int keys,           \
@@ -567,7 +597,7 @@ __device__ void backward_dkv(const bf16* __restrict__ q, Strides qs, const bf16*
         backward_dq<D>(q, qs, k, ks, v, vs, out, dout, dos, lse, delta, dq, heads, kv_heads, seq, keys,    \
                        scale, scale_log2);                                                                 \
     }                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(THREADS)                                                  \
+    extern "C" __global__ void __launch_bounds__(THREADS, BACKWARD_MIN_BLOCKS(D))                         \
         flash_backward_dkv_##D(const bf16* q, Strides qs, const bf16* k, Strides ks, const bf16* v,         \
                                Strides vs, const bf16* dout, Strides dos, const float* lse,                \
                                const float* delta, bf16* dk, bf16* dv, int heads, int kv_heads, int seq,    \

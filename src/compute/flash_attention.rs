@@ -35,20 +35,22 @@ use super::cuda_kernels::{self, empty, launch, Args, Function, PerDevice};
 use super::cuda_stream;
 
 const SOURCE: &str = include_str!("flash_attention.cu");
-/// Rows of queries or keys per block of the backward kernels, and per m-tile of four
-/// warps in the forward (`TILE` in the source).
-const TILE: usize = 64;
 
-/// Query rows per forward block: `TILE` times `FORWARD_MTILES(D)` in the source.
-fn forward_rows(head_dim: usize) -> usize {
-    if head_dim <= 64 {
-        2 * TILE
-    } else {
-        TILE
+/// Another kernel source for this process, set by `graft bench attention --source`
+/// before the first launch, so that variants of the kernels can be timed against
+/// each other from one build. Training never sets it.
+static SOURCE_FOR_BENCH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Uses `source` instead of the built-in kernels in this process (for `graft bench
+/// attention`); `Err` once the kernels were already compiled or another source set.
+pub fn use_source_for_bench(source: String) -> Result<(), String> {
+    if KERNELS.get(0).is_some() {
+        return Err("the flash kernels are already compiled in this process".into());
     }
+    SOURCE_FOR_BENCH
+        .set(source)
+        .map_err(|_| "another kernel source is already set".to_string())
 }
-/// Threads per block: four warps (`THREADS` in the source).
-const THREADS: u32 = 128;
 
 type Cube = CubeBackend<CudaRuntime, bf16, i32, u8>;
 type Handles = HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>;
@@ -187,11 +189,21 @@ struct Kernels {
     by_head_dim: [(usize, Functions); HEAD_DIMS.len()],
 }
 
+/// One kernel and the launch shape its source states for it (`flash_geometry_D`).
+#[derive(Clone, Copy)]
+struct Launchable {
+    function: Function,
+    /// Query rows (forward, dQ) or keys (dK/dV) per block.
+    rows: usize,
+    threads: u32,
+    shared: u32,
+}
+
 #[derive(Clone, Copy)]
 struct Functions {
-    forward: Function,
-    backward_dq: Function,
-    backward_dkv: Function,
+    forward: Launchable,
+    backward_dq: Launchable,
+    backward_dkv: Launchable,
 }
 
 static KERNELS: PerDevice<Result<Kernels, String>> = PerDevice::new();
@@ -216,19 +228,9 @@ fn functions(index: usize, head_dim: usize) -> Functions {
         .expect("supported head size")
 }
 
-/// Shared memory of each kernel for head size `d`, as laid out in the source: bf16
-/// tiles of `[TILE][d + 8]` (the forward's query block, two stages of keys and values;
-/// the backward's resident pair, two stages of the streamed pair) and f32 row vectors.
-fn shared_bytes(d: usize) -> (u32, u32, u32) {
-    let tile = TILE * (d + 8) * 2;
-    let forward = (forward_rows(d) / TILE + 4) * tile;
-    let dq = 6 * tile + TILE * 4;
-    let dkv = 6 * tile + 4 * TILE * 4;
-    (forward as u32, dq as u32, dkv as u32)
-}
-
 fn compile(index: usize) -> Result<Kernels, String> {
-    let module = cuda_kernels::compile(SOURCE, index, &["cuda_bf16.h"])?;
+    let source = SOURCE_FOR_BENCH.get().map_or(SOURCE, String::as_str);
+    let module = cuda_kernels::compile(source, index, &["cuda_bf16.h"])?;
     let (major, minor) = module.capability;
     if major < 8 {
         return Err(format!(
@@ -237,13 +239,29 @@ fn compile(index: usize) -> Result<Kernels, String> {
     }
     let mut by_head_dim = Vec::new();
     for d in HEAD_DIMS {
-        let (forward, dq, dkv) = shared_bytes(d);
+        // Rows per block, threads and shared bytes of the forward, dQ and dK/dV
+        // kernels, as the source lays them out.
+        let geometry = module.ints(&format!("flash_geometry_{d}"), 9)?;
+        let kernel = |name: &str, at: usize| -> Result<Launchable, String> {
+            let [rows, threads, shared] = [0, 1, 2].map(|i| geometry[at + i]);
+            if rows <= 0 || threads <= 0 || shared < 0 {
+                return Err(format!(
+                    "flash_geometry_{d}: {name}: {rows} rows, {threads} threads, {shared} bytes"
+                ));
+            }
+            Ok(Launchable {
+                function: module.function(&format!("{name}_{d}"), shared as u32)?,
+                rows: rows as usize,
+                threads: threads as u32,
+                shared: shared as u32,
+            })
+        };
         by_head_dim.push((
             d,
             Functions {
-                forward: module.function(&format!("flash_forward_{d}"), forward)?,
-                backward_dq: module.function(&format!("flash_backward_dq_{d}"), dq)?,
-                backward_dkv: module.function(&format!("flash_backward_dkv_{d}"), dkv)?,
+                forward: kernel("flash_forward", 0)?,
+                backward_dq: kernel("flash_backward_dq", 3)?,
+                backward_dkv: kernel("flash_backward_dkv", 6)?,
             },
         ));
     }
@@ -412,9 +430,8 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashForward {
         launch(&q, buffers, move |pointers, stream| {
             let [q, k, v, out, lse] = aligned(pointers);
             let f = functions(index, problem.head_dim).forward;
-            let (shared, _, _) = shared_bytes(problem.head_dim);
             let grid = (
-                problem.seq.div_ceil(forward_rows(problem.head_dim)) as u32,
+                problem.seq.div_ceil(f.rows) as u32,
                 (problem.batch * problem.heads) as u32,
             );
             let mut args = qkv_args([(q, qs), (k, ks), (v, vs)]);
@@ -422,7 +439,7 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashForward {
             shape_args(&mut args, &problem);
             // SAFETY: the arguments follow flash_forward's parameters; the buffers are
             // held until the kernel ends (cuda_kernels::launch).
-            unsafe { args.launch(f, grid, THREADS, shared, stream) };
+            unsafe { args.launch(f.function, grid, f.threads, f.shared, stream) };
         });
         handles.register_float_tensor::<Cube>(&out_ir.id, out);
         handles.register_float_tensor::<Cube>(&lse_ir.id, lse);
@@ -456,7 +473,6 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashBackward {
         launch(&q, buffers, move |pointers, stream| {
             let [q, k, v, out, lse, dout, delta, dq, dk, dv] = aligned(pointers);
             let functions = functions(index, problem.head_dim);
-            let (_, dq_shared, dkv_shared) = shared_bytes(problem.head_dim);
             let heads = (problem.batch * problem.heads) as u32;
             let mut args = qkv_args([(q, qs), (k, ks), (v, vs)]);
             args.push(out)
@@ -466,9 +482,18 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashBackward {
                 .push(delta)
                 .push(dq);
             shape_args(&mut args, &problem);
-            let grid = (problem.seq.div_ceil(TILE) as u32, heads);
+            let dq_kernel = functions.backward_dq;
+            let grid = (problem.seq.div_ceil(dq_kernel.rows) as u32, heads);
             // SAFETY: as for the forward, with flash_backward_dq's parameters.
-            unsafe { args.launch(functions.backward_dq, grid, THREADS, dq_shared, stream) };
+            unsafe {
+                args.launch(
+                    dq_kernel.function,
+                    grid,
+                    dq_kernel.threads,
+                    dq_kernel.shared,
+                    stream,
+                )
+            };
             // Queued after dQ on the same stream, so it reads the finished deltas.
             let mut args = qkv_args([(q, qs), (k, ks), (v, vs)]);
             args.push(dout)
@@ -478,12 +503,21 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashBackward {
                 .push(dk)
                 .push(dv);
             shape_args(&mut args, &problem);
+            let dkv_kernel = functions.backward_dkv;
             let grid = (
-                problem.keys.div_ceil(TILE) as u32,
+                problem.keys.div_ceil(dkv_kernel.rows) as u32,
                 (problem.batch * problem.kv_heads) as u32,
             );
             // SAFETY: as for the forward, with flash_backward_dkv's parameters.
-            unsafe { args.launch(functions.backward_dkv, grid, THREADS, dkv_shared, stream) };
+            unsafe {
+                args.launch(
+                    dkv_kernel.function,
+                    grid,
+                    dkv_kernel.threads,
+                    dkv_kernel.shared,
+                    stream,
+                )
+            };
         });
         handles.register_float_tensor::<Cube>(&dq_ir.id, dq);
         handles.register_float_tensor::<Cube>(&dk_ir.id, dk);
@@ -524,6 +558,88 @@ fn shape_args(args: &mut Args, p: &Problem) {
 }
 
 /// These need a CUDA GPU (run with `--features cuda` on the device machine).
+/// The shapes of one `graft bench attention` measurement.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BenchShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub seq: usize,
+    pub head_dim: usize,
+}
+
+/// Milliseconds of one forward and one backward pass of the kernels on device 0,
+/// averaged over `steps` passes of each after `warmup` untimed ones, on random bf16
+/// inputs.
+pub fn time_passes(shape: BenchShape, steps: usize, warmup: usize) -> Result<(f64, f64), String> {
+    use burn::tensor::backend::Backend;
+    let device = burn::backend::cuda::CudaDevice::default();
+    if !supports(shape.head_dim, DType::BF16) {
+        return Err(format!(
+            "the flash kernels serve head sizes {HEAD_DIMS:?}, not {}",
+            shape.head_dim
+        ));
+    }
+    if shape.heads % shape.kv_heads != 0 {
+        return Err(format!(
+            "{} query heads do not share {} kv heads evenly",
+            shape.heads, shape.kv_heads
+        ));
+    }
+    if !available(device.index) {
+        return Err(
+            "the flash kernels did not build on this machine (see the message above)".into(),
+        );
+    }
+    let random = |heads: usize| {
+        let dims = [shape.batch, heads, shape.seq, shape.head_dim];
+        Tensor::<Inner, 4>::random(dims, burn::tensor::Distribution::Normal(0.0, 1.0), &device)
+    };
+    let (q, k, v, dout) = (
+        random(shape.heads),
+        random(shape.kv_heads),
+        random(shape.kv_heads),
+        random(shape.heads),
+    );
+    let raw = |t: &Tensor<Inner, 4>| t.clone().into_primitive().tensor();
+    let wrap = |t: CudaFusionTensor| Tensor::<Inner, 4>::from_primitive(TensorPrimitive::Float(t));
+    // A burn kernel that reads an output, then a read on the host: the side stream's
+    // work is ordered before it, so this waits for the kernels themselves.
+    let finish = |t: CudaFusionTensor| {
+        let _ = wrap(t).slice([0..1, 0..1, 0..1, 0..1]).into_data();
+        Inner::sync(&device).ok();
+    };
+    let (out, lse) = forward(raw(&q), raw(&k), raw(&v));
+    for _ in 0..warmup {
+        let (o, l) = forward(raw(&q), raw(&k), raw(&v));
+        let (dq, _, _) = backward(raw(&q), raw(&k), raw(&v), o, l, raw(&dout));
+        finish(dq);
+    }
+    let started = std::time::Instant::now();
+    let mut last = None;
+    for _ in 0..steps {
+        last = Some(forward(raw(&q), raw(&k), raw(&v)).0);
+    }
+    finish(last.expect("at least one step"));
+    let forward_ms = started.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    let started = std::time::Instant::now();
+    let mut last = None;
+    for _ in 0..steps {
+        let grads = backward(
+            raw(&q),
+            raw(&k),
+            raw(&v),
+            out.clone(),
+            lse.clone(),
+            raw(&dout),
+        );
+        last = Some(grads.0);
+    }
+    finish(last.expect("at least one step"));
+    let backward_ms = started.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    Ok((forward_ms, backward_ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,9 +217,9 @@ pub struct ComputeSection {
     /// `none` | `balanced` | `layers`: recompute activations in the backward pass.
     #[serde(default)]
     pub checkpointing: Checkpointing,
-    /// With `checkpointing = "layers"`: the head and the loss run over this many
-    /// tokens at a time, each its own backward pass, so the `[tokens, vocab]` logits
-    /// and their gradient are never whole (0: all tokens in one pass). The gradient
+    /// The head and the loss run over this many tokens at a time, each its own
+    /// backward pass, so the `[tokens, vocab]` logits and their gradient are never
+    /// whole (0: all tokens in one pass, inside the step's one backward pass). The gradient
     /// reaching the layers is each token's own, so it does not change; the loss, and
     /// the gradient of a final norm, head or tied embedding that trains, are summed a
     /// part at a time.
@@ -319,12 +319,6 @@ impl ComputeSection {
     pub fn validate(&self) -> Result<(), String> {
         if self.base == BaseStorage::Bf16 && self.dtype != Dtype::Bf16 {
             return Err("compute.base = \"bf16\" needs compute.dtype = \"bf16\" (a bf16 base is the bf16 dtype's): set both, or compute.base = \"dtype\"".into());
-        }
-        if self.loss_chunk_tokens > 0 && self.checkpointing != Checkpointing::Layers {
-            return Err(format!(
-                "compute.loss_chunk_tokens = {} stages the head and the loss by hand, which only per-layer recomputation does: set compute.checkpointing = \"layers\", or compute.loss_chunk_tokens = 0",
-                self.loss_chunk_tokens
-            ));
         }
         if self.cublas_min_macs == 0 || self.attention_block_elements == 0 {
             return Err(

@@ -569,27 +569,32 @@ impl<B: Kernels> CausalLm<B> {
         ids: Tensor<B, 2, Int>,
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
+        let Some(cache) = cache else {
+            return self.model.norm.forward(self.forward_layers(ids));
+        };
         let [_, seq] = ids.dims();
-        let offset = cache.as_ref().map_or(0, |c| c.len);
-        let tables = self.rope(offset, seq, &ids.device());
+        let tables = self.rope(cache.len, seq, &ids.device());
         let mut x = self.embed(ids);
-        match cache {
-            None => {
-                for (i, layer) in self.model.layers.iter().enumerate() {
-                    let (cos, sin) = tables.of_layer(i);
-                    x = layer.forward(x, cos, sin, None);
-                }
-            }
-            Some(cache) => {
-                let layers = self.model.layers.iter().zip(cache.layers.iter_mut());
-                for (i, (layer, slot)) in layers.enumerate() {
-                    let (cos, sin) = tables.of_layer(i);
-                    x = layer.forward(x, cos, sin, Some(slot));
-                }
-                cache.len += seq;
-            }
+        let layers = self.model.layers.iter().zip(cache.layers.iter_mut());
+        for (i, (layer, slot)) in layers.enumerate() {
+            let (cos, sin) = tables.of_layer(i);
+            x = layer.forward(x, cos, sin, Some(slot));
         }
+        cache.len += seq;
         self.model.norm.forward(x)
+    }
+
+    /// ids: `[batch, seq]` -> the last decoder layer's output `[batch, seq, hidden]`,
+    /// before the final norm.
+    pub fn forward_layers(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [_, seq] = ids.dims();
+        let tables = self.rope(0, seq, &ids.device());
+        let mut x = self.embed(ids);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let (cos, sin) = tables.of_layer(i);
+            x = layer.forward(x, cos, sin, None);
+        }
+        x
     }
 
     /// ids: `[batch, seq]` -> the first layer's input `[batch, seq, hidden]`.

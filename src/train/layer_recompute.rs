@@ -95,7 +95,7 @@ fn staged<B: TrainKernels>(
 /// same gradient at `last`; the loss is the parts' sum, rounded in another order than
 /// one sum over all tokens, and the gradients of anything the head trains sum part by
 /// part.
-fn head_and_loss<B: TrainKernels>(
+pub(super) fn head_and_loss<B: TrainKernels>(
     model: &CausalLm<B>,
     last: Tensor<B, 3>,
     tensors: &BatchTensors<B>,
@@ -142,7 +142,7 @@ fn head_and_loss<B: TrainKernels>(
 
 /// The backward pass of `Σ y ⊙ dy`: every tensor `y` depends on gets the gradient it
 /// would get from `dy` arriving at `y`.
-fn through<B: AutodiffBackend, const D: usize>(
+pub(super) fn through<B: AutodiffBackend, const D: usize>(
     y: Tensor<B, D>,
     dy: Tensor<B::InnerBackend, D>,
 ) -> B::Gradients {

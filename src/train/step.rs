@@ -69,6 +69,26 @@ pub fn backward<B: TrainKernels>(
             losses.push(loss);
             continue;
         }
+        let chunk = crate::compute::options::current().loss_chunk_tokens;
+        if chunk > 0 {
+            // The head and the loss in parts, each its own backward pass, so that only
+            // one part's logits live at a time; then the layers, from the gradient
+            // that reached their output.
+            let last = model.forward_layers(tensors.inputs.clone());
+            let mut share = GradAccumulator::default();
+            let (loss, dy) = super::layer_recompute::head_and_loss(
+                model,
+                last.clone().detach(),
+                &tensors,
+                denominator,
+                chunk,
+                &mut share,
+            );
+            share.add(model, &super::layer_recompute::through(last, dy));
+            grads.merge(share);
+            losses.push(loss);
+            continue;
+        }
         let logits = model.forward(tensors.inputs.clone());
         let loss = masked_loss_sum(logits, &tensors) / denominator;
         losses.push(loss.clone().inner());

@@ -21,7 +21,7 @@ using std::min; using std::max;
 #define __device__
 #define __forceinline__ inline
 #define __restrict__
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __align__(x)
 struct dim3 { unsigned x = 0, y = 0, z = 0; };
 thread_local dim3 threadIdx, blockIdx;
@@ -51,6 +51,8 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
 struct __nv_bfloat162 { __nv_bfloat16 x, y; };
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16(a), __float2bfloat16(b)}; }
 inline float bf16_bits_to_float(unsigned bits) { unsigned u = (bits & 0xffff) << 16; float f; memcpy(&f, &u, 4); return f; }
+// ex2.approx.ftz.f32: 2^x with subnormal results flushed to zero.
+inline float fast_exp2(float x) { float y = std::exp2(x); return std::fpclassify(y) == FP_SUBNORMAL ? 0.0f : y; }
 inline unsigned pack(float lo, float hi) { return __float2bfloat16(lo).bits | (unsigned(__float2bfloat16(hi).bits) << 16); }
 struct MmaLane { unsigned a[4], b[2]; };
 MmaLane g_mma[4][32];

@@ -6,9 +6,9 @@
 #include <random>
 typedef __nv_bfloat16 B;
 template <int D> int run(int batch, int heads, int kvh, int seq, int keys) {
-  // Shared memory as flash_attention.rs sizes it: [64][D + 8] bf16 tiles.
+  // Shared memory as the source states it (flash_geometry_D).
   constexpr int mt = FORWARD_MTILES(D);
-  size_t tile = 64*(D+8)*2, fwd_bytes = (mt + 4) * tile, dq_bytes = 6 * tile + 64*4, dkv_bytes = 6 * tile + 256*4;
+  size_t fwd_bytes = FORWARD_SHARED(D), dq_bytes = DQ_SHARED(D), dkv_bytes = DKV_SHARED(D);
   std::mt19937 rng(7); std::normal_distribution<float> nd(0, 1);
   // q laid out [b, s, h, d] (strided view), k/v [b, kvh, keys, d] contiguous, dout [b,h,s,d]
   std::vector<B> q(batch * seq * heads * D), k(batch * kvh * keys * D), v(k.size()), dout(batch * heads * seq * D);

@@ -6,13 +6,15 @@
 # and gradient's largest error against a float64 reference next to its largest value.
 # For checking kernel changes on a machine without a GPU; bf16 rounding makes errors of
 # about 0.5% of the largest value normal. Needs g++ with C++20; takes about a minute.
+# An argument names another kernel source to check (a variant being developed).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
+source_file=$(realpath "${1:-$here/../../src/compute/flash_attention.cu}")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 sed -e 's|#include <cuda_bf16.h>|#include "cuda_emu.h"|' \
   -e 's|extern __shared__ __align__(128) unsigned char smem\[\];|unsigned char* smem = g_smem;|' \
-  -e 's|extern "C" __global__|inline|' "$here/../../src/compute/flash_attention.cu" >"$work/kernel_emu.h"
+  -e 's|extern "C" __global__|inline|' "$source_file" >"$work/kernel_emu.h"
 cp "$here/cuda_emu.h" "$work/"
 g++ -std=c++20 -O1 -pthread -I"$work" "$here/flash_attention_check.cpp" -o "$work/check"
 "$work/check"

@@ -359,36 +359,25 @@ fn per_layer_recomputation_trains_bit_for_bit_as_keeping_every_activation() {
 
 #[test]
 fn the_head_and_loss_in_parts_train_to_the_same_checkpoints() {
-    let work = workspace();
-    // Parts only exist where per-layer recomputation stages the head: refused by key.
-    let refused = run_in(
-        work.path(),
-        &["train", "a.toml", "--set", "compute.loss_chunk_tokens=7"],
-    );
-    assert!(!refused.status.success());
-    assert!(
-        stderr(&refused).contains("compute.loss_chunk_tokens = 7")
-            && stderr(&refused).contains("compute.checkpointing = \"layers\""),
-        "{}",
-        stderr(&refused)
-    );
-    // 7 tokens a part: parts that straddle the batch's rows and a short last part.
-    let parts = train_then_reproduce(
-        work.path(),
-        "a.toml",
-        &["compute.checkpointing=layers"],
-        &[
-            "compute.checkpointing=layers",
-            "compute.loss_chunk_tokens=7",
-        ],
-    );
-    assert!(
-        parts.contains(
-            "compute.loss_chunk_tokens differs: 0 in the original execution, 7 in this one"
-        ),
-        "{parts}"
-    );
-    assert!(parts.contains("checkpoint ids identical"), "{parts}");
+    // 7 tokens a part: parts that straddle the batch's rows and a short last part;
+    // with the step's one backward pass and with per-layer recomputation.
+    for extra in [None, Some("compute.checkpointing=layers")] {
+        let work = workspace();
+        let mut sets: Vec<&str> = extra.into_iter().collect();
+        let before = sets.clone();
+        sets.push("compute.loss_chunk_tokens=7");
+        let parts = train_then_reproduce(work.path(), "a.toml", &before, &sets);
+        assert!(
+            parts.contains(
+                "compute.loss_chunk_tokens differs: 0 in the original execution, 7 in this one"
+            ),
+            "{extra:?}: {parts}"
+        );
+        assert!(
+            parts.contains("checkpoint ids identical"),
+            "{extra:?}: {parts}"
+        );
+    }
 }
 
 /// `graft ARGS... --set SET...` in `dir`, which must succeed; returns its stdout.
