@@ -580,7 +580,10 @@ pub fn time_passes(shape: BenchShape, steps: usize, warmup: usize) -> Result<(f6
             shape.head_dim
         ));
     }
-    if shape.heads % shape.kv_heads != 0 {
+    if [shape.batch, shape.heads, shape.kv_heads, shape.seq].contains(&0) {
+        return Err(format!("every size must be at least 1: {shape:?}"));
+    }
+    if !shape.heads.is_multiple_of(shape.kv_heads) {
         return Err(format!(
             "{} query heads do not share {} kv heads evenly",
             shape.heads, shape.kv_heads

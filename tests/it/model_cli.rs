@@ -88,6 +88,21 @@ fn model_add_registers_a_folder_once_and_lists_it() {
     assert!(stderr(&missing).contains("nowhere"), "{}", stderr(&missing));
 }
 
+/// `graft bench attention` times the CUDA kernels: a build without them says so and
+/// which feature to build with, rather than failing to load a driver.
+#[test]
+#[cfg(not(feature = "cuda"))]
+fn bench_attention_without_cuda_names_the_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = graft(dir.path(), &["bench", "attention", "--seq", "64"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("without the `cuda` feature"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// `graft bench train` on the CPU prints one JSON line in the reference script's schema,
 /// with a finite loss near ln(vocab) (random weights predict about uniformly).
 #[test]
