@@ -6,6 +6,7 @@ mod common;
 mod reliability_support;
 
 mod compute_devices;
+mod compute_kernels_emulated;
 mod compute_record;
 mod compute_threads;
 mod data_chat_templates;
