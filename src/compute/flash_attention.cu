@@ -33,14 +33,6 @@ typedef __nv_bfloat16 bf16;
 #ifndef FORWARD_MTILES
 #define FORWARD_MTILES(D) ((D) <= 64 ? 2 : 1)
 #endif
-// Blocks each kernel is built to fit on one SM at once (__launch_bounds__' second
-// argument: it caps the registers a thread may use).
-#ifndef FORWARD_MIN_BLOCKS
-#define FORWARD_MIN_BLOCKS(D) 1
-#endif
-#ifndef BACKWARD_MIN_BLOCKS
-#define BACKWARD_MIN_BLOCKS(D) 1
-#endif
 
 // Dynamic shared memory of each kernel: bf16 tiles of [TILE][D + 8] (the forward's
 // query block and two stages of keys and values; the backward's resident pair and two
@@ -583,13 +575,13 @@ __device__ void backward_dkv(const bf16* __restrict__ q, Strides qs, const bf16*
     extern "C" __device__ const int flash_geometry_##D[9] = {                                              \
         TILE * FORWARD_MTILES(D), THREADS, FORWARD_SHARED(D), TILE, THREADS, DQ_SHARED(D),                  \
         TILE,                     THREADS, DKV_SHARED(D)};                                                 \
-    extern "C" __global__ void __launch_bounds__(THREADS, FORWARD_MIN_BLOCKS(D))                          \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                  \
         flash_forward_##D(const bf16* q, Strides qs, const bf16* k, Strides ks, const bf16* v, Strides vs,   \
                           bf16* out, float* lse, int heads, int kv_heads, int seq, int keys, float scale,    \
                           float scale_log2) {                                                              \
         forward<D, FORWARD_MTILES(D)>(q, qs, k, ks, v, vs, out, lse, heads, kv_heads, seq, keys, scale_log2); \
     }                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(THREADS, BACKWARD_MIN_BLOCKS(D))                         \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                  \
         flash_backward_dq_##D(const bf16* q, Strides qs, const bf16* k, Strides ks, const bf16* v,          \
                               Strides vs, const bf16* out, const bf16* dout, Strides dos, const float* lse,  \
                               float* delta, bf16* dq, int heads, int kv_heads, int seq, int keys,           \
@@ -597,7 +589,7 @@ __device__ void backward_dkv(const bf16* __restrict__ q, Strides qs, const bf16*
         backward_dq<D>(q, qs, k, ks, v, vs, out, dout, dos, lse, delta, dq, heads, kv_heads, seq, keys,    \
                        scale, scale_log2);                                                                 \
     }                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(THREADS, BACKWARD_MIN_BLOCKS(D))                         \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                  \
         flash_backward_dkv_##D(const bf16* q, Strides qs, const bf16* k, Strides ks, const bf16* v,         \
                                Strides vs, const bf16* dout, Strides dos, const float* lse,                \
                                const float* delta, bf16* dk, bf16* dv, int heads, int kv_heads, int seq,    \

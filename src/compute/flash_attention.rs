@@ -199,6 +199,17 @@ struct Launchable {
     shared: u32,
 }
 
+impl Launchable {
+    /// Launches the kernel over `grid` blocks with its own threads and shared memory.
+    ///
+    /// # Safety
+    /// `args` must follow the kernel's parameters, and the buffers they point to must
+    /// live until the kernel ends (as `cuda_kernels::launch` keeps them).
+    unsafe fn launch(&self, args: Args, grid: (u32, u32), stream: cudarc::driver::sys::CUstream) {
+        args.launch(self.function, grid, self.threads, self.shared, stream)
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Functions {
     forward: Launchable,
@@ -439,7 +450,7 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashForward {
             shape_args(&mut args, &problem);
             // SAFETY: the arguments follow flash_forward's parameters; the buffers are
             // held until the kernel ends (cuda_kernels::launch).
-            unsafe { args.launch(f.function, grid, f.threads, f.shared, stream) };
+            unsafe { f.launch(args, grid, stream) };
         });
         handles.register_float_tensor::<Cube>(&out_ir.id, out);
         handles.register_float_tensor::<Cube>(&lse_ir.id, lse);
@@ -485,15 +496,7 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashBackward {
             let dq_kernel = functions.backward_dq;
             let grid = (problem.seq.div_ceil(dq_kernel.rows) as u32, heads);
             // SAFETY: as for the forward, with flash_backward_dq's parameters.
-            unsafe {
-                args.launch(
-                    dq_kernel.function,
-                    grid,
-                    dq_kernel.threads,
-                    dq_kernel.shared,
-                    stream,
-                )
-            };
+            unsafe { dq_kernel.launch(args, grid, stream) };
             // Queued after dQ on the same stream, so it reads the finished deltas.
             let mut args = qkv_args([(q, qs), (k, ks), (v, vs)]);
             args.push(dout)
@@ -509,15 +512,7 @@ impl Operation<FusionCubeRuntime<CudaRuntime>> for FlashBackward {
                 (problem.batch * problem.kv_heads) as u32,
             );
             // SAFETY: as for the forward, with flash_backward_dkv's parameters.
-            unsafe {
-                args.launch(
-                    dkv_kernel.function,
-                    grid,
-                    dkv_kernel.threads,
-                    dkv_kernel.shared,
-                    stream,
-                )
-            };
+            unsafe { dkv_kernel.launch(args, grid, stream) };
         });
         handles.register_float_tensor::<Cube>(&dq_ir.id, dq);
         handles.register_float_tensor::<Cube>(&dk_ir.id, dk);
@@ -557,7 +552,6 @@ fn shape_args(args: &mut Args, p: &Problem) {
         .push(scale * std::f32::consts::LOG2_E);
 }
 
-/// These need a CUDA GPU (run with `--features cuda` on the device machine).
 /// The shapes of one `graft bench attention` measurement.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct BenchShape {
@@ -643,6 +637,7 @@ pub fn time_passes(shape: BenchShape, steps: usize, warmup: usize) -> Result<(f6
     Ok((forward_ms, backward_ms))
 }
 
+/// These need a CUDA GPU (run with `--features cuda` on the device machine).
 #[cfg(test)]
 mod tests {
     use super::*;

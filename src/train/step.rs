@@ -57,9 +57,9 @@ pub fn backward<B: TrainKernels>(
 ) -> (GradAccumulator<B::InnerBackend>, Tensor<B::InnerBackend, 1>) {
     let mut grads = GradAccumulator::<B::InnerBackend>::default();
     let mut losses = Vec::with_capacity(shares.len());
-    let recompute = crate::compute::options::current().recompute_layers;
+    let options = crate::compute::options::current();
     for (tensors, denominator) in shares {
-        if recompute {
+        if options.recompute_layers {
             let loss = super::layer_recompute::recomputed_backward(
                 model,
                 &tensors,
@@ -69,7 +69,7 @@ pub fn backward<B: TrainKernels>(
             losses.push(loss);
             continue;
         }
-        let chunk = crate::compute::options::current().loss_chunk_tokens;
+        let chunk = options.loss_chunk_tokens;
         if chunk > 0 {
             // The head and the loss in parts, each its own backward pass, so that only
             // one part's logits live at a time; then the layers, from the gradient
