@@ -59,6 +59,16 @@ pub struct AttentionArgs {
     /// `flash_geometry_D` arrays, which say how to launch them.
     #[arg(long, value_name = "FILE")]
     pub source: Option<std::path::PathBuf>,
+    /// For kernel development: on compute capability 9.0, this source instead of the
+    /// built-in src/compute/flash_attention_sm90.cu (the wgmma kernels, appended to
+    /// the other source); an empty file runs the mma.sync kernels there too.
+    #[arg(long, value_name = "FILE")]
+    pub sm90_source: Option<std::path::PathBuf>,
+    /// Also compare the kernels' output and gradients with f32 attention on small
+    /// inputs of these heads and head size (2 sequences of 333 tokens), print each
+    /// one's largest relative error, and fail above 2%.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -158,15 +168,23 @@ fn train(args: TrainArgs) -> CliResult {
 
 #[cfg(feature = "cuda")]
 fn attention(args: AttentionArgs) -> CliResult {
-    use crate::compute::flash_attention::{time_passes, BenchShape};
+    use crate::compute::flash_attention::{time_passes, BenchShape, BenchSources};
     if args.steps == 0 {
         return Err(CliError::user("--steps must be at least 1"));
     }
-    if let Some(path) = &args.source {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| CliError::user(format!("{}: {e}", path.display())))?;
-        crate::compute::flash_attention::use_source_for_bench(text).map_err(CliError::user)?;
-    }
+    let read = |path: &Option<std::path::PathBuf>| -> Result<Option<String>, CliError> {
+        path.as_ref()
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .map_err(|e| CliError::user(format!("{}: {e}", path.display())))
+            })
+            .transpose()
+    };
+    let sources = BenchSources {
+        base: read(&args.source)?,
+        sm90: read(&args.sm90_source)?,
+    };
+    crate::compute::flash_attention::use_sources_for_bench(sources).map_err(CliError::user)?;
     let shape = BenchShape {
         batch: args.batch,
         heads: args.heads,
@@ -177,18 +195,36 @@ fn attention(args: AttentionArgs) -> CliResult {
     let (forward_ms, backward_ms) =
         time_passes(shape, args.steps, args.warmup).map_err(CliError::user)?;
     let flop = causal_attention_flop(&shape);
+    let errors = if args.check {
+        let errors = crate::compute::flash_attention::errors_against_f32(
+            2,
+            (args.heads, args.kv_heads),
+            333,
+            args.head_dim,
+        )
+        .map_err(CliError::user)?;
+        Some(errors)
+    } else {
+        None
+    };
     let report = serde_json::json!({
-        "kernel": match &args.source {
-            Some(path) => format!("graft-flash {}", path.display()),
-            None => "graft-flash".into(),
-        },
+        "kernel": std::iter::once("graft-flash".to_string())
+            .chain(args.source.iter().chain(&args.sm90_source).map(|p| p.display().to_string()))
+            .collect::<Vec<_>>()
+            .join(" "),
         "shape": shape,
         "forward_ms": forward_ms,
         "backward_ms": backward_ms,
         "forward_tflops": flop / (forward_ms * 1e9),
         "backward_tflops": 2.5 * flop / (backward_ms * 1e9),
+        "relative_errors": errors.map(|e| e.into_iter().collect::<std::collections::BTreeMap<_, _>>()),
     });
     output::println_safe(&report.to_string());
+    if let Some((name, error)) = errors.iter().flatten().find(|(_, error)| !(*error < 2e-2)) {
+        return Err(CliError::user(format!(
+            "the kernels' {name} is off by {error:.2e} of its largest value (more than 2%)"
+        )));
+    }
     Ok(())
 }
 

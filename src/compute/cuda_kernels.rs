@@ -89,22 +89,33 @@ fn cuda_include_dir() -> std::path::PathBuf {
     root.join("include")
 }
 
-/// Compiles `source` for device `index` and loads it. `headers` names headers the
-/// source includes from the CUDA toolkit, checked for first so that a machine without
-/// them gets a clear reason.
-pub fn compile(source: &str, index: usize, headers: &[&str]) -> Result<Module, String> {
-    // SAFETY: driver and NVRTC calls with valid arguments; the module lives for the
-    // process, in the primary context cubecl's kernels use.
+/// Device `index`'s compute capability, major and minor, with its primary context made
+/// current on this thread.
+pub fn capability(index: usize) -> Result<(i32, i32), String> {
+    // SAFETY: driver calls with valid arguments.
     unsafe {
         cuda_stream::primary_context(index);
         let device = driver::device::get(index as i32).map_err(|e| format!("{e:?}"))?;
         let attribute = |a| driver::device::get_attribute(device, a).map_err(|e| format!("{e:?}"));
-        let major =
-            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
-        let minor =
-            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        Ok((
+            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        ))
+    }
+}
+
+/// Compiles `source` for device `index` and loads it. `headers` names headers the
+/// source includes from the CUDA toolkit, checked for first so that a machine without
+/// them gets a clear reason.
+pub fn compile(source: &str, index: usize, headers: &[&str]) -> Result<Module, String> {
+    let (major, minor) = capability(index)?;
+    // SAFETY: NVRTC and driver calls with valid arguments; the module lives for the
+    // process, in the primary context cubecl's kernels use.
+    unsafe {
+        // 9.0 as sm_90a: the architecture-specific target that has wgmma.
+        let suffix = if (major, minor) == (9, 0) { "a" } else { "" };
         let mut options = vec![
-            format!("--gpu-architecture=sm_{major}{minor}"),
+            format!("--gpu-architecture=sm_{major}{minor}{suffix}"),
             "--std=c++17".to_string(),
         ];
         if !headers.is_empty() {

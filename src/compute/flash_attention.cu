@@ -599,5 +599,8 @@ __device__ void backward_dkv(const bf16* __restrict__ q, Strides qs, const bf16*
     }
 
 ENTRY_POINTS(32)
+#ifndef FLASH_WGMMA
 ENTRY_POINTS(64)
 ENTRY_POINTS(128)
+#endif
+// With FLASH_WGMMA (Hopper), flash_attention_sm90.cu follows and defines 64 and 128.

@@ -112,7 +112,12 @@ pub fn run_bench<B: TrainKernels>(
         use_rslora: false,
     };
     B::seed(device, 0);
-    let mut model = CausalLm::<B>::random(&model_config, device).with_new_lora(&lora, 0)?;
+    // The base held as `graft train` holds a loaded one: resident, in exact buffers
+    // outside the pool's shared pages, so that the memory figure is the trainer's.
+    let base = crate::compute::resident::load_resident::<B, _>(device, || {
+        CausalLm::<B>::random(&model_config, device)
+    });
+    let mut model = base.with_new_lora(&lora, 0)?;
     if config.adapter_f32 {
         model = model.with_lora_in_f32();
     }
