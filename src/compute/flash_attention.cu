@@ -200,10 +200,11 @@ __device__ __forceinline__ void probs_times_tile(float (*acc)[D / 8][4], unsigne
     }
 }
 
-// Score accumulators (16 x 64) as A fragments (16 x 16 each) in bf16.
+// Score accumulators (16 x N a warp) as A fragments (16 x 16 each) in bf16.
+template <int N = TILE>
 __device__ __forceinline__ void as_a(unsigned (*a)[4], float (*s)[4]) {
 #pragma unroll
-    for (int kk = 0; kk < TILE / 16; ++kk) {
+    for (int kk = 0; kk < N / 16; ++kk) {
         a[kk][0] = pack(s[2 * kk][0], s[2 * kk][1]);
         a[kk][1] = pack(s[2 * kk][2], s[2 * kk][3]);
         a[kk][2] = pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);

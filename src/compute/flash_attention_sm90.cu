@@ -107,51 +107,43 @@ __device__ __forceinline__ unsigned char* aligned_shared(unsigned char* smem) {
     return smem + ((1024 - (shared_address(smem) & 1023)) & 1023);
 }
 
-// d (64 x 64, f32) = A (64 x 16, shared, K-major) * B (16 x 64, shared, K-major), plus
-// d where `accumulate`; d is [64 / 8][4] in the mma.sync fragment layout of each
-// warp's 16 rows.
-__device__ __forceinline__ void wgmma_ss_64(float (*d)[4], unsigned long long a, unsigned long long b, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-        : "l"(a), "l"(b), "r"(accumulate));
-}
+// The wgmma wrappers, for N = 64 and 128 columns: d (64 x N, f32) as [N / 8][4] in the
+// mma.sync fragment layout of each warp's 16 rows, which wgmma's accumulators share.
+#define WG_ACC4(d, j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define WG_ACC32(d, j) \
+    WG_ACC4(d, j), WG_ACC4(d, j + 1), WG_ACC4(d, j + 2), WG_ACC4(d, j + 3), WG_ACC4(d, j + 4), WG_ACC4(d, j + 5), \
+        WG_ACC4(d, j + 6), WG_ACC4(d, j + 7)
+#define WG_ACC_64(d) WG_ACC32(d, 0)
+#define WG_ACC_128(d) WG_ACC32(d, 0), WG_ACC32(d, 8)
+#define WG_REGS_64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define WG_REGS_128 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 
-// d (64 x 64, f32) += A (64 x 16, registers in the mma.sync A layout) * B (16 x 64,
-// shared, N-major: rows of the stored tile are the product's inner dimension).
-__device__ __forceinline__ void wgmma_rs_64(float (*d)[4], const unsigned* a, unsigned long long b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
-}
+// d = A (64 x 16, shared, K-major) * B (16 x N, shared, K-major), plus d where
+// `accumulate`. Operands after the N / 2 accumulators: A, B, accumulate.
+#define WGMMA_SS(N, A, B, ACCUMULATE)                                                                        \
+    __device__ __forceinline__ void wgmma_ss_##N(float (*d)[4], unsigned long long a, unsigned long long b,  \
+                                                 int accumulate) {                                           \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ACCUMULATE ", 0;\n"                                  \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 " WG_REGS_##N ", " A ", " B   \
+                     ", p, 1, 1, 0, 0;\n}\n"                                                                 \
+                     : WG_ACC_##N(d)                                                                         \
+                     : "l"(a), "l"(b), "r"(accumulate));                                                     \
+    }
+WGMMA_SS(64, "%32", "%33", "%34")
+WGMMA_SS(128, "%64", "%65", "%66")
 
-// d (64 x 128, f32) = A (64 x 16, shared, K-major) * B (16 x 128, shared, K-major), plus
-// d where `accumulate`; d is [128 / 8][4] in the mma.sync fragment layout of each
-// warp's 16 rows.
-__device__ __forceinline__ void wgmma_ss_128(float (*d)[4], unsigned long long a, unsigned long long b, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-        : "l"(a), "l"(b), "r"(accumulate));
-}
-
-// d (64 x 128, f32) += A (64 x 16, registers in the mma.sync A layout) * B (16 x 128,
-// shared, N-major: rows of the stored tile are the product's inner dimension).
-__device__ __forceinline__ void wgmma_rs_128(float (*d)[4], const unsigned* a, unsigned long long b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
-}
+// d += A (64 x 16, registers in the mma.sync A layout) * B (16 x N, shared, N-major:
+// rows of the stored tile are the product's inner dimension).
+#define WGMMA_RS(N, A, B, ONE)                                                                               \
+    __device__ __forceinline__ void wgmma_rs_##N(float (*d)[4], const unsigned* a, unsigned long long b) {   \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ONE ", 0;\n"                                         \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 " WG_REGS_##N ", " A ", " B   \
+                     ", p, 1, 1, 1;\n}\n"                                                                    \
+                     : WG_ACC_##N(d)                                                                         \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));                         \
+    }
+WGMMA_RS(64, "{%32, %33, %34, %35}", "%36", "%37")
+WGMMA_RS(128, "{%64, %65, %66, %67}", "%68", "%69")
 
 template <int N>
 __device__ __forceinline__ void wgmma_ss(float (*d)[4], unsigned long long a, unsigned long long b, int accumulate) {
@@ -163,18 +155,6 @@ template <int N>
 __device__ __forceinline__ void wgmma_rs(float (*d)[4], const unsigned* a, unsigned long long b) {
     if constexpr (N == 64) wgmma_rs_64(d, a, b);
     else wgmma_rs_128(d, a, b);
-}
-
-// Accumulators (16 x N a warp) as A fragments (16 x 16 each) in bf16.
-template <int N>
-__device__ __forceinline__ void as_a_n(unsigned (*a)[4], float (*s)[4]) {
-#pragma unroll
-    for (int kk = 0; kk < N / 16; ++kk) {
-        a[kk][0] = pack(s[2 * kk][0], s[2 * kk][1]);
-        a[kk][1] = pack(s[2 * kk][2], s[2 * kk][3]);
-        a[kk][2] = pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        a[kk][3] = pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-    }
 }
 
 // acc (64 x N) = rows [row0, row0 + 64) of shared tile `a` ([A_ROWS][D]) times the
@@ -194,6 +174,25 @@ __device__ __forceinline__ void frags_times_tile(float (*acc)[4], unsigned (*fra
     for (int kk = 0; kk < K / 16; ++kk) wgmma_rs<D>(acc, frags[kk], n_major<K>(b, kk));
 }
 
+// Starts copying the key and value tiles from key k0 (KEYS rows each, zeros past
+// `keys`) into a stage: keys at `stage`, values after them.
+template <int D, int KEYS>
+__device__ __forceinline__ void fetch_kv(unsigned char* stage, const bf16* k_base, Strides ks, const bf16* v_base,
+                                         Strides vs, int k0, int keys) {
+    const int valid = min(KEYS, keys - k0);
+    fetch_swizzled<D, KEYS>(stage, k_base + k0 * ks.row, ks.row, valid);
+    fetch_swizzled<D, KEYS>(stage + KEYS * D * 2, v_base + k0 * vs.row, vs.row, valid);
+}
+
+// Waits until at most N groups of this thread's copies are in flight, then until every
+// thread's landed copies are visible to every warp's wgmma.
+template <int N>
+__device__ __forceinline__ void stage_landed() {
+    copies_landed<N>();
+    proxy_fence();
+    __syncthreads();
+}
+
 // Scores (16 x N a warp, accumulator layout) set to -inf where the key is not seen by
 // the query: rows are queries from row0 and columns keys from col0, or, TRANSPOSED,
 // rows keys and columns queries. Called only on tiles that cross the diagonal or the
@@ -209,6 +208,39 @@ __device__ __forceinline__ void mask_scores(float (*s)[4], int row0, int col0, i
             const int query = TRANSPOSED ? col : row, key = TRANSPOSED ? row : col;
             if (!(key < keys && key <= query + offset)) s[n][j] = neg_inf();
         }
+}
+
+// The backward's two score products, in one group, waited for: s (64 x N) = rows
+// [row0, row0 + 64) of shared tile a ([A_ROWS][D]) times the transpose of shared tile b
+// ([N][D]), and dp likewise of c and d.
+template <int D, int N, int A_ROWS>
+__device__ __forceinline__ void score_pair(float (*s)[4], const unsigned char* a, const unsigned char* b,
+                                           float (*dp)[4], const unsigned char* c, const unsigned char* d,
+                                           int row0) {
+    zero<N / 8>(s);
+    zero<N / 8>(dp);
+    pin<N / 8>(s);
+    pin<N / 8>(dp);
+    wg_fence();
+    rows_times_tile_t<D, N, A_ROWS>(s, a, row0, b);
+    rows_times_tile_t<D, N, A_ROWS>(dp, c, row0, d);
+    wg_commit();
+    wg_wait();
+    pin<N / 8>(s);
+    pin<N / 8>(dp);
+}
+
+// acc (64 x D) += fragments (64 x K, A layout) times shared tile `b` ([K][D]), after
+// the ordinary instructions that wrote either, waited for.
+template <int D, int K>
+__device__ __forceinline__ void accumulate(float (*acc)[4], unsigned (*frags)[4], const unsigned char* b) {
+    pin<K / 16>(frags);
+    pin<D / 8>(acc);
+    wg_fence();
+    frags_times_tile<D, K>(acc, frags, b);
+    wg_commit();
+    wg_wait();
+    pin<D / 8>(acc);
 }
 
 // Keys per streamed tile in the forward: 128 where the scores fit beside the output
@@ -271,10 +303,7 @@ __device__ void forward_sm90(const bf16* __restrict__ q, Strides qs, const bf16*
     const int tiles = (max(0, key_end(q0, ROWS, seq, keys)) + KEYS - 1) / KEYS;
 
     fetch_swizzled<D, ROWS>(q_tile, q + batch * qs.batch + head * qs.head + q0 * qs.row, qs.row, min(ROWS, seq - q0));
-    if (tiles > 0) {
-        fetch_swizzled<D, KEYS>(stages, k_base, ks.row, min(KEYS, keys));
-        fetch_swizzled<D, KEYS>(stages + KV_BYTES, v_base, vs.row, min(KEYS, keys));
-    }
+    if (tiles > 0) fetch_kv<D, KEYS>(stages, k_base, ks, v_base, vs, 0, keys);
     copies_issued();
 
     float o[D / 8][4];
@@ -285,16 +314,10 @@ __device__ void forward_sm90(const bf16* __restrict__ q, Strides qs, const bf16*
 
     for (int i = 0; i < tiles; ++i) {
         const int k0 = i * KEYS;
-        if (i + 1 < tiles) {
-            unsigned char* next = stages + ((i + 1) & 1) * 2 * KV_BYTES;
-            const int valid = min(KEYS, keys - k0 - KEYS);
-            fetch_swizzled<D, KEYS>(next, k_base + (k0 + KEYS) * ks.row, ks.row, valid);
-            fetch_swizzled<D, KEYS>(next + KV_BYTES, v_base + (k0 + KEYS) * vs.row, vs.row, valid);
-        }
+        if (i + 1 < tiles)
+            fetch_kv<D, KEYS>(stages + ((i + 1) & 1) * 2 * KV_BYTES, k_base, ks, v_base, vs, k0 + KEYS, keys);
         copies_issued();
-        copies_landed<1>();
-        proxy_fence();
-        __syncthreads();
+        stage_landed<1>();
         const unsigned char* k_tile = stages + (i & 1) * 2 * KV_BYTES;
         const unsigned char* v_tile = k_tile + KV_BYTES;
 
@@ -341,14 +364,8 @@ __device__ void forward_sm90(const bf16* __restrict__ q, Strides qs, const bf16*
                 }
             }
             unsigned p_frags[KEYS / 16][4];
-            as_a_n<KEYS>(p_frags, s);
-            pin<KEYS / 16>(p_frags);
-            pin<D / 8>(o);
-            wg_fence();
-            frags_times_tile<D, KEYS>(o, p_frags, v_tile);
-            wg_commit();
-            wg_wait();
-            pin<D / 8>(o);
+            as_a<KEYS>(p_frags, s);
+            accumulate<D, KEYS>(o, p_frags, v_tile);
         }
         __syncthreads();
     }
@@ -402,10 +419,7 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
 
     fetch_swizzled<D, ROWS>(q_tile, q + batch * qs.batch + head * qs.head + q0 * qs.row, qs.row, valid_rows);
     fetch_swizzled<D, ROWS>(do_tile, do_base, dos.row, valid_rows);
-    if (tiles > 0) {
-        fetch_swizzled<D, KEYS>(stages, k_base, ks.row, min(KEYS, keys));
-        fetch_swizzled<D, KEYS>(stages + KV_BYTES, v_base, vs.row, min(KEYS, keys));
-    }
+    if (tiles > 0) fetch_kv<D, KEYS>(stages, k_base, ks, v_base, vs, 0, keys);
     copies_issued();
 
     // delta = sum over D of dO * O: two threads per row, both from global memory.
@@ -436,32 +450,16 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
     zero<D / 8>(dq_acc);
     for (int i = 0; i < tiles; ++i) {
         const int k0 = i * KEYS;
-        if (i + 1 < tiles) {
-            unsigned char* next = stages + ((i + 1) & 1) * 2 * KV_BYTES;
-            const int valid = min(KEYS, keys - k0 - KEYS);
-            fetch_swizzled<D, KEYS>(next, k_base + (k0 + KEYS) * ks.row, ks.row, valid);
-            fetch_swizzled<D, KEYS>(next + KV_BYTES, v_base + (k0 + KEYS) * vs.row, vs.row, valid);
-        }
+        if (i + 1 < tiles)
+            fetch_kv<D, KEYS>(stages + ((i + 1) & 1) * 2 * KV_BYTES, k_base, ks, v_base, vs, k0 + KEYS, keys);
         copies_issued();
-        copies_landed<1>();
-        proxy_fence();
-        __syncthreads();
+        stage_landed<1>();
         const unsigned char* k_tile = stages + (i & 1) * 2 * KV_BYTES;
         const unsigned char* v_tile = k_tile + KV_BYTES;
 
         if (k0 < wg_key_end) {
             float s[KEYS / 8][4], dp[KEYS / 8][4];
-            zero<KEYS / 8>(s);
-            zero<KEYS / 8>(dp);
-            pin<KEYS / 8>(s);
-            pin<KEYS / 8>(dp);
-            wg_fence();
-            rows_times_tile_t<D, KEYS, ROWS>(s, q_tile, wg * 64, k_tile);
-            rows_times_tile_t<D, KEYS, ROWS>(dp, do_tile, wg * 64, v_tile);
-            wg_commit();
-            wg_wait();
-            pin<KEYS / 8>(s);
-            pin<KEYS / 8>(dp);
+            score_pair<D, KEYS, ROWS>(s, q_tile, k_tile, dp, do_tile, v_tile, wg * 64);
             // Masked scores at -inf give probability exp2(-inf) = 0.
             if (k0 + KEYS > keys || k0 + KEYS - 1 > warp_row0 + offset)
                 mask_scores<KEYS, false>(s, warp_row0, k0, keys, offset);
@@ -474,14 +472,8 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
                     s[n][j] = p * (dp[n][j] - my_delta[h]);  // dS / scale
                 }
             unsigned ds_frags[KEYS / 16][4];
-            as_a_n<KEYS>(ds_frags, s);
-            pin<KEYS / 16>(ds_frags);
-            pin<D / 8>(dq_acc);
-            wg_fence();
-            frags_times_tile<D, KEYS>(dq_acc, ds_frags, k_tile);
-            wg_commit();
-            wg_wait();
-            pin<D / 8>(dq_acc);
+            as_a<KEYS>(ds_frags, s);
+            accumulate<D, KEYS>(dq_acc, ds_frags, k_tile);
         }
         __syncthreads();
     }
@@ -509,7 +501,7 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
     float* vectors = reinterpret_cast<float*>(stages + 2 * STAGES * Q_BYTES);  // stage s: lse, delta
 
     const int wg = threadIdx.x / WG_THREADS, warp = (threadIdx.x % WG_THREADS) / 32;
-    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int lane = threadIdx.x % 32, t = lane % 4;
     const int k0 = blockIdx.x * ROWS;
     const int batch = blockIdx.y / kv_heads, kv_head = blockIdx.y % kv_heads;
     const int groups = heads / kv_heads;
@@ -549,9 +541,7 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
         // Tile i + STAGES - 1 into the stage tile i - 1 used, which every warp is done with.
         if (i + STAGES - 1 < tiles) fetch(i + STAGES - 1, (i + STAGES - 1) % STAGES);
         copies_issued();
-        copies_landed<STAGES - 1>();
-        proxy_fence();
-        __syncthreads();
+        stage_landed<STAGES - 1>();
         const unsigned char* q_tile = stages + (i % STAGES) * 2 * Q_BYTES;
         const unsigned char* do_tile = q_tile + Q_BYTES;
         const float* tile_lse = vectors + (i % STAGES) * 2 * QUERIES;
@@ -561,17 +551,7 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
         if (q_start + QUERIES - 1 + offset >= wg_key0) {
             // Transposed scores: this warpgroup's 64 keys against the tile's queries.
             float s[QUERIES / 8][4], dp[QUERIES / 8][4];
-            zero<QUERIES / 8>(s);
-            zero<QUERIES / 8>(dp);
-            pin<QUERIES / 8>(s);
-            pin<QUERIES / 8>(dp);
-            wg_fence();
-            rows_times_tile_t<D, QUERIES, ROWS>(s, k_tile, wg * 64, q_tile);
-            rows_times_tile_t<D, QUERIES, ROWS>(dp, v_tile, wg * 64, do_tile);
-            wg_commit();
-            wg_wait();
-            pin<QUERIES / 8>(s);
-            pin<QUERIES / 8>(dp);
+            score_pair<D, QUERIES, ROWS>(s, k_tile, q_tile, dp, v_tile, do_tile, wg * 64);
             if (q_start + offset < warp_key0 + 15 || warp_key0 + 16 > keys)
                 mask_scores<QUERIES, true>(s, warp_key0, q_start, keys, offset);
 #pragma unroll
@@ -584,8 +564,8 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
                     dp[n][j] = p * (dp[n][j] - tile_delta[c]);  // dS / scale
                 }
             unsigned p_frags[QUERIES / 16][4], ds_frags[QUERIES / 16][4];
-            as_a_n<QUERIES>(p_frags, s);
-            as_a_n<QUERIES>(ds_frags, dp);
+            as_a<QUERIES>(p_frags, s);
+            as_a<QUERIES>(ds_frags, dp);
             pin<QUERIES / 16>(p_frags);
             pin<QUERIES / 16>(ds_frags);
             pin<D / 8>(dv_acc);
