@@ -220,7 +220,12 @@ fn attention(args: AttentionArgs) -> CliResult {
         "relative_errors": errors.map(|e| e.into_iter().collect::<std::collections::BTreeMap<_, _>>()),
     });
     output::println_safe(&report.to_string());
-    if let Some((name, error)) = errors.iter().flatten().find(|(_, error)| !(*error < 2e-2)) {
+    // NaN fails too.
+    if let Some((name, error)) = errors
+        .iter()
+        .flatten()
+        .find(|(_, error)| error.is_nan() || *error >= 2e-2)
+    {
         return Err(CliError::user(format!(
             "the kernels' {name} is off by {error:.2e} of its largest value (more than 2%)"
         )));
