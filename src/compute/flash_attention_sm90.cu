@@ -16,63 +16,12 @@
 
 #define WG_THREADS 128
 
-// Byte offset of 16-byte chunk `chunk` (of D / 8) of row r in a swizzled [ROWS][D] tile.
-template <int ROWS>
-__device__ __forceinline__ int swizzled(int r, int chunk) {
-    return (chunk / 8) * ROWS * 128 + r * 128 + (((chunk % 8) ^ (r % 8)) << 4);
-}
+#ifndef GRAFT_CUDA_EMULATION
+// The instructions themselves (tests/cuda_emulation/cuda_emu.h has CPU versions).
 
-// Starts copying rows [0, valid) of a [ROWS][D] tile from global memory into a
-// swizzled shared tile, zero-filling the rest.
-template <int D, int ROWS>
-__device__ __forceinline__ void fetch_swizzled(unsigned char* dst, const bf16* src, long long row_stride, int valid) {
-    constexpr int chunks = D / 8;
-    for (int c = threadIdx.x; c < ROWS * chunks; c += blockDim.x) {
-        const int r = c / chunks, part = c % chunks;
-        const bool ok = r < valid;
-        copy16(dst + swizzled<ROWS>(r, part), ok ? src + r * row_stride + part * 8 : src, ok);
-    }
-}
-
-// A query tile's lse (threads 0-63) and delta (64-127) into shared memory by 4-byte
-// cp.async, so that no thread waits on the loads here (plain loads would hold each
-// thread for a global memory round trip every tile). Rows past `valid` get lse +inf
-// (probability 0) and delta 0.
-__device__ __forceinline__ void fetch_vectors_async(float* dst, const float* lse, const float* delta, int valid) {
-    const int i = threadIdx.x % 64;
-    if (threadIdx.x >= 128) return;
-    const bool is_delta = threadIdx.x >= 64;
-    if (i < valid)
-        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address(dst + threadIdx.x)),
-                     "l"((is_delta ? delta : lse) + i));
-    else
-        dst[threadIdx.x] = is_delta ? 0.0f : pos_inf();
-}
-
-// Shared memory descriptor of a wgmma operand: start address, leading and stride byte
-// offsets, 128-byte swizzle.
-__device__ __forceinline__ unsigned long long operand_desc(const unsigned char* p, unsigned leading,
-                                                           unsigned stride) {
-    const unsigned long long address = shared_address(p);
-    return ((address & 0x3FFFF) >> 4) | ((unsigned long long)((leading >> 4) & 0x3FFF) << 16) |
-           ((unsigned long long)((stride >> 4) & 0x3FFF) << 32) | (1ull << 62);
-}
-
-// K-major operand: rows from row0 (a multiple of 8) of a swizzled [ROWS][D] tile,
-// columns [16 kk, 16 kk + 16). Eight-row groups are 1024 bytes apart; a k-slice is
-// 32 bytes into its half's rows, which the hardware swizzles as the copies did.
-// (The leading offset is unused in this layout; 16 bytes as the PTX ISA assumes.)
-template <int ROWS>
-__device__ __forceinline__ unsigned long long k_major(const unsigned char* tile, int row0, int kk) {
-    return operand_desc(tile + (kk / 4) * ROWS * 128 + row0 * 128 + (kk % 4) * 32, 16, 1024);
-}
-
-// N-major B operand: rows [16 kk, 16 kk + 16) of a swizzled [ROWS][D] tile as the
-// product's inner dimension, its D columns as the product's columns. The leading
-// offset steps between 64-column halves, the stride between eight-row groups.
-template <int ROWS>
-__device__ __forceinline__ unsigned long long n_major(const unsigned char* tile, int kk) {
-    return operand_desc(tile + kk * 16 * 128, ROWS * 128, 1024);
+// 4 bytes from global to shared memory by cp.async.
+__device__ __forceinline__ void copy4(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address(dst)), "l"(src));
 }
 
 // The compiler sees a wgmma's accumulators written when it is issued, not when
@@ -100,12 +49,6 @@ __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.
 // Shared memory written through the generic proxy (cp.async, st.shared) made visible
 // to wgmma's reads, which go through the async proxy; before the barrier.
 __device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// The dynamic shared memory rounded up to 1024 bytes (the swizzle's period; kernels
-// ask for 1024 bytes more than they use).
-__device__ __forceinline__ unsigned char* aligned_shared(unsigned char* smem) {
-    return smem + ((1024 - (shared_address(smem) & 1023)) & 1023);
-}
 
 // The wgmma wrappers, for N = 64 and 128 columns: d (64 x N, f32) as [N / 8][4] in the
 // mma.sync fragment layout of each warp's 16 rows, which wgmma's accumulators share.
@@ -144,6 +87,72 @@ WGMMA_SS(128, "%64", "%65", "%66")
     }
 WGMMA_RS(64, "{%32, %33, %34, %35}", "%36", "%37")
 WGMMA_RS(128, "{%64, %65, %66, %67}", "%68", "%69")
+
+#endif
+
+// Byte offset of 16-byte chunk `chunk` (of D / 8) of row r in a swizzled [ROWS][D] tile.
+template <int ROWS>
+__device__ __forceinline__ int swizzled(int r, int chunk) {
+    return (chunk / 8) * ROWS * 128 + r * 128 + (((chunk % 8) ^ (r % 8)) << 4);
+}
+
+// Starts copying rows [0, valid) of a [ROWS][D] tile from global memory into a
+// swizzled shared tile, zero-filling the rest.
+template <int D, int ROWS>
+__device__ __forceinline__ void fetch_swizzled(unsigned char* dst, const bf16* src, long long row_stride, int valid) {
+    constexpr int chunks = D / 8;
+    for (int c = threadIdx.x; c < ROWS * chunks; c += blockDim.x) {
+        const int r = c / chunks, part = c % chunks;
+        const bool ok = r < valid;
+        copy16(dst + swizzled<ROWS>(r, part), ok ? src + r * row_stride + part * 8 : src, ok);
+    }
+}
+
+// A query tile's lse (threads 0-63) and delta (64-127) into shared memory by 4-byte
+// cp.async, so that no thread waits on the loads here (plain loads would hold each
+// thread for a global memory round trip every tile). Rows past `valid` get lse +inf
+// (probability 0) and delta 0.
+__device__ __forceinline__ void fetch_vectors_async(float* dst, const float* lse, const float* delta, int valid) {
+    const int i = threadIdx.x % 64;
+    if (threadIdx.x >= 128) return;
+    const bool is_delta = threadIdx.x >= 64;
+    if (i < valid)
+        copy4(dst + threadIdx.x, (is_delta ? delta : lse) + i);
+    else
+        dst[threadIdx.x] = is_delta ? 0.0f : pos_inf();
+}
+
+// Shared memory descriptor of a wgmma operand: start address, leading and stride byte
+// offsets, 128-byte swizzle.
+__device__ __forceinline__ unsigned long long operand_desc(const unsigned char* p, unsigned leading,
+                                                           unsigned stride) {
+    const unsigned long long address = shared_address(p);
+    return ((address & 0x3FFFF) >> 4) | ((unsigned long long)((leading >> 4) & 0x3FFF) << 16) |
+           ((unsigned long long)((stride >> 4) & 0x3FFF) << 32) | (1ull << 62);
+}
+
+// K-major operand: rows from row0 (a multiple of 8) of a swizzled [ROWS][D] tile,
+// columns [16 kk, 16 kk + 16). Eight-row groups are 1024 bytes apart; a k-slice is
+// 32 bytes into its half's rows, which the hardware swizzles as the copies did.
+// (The leading offset is unused in this layout; 16 bytes as the PTX ISA assumes.)
+template <int ROWS>
+__device__ __forceinline__ unsigned long long k_major(const unsigned char* tile, int row0, int kk) {
+    return operand_desc(tile + (kk / 4) * ROWS * 128 + row0 * 128 + (kk % 4) * 32, 16, 1024);
+}
+
+// N-major B operand: rows [16 kk, 16 kk + 16) of a swizzled [ROWS][D] tile as the
+// product's inner dimension, its D columns as the product's columns. The leading
+// offset steps between 64-column halves, the stride between eight-row groups.
+template <int ROWS>
+__device__ __forceinline__ unsigned long long n_major(const unsigned char* tile, int kk) {
+    return operand_desc(tile + kk * 16 * 128, ROWS * 128, 1024);
+}
+
+// The dynamic shared memory rounded up to 1024 bytes (the swizzle's period; kernels
+// ask for 1024 bytes more than they use).
+__device__ __forceinline__ unsigned char* aligned_shared(unsigned char* smem) {
+    return smem + ((1024 - (shared_address(smem) & 1023)) & 1023);
+}
 
 template <int N>
 __device__ __forceinline__ void wgmma_ss(float (*d)[4], unsigned long long a, unsigned long long b, int accumulate) {

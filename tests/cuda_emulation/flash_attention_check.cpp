@@ -1,14 +1,22 @@
 // The flash-attention kernels against a float64 reference, under the CPU emulation of
-// cuda_emu.h (see run.sh). Inputs are rounded to bf16 first, as the kernels see them;
+// cuda_emu.h (see run.sh), launched through their entry points with the geometry the
+// source states: the mma.sync kernels, or with --sm90 the Hopper ones for 64 and 128. Inputs are rounded to bf16 first, as the kernels see them;
 // q is a strided view ([batch, seq, heads, d] in memory), as the model passes it.
 #include "kernel_emu.h"  // the kernels, rewritten for the emulation by run.sh
 #include <cstdio>
 #include <random>
 typedef __nv_bfloat16 B;
-template <int D> int run(int batch, int heads, int kvh, int seq, int keys) {
-  // Shared memory as the source states it (flash_geometry_D).
-  constexpr int mt = FORWARD_MTILES(D);
-  size_t fwd_bytes = FORWARD_SHARED(D), dq_bytes = DQ_SHARED(D), dkv_bytes = DKV_SHARED(D);
+// The entry points of head size D and the geometry the source states for them
+// (rows per block, threads, shared bytes of the forward, dQ and dK/dV kernels).
+struct Entries {
+  decltype(&flash_forward_64) forward;
+  decltype(&flash_backward_dq_64) dq;
+  decltype(&flash_backward_dkv_64) dkv;
+  const int* geometry;
+};
+#define ENTRIES(D) Entries{flash_forward_##D, flash_backward_dq_##D, flash_backward_dkv_##D, flash_geometry_##D}
+template <int D> int run(Entries e, int batch, int heads, int kvh, int seq, int keys) {
+  const int* g = e.geometry;
   std::mt19937 rng(7); std::normal_distribution<float> nd(0, 1);
   // q laid out [b, s, h, d] (strided view), k/v [b, kvh, keys, d] contiguous, dout [b,h,s,d]
   std::vector<B> q(batch * seq * heads * D), k(batch * kvh * keys * D), v(k.size()), dout(batch * heads * seq * D);
@@ -20,13 +28,13 @@ template <int D> int run(int batch, int heads, int kvh, int seq, int keys) {
   std::vector<B> out(batch * heads * seq * D), dq(out.size()), dk(k.size()), dv(k.size());
   std::vector<float> lse(batch * heads * seq), delta(lse.size());
   float scale = 1.0f / std::sqrt((float)D), sl2 = scale * 1.4426950408889634f;
-  int qt = (seq + 63) / 64, kt = (keys + 63) / 64, ft = (seq + 64 * mt - 1) / (64 * mt);
-  launch({(unsigned)ft, (unsigned)(batch * heads)}, fwd_bytes, [&] {
-    forward<D, mt>(q.data(), qs, k.data(), ks, v.data(), ks, out.data(), lse.data(), heads, kvh, seq, keys, sl2); });
-  launch({(unsigned)qt, (unsigned)(batch * heads)}, dq_bytes, [&] {
-    backward_dq<D>(q.data(), qs, k.data(), ks, v.data(), ks, out.data(), dout.data(), dos, lse.data(), delta.data(), dq.data(), heads, kvh, seq, keys, scale, sl2); });
-  launch({(unsigned)kt, (unsigned)(batch * kvh)}, dkv_bytes, [&] {
-    backward_dkv<D>(q.data(), qs, k.data(), ks, v.data(), ks, dout.data(), dos, lse.data(), delta.data(), dk.data(), dv.data(), heads, kvh, seq, keys, scale, sl2); });
+  auto blocks = [](int n, int rows) { return (unsigned)((n + rows - 1) / rows); };
+  launch({blocks(seq, g[0]), (unsigned)(batch * heads)}, g[2], g[1], [&] {
+    e.forward(q.data(), qs, k.data(), ks, v.data(), ks, out.data(), lse.data(), heads, kvh, seq, keys, scale, sl2); });
+  launch({blocks(seq, g[3]), (unsigned)(batch * heads)}, g[5], g[4], [&] {
+    e.dq(q.data(), qs, k.data(), ks, v.data(), ks, out.data(), dout.data(), dos, lse.data(), delta.data(), dq.data(), heads, kvh, seq, keys, scale, sl2); });
+  launch({blocks(keys, g[6]), (unsigned)(batch * kvh)}, g[8], g[7], [&] {
+    e.dkv(q.data(), qs, k.data(), ks, v.data(), ks, dout.data(), dos, lse.data(), delta.data(), dk.data(), dv.data(), heads, kvh, seq, keys, scale, sl2); });
   // reference in double
   double err_o = 0, err_q = 0, err_k = 0, err_v = 0, mo = 0, mq = 0, mk = 0, mv = 0;
   std::vector<double> rdk(k.size()), rdv(k.size());
@@ -67,9 +75,9 @@ template <int D> int run(int batch, int heads, int kvh, int seq, int keys) {
 }
 int main() {
   int failed = 0;
-  failed |= run<64>(2, 4, 2, 130, 130);  // grouped heads, a short last tile
-  failed |= run<64>(1, 2, 1, 100, 150);  // cached keys before the queries
-  failed |= run<32>(2, 4, 2, 130, 130);
-  failed |= run<128>(1, 2, 1, 70, 70);
+  failed |= run<64>(ENTRIES(64), 2, 4, 2, 130, 130);  // grouped heads, a short last tile
+  failed |= run<64>(ENTRIES(64), 1, 2, 1, 100, 150);  // cached keys before the queries
+  failed |= run<32>(ENTRIES(32), 2, 4, 2, 130, 130);
+  failed |= run<128>(ENTRIES(128), 1, 2, 1, 70, 70);
   return failed;
 }
