@@ -412,7 +412,7 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
     float* row_delta = reinterpret_cast<float*>(stages + 4 * KV_BYTES);
 
     const int wg = threadIdx.x / WG_THREADS, warp = (threadIdx.x % WG_THREADS) / 32;
-    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int lane = threadIdx.x % 32, g = lane / 4;
     const int batch = blockIdx.y / heads, head = blockIdx.y % heads;
     const int kv_head = head / (heads / kv_heads);
     const int q0 = (gridDim.x - 1 - blockIdx.x) * ROWS;
