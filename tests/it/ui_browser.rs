@@ -1,7 +1,8 @@
 //! The `graft ui` page in a real headless browser (Debian's chromium, driven
 //! by npm's playwright-core through `tests/ui/browser.mjs`) against a copy of
 //! the quickstart: the lineage graph, a `--where` filter, the compare view of
-//! the two forks (and its screenshot, `docs/ui-compare.png`, which the README
+//! the two forks (and its screenshot, in the test's own directory; with
+//! `GRAFT_UPDATE_SCREENSHOT=1` it replaces `docs/ui-compare.png`, which the README
 //! shows), and a training started during the test that the page follows.
 //! Every expectation comes from the CLI's own `--json` output. Without the
 //! browser or playwright-core (`.ci/run` installs both) the test fails.
@@ -116,7 +117,12 @@ fn browser_shows_lineage_filter_compare_and_a_training_as_it_runs() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(quickstart().dir.path(), dir.path());
     let store = dir.path().join("store");
-    let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ui-compare.png");
+    // A test run leaves the tracked picture alone unless asked to refresh it.
+    let screenshot = if std::env::var_os("GRAFT_UPDATE_SCREENSHOT").is_some() {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ui-compare.png")
+    } else {
+        dir.path().join("ui-compare.png")
+    };
     std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
     let expect = dir.path().join("expect.json");
     std::fs::write(&expect, expectations(&store, &screenshot).to_string()).unwrap();
@@ -183,5 +189,11 @@ fn browser_shows_lineage_filter_compare_and_a_training_as_it_runs() {
          the training ({training_status:?} when the page gave up) printed:\n{log}"
     );
     drop(server);
-    assert!(screenshot.is_file());
+    // A PNG (its signature), written by the browser during this run.
+    let picture = std::fs::read(&screenshot).expect("the page's screenshot");
+    assert!(
+        picture.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "not a PNG: {}",
+        screenshot.display()
+    );
 }
