@@ -46,6 +46,11 @@ __device__ __forceinline__ void pin(unsigned (*a)[4]) {
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Waits until at most N committed groups of products are still in flight.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
 // Shared memory written through the generic proxy (cp.async, st.shared) made visible
 // to wgmma's reads, which go through the async proxy; before the barrier.
 __device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -74,6 +79,21 @@ __device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.
     }
 WGMMA_SS(64, "%32", "%33", "%34")
 WGMMA_SS(128, "%64", "%65", "%66")
+
+// d += A (64 x 16, shared, K-major) * B (16 x N, shared, N-major).
+#define WGMMA_SS_N(N, A, B)                                                                                   \
+    __device__ __forceinline__ void wgmma_ss_n_##N(float (*d)[4], unsigned long long a, unsigned long long b) { \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 " WG_REGS_##N ", " A ", " B   \
+                     ", p, 1, 1, 0, 1;\n}\n"                                                                 \
+                     : WG_ACC_##N(d)                                                                         \
+                     : "l"(a), "l"(b));                                                                      \
+    }
+WGMMA_SS_N(64, "%32", "%33")
+WGMMA_SS_N(128, "%64", "%65")
+
+// The 128 threads of warpgroup wg (named barrier 1 + wg; __syncthreads is 0).
+__device__ __forceinline__ void warpgroup_sync(int wg) { asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory"); }
 
 // d += A (64 x 16, registers in the mma.sync A layout) * B (16 x N, shared, N-major:
 // rows of the stored tile are the product's inner dimension).
@@ -158,6 +178,12 @@ template <int N>
 __device__ __forceinline__ void wgmma_ss(float (*d)[4], unsigned long long a, unsigned long long b, int accumulate) {
     if constexpr (N == 64) wgmma_ss_64(d, a, b, accumulate);
     else wgmma_ss_128(d, a, b, accumulate);
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma_ss_n(float (*d)[4], unsigned long long a, unsigned long long b) {
+    if constexpr (N == 64) wgmma_ss_n_64(d, a, b);
+    else wgmma_ss_n_128(d, a, b);
 }
 
 template <int N>
@@ -284,8 +310,14 @@ __device__ __forceinline__ void accumulate(float (*acc)[4], unsigned (*frags)[4]
 #ifndef SM90_DKV_STAGES
 #define SM90_DKV_STAGES(D) 3
 #endif
-#define SM90_DKV_SHARED(D) \
-    (1024 + 2 * SM90_TILE_BYTES(64 * SM90_DKV_WGS(D), D) + SM90_DKV_STAGES(D) * (2 * SM90_TILE_BYTES(64, D) + 2 * 64 * 4))
+#ifndef SM90_DKV_PIPELINED
+#define SM90_DKV_PIPELINED(D) 0
+#endif
+#define SM90_DKV_SHARED(D)                                                                                     \
+    (SM90_DKV_PIPELINED(D)                                                                                     \
+         ? 1024 + 2 * SM90_TILE_BYTES(64 * SM90_DKV_WGS(D), D) + 4 * (2 * SM90_TILE_BYTES(64, D) + 2 * 64 * 4) + \
+               4 * SM90_DKV_WGS(D) * SM90_TILE_BYTES(64, 64)                                                   \
+         : 1024 + 2 * SM90_TILE_BYTES(64 * SM90_DKV_WGS(D), D) + SM90_DKV_STAGES(D) * (2 * SM90_TILE_BYTES(64, D) + 2 * 64 * 4))
 
 // Forward: 64 query rows per warpgroup, keys and values streamed in tiles of KEYS, two
 // stages deep. Grid: (query blocks, batch * heads), the longest rows first.
@@ -595,6 +627,162 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
     store_rows<D>(dv + out_base, dv_acc, warp_key0, keys, 1.0f, 1.0f);
 }
 
+// dK/dV with its products overlapped with its element-wise work, after
+// FlashAttention-3's backward; SM90_DKV_PIPELINED selects it. Two query tiles a pass:
+// both tiles' S and dP are issued at once, so the second's run while the first's P and
+// dS are computed, and the first's dV and dK products run while the second's are.
+// Nothing is in flight from one pass to the next: with scores in flight across the
+// loop, ptxas moved them between registers and serialized every product. P and dS go
+// through shared memory (two [64 keys][64 queries] buffers a warpgroup, swizzled
+// K-major), not registers: a register operand stays live until its product ends,
+// which with two sets of scores and dK, dV was more than ptxas could hold without
+// serializing (252 registers). Tiles past the last are zeros with lse +inf, so that no
+// product sits under a branch (ptxas serializes wgmma under a branch it cannot prove
+// uniform). Four stages of queries: a pass reads two and fills the other two.
+// Checked under the emulation (tests/it/compute_kernels_emulated.rs) and by ptxas
+// (251 registers, no serialization); not yet timed on a GPU, so off by default.
+#define SM90_DKV_PIPELINE_STAGES 4
+template <int D>
+__device__ void backward_dkv_sm90_pipelined(const bf16* __restrict__ q, Strides qs, const bf16* __restrict__ k,
+                                            Strides ks, const bf16* __restrict__ v, Strides vs,
+                                            const bf16* __restrict__ dout, Strides dos, const float* __restrict__ lse,
+                                            const float* __restrict__ delta, bf16* __restrict__ dk,
+                                            bf16* __restrict__ dv, int heads, int kv_heads, int seq, int keys,
+                                            float scale, float scale_log2) {
+    constexpr int ROWS = 64 * SM90_DKV_WGS(D), QUERIES = 64, STAGES = SM90_DKV_PIPELINE_STAGES;
+    constexpr int Q_BYTES = SM90_TILE_BYTES(QUERIES, D), P_BYTES = SM90_TILE_BYTES(64, QUERIES);
+    extern __shared__ __align__(128) unsigned char smem[];
+    unsigned char* k_tile = aligned_shared(smem);
+    unsigned char* v_tile = k_tile + SM90_TILE_BYTES(ROWS, D);
+    unsigned char* stages = v_tile + SM90_TILE_BYTES(ROWS, D);  // stage s: queries at 2 s Q_BYTES, dO after
+    unsigned char* probs = stages + 2 * STAGES * Q_BYTES;       // warpgroup w: P at 2 w P_BYTES, dS after
+    float* vectors = reinterpret_cast<float*>(probs + 4 * SM90_DKV_WGS(D) * P_BYTES);  // stage s: lse, delta
+
+    const int wg = threadIdx.x / WG_THREADS, warp = (threadIdx.x % WG_THREADS) / 32;
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int k0 = blockIdx.x * ROWS;
+    const int batch = blockIdx.y / kv_heads, kv_head = blockIdx.y % kv_heads;
+    const int groups = heads / kv_heads;
+    const int offset = keys - seq;
+    const int wg_key0 = k0 + wg * 64, warp_key0 = wg_key0 + warp * 16;
+    const int first_q0 = (max(0, k0 - offset) / QUERIES) * QUERIES;
+    const int per_head = first_q0 < seq ? (seq - first_q0 + QUERIES - 1) / QUERIES : 0;
+    const int tiles = per_head * groups;
+    unsigned char* p_tile = probs + 4 * wg * P_BYTES;  // buffer b: P at 2 b P_BYTES, dS after
+    unsigned char* ds_tile = p_tile + P_BYTES;
+
+    fetch_swizzled<D, ROWS>(k_tile, k + batch * ks.batch + kv_head * ks.head + k0 * ks.row, ks.row,
+                            min(ROWS, keys - k0));
+    fetch_swizzled<D, ROWS>(v_tile, v + batch * vs.batch + kv_head * vs.head + k0 * vs.row, vs.row,
+                            min(ROWS, keys - k0));
+    // (Tiles past the last still name a head and rows, never read; per_head may be 0.)
+    const int walk = max(per_head, 1);
+    auto q_start_of = [&](int i) { return first_q0 + (i % walk) * QUERIES; };
+    auto fetch = [&](int i) {
+        const int head = kv_head * groups + min(i / walk, groups - 1), q_start = q_start_of(i);
+        const int valid = i < tiles ? min(QUERIES, seq - q_start) : 0;
+        unsigned char* dst = stages + (i % STAGES) * 2 * Q_BYTES;
+        fetch_swizzled<D, QUERIES>(dst, q + batch * qs.batch + head * qs.head + q_start * qs.row, qs.row, valid);
+        fetch_swizzled<D, QUERIES>(dst + Q_BYTES, dout + batch * dos.batch + head * dos.head + q_start * dos.row,
+                                   dos.row, valid);
+        const long long rows = ((long long)batch * heads + head) * seq + q_start;
+        fetch_vectors_async(vectors + (i % STAGES) * 2 * QUERIES, lse + rows, delta + rows, valid);
+    };
+    // S and dP of tile i, issued and committed, not waited for.
+    auto issue_scores = [&](int i, float (*s)[4], float (*dp)[4]) {
+        const unsigned char* q_tile = stages + (i % STAGES) * 2 * Q_BYTES;
+        wg_fence();
+        rows_times_tile_t<D, QUERIES, ROWS>(s, k_tile, wg * 64, q_tile);
+        rows_times_tile_t<D, QUERIES, ROWS>(dp, v_tile, wg * 64, q_tile + Q_BYTES);
+        wg_commit();
+    };
+    // Accumulators (16 x QUERIES a warp) as bf16 into a swizzled [64][QUERIES] tile.
+    auto store_tile = [&](unsigned char* tile, float (*x)[4]) {
+#pragma unroll
+        for (int n = 0; n < QUERIES / 8; ++n)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = warp * 16 + g + 8 * h, c = n * 8 + 2 * t;
+                *reinterpret_cast<unsigned*>(tile + swizzled<64>(r, c / 8) + (c % 8) * 2) =
+                    pack(x[n][2 * h], x[n][2 * h + 1]);
+            }
+    };
+
+    float dk_acc[D / 8][4], dv_acc[D / 8][4];
+    zero<D / 8>(dk_acc);
+    zero<D / 8>(dv_acc);
+
+    // Tile i's P and dS from its scores, into shared memory buffer `buffer`.
+    auto probabilities = [&](int i, float (*s)[4], float (*dp)[4], int buffer) {
+        pin<QUERIES / 8>(s);
+        pin<QUERIES / 8>(dp);
+        const int q_start = q_start_of(i);
+        const float* tile_lse = vectors + (i % STAGES) * 2 * QUERIES;
+        const float* tile_delta = tile_lse + QUERIES;
+        if (q_start + offset < warp_key0 + 15 || warp_key0 + 16 > keys)
+            mask_scores<QUERIES, true>(s, warp_key0, q_start, keys, offset);
+#pragma unroll
+        for (int n = 0; n < QUERIES / 8; ++n)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int c = n * 8 + 2 * t + j % 2;
+                const float p = fast_exp2(fmaf(s[n][j], scale_log2, -tile_lse[c]));
+                s[n][j] = p;
+                dp[n][j] = p * (dp[n][j] - tile_delta[c]);  // dS / scale
+            }
+        store_tile(p_tile + buffer * 2 * P_BYTES, s);
+        store_tile(ds_tile + buffer * 2 * P_BYTES, dp);
+        proxy_fence();
+        warpgroup_sync(wg);
+    };
+    // dV += P^T dO and dK += dS^T Q of tile i, from buffer `buffer`, issued and committed.
+    auto issue_gradients = [&](int i, int buffer) {
+        const unsigned char* q_tile = stages + (i % STAGES) * 2 * Q_BYTES;
+        pin<D / 8>(dv_acc);
+        pin<D / 8>(dk_acc);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < QUERIES / 16; ++kk) {
+            wgmma_ss_n<D>(dv_acc, k_major<64>(p_tile + buffer * 2 * P_BYTES, 0, kk), n_major<QUERIES>(q_tile + Q_BYTES, kk));
+            wgmma_ss_n<D>(dk_acc, k_major<64>(ds_tile + buffer * 2 * P_BYTES, 0, kk), n_major<QUERIES>(q_tile, kk));
+        }
+        wg_commit();
+    };
+
+    // Two tiles a pass, nothing in flight between passes: tile i + 1's scores run
+    // during tile i's element-wise part, and tile i's gradients during tile i + 1's.
+    fetch(0);
+    fetch(1);
+    copies_issued();
+    for (int i = 0; i < tiles; i += 2) {
+        __syncthreads();  // every warpgroup is done with tiles i - 2 and i - 1
+        fetch(i + 2);
+        fetch(i + 3);
+        copies_issued();
+        stage_landed<1>();  // tiles i and i + 1
+        float s_a[QUERIES / 8][4], dp_a[QUERIES / 8][4], s_b[QUERIES / 8][4], dp_b[QUERIES / 8][4];
+        zero<QUERIES / 8>(s_a);
+        zero<QUERIES / 8>(dp_a);
+        zero<QUERIES / 8>(s_b);
+        zero<QUERIES / 8>(dp_b);
+        issue_scores(i, s_a, dp_a);
+        issue_scores(i + 1, s_b, dp_b);
+        wgmma_wait<1>();  // tile i's scores
+        probabilities(i, s_a, dp_a, 0);
+        issue_gradients(i, 0);
+        wgmma_wait<1>();  // tile i + 1's scores
+        probabilities(i + 1, s_b, dp_b, 1);
+        issue_gradients(i + 1, 1);
+        wgmma_wait<0>();
+        pin<D / 8>(dv_acc);
+        pin<D / 8>(dk_acc);
+    }
+    copies_landed<0>();
+    const long long out_base = ((long long)blockIdx.y) * keys * D;
+    store_rows<D>(dk + out_base, dk_acc, warp_key0, keys, scale, scale);
+    store_rows<D>(dv + out_base, dv_acc, warp_key0, keys, 1.0f, 1.0f);
+}
+
 // Entry points and geometry (as ENTRY_POINTS in flash_attention.cu) for the head sizes
 // this file serves.
 #define SM90_ENTRY_POINTS(D)                                                                                  \
@@ -621,8 +809,12 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
                                Strides vs, const bf16* dout, Strides dos, const float* lse,                \
                                const float* delta, bf16* dk, bf16* dv, int heads, int kv_heads, int seq,    \
                                int keys, float scale, float scale_log2) {                                  \
-        backward_dkv_sm90<D>(q, qs, k, ks, v, vs, dout, dos, lse, delta, dk, dv, heads, kv_heads, seq,     \
-                             keys, scale, scale_log2);                                                     \
+        if constexpr (SM90_DKV_PIPELINED(D))                                                               \
+            backward_dkv_sm90_pipelined<D>(q, qs, k, ks, v, vs, dout, dos, lse, delta, dk, dv, heads, kv_heads, \
+                                           seq, keys, scale, scale_log2);                                   \
+        else                                                                                               \
+            backward_dkv_sm90<D>(q, qs, k, ks, v, vs, dout, dos, lse, delta, dk, dv, heads, kv_heads, seq, \
+                                 keys, scale, scale_log2);                                                 \
     }
 
 SM90_ENTRY_POINTS(64)

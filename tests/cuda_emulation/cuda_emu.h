@@ -189,6 +189,20 @@ template <int N> void wgmma_rs_emu(float (*d)[4], const unsigned* a, unsigned lo
     }
   bar->arrive_and_wait();
 }
+template <int N> void wgmma_ss_n_emu(float (*d)[4], unsigned long long a, unsigned long long b) {
+  const Desc A = decode(a), B = decode(b);
+  for (int j = 0; j < N / 8; ++j)
+    for (int e = 0; e < 4; ++e) {
+      const int row = acc_row(e), col = acc_col(j, e);
+      float s = d[j][e];
+      for (int k = 0; k < 16; ++k) s += k_major_at(A, row, k) * n_major_at(B, k, col);
+      d[j][e] = s;
+    }
+}
+inline void wgmma_ss_n_64(float (*d)[4], unsigned long long a, unsigned long long b) { wgmma_ss_n_emu<64>(d, a, b); }
+inline void wgmma_ss_n_128(float (*d)[4], unsigned long long a, unsigned long long b) { wgmma_ss_n_emu<128>(d, a, b); }
+template <int N> void wgmma_wait() {}
+inline void warpgroup_sync(int wg) { g_warpgroup_barriers[wg]->arrive_and_wait(); }
 inline void wgmma_ss_64(float (*d)[4], unsigned long long a, unsigned long long b, int acc) { wgmma_ss_emu<64>(d, a, b, acc); }
 inline void wgmma_ss_128(float (*d)[4], unsigned long long a, unsigned long long b, int acc) { wgmma_ss_emu<128>(d, a, b, acc); }
 inline void wgmma_rs_64(float (*d)[4], const unsigned* a, unsigned long long b) { wgmma_rs_emu<64>(d, a, b); }
