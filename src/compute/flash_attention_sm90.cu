@@ -228,6 +228,20 @@ __device__ __forceinline__ void stage_landed() {
     __syncthreads();
 }
 
+// Tile i of keys and values, two stages deep: starts tile i + 1's copies into the
+// other stage, waits until tile i's have landed for every warp, and returns its keys
+// (values follow).
+template <int D, int KEYS>
+__device__ __forceinline__ const unsigned char* kv_stage(unsigned char* stages, int i, int tiles, const bf16* k_base,
+                                                         Strides ks, const bf16* v_base, Strides vs, int keys) {
+    constexpr int KV_BYTES = KEYS * D * 2;
+    if (i + 1 < tiles)
+        fetch_kv<D, KEYS>(stages + ((i + 1) & 1) * 2 * KV_BYTES, k_base, ks, v_base, vs, (i + 1) * KEYS, keys);
+    copies_issued();
+    stage_landed<1>();
+    return stages + (i & 1) * 2 * KV_BYTES;
+}
+
 // Scores (16 x N a warp, accumulator layout) set to -inf where the key is not seen by
 // the query: rows are queries from row0 and columns keys from col0, or, TRANSPOSED,
 // rows keys and columns queries. Called only on tiles that cross the diagonal or the
@@ -276,6 +290,27 @@ __device__ __forceinline__ void accumulate(float (*acc)[4], unsigned (*frags)[4]
     wg_commit();
     wg_wait();
     pin<D / 8>(acc);
+}
+
+// The dK/dV kernels' element-wise part: transposed scores s (this warp's 16 keys from
+// warp_key0 against N queries from q_start) into probabilities P, and dp into
+// dS / scale, with the tile's lse and delta.
+template <int N>
+__device__ __forceinline__ void transposed_probabilities(float (*s)[4], float (*dp)[4], const float* tile_lse,
+                                                         const float* tile_delta, float scale_log2, int warp_key0,
+                                                         int q_start, int keys, int offset) {
+    const int t = threadIdx.x % 4;
+    if (q_start + offset < warp_key0 + 15 || warp_key0 + 16 > keys)
+        mask_scores<N, true>(s, warp_key0, q_start, keys, offset);
+#pragma unroll
+    for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int c = n * 8 + 2 * t + j % 2;
+            const float p = fast_exp2(fmaf(s[n][j], scale_log2, -tile_lse[c]));
+            s[n][j] = p;
+            dp[n][j] = p * (dp[n][j] - tile_delta[c]);  // dS / scale
+        }
 }
 
 // Keys per streamed tile in the forward: 128 where the scores fit beside the output
@@ -355,11 +390,7 @@ __device__ void forward_sm90(const bf16* __restrict__ q, Strides qs, const bf16*
 
     for (int i = 0; i < tiles; ++i) {
         const int k0 = i * KEYS;
-        if (i + 1 < tiles)
-            fetch_kv<D, KEYS>(stages + ((i + 1) & 1) * 2 * KV_BYTES, k_base, ks, v_base, vs, k0 + KEYS, keys);
-        copies_issued();
-        stage_landed<1>();
-        const unsigned char* k_tile = stages + (i & 1) * 2 * KV_BYTES;
+        const unsigned char* k_tile = kv_stage<D, KEYS>(stages, i, tiles, k_base, ks, v_base, vs, keys);
         const unsigned char* v_tile = k_tile + KV_BYTES;
 
         // A warpgroup whose rows all come before this tile's keys has nothing to add.
@@ -491,11 +522,7 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
     zero<D / 8>(dq_acc);
     for (int i = 0; i < tiles; ++i) {
         const int k0 = i * KEYS;
-        if (i + 1 < tiles)
-            fetch_kv<D, KEYS>(stages + ((i + 1) & 1) * 2 * KV_BYTES, k_base, ks, v_base, vs, k0 + KEYS, keys);
-        copies_issued();
-        stage_landed<1>();
-        const unsigned char* k_tile = stages + (i & 1) * 2 * KV_BYTES;
+        const unsigned char* k_tile = kv_stage<D, KEYS>(stages, i, tiles, k_base, ks, v_base, vs, keys);
         const unsigned char* v_tile = k_tile + KV_BYTES;
 
         if (k0 < wg_key_end) {
@@ -542,7 +569,6 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
     float* vectors = reinterpret_cast<float*>(stages + 2 * STAGES * Q_BYTES);  // stage s: lse, delta
 
     const int wg = threadIdx.x / WG_THREADS, warp = (threadIdx.x % WG_THREADS) / 32;
-    const int lane = threadIdx.x % 32, t = lane % 4;
     const int k0 = blockIdx.x * ROWS;
     const int batch = blockIdx.y / kv_heads, kv_head = blockIdx.y % kv_heads;
     const int groups = heads / kv_heads;
@@ -593,17 +619,7 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
             // Transposed scores: this warpgroup's 64 keys against the tile's queries.
             float s[QUERIES / 8][4], dp[QUERIES / 8][4];
             score_pair<D, QUERIES, ROWS>(s, k_tile, q_tile, dp, v_tile, do_tile, wg * 64);
-            if (q_start + offset < warp_key0 + 15 || warp_key0 + 16 > keys)
-                mask_scores<QUERIES, true>(s, warp_key0, q_start, keys, offset);
-#pragma unroll
-            for (int n = 0; n < QUERIES / 8; ++n)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int c = n * 8 + 2 * t + j % 2;
-                    const float p = fast_exp2(fmaf(s[n][j], scale_log2, -tile_lse[c]));
-                    s[n][j] = p;
-                    dp[n][j] = p * (dp[n][j] - tile_delta[c]);  // dS / scale
-                }
+            transposed_probabilities<QUERIES>(s, dp, tile_lse, tile_delta, scale_log2, warp_key0, q_start, keys, offset);
             unsigned p_frags[QUERIES / 16][4], ds_frags[QUERIES / 16][4];
             as_a<QUERIES>(p_frags, s);
             as_a<QUERIES>(ds_frags, dp);
@@ -719,17 +735,7 @@ __device__ void backward_dkv_sm90_pipelined(const bf16* __restrict__ q, Strides 
         const int q_start = q_start_of(i);
         const float* tile_lse = vectors + (i % STAGES) * 2 * QUERIES;
         const float* tile_delta = tile_lse + QUERIES;
-        if (q_start + offset < warp_key0 + 15 || warp_key0 + 16 > keys)
-            mask_scores<QUERIES, true>(s, warp_key0, q_start, keys, offset);
-#pragma unroll
-        for (int n = 0; n < QUERIES / 8; ++n)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int c = n * 8 + 2 * t + j % 2;
-                const float p = fast_exp2(fmaf(s[n][j], scale_log2, -tile_lse[c]));
-                s[n][j] = p;
-                dp[n][j] = p * (dp[n][j] - tile_delta[c]);  // dS / scale
-            }
+        transposed_probabilities<QUERIES>(s, dp, tile_lse, tile_delta, scale_log2, warp_key0, q_start, keys, offset);
         store_tile(p_tile + buffer * 2 * P_BYTES, s);
         store_tile(ds_tile + buffer * 2 * P_BYTES, dp);
         proxy_fence();
