@@ -1,8 +1,8 @@
 // Hopper (sm_90a) versions of the flash-attention kernels, on warpgroup MMA: wgmma
 // reads its B operand (and, where it is a resident tile, A) straight from shared
 // memory, shared by the four warps of a warpgroup, where mma.sync makes every warp
-// load every fragment into its own registers through ldmatrix; that load traffic is
-// what bounds the mma.sync kernels on this card. The host appends this file to
+// load every fragment into its own registers through ldmatrix (the streamed tile read
+// four times over for the same products). The host appends this file to
 // flash_attention.cu, with FLASH_WGMMA defined, on compute capability 9.0; the
 // arithmetic (the online softmax, lse, delta, dS / scale, no atomics) is the same.
 //
