@@ -346,8 +346,51 @@ impl ComputeSection {
     }
 }
 
-/// The resolved way an execution computes: the device, the `[compute]` section and,
-/// on the CPU, the vector instructions its products ran with.
+/// The kernels CUDA's flash attention runs on a device: `mma.sync` (compute
+/// capability 8.0 on) or, on Hopper (9.0), warpgroup MMA. They sum in different
+/// orders, so a CUDA execution's record says which it ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuAttention {
+    MmaSync,
+    Wgmma,
+}
+
+impl GpuAttention {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuAttention::MmaSync => "mma_sync",
+            GpuAttention::Wgmma => "wgmma",
+        }
+    }
+
+    /// What this machine's first CUDA device runs.
+    pub fn of_this_machine() -> Self {
+        #[cfg(feature = "cuda")]
+        if cuda_kernels::device_capability(0) == Some((9, 0)) {
+            return GpuAttention::Wgmma;
+        }
+        GpuAttention::MmaSync
+    }
+
+    /// What CUDA executions ran before the record held it (the wgmma kernels came
+    /// later).
+    pub fn before_recorded() -> Self {
+        GpuAttention::MmaSync
+    }
+}
+
+/// A new execution's attention kernels: the device's on CUDA; on the CPU a placeholder
+/// (not recorded, and no CUDA driver is asked).
+fn gpu_attention_of_this_machine(backend: BackendKind) -> GpuAttention {
+    match backend {
+        BackendKind::Cuda => GpuAttention::of_this_machine(),
+        BackendKind::Cpu => GpuAttention::MmaSync,
+    }
+}
+
+/// The resolved way an execution computes: the device, the `[compute]` section and
+/// the instructions the hardware's kernels use.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Compute {
     pub backend: BackendKind,
@@ -355,6 +398,8 @@ pub struct Compute {
     /// This machine's for a new execution, the recorded one for a read record;
     /// recorded for CPU executions only (the GPU's products do not use them).
     pub cpu_vectors: CpuVectors,
+    /// The same for CUDA executions' attention kernels; recorded for them only.
+    pub gpu_attention: GpuAttention,
 }
 
 impl Compute {
@@ -365,6 +410,7 @@ impl Compute {
             backend,
             options: options.normalized(),
             cpu_vectors: CpuVectors::of_this_machine(),
+            gpu_attention: gpu_attention_of_this_machine(backend),
         }
     }
 
@@ -373,23 +419,33 @@ impl Compute {
     pub fn on_this_machine(self) -> Compute {
         Compute {
             cpu_vectors: CpuVectors::of_this_machine(),
+            gpu_attention: gpu_attention_of_this_machine(self.backend),
             ..self
         }
     }
 
     /// Why a new execution of `recorded` here cannot continue it bit for bit, if it
-    /// cannot: the CPU's products run with other vector instructions.
+    /// cannot: the CPU's products run with other vector instructions, or CUDA's
+    /// attention with other kernels.
     pub fn vectors_differ_from(&self, recorded: &Compute) -> Option<String> {
-        (self.backend == BackendKind::Cpu
-            && recorded.backend == BackendKind::Cpu
-            && self.cpu_vectors != recorded.cpu_vectors)
-            .then(|| {
-                format!(
-                    "compute.cpu_vectors: this machine's matrix products run with {} kernels, the recorded execution's with {}; they sum in another order, so this execution is not bit-identical to one on the recorded machine",
-                    self.cpu_vectors.as_str(),
-                    recorded.cpu_vectors.as_str()
-                )
-            })
+        if self.backend != recorded.backend {
+            return None;
+        }
+        if self.backend == BackendKind::Cpu && self.cpu_vectors != recorded.cpu_vectors {
+            return Some(format!(
+                "compute.cpu_vectors: this machine's matrix products run with {} kernels, the recorded execution's with {}; they sum in another order, so this execution is not bit-identical to one on the recorded machine",
+                self.cpu_vectors.as_str(),
+                recorded.cpu_vectors.as_str()
+            ));
+        }
+        if self.backend == BackendKind::Cuda && self.gpu_attention != recorded.gpu_attention {
+            return Some(format!(
+                "compute.gpu_attention: this machine's attention runs on {} kernels, the recorded execution's on {}; they sum in another order, so this execution is not bit-identical to the recorded one",
+                self.gpu_attention.as_str(),
+                recorded.gpu_attention.as_str()
+            ));
+        }
+        None
     }
 
     /// Refuses what this build or backend cannot compute, naming the key.
@@ -448,6 +504,12 @@ impl Compute {
                 Canon::Str(self.cpu_vectors.as_str().into()),
             );
         }
+        if self.backend == BackendKind::Cuda {
+            map.insert(
+                "gpu_attention".into(),
+                Canon::Str(self.gpu_attention.as_str().into()),
+            );
+        }
         Canon::Map(map)
     }
 
@@ -466,11 +528,17 @@ impl Compute {
             BackendKind::Cpu => CpuVectors::before_recorded(),
             BackendKind::Cuda => CpuVectors::of_this_machine(),
         });
+        let gpu_attention =
+            take::<GpuAttention>(&mut json, "gpu_attention")?.unwrap_or(match backend {
+                BackendKind::Cuda => GpuAttention::before_recorded(),
+                BackendKind::Cpu => gpu_attention_of_this_machine(backend),
+            });
         let options = serde_json::from_value(json).map_err(|e| e.to_string())?;
         Ok(Compute {
             backend,
             options,
             cpu_vectors,
+            gpu_attention,
         })
     }
 
@@ -492,7 +560,10 @@ impl Compute {
             .filter(|key| mine.get(*key) != theirs.get(*key))
             // Vectors matter where both executions multiply on the CPU; across backends
             // the backend is the difference.
-            .filter(|key| *key != "cpu_vectors" || self.backend == other.backend)
+            .filter(|key| {
+                !["cpu_vectors", "gpu_attention"].contains(&key.as_str())
+                    || self.backend == other.backend
+            })
             .map(|key| {
                 (
                     format!("compute.{key}"),
@@ -589,6 +660,60 @@ mod tests {
         assert_eq!(keys, ["compute.attention", "compute.backend"]);
         let back = Compute::from_canon(&other.to_canon()).unwrap();
         assert_eq!(back, other);
+    }
+
+    #[test]
+    fn a_cuda_execution_records_its_attention_kernels_and_other_kernels_are_named() {
+        let here = Compute::new(BackendKind::Cuda, ComputeSection::default());
+        assert_eq!(here.gpu_attention, GpuAttention::of_this_machine());
+        let Canon::Map(record) = here.to_canon() else {
+            panic!("a map");
+        };
+        assert_eq!(
+            record.get("gpu_attention"),
+            Some(&Canon::Str(here.gpu_attention.as_str().into()))
+        );
+        assert!(!record.contains_key("cpu_vectors"), "{record:?}");
+        assert_eq!(
+            Compute::from_canon(&Canon::Map(record.clone())).unwrap(),
+            here
+        );
+        // A record from before the key: the mma.sync kernels every CUDA run then used.
+        let mut old = record;
+        old.remove("gpu_attention");
+        let before = Compute::from_canon(&Canon::Map(old)).unwrap();
+        assert_eq!(before.gpu_attention, GpuAttention::MmaSync);
+        let hopper = Compute {
+            gpu_attention: GpuAttention::Wgmma,
+            ..before
+        };
+        let named = hopper.differences(&before);
+        assert_eq!(named.len(), 1, "{named:?}");
+        assert_eq!(
+            named[0],
+            (
+                "compute.gpu_attention".to_string(),
+                "wgmma".to_string(),
+                "mma_sync".to_string()
+            )
+        );
+        let note = hopper.vectors_differ_from(&before).expect("not exact");
+        assert!(
+            note.contains("wgmma") && note.contains("mma_sync"),
+            "{note}"
+        );
+        // A CPU execution records no attention kernels, and across backends the
+        // backend is the difference named.
+        let cpu = Compute::new(BackendKind::Cpu, ComputeSection::default());
+        let Canon::Map(cpu_record) = cpu.to_canon() else {
+            panic!("a map");
+        };
+        assert!(!cpu_record.contains_key("gpu_attention"));
+        assert!(cpu.vectors_differ_from(&hopper).is_none());
+        assert!(cpu
+            .differences(&hopper)
+            .iter()
+            .all(|(key, ..)| key != "compute.gpu_attention"));
     }
 
     #[test]
