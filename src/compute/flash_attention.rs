@@ -71,12 +71,16 @@ pub fn use_sources_for_bench(sources: BenchSources) -> Result<(), String> {
 }
 
 /// The source for a device of compute capability `capability`: the mma.sync kernels,
-/// and on 9.0 the wgmma ones for the head sizes they serve.
+/// and on 9.0 the wgmma ones for the head sizes they serve, unless the execution's
+/// record says mma.sync (`compute.gpu_attention`).
 fn source_for(capability: (i32, i32)) -> String {
     let bench = SOURCES_FOR_BENCH.get();
     let base = bench.and_then(|b| b.base.as_deref()).unwrap_or(SOURCE);
     let sm90 = bench.and_then(|b| b.sm90.as_deref()).unwrap_or(SM90_SOURCE);
-    if capability == (9, 0) && !sm90.trim().is_empty() {
+    // An execution recorded with the mma.sync kernels repeats with them (they sum in
+    // another order than wgmma's).
+    let mma_sync = crate::compute::options::current().attention_mma_sync;
+    if capability == (9, 0) && !sm90.trim().is_empty() && !mma_sync {
         format!("#define FLASH_WGMMA 1\n{base}\n{sm90}")
     } else {
         base.to_string()

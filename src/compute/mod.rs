@@ -415,11 +415,17 @@ impl Compute {
     }
 
     /// This value computing on this machine: a record read from another (or from an
-    /// older build) carries the vectors it ran with, a new execution runs with these.
+    /// older build) carries the vectors it ran with, a new execution runs with these;
+    /// its attention kernels are kept where this machine has them.
     pub fn on_this_machine(self) -> Compute {
         Compute {
             cpu_vectors: CpuVectors::of_this_machine(),
-            gpu_attention: gpu_attention_of_this_machine(self.backend),
+            gpu_attention: match (self.backend, self.gpu_attention) {
+                // Every card the flash kernels serve runs mma.sync (Hopper too), so a
+                // record of it continues exactly; wgmma needs Hopper.
+                (BackendKind::Cuda, GpuAttention::MmaSync) => GpuAttention::MmaSync,
+                (backend, _) => gpu_attention_of_this_machine(backend),
+            },
             ..self
         }
     }
@@ -483,6 +489,8 @@ impl Compute {
             recompute_layers: o.checkpointing == Checkpointing::Layers,
             loss_chunk_tokens: o.loss_chunk_tokens as usize,
             fused_adamw: o.fused_adamw,
+            attention_mma_sync: self.backend == BackendKind::Cuda
+                && self.gpu_attention == GpuAttention::MmaSync,
         }
     }
 

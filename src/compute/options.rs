@@ -26,6 +26,9 @@ pub struct KernelOptions {
     /// Tokens per part of the staged head and loss (0: whole).
     pub loss_chunk_tokens: usize,
     pub fused_adamw: bool,
+    /// CUDA attention on the mma.sync kernels even where Hopper's wgmma ones run: the
+    /// execution continues or repeats one recorded with them (`compute.gpu_attention`).
+    pub attention_mma_sync: bool,
 }
 
 impl Default for KernelOptions {
