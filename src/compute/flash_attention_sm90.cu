@@ -549,6 +549,41 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
     store_rows<D>(dq + rows_base * D, dq_acc, warp_row0, seq, scale, scale);
 }
 
+// A dK/dV block's walk over the query tiles (QUERIES rows each) that see its keys:
+// its keys from k0, its kv head, and tile i's query head and first row, every query
+// head its kv head serves walking the same rows. Tiles past the last name the last
+// head (the overlapped kernel looks ahead of it and fetches them as zeros).
+template <int ROWS, int QUERIES>
+struct DkvWalk {
+    int k0, batch, kv_head, groups, offset, wg_key0, warp_key0, first_q0, per_head, tiles;
+    __device__ DkvWalk(int heads, int kv_heads, int seq, int keys)
+        : k0(blockIdx.x * ROWS), batch(blockIdx.y / kv_heads), kv_head(blockIdx.y % kv_heads),
+          groups(heads / kv_heads), offset(keys - seq), wg_key0(k0 + threadIdx.x / WG_THREADS * 64),
+          warp_key0(wg_key0 + threadIdx.x % WG_THREADS / 32 * 16),
+          // The first query tile that sees this block's first key.
+          first_q0(max(0, k0 - offset) / QUERIES * QUERIES),
+          per_head(first_q0 < seq ? (seq - first_q0 + QUERIES - 1) / QUERIES : 0), tiles(per_head * groups) {}
+    __device__ int q_start(int i) const { return first_q0 + i % max(per_head, 1) * QUERIES; }
+    __device__ int head(int i) const { return kv_head * groups + min(i / max(per_head, 1), groups - 1); }
+};
+
+// Starts copying query tile i of a dK/dV block's walk: its queries and output
+// gradients into `stage` (dO after the queries), its lse and delta into `vectors`;
+// past the last tile, zeros with lse +inf.
+template <int D, int ROWS, int QUERIES>
+__device__ __forceinline__ void fetch_query_tile(const DkvWalk<ROWS, QUERIES>& w, int i, unsigned char* stage,
+                                                 float* vectors, const bf16* q, Strides qs, const bf16* dout,
+                                                 Strides dos, const float* lse, const float* delta, int heads,
+                                                 int seq) {
+    const int head = w.head(i), q_start = w.q_start(i);
+    const int valid = i < w.tiles ? min(QUERIES, seq - q_start) : 0;
+    fetch_swizzled<D, QUERIES>(stage, q + w.batch * qs.batch + head * qs.head + q_start * qs.row, qs.row, valid);
+    fetch_swizzled<D, QUERIES>(stage + SM90_TILE_BYTES(QUERIES, D),
+                               dout + w.batch * dos.batch + head * dos.head + q_start * dos.row, dos.row, valid);
+    const long long rows = ((long long)w.batch * heads + head) * seq + q_start;
+    fetch_vectors_async(vectors, lse + rows, delta + rows, valid);
+}
+
 // dK and dV: 64 keys per warpgroup, queries and output gradients streamed in tiles of
 // 64, SM90_DKV_STAGES deep.
 // Grid: (key blocks, batch * kv_heads), the keys seen by most queries first; each
@@ -568,45 +603,27 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
     unsigned char* stages = v_tile + SM90_TILE_BYTES(ROWS, D);  // stage s: queries at 2 s Q_BYTES, dO after
     float* vectors = reinterpret_cast<float*>(stages + 2 * STAGES * Q_BYTES);  // stage s: lse, delta
 
-    const int wg = threadIdx.x / WG_THREADS, warp = (threadIdx.x % WG_THREADS) / 32;
-    const int k0 = blockIdx.x * ROWS;
-    const int batch = blockIdx.y / kv_heads, kv_head = blockIdx.y % kv_heads;
-    const int groups = heads / kv_heads;
-    const int offset = keys - seq;
-    const int wg_key0 = k0 + wg * 64, warp_key0 = wg_key0 + warp * 16;
-    // The first query tile that sees this block's first key; every head walks the same.
-    const int first_q0 = (max(0, k0 - offset) / QUERIES) * QUERIES;
-    const int per_head = first_q0 < seq ? (seq - first_q0 + QUERIES - 1) / QUERIES : 0;
-    const int tiles = per_head * groups;
-
-    fetch_swizzled<D, ROWS>(k_tile, k + batch * ks.batch + kv_head * ks.head + k0 * ks.row, ks.row,
-                            min(ROWS, keys - k0));
-    fetch_swizzled<D, ROWS>(v_tile, v + batch * vs.batch + kv_head * vs.head + k0 * vs.row, vs.row,
-                            min(ROWS, keys - k0));
-    // Tile i: head kv_head * groups + i / per_head, queries from first_q0 + (i % per_head) * QUERIES.
-    auto fetch = [&](int i, int stage) {
-        const int head = kv_head * groups + i / per_head, q_start = first_q0 + (i % per_head) * QUERIES;
-        const int valid = min(QUERIES, seq - q_start);
-        unsigned char* dst = stages + stage * 2 * Q_BYTES;
-        fetch_swizzled<D, QUERIES>(dst, q + batch * qs.batch + head * qs.head + q_start * qs.row, qs.row, valid);
-        fetch_swizzled<D, QUERIES>(dst + Q_BYTES, dout + batch * dos.batch + head * dos.head + q_start * dos.row,
-                                   dos.row, valid);
-        const long long rows = ((long long)batch * heads + head) * seq + q_start;
-        fetch_vectors_async(vectors + stage * 2 * QUERIES, lse + rows, delta + rows, valid);
+    const DkvWalk<ROWS, QUERIES> w(heads, kv_heads, seq, keys);
+    const int wg = threadIdx.x / WG_THREADS;
+    fetch_kv<D, ROWS>(k_tile, k + w.batch * ks.batch + w.kv_head * ks.head, ks,
+                      v + w.batch * vs.batch + w.kv_head * vs.head, vs, w.k0, keys);
+    auto fetch = [&](int i) {
+        fetch_query_tile<D, ROWS, QUERIES>(w, i, stages + i % STAGES * 2 * Q_BYTES, vectors + i % STAGES * 2 * QUERIES,
+                                           q, qs, dout, dos, lse, delta, heads, seq);
     };
 #pragma unroll
     for (int i = 0; i < STAGES - 1; ++i) {
-        if (i < tiles) fetch(i, i);
+        if (i < w.tiles) fetch(i);
         copies_issued();
     }
 
     float dk_acc[D / 8][4], dv_acc[D / 8][4];
     zero<D / 8>(dk_acc);
     zero<D / 8>(dv_acc);
-    for (int i = 0; i < tiles; ++i) {
-        const int q_start = first_q0 + (i % per_head) * QUERIES;
+    for (int i = 0; i < w.tiles; ++i) {
+        const int q_start = w.q_start(i);
         // Tile i + STAGES - 1 into the stage tile i - 1 used, which every warp is done with.
-        if (i + STAGES - 1 < tiles) fetch(i + STAGES - 1, (i + STAGES - 1) % STAGES);
+        if (i + STAGES - 1 < w.tiles) fetch(i + STAGES - 1);
         copies_issued();
         stage_landed<STAGES - 1>();
         const unsigned char* q_tile = stages + (i % STAGES) * 2 * Q_BYTES;
@@ -615,11 +632,12 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
         const float* tile_delta = tile_lse + QUERIES;
 
         // Some query of the tile sees some key of this warpgroup.
-        if (q_start + QUERIES - 1 + offset >= wg_key0) {
+        if (q_start + QUERIES - 1 + w.offset >= w.wg_key0) {
             // Transposed scores: this warpgroup's 64 keys against the tile's queries.
             float s[QUERIES / 8][4], dp[QUERIES / 8][4];
             score_pair<D, QUERIES, ROWS>(s, k_tile, q_tile, dp, v_tile, do_tile, wg * 64);
-            transposed_probabilities<QUERIES>(s, dp, tile_lse, tile_delta, scale_log2, warp_key0, q_start, keys, offset);
+            transposed_probabilities<QUERIES>(s, dp, tile_lse, tile_delta, scale_log2, w.warp_key0, q_start, keys,
+                                              w.offset);
             unsigned p_frags[QUERIES / 16][4], ds_frags[QUERIES / 16][4];
             as_a<QUERIES>(p_frags, s);
             as_a<QUERIES>(ds_frags, dp);
@@ -639,8 +657,8 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
     }
     copies_landed<0>();
     const long long out_base = ((long long)blockIdx.y) * keys * D;
-    store_rows<D>(dk + out_base, dk_acc, warp_key0, keys, scale, scale);
-    store_rows<D>(dv + out_base, dv_acc, warp_key0, keys, 1.0f, 1.0f);
+    store_rows<D>(dk + out_base, dk_acc, w.warp_key0, keys, scale, scale);
+    store_rows<D>(dv + out_base, dv_acc, w.warp_key0, keys, 1.0f, 1.0f);
 }
 
 // dK/dV with its products overlapped with its element-wise work, after
@@ -674,35 +692,17 @@ __device__ void backward_dkv_sm90_pipelined(const bf16* __restrict__ q, Strides 
     unsigned char* probs = stages + 2 * STAGES * Q_BYTES;       // warpgroup w: P at 2 w P_BYTES, dS after
     float* vectors = reinterpret_cast<float*>(probs + 4 * SM90_DKV_WGS(D) * P_BYTES);  // stage s: lse, delta
 
+    const DkvWalk<ROWS, QUERIES> w(heads, kv_heads, seq, keys);
     const int wg = threadIdx.x / WG_THREADS, warp = (threadIdx.x % WG_THREADS) / 32;
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int k0 = blockIdx.x * ROWS;
-    const int batch = blockIdx.y / kv_heads, kv_head = blockIdx.y % kv_heads;
-    const int groups = heads / kv_heads;
-    const int offset = keys - seq;
-    const int wg_key0 = k0 + wg * 64, warp_key0 = wg_key0 + warp * 16;
-    const int first_q0 = (max(0, k0 - offset) / QUERIES) * QUERIES;
-    const int per_head = first_q0 < seq ? (seq - first_q0 + QUERIES - 1) / QUERIES : 0;
-    const int tiles = per_head * groups;
     unsigned char* p_tile = probs + 4 * wg * P_BYTES;  // buffer b: P at 2 b P_BYTES, dS after
     unsigned char* ds_tile = p_tile + P_BYTES;
 
-    fetch_swizzled<D, ROWS>(k_tile, k + batch * ks.batch + kv_head * ks.head + k0 * ks.row, ks.row,
-                            min(ROWS, keys - k0));
-    fetch_swizzled<D, ROWS>(v_tile, v + batch * vs.batch + kv_head * vs.head + k0 * vs.row, vs.row,
-                            min(ROWS, keys - k0));
-    // (Tiles past the last still name a head and rows, never read; per_head may be 0.)
-    const int walk = max(per_head, 1);
-    auto q_start_of = [&](int i) { return first_q0 + (i % walk) * QUERIES; };
+    fetch_kv<D, ROWS>(k_tile, k + w.batch * ks.batch + w.kv_head * ks.head, ks,
+                      v + w.batch * vs.batch + w.kv_head * vs.head, vs, w.k0, keys);
     auto fetch = [&](int i) {
-        const int head = kv_head * groups + min(i / walk, groups - 1), q_start = q_start_of(i);
-        const int valid = i < tiles ? min(QUERIES, seq - q_start) : 0;
-        unsigned char* dst = stages + (i % STAGES) * 2 * Q_BYTES;
-        fetch_swizzled<D, QUERIES>(dst, q + batch * qs.batch + head * qs.head + q_start * qs.row, qs.row, valid);
-        fetch_swizzled<D, QUERIES>(dst + Q_BYTES, dout + batch * dos.batch + head * dos.head + q_start * dos.row,
-                                   dos.row, valid);
-        const long long rows = ((long long)batch * heads + head) * seq + q_start;
-        fetch_vectors_async(vectors + (i % STAGES) * 2 * QUERIES, lse + rows, delta + rows, valid);
+        fetch_query_tile<D, ROWS, QUERIES>(w, i, stages + i % STAGES * 2 * Q_BYTES, vectors + i % STAGES * 2 * QUERIES,
+                                           q, qs, dout, dos, lse, delta, heads, seq);
     };
     // S and dP of tile i, issued and committed, not waited for.
     auto issue_scores = [&](int i, float (*s)[4], float (*dp)[4]) {
@@ -732,10 +732,11 @@ __device__ void backward_dkv_sm90_pipelined(const bf16* __restrict__ q, Strides 
     auto probabilities = [&](int i, float (*s)[4], float (*dp)[4], int buffer) {
         pin<QUERIES / 8>(s);
         pin<QUERIES / 8>(dp);
-        const int q_start = q_start_of(i);
+        const int q_start = w.q_start(i);
         const float* tile_lse = vectors + (i % STAGES) * 2 * QUERIES;
         const float* tile_delta = tile_lse + QUERIES;
-        transposed_probabilities<QUERIES>(s, dp, tile_lse, tile_delta, scale_log2, warp_key0, q_start, keys, offset);
+        transposed_probabilities<QUERIES>(s, dp, tile_lse, tile_delta, scale_log2, w.warp_key0, q_start, keys,
+                                              w.offset);
         store_tile(p_tile + buffer * 2 * P_BYTES, s);
         store_tile(ds_tile + buffer * 2 * P_BYTES, dp);
         proxy_fence();
@@ -760,7 +761,7 @@ __device__ void backward_dkv_sm90_pipelined(const bf16* __restrict__ q, Strides 
     fetch(0);
     fetch(1);
     copies_issued();
-    for (int i = 0; i < tiles; i += 2) {
+    for (int i = 0; i < w.tiles; i += 2) {
         __syncthreads();  // every warpgroup is done with tiles i - 2 and i - 1
         fetch(i + 2);
         fetch(i + 3);
@@ -785,8 +786,8 @@ __device__ void backward_dkv_sm90_pipelined(const bf16* __restrict__ q, Strides 
     }
     copies_landed<0>();
     const long long out_base = ((long long)blockIdx.y) * keys * D;
-    store_rows<D>(dk + out_base, dk_acc, warp_key0, keys, scale, scale);
-    store_rows<D>(dv + out_base, dv_acc, warp_key0, keys, 1.0f, 1.0f);
+    store_rows<D>(dk + out_base, dk_acc, w.warp_key0, keys, scale, scale);
+    store_rows<D>(dv + out_base, dv_acc, w.warp_key0, keys, 1.0f, 1.0f);
 }
 
 // Entry points and geometry (as ENTRY_POINTS in flash_attention.cu) for the head sizes
