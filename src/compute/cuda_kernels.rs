@@ -89,33 +89,36 @@ fn cuda_include_dir() -> std::path::PathBuf {
     root.join("include")
 }
 
+/// Device `index`'s compute capability, major and minor, as the driver reports it.
+///
+/// # Safety
+/// The driver must be initialized (cuInit).
+unsafe fn read_capability(index: usize) -> Result<(i32, i32), driver::DriverError> {
+    let device = driver::device::get(index as i32)?;
+    let attribute = |a| driver::device::get_attribute(device, a);
+    Ok((
+        attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+        attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+    ))
+}
+
 /// Device `index`'s compute capability without touching any context (for the record
 /// of an execution, before the device is in use); `None` without a driver or device.
 pub fn device_capability(index: usize) -> Option<(i32, i32)> {
-    // SAFETY: driver calls with valid arguments; cuInit may be called more than once.
+    // SAFETY: cuInit may be called more than once; it precedes the reads.
     unsafe {
         driver::init().ok()?;
-        let device = driver::device::get(index as i32).ok()?;
-        let attribute = |a| driver::device::get_attribute(device, a).ok();
-        Some((
-            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
-            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
-        ))
+        read_capability(index).ok()
     }
 }
 
 /// Device `index`'s compute capability, major and minor, with its primary context made
 /// current on this thread.
 pub fn capability(index: usize) -> Result<(i32, i32), String> {
-    // SAFETY: driver calls with valid arguments.
+    // SAFETY: making the primary context initializes the driver first.
     unsafe {
         cuda_stream::primary_context(index);
-        let device = driver::device::get(index as i32).map_err(|e| format!("{e:?}"))?;
-        let attribute = |a| driver::device::get_attribute(device, a).map_err(|e| format!("{e:?}"));
-        Ok((
-            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
-            attribute(csys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
-        ))
+        read_capability(index).map_err(|e| format!("{e:?}"))
     }
 }
 
