@@ -380,13 +380,10 @@ impl GpuAttention {
     }
 }
 
-/// A new execution's attention kernels: the device's on CUDA; on the CPU a placeholder
-/// (not recorded, and no CUDA driver is asked).
-fn gpu_attention_of_this_machine(backend: BackendKind) -> GpuAttention {
-    match backend {
-        BackendKind::Cuda => GpuAttention::of_this_machine(),
-        BackendKind::Cpu => GpuAttention::MmaSync,
-    }
+/// A new execution's attention kernels: the device's on CUDA, none on the CPU (where
+/// no CUDA driver is asked).
+fn gpu_attention_of_this_machine(backend: BackendKind) -> Option<GpuAttention> {
+    (backend == BackendKind::Cuda).then(GpuAttention::of_this_machine)
 }
 
 /// The resolved way an execution computes: the device, the `[compute]` section and
@@ -398,8 +395,8 @@ pub struct Compute {
     /// This machine's for a new execution, the recorded one for a read record;
     /// recorded for CPU executions only (the GPU's products do not use them).
     pub cpu_vectors: CpuVectors,
-    /// The same for CUDA executions' attention kernels; recorded for them only.
-    pub gpu_attention: GpuAttention,
+    /// The same for CUDA executions' attention kernels, which alone have them.
+    pub gpu_attention: Option<GpuAttention>,
 }
 
 impl Compute {
@@ -422,8 +419,9 @@ impl Compute {
             cpu_vectors: CpuVectors::of_this_machine(),
             gpu_attention: match (self.backend, self.gpu_attention) {
                 // Every card the flash kernels serve runs mma.sync (Hopper too), so a
-                // record of it continues exactly; wgmma needs Hopper.
-                (BackendKind::Cuda, GpuAttention::MmaSync) => GpuAttention::MmaSync,
+                // record of it continues exactly; wgmma needs Hopper, and a record of
+                // another backend has none.
+                (BackendKind::Cuda, Some(GpuAttention::MmaSync)) => Some(GpuAttention::MmaSync),
                 (backend, _) => gpu_attention_of_this_machine(backend),
             },
             ..self
@@ -444,12 +442,14 @@ impl Compute {
                 recorded.cpu_vectors.as_str()
             ));
         }
-        if self.backend == BackendKind::Cuda && self.gpu_attention != recorded.gpu_attention {
-            return Some(format!(
-                "compute.gpu_attention: this machine's attention runs on {} kernels, the recorded execution's on {}; they sum in another order, so this execution is not bit-identical to the recorded one",
-                self.gpu_attention.as_str(),
-                recorded.gpu_attention.as_str()
-            ));
+        if let (Some(here), Some(there)) = (self.gpu_attention, recorded.gpu_attention) {
+            if here != there {
+                return Some(format!(
+                    "compute.gpu_attention: this machine's attention runs on {} kernels, the recorded execution's on {}; they sum in another order, so this execution is not bit-identical to the recorded one",
+                    here.as_str(),
+                    there.as_str()
+                ));
+            }
         }
         None
     }
@@ -489,8 +489,7 @@ impl Compute {
             recompute_layers: o.checkpointing == Checkpointing::Layers,
             loss_chunk_tokens: o.loss_chunk_tokens as usize,
             fused_adamw: o.fused_adamw,
-            attention_mma_sync: self.backend == BackendKind::Cuda
-                && self.gpu_attention == GpuAttention::MmaSync,
+            attention_mma_sync: self.gpu_attention == Some(GpuAttention::MmaSync),
         }
     }
 
@@ -512,11 +511,8 @@ impl Compute {
                 Canon::Str(self.cpu_vectors.as_str().into()),
             );
         }
-        if self.backend == BackendKind::Cuda {
-            map.insert(
-                "gpu_attention".into(),
-                Canon::Str(self.gpu_attention.as_str().into()),
-            );
+        if let Some(kernels) = self.gpu_attention {
+            map.insert("gpu_attention".into(), Canon::Str(kernels.as_str().into()));
         }
         Canon::Map(map)
     }
@@ -536,11 +532,8 @@ impl Compute {
             BackendKind::Cpu => CpuVectors::before_recorded(),
             BackendKind::Cuda => CpuVectors::of_this_machine(),
         });
-        let gpu_attention =
-            take::<GpuAttention>(&mut json, "gpu_attention")?.unwrap_or(match backend {
-                BackendKind::Cuda => GpuAttention::before_recorded(),
-                BackendKind::Cpu => gpu_attention_of_this_machine(backend),
-            });
+        let gpu_attention = take::<GpuAttention>(&mut json, "gpu_attention")?
+            .or((backend == BackendKind::Cuda).then(GpuAttention::before_recorded));
         let options = serde_json::from_value(json).map_err(|e| e.to_string())?;
         Ok(Compute {
             backend,
@@ -673,13 +666,13 @@ mod tests {
     #[test]
     fn a_cuda_execution_records_its_attention_kernels_and_other_kernels_are_named() {
         let here = Compute::new(BackendKind::Cuda, ComputeSection::default());
-        assert_eq!(here.gpu_attention, GpuAttention::of_this_machine());
+        assert_eq!(here.gpu_attention, Some(GpuAttention::of_this_machine()));
         let Canon::Map(record) = here.to_canon() else {
             panic!("a map");
         };
         assert_eq!(
             record.get("gpu_attention"),
-            Some(&Canon::Str(here.gpu_attention.as_str().into()))
+            Some(&Canon::Str(GpuAttention::of_this_machine().as_str().into()))
         );
         assert!(!record.contains_key("cpu_vectors"), "{record:?}");
         assert_eq!(
@@ -690,9 +683,9 @@ mod tests {
         let mut old = record;
         old.remove("gpu_attention");
         let before = Compute::from_canon(&Canon::Map(old)).unwrap();
-        assert_eq!(before.gpu_attention, GpuAttention::MmaSync);
+        assert_eq!(before.gpu_attention, Some(GpuAttention::MmaSync));
         let hopper = Compute {
-            gpu_attention: GpuAttention::Wgmma,
+            gpu_attention: Some(GpuAttention::Wgmma),
             ..before
         };
         let named = hopper.differences(&before);
@@ -710,6 +703,30 @@ mod tests {
             note.contains("wgmma") && note.contains("mma_sync"),
             "{note}"
         );
+        // A recorded mma.sync execution continues on mma.sync, Hopper or not, and the
+        // kernels are told so; a wgmma one takes this machine's kernels.
+        let continued = before.on_this_machine();
+        assert_eq!(continued.gpu_attention, Some(GpuAttention::MmaSync));
+        assert!(continued.kernels().attention_mma_sync);
+        assert!(continued.vectors_differ_from(&before).is_none());
+        assert_eq!(
+            hopper.on_this_machine().gpu_attention,
+            Some(GpuAttention::of_this_machine())
+        );
+        // Moved to the CPU it has none; moved back to CUDA, this machine's.
+        let on_cpu = Compute {
+            backend: BackendKind::Cpu,
+            ..before
+        }
+        .on_this_machine();
+        assert_eq!(on_cpu.gpu_attention, None);
+        assert!(!on_cpu.kernels().attention_mma_sync);
+        let back = Compute {
+            backend: BackendKind::Cuda,
+            ..on_cpu
+        }
+        .on_this_machine();
+        assert_eq!(back.gpu_attention, Some(GpuAttention::of_this_machine()));
         // A CPU execution records no attention kernels, and across backends the
         // backend is the difference named.
         let cpu = Compute::new(BackendKind::Cpu, ComputeSection::default());

@@ -131,10 +131,6 @@ pub fn continuing_compute(
         )
     });
     if let Some(backend) = backend {
-        if backend != compute.backend {
-            // The recorded kernels were the other backend's.
-            compute.gpu_attention = Compute::new(backend, compute.options).gpu_attention;
-        }
         compute.backend = backend;
     }
     compute.on_this_machine()

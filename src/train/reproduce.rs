@@ -185,7 +185,6 @@ pub fn compare(
         let mut then = Compute::new(Default::default(), compute.options);
         then.options = then.options.as_recorded_before_later_keys();
         then.cpu_vectors = crate::compute::CpuVectors::before_recorded();
-        then.gpu_attention = crate::compute::GpuAttention::before_recorded();
         computes.push(then);
     }
     let mut compute_differences: Vec<(String, String, String)> = Vec::new();
