@@ -45,7 +45,6 @@ __device__ __forceinline__ void pin(unsigned (*a)[4]) {
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
 // Waits until at most N committed groups of products are still in flight.
 template <int N>
 __device__ __forceinline__ void wgmma_wait() {
@@ -274,7 +273,7 @@ __device__ __forceinline__ void score_pair(float (*s)[4], const unsigned char* a
     rows_times_tile_t<D, N, A_ROWS>(s, a, row0, b);
     rows_times_tile_t<D, N, A_ROWS>(dp, c, row0, d);
     wg_commit();
-    wg_wait();
+    wgmma_wait<0>();
     pin<N / 8>(s);
     pin<N / 8>(dp);
 }
@@ -288,7 +287,7 @@ __device__ __forceinline__ void accumulate(float (*acc)[4], unsigned (*frags)[4]
     wg_fence();
     frags_times_tile<D, K>(acc, frags, b);
     wg_commit();
-    wg_wait();
+    wgmma_wait<0>();
     pin<D / 8>(acc);
 }
 
@@ -401,7 +400,7 @@ __device__ void forward_sm90(const bf16* __restrict__ q, Strides qs, const bf16*
             wg_fence();
             rows_times_tile_t<D, KEYS, ROWS>(s, q_tile, wg * 64, k_tile);
             wg_commit();
-            wg_wait();
+            wgmma_wait<0>();
             pin<KEYS / 8>(s);
 
             if (k0 + KEYS > keys || k0 + KEYS - 1 > warp_row0 + offset)
@@ -649,7 +648,7 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
             frags_times_tile<D, QUERIES>(dv_acc, p_frags, do_tile);
             frags_times_tile<D, QUERIES>(dk_acc, ds_frags, q_tile);
             wg_commit();
-            wg_wait();
+            wgmma_wait<0>();
             pin<D / 8>(dv_acc);
             pin<D / 8>(dk_acc);
         }
