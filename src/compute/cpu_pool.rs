@@ -13,6 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// How many workers are in [`with_workers_awake`]'s looking loop now, in any pool.
 static LOOKING: AtomicUsize = AtomicUsize::new(0);
@@ -63,37 +64,87 @@ fn cores() -> usize {
 /// has (`rayon::yield_now`) until `work` returns or unwinds, yielding its core to any
 /// other runnable thread when there is none. Where the pool has one thread, more
 /// threads than cores, or the caller is not its worker 0, `work` runs as it is.
+///
+/// The looking task must never run nested under a piece of the step: a worker that
+/// waits inside a join takes any job from its queue, and a task that looked until the
+/// step ends, stacked above a piece the step waits for, would never let that piece
+/// finish. So `work` starts only once the others have entered their task (or after
+/// [`ENTER_WAIT`], for a worker busy with something else), and a task that starts after
+/// `work` has begun returns at once. As a last guard, a task that has found nothing to
+/// run for [`IDLE_LIMIT`] returns, so a task stacked above any other job someone waits
+/// for costs that long, not a hang.
 pub fn with_workers_awake<R>(work: impl FnOnce() -> R) -> R {
     let threads = rayon::current_num_threads();
     if threads <= 1 || threads > cores() || rayon::current_thread_index() != Some(0) {
         return work();
     }
-    let done = Arc::new(AtomicBool::new(false));
-    let release = Release(done.clone());
+    let state = Arc::new(Looking::default());
+    let release = Release(state.clone());
+    let tasks = state.clone();
     rayon::spawn_broadcast(move |context| {
         // Worker 0 runs `work`: it must not wait for itself.
-        if context.index() == 0 {
-            return;
+        if context.index() != 0 {
+            tasks.look_until_done();
         }
-        LOOKING.fetch_add(1, Ordering::AcqRel);
-        while !done.load(Ordering::Acquire) {
-            if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                std::thread::yield_now();
-            }
-        }
-        LOOKING.fetch_sub(1, Ordering::AcqRel);
     });
+    let waiting = Instant::now();
+    while state.entered.load(Ordering::Acquire) < threads - 1 && waiting.elapsed() < ENTER_WAIT {
+        std::thread::yield_now();
+    }
+    state.started.store(true, Ordering::Release);
     let result = work();
     drop(release);
     result
 }
 
+/// How long worker 0 waits for the others to enter their looking task: a sleeping
+/// worker wakes in tens of microseconds; one busy with other work is not waited for.
+const ENTER_WAIT: Duration = Duration::from_millis(5);
+
+/// How long a looking task goes on finding nothing before it returns. Far longer than
+/// the pauses between a step's operations, which it is there to bridge.
+const IDLE_LIMIT: Duration = Duration::from_millis(10);
+
+/// What the looking tasks of one [`with_workers_awake`] share with worker 0.
+#[derive(Default)]
+struct Looking {
+    /// How many tasks have entered the looking loop.
+    entered: AtomicUsize,
+    /// Set before `work` begins: a task that sees it may be nested under the step.
+    started: AtomicBool,
+    /// Set when `work` returns or unwinds.
+    done: AtomicBool,
+}
+
+impl Looking {
+    fn look_until_done(&self) {
+        // Step pieces are queued only after `started` is set, so a task that reads it
+        // unset cannot be running under one of them.
+        if self.started.load(Ordering::Acquire) {
+            return;
+        }
+        self.entered.fetch_add(1, Ordering::AcqRel);
+        LOOKING.fetch_add(1, Ordering::AcqRel);
+        let mut last_found = Instant::now();
+        while !self.done.load(Ordering::Acquire) {
+            if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                last_found = Instant::now();
+            } else if last_found.elapsed() > IDLE_LIMIT {
+                break;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        LOOKING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Ends the workers' looking when dropped: when the work returns, or as it unwinds.
-struct Release(Arc<AtomicBool>);
+struct Release(Arc<Looking>);
 
 impl Drop for Release {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
+        self.0.done.store(true, Ordering::Release);
     }
 }
 
@@ -101,7 +152,6 @@ impl Drop for Release {
 mod tests {
     use super::*;
     use rayon::prelude::*;
-    use std::time::{Duration, Instant};
 
     /// The tests count [`LOOKING`], which every pool shares: one at a time.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -139,15 +189,36 @@ mod tests {
         false
     }
 
+    /// Whether worker 1 is seen looking within a step, trying up to twenty steps: on a
+    /// loaded machine a worker may not get a core within [`ENTER_WAIT`], and a step
+    /// then runs without it.
+    fn seen_looking_in_some_step(mut step: impl FnMut(&dyn Fn() -> bool)) -> bool {
+        let seen = AtomicBool::new(false);
+        for _ in 0..20 {
+            step(&|| {
+                let looking = LOOKING.load(Ordering::Acquire) == 1;
+                seen.fetch_or(looking, Ordering::AcqRel);
+                looking
+            });
+            if seen.load(Ordering::Acquire) {
+                return true;
+            }
+        }
+        false
+    }
+
     #[test]
     fn the_other_workers_look_for_work_during_the_step_and_stop_after_it() {
         // Two threads: more than the cores (CI has two) would run the step as it is.
         on_worker_zero(2, || {
-            let sum: u64 = with_workers_awake(|| {
-                assert!(looking_becomes(1), "worker 1 looking during the step");
-                (0..100_000u64).into_par_iter().sum()
+            let seen = seen_looking_in_some_step(|worker_one_looking| {
+                let sum: u64 = with_workers_awake(|| {
+                    worker_one_looking();
+                    (0..100_000u64).into_par_iter().sum()
+                });
+                assert_eq!(sum, 99_999 * 100_000 / 2);
             });
-            assert_eq!(sum, 99_999 * 100_000 / 2);
+            assert!(seen, "worker 1 looking during a step");
             assert!(looking_becomes(0), "no worker left looking after the step");
         });
     }
@@ -155,14 +226,92 @@ mod tests {
     #[test]
     fn the_workers_stop_looking_when_the_step_panics() {
         on_worker_zero(2, || {
-            let unwound = std::panic::catch_unwind(|| {
-                with_workers_awake(|| {
-                    assert!(looking_becomes(1));
-                    panic!("a step that fails");
-                })
+            let seen = seen_looking_in_some_step(|worker_one_looking| {
+                let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    with_workers_awake(|| {
+                        worker_one_looking();
+                        panic!("a step that fails");
+                    })
+                }));
+                assert!(unwound.is_err());
             });
-            assert!(unwound.is_err());
+            assert!(seen, "worker 1 looking during a step");
             assert!(looking_becomes(0), "no worker left looking after the panic");
+        });
+    }
+
+    /// Runs a job on worker 1 (worker 0, the caller, does not run rayon work here, so
+    /// the other worker takes it) and returns once it has begun.
+    fn on_worker_one(job: impl FnOnce() + Send + 'static) {
+        let begun = Arc::new(AtomicBool::new(false));
+        let flag = begun.clone();
+        rayon::spawn(move || {
+            assert_eq!(rayon::current_thread_index(), Some(1));
+            flag.store(true, Ordering::Release);
+            job();
+        });
+        while !begun.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_worker_that_comes_free_after_the_step_began_does_not_stay_to_look() {
+        on_worker_zero(2, || {
+            // Worker 1 is busy when the step begins, so its looking task may come to
+            // run from inside a piece of the step: it must return at once.
+            let free = Arc::new(AtomicBool::new(false));
+            let hold = free.clone();
+            on_worker_one(move || {
+                while !hold.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+            });
+            let sum: u64 = with_workers_awake(|| {
+                free.store(true, Ordering::Release);
+                let sum = (0..100_000u64).into_par_iter().sum();
+                std::thread::sleep(Duration::from_millis(20));
+                assert_eq!(
+                    LOOKING.load(Ordering::Acquire),
+                    0,
+                    "a late task stayed to look"
+                );
+                sum
+            });
+            assert_eq!(sum, 99_999 * 100_000 / 2);
+        });
+    }
+
+    #[test]
+    fn a_looking_task_stacked_above_a_job_the_step_waits_for_gives_way() {
+        on_worker_zero(2, || {
+            // Worker 1 runs a job that waits inside rayon; the looking task lands on
+            // top of it, and the step waits for that job to finish. Looking until the
+            // step ends would never let it.
+            let go = Arc::new(AtomicBool::new(false));
+            let finished = Arc::new(AtomicBool::new(false));
+            let (job_go, job_finished) = (go.clone(), finished.clone());
+            on_worker_one(move || {
+                while !job_go.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::thread::yield_now();
+                    }
+                }
+                job_finished.store(true, Ordering::Release);
+            });
+            with_workers_awake(|| {
+                assert!(
+                    looking_becomes(1),
+                    "the looking task on top of worker 1's job"
+                );
+                go.store(true, Ordering::Release);
+                let waiting = Instant::now();
+                while !finished.load(Ordering::Acquire) {
+                    assert!(waiting.elapsed() < Duration::from_secs(5), "the step hung");
+                    std::thread::yield_now();
+                }
+            });
+            assert!(looking_becomes(0));
         });
     }
 
