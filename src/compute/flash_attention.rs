@@ -62,7 +62,7 @@ pub struct BenchSources {
 /// Uses `sources` instead of the built-in kernels in this process (for `graft bench
 /// attention`); `Err` once the kernels were already compiled or other sources set.
 pub fn use_sources_for_bench(sources: BenchSources) -> Result<(), String> {
-    if KERNELS.get(0).is_some() {
+    if KERNELS.iter().any(|family| family.get(0).is_some()) {
         return Err("the flash kernels are already compiled in this process".into());
     }
     SOURCES_FOR_BENCH
@@ -71,15 +71,12 @@ pub fn use_sources_for_bench(sources: BenchSources) -> Result<(), String> {
 }
 
 /// The source for a device of compute capability `capability`: the mma.sync kernels,
-/// and on 9.0 the wgmma ones for the head sizes they serve, unless the execution's
-/// record says mma.sync (`compute.gpu_attention`).
-fn source_for(capability: (i32, i32)) -> String {
+/// and on 9.0 the wgmma ones for the head sizes they serve, unless `mma_sync` (the
+/// execution's record says so: `compute.gpu_attention`).
+fn source_for(capability: (i32, i32), mma_sync: bool) -> String {
     let bench = SOURCES_FOR_BENCH.get();
     let base = bench.and_then(|b| b.base.as_deref()).unwrap_or(SOURCE);
     let sm90 = bench.and_then(|b| b.sm90.as_deref()).unwrap_or(SM90_SOURCE);
-    // An execution recorded with the mma.sync kernels repeats with them (they sum in
-    // another order than wgmma's).
-    let mma_sync = crate::compute::options::current().attention_mma_sync;
     if capability == (9, 0) && !sm90.trim().is_empty() && !mma_sync {
         format!("#define FLASH_WGMMA 1\n{base}\n{sm90}")
     } else {
@@ -252,17 +249,27 @@ struct Functions {
     backward_dkv: Launchable,
 }
 
-static KERNELS: PerDevice<Result<Kernels, String>> = PerDevice::new();
+/// Each device's kernels in two families: as the card runs them best (index 0), and
+/// the mma.sync kernels alone (index 1), for an execution recorded with them, which
+/// repeats with them because wgmma's sum in another order. One process may run both:
+/// a lineage that resumes an old execution and then starts new ones.
+static KERNELS: [PerDevice<Result<Kernels, String>>; 2] = [PerDevice::new(), PerDevice::new()];
+
+/// Whether the installed execution runs the mma.sync family (`KERNELS[1]`).
+fn mma_sync_only() -> bool {
+    crate::compute::options::current().attention_mma_sync
+}
 
 fn kernels(index: usize) -> Result<&'static Kernels, String> {
-    KERNELS
-        .get_or_init(index, || compile(index))
+    let mma_sync = mma_sync_only();
+    KERNELS[usize::from(mma_sync)]
+        .get_or_init(index, || compile(index, mma_sync))
         .as_ref()
         .map_err(Clone::clone)
 }
 
 fn functions(index: usize, head_dim: usize) -> Functions {
-    let kernels = KERNELS
+    let kernels = KERNELS[usize::from(mma_sync_only())]
         .get(index)
         .and_then(|k| k.as_ref().ok())
         .expect("kernels compiled before launch");
@@ -274,8 +281,8 @@ fn functions(index: usize, head_dim: usize) -> Functions {
         .expect("supported head size")
 }
 
-fn compile(index: usize) -> Result<Kernels, String> {
-    let source = source_for(cuda_kernels::capability(index)?);
+fn compile(index: usize, mma_sync: bool) -> Result<Kernels, String> {
+    let source = source_for(cuda_kernels::capability(index)?, mma_sync);
     let module = cuda_kernels::compile(&source, index, &["cuda_bf16.h"])?;
     let (major, minor) = module.capability;
     if major < 8 {
@@ -776,6 +783,22 @@ mod tests {
 
     type B = Autodiff<Inner>;
 
+    /// The tests below change the process's installed kernel options: one at a time.
+    static OPTIONS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Runs `work` with the mma.sync family installed (as an execution recorded with
+    /// it runs), or the card's best, then puts the defaults back.
+    fn with_family<R>(mma_sync: bool, work: impl FnOnce() -> R) -> R {
+        let options = crate::compute::options::KernelOptions {
+            attention_mma_sync: mma_sync,
+            ..Default::default()
+        };
+        crate::compute::options::install(options);
+        let result = work();
+        crate::compute::options::install(Default::default());
+        result
+    }
+
     /// The kernels' output and gradients against burn's op-by-op attention in f32.
     fn check(batch: usize, heads: (usize, usize), seq: usize, head_dim: usize) {
         for (name, error) in errors_against_f32(batch, heads, seq, head_dim).unwrap() {
@@ -788,15 +811,22 @@ mod tests {
 
     #[test]
     fn flash_attention_matches_f32_attention_and_its_gradients() {
-        // Grouped heads (llama's 4 query heads per kv head), a short last tile.
-        check(2, (8, 2), 200, 64);
-        check(1, (3, 3), 64, 64);
-        check(1, (4, 2), 130, 128);
-        check(2, (8, 4), 100, 32);
+        let _turn = OPTIONS.lock().unwrap_or_else(|e| e.into_inner());
+        // Both families (on a card without wgmma, the same kernels twice). Grouped
+        // heads (llama's 4 query heads per kv head), a short last tile.
+        for mma_sync in [false, true] {
+            with_family(mma_sync, || {
+                check(2, (8, 2), 200, 64);
+                check(1, (3, 3), 64, 64);
+                check(1, (4, 2), 130, 128);
+                check(2, (8, 4), 100, 32);
+            });
+        }
     }
 
     #[test]
     fn flash_attention_gradients_are_the_same_bits_on_every_run() {
+        let _turn = OPTIONS.lock().unwrap_or_else(|e| e.into_inner());
         let device = Default::default();
         let make = |heads: usize| {
             Tensor::<Inner, 4>::random([2, heads, 300, 64], Distribution::Normal(0.0, 1.0), &device)
@@ -814,6 +844,19 @@ mod tests {
             let grads = out.sum().backward();
             [q.grad(&grads), k.grad(&grads), v.grad(&grads)].map(|g| g.unwrap().into_data())
         };
-        assert_eq!(run(), run());
+        let best = with_family(false, || [run(), run()]);
+        assert_eq!(best[0], best[1]);
+        // The mma.sync family, which an execution recorded with it runs, in the same
+        // process: its own bits every time, and on Hopper not wgmma's.
+        let mma_sync = with_family(true, || [run(), run()]);
+        assert_eq!(mma_sync[0], mma_sync[1]);
+        let hopper = cuda_kernels::device_capability(0) == Some((9, 0));
+        assert_eq!(
+            best[0] != mma_sync[0],
+            hopper,
+            "families differ exactly on Hopper"
+        );
+        // And the first family again, as a lineage's next execution would run it.
+        assert_eq!(with_family(false, run), best[0]);
     }
 }

@@ -107,6 +107,19 @@ __device__ __forceinline__ void warpgroup_sync(int wg) { asm volatile("bar.sync 
 WGMMA_RS(64, "{%32, %33, %34, %35}", "%36", "%37")
 WGMMA_RS(128, "{%64, %65, %66, %67}", "%68", "%69")
 
+// d += A (64 x 16, registers in the mma.sync A layout) * B (16 x N, shared, K-major:
+// rows of the stored tile are the product's columns).
+#define WGMMA_RS_K(N, A, B, ONE)                                                                             \
+    __device__ __forceinline__ void wgmma_rs_k_##N(float (*d)[4], const unsigned* a, unsigned long long b) { \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ONE ", 0;\n"                                         \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 " WG_REGS_##N ", " A ", " B   \
+                     ", p, 1, 1, 0;\n}\n"                                                                    \
+                     : WG_ACC_##N(d)                                                                         \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));                         \
+    }
+WGMMA_RS_K(64, "{%32, %33, %34, %35}", "%36", "%37")
+WGMMA_RS_K(128, "{%64, %65, %66, %67}", "%68", "%69")
+
 #endif
 
 // Byte offset of 16-byte chunk `chunk` (of D / 8) of row r in a swizzled [ROWS][D] tile.
@@ -191,21 +204,54 @@ __device__ __forceinline__ void wgmma_rs(float (*d)[4], const unsigned* a, unsig
     else wgmma_rs_128(d, a, b);
 }
 
-// acc (64 x N) = rows [row0, row0 + 64) of shared tile `a` ([A_ROWS][D]) times the
-// transpose of shared tile `b` ([N][D]): D / 16 products, not yet waited for.
-template <int D, int N, int A_ROWS>
-__device__ __forceinline__ void rows_times_tile_t(float (*acc)[4], const unsigned char* a, int row0,
-                                                  const unsigned char* b) {
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<N>(acc, k_major<A_ROWS>(a, row0, kk), k_major<N>(b, 0, kk), kk > 0);
+template <int N>
+__device__ __forceinline__ void wgmma_rs_k(float (*d)[4], const unsigned* a, unsigned long long b) {
+    if constexpr (N == 64) wgmma_rs_k_64(d, a, b);
+    else wgmma_rs_k_128(d, a, b);
 }
 
-// acc (64 x D) += fragments (64 x K, A layout) times shared tile `b` ([K][D]), not yet
-// waited for.
-template <int D, int K>
-__device__ __forceinline__ void frags_times_tile(float (*acc)[4], unsigned (*frags)[4], const unsigned char* b) {
+// A warp's 16 rows from row0 of a [rows][D] bf16 matrix in global memory (rows
+// row_stride apart) as wgmma A fragments, in the mma.sync A layout; zeros from row
+// `valid` on.
+template <int D>
+__device__ __forceinline__ void load_a_frags(unsigned (*a)[4], const bf16* base, long long row_stride, int row0,
+                                             int valid) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 #pragma unroll
-    for (int kk = 0; kk < K / 16; ++kk) wgmma_rs<D>(acc, frags[kk], n_major<K>(b, kk));
+    for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int row = row0 + g + 8 * (i % 2), col = 16 * kk + 2 * t + 8 * (i / 2);
+            a[kk][i] = row < valid ? *reinterpret_cast<const unsigned*>(base + row * row_stride + col) : 0u;
+        }
+}
+
+// acc (64 x N) = fragments (64 x D, A layout) times the transpose of shared tile `b`
+// ([N][D], K-major): D / 16 products, not yet waited for.
+template <int D, int N>
+__device__ __forceinline__ void frags_times_tile_t(float (*acc)[4], unsigned (*frags)[4], const unsigned char* b) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) wgmma_rs_k<N>(acc, frags[kk], k_major<N>(b, 0, kk));
+}
+
+// acc (64 x N) = rows [row0, row0 + 64) of shared tile `a` ([A_ROWS][D]) times the
+// transpose of rows [b_row0, b_row0 + N) of shared tile `b` ([B_ROWS][D]): D / 16
+// products, not yet waited for.
+template <int D, int N, int A_ROWS, int B_ROWS = N>
+__device__ __forceinline__ void rows_times_tile_t(float (*acc)[4], const unsigned char* a, int row0,
+                                                  const unsigned char* b, int b_row0 = 0) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+        wgmma_ss<N>(acc, k_major<A_ROWS>(a, row0, kk), k_major<B_ROWS>(b, b_row0, kk), kk > 0);
+}
+
+// acc (64 x D) += fragments (64 x K, A layout) times rows [16 kk0, 16 kk0 + K) of
+// shared tile `b` ([B_ROWS][D]), not yet waited for.
+template <int D, int K, int B_ROWS = K>
+__device__ __forceinline__ void frags_times_tile(float (*acc)[4], unsigned (*frags)[4], const unsigned char* b,
+                                                 int kk0 = 0) {
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) wgmma_rs<D>(acc, frags[kk], n_major<B_ROWS>(b, kk0 + kk));
 }
 
 // Starts copying the key and value tiles from key k0 (KEYS rows each, zeros past
@@ -312,10 +358,59 @@ __device__ __forceinline__ void transposed_probabilities(float (*s)[4], float (*
         }
 }
 
+// The forward's online softmax over one tile of scores (16 x N a warp, queries from
+// row0 against keys from k0): masks the tile where it crosses the diagonal or the end
+// of the keys, turns the scores into probabilities against the running row maxima m
+// (log2 units), adds them to the row sums l, and gives the factor by which the
+// output accumulated so far must be scaled, which the caller applies.
+template <int N>
+__device__ __forceinline__ void online_softmax(float (*s)[4], float* m, float* l, float* rescale, int row0, int k0,
+                                               int keys, int offset, float scale_log2) {
+    if (k0 + N > keys || k0 + N - 1 > row0 + offset) mask_scores<N, false>(s, row0, k0, keys, offset);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float tile_max = neg_inf();
+#pragma unroll
+        for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) tile_max = fmaxf(tile_max, s[n][2 * h + e]);
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffff, tile_max, 1));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffff, tile_max, 2));
+        const float m_new = fmaxf(m[h], tile_max * scale_log2);
+        const float base = m_new == neg_inf() ? 0.0f : m_new;
+        rescale[h] = fast_exp2(m[h] - base);
+        m[h] = m_new;
+        float sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const float p = fast_exp2(fmaf(s[n][2 * h + e], scale_log2, -base));
+                s[n][2 * h + e] = p;
+                sum += p;
+            }
+        l[h] = l[h] * rescale[h] + sum;
+    }
+}
+
+// Output accumulators (16 x D a warp) times each row half's factor.
+template <int D>
+__device__ __forceinline__ void rescale_rows(float (*o)[4], const float* rescale) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) o[n][j] *= rescale[j / 2];
+}
+
 // Keys per streamed tile in the forward: 128 where the scores fit beside the output
 // accumulators in registers.
 #ifndef SM90_FORWARD_KEYS
 #define SM90_FORWARD_KEYS(D) ((D) <= 64 ? 128 : 64)
+#endif
+// The forward with each tile's products overlapped with its softmax (two halves of
+// keys a tile; needs tiles of 128 keys).
+#ifndef SM90_FORWARD_PIPELINED
+#define SM90_FORWARD_PIPELINED(D) 0
 #endif
 // Warpgroups (of 64 rows each) per block of each kernel, and the blocks per SM the
 // register allocation is made for.
@@ -340,9 +435,27 @@ __device__ __forceinline__ void transposed_probabilities(float (*s)[4], float (*
 #define SM90_TILE_BYTES(ROWS, D) ((ROWS) * (D) * 2)
 #define SM90_FORWARD_SHARED(D) \
     (1024 + SM90_TILE_BYTES(64 * SM90_FORWARD_WGS(D), D) + 4 * SM90_TILE_BYTES(SM90_FORWARD_KEYS(D), D))
-#define SM90_DQ_SHARED(D) (1024 + 2 * SM90_TILE_BYTES(64 * SM90_DQ_WGS(D), D) + 4 * SM90_TILE_BYTES(64, D) + 128 * 4)
+// The dQ kernel with each tile's products overlapped with its element-wise part (two
+// halves of 64 keys a tile of 128).
+#ifndef SM90_DQ_PIPELINED
+#define SM90_DQ_PIPELINED(D) 0
+#endif
+// The dQ kernel's queries and output gradients held as register operands (the score
+// products' A) rather than read from shared memory by every product.
+#ifndef SM90_DQ_ROWS_IN_REGISTERS
+#define SM90_DQ_ROWS_IN_REGISTERS(D) 0
+#endif
+#define SM90_DQ_KEYS(D) (SM90_DQ_PIPELINED(D) ? 128 : 64)
+#define SM90_DQ_SHARED(D) \
+    (1024 + 2 * SM90_TILE_BYTES(64 * SM90_DQ_WGS(D), D) + 4 * SM90_TILE_BYTES(SM90_DQ_KEYS(D), D) + \
+     64 * SM90_DQ_WGS(D) * 4)
 #ifndef SM90_DKV_STAGES
 #define SM90_DKV_STAGES(D) 3
+#endif
+// The dK/dV kernel's keys and values held as register operands (the score products'
+// A) rather than read from shared memory by every product.
+#ifndef SM90_DKV_KV_REGISTERS
+#define SM90_DKV_KV_REGISTERS(D) 0
 #endif
 #ifndef SM90_DKV_PIPELINED
 #define SM90_DKV_PIPELINED(D) 0
@@ -393,7 +506,51 @@ __device__ void forward_sm90(const bf16* __restrict__ q, Strides qs, const bf16*
         const unsigned char* v_tile = k_tile + KV_BYTES;
 
         // A warpgroup whose rows all come before this tile's keys has nothing to add.
-        if (k0 < wg_key_end) {
+        if constexpr (SM90_FORWARD_PIPELINED(D)) {
+          if (k0 < wg_key_end) {
+            // The tile as two halves of keys: the second half's scores run while the
+            // first's softmax is computed, and the first's P V while the second's is.
+            // Nothing stays in flight past the tile.
+            constexpr int HALF = KEYS / 2;
+            float s_a[HALF / 8][4], s_b[HALF / 8][4];
+            zero<HALF / 8>(s_a);
+            zero<HALF / 8>(s_b);
+            pin<HALF / 8>(s_a);
+            pin<HALF / 8>(s_b);
+            wg_fence();
+            rows_times_tile_t<D, HALF, ROWS, KEYS>(s_a, q_tile, wg * 64, k_tile, 0);
+            wg_commit();
+            rows_times_tile_t<D, HALF, ROWS, KEYS>(s_b, q_tile, wg * 64, k_tile, HALF);
+            wg_commit();
+            wgmma_wait<1>();
+            pin<HALF / 8>(s_a);
+            float rescale[2];
+            online_softmax<HALF>(s_a, m, l, rescale, warp_row0, k0, keys, offset, scale_log2);
+            rescale_rows<D>(o, rescale);
+            unsigned p_a[HALF / 16][4];
+            as_a<HALF>(p_a, s_a);
+            pin<HALF / 16>(p_a);
+            pin<D / 8>(o);
+            wg_fence();
+            frags_times_tile<D, HALF, KEYS>(o, p_a, v_tile, 0);
+            wg_commit();
+            wgmma_wait<1>();
+            pin<HALF / 8>(s_b);
+            online_softmax<HALF>(s_b, m, l, rescale, warp_row0, k0 + HALF, keys, offset, scale_log2);
+            unsigned p_b[HALF / 16][4];
+            as_a<HALF>(p_b, s_b);
+            wgmma_wait<0>();
+            pin<D / 8>(o);
+            rescale_rows<D>(o, rescale);
+            pin<HALF / 16>(p_b);
+            pin<D / 8>(o);
+            wg_fence();
+            frags_times_tile<D, HALF, KEYS>(o, p_b, v_tile, HALF / 16);
+            wg_commit();
+            wgmma_wait<0>();
+            pin<D / 8>(o);
+          }
+        } else if (k0 < wg_key_end) {
             float s[KEYS / 8][4];
             zero<KEYS / 8>(s);
             pin<KEYS / 8>(s);
@@ -403,37 +560,9 @@ __device__ void forward_sm90(const bf16* __restrict__ q, Strides qs, const bf16*
             wgmma_wait<0>();
             pin<KEYS / 8>(s);
 
-            if (k0 + KEYS > keys || k0 + KEYS - 1 > warp_row0 + offset)
-                mask_scores<KEYS, false>(s, warp_row0, k0, keys, offset);
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                float tile_max = neg_inf();
-#pragma unroll
-                for (int n = 0; n < KEYS / 8; ++n)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) tile_max = fmaxf(tile_max, s[n][2 * h + e]);
-                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffff, tile_max, 1));
-                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffff, tile_max, 2));
-                const float m_new = fmaxf(m[h], tile_max * scale_log2);
-                const float base = m_new == neg_inf() ? 0.0f : m_new;
-                const float rescale = fast_exp2(m[h] - base);
-                m[h] = m_new;
-                float sum = 0.0f;
-#pragma unroll
-                for (int n = 0; n < KEYS / 8; ++n)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const float p = fast_exp2(fmaf(s[n][2 * h + e], scale_log2, -base));
-                        s[n][2 * h + e] = p;
-                        sum += p;
-                    }
-                l[h] = l[h] * rescale + sum;
-#pragma unroll
-                for (int n = 0; n < D / 8; ++n) {
-                    o[n][2 * h] *= rescale;
-                    o[n][2 * h + 1] *= rescale;
-                }
-            }
+            float rescale[2];
+            online_softmax<KEYS>(s, m, l, rescale, warp_row0, k0, keys, offset, scale_log2);
+            rescale_rows<D>(o, rescale);
             unsigned p_frags[KEYS / 16][4];
             as_a<KEYS>(p_frags, s);
             accumulate<D, KEYS>(o, p_frags, v_tile);
@@ -456,6 +585,25 @@ __device__ void forward_sm90(const bf16* __restrict__ q, Strides qs, const bf16*
     store_rows<D>(out + rows_base * D, o, warp_row0, seq, inv[0], inv[1]);
 }
 
+// The dQ kernel's element-wise part: scores s and dp (16 x N a warp, queries from
+// row0 against keys from k0) into dS / scale as A fragments, masked where the tile
+// crosses the diagonal or the end of the keys (-inf scores give probability 0).
+template <int N>
+__device__ __forceinline__ void score_gradients(unsigned (*ds)[4], float (*s)[4], float (*dp)[4],
+                                                const float* row_lse, const float* row_delta, int row0, int k0,
+                                                int keys, int offset, float scale_log2) {
+    if (k0 + N > keys || k0 + N - 1 > row0 + offset) mask_scores<N, false>(s, row0, k0, keys, offset);
+#pragma unroll
+    for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int h = j / 2;
+            const float p = fast_exp2(fmaf(s[n][j], scale_log2, -row_lse[h]));
+            s[n][j] = p * (dp[n][j] - row_delta[h]);
+        }
+    as_a<N>(ds, s);
+}
+
 // dQ, and each row's delta = sum(dO * O) for the dK/dV kernel: 64 query rows per
 // warpgroup, keys and values streamed in tiles of 64, two stages deep. Grid: (query blocks, batch * heads), the
 // longest rows first.
@@ -465,7 +613,7 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
                                  const bf16* __restrict__ dout, Strides dos, const float* __restrict__ lse,
                                  float* __restrict__ delta, bf16* __restrict__ dq, int heads, int kv_heads, int seq,
                                  int keys, float scale, float scale_log2) {
-    constexpr int ROWS = 64 * SM90_DQ_WGS(D), KEYS = 64;
+    constexpr int ROWS = 64 * SM90_DQ_WGS(D), KEYS = SM90_DQ_KEYS(D);
     constexpr int KV_BYTES = SM90_TILE_BYTES(KEYS, D);
     extern __shared__ __align__(128) unsigned char smem[];
     unsigned char* q_tile = aligned_shared(smem);
@@ -488,8 +636,10 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
     const bf16* do_base = dout + batch * dos.batch + head * dos.head + q0 * dos.row;
     const int tiles = (max(0, key_end(q0, ROWS, seq, keys)) + KEYS - 1) / KEYS;
 
-    fetch_swizzled<D, ROWS>(q_tile, q + batch * qs.batch + head * qs.head + q0 * qs.row, qs.row, valid_rows);
-    fetch_swizzled<D, ROWS>(do_tile, do_base, dos.row, valid_rows);
+    if constexpr (!SM90_DQ_ROWS_IN_REGISTERS(D)) {
+        fetch_swizzled<D, ROWS>(q_tile, q + batch * qs.batch + head * qs.head + q0 * qs.row, qs.row, valid_rows);
+        fetch_swizzled<D, ROWS>(do_tile, do_base, dos.row, valid_rows);
+    }
     if (tiles > 0) fetch_kv<D, KEYS>(stages, k_base, ks, v_base, vs, 0, keys);
     copies_issued();
 
@@ -517,6 +667,15 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
         my_delta[h] = row_delta[row - q0];
     }
 
+    // With SM90_DQ_ROWS_IN_REGISTERS, each warp's queries and output gradients as
+    // register operands of the score products, which then read only the key and value
+    // tiles from shared memory.
+    constexpr int FRAGS = SM90_DQ_ROWS_IN_REGISTERS(D) ? D / 16 : 1;
+    unsigned q_frags[FRAGS][4], do_frags[FRAGS][4];
+    if constexpr (SM90_DQ_ROWS_IN_REGISTERS(D)) {
+        load_a_frags<D>(q_frags, q + batch * qs.batch + head * qs.head, qs.row, warp_row0, seq);
+        load_a_frags<D>(do_frags, dout + batch * dos.batch + head * dos.head, dos.row, warp_row0, seq);
+    }
     float dq_acc[D / 8][4];
     zero<D / 8>(dq_acc);
     for (int i = 0; i < tiles; ++i) {
@@ -524,22 +683,70 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
         const unsigned char* k_tile = kv_stage<D, KEYS>(stages, i, tiles, k_base, ks, v_base, vs, keys);
         const unsigned char* v_tile = k_tile + KV_BYTES;
 
-        if (k0 < wg_key_end) {
+        if constexpr (SM90_DQ_PIPELINED(D)) {
+            if (k0 < wg_key_end) {
+                // The tile as two halves of keys: the second half's S and dP run while
+                // the first's dS is computed, and the first's dQ product while the
+                // second's is. Nothing stays in flight past the tile.
+                constexpr int HALF = KEYS / 2;
+                float s_a[HALF / 8][4], dp_a[HALF / 8][4], s_b[HALF / 8][4], dp_b[HALF / 8][4];
+                zero<HALF / 8>(s_a);
+                zero<HALF / 8>(dp_a);
+                zero<HALF / 8>(s_b);
+                zero<HALF / 8>(dp_b);
+                pin<HALF / 8>(s_a);
+                pin<HALF / 8>(dp_a);
+                pin<HALF / 8>(s_b);
+                pin<HALF / 8>(dp_b);
+                wg_fence();
+                rows_times_tile_t<D, HALF, ROWS, KEYS>(s_a, q_tile, wg * 64, k_tile, 0);
+                rows_times_tile_t<D, HALF, ROWS, KEYS>(dp_a, do_tile, wg * 64, v_tile, 0);
+                wg_commit();
+                rows_times_tile_t<D, HALF, ROWS, KEYS>(s_b, q_tile, wg * 64, k_tile, HALF);
+                rows_times_tile_t<D, HALF, ROWS, KEYS>(dp_b, do_tile, wg * 64, v_tile, HALF);
+                wg_commit();
+                wgmma_wait<1>();
+                pin<HALF / 8>(s_a);
+                pin<HALF / 8>(dp_a);
+                unsigned ds_a[HALF / 16][4];
+                score_gradients<HALF>(ds_a, s_a, dp_a, row_lse, my_delta, warp_row0, k0, keys, offset, scale_log2);
+                pin<HALF / 16>(ds_a);
+                pin<D / 8>(dq_acc);
+                wg_fence();
+                frags_times_tile<D, HALF, KEYS>(dq_acc, ds_a, k_tile, 0);
+                wg_commit();
+                wgmma_wait<1>();
+                pin<HALF / 8>(s_b);
+                pin<HALF / 8>(dp_b);
+                unsigned ds_b[HALF / 16][4];
+                score_gradients<HALF>(ds_b, s_b, dp_b, row_lse, my_delta, warp_row0, k0 + HALF, keys, offset,
+                                      scale_log2);
+                pin<HALF / 16>(ds_b);
+                wg_fence();
+                frags_times_tile<D, HALF, KEYS>(dq_acc, ds_b, k_tile, HALF / 16);
+                wg_commit();
+                wgmma_wait<0>();
+                pin<D / 8>(dq_acc);
+            }
+        } else if (k0 < wg_key_end) {
             float s[KEYS / 8][4], dp[KEYS / 8][4];
-            score_pair<D, KEYS, ROWS>(s, q_tile, k_tile, dp, do_tile, v_tile, wg * 64);
-            // Masked scores at -inf give probability exp2(-inf) = 0.
-            if (k0 + KEYS > keys || k0 + KEYS - 1 > warp_row0 + offset)
-                mask_scores<KEYS, false>(s, warp_row0, k0, keys, offset);
-#pragma unroll
-            for (int n = 0; n < KEYS / 8; ++n)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int h = j / 2;
-                    const float p = fast_exp2(fmaf(s[n][j], scale_log2, -row_lse[h]));
-                    s[n][j] = p * (dp[n][j] - my_delta[h]);  // dS / scale
-                }
+            if constexpr (SM90_DQ_ROWS_IN_REGISTERS(D)) {
+                zero<KEYS / 8>(s);
+                zero<KEYS / 8>(dp);
+                pin<KEYS / 8>(s);
+                pin<KEYS / 8>(dp);
+                wg_fence();
+                frags_times_tile_t<D, KEYS>(s, q_frags, k_tile);
+                frags_times_tile_t<D, KEYS>(dp, do_frags, v_tile);
+                wg_commit();
+                wgmma_wait<0>();
+                pin<KEYS / 8>(s);
+                pin<KEYS / 8>(dp);
+            } else {
+                score_pair<D, KEYS, ROWS>(s, q_tile, k_tile, dp, do_tile, v_tile, wg * 64);
+            }
             unsigned ds_frags[KEYS / 16][4];
-            as_a<KEYS>(ds_frags, s);
+            score_gradients<KEYS>(ds_frags, s, dp, row_lse, my_delta, warp_row0, k0, keys, offset, scale_log2);
             accumulate<D, KEYS>(dq_acc, ds_frags, k_tile);
         }
         __syncthreads();
@@ -604,8 +811,9 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
 
     const DkvWalk<ROWS, QUERIES> w(heads, kv_heads, seq, keys);
     const int wg = threadIdx.x / WG_THREADS;
-    fetch_kv<D, ROWS>(k_tile, k + w.batch * ks.batch + w.kv_head * ks.head, ks,
-                      v + w.batch * vs.batch + w.kv_head * vs.head, vs, w.k0, keys);
+    if constexpr (!SM90_DKV_KV_REGISTERS(D))
+        fetch_kv<D, ROWS>(k_tile, k + w.batch * ks.batch + w.kv_head * ks.head, ks,
+                          v + w.batch * vs.batch + w.kv_head * vs.head, vs, w.k0, keys);
     auto fetch = [&](int i) {
         fetch_query_tile<D, ROWS, QUERIES>(w, i, stages + i % STAGES * 2 * Q_BYTES, vectors + i % STAGES * 2 * QUERIES,
                                            q, qs, dout, dos, lse, delta, heads, seq);
@@ -616,6 +824,13 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
         copies_issued();
     }
 
+    // With SM90_DKV_KV_REGISTERS, each warp's keys and values as register operands of
+    // the score products, which then read only the query tiles from shared memory.
+    unsigned k_frags[SM90_DKV_KV_REGISTERS(D) ? D / 16 : 1][4], v_frags[SM90_DKV_KV_REGISTERS(D) ? D / 16 : 1][4];
+    if constexpr (SM90_DKV_KV_REGISTERS(D)) {
+        load_a_frags<D>(k_frags, k + w.batch * ks.batch + w.kv_head * ks.head, ks.row, w.warp_key0, keys);
+        load_a_frags<D>(v_frags, v + w.batch * vs.batch + w.kv_head * vs.head, vs.row, w.warp_key0, keys);
+    }
     float dk_acc[D / 8][4], dv_acc[D / 8][4];
     zero<D / 8>(dk_acc);
     zero<D / 8>(dv_acc);
@@ -634,7 +849,21 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
         if (q_start + QUERIES - 1 + w.offset >= w.wg_key0) {
             // Transposed scores: this warpgroup's 64 keys against the tile's queries.
             float s[QUERIES / 8][4], dp[QUERIES / 8][4];
-            score_pair<D, QUERIES, ROWS>(s, k_tile, q_tile, dp, v_tile, do_tile, wg * 64);
+            if constexpr (SM90_DKV_KV_REGISTERS(D)) {
+                zero<QUERIES / 8>(s);
+                zero<QUERIES / 8>(dp);
+                pin<QUERIES / 8>(s);
+                pin<QUERIES / 8>(dp);
+                wg_fence();
+                frags_times_tile_t<D, QUERIES>(s, k_frags, q_tile);
+                frags_times_tile_t<D, QUERIES>(dp, v_frags, do_tile);
+                wg_commit();
+                wgmma_wait<0>();
+                pin<QUERIES / 8>(s);
+                pin<QUERIES / 8>(dp);
+            } else {
+                score_pair<D, QUERIES, ROWS>(s, k_tile, q_tile, dp, v_tile, do_tile, wg * 64);
+            }
             transposed_probabilities<QUERIES>(s, dp, tile_lse, tile_delta, scale_log2, w.warp_key0, q_start, keys,
                                               w.offset);
             unsigned p_frags[QUERIES / 16][4], ds_frags[QUERIES / 16][4];

@@ -35,7 +35,7 @@ dim3 gridDim, blockDim;
 unsigned char* g_smem;
 std::barrier<>* g_block_barrier;
 std::vector<std::barrier<>*> g_warp_barriers, g_warpgroup_barriers;
-float g_shfl[8][32];
+float g_shfl[32][32];  // up to 1024 threads a block
 inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
 inline void __syncwarp() { g_warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
 inline float __shfl_xor_sync(unsigned, float v, int m) {
@@ -169,8 +169,9 @@ void wgmma_ss_emu(float (*d)[4], unsigned long long a, unsigned long long b, int
       d[j][e] = s;
     }
 }
-unsigned g_wg_a[2][128][4];
-template <int N> void wgmma_rs_emu(float (*d)[4], const unsigned* a, unsigned long long b) {
+unsigned g_wg_a[8][128][4];
+// d += A (registers) * B, with B N-major or, K_MAJOR_B, K-major.
+template <int N, bool K_MAJOR_B = false> void wgmma_rs_emu(float (*d)[4], const unsigned* a, unsigned long long b) {
   const int wg = threadIdx.x / 128, tw = threadIdx.x % 128;
   std::barrier<>* bar = g_warpgroup_barriers[wg];
   bar->arrive_and_wait();
@@ -187,7 +188,7 @@ template <int N> void wgmma_rs_emu(float (*d)[4], const unsigned* a, unsigned lo
     for (int e = 0; e < 4; ++e) {
       const int row = acc_row(e), col = acc_col(j, e);
       float s = d[j][e];
-      for (int k = 0; k < 16; ++k) s += A(row, k) * n_major_at(B, k, col);
+      for (int k = 0; k < 16; ++k) s += A(row, k) * (K_MAJOR_B ? k_major_at(B, col, k) : n_major_at(B, k, col));
       d[j][e] = s;
     }
   bar->arrive_and_wait();
@@ -199,6 +200,8 @@ inline void wgmma_ss_64(float (*d)[4], unsigned long long a, unsigned long long 
 inline void wgmma_ss_128(float (*d)[4], unsigned long long a, unsigned long long b, int acc) { wgmma_ss_emu<128>(d, a, b, acc); }
 inline void wgmma_rs_64(float (*d)[4], const unsigned* a, unsigned long long b) { wgmma_rs_emu<64>(d, a, b); }
 inline void wgmma_rs_128(float (*d)[4], const unsigned* a, unsigned long long b) { wgmma_rs_emu<128>(d, a, b); }
+inline void wgmma_rs_k_64(float (*d)[4], const unsigned* a, unsigned long long b) { wgmma_rs_emu<64, true>(d, a, b); }
+inline void wgmma_rs_k_128(float (*d)[4], const unsigned* a, unsigned long long b) { wgmma_rs_emu<128, true>(d, a, b); }
 
 template <class F> void launch(dim3 grid, size_t smem_bytes, unsigned block_threads, F kernel) {
   gridDim = grid;

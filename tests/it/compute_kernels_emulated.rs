@@ -50,13 +50,13 @@ fn hopper_flash_kernels_under_emulation_match_float64_attention() {
 }
 
 #[test]
-fn pipelined_hopper_dkv_kernel_under_emulation_matches_float64_attention() {
-    let test = "pipelined_hopper_dkv_kernel_under_emulation_matches_float64_attention";
+fn pipelined_hopper_kernels_under_emulation_match_float64_attention() {
+    let test = "pipelined_hopper_kernels_under_emulation_match_float64_attention";
     if !have_gxx(test) {
         return;
     }
-    // The overlapped dK/dV kernel is off by default (not yet timed on a GPU): its
-    // source with the switch turned on, as `graft bench attention --sm90-source` takes it.
+    // The overlapped forward and dK/dV kernels, where they are off by default: the
+    // source with both switches on, as `graft bench attention --sm90-source` takes it.
     let root = env!("CARGO_MANIFEST_DIR");
     let sm90 =
         std::fs::read_to_string(format!("{root}/src/compute/flash_attention_sm90.cu")).unwrap();
@@ -64,7 +64,11 @@ fn pipelined_hopper_dkv_kernel_under_emulation_matches_float64_attention() {
     let variant = dir.path().join("flash_attention_sm90_pipelined.cu");
     std::fs::write(
         &variant,
-        format!("#define SM90_DKV_PIPELINED(D) ((D) <= 64)\n{sm90}"),
+        format!(
+            "#define SM90_DKV_PIPELINED(D) ((D) <= 64)\n\
+             #define SM90_FORWARD_PIPELINED(D) ((D) <= 64)\n\
+             #define SM90_FORWARD_MIN_BLOCKS(D) 1\n{sm90}"
+        ),
     )
     .unwrap();
     let base = format!("{root}/src/compute/flash_attention.cu");
