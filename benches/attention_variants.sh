@@ -15,7 +15,7 @@ GRAFT=${GRAFT:-$PWD/.gpu/graft}
 STEPS=${STEPS:-5}
 SEQS=${SEQS:-"8192 16384 32768"}
 HEAD_DIM=${HEAD_DIM:-64}
-VARIANTS=${VARIANTS:-"built-in|mma.sync:EMPTY|dkv overlapped:#define SM90_DKV_PIPELINED(D) ((D) <= 64)"}
+VARIANTS=${VARIANTS:-"built-in|mma.sync:EMPTY|dkv keys in shared memory:#define SM90_DKV_KV_REGISTERS(D) 0"}
 SM90=src/compute/flash_attention_sm90.cu
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -79,20 +79,6 @@ __device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.
 WGMMA_SS(64, "%32", "%33", "%34")
 WGMMA_SS(128, "%64", "%65", "%66")
 
-// d += A (64 x 16, shared, K-major) * B (16 x N, shared, N-major).
-#define WGMMA_SS_N(N, A, B)                                                                                   \
-    __device__ __forceinline__ void wgmma_ss_n_##N(float (*d)[4], unsigned long long a, unsigned long long b) { \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                \
-                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 " WG_REGS_##N ", " A ", " B   \
-                     ", p, 1, 1, 0, 1;\n}\n"                                                                 \
-                     : WG_ACC_##N(d)                                                                         \
-                     : "l"(a), "l"(b));                                                                      \
-    }
-WGMMA_SS_N(64, "%32", "%33")
-WGMMA_SS_N(128, "%64", "%65")
-
-// The 128 threads of warpgroup wg (named barrier 1 + wg; __syncthreads is 0).
-__device__ __forceinline__ void warpgroup_sync(int wg) { asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory"); }
 
 // d += A (64 x 16, registers in the mma.sync A layout) * B (16 x N, shared, N-major:
 // rows of the stored tile are the product's inner dimension).
@@ -193,12 +179,6 @@ __device__ __forceinline__ void wgmma_ss(float (*d)[4], unsigned long long a, un
 }
 
 template <int N>
-__device__ __forceinline__ void wgmma_ss_n(float (*d)[4], unsigned long long a, unsigned long long b) {
-    if constexpr (N == 64) wgmma_ss_n_64(d, a, b);
-    else wgmma_ss_n_128(d, a, b);
-}
-
-template <int N>
 __device__ __forceinline__ void wgmma_rs(float (*d)[4], const unsigned* a, unsigned long long b) {
     if constexpr (N == 64) wgmma_rs_64(d, a, b);
     else wgmma_rs_128(d, a, b);
@@ -235,23 +215,20 @@ __device__ __forceinline__ void frags_times_tile_t(float (*acc)[4], unsigned (*f
 }
 
 // acc (64 x N) = rows [row0, row0 + 64) of shared tile `a` ([A_ROWS][D]) times the
-// transpose of rows [b_row0, b_row0 + N) of shared tile `b` ([B_ROWS][D]): D / 16
-// products, not yet waited for.
-template <int D, int N, int A_ROWS, int B_ROWS = N>
+// transpose of shared tile `b` ([N][D]): D / 16 products, not yet waited for.
+template <int D, int N, int A_ROWS>
 __device__ __forceinline__ void rows_times_tile_t(float (*acc)[4], const unsigned char* a, int row0,
-                                                  const unsigned char* b, int b_row0 = 0) {
+                                                  const unsigned char* b) {
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-        wgmma_ss<N>(acc, k_major<A_ROWS>(a, row0, kk), k_major<B_ROWS>(b, b_row0, kk), kk > 0);
+    for (int kk = 0; kk < D / 16; ++kk) wgmma_ss<N>(acc, k_major<A_ROWS>(a, row0, kk), k_major<N>(b, 0, kk), kk > 0);
 }
 
-// acc (64 x D) += fragments (64 x K, A layout) times rows [16 kk0, 16 kk0 + K) of
-// shared tile `b` ([B_ROWS][D]), not yet waited for.
-template <int D, int K, int B_ROWS = K>
-__device__ __forceinline__ void frags_times_tile(float (*acc)[4], unsigned (*frags)[4], const unsigned char* b,
-                                                 int kk0 = 0) {
+// acc (64 x D) += fragments (64 x K, A layout) times shared tile `b` ([K][D]), not yet
+// waited for.
+template <int D, int K>
+__device__ __forceinline__ void frags_times_tile(float (*acc)[4], unsigned (*frags)[4], const unsigned char* b) {
 #pragma unroll
-    for (int kk = 0; kk < K / 16; ++kk) wgmma_rs<D>(acc, frags[kk], n_major<B_ROWS>(b, kk0 + kk));
+    for (int kk = 0; kk < K / 16; ++kk) wgmma_rs<D>(acc, frags[kk], n_major<K>(b, kk));
 }
 
 // Starts copying the key and value tiles from key k0 (KEYS rows each, zeros past
@@ -407,11 +384,6 @@ __device__ __forceinline__ void rescale_rows(float (*o)[4], const float* rescale
 #ifndef SM90_FORWARD_KEYS
 #define SM90_FORWARD_KEYS(D) ((D) <= 64 ? 128 : 64)
 #endif
-// The forward with each tile's products overlapped with its softmax (two halves of
-// keys a tile; needs tiles of 128 keys).
-#ifndef SM90_FORWARD_PIPELINED
-#define SM90_FORWARD_PIPELINED(D) 0
-#endif
 // Warpgroups (of 64 rows each) per block of each kernel, and the blocks per SM the
 // register allocation is made for.
 #ifndef SM90_FORWARD_WGS
@@ -435,36 +407,21 @@ __device__ __forceinline__ void rescale_rows(float (*o)[4], const float* rescale
 #define SM90_TILE_BYTES(ROWS, D) ((ROWS) * (D) * 2)
 #define SM90_FORWARD_SHARED(D) \
     (1024 + SM90_TILE_BYTES(64 * SM90_FORWARD_WGS(D), D) + 4 * SM90_TILE_BYTES(SM90_FORWARD_KEYS(D), D))
-// The dQ kernel with each tile's products overlapped with its element-wise part (two
-// halves of 64 keys a tile of 128).
-#ifndef SM90_DQ_PIPELINED
-#define SM90_DQ_PIPELINED(D) 0
-#endif
-// The dQ kernel's queries and output gradients held as register operands (the score
-// products' A) rather than read from shared memory by every product.
-#ifndef SM90_DQ_ROWS_IN_REGISTERS
-#define SM90_DQ_ROWS_IN_REGISTERS(D) 0
-#endif
-#define SM90_DQ_KEYS(D) (SM90_DQ_PIPELINED(D) ? 128 : 64)
 #define SM90_DQ_SHARED(D) \
-    (1024 + 2 * SM90_TILE_BYTES(64 * SM90_DQ_WGS(D), D) + 4 * SM90_TILE_BYTES(SM90_DQ_KEYS(D), D) + \
-     64 * SM90_DQ_WGS(D) * 4)
+    (1024 + 2 * SM90_TILE_BYTES(64 * SM90_DQ_WGS(D), D) + 4 * SM90_TILE_BYTES(64, D) + 64 * SM90_DQ_WGS(D) * 4)
 #ifndef SM90_DKV_STAGES
 #define SM90_DKV_STAGES(D) 3
 #endif
-// The dK/dV kernel's keys and values held as register operands (the score products'
-// A) rather than read from shared memory by every product.
+// The dK/dV kernel's keys and values held in registers as the score products' A
+// operand, so that those products read only the streamed query tiles from shared
+// memory (2-6% of the backward at 8k-32k, head size 64); at 128 they do not fit.
 #ifndef SM90_DKV_KV_REGISTERS
-#define SM90_DKV_KV_REGISTERS(D) 0
+#define SM90_DKV_KV_REGISTERS(D) ((D) <= 64)
 #endif
-#ifndef SM90_DKV_PIPELINED
-#define SM90_DKV_PIPELINED(D) 0
-#endif
-#define SM90_DKV_SHARED(D)                                                                                     \
-    (SM90_DKV_PIPELINED(D)                                                                                     \
-         ? 1024 + 2 * SM90_TILE_BYTES(64 * SM90_DKV_WGS(D), D) + 4 * (2 * SM90_TILE_BYTES(64, D) + 2 * 64 * 4) + \
-               4 * SM90_DKV_WGS(D) * SM90_TILE_BYTES(64, 64)                                                   \
-         : 1024 + 2 * SM90_TILE_BYTES(64 * SM90_DKV_WGS(D), D) + SM90_DKV_STAGES(D) * (2 * SM90_TILE_BYTES(64, D) + 2 * 64 * 4))
+// Keys and values in shared memory unless in registers, then the query stages.
+#define SM90_DKV_SHARED(D)                                                                      \
+    (1024 + (SM90_DKV_KV_REGISTERS(D) ? 0 : 2 * SM90_TILE_BYTES(64 * SM90_DKV_WGS(D), D)) + \
+     SM90_DKV_STAGES(D) * (2 * SM90_TILE_BYTES(64, D) + 2 * 64 * 4))
 
 // Forward: 64 query rows per warpgroup, keys and values streamed in tiles of KEYS, two
 // stages deep. Grid: (query blocks, batch * heads), the longest rows first.
@@ -506,51 +463,7 @@ __device__ void forward_sm90(const bf16* __restrict__ q, Strides qs, const bf16*
         const unsigned char* v_tile = k_tile + KV_BYTES;
 
         // A warpgroup whose rows all come before this tile's keys has nothing to add.
-        if constexpr (SM90_FORWARD_PIPELINED(D)) {
-          if (k0 < wg_key_end) {
-            // The tile as two halves of keys: the second half's scores run while the
-            // first's softmax is computed, and the first's P V while the second's is.
-            // Nothing stays in flight past the tile.
-            constexpr int HALF = KEYS / 2;
-            float s_a[HALF / 8][4], s_b[HALF / 8][4];
-            zero<HALF / 8>(s_a);
-            zero<HALF / 8>(s_b);
-            pin<HALF / 8>(s_a);
-            pin<HALF / 8>(s_b);
-            wg_fence();
-            rows_times_tile_t<D, HALF, ROWS, KEYS>(s_a, q_tile, wg * 64, k_tile, 0);
-            wg_commit();
-            rows_times_tile_t<D, HALF, ROWS, KEYS>(s_b, q_tile, wg * 64, k_tile, HALF);
-            wg_commit();
-            wgmma_wait<1>();
-            pin<HALF / 8>(s_a);
-            float rescale[2];
-            online_softmax<HALF>(s_a, m, l, rescale, warp_row0, k0, keys, offset, scale_log2);
-            rescale_rows<D>(o, rescale);
-            unsigned p_a[HALF / 16][4];
-            as_a<HALF>(p_a, s_a);
-            pin<HALF / 16>(p_a);
-            pin<D / 8>(o);
-            wg_fence();
-            frags_times_tile<D, HALF, KEYS>(o, p_a, v_tile, 0);
-            wg_commit();
-            wgmma_wait<1>();
-            pin<HALF / 8>(s_b);
-            online_softmax<HALF>(s_b, m, l, rescale, warp_row0, k0 + HALF, keys, offset, scale_log2);
-            unsigned p_b[HALF / 16][4];
-            as_a<HALF>(p_b, s_b);
-            wgmma_wait<0>();
-            pin<D / 8>(o);
-            rescale_rows<D>(o, rescale);
-            pin<HALF / 16>(p_b);
-            pin<D / 8>(o);
-            wg_fence();
-            frags_times_tile<D, HALF, KEYS>(o, p_b, v_tile, HALF / 16);
-            wg_commit();
-            wgmma_wait<0>();
-            pin<D / 8>(o);
-          }
-        } else if (k0 < wg_key_end) {
+        if (k0 < wg_key_end) {
             float s[KEYS / 8][4];
             zero<KEYS / 8>(s);
             pin<KEYS / 8>(s);
@@ -613,7 +526,7 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
                                  const bf16* __restrict__ dout, Strides dos, const float* __restrict__ lse,
                                  float* __restrict__ delta, bf16* __restrict__ dq, int heads, int kv_heads, int seq,
                                  int keys, float scale, float scale_log2) {
-    constexpr int ROWS = 64 * SM90_DQ_WGS(D), KEYS = SM90_DQ_KEYS(D);
+    constexpr int ROWS = 64 * SM90_DQ_WGS(D), KEYS = 64;
     constexpr int KV_BYTES = SM90_TILE_BYTES(KEYS, D);
     extern __shared__ __align__(128) unsigned char smem[];
     unsigned char* q_tile = aligned_shared(smem);
@@ -636,10 +549,8 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
     const bf16* do_base = dout + batch * dos.batch + head * dos.head + q0 * dos.row;
     const int tiles = (max(0, key_end(q0, ROWS, seq, keys)) + KEYS - 1) / KEYS;
 
-    if constexpr (!SM90_DQ_ROWS_IN_REGISTERS(D)) {
-        fetch_swizzled<D, ROWS>(q_tile, q + batch * qs.batch + head * qs.head + q0 * qs.row, qs.row, valid_rows);
-        fetch_swizzled<D, ROWS>(do_tile, do_base, dos.row, valid_rows);
-    }
+    fetch_swizzled<D, ROWS>(q_tile, q + batch * qs.batch + head * qs.head + q0 * qs.row, qs.row, valid_rows);
+    fetch_swizzled<D, ROWS>(do_tile, do_base, dos.row, valid_rows);
     if (tiles > 0) fetch_kv<D, KEYS>(stages, k_base, ks, v_base, vs, 0, keys);
     copies_issued();
 
@@ -667,15 +578,6 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
         my_delta[h] = row_delta[row - q0];
     }
 
-    // With SM90_DQ_ROWS_IN_REGISTERS, each warp's queries and output gradients as
-    // register operands of the score products, which then read only the key and value
-    // tiles from shared memory.
-    constexpr int FRAGS = SM90_DQ_ROWS_IN_REGISTERS(D) ? D / 16 : 1;
-    unsigned q_frags[FRAGS][4], do_frags[FRAGS][4];
-    if constexpr (SM90_DQ_ROWS_IN_REGISTERS(D)) {
-        load_a_frags<D>(q_frags, q + batch * qs.batch + head * qs.head, qs.row, warp_row0, seq);
-        load_a_frags<D>(do_frags, dout + batch * dos.batch + head * dos.head, dos.row, warp_row0, seq);
-    }
     float dq_acc[D / 8][4];
     zero<D / 8>(dq_acc);
     for (int i = 0; i < tiles; ++i) {
@@ -683,68 +585,9 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
         const unsigned char* k_tile = kv_stage<D, KEYS>(stages, i, tiles, k_base, ks, v_base, vs, keys);
         const unsigned char* v_tile = k_tile + KV_BYTES;
 
-        if constexpr (SM90_DQ_PIPELINED(D)) {
-            if (k0 < wg_key_end) {
-                // The tile as two halves of keys: the second half's S and dP run while
-                // the first's dS is computed, and the first's dQ product while the
-                // second's is. Nothing stays in flight past the tile.
-                constexpr int HALF = KEYS / 2;
-                float s_a[HALF / 8][4], dp_a[HALF / 8][4], s_b[HALF / 8][4], dp_b[HALF / 8][4];
-                zero<HALF / 8>(s_a);
-                zero<HALF / 8>(dp_a);
-                zero<HALF / 8>(s_b);
-                zero<HALF / 8>(dp_b);
-                pin<HALF / 8>(s_a);
-                pin<HALF / 8>(dp_a);
-                pin<HALF / 8>(s_b);
-                pin<HALF / 8>(dp_b);
-                wg_fence();
-                rows_times_tile_t<D, HALF, ROWS, KEYS>(s_a, q_tile, wg * 64, k_tile, 0);
-                rows_times_tile_t<D, HALF, ROWS, KEYS>(dp_a, do_tile, wg * 64, v_tile, 0);
-                wg_commit();
-                rows_times_tile_t<D, HALF, ROWS, KEYS>(s_b, q_tile, wg * 64, k_tile, HALF);
-                rows_times_tile_t<D, HALF, ROWS, KEYS>(dp_b, do_tile, wg * 64, v_tile, HALF);
-                wg_commit();
-                wgmma_wait<1>();
-                pin<HALF / 8>(s_a);
-                pin<HALF / 8>(dp_a);
-                unsigned ds_a[HALF / 16][4];
-                score_gradients<HALF>(ds_a, s_a, dp_a, row_lse, my_delta, warp_row0, k0, keys, offset, scale_log2);
-                pin<HALF / 16>(ds_a);
-                pin<D / 8>(dq_acc);
-                wg_fence();
-                frags_times_tile<D, HALF, KEYS>(dq_acc, ds_a, k_tile, 0);
-                wg_commit();
-                wgmma_wait<1>();
-                pin<HALF / 8>(s_b);
-                pin<HALF / 8>(dp_b);
-                unsigned ds_b[HALF / 16][4];
-                score_gradients<HALF>(ds_b, s_b, dp_b, row_lse, my_delta, warp_row0, k0 + HALF, keys, offset,
-                                      scale_log2);
-                pin<HALF / 16>(ds_b);
-                wg_fence();
-                frags_times_tile<D, HALF, KEYS>(dq_acc, ds_b, k_tile, HALF / 16);
-                wg_commit();
-                wgmma_wait<0>();
-                pin<D / 8>(dq_acc);
-            }
-        } else if (k0 < wg_key_end) {
+        if (k0 < wg_key_end) {
             float s[KEYS / 8][4], dp[KEYS / 8][4];
-            if constexpr (SM90_DQ_ROWS_IN_REGISTERS(D)) {
-                zero<KEYS / 8>(s);
-                zero<KEYS / 8>(dp);
-                pin<KEYS / 8>(s);
-                pin<KEYS / 8>(dp);
-                wg_fence();
-                frags_times_tile_t<D, KEYS>(s, q_frags, k_tile);
-                frags_times_tile_t<D, KEYS>(dp, do_frags, v_tile);
-                wg_commit();
-                wgmma_wait<0>();
-                pin<KEYS / 8>(s);
-                pin<KEYS / 8>(dp);
-            } else {
-                score_pair<D, KEYS, ROWS>(s, q_tile, k_tile, dp, do_tile, v_tile, wg * 64);
-            }
+            score_pair<D, KEYS, ROWS>(s, q_tile, k_tile, dp, do_tile, v_tile, wg * 64);
             unsigned ds_frags[KEYS / 16][4];
             score_gradients<KEYS>(ds_frags, s, dp, row_lse, my_delta, warp_row0, k0, keys, offset, scale_log2);
             accumulate<D, KEYS>(dq_acc, ds_frags, k_tile);
@@ -757,8 +600,7 @@ __device__ void backward_dq_sm90(const bf16* __restrict__ q, Strides qs, const b
 
 // A dK/dV block's walk over the query tiles (QUERIES rows each) that see its keys:
 // its keys from k0, its kv head, and tile i's query head and first row, every query
-// head its kv head serves walking the same rows. Tiles past the last name the last
-// head (the overlapped kernel looks ahead of it and fetches them as zeros).
+// head its kv head serves walking the same rows.
 template <int ROWS, int QUERIES>
 struct DkvWalk {
     int k0, batch, kv_head, groups, offset, wg_key0, warp_key0, first_q0, per_head, tiles;
@@ -770,19 +612,18 @@ struct DkvWalk {
           first_q0(max(0, k0 - offset) / QUERIES * QUERIES),
           per_head(first_q0 < seq ? (seq - first_q0 + QUERIES - 1) / QUERIES : 0), tiles(per_head * groups) {}
     __device__ int q_start(int i) const { return first_q0 + i % max(per_head, 1) * QUERIES; }
-    __device__ int head(int i) const { return kv_head * groups + min(i / max(per_head, 1), groups - 1); }
+    __device__ int head(int i) const { return kv_head * groups + i / max(per_head, 1); }
 };
 
 // Starts copying query tile i of a dK/dV block's walk: its queries and output
-// gradients into `stage` (dO after the queries), its lse and delta into `vectors`;
-// past the last tile, zeros with lse +inf.
+// gradients into `stage` (dO after the queries), its lse and delta into `vectors`.
 template <int D, int ROWS, int QUERIES>
 __device__ __forceinline__ void fetch_query_tile(const DkvWalk<ROWS, QUERIES>& w, int i, unsigned char* stage,
                                                  float* vectors, const bf16* q, Strides qs, const bf16* dout,
                                                  Strides dos, const float* lse, const float* delta, int heads,
                                                  int seq) {
     const int head = w.head(i), q_start = w.q_start(i);
-    const int valid = i < w.tiles ? min(QUERIES, seq - q_start) : 0;
+    const int valid = min(QUERIES, seq - q_start);
     fetch_swizzled<D, QUERIES>(stage, q + w.batch * qs.batch + head * qs.head + q_start * qs.row, qs.row, valid);
     fetch_swizzled<D, QUERIES>(stage + SM90_TILE_BYTES(QUERIES, D),
                                dout + w.batch * dos.batch + head * dos.head + q_start * dos.row, dos.row, valid);
@@ -803,10 +644,12 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
     constexpr int ROWS = 64 * SM90_DKV_WGS(D), QUERIES = 64;
     constexpr int Q_BYTES = SM90_TILE_BYTES(QUERIES, D);
     extern __shared__ __align__(128) unsigned char smem[];
+    // The block's keys and values (unless held in registers), then the query stages.
+    constexpr int KV_SHARED = SM90_DKV_KV_REGISTERS(D) ? 0 : SM90_TILE_BYTES(ROWS, D);
     unsigned char* k_tile = aligned_shared(smem);
-    unsigned char* v_tile = k_tile + SM90_TILE_BYTES(ROWS, D);
+    unsigned char* v_tile = k_tile + KV_SHARED;
     constexpr int STAGES = SM90_DKV_STAGES(D);
-    unsigned char* stages = v_tile + SM90_TILE_BYTES(ROWS, D);  // stage s: queries at 2 s Q_BYTES, dO after
+    unsigned char* stages = v_tile + KV_SHARED;  // stage s: queries at 2 s Q_BYTES, dO after
     float* vectors = reinterpret_cast<float*>(stages + 2 * STAGES * Q_BYTES);  // stage s: lse, delta
 
     const DkvWalk<ROWS, QUERIES> w(heads, kv_heads, seq, keys);
@@ -824,8 +667,8 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
         copies_issued();
     }
 
-    // With SM90_DKV_KV_REGISTERS, each warp's keys and values as register operands of
-    // the score products, which then read only the query tiles from shared memory.
+    // With SM90_DKV_KV_REGISTERS, each warp's keys and values as the score products'
+    // A operand.
     unsigned k_frags[SM90_DKV_KV_REGISTERS(D) ? D / 16 : 1][4], v_frags[SM90_DKV_KV_REGISTERS(D) ? D / 16 : 1][4];
     if constexpr (SM90_DKV_KV_REGISTERS(D)) {
         load_a_frags<D>(k_frags, k + w.batch * ks.batch + w.kv_head * ks.head, ks.row, w.warp_key0, keys);
@@ -889,135 +732,6 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
     store_rows<D>(dv + out_base, dv_acc, w.warp_key0, keys, 1.0f, 1.0f);
 }
 
-// dK/dV with its products overlapped with its element-wise work, after
-// FlashAttention-3's backward; SM90_DKV_PIPELINED selects it. Two query tiles a pass:
-// both tiles' S and dP are issued at once, so the second's run while the first's P and
-// dS are computed, and the first's dV and dK products run while the second's are.
-// Nothing is in flight from one pass to the next: with scores in flight across the
-// loop, ptxas moved them between registers and serialized every product. P and dS go
-// through shared memory (two [64 keys][64 queries] buffers a warpgroup, swizzled
-// K-major), not registers: a register operand stays live until its product ends,
-// which with two sets of scores and dK, dV was more than ptxas could hold without
-// serializing (252 registers). Tiles past the last are zeros with lse +inf, so that no
-// product sits under a branch (ptxas serializes wgmma under a branch it cannot prove
-// uniform). Four stages of queries: a pass reads two and fills the other two.
-// Checked under the emulation (tests/it/compute_kernels_emulated.rs) and by ptxas
-// (251 registers, no serialization); not yet timed on a GPU, so off by default.
-#define SM90_DKV_PIPELINE_STAGES 4
-template <int D>
-__device__ void backward_dkv_sm90_pipelined(const bf16* __restrict__ q, Strides qs, const bf16* __restrict__ k,
-                                            Strides ks, const bf16* __restrict__ v, Strides vs,
-                                            const bf16* __restrict__ dout, Strides dos, const float* __restrict__ lse,
-                                            const float* __restrict__ delta, bf16* __restrict__ dk,
-                                            bf16* __restrict__ dv, int heads, int kv_heads, int seq, int keys,
-                                            float scale, float scale_log2) {
-    constexpr int ROWS = 64 * SM90_DKV_WGS(D), QUERIES = 64, STAGES = SM90_DKV_PIPELINE_STAGES;
-    constexpr int Q_BYTES = SM90_TILE_BYTES(QUERIES, D), P_BYTES = SM90_TILE_BYTES(64, QUERIES);
-    extern __shared__ __align__(128) unsigned char smem[];
-    unsigned char* k_tile = aligned_shared(smem);
-    unsigned char* v_tile = k_tile + SM90_TILE_BYTES(ROWS, D);
-    unsigned char* stages = v_tile + SM90_TILE_BYTES(ROWS, D);  // stage s: queries at 2 s Q_BYTES, dO after
-    unsigned char* probs = stages + 2 * STAGES * Q_BYTES;       // warpgroup w: P at 2 w P_BYTES, dS after
-    float* vectors = reinterpret_cast<float*>(probs + 4 * SM90_DKV_WGS(D) * P_BYTES);  // stage s: lse, delta
-
-    const DkvWalk<ROWS, QUERIES> w(heads, kv_heads, seq, keys);
-    const int wg = threadIdx.x / WG_THREADS, warp = (threadIdx.x % WG_THREADS) / 32;
-    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    unsigned char* p_tile = probs + 4 * wg * P_BYTES;  // buffer b: P at 2 b P_BYTES, dS after
-    unsigned char* ds_tile = p_tile + P_BYTES;
-
-    fetch_kv<D, ROWS>(k_tile, k + w.batch * ks.batch + w.kv_head * ks.head, ks,
-                      v + w.batch * vs.batch + w.kv_head * vs.head, vs, w.k0, keys);
-    auto fetch = [&](int i) {
-        fetch_query_tile<D, ROWS, QUERIES>(w, i, stages + i % STAGES * 2 * Q_BYTES, vectors + i % STAGES * 2 * QUERIES,
-                                           q, qs, dout, dos, lse, delta, heads, seq);
-    };
-    // S and dP of tile i, issued and committed, not waited for.
-    auto issue_scores = [&](int i, float (*s)[4], float (*dp)[4]) {
-        const unsigned char* q_tile = stages + (i % STAGES) * 2 * Q_BYTES;
-        wg_fence();
-        rows_times_tile_t<D, QUERIES, ROWS>(s, k_tile, wg * 64, q_tile);
-        rows_times_tile_t<D, QUERIES, ROWS>(dp, v_tile, wg * 64, q_tile + Q_BYTES);
-        wg_commit();
-    };
-    // Accumulators (16 x QUERIES a warp) as bf16 into a swizzled [64][QUERIES] tile.
-    auto store_tile = [&](unsigned char* tile, float (*x)[4]) {
-#pragma unroll
-        for (int n = 0; n < QUERIES / 8; ++n)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = warp * 16 + g + 8 * h, c = n * 8 + 2 * t;
-                *reinterpret_cast<unsigned*>(tile + swizzled<64>(r, c / 8) + (c % 8) * 2) =
-                    pack(x[n][2 * h], x[n][2 * h + 1]);
-            }
-    };
-
-    float dk_acc[D / 8][4], dv_acc[D / 8][4];
-    zero<D / 8>(dk_acc);
-    zero<D / 8>(dv_acc);
-
-    // Tile i's P and dS from its scores, into shared memory buffer `buffer`.
-    auto probabilities = [&](int i, float (*s)[4], float (*dp)[4], int buffer) {
-        pin<QUERIES / 8>(s);
-        pin<QUERIES / 8>(dp);
-        const int q_start = w.q_start(i);
-        const float* tile_lse = vectors + (i % STAGES) * 2 * QUERIES;
-        const float* tile_delta = tile_lse + QUERIES;
-        transposed_probabilities<QUERIES>(s, dp, tile_lse, tile_delta, scale_log2, w.warp_key0, q_start, keys,
-                                              w.offset);
-        store_tile(p_tile + buffer * 2 * P_BYTES, s);
-        store_tile(ds_tile + buffer * 2 * P_BYTES, dp);
-        proxy_fence();
-        warpgroup_sync(wg);
-    };
-    // dV += P^T dO and dK += dS^T Q of tile i, from buffer `buffer`, issued and committed.
-    auto issue_gradients = [&](int i, int buffer) {
-        const unsigned char* q_tile = stages + (i % STAGES) * 2 * Q_BYTES;
-        pin<D / 8>(dv_acc);
-        pin<D / 8>(dk_acc);
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < QUERIES / 16; ++kk) {
-            wgmma_ss_n<D>(dv_acc, k_major<64>(p_tile + buffer * 2 * P_BYTES, 0, kk), n_major<QUERIES>(q_tile + Q_BYTES, kk));
-            wgmma_ss_n<D>(dk_acc, k_major<64>(ds_tile + buffer * 2 * P_BYTES, 0, kk), n_major<QUERIES>(q_tile, kk));
-        }
-        wg_commit();
-    };
-
-    // Two tiles a pass, nothing in flight between passes: tile i + 1's scores run
-    // during tile i's element-wise part, and tile i's gradients during tile i + 1's.
-    fetch(0);
-    fetch(1);
-    copies_issued();
-    for (int i = 0; i < w.tiles; i += 2) {
-        __syncthreads();  // every warpgroup is done with tiles i - 2 and i - 1
-        fetch(i + 2);
-        fetch(i + 3);
-        copies_issued();
-        stage_landed<1>();  // tiles i and i + 1
-        float s_a[QUERIES / 8][4], dp_a[QUERIES / 8][4], s_b[QUERIES / 8][4], dp_b[QUERIES / 8][4];
-        zero<QUERIES / 8>(s_a);
-        zero<QUERIES / 8>(dp_a);
-        zero<QUERIES / 8>(s_b);
-        zero<QUERIES / 8>(dp_b);
-        issue_scores(i, s_a, dp_a);
-        issue_scores(i + 1, s_b, dp_b);
-        wgmma_wait<1>();  // tile i's scores
-        probabilities(i, s_a, dp_a, 0);
-        issue_gradients(i, 0);
-        wgmma_wait<1>();  // tile i + 1's scores
-        probabilities(i + 1, s_b, dp_b, 1);
-        issue_gradients(i + 1, 1);
-        wgmma_wait<0>();
-        pin<D / 8>(dv_acc);
-        pin<D / 8>(dk_acc);
-    }
-    copies_landed<0>();
-    const long long out_base = ((long long)blockIdx.y) * keys * D;
-    store_rows<D>(dk + out_base, dk_acc, w.warp_key0, keys, scale, scale);
-    store_rows<D>(dv + out_base, dv_acc, w.warp_key0, keys, 1.0f, 1.0f);
-}
-
 // Entry points and geometry (as ENTRY_POINTS in flash_attention.cu) for the head sizes
 // this file serves.
 #define SM90_ENTRY_POINTS(D)                                                                                  \
@@ -1044,12 +758,8 @@ __device__ void backward_dkv_sm90_pipelined(const bf16* __restrict__ q, Strides 
                                Strides vs, const bf16* dout, Strides dos, const float* lse,                \
                                const float* delta, bf16* dk, bf16* dv, int heads, int kv_heads, int seq,    \
                                int keys, float scale, float scale_log2) {                                  \
-        if constexpr (SM90_DKV_PIPELINED(D))                                                               \
-            backward_dkv_sm90_pipelined<D>(q, qs, k, ks, v, vs, dout, dos, lse, delta, dk, dv, heads, kv_heads, \
-                                           seq, keys, scale, scale_log2);                                   \
-        else                                                                                               \
-            backward_dkv_sm90<D>(q, qs, k, ks, v, vs, dout, dos, lse, delta, dk, dv, heads, kv_heads, seq, \
-                                 keys, scale, scale_log2);                                                 \
+        backward_dkv_sm90<D>(q, qs, k, ks, v, vs, dout, dos, lse, delta, dk, dv, heads, kv_heads, seq,     \
+                             keys, scale, scale_log2);                                                     \
     }
 
 SM90_ENTRY_POINTS(64)

@@ -156,8 +156,8 @@ inline float n_major_at(Desc d, int k, int n) {
 // the warpgroup's 64 x N result.
 inline int acc_row(int e) { const int tw = threadIdx.x % 128; return 16 * (tw / 32) + (tw % 32) / 4 + 8 * (e / 2); }
 inline int acc_col(int j, int e) { return 8 * j + 2 * (threadIdx.x % 4) + e % 2; }
-// d (+)= A (K-major) * B, with B K-major or, N_MAJOR_B, N-major.
-template <int N, bool N_MAJOR_B = false>
+// d (+)= A (K-major) * B (K-major).
+template <int N>
 void wgmma_ss_emu(float (*d)[4], unsigned long long a, unsigned long long b, int accumulate) {
   const Desc A = decode(a), B = decode(b);
   for (int j = 0; j < N / 8; ++j)
@@ -165,7 +165,7 @@ void wgmma_ss_emu(float (*d)[4], unsigned long long a, unsigned long long b, int
       const int row = acc_row(e), col = acc_col(j, e);
       float s = accumulate ? d[j][e] : 0.0f;
       for (int k = 0; k < 16; ++k)
-        s += k_major_at(A, row, k) * (N_MAJOR_B ? n_major_at(B, k, col) : k_major_at(B, col, k));
+        s += k_major_at(A, row, k) * k_major_at(B, col, k);
       d[j][e] = s;
     }
 }
@@ -193,9 +193,6 @@ template <int N, bool K_MAJOR_B = false> void wgmma_rs_emu(float (*d)[4], const 
     }
   bar->arrive_and_wait();
 }
-inline void wgmma_ss_n_64(float (*d)[4], unsigned long long a, unsigned long long b) { wgmma_ss_emu<64, true>(d, a, b, 1); }
-inline void wgmma_ss_n_128(float (*d)[4], unsigned long long a, unsigned long long b) { wgmma_ss_emu<128, true>(d, a, b, 1); }
-inline void warpgroup_sync(int wg) { g_warpgroup_barriers[wg]->arrive_and_wait(); }
 inline void wgmma_ss_64(float (*d)[4], unsigned long long a, unsigned long long b, int acc) { wgmma_ss_emu<64>(d, a, b, acc); }
 inline void wgmma_ss_128(float (*d)[4], unsigned long long a, unsigned long long b, int acc) { wgmma_ss_emu<128>(d, a, b, acc); }
 inline void wgmma_rs_64(float (*d)[4], const unsigned* a, unsigned long long b) { wgmma_rs_emu<64>(d, a, b); }

@@ -48,29 +48,3 @@ fn hopper_flash_kernels_under_emulation_match_float64_attention() {
         check_under_emulation(&["--sm90"]);
     }
 }
-
-#[test]
-fn pipelined_hopper_kernels_under_emulation_match_float64_attention() {
-    let test = "pipelined_hopper_kernels_under_emulation_match_float64_attention";
-    if !have_gxx(test) {
-        return;
-    }
-    // The overlapped forward and dK/dV kernels, where they are off by default: the
-    // source with both switches on, as `graft bench attention --sm90-source` takes it.
-    let root = env!("CARGO_MANIFEST_DIR");
-    let sm90 =
-        std::fs::read_to_string(format!("{root}/src/compute/flash_attention_sm90.cu")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let variant = dir.path().join("flash_attention_sm90_pipelined.cu");
-    std::fs::write(
-        &variant,
-        format!(
-            "#define SM90_DKV_PIPELINED(D) ((D) <= 64)\n\
-             #define SM90_FORWARD_PIPELINED(D) ((D) <= 64)\n\
-             #define SM90_FORWARD_MIN_BLOCKS(D) 1\n{sm90}"
-        ),
-    )
-    .unwrap();
-    let base = format!("{root}/src/compute/flash_attention.cu");
-    check_under_emulation(&["--sm90", &base, variant.to_str().unwrap()]);
-}
