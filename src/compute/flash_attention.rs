@@ -41,6 +41,7 @@ use burn_fusion::FusionRuntime;
 use super::cublas::CudaFusionTensor;
 use super::cuda_kernels::{self, empty, launch, Args, Function, PerDevice};
 use super::cuda_stream;
+use super::kept_attention;
 
 const SOURCE: &str = include_str!("flash_attention.cu");
 /// The Hopper kernels (wgmma), appended to SOURCE on compute capability 9.0.
@@ -135,11 +136,18 @@ fn attention_autodiff<C: CheckpointStrategy>(
         .stateful();
     let output = match prepared {
         OpsKind::Tracked(prep) => {
-            let (out, lse) = forward(
-                q.primitive.clone(),
-                k.primitive.clone(),
-                v.primitive.clone(),
-            );
+            // A layer rerun by per-layer recomputation takes its first pass's output
+            // (`kept_attention`): the same values, without the forward kernel.
+            let kept = kept_attention::take(|(out, _): &(CudaFusionTensor, CudaFusionTensor)| {
+                out.shape == q.primitive.shape && out.client.device() == q.primitive.client.device()
+            });
+            let (out, lse) = kept.unwrap_or_else(|| {
+                forward(
+                    q.primitive.clone(),
+                    k.primitive.clone(),
+                    v.primitive.clone(),
+                )
+            });
             let state = FlashState {
                 q: q.primitive,
                 k: k.primitive,
@@ -149,7 +157,13 @@ fn attention_autodiff<C: CheckpointStrategy>(
             };
             prep.finish(state, out)
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward(q.primitive, k.primitive, v.primitive).0),
+        OpsKind::UnTracked(prep) => {
+            let (out, lse) = forward(q.primitive, k.primitive, v.primitive);
+            if kept_attention::keeping() {
+                kept_attention::offer((out.clone(), lse));
+            }
+            prep.finish(out)
+        }
     };
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }
@@ -799,6 +813,43 @@ mod tests {
         result
     }
 
+    /// Normal q (8 heads), k and v (2 heads) of 300 tokens of head size 64, and a weight
+    /// for each output.
+    fn random_heads(
+        batch: usize,
+    ) -> (
+        Tensor<Inner, 4>,
+        Tensor<Inner, 4>,
+        Tensor<Inner, 4>,
+        Tensor<Inner, 4>,
+    ) {
+        let device = Default::default();
+        let make = |heads: usize| {
+            Tensor::<Inner, 4>::random(
+                [batch, heads, 300, 64],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            )
+        };
+        (make(8), make(2), make(2), make(8))
+    }
+
+    /// The gradients at q, k and v of the weighted sum of the kernels' attention.
+    fn gradients(
+        q: &Tensor<Inner, 4>,
+        k: &Tensor<Inner, 4>,
+        v: &Tensor<Inner, 4>,
+        weight: &Tensor<Inner, 4>,
+    ) -> [burn::tensor::TensorData; 3] {
+        let leaf = |t: &Tensor<Inner, 4>| Tensor::<B, 4>::from_inner(t.clone()).require_grad();
+        let (q, k, v) = (leaf(q), leaf(k), leaf(v));
+        let out = causal_attention(q.clone(), k.clone(), v.clone())
+            .ok()
+            .unwrap();
+        let grads = (out * Tensor::from_inner(weight.clone())).sum().backward();
+        [q.grad(&grads), k.grad(&grads), v.grad(&grads)].map(|g| g.unwrap().into_data())
+    }
+
     /// The kernels' output and gradients against burn's op-by-op attention in f32.
     fn check(batch: usize, heads: (usize, usize), seq: usize, head_dim: usize) {
         for (name, error) in errors_against_f32(batch, heads, seq, head_dim).unwrap() {
@@ -827,23 +878,8 @@ mod tests {
     #[test]
     fn flash_attention_gradients_are_the_same_bits_on_every_run() {
         let _turn = OPTIONS.lock().unwrap_or_else(|e| e.into_inner());
-        let device = Default::default();
-        let make = |heads: usize| {
-            Tensor::<Inner, 4>::random([2, heads, 300, 64], Distribution::Normal(0.0, 1.0), &device)
-        };
-        let (q0, k0, v0) = (make(8), make(2), make(2));
-        let run = || {
-            let (q, k, v) = (
-                Tensor::<B, 4>::from_inner(q0.clone()).require_grad(),
-                Tensor::<B, 4>::from_inner(k0.clone()).require_grad(),
-                Tensor::<B, 4>::from_inner(v0.clone()).require_grad(),
-            );
-            let out = causal_attention(q.clone(), k.clone(), v.clone())
-                .ok()
-                .unwrap();
-            let grads = out.sum().backward();
-            [q.grad(&grads), k.grad(&grads), v.grad(&grads)].map(|g| g.unwrap().into_data())
-        };
+        let (q0, k0, v0, weight) = random_heads(2);
+        let run = || gradients(&q0, &k0, &v0, &weight);
         let best = with_family(false, || [run(), run()]);
         assert_eq!(best[0], best[1]);
         // The mma.sync family, which an execution recorded with it runs, in the same
@@ -858,5 +894,30 @@ mod tests {
         );
         // And the first family again, as a lineage's next execution would run it.
         assert_eq!(with_family(false, run), best[0]);
+    }
+
+    #[test]
+    fn a_rerun_that_takes_the_kept_output_has_the_same_gradients() {
+        let _turn = OPTIONS.lock().unwrap_or_else(|e| e.into_inner());
+        let (q0, k0, v0, weight) = random_heads(1);
+        let tracked = || gradients(&q0, &k0, &v0, &weight);
+        let computed = tracked();
+        // Per-layer recomputation's two passes: untracked (nothing needs a gradient),
+        // keeping its output, then tracked, taking it.
+        let kept = kept_attention::keep();
+        let untracked = |t: &Tensor<Inner, 4>| Tensor::<B, 4>::from_inner(t.clone());
+        let first = causal_attention(untracked(&q0), untracked(&k0), untracked(&v0))
+            .ok()
+            .unwrap();
+        kept.replay();
+        let replayed = tracked();
+        assert_eq!(kept.taken(), 1, "the rerun took the kept output");
+        assert_eq!(replayed, computed);
+        drop(kept);
+        // The first pass's output is the kernels' own.
+        let direct = causal_attention(untracked(&q0), untracked(&k0), untracked(&v0))
+            .ok()
+            .unwrap();
+        assert_eq!(first.into_data(), direct.into_data());
     }
 }

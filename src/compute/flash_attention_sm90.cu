@@ -281,24 +281,33 @@ __device__ __forceinline__ void mask_scores(float (*s)[4], int row0, int col0, i
         }
 }
 
-// The backward's two score products, in one group, waited for: s (64 x N) = rows
-// [row0, row0 + 64) of shared tile a ([A_ROWS][D]) times the transpose of shared tile b
-// ([N][D]), and dp likewise of c and d.
-template <int D, int N, int A_ROWS>
-__device__ __forceinline__ void score_pair(float (*s)[4], const unsigned char* a, const unsigned char* b,
-                                           float (*dp)[4], const unsigned char* c, const unsigned char* d,
-                                           int row0) {
+// The backward's two score products into s and dp (64 x N each), issued by `issue` in
+// one group, waited for.
+template <int N, class Issue>
+__device__ __forceinline__ void score_pair_by(float (*s)[4], float (*dp)[4], Issue issue) {
     zero<N / 8>(s);
     zero<N / 8>(dp);
     pin<N / 8>(s);
     pin<N / 8>(dp);
     wg_fence();
-    rows_times_tile_t<D, N, A_ROWS>(s, a, row0, b);
-    rows_times_tile_t<D, N, A_ROWS>(dp, c, row0, d);
+    issue();
     wg_commit();
     wgmma_wait<0>();
     pin<N / 8>(s);
     pin<N / 8>(dp);
+}
+
+// The same from shared memory: s = rows [row0, row0 + 64) of shared tile a
+// ([A_ROWS][D]) times the transpose of shared tile b ([N][D]), and dp likewise of c
+// and d.
+template <int D, int N, int A_ROWS>
+__device__ __forceinline__ void score_pair(float (*s)[4], const unsigned char* a, const unsigned char* b,
+                                           float (*dp)[4], const unsigned char* c, const unsigned char* d,
+                                           int row0) {
+    score_pair_by<N>(s, dp, [&] {
+        rows_times_tile_t<D, N, A_ROWS>(s, a, row0, b);
+        rows_times_tile_t<D, N, A_ROWS>(dp, c, row0, d);
+    });
 }
 
 // acc (64 x D) += fragments (64 x K, A layout) times shared tile `b` ([K][D]), after
@@ -693,17 +702,10 @@ __device__ void backward_dkv_sm90(const bf16* __restrict__ q, Strides qs, const 
             // Transposed scores: this warpgroup's 64 keys against the tile's queries.
             float s[QUERIES / 8][4], dp[QUERIES / 8][4];
             if constexpr (SM90_DKV_KV_REGISTERS(D)) {
-                zero<QUERIES / 8>(s);
-                zero<QUERIES / 8>(dp);
-                pin<QUERIES / 8>(s);
-                pin<QUERIES / 8>(dp);
-                wg_fence();
-                frags_times_tile_t<D, QUERIES>(s, k_frags, q_tile);
-                frags_times_tile_t<D, QUERIES>(dp, v_frags, do_tile);
-                wg_commit();
-                wgmma_wait<0>();
-                pin<QUERIES / 8>(s);
-                pin<QUERIES / 8>(dp);
+                score_pair_by<QUERIES>(s, dp, [&] {
+                    frags_times_tile_t<D, QUERIES>(s, k_frags, q_tile);
+                    frags_times_tile_t<D, QUERIES>(dp, v_frags, do_tile);
+                });
             } else {
                 score_pair<D, QUERIES, ROWS>(s, k_tile, q_tile, dp, v_tile, do_tile, wg * 64);
             }

@@ -52,6 +52,7 @@ pub mod fused_swiglu;
 pub mod gemm;
 pub mod grad_sum;
 pub mod host_memory;
+pub mod kept_attention;
 pub mod kernels;
 pub mod lora_product;
 #[cfg(feature = "cuda")]

@@ -14,7 +14,9 @@
 //! pass of its own, so only one layer's activations live at a time. (A layer as one
 //! autodiff node that recomputes inside burn's backward pass deadlocks in burn 0.21:
 //! a backward pass started there cleans up every graph, the running one included,
-//! whose lock the outer pass holds.)
+//! whose lock the outer pass holds.) The fused attention's output is kept from the
+//! first pass for the rerun (`compute::kept_attention`), which then skips its forward
+//! kernel: the same values, so the same gradients.
 
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
@@ -54,11 +56,14 @@ fn staged<B: TrainKernels>(
     // The lookup runs again, tracked, for its own stage at the end: a graph kept
     // across the stages' backward passes would be cleaned up by them as orphaned.
     let mut x = model.embed(tensors.inputs.clone()).detach();
+    // Each layer's attention output, kept for its rerun (see `kept_attention`).
+    let kept = crate::compute::kept_attention::keep();
     for (i, layer) in layers.iter().enumerate() {
         let (cos, sin) = tables.of_layer(i);
         inputs.push(x.clone());
         x = layer.clone().no_grad().forward(x, cos, sin, None);
     }
+    kept.replay();
 
     let chunk = crate::compute::options::current().loss_chunk_tokens;
     let (value, mut dy) = head_and_loss(model, x.detach(), tensors, denominator, chunk, grads);
@@ -77,6 +82,7 @@ fn staged<B: TrainKernels>(
             .grad(&stage)
             .expect("a layer's output depends on its input");
     }
+    drop(kept);
     // `is_require_grad` is true of leaves only, so ask the embedding's weight.
     if model.model.embed_tokens.weight.val().is_require_grad() {
         let embedded = model.embed(tensors.inputs.clone());
