@@ -20,6 +20,8 @@ use rayon::prelude::*;
 
 use super::cpu_exp::{exp_in_place, with_exp, Exp};
 use super::flex_values::{flex_primitive, seq_major, zeros, HostValues};
+use super::kept_attention;
+use burn_flex::FlexTensor;
 
 /// Queries per block: a block's scores (`ROWS x keys` f32) stay in cache at the
 /// sequence lengths the CPU trains on, and blocks skip the keys in their future.
@@ -28,7 +30,7 @@ const ROWS: usize = 64;
 /// Shapes of one call: q is `[batch, heads, seq, dim]`, k and v `[batch, kv_heads,
 /// keys, dim]`, with the queries at the last `seq` of the `keys` positions. Each kv
 /// head serves `heads / kv_heads` consecutive query heads.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Dims {
     batch: usize,
     heads: usize,
@@ -549,10 +551,21 @@ pub fn causal_attention<C: CheckpointStrategy>(
         HostValues::new(k.primitive),
         HostValues::new(v.primitive),
     );
-    let (out, lse) = with_exp!(E => forward::<E>(&q, &k, &v, dims));
-    // The model merges the heads next (`swap_dims(1, 2)` and a reshape): stored in
-    // that order, the output is merged without a copy.
-    let out = flex_primitive(out, dims.q_shape());
+    // A layer rerun by per-layer recomputation takes its first pass's output
+    // (`kept_attention`): the same values, without computing them again.
+    let kept = match prepared {
+        OpsKind::Tracked(_) => kept_attention::take(|kept: &Kept| kept.0 == dims),
+        OpsKind::UnTracked(_) => None,
+    };
+    let (out, lse) = match kept {
+        Some((_, out, lse)) => (out, lse),
+        None => {
+            let (out, lse) = with_exp!(E => forward::<E>(&q, &k, &v, dims));
+            // The model merges the heads next (`swap_dims(1, 2)` and a reshape): stored
+            // in that order, the output is merged without a copy.
+            (flex_primitive(out, dims.q_shape()), lse)
+        }
+    };
     let output = seq_major(out.clone());
     let output = match prepared {
         OpsKind::Tracked(prep) => {
@@ -566,10 +579,19 @@ pub fn causal_attention<C: CheckpointStrategy>(
             };
             prep.finish(state, output)
         }
-        OpsKind::UnTracked(prep) => prep.finish(output),
+        OpsKind::UnTracked(prep) => {
+            if kept_attention::keeping() {
+                kept_attention::offer::<Kept>((dims, out, lse));
+            }
+            prep.finish(output)
+        }
     };
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }
+
+/// What a layer's first pass keeps for its rerun: the shapes, the output in head order
+/// and the log-sum-exp of each row.
+type Kept = (Dims, FlexTensor, Vec<f32>);
 
 /// Whether [`causal_attention`] takes inputs of these dtypes: f32 only, the dtype of
 /// CPU training.
@@ -624,6 +646,42 @@ impl Backward<Flex, 3> for CpuAttentionBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rerun_that_takes_the_kept_output_has_the_same_gradients() {
+        type B = Autodiff<Flex>;
+        let device = Default::default();
+        let make = |heads: usize, salt: usize| {
+            let values: Vec<f32> = (0..2 * heads * 70 * 8)
+                .map(|i| ((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0 - 1.0)
+                .collect();
+            Tensor::<Flex, 4>::from_data(
+                burn::tensor::TensorData::new(values, [2, heads, 70, 8]),
+                &device,
+            )
+        };
+        let (q0, k0, v0, weight) = (make(4, 1), make(2, 2), make(2, 3), make(4, 4));
+        let tracked = || {
+            let leaf = |t: &Tensor<Flex, 4>| Tensor::<B, 4>::from_inner(t.clone()).require_grad();
+            let (q, k, v) = (leaf(&q0), leaf(&k0), leaf(&v0));
+            let out = causal_attention(q.clone(), k.clone(), v.clone());
+            let grads = (out * Tensor::from_inner(weight.clone())).sum().backward();
+            [q.grad(&grads), k.grad(&grads), v.grad(&grads)].map(|g| g.unwrap().into_data())
+        };
+        let computed = tracked();
+        // Per-layer recomputation's two passes: untracked (nothing needs a gradient),
+        // keeping its output, then tracked, taking it.
+        let kept = kept_attention::keep();
+        let untracked = |t: &Tensor<Flex, 4>| Tensor::<B, 4>::from_inner(t.clone());
+        let first = causal_attention(untracked(&q0), untracked(&k0), untracked(&v0));
+        kept.replay();
+        let replayed = tracked();
+        assert_eq!(kept.taken(), 1, "the rerun took the kept output");
+        assert_eq!(replayed, computed);
+        drop(kept);
+        let direct = causal_attention(untracked(&q0), untracked(&k0), untracked(&v0));
+        assert_eq!(first.into_data(), direct.into_data());
+    }
 
     #[test]
     fn blocks_cover_the_queries_and_see_up_to_their_last_row() {
