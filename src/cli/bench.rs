@@ -169,6 +169,11 @@ fn train(args: TrainArgs) -> CliResult {
 #[cfg(feature = "cuda")]
 fn attention(args: AttentionArgs) -> CliResult {
     use crate::compute::flash_attention::{time_passes, BenchShape, BenchSources};
+    if let Some(why) = crate::compute::cuda_kernels::missing_driver() {
+        return Err(CliError::user(format!(
+            "bench attention runs on CUDA: {why}"
+        )));
+    }
     if args.steps == 0 {
         return Err(CliError::user("--steps must be at least 1"));
     }

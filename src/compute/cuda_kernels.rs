@@ -102,9 +102,29 @@ unsafe fn read_capability(index: usize) -> Result<(i32, i32), driver::DriverErro
     ))
 }
 
+/// Whether this machine has the CUDA driver's library (libcuda), looked for once:
+/// without it cudarc panics at the first driver call, so callers ask here first.
+pub fn driver_present() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: only opens (and closes) the library to see that it loads.
+    *PRESENT.get_or_init(|| unsafe { csys::is_culib_present() })
+}
+
+/// Why CUDA cannot run on this machine, naming what to install, if it cannot.
+pub fn missing_driver() -> Option<String> {
+    (!driver_present()).then(|| {
+        "this machine has no CUDA driver (libcuda.so was not found on the library path): \
+         install the NVIDIA driver, or run on the CPU with --backend cpu"
+            .to_string()
+    })
+}
+
 /// Device `index`'s compute capability without touching any context (for the record
 /// of an execution, before the device is in use); `None` without a driver or device.
 pub fn device_capability(index: usize) -> Option<(i32, i32)> {
+    if !driver_present() {
+        return None;
+    }
     // SAFETY: cuInit may be called more than once; it precedes the reads.
     unsafe {
         driver::init().ok()?;

@@ -470,6 +470,12 @@ impl Compute {
         if self.backend == BackendKind::Cuda && !cfg!(feature = "cuda") {
             return Err("this graft was built without CUDA: rebuild with `cargo build --release --features cuda`".into());
         }
+        #[cfg(feature = "cuda")]
+        if self.backend == BackendKind::Cuda {
+            if let Some(why) = cuda_kernels::missing_driver() {
+                return Err(format!("--backend cuda: {why}"));
+            }
+        }
         Ok(())
     }
 
@@ -605,6 +611,23 @@ fn take<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// In the CUDA build: where the machine has no driver, `--backend cuda` is refused
+    /// naming what to install, instead of cudarc panicking at its first call.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_without_a_driver_is_refused_naming_what_to_install() {
+        let compute = Compute::new(BackendKind::Cuda, ComputeSection::default());
+        if cuda_kernels::missing_driver().is_none() {
+            eprintln!("skipped: this machine has a CUDA driver");
+            return;
+        }
+        let refused = compute.check().unwrap_err();
+        assert!(
+            refused.contains("--backend cuda") && refused.contains("install the NVIDIA driver"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn a_record_without_the_later_keys_reads_as_the_section_before_them() {
