@@ -668,19 +668,11 @@ mod tests {
             let grads = (out * Tensor::from_inner(weight.clone())).sum().backward();
             [q.grad(&grads), k.grad(&grads), v.grad(&grads)].map(|g| g.unwrap().into_data())
         };
-        let computed = tracked();
-        // Per-layer recomputation's two passes: untracked (nothing needs a gradient),
-        // keeping its output, then tracked, taking it.
-        let kept = kept_attention::keep();
         let untracked = |t: &Tensor<Flex, 4>| Tensor::<B, 4>::from_inner(t.clone());
-        let first = causal_attention(untracked(&q0), untracked(&k0), untracked(&v0));
-        kept.replay();
-        let replayed = tracked();
-        assert_eq!(kept.taken(), 1, "the rerun took the kept output");
-        assert_eq!(replayed, computed);
-        drop(kept);
-        let direct = causal_attention(untracked(&q0), untracked(&k0), untracked(&v0));
-        assert_eq!(first.into_data(), direct.into_data());
+        let first_pass = || causal_attention(untracked(&q0), untracked(&k0), untracked(&v0));
+        let first = kept_attention::assert_rerun_takes_the_kept_output(tracked, first_pass);
+        // The first pass's output is the attention's own.
+        assert_eq!(first.into_data(), first_pass().into_data());
     }
 
     #[test]

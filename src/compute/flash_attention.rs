@@ -900,24 +900,17 @@ mod tests {
     fn a_rerun_that_takes_the_kept_output_has_the_same_gradients() {
         let _turn = OPTIONS.lock().unwrap_or_else(|e| e.into_inner());
         let (q0, k0, v0, weight) = random_heads(1);
-        let tracked = || gradients(&q0, &k0, &v0, &weight);
-        let computed = tracked();
-        // Per-layer recomputation's two passes: untracked (nothing needs a gradient),
-        // keeping its output, then tracked, taking it.
-        let kept = kept_attention::keep();
         let untracked = |t: &Tensor<Inner, 4>| Tensor::<B, 4>::from_inner(t.clone());
-        let first = causal_attention(untracked(&q0), untracked(&k0), untracked(&v0))
-            .ok()
-            .unwrap();
-        kept.replay();
-        let replayed = tracked();
-        assert_eq!(kept.taken(), 1, "the rerun took the kept output");
-        assert_eq!(replayed, computed);
-        drop(kept);
+        let first_pass = || {
+            causal_attention(untracked(&q0), untracked(&k0), untracked(&v0))
+                .ok()
+                .unwrap()
+        };
+        let first = kept_attention::assert_rerun_takes_the_kept_output(
+            || gradients(&q0, &k0, &v0, &weight),
+            first_pass,
+        );
         // The first pass's output is the kernels' own.
-        let direct = causal_attention(untracked(&q0), untracked(&k0), untracked(&v0))
-            .ok()
-            .unwrap();
-        assert_eq!(first.into_data(), direct.into_data());
+        assert_eq!(first.into_data(), first_pass().into_data());
     }
 }

@@ -79,32 +79,22 @@ __device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.
 WGMMA_SS(64, "%32", "%33", "%34")
 WGMMA_SS(128, "%64", "%65", "%66")
 
-
-// d += A (64 x 16, registers in the mma.sync A layout) * B (16 x N, shared, N-major:
-// rows of the stored tile are the product's inner dimension).
-#define WGMMA_RS(N, A, B, ONE)                                                                               \
-    __device__ __forceinline__ void wgmma_rs_##N(float (*d)[4], const unsigned* a, unsigned long long b) {   \
+// d += A (64 x 16, registers in the mma.sync A layout) * B (16 x N, shared): wgmma_rs_N
+// with B N-major (rows of the stored tile are the product's inner dimension, TRANS_B
+// 1), wgmma_rs_k_N with B K-major (rows of the stored tile are the product's columns,
+// TRANS_B 0).
+#define WGMMA_RS(NAME, N, TRANS_B, A, B, ONE)                                                                \
+    __device__ __forceinline__ void NAME(float (*d)[4], const unsigned* a, unsigned long long b) {            \
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ONE ", 0;\n"                                         \
                      "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 " WG_REGS_##N ", " A ", " B   \
-                     ", p, 1, 1, 1;\n}\n"                                                                    \
+                     ", p, 1, 1, " #TRANS_B ";\n}\n"                                                         \
                      : WG_ACC_##N(d)                                                                         \
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));                         \
     }
-WGMMA_RS(64, "{%32, %33, %34, %35}", "%36", "%37")
-WGMMA_RS(128, "{%64, %65, %66, %67}", "%68", "%69")
-
-// d += A (64 x 16, registers in the mma.sync A layout) * B (16 x N, shared, K-major:
-// rows of the stored tile are the product's columns).
-#define WGMMA_RS_K(N, A, B, ONE)                                                                             \
-    __device__ __forceinline__ void wgmma_rs_k_##N(float (*d)[4], const unsigned* a, unsigned long long b) { \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ONE ", 0;\n"                                         \
-                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 " WG_REGS_##N ", " A ", " B   \
-                     ", p, 1, 1, 0;\n}\n"                                                                    \
-                     : WG_ACC_##N(d)                                                                         \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));                         \
-    }
-WGMMA_RS_K(64, "{%32, %33, %34, %35}", "%36", "%37")
-WGMMA_RS_K(128, "{%64, %65, %66, %67}", "%68", "%69")
+WGMMA_RS(wgmma_rs_64, 64, 1, "{%32, %33, %34, %35}", "%36", "%37")
+WGMMA_RS(wgmma_rs_128, 128, 1, "{%64, %65, %66, %67}", "%68", "%69")
+WGMMA_RS(wgmma_rs_k_64, 64, 0, "{%32, %33, %34, %35}", "%36", "%37")
+WGMMA_RS(wgmma_rs_k_128, 128, 0, "{%64, %65, %66, %67}", "%68", "%69")
 
 #endif
 

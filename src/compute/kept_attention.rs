@@ -101,6 +101,25 @@ pub fn take<T: 'static>(fits: impl FnOnce(&T) -> bool) -> Option<T> {
     })
 }
 
+/// For the attention nodes' tests: runs per-layer recomputation's two passes on one
+/// attention, `untracked` (whose inputs need no gradient) while keeping and `tracked`
+/// while replaying, and checks that the rerun took the kept output and gives what
+/// `tracked` gives computing; returns the first pass's result.
+#[cfg(test)]
+pub(crate) fn assert_rerun_takes_the_kept_output<T: PartialEq + std::fmt::Debug, R>(
+    tracked: impl Fn() -> T,
+    untracked: impl FnOnce() -> R,
+) -> R {
+    let computed = tracked();
+    let kept = keep();
+    let first = untracked();
+    kept.replay();
+    let replayed = tracked();
+    assert_eq!(kept.taken(), 1, "the rerun took the kept output");
+    assert_eq!(replayed, computed);
+    first
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
