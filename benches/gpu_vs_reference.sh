@@ -11,7 +11,8 @@
 #   CONFIGS="tiny:512:8" STEPS=10 benches/gpu_vs_reference.sh
 #   CONFIGS="llama-1b:32768:1:ckpt" benches/gpu_vs_reference.sh
 #       # a fourth field `ckpt`: activation checkpointing on both sides, per layer
-#       # (graft `--checkpointing layers`, HF `--grad-ckpt`)
+#       # (graft `--checkpointing layers --keep-projections`: the layers' inputs and
+#       # their projections' outputs kept, the rest recomputed; HF `--grad-ckpt`)
 #   REF_ARGS=--compile CONFIGS="llama-1b:2048:4" benches/gpu_vs_reference.sh
 #       # the reference under torch.compile
 #
@@ -58,7 +59,7 @@ results=$LOGS/results.jsonl
 for config in $CONFIGS; do
   IFS=: read -r preset seq batch ckpt <<<"$config"
   name="$preset-${seq}x$batch${ckpt:+-ckpt}"
-  graft_ckpt=${ckpt:+--checkpointing layers}
+  graft_ckpt=${ckpt:+--checkpointing layers --keep-projections}
   ref_ckpt=${ckpt:+--grad-ckpt}
   ckpt_json=$([ -n "$ckpt" ] && echo true || echo false)
   echo "== graft $name" >&2

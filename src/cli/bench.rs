@@ -103,6 +103,10 @@ pub struct TrainArgs {
     /// at a time (`compute.loss_chunk_tokens`; 0: all at once).
     #[arg(long, default_value_t = 0)]
     pub loss_chunk_tokens: u64,
+    /// With `--checkpointing layers`: keep each adapted projection's output for its
+    /// layer's rerun, which then skips the base products (`compute.keep_projections`).
+    #[arg(long, requires = "checkpointing")]
+    pub keep_projections: bool,
     #[arg(long, value_enum, default_value_t)]
     pub backend: BackendKind,
     /// Compute dtype [default: bf16 on cuda, f32 on cpu].
@@ -156,6 +160,7 @@ fn train(args: TrainArgs) -> CliResult {
             dtype,
             checkpointing,
             loss_chunk_tokens: args.loss_chunk_tokens,
+            keep_projections: args.keep_projections,
             ..Default::default()
         },
     );

@@ -5,9 +5,13 @@
 //! vocabulary and 8k tokens) from the forward pass to the backward pass, and passes
 //! over them several times in each direction. This node keeps the logits as they came
 //! (bf16 on the GPU) and one log-sum-exp per row; its backward pass builds
-//! `w (softmax(x) - onehot(target))` in f32 (one element-wise pass and one scatter) and
-//! casts it to the logits' dtype. The value is the same sum,
-//! `Σ w (logsumexp(x) - x[target])`, computed in f32.
+//! `w (softmax(x) - onehot(target))` in f32 and rounds it once to the logits' dtype.
+//! The value is the same sum, `Σ w (logsumexp(x) - x[target])`, computed in f32.
+//!
+//! The per-row work comes from [`LossKernels`]: burn's ops ([`LossKernels::ops`],
+//! several kernels and an f32 copy each way) or a backend's own (CUDA's
+//! `compute::cuda_loss`, one pass each way); the sum over rows is [`ordered_sum`]'s
+//! either way.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -19,22 +23,61 @@ use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Tensor, TensorPrimitive};
 
 use super::reduce::ordered_sum;
 
-/// The node over inner backend `I`. Public so tests compare it with the op-by-op loss
-/// on the CPU.
+/// Per row of logits `[rows, vocab]` with targets and f32 weights `[rows, 1]`: the f32
+/// log-sum-exp `[rows, 1]` and the term `weight · (lse - x[target])` `[rows, 1]`.
+pub type RowsFn<I> =
+    fn(&Tensor<I, 2>, &Tensor<I, 2, Int>, &Tensor<I, 2>) -> (Tensor<I, 2>, Tensor<I, 2>);
+
+/// The gradient of the rows' terms: from the logits, their log-sum-exp, the targets
+/// and each row's weight times the upstream gradient (f32 `[rows, 1]`), the logits'
+/// gradient `row_weight · (softmax(x) - onehot(target))` in the logits' dtype.
+pub type GradientFn<I> =
+    fn(Tensor<I, 2>, Tensor<I, 2>, Tensor<I, 2, Int>, Tensor<I, 2>) -> Tensor<I, 2>;
+
+/// How the node computes its rows, forward and backward.
+pub struct LossKernels<I: Backend> {
+    pub rows: RowsFn<I>,
+    pub gradient: GradientFn<I>,
+}
+
+impl<I: Backend> LossKernels<I> {
+    /// burn's ops: every backend has them.
+    pub fn ops() -> Self {
+        LossKernels {
+            rows: rows_by_ops::<I>,
+            gradient: gradient_by_ops::<I>,
+        }
+    }
+}
+
+/// The node over inner backend `I` with burn's ops. Public so tests compare it with
+/// the op-by-op loss on the CPU.
 pub fn cross_entropy_autodiff<I: Backend, C: CheckpointStrategy>(
     logits: Tensor<Autodiff<I, C>, 2>,
     targets: Tensor<I, 1, Int>,
     weights: Tensor<I, 1>,
 ) -> Tensor<Autodiff<I, C>, 1> {
+    cross_entropy_autodiff_with(logits, targets, weights, LossKernels::ops())
+}
+
+/// The node with the rows computed by `kernels`.
+pub fn cross_entropy_autodiff_with<I: Backend, C: CheckpointStrategy>(
+    logits: Tensor<Autodiff<I, C>, 2>,
+    targets: Tensor<I, 1, Int>,
+    weights: Tensor<I, 1>,
+    kernels: LossKernels<I>,
+) -> Tensor<Autodiff<I, C>, 1> {
     let logits = logits.into_primitive().tensor();
     let x: Tensor<I, 2> = Tensor::from_primitive(TensorPrimitive::Float(logits.primitive.clone()));
     let [rows, _] = x.dims();
     let targets = targets.reshape([rows, 1]);
-    let lse = log_sum_exp(&x);
-    let picked = x.clone().gather(1, targets.clone()).cast(FloatDType::F32);
     let weights = weights.cast(FloatDType::F32).reshape([rows, 1]);
-    let loss = ordered_sum((lse.clone() - picked) * weights.clone());
-    let output = match CrossEntropyBackward
+    let (lse, terms) = (kernels.rows)(&x, &targets, &weights);
+    let loss = ordered_sum(terms);
+    let node = CrossEntropyBackward {
+        gradient: kernels.gradient,
+    };
+    let output = match node
         .prepare::<C>([logits.node.clone()])
         .compute_bound()
         .stateful()
@@ -53,6 +96,17 @@ pub fn cross_entropy_autodiff<I: Backend, C: CheckpointStrategy>(
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }
 
+fn rows_by_ops<I: Backend>(
+    x: &Tensor<I, 2>,
+    targets: &Tensor<I, 2, Int>,
+    weights: &Tensor<I, 2>,
+) -> (Tensor<I, 2>, Tensor<I, 2>) {
+    let lse = log_sum_exp(x);
+    let picked = x.clone().gather(1, targets.clone()).cast(FloatDType::F32);
+    let terms = (lse.clone() - picked) * weights.clone();
+    (lse, terms)
+}
+
 /// `[n, 1]` f32 log-sum-exp of each row, shifted by the row max for range.
 fn log_sum_exp<I: Backend>(x: &Tensor<I, 2>) -> Tensor<I, 2> {
     let x = x.clone().cast(FloatDType::F32);
@@ -60,8 +114,22 @@ fn log_sum_exp<I: Backend>(x: &Tensor<I, 2>) -> Tensor<I, 2> {
     max.clone() + (x - max).exp().sum_dim(1).log()
 }
 
+fn gradient_by_ops<I: Backend>(
+    logits: Tensor<I, 2>,
+    lse: Tensor<I, 2>,
+    targets: Tensor<I, 2, Int>,
+    row_weight: Tensor<I, 2>,
+) -> Tensor<I, 2> {
+    let dtype = logits.dtype();
+    let softmax = (logits.cast(FloatDType::F32) - lse).exp() * row_weight.clone();
+    let dlogits = softmax.scatter(1, targets, row_weight.neg(), IndexingUpdateOp::Add);
+    dlogits.cast(dtype)
+}
+
 #[derive(Debug)]
-struct CrossEntropyBackward;
+struct CrossEntropyBackward<I: Backend> {
+    gradient: GradientFn<I>,
+}
 
 #[derive(Debug, Clone)]
 struct CrossEntropyState<I: Backend> {
@@ -71,7 +139,7 @@ struct CrossEntropyState<I: Backend> {
     weights: I::FloatTensorPrimitive,
 }
 
-impl<I: Backend> Backward<I, 1> for CrossEntropyBackward {
+impl<I: Backend> Backward<I, 1> for CrossEntropyBackward<I> {
     type State = CrossEntropyState<I>;
 
     fn backward(
@@ -88,14 +156,16 @@ impl<I: Backend> Backward<I, 1> for CrossEntropyBackward {
         let wrap = |p: I::FloatTensorPrimitive| -> Tensor<I, 2> {
             Tensor::from_primitive(TensorPrimitive::Float(p))
         };
-        let logits = wrap(state.logits);
-        let dtype = logits.dtype();
         // d/dx of w (lse - x[t]) is w softmax(x) - w onehot(t); the upstream gradient
         // of the sum scales every row alike.
         let row_weight = wrap(state.weights) * grad.cast(FloatDType::F32).reshape([1, 1]);
-        let softmax = (logits.cast(FloatDType::F32) - wrap(state.lse)).exp() * row_weight.clone();
-        let dlogits = softmax.scatter(1, state.targets, row_weight.neg(), IndexingUpdateOp::Add);
-        grads.register::<I>(node.id, dlogits.cast(dtype).into_primitive().tensor());
+        let dlogits = (self.gradient)(
+            wrap(state.logits),
+            wrap(state.lse),
+            state.targets,
+            row_weight,
+        );
+        grads.register::<I>(node.id, dlogits.into_primitive().tensor());
     }
 }
 

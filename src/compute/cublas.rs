@@ -81,6 +81,69 @@ pub fn fusion_matmul<F: FloatElement>(
         .output()
 }
 
+/// `base + alpha · lhs @ rhs` in `base`'s dtype as a fusion custom op: cuBLAS adds the
+/// product onto the sum in the same call (beta = 1), rounding once, and writes into
+/// `base`'s buffer where nothing else holds it (a copy of it otherwise). Shapes as
+/// [`fusion_matmul`], `base` shaped as the product.
+pub fn fusion_matmul_add<F: FloatElement>(
+    base: CudaFusionTensor,
+    lhs: CudaFusionTensor,
+    rhs: CudaFusionTensor,
+    alpha: f32,
+) -> CudaFusionTensor {
+    cuda_stream::check_earlier_failure();
+    let client = lhs.client.clone();
+    let streams = OperationStreams::with_inputs([&lhs, &rhs, &base]);
+    let out = TensorIr::uninit(client.create_empty_handle(), base.shape.clone(), base.dtype);
+    let desc = CustomOpIr::new(
+        "graft_cublas_matmul_add",
+        &[lhs.into_ir(), rhs.into_ir(), base.into_ir()],
+        &[out],
+    );
+    client
+        .register(
+            streams,
+            OperationIr::Custom(desc.clone()),
+            CublasMatmulAdd::<F> {
+                desc,
+                alpha,
+                _float: std::marker::PhantomData,
+            },
+        )
+        .output()
+}
+
+#[derive(Debug)]
+struct CublasMatmulAdd<F> {
+    desc: CustomOpIr,
+    alpha: f32,
+    _float: std::marker::PhantomData<F>,
+}
+
+impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for CublasMatmulAdd<F> {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<
+            <FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle,
+        >,
+    ) {
+        let ([lhs, rhs, base], [out]) = self.desc.as_fixed();
+        let lhs = handles.get_float_tensor::<Cube<F>>(lhs);
+        let rhs = handles.get_float_tensor::<Cube<F>>(rhs);
+        let base = handles.get_float_tensor::<Cube<F>>(base);
+        // The sum is written where the base lies when this op holds its last reference
+        // (the projection's base product, read nowhere else), else into a copy.
+        let base = if base.is_contiguous() {
+            base
+        } else {
+            burn_cubecl::kernel::into_contiguous(base)
+        };
+        let base = if base.can_mut() { base } else { base.copy() };
+        let sum = product(lhs, rhs, Target::Add(base), self.alpha);
+        handles.register_float_tensor::<Cube<F>>(&out.id, sum);
+    }
+}
+
 #[derive(Debug)]
 struct CublasMatmul<F> {
     desc: CustomOpIr,
@@ -125,6 +188,22 @@ pub fn matmul(
     out_dtype: DType,
     alpha: f32,
 ) -> CubeTensor<CudaRuntime> {
+    product(lhs, rhs, Target::New(out_dtype), alpha)
+}
+
+/// Where a product goes: a new buffer of this dtype, or added onto a contiguous
+/// tensor of the product's shape and the operands' dtype, in place.
+enum Target {
+    New(DType),
+    Add(CubeTensor<CudaRuntime>),
+}
+
+fn product(
+    lhs: CubeTensor<CudaRuntime>,
+    rhs: CubeTensor<CudaRuntime>,
+    target: Target,
+    alpha: f32,
+) -> CubeTensor<CudaRuntime> {
     let rank = lhs.meta.shape().len();
     let m = lhs.meta.shape()[rank - 2];
     let k = lhs.meta.shape()[rank - 1];
@@ -137,12 +216,25 @@ pub fn matmul(
     let device = lhs.device.clone();
     let (lhs, a) = operand(lhs);
     let (rhs, b) = operand(rhs);
-    let out = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
-        client.clone(),
-        device.clone(),
-        Shape::from(dims),
-        out_dtype,
-    );
+    let (out, beta) = match target {
+        Target::New(out_dtype) => (
+            burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+                client.clone(),
+                device.clone(),
+                Shape::from(dims),
+                out_dtype,
+            ),
+            0.0,
+        ),
+        Target::Add(base) => {
+            assert!(
+                base.meta.shape().to_vec() == dims && base.is_contiguous(),
+                "the sum is contiguous and shaped as the product"
+            );
+            (base, 1.0)
+        }
+    };
+    let out_dtype = out.dtype;
 
     let product = Product {
         m,
@@ -152,6 +244,7 @@ pub fn matmul(
         dtype,
         out_dtype,
         alpha,
+        beta,
         a,
         b,
         lhs: lhs.handle.clone().binding(),
@@ -177,6 +270,8 @@ struct Product {
     dtype: DType,
     out_dtype: DType,
     alpha: f32,
+    /// 1 where the product is added onto what `out` holds.
+    beta: f32,
     a: Operand,
     b: Operand,
     lhs: Binding,
@@ -205,8 +300,7 @@ impl Product {
         let (m, n, k) = (self.m as i64, self.n as i64, self.k as i64);
         let (a, b, dtype) = (self.a, self.b, cuda_type(self.dtype));
         let out_dtype = cuda_type(self.out_dtype);
-        let alpha = self.alpha;
-        let beta = 0.0f32;
+        let (alpha, beta) = (self.alpha, self.beta);
         cuda_stream::run_ordered(server, stream_id, device_index, |side| {
             BLAS.with(|cell| {
                 let mut cell = cell.borrow_mut();

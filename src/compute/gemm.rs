@@ -46,9 +46,9 @@ pub fn matmul_f32<B: Kernels, const D: usize>(
     scaled_product(lhs, rhs, alpha, true)
 }
 
-/// `base + alpha · lhs @ rhs` in the inputs' dtype: the product and its scale from
-/// cuBLAS where the product reaches it, else the backend's own product and sum
-/// ([`Kernels::host_matmul`], [`Kernels::add_scaled`]).
+/// `base + alpha · lhs @ rhs` in the inputs' dtype: the product, its scale and (with
+/// `compute.cuda_accumulate`) the sum from cuBLAS where the product reaches it, else
+/// the backend's own product and sum ([`Kernels::host_matmul`], [`Kernels::add_scaled`]).
 pub fn add_matmul_scaled<B: Kernels, const D: usize>(
     base: Tensor<B, D>,
     lhs: Tensor<B, D>,
@@ -56,6 +56,10 @@ pub fn add_matmul_scaled<B: Kernels, const D: usize>(
     alpha: f64,
 ) -> Tensor<B, D> {
     if worth_cublas(&lhs, &rhs) {
+        let (base, lhs, rhs) = match B::matmul_add(base, lhs, rhs, alpha) {
+            Ok(sum) => return sum,
+            Err(operands) => operands,
+        };
         return base + matmul_scaled(lhs, rhs, alpha);
     }
     B::add_scaled(base, B::host_matmul(lhs, rhs), alpha)
@@ -147,6 +151,24 @@ fn cublas_supports(dtype: burn::tensor::DType) -> bool {
 #[cfg(not(feature = "cuda"))]
 fn cublas_supports(_dtype: burn::tensor::DType) -> bool {
     false
+}
+
+/// `base + alpha · lhs @ rhs` by cuBLAS on an inner CUDA backend, the sum rounded once
+/// to `base`'s dtype (which the operands share).
+#[cfg(feature = "cuda")]
+pub fn fusion_product_add<F: burn_cubecl::FloatElement, const D: usize>(
+    base: Tensor<burn::backend::Cuda<F>, D>,
+    lhs: Tensor<burn::backend::Cuda<F>, D>,
+    rhs: Tensor<burn::backend::Cuda<F>, D>,
+    alpha: f32,
+) -> Tensor<burn::backend::Cuda<F>, D> {
+    let sum = super::cublas::fusion_matmul_add::<F>(
+        base.into_primitive().tensor(),
+        lhs.into_primitive().tensor(),
+        rhs.into_primitive().tensor(),
+        alpha,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(sum))
 }
 
 /// `alpha · lhs @ rhs` by cuBLAS on an inner CUDA backend, the result in `dtype`.

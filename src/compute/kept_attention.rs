@@ -19,14 +19,21 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 
-/// This thread's kept outputs and what its attention calls do with them.
+/// This thread's kept outputs and what its nodes do with them.
 #[derive(Default)]
 struct Stash {
     mode: Mode,
-    kept: Vec<Box<dyn Any>>,
+    /// One group a layer of the first pass, in layer order; each group's outputs in
+    /// the order the layer offered them.
+    layers: Vec<Vec<Box<dyn Any>>>,
+    /// The group of the layer being rerun, what is left of it.
+    current: VecDeque<Box<dyn Any>>,
     /// How many kept outputs were taken since keeping began.
     taken: usize,
+    /// Whether adapted projections offer their outputs too (`compute.keep_projections`).
+    projections: bool,
 }
 
 #[derive(Clone, Copy, Default, PartialEq)]
@@ -56,9 +63,29 @@ pub fn keep() -> Kept {
 pub struct Kept(std::marker::PhantomData<*const ()>);
 
 impl Kept {
-    /// From now on attention takes the last output kept instead of keeping.
+    /// Adapted projections keep their outputs too, not only attention.
+    pub fn with_projections(self) -> Self {
+        STASH.with(|stash| stash.borrow_mut().projections = true);
+        self
+    }
+
+    /// The first pass starts a layer: what is offered from now on is its.
+    pub fn next_layer(&self) {
+        STASH.with(|stash| stash.borrow_mut().layers.push(Vec::new()));
+    }
+
+    /// From now on nodes take what was kept instead of keeping.
     pub fn replay(&self) {
         STASH.with(|stash| stash.borrow_mut().mode = Mode::Replaying);
+    }
+
+    /// The rerun starts the last layer not yet rerun: its outputs, in the order they
+    /// were offered, are what nodes take now (what the previous layer left is dropped).
+    pub fn rerun_layer(&self) {
+        STASH.with(|stash| {
+            let mut stash = stash.borrow_mut();
+            stash.current = stash.layers.pop().unwrap_or_default().into();
+        });
     }
 
     /// How many kept outputs were taken so far.
@@ -73,29 +100,48 @@ impl Drop for Kept {
     }
 }
 
-/// Whether an untracked attention should offer its output now.
+/// Whether an untracked node should offer its output now.
 pub fn keeping() -> bool {
     STASH.with(|stash| stash.borrow().mode == Mode::Keeping)
 }
 
-/// Keeps `output` for the rerun.
-pub fn offer<T: 'static>(output: T) {
-    STASH.with(|stash| stash.borrow_mut().kept.push(Box::new(output)));
+/// Whether an untracked adapted projection should offer its output now.
+pub fn keeping_projections() -> bool {
+    STASH.with(|stash| {
+        let stash = stash.borrow();
+        stash.mode == Mode::Keeping && stash.projections
+    })
 }
 
-/// The last output kept, if this thread is replaying, one is left, it is a `T` and
-/// `fits` accepts it; else `None`, and the caller computes.
-pub fn take<T: 'static>(fits: impl FnOnce(&T) -> bool) -> Option<T> {
+/// Keeps `output` for the rerun of the current layer.
+pub fn offer<T: 'static>(output: T) {
+    STASH.with(|stash| {
+        let mut stash = stash.borrow_mut();
+        if stash.layers.is_empty() {
+            stash.layers.push(Vec::new());
+        }
+        stash
+            .layers
+            .last_mut()
+            .expect("a layer")
+            .push(Box::new(output))
+    });
+}
+
+/// The first output left of the layer being rerun that is a `T` and that `fits`
+/// accepts, if this thread is replaying; else `None`, and the caller computes. A
+/// layer's nodes run in the same order on both passes, so each finds its own.
+pub fn take<T: 'static>(fits: impl Fn(&T) -> bool) -> Option<T> {
     STASH.with(|stash| {
         let mut stash = stash.borrow_mut();
         if stash.mode != Mode::Replaying {
             return None;
         }
-        let last = stash.kept.last()?.downcast_ref::<T>()?;
-        if !fits(last) {
-            return None;
-        }
-        let taken = stash.kept.pop()?.downcast::<T>().ok()?;
+        let at = stash
+            .current
+            .iter()
+            .position(|kept| kept.downcast_ref::<T>().is_some_and(&fits))?;
+        let taken = stash.current.remove(at)?.downcast::<T>().ok()?;
         stash.taken += 1;
         Some(*taken)
     })
@@ -112,8 +158,10 @@ pub(crate) fn assert_rerun_takes_the_kept_output<T: PartialEq + std::fmt::Debug,
 ) -> R {
     let computed = tracked();
     let kept = keep();
+    kept.next_layer();
     let first = untracked();
     kept.replay();
+    kept.rerun_layer();
     let replayed = tracked();
     assert_eq!(kept.taken(), 1, "the rerun took the kept output");
     assert_eq!(replayed, computed);
@@ -125,7 +173,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn outputs_kept_in_layer_order_are_taken_last_first_while_replaying() {
+    fn layers_are_rerun_last_first_each_taking_its_outputs_in_order() {
         assert!(!keeping());
         let kept = keep();
         assert!(keeping());
@@ -135,16 +183,26 @@ mod tests {
             "nothing is taken while keeping"
         );
         for layer in 0..3u32 {
-            offer(layer);
+            kept.next_layer();
+            offer(layer * 10);
+            offer(layer * 10 + 1);
         }
         kept.replay();
         assert!(!keeping());
-        assert_eq!(take::<u32>(|_| true), Some(2));
+        kept.rerun_layer();
+        assert_eq!(take::<u32>(|_| true), Some(20));
         // One that does not fit (another shape) stays, and the caller computes.
-        assert_eq!(take::<u32>(|&layer| layer == 0), None);
+        assert_eq!(take::<u32>(|&value| value == 0), None);
         assert_eq!(take::<u64>(|_| true), None, "another type is not taken");
-        assert_eq!(take::<u32>(|_| true), Some(1));
-        assert_eq!(kept.taken(), 2);
+        kept.rerun_layer();
+        assert_eq!(
+            take::<u32>(|_| true),
+            Some(10),
+            "what the rerun layer left (21) is dropped"
+        );
+        assert_eq!(take::<u32>(|&value| value == 11), Some(11));
+        assert_eq!(kept.taken(), 3);
+        kept.rerun_layer();
         drop(kept);
         assert_eq!(take::<u32>(|_| true), None, "the guard forgets the rest");
         assert!(!keeping());
@@ -155,6 +213,7 @@ mod tests {
         let kept = keep();
         offer(7u8);
         kept.replay();
+        kept.rerun_layer();
         let elsewhere = std::thread::spawn(|| take::<u8>(|_| true)).join().unwrap();
         assert_eq!(elsewhere, None);
         assert_eq!(take::<u8>(|_| true), Some(7));

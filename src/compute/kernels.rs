@@ -244,6 +244,18 @@ pub trait Kernels: Backend {
         Err((lhs, rhs))
     }
 
+    /// `base + alpha · lhs @ rhs` with the sum taken by the faster library, for
+    /// operands [`Kernels::matmul_with`] takes and `base` shaped as their product.
+    #[allow(clippy::type_complexity)]
+    fn matmul_add<const D: usize>(
+        base: Tensor<Self, D>,
+        lhs: Tensor<Self, D>,
+        rhs: Tensor<Self, D>,
+        _alpha: f64,
+    ) -> Result<Tensor<Self, D>, (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>)> {
+        Err((base, lhs, rhs))
+    }
+
     /// Whether [`Kernels::adamw`] runs here.
     fn fused_adamw() -> bool {
         false
@@ -567,7 +579,9 @@ mod cuda {
     //! The CUDA backends, `Cuda<F>` and `Autodiff<Cuda<F>, C>` for F in f32 and bf16.
 
     use super::*;
-    use crate::compute::{attention, cross_entropy, flash_attention, fused_swiglu, gemm};
+    use crate::compute::flash_attention;
+    use crate::compute::{attention, cross_entropy, cuda_loss, cuda_norm, cuda_rope};
+    use crate::compute::{fused_swiglu, gemm};
     use crate::compute::{lora_product, Matmul};
     use burn::backend::Cuda;
     use burn::tensor::bf16;
@@ -637,6 +651,25 @@ mod cuda {
         ) -> Result<Tensor<Self, D>, Pair<Self, D>> {
             let dtype = if out_f32 { DType::F32 } else { lhs.dtype() };
             Ok(gemm::fusion_product::<F, D>(lhs, rhs, dtype, alpha as f32))
+        }
+
+        fn matmul_add<const D: usize>(
+            base: Tensor<Self, D>,
+            lhs: Tensor<Self, D>,
+            rhs: Tensor<Self, D>,
+            alpha: f64,
+        ) -> Result<Tensor<Self, D>, (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>)> {
+            let mut product = lhs.dims();
+            product[D - 1] = rhs.dims()[D - 1];
+            if !current().cuda_accumulate || base.dtype() != lhs.dtype() || base.dims() != product {
+                return Err((base, lhs, rhs));
+            }
+            Ok(gemm::fusion_product_add::<F, D>(
+                base,
+                lhs,
+                rhs,
+                alpha as f32,
+            ))
         }
 
         fn fused_adamw() -> bool {
@@ -765,6 +798,29 @@ mod cuda {
             }
         }
 
+        fn rope(
+            x: Tensor<Self, 4>,
+            cos: &Tensor<Self, 4>,
+            sin: &Tensor<Self, 4>,
+        ) -> Result<Tensor<Self, 4>, Tensor<Self, 4>> {
+            if !current().cuda_fused_rope || !cuda_rope::supports(&x, cos, sin, x.device().index) {
+                return Err(x);
+            }
+            Ok(cuda_rope::rotate::<F, C>(x, cos, sin))
+        }
+
+        fn rms_norm<const D: usize>(
+            x: Tensor<Self, D>,
+            weight: Tensor<Self, 1>,
+            eps: f64,
+            plus_one: bool,
+        ) -> Result<Tensor<Self, D>, (Tensor<Self, D>, Tensor<Self, 1>)> {
+            if !current().cuda_fused_norm || !cuda_norm::supports(&x, &weight, x.device().index) {
+                return Err((x, weight));
+            }
+            Ok(cuda_norm::rms_norm::<F, C, D>(x, weight, eps, plus_one))
+        }
+
         fn swiglu(
             gate: Tensor<Self, 3>,
             up: Tensor<Self, 3>,
@@ -825,10 +881,18 @@ mod cuda {
             targets: Tensor<Self, 1, Int>,
             weights: Tensor<Self, 1>,
         ) -> Option<Tensor<Self, 1>> {
+            let (targets, weights) = (targets.inner(), weights.inner());
+            let inner = |t: &Tensor<Self, 2>| t.clone().inner();
+            if current().cuda_fused_loss && cuda_loss::supports(&inner(&logits), &targets) {
+                return Some(cross_entropy::cross_entropy_autodiff_with::<Cuda<F>, C>(
+                    logits,
+                    targets,
+                    weights,
+                    cuda_loss::loss_kernels::<F>(),
+                ));
+            }
             Some(cross_entropy::cross_entropy_autodiff::<Cuda<F>, C>(
-                logits,
-                targets.inner(),
-                weights.inner(),
+                logits, targets, weights,
             ))
         }
 

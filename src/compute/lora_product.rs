@@ -30,6 +30,7 @@ use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive};
 
 use super::gemm::{add_matmul_scaled, matmul, matmul_f32, matmul_scaled};
 use super::grad_sum::register_summed;
+use super::kept_attention;
 use super::kernels::Kernels;
 use super::quant_product::quantized_product;
 use crate::model::lora::in_dtype;
@@ -52,9 +53,19 @@ pub fn lora_projection_autodiff<I: Kernels, C: CheckpointStrategy>(
     let w_in = inner::<I>(&weight.primitive);
     let weight_dtype = w_in.dtype();
     let x_in = inner::<I>(&x.primitive);
-    let base = matmul(x_in.clone(), w_in.clone());
     let adapter = [&lora_a, &lora_b].map(|t| inner::<I>(&t.primitive));
-    let (out, state) = forward(x_in, base, adapter, scale, branch);
+    let parents = [
+        x.node.clone(),
+        weight.node.clone(),
+        lora_a.node.clone(),
+        lora_b.node.clone(),
+    ];
+    let prepared = LoraProjectionBackward
+        .prepare::<C>(parents)
+        .compute_bound()
+        .stateful();
+    let base = || matmul(x_in.clone(), w_in.clone());
+    let (out, state) = forward_or_kept(&prepared, x_in.clone(), base, adapter, scale, branch);
     let state = LoraProjectionState {
         base: BaseWeight::Float {
             weight: w_in.into_primitive().tensor(),
@@ -62,14 +73,48 @@ pub fn lora_projection_autodiff<I: Kernels, C: CheckpointStrategy>(
         },
         ..state
     };
-    let parents = [
-        x.node.clone(),
-        weight.node.clone(),
-        lora_a.node.clone(),
-        lora_b.node.clone(),
-    ];
-    let prepared = LoraProjectionBackward.prepare::<C>(parents);
-    record(prepared.compute_bound().stateful(), state, out)
+    record(prepared, state, out)
+}
+
+/// An adapted projection's output carried from a layer-recompute step's first pass to
+/// its rerun (`compute.keep_projections`, [`super::kept_attention`]).
+struct KeptProjection<I: Backend>(Tensor<I, 2>);
+
+/// [`forward`], or, in a layer's tracked rerun where its first pass kept this
+/// projection's output, that output and the state alone (no base product, no adapter
+/// product onto it: the same values); an untracked pass keeps its output where asked.
+fn forward_or_kept<I: Kernels, Op, C: CheckpointStrategy, const N: usize>(
+    prepared: &OpsKind<Op, I, LoraProjectionState<I>, C, N>,
+    x_in: Tensor<I, 2>,
+    base: impl FnOnce() -> Tensor<I, 2>,
+    adapter: [Tensor<I, 2>; 2],
+    scale: f64,
+    branch: DType,
+) -> (Tensor<I, 2>, LoraProjectionState<I>)
+where
+    Op: Backward<I, N, State = LoraProjectionState<I>>,
+{
+    let [rows, _] = x_in.dims();
+    let width = adapter[1].dims()[1];
+    let device = x_in.device();
+    let tracked = matches!(prepared, OpsKind::Tracked(_));
+    let kept = tracked
+        .then(|| {
+            kept_attention::take(|kept: &KeptProjection<I>| {
+                kept.0.dims() == [rows, width] && kept.0.device() == device
+            })
+        })
+        .flatten();
+    if let Some(KeptProjection(out)) = kept {
+        let (_, state) = forward(x_in, None, adapter, scale, branch);
+        return (out, state);
+    }
+    let (out, state) = forward(x_in, Some(base()), adapter, scale, branch);
+    let out = out.expect("computed from the base");
+    if !tracked && kept_attention::keeping_projections() {
+        kept_attention::offer(KeptProjection(out.clone()));
+    }
+    (out, state)
 }
 
 /// The node over a quantized frozen base W (`[out, in]`): `x · dequant(W)ᵀ + s (x A) B`.
@@ -86,16 +131,19 @@ pub fn quantized_lora_projection_autodiff<I: Kernels, C: CheckpointStrategy>(
     let weight = weight.valid();
     let [x, lora_a, lora_b] = [x, lora_a, lora_b].map(|t| t.into_primitive().tensor());
     let x_in = inner::<I>(&x.primitive);
-    let base = quantized_product(x_in.clone(), &weight);
     let adapter = [&lora_a, &lora_b].map(|t| inner::<I>(&t.primitive));
-    let (out, state) = forward(x_in, base, adapter, scale, branch);
+    let parents = [x.node.clone(), lora_a.node.clone(), lora_b.node.clone()];
+    let prepared = QuantizedLoraProjectionBackward
+        .prepare::<C>(parents)
+        .compute_bound()
+        .stateful();
+    let base = || quantized_product(x_in.clone(), &weight);
+    let (out, state) = forward_or_kept(&prepared, x_in.clone(), base, adapter, scale, branch);
     let state = LoraProjectionState {
         base: BaseWeight::Quantized(weight),
         ..state
     };
-    let parents = [x.node.clone(), lora_a.node.clone(), lora_b.node.clone()];
-    let prepared = QuantizedLoraProjectionBackward.prepare::<C>(parents);
-    record(prepared.compute_bound().stateful(), state, out)
+    record(prepared, state, out)
 }
 
 /// Records `out` as the output of a prepared node, keeping `state` for the backward
@@ -119,15 +167,15 @@ fn inner<I: Backend>(p: &I::FloatTensorPrimitive) -> Tensor<I, 2> {
     Tensor::<I, 2>::from_primitive(TensorPrimitive::Float(p.clone()))
 }
 
-/// The output `base + s (x A) B` and the state the backward pass needs (its base still
-/// a placeholder for the caller to set).
+/// The output `base + s (x A) B` (where a base is given) and the state the backward
+/// pass needs (its base still a placeholder for the caller to set).
 fn forward<I: Kernels>(
     x_in: Tensor<I, 2>,
-    base: Tensor<I, 2>,
+    base: Option<Tensor<I, 2>>,
     [a_full, b_full]: [Tensor<I, 2>; 2],
     scale: f64,
     branch: DType,
-) -> (Tensor<I, 2>, LoraProjectionState<I>) {
+) -> (Option<Tensor<I, 2>>, LoraProjectionState<I>) {
     let dtype = x_in.dtype();
     let (a_dtype, b_dtype) = (a_full.dtype(), b_full.dtype());
     // The split below is written for an f32 adapter on narrower activations; any
@@ -140,7 +188,7 @@ fn forward<I: Kernels>(
         let a_low = in_dtype(a_full, dtype);
         let b_low = in_dtype(b_full, dtype);
         let down = matmul(x_in.clone(), a_low.clone());
-        let out = add_matmul_scaled(base, down.clone(), b_low.clone(), scale);
+        let out = base.map(|base| add_matmul_scaled(base, down.clone(), b_low.clone(), scale));
         (out, a_low, b_low, down)
     } else {
         let rank = a_full.dims()[1];
@@ -148,8 +196,10 @@ fn forward<I: Kernels>(
         let a_split = split_for_products(a_full, dtype);
         let halves = matmul_f32(x_in.clone(), a_split.clone(), 1.0);
         let down = halves.clone().narrow(1, 0, rank) + halves.narrow(1, rank, rank);
-        let up = matmul_scaled(down.clone(), b_full, scale);
-        let out = (base.cast(FloatDType::F32) + up).cast(dtype);
+        let out = base.map(|base| {
+            let up = matmul_scaled(down.clone(), b_full, scale);
+            (base.cast(FloatDType::F32) + up).cast(dtype)
+        });
         (out, a_split.narrow(1, 0, rank), b_low, down.cast(dtype))
     };
     let state = LoraProjectionState {
@@ -453,6 +503,73 @@ mod tests {
         for (ours, theirs) in run(true).into_iter().zip(run(false)) {
             ours.into_data()
                 .assert_approx_eq::<f32>(&theirs.into_data(), Default::default());
+        }
+    }
+
+    /// In a layer's rerun the node takes the output its untracked first pass kept (with
+    /// `compute.keep_projections`) and gives the same output and gradients bit for bit
+    /// as computing; without projections kept it computes.
+    #[test]
+    fn a_rerun_takes_the_kept_projection_output() {
+        use super::super::flex_values::bits;
+        use super::super::kept_attention;
+        let device = Default::default();
+        let random = |shape: [usize; 2]| {
+            Tensor::<Inner, 2>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (x, w, a, b) = (
+            random([5, 6]),
+            random([6, 7]),
+            random([6, 2]),
+            random([2, 7]),
+        );
+        let project = |tracked: bool| {
+            let x = Tensor::<B, 2>::from_inner(x.clone());
+            let (a, b) = (
+                Tensor::<B, 2>::from_inner(a.clone()),
+                Tensor::<B, 2>::from_inner(b.clone()),
+            );
+            let (x, a, b) = if tracked {
+                (x.require_grad(), a.require_grad(), b.require_grad())
+            } else {
+                (x, a, b)
+            };
+            let w = Tensor::<B, 2>::from_inner(w.clone());
+            let out = lora_projection_autodiff::<Inner, NoCheckpointing>(
+                x.clone(),
+                w,
+                a.clone(),
+                b.clone(),
+                0.5,
+                DType::F32,
+            );
+            if !tracked {
+                return (bits(out.inner()), Vec::new());
+            }
+            let grads = (out.clone() * out.clone()).sum().backward();
+            let grad = |t: &Tensor<B, 2>| bits(t.grad(&grads).unwrap());
+            (bits(out.inner()), [grad(&x), grad(&a), grad(&b)].concat())
+        };
+        let computed = project(true);
+        for projections in [true, false] {
+            let kept = kept_attention::keep();
+            let kept = if projections {
+                kept.with_projections()
+            } else {
+                kept
+            };
+            kept.next_layer();
+            let first = project(false);
+            kept.replay();
+            kept.rerun_layer();
+            let replayed = project(true);
+            assert_eq!(
+                kept.taken(),
+                projections as usize,
+                "taken with projections kept"
+            );
+            assert_eq!(first.0, computed.0);
+            assert_eq!(replayed, computed);
         }
     }
 

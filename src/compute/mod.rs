@@ -38,6 +38,12 @@ pub mod cublas;
 #[cfg(feature = "cuda")]
 pub mod cuda_kernels;
 #[cfg(feature = "cuda")]
+pub mod cuda_loss;
+#[cfg(feature = "cuda")]
+pub mod cuda_norm;
+#[cfg(feature = "cuda")]
+pub mod cuda_rope;
+#[cfg(feature = "cuda")]
 pub mod cuda_stream;
 #[cfg(feature = "cuda")]
 pub mod dequantize;
@@ -218,6 +224,11 @@ pub struct ComputeSection {
     /// `none` | `balanced` | `layers`: recompute activations in the backward pass.
     #[serde(default)]
     pub checkpointing: Checkpointing,
+    /// With `checkpointing = "layers"`: each adapted projection's output is kept from
+    /// the first pass for the layer's rerun, which then skips the projections' base
+    /// products (the same values; more memory held until each layer is rerun).
+    #[serde(default)]
+    pub keep_projections: bool,
     /// The head and the loss run over this many tokens at a time, each its own
     /// backward pass, so the `[tokens, vocab]` logits and their gradient are never
     /// whole (0: all tokens in one pass, inside the step's one backward pass). The gradient
@@ -229,6 +240,12 @@ pub struct ComputeSection {
     /// `cublas` | `burn`: the CUDA matrix product.
     #[serde(default)]
     pub matmul: Matmul,
+    /// On CUDA, a sum of a product and another tensor (an adapted projection's base
+    /// and adapter parts) taken by cuBLAS in the product's call, in place, rounding
+    /// once (false: the product rounded, then a separate sum, as graft computed it
+    /// before).
+    #[serde(default = "default_true")]
+    pub cuda_accumulate: bool,
     /// bf16 products with fewer multiply-adds stay on burn's kernel (each cuBLAS call
     /// costs host time that the smallest products do not repay).
     #[serde(default = "default_cublas_min_macs")]
@@ -249,10 +266,22 @@ pub struct ComputeSection {
     /// op, as graft computed it before the node).
     #[serde(default = "default_true")]
     pub fused_norm: bool,
+    /// On CUDA, RMSNorm as one node of one kernel each way (`compute::cuda_norm`;
+    /// false: op by op, as graft computed it before).
+    #[serde(default = "default_true")]
+    pub cuda_fused_norm: bool,
+    /// On CUDA, RoPE as one node of one kernel each way (`compute::cuda_rope`; false:
+    /// op by op, as graft computed it before).
+    #[serde(default = "default_true")]
+    pub cuda_fused_rope: bool,
     /// The token loss with its rows in one parallel kernel where the backend has one
     /// (the CPU; false: the loss node over burn's ops, as graft computed it before).
     #[serde(default = "default_true")]
     pub fused_loss: bool,
+    /// On CUDA, the token loss's rows in one kernel each way (`compute::cuda_loss`;
+    /// false: the loss node over burn's ops, as graft computed it before).
+    #[serde(default = "default_true")]
+    pub cuda_fused_loss: bool,
     /// The CPU kernels' `exp` over a polynomial that vectorizes and gives the same bits
     /// on every CPU (false: the C library's `expf`, as graft computed it before).
     #[serde(default = "default_true")]
@@ -285,10 +314,14 @@ impl Default for ComputeSection {
 /// Execution keys added after executions began to be recorded, with the value that
 /// computes as graft did before the key existed: an execution whose record lacks one
 /// ran that way, so reading the record (and resuming or reproducing it) takes it.
-pub const LATER_KEYS: [(&str, bool); 3] = [
+pub const LATER_KEYS: [(&str, bool); 7] = [
     ("fused_norm", false),
     ("fused_loss", false),
     ("vector_exp", false),
+    ("cuda_fused_loss", false),
+    ("cuda_fused_norm", false),
+    ("cuda_accumulate", false),
+    ("cuda_fused_rope", false),
 ];
 
 /// The keys of [`ComputeSection`] that enter the recipe; the others are recorded on
@@ -320,6 +353,9 @@ impl ComputeSection {
     pub fn validate(&self) -> Result<(), String> {
         if self.base == BaseStorage::Bf16 && self.dtype != Dtype::Bf16 {
             return Err("compute.base = \"bf16\" needs compute.dtype = \"bf16\" (a bf16 base is the bf16 dtype's): set both, or compute.base = \"dtype\"".into());
+        }
+        if self.keep_projections && self.checkpointing != Checkpointing::Layers {
+            return Err("compute.keep_projections keeps outputs for a layer's rerun: it needs compute.checkpointing = \"layers\"".into());
         }
         if self.cublas_min_macs == 0 || self.attention_block_elements == 0 {
             return Err(
@@ -485,15 +521,20 @@ impl Compute {
         KernelOptions {
             matmul: o.matmul,
             cublas_min_macs: o.cublas_min_macs as usize,
+            cuda_accumulate: o.cuda_accumulate,
             attention: o.attention,
             attention_block_elements: o.attention_block_elements as usize,
             lora_branch: o.lora_branch,
             fused_lora: o.fused_lora,
             fused_swiglu: o.fused_swiglu,
             fused_norm: o.fused_norm,
+            cuda_fused_norm: o.cuda_fused_norm,
+            cuda_fused_rope: o.cuda_fused_rope,
             fused_loss: o.fused_loss,
+            cuda_fused_loss: o.cuda_fused_loss,
             vector_exp: o.vector_exp,
             recompute_layers: o.checkpointing == Checkpointing::Layers,
+            keep_projections: o.keep_projections,
             loss_chunk_tokens: o.loss_chunk_tokens as usize,
             fused_adamw: o.fused_adamw,
             attention_mma_sync: self.gpu_attention == Some(GpuAttention::MmaSync),

@@ -14,15 +14,21 @@ use std::sync::RwLock;
 pub struct KernelOptions {
     pub matmul: Matmul,
     pub cublas_min_macs: usize,
+    pub cuda_accumulate: bool,
     pub attention: Attention,
     pub attention_block_elements: usize,
     pub lora_branch: LoraBranch,
     pub fused_lora: bool,
     pub fused_swiglu: bool,
     pub fused_norm: bool,
+    pub cuda_fused_norm: bool,
+    pub cuda_fused_rope: bool,
     pub fused_loss: bool,
+    pub cuda_fused_loss: bool,
     pub vector_exp: bool,
     pub recompute_layers: bool,
+    /// Adapted projections' outputs kept for their layer's rerun.
+    pub keep_projections: bool,
     /// Tokens per part of the staged head and loss (0: whole).
     pub loss_chunk_tokens: usize,
     pub fused_adamw: bool,

@@ -56,10 +56,17 @@ fn staged<B: TrainKernels>(
     // The lookup runs again, tracked, for its own stage at the end: a graph kept
     // across the stages' backward passes would be cleaned up by them as orphaned.
     let mut x = model.embed(tensors.inputs.clone()).detach();
-    // Each layer's attention output, kept for its rerun (see `kept_attention`).
+    // Each layer's attention output (and, with `compute.keep_projections`, its
+    // projections' outputs), kept for its rerun (see `kept_attention`).
     let kept = crate::compute::kept_attention::keep();
+    let kept = if crate::compute::options::current().keep_projections {
+        kept.with_projections()
+    } else {
+        kept
+    };
     for (i, layer) in layers.iter().enumerate() {
         let (cos, sin) = tables.of_layer(i);
+        kept.next_layer();
         inputs.push(x.clone());
         x = layer.clone().no_grad().forward(x, cos, sin, None);
     }
@@ -75,6 +82,7 @@ fn staged<B: TrainKernels>(
             .expect("one input per layer")
             .detach()
             .require_grad();
+        kept.rerun_layer();
         let y = layer.forward(input.clone(), cos, sin, None);
         let stage = through(y, dy);
         grads.add(model, &stage);

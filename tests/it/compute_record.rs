@@ -355,6 +355,33 @@ fn per_layer_recomputation_trains_bit_for_bit_as_keeping_every_activation() {
             "{experiment}: {recomputed}"
         );
     }
+    // The projections' outputs kept for each layer's rerun: the same checkpoints.
+    let work = workspace();
+    let kept = train_then_reproduce(
+        work.path(),
+        "a.toml",
+        &[],
+        &[
+            "compute.checkpointing=layers",
+            "compute.keep_projections=true",
+        ],
+    );
+    assert!(
+        kept.contains(
+            "compute.keep_projections differs: false in the original execution, true in this one"
+        ) && kept.contains("checkpoint ids identical"),
+        "{kept}"
+    );
+    // Without per-layer recomputation there is no rerun to keep them for: refused by key.
+    let refused = run_in(
+        work.path(),
+        &["train", "a.toml", "--set", "compute.keep_projections=true"],
+    );
+    assert!(
+        !refused.status.success() && stderr(&refused).contains("compute.keep_projections"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 #[test]
