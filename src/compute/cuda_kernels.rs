@@ -319,3 +319,17 @@ impl Args {
         .expect("kernel launch");
     }
 }
+
+/// For the GPU tests: why they cannot run here (no driver, none of its devices), if
+/// they cannot; each then says it was skipped.
+#[cfg(test)]
+pub(crate) fn no_gpu() -> Option<String> {
+    if let Some(why) = missing_driver() {
+        return Some(why);
+    }
+    match driver::init().and_then(|()| driver::device::get_count()) {
+        Ok(n) if n > 0 => None,
+        Ok(_) => Some("no CUDA device".into()),
+        Err(e) => Some(format!("no CUDA driver: {e:?}")),
+    }
+}

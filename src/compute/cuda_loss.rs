@@ -23,7 +23,10 @@ use super::cublas::CudaFusionTensor;
 use super::cuda_kernels::{empty, launch, Args, Function, PerDevice};
 use super::cuda_stream;
 
-const SOURCE: &str = include_str!("cuda_loss.cu");
+const SOURCE: &str = concat!(
+    include_str!("cuda_elements.cuh"),
+    include_str!("cuda_loss.cu")
+);
 /// Threads per block (`THREADS` in the source).
 const THREADS: u32 = 256;
 
@@ -263,21 +266,10 @@ mod tests {
     //! each test says why it was skipped.
     use super::*;
     use crate::compute::cross_entropy::cross_entropy_autodiff_with;
+    use crate::compute::cuda_kernels::no_gpu;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::Autodiff;
     use burn::tensor::{Distribution, TensorData};
-
-    fn no_gpu() -> Option<String> {
-        use cudarc::driver::result as driver;
-        if let Some(why) = crate::compute::cuda_kernels::missing_driver() {
-            return Some(why);
-        }
-        match driver::init().and_then(|()| driver::device::get_count()) {
-            Ok(n) if n > 0 => None,
-            Ok(_) => Some("no CUDA device".into()),
-            Err(e) => Some(format!("no CUDA driver: {e:?}")),
-        }
-    }
 
     type I = Cuda<burn::tensor::bf16>;
     type B = Autodiff<I, NoCheckpointing>;

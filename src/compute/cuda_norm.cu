@@ -18,46 +18,16 @@
 // Rows per partial sum of the weight's gradient.
 #define CHUNK_ROWS 64
 
-__device__ __forceinline__ float to_float(unsigned short h) { return __uint_as_float(((unsigned)h) << 16); }
-__device__ __forceinline__ float to_float(float x) { return x; }
-
-// f32 to bf16, to nearest even, a NaN kept quiet.
-__device__ __forceinline__ unsigned short round_bf16(float x) {
-    const unsigned bits = __float_as_uint(x);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((bits >> 16) | 0x40u);
-    return (unsigned short)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-// x rounded to the element type, as a float.
-__device__ __forceinline__ float rounded(float x, unsigned short) { return to_float(round_bf16(x)); }
-__device__ __forceinline__ float rounded(float x, float) { return x; }
-__device__ __forceinline__ void store(unsigned short* p, float x) { *p = round_bf16(x); }
-__device__ __forceinline__ void store(float* p, float x) { *p = x; }
-
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffff, v, offset);
     return v;
 }
 
-// Values a 16-byte access moves.
-template <class E>
-struct Vec {
-    static constexpr int N = 16 / sizeof(E);
-};
-
 // N values from p (16-byte aligned) as floats, and back, rounding each once.
-__device__ __forceinline__ void load(const unsigned short* p, float* v) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        v[2 * i] = __uint_as_float(w[i] << 16);
-        v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-}
-__device__ __forceinline__ void load(const float* p, float* v) {
-    const float4 raw = *reinterpret_cast<const float4*>(p);
-    v[0] = raw.x, v[1] = raw.y, v[2] = raw.z, v[3] = raw.w;
+template <class E>
+__device__ __forceinline__ void load(const E* p, float* v) {
+    unpack(*reinterpret_cast<const uint4*>(p), v, E());
 }
 __device__ __forceinline__ void store_vec(unsigned short* p, const float* v) {
     uint4 raw;

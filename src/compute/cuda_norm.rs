@@ -27,7 +27,10 @@ use super::cuda_stream;
 use super::grad_sum::register_summed;
 use super::kernels::FlashFloat;
 
-const SOURCE: &str = include_str!("cuda_norm.cu");
+const SOURCE: &str = concat!(
+    include_str!("cuda_elements.cuh"),
+    include_str!("cuda_norm.cu")
+);
 /// Warps per block (`WARPS` in the source): one row each.
 const WARPS: u32 = 8;
 /// Threads per block (`THREADS`).
@@ -376,20 +379,9 @@ mod tests {
     //! Runs where a CUDA device is present (the GPU machine's test binary); elsewhere
     //! each test says why it was skipped.
     use super::*;
+    use crate::compute::cuda_kernels::no_gpu;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::tensor::Distribution;
-
-    fn no_gpu() -> Option<String> {
-        use cudarc::driver::result as driver;
-        if let Some(why) = crate::compute::cuda_kernels::missing_driver() {
-            return Some(why);
-        }
-        match driver::init().and_then(|()| driver::device::get_count()) {
-            Ok(n) if n > 0 => None,
-            Ok(_) => Some("no CUDA device".into()),
-            Err(e) => Some(format!("no CUDA driver: {e:?}")),
-        }
-    }
 
     type I = Cuda<burn::tensor::bf16>;
     type B = Autodiff<I, NoCheckpointing>;

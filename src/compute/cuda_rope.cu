@@ -23,21 +23,6 @@ struct Shape {
     int batch, heads, seq, dim;
 };
 
-__device__ __forceinline__ float to_float(unsigned short h) { return __uint_as_float(((unsigned)h) << 16); }
-__device__ __forceinline__ float to_float(float x) { return x; }
-
-// f32 to bf16, to nearest even, a NaN kept quiet.
-__device__ __forceinline__ unsigned short round_bf16(float x) {
-    const unsigned bits = __float_as_uint(x);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((bits >> 16) | 0x40u);
-    return (unsigned short)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-// x rounded to the element type, as a float.
-__device__ __forceinline__ float rounded(float x, unsigned short) { return to_float(round_bf16(x)); }
-__device__ __forceinline__ float rounded(float x, float) { return x; }
-__device__ __forceinline__ void store(unsigned short* p, float x) { *p = round_bf16(x); }
-__device__ __forceinline__ void store(float* p, float x) { *p = x; }
-
 // The element offset of row (b, h, s) under these strides.
 __device__ __forceinline__ long long row_offset(const Strides& st, long long row, const Shape& sh) {
     const long long s = row % sh.seq, bh = row / sh.seq;

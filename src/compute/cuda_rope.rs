@@ -27,7 +27,10 @@ use super::cuda_kernels::{empty, launch, Args, Function, PerDevice};
 use super::cuda_stream;
 use super::kernels::FlashFloat;
 
-const SOURCE: &str = include_str!("cuda_rope.cu");
+const SOURCE: &str = concat!(
+    include_str!("cuda_elements.cuh"),
+    include_str!("cuda_rope.cu")
+);
 /// Threads per block (`THREADS` in the source).
 const THREADS: u32 = 256;
 
@@ -254,20 +257,9 @@ mod tests {
     //! Runs where a CUDA device is present (the GPU machine's test binary); elsewhere
     //! it says why it was skipped.
     use super::*;
+    use crate::compute::cuda_kernels::no_gpu;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::tensor::{Distribution, FloatDType};
-
-    fn no_gpu() -> Option<String> {
-        use cudarc::driver::result as driver;
-        if let Some(why) = crate::compute::cuda_kernels::missing_driver() {
-            return Some(why);
-        }
-        match driver::init().and_then(|()| driver::device::get_count()) {
-            Ok(n) if n > 0 => None,
-            Ok(_) => Some("no CUDA device".into()),
-            Err(e) => Some(format!("no CUDA driver: {e:?}")),
-        }
-    }
 
     type I = Cuda<burn::tensor::bf16>;
     type B = Autodiff<I, NoCheckpointing>;

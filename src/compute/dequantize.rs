@@ -214,16 +214,8 @@ mod tests {
     //! Runs where a CUDA device is present (the GPU machine's test binary); elsewhere
     //! it says why it was skipped.
     use super::*;
+    use crate::compute::cuda_kernels::no_gpu;
     use crate::model::quantize::{quantize_int8, quantize_nf4, BlockScales, QuantizedHost};
-
-    fn no_gpu() -> Option<String> {
-        use cudarc::driver::result as driver;
-        match driver::init().and_then(|()| driver::device::get_count()) {
-            Ok(n) if n > 0 => None,
-            Ok(_) => Some("no CUDA device".into()),
-            Err(e) => Some(format!("no CUDA driver: {e:?}")),
-        }
-    }
 
     fn values(len: usize) -> Vec<f32> {
         (0..len)

@@ -1,0 +1,40 @@
+// Element helpers the row kernels share (cuda_loss.cu, cuda_norm.cu, cuda_rope.cu),
+// prepended to each source before NVRTC compiles it. bf16 travels as its 16 bits in an
+// unsigned short; every kernel computes in f32.
+
+__device__ __forceinline__ float to_float(unsigned short h) { return __uint_as_float(((unsigned)h) << 16); }
+__device__ __forceinline__ float to_float(float x) { return x; }
+
+// f32 to bf16, to nearest even, a NaN kept quiet.
+__device__ __forceinline__ unsigned short round_bf16(float x) {
+    const unsigned bits = __float_as_uint(x);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((bits >> 16) | 0x40u);
+    return (unsigned short)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+// x rounded to the element type, as a float.
+__device__ __forceinline__ float rounded(float x, unsigned short) { return to_float(round_bf16(x)); }
+__device__ __forceinline__ float rounded(float x, float) { return x; }
+__device__ __forceinline__ void store(unsigned short* p, float x) { *p = round_bf16(x); }
+__device__ __forceinline__ void store(float* p, float x) { *p = x; }
+
+// Values a 16-byte access moves.
+template <class E>
+struct Vec {
+    static constexpr int N = 16 / sizeof(E);
+};
+
+// A 16-byte load's values as floats.
+__device__ __forceinline__ void unpack(uint4 raw, float* out, unsigned short) {
+    const unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        out[2 * i] = __uint_as_float(w[i] << 16);
+        out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+__device__ __forceinline__ void unpack(uint4 raw, float* out, float) {
+    out[0] = __uint_as_float(raw.x);
+    out[1] = __uint_as_float(raw.y);
+    out[2] = __uint_as_float(raw.z);
+    out[3] = __uint_as_float(raw.w);
+}
