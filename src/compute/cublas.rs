@@ -139,7 +139,7 @@ impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for CublasMatmul
             burn_cubecl::kernel::into_contiguous(base)
         };
         let base = if base.can_mut() { base } else { base.copy() };
-        let sum = product(lhs, rhs, Target::Add(base), self.alpha);
+        let sum = product(lhs, rhs, Target::Add(Box::new(base)), self.alpha);
         handles.register_float_tensor::<Cube<F>>(&out.id, sum);
     }
 }
@@ -195,7 +195,7 @@ pub fn matmul(
 /// tensor of the product's shape and the operands' dtype, in place.
 enum Target {
     New(DType),
-    Add(CubeTensor<CudaRuntime>),
+    Add(Box<CubeTensor<CudaRuntime>>),
 }
 
 fn product(
@@ -227,6 +227,7 @@ fn product(
             0.0,
         ),
         Target::Add(base) => {
+            let base = *base;
             assert!(
                 base.meta.shape().to_vec() == dims && base.is_contiguous(),
                 "the sum is contiguous and shaped as the product"
