@@ -89,8 +89,14 @@ pub fn supports<B: burn::tensor::backend::Backend, const D: usize>(
     weight: &Tensor<B, 1>,
     device_index: usize,
 ) -> bool {
+    let width = x.dims()[D - 1];
+    let rows = x.dims().iter().product::<usize>() / width.max(1);
     matches!(x.dtype(), DType::BF16 | DType::F32)
         && weight.dtype() == x.dtype()
+        // Rows to norm, and few enough that the weight's gradient's chunks fit a grid's
+        // second dimension (65,535 of CHUNK_ROWS rows).
+        && rows > 0
+        && rows.div_ceil(CHUNK_ROWS) <= 65_535
         && kernels(device_index).is_some()
 }
 
@@ -359,6 +365,16 @@ impl<F: FlashFloat> Operation<FusionCubeRuntime<CudaRuntime>> for NormOp<F> {
             .iter()
             .map(|ir| burn_cubecl::kernel::into_contiguous(handles.get_float_tensor::<Cube<F>>(ir)))
             .collect();
+        // The kernels read x and dy (the `[rows, width]` inputs) as one element type, and
+        // w too (`supports` checked it).
+        let dtype = inputs[0].dtype;
+        assert!(
+            inputs
+                .iter()
+                .filter(|t| t.meta.shape().len() == 2)
+                .all(|t| t.dtype == dtype),
+            "RMSNorm: the activations and their gradient share one dtype"
+        );
         let outputs: Vec<CubeTensor<CudaRuntime>> = self
             .desc
             .outputs

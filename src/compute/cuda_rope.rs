@@ -204,6 +204,10 @@ impl<F: FlashFloat> Operation<FusionCubeRuntime<CudaRuntime>> for Rope<F> {
         let contiguous = burn_cubecl::kernel::into_contiguous::<CudaRuntime>;
         let cos = contiguous(handles.get_float_tensor::<Cube<F>>(cos));
         let sin = contiguous(handles.get_float_tensor::<Cube<F>>(sin));
+        assert!(
+            cos.dtype == x.dtype && sin.dtype == x.dtype,
+            "RoPE: the tables are read in the rotated tensor's dtype"
+        );
         let [batch, heads, seq, dim] = [0, 1, 2, 3].map(|i| x.meta.shape()[i]);
         // [batch, seq, heads, dim] in memory, seen as [batch, heads, seq, dim].
         let memory = empty(&x, Shape::from(vec![batch, seq, heads, dim]), x.dtype);

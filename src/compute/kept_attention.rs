@@ -11,11 +11,16 @@
 //! activations; the log-sum-exp is a float a row and head), against a whole layer's
 //! activations that the recomputation saves.
 //!
-//! The attention node offers its output while this thread is keeping, and takes the
-//! last one kept while it is replaying: the rerun goes last layer first, so the stack's
-//! order is the layers' own. Values are the same either way, so this never changes a
-//! result; an attention that finds nothing kept (another path, another shape) computes
-//! as it always does.
+//! With `compute.keep_projections` the adapted projections keep their outputs too, so
+//! the rerun runs none of their base products (more memory held until each layer is
+//! rerun).
+//!
+//! The nodes offer their outputs while this thread is keeping, grouped by layer
+//! ([`Kept::next_layer`]); while it is replaying, each rerun layer ([`Kept::rerun_layer`],
+//! last layer first) takes its own group's outputs in the order they were offered, as
+//! its nodes run in the same order on both passes. Values are the same either way, so
+//! this never changes a result; a node that finds nothing kept (another path, another
+//! shape) computes as it always does.
 
 use std::any::Any;
 use std::cell::RefCell;
