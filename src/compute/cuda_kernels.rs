@@ -210,6 +210,14 @@ impl Module {
         Ok(values)
     }
 
+    /// Kernels `name_bf16` and `name_f32`, without dynamic shared memory.
+    pub fn by_dtype(&self, name: &str) -> Result<ByDtype, String> {
+        Ok(ByDtype {
+            bf16: self.function(&format!("{name}_bf16"), 0)?,
+            f32: self.function(&format!("{name}_f32"), 0)?,
+        })
+    }
+
     /// Kernel `name`, allowed `shared` bytes of dynamic shared memory.
     pub fn function(&self, name: &str, shared: u32) -> Result<Function, String> {
         // SAFETY: the module is loaded; the attribute call only raises a limit.
@@ -232,6 +240,25 @@ impl Module {
 /// A kernel of a loaded module.
 #[derive(Debug, Clone, Copy)]
 pub struct Function(csys::CUfunction);
+
+/// One kernel compiled for bf16 and for f32 elements (`NAME_bf16`, `NAME_f32` in the
+/// source), picked by the dtype of the tensors it runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct ByDtype {
+    bf16: Function,
+    f32: Function,
+}
+
+impl ByDtype {
+    /// The kernel for `dtype`; callers admit only bf16 and f32.
+    pub fn of(&self, dtype: DType) -> Function {
+        match dtype {
+            DType::BF16 => self.bf16,
+            DType::F32 => self.f32,
+            other => unreachable!("the kernels are built for bf16 and f32, not {other:?}"),
+        }
+    }
+}
 
 // SAFETY: CUfunction handles are valid in their context from any thread; they are
 // only launched with that context current (cuda_stream::run_ordered).

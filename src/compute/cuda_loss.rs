@@ -20,7 +20,7 @@ use burn_fusion::FusionRuntime;
 
 use super::cross_entropy::LossKernels;
 use super::cublas::CudaFusionTensor;
-use super::cuda_kernels::{empty, launch, Args, Function, PerDevice};
+use super::cuda_kernels::{empty, launch, Args, ByDtype, Function, PerDevice};
 use super::cuda_stream;
 
 const SOURCE: &str = concat!(
@@ -34,10 +34,8 @@ type Cube<F> = CubeBackend<CudaRuntime, F, i32, u8>;
 type Handles = HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>;
 
 struct Kernels {
-    rows_bf16: Function,
-    rows_f32: Function,
-    gradient_bf16: Function,
-    gradient_f32: Function,
+    rows: ByDtype,
+    gradient: ByDtype,
 }
 
 /// Device `index`'s kernels, compiled on first use (`None` where NVRTC cannot build
@@ -50,10 +48,8 @@ fn kernels(index: usize) -> Option<&'static Kernels> {
         ("token loss kernels", "the loss runs on burn's ops"),
         |module| {
             Ok(Kernels {
-                rows_bf16: module.function("loss_rows_bf16", 0)?,
-                rows_f32: module.function("loss_rows_f32", 0)?,
-                gradient_bf16: module.function("loss_gradient_bf16", 0)?,
-                gradient_f32: module.function("loss_gradient_f32", 0)?,
+                rows: module.by_dtype("loss_rows")?,
+                gradient: module.by_dtype("loss_gradient")?,
             })
         },
     )
@@ -61,13 +57,14 @@ fn kernels(index: usize) -> Option<&'static Kernels> {
 
 /// Whether the kernels serve these logits and targets: bf16 or f32 logits, i32
 /// targets, on a device where the kernels build.
-pub fn supports<F: FloatElement>(
-    logits: &Tensor<Cuda<F>, 2>,
-    targets: &Tensor<Cuda<F>, 1, Int>,
+pub fn supports<B: burn::tensor::backend::Backend, T: burn::tensor::backend::Backend>(
+    logits: &Tensor<B, 2>,
+    targets: &Tensor<T, 1, Int>,
+    device_index: usize,
 ) -> bool {
     matches!(logits.dtype(), DType::BF16 | DType::F32)
         && targets.dtype() == DType::I32
-        && kernels(logits.device().index).is_some()
+        && kernels(device_index).is_some()
 }
 
 /// The node's rows on these kernels. Call where [`supports`] said yes.
@@ -156,13 +153,27 @@ fn gradient<F: FloatElement>(
     wrap(out)
 }
 
-/// The logits' kernel of a pair by dtype.
-fn pick(dtype: DType, bf16: Function, f32: Function) -> Function {
-    match dtype {
-        DType::BF16 => bf16,
-        DType::F32 => f32,
-        other => unreachable!("supports() admits bf16 and f32 logits, not {other:?}"),
+/// Launches `function` (`loss_rows` or `loss_gradient`: five buffers, then the
+/// vocabulary) with a block for each row of the logits, the first of `tensors`.
+fn launch_rows(function: Function, tensors: [&CubeTensor<CudaRuntime>; 5], vocab: usize) {
+    let logits = tensors[0];
+    let rows = logits.meta.shape()[0] as u32;
+    if rows == 0 {
+        return;
     }
+    let vocab = vocab as i64;
+    let buffers = tensors.map(|t| t.handle.clone().binding()).to_vec();
+    launch(logits, buffers, move |p, stream| {
+        let mut args = Args::default();
+        for pointer in p {
+            args.push(pointer);
+        }
+        args.push(vocab);
+        // SAFETY: the arguments follow both kernels' parameters in the source (five
+        // buffers in the order given, then the vocabulary); the buffers are held until
+        // the kernel ends (cuda_kernels::launch).
+        unsafe { args.launch(function, (rows, 1), THREADS, 0, stream) };
+    });
 }
 
 #[derive(Debug)]
@@ -188,27 +199,9 @@ impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for LossRows<F> 
             .map(|ir| empty(&logits, ir.shape.clone(), DType::F32))
             .collect();
         let kernels = kernels(logits.device.index).expect("built before the op was registered");
-        let function = pick(logits.dtype, kernels.rows_bf16, kernels.rows_f32);
-        let rows = logits.meta.shape()[0] as u32;
-        let vocab = self.vocab as i64;
-        let buffers = [&logits, &targets, &weights, &outputs[0], &outputs[1]]
-            .iter()
-            .map(|t| t.handle.clone().binding())
-            .collect();
-        if rows > 0 {
-            launch(&logits, buffers, move |p, stream| {
-                let mut args = Args::default();
-                args.push(p[0])
-                    .push(p[1])
-                    .push(p[2])
-                    .push(p[3])
-                    .push(p[4])
-                    .push(vocab);
-                // SAFETY: the arguments follow `loss_rows`'s parameters in the source;
-                // the buffers are held until the kernel ends (cuda_kernels::launch).
-                unsafe { args.launch(function, (rows, 1), THREADS, 0, stream) };
-            });
-        }
+        let function = kernels.rows.of(logits.dtype);
+        let tensors = [&logits, &targets, &weights, &outputs[0], &outputs[1]];
+        launch_rows(function, tensors, self.vocab);
         for (ir, tensor) in self.desc.outputs.iter().zip(outputs) {
             handles.register_float_tensor::<Cube<F>>(&ir.id, tensor);
         }
@@ -235,27 +228,12 @@ impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for LossGradient
         let out_ir = &self.desc.outputs[0];
         let out = empty(&logits, out_ir.shape.clone(), logits.dtype);
         let kernels = kernels(logits.device.index).expect("built before the op was registered");
-        let function = pick(logits.dtype, kernels.gradient_bf16, kernels.gradient_f32);
-        let rows = logits.meta.shape()[0] as u32;
-        let vocab = self.vocab as i64;
-        let buffers = [&logits, &lse, &targets, &row_weight, &out]
-            .iter()
-            .map(|t| t.handle.clone().binding())
-            .collect();
-        if rows > 0 {
-            launch(&logits, buffers, move |p, stream| {
-                let mut args = Args::default();
-                args.push(p[0])
-                    .push(p[1])
-                    .push(p[2])
-                    .push(p[3])
-                    .push(p[4])
-                    .push(vocab);
-                // SAFETY: the arguments follow `loss_gradient`'s parameters in the
-                // source; the buffers are held until the kernel ends.
-                unsafe { args.launch(function, (rows, 1), THREADS, 0, stream) };
-            });
-        }
+        let function = kernels.gradient.of(logits.dtype);
+        launch_rows(
+            function,
+            [&logits, &lse, &targets, &row_weight, &out],
+            self.vocab,
+        );
         handles.register_float_tensor::<Cube<F>>(&out_ir.id, out);
     }
 }
@@ -363,7 +341,7 @@ mod tests {
                 let targets =
                     Tensor::<I, 1, Int>::from_data(TensorData::from(&targets[..]), &device);
                 let weights = Tensor::<I, 1>::from_data(TensorData::from(&weights[..]), &device);
-                assert!(supports(&x, &targets));
+                assert!(supports(&x, &targets, 0));
 
                 let (loss, gradient) =
                     loss_and_gradient(&x, &targets, &weights, loss_kernels::<burn::tensor::bf16>());

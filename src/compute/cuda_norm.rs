@@ -22,7 +22,7 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::FusionRuntime;
 
 use super::cublas::CudaFusionTensor;
-use super::cuda_kernels::{empty, launch, Args, Function, PerDevice};
+use super::cuda_kernels::{empty, launch, Args, ByDtype, Function, PerDevice};
 use super::cuda_stream;
 use super::grad_sum::register_summed;
 use super::kernels::FlashFloat;
@@ -42,9 +42,9 @@ type Cube<F> = CubeBackend<CudaRuntime, F, i32, u8>;
 type Handles = HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>;
 
 struct Kernels {
-    forward: [Function; 2],
-    backward: [Function; 2],
-    weight_partials: [Function; 2],
+    forward: ByDtype,
+    backward: ByDtype,
+    weight_partials: ByDtype,
     weight_sum: Function,
 }
 
@@ -57,29 +57,14 @@ fn kernels(index: usize) -> Option<&'static Kernels> {
         SOURCE,
         ("RMSNorm kernels", "the norm runs op by op"),
         |module| {
-            let pair = |name: &str| -> Result<[Function; 2], String> {
-                Ok([
-                    module.function(&format!("{name}_bf16"), 0)?,
-                    module.function(&format!("{name}_f32"), 0)?,
-                ])
-            };
             Ok(Kernels {
-                forward: pair("norm_forward")?,
-                backward: pair("norm_backward")?,
-                weight_partials: pair("norm_weight_partials")?,
+                forward: module.by_dtype("norm_forward")?,
+                backward: module.by_dtype("norm_backward")?,
+                weight_partials: module.by_dtype("norm_weight_partials")?,
                 weight_sum: module.function("norm_weight_sum", 0)?,
             })
         },
     )
-}
-
-/// The kernel of a pair for the activations' dtype (bf16 first).
-fn of_dtype(pair: &[Function; 2], dtype: DType) -> Function {
-    match dtype {
-        DType::BF16 => pair[0],
-        DType::F32 => pair[1],
-        other => unreachable!("supports() admits bf16 and f32, not {other:?}"),
-    }
 }
 
 /// Whether the kernels serve this norm: bf16 or f32 activations and a weight of the
@@ -224,7 +209,7 @@ fn forward<F: FlashFloat>(
                 unreachable!("two outputs")
             };
             let kernels = kernels(x.device.index).expect("built before the op was registered");
-            let function = of_dtype(&kernels.forward, x.dtype);
+            let function = kernels.forward.of(x.dtype);
             let buffers = [x, w, out, inverse]
                 .map(|t| t.handle.clone().binding())
                 .to_vec();
@@ -263,7 +248,7 @@ fn input_gradient<F: FlashFloat>(state: &NormState, dy: CudaFusionTensor) -> Cud
                 unreachable!("four inputs")
             };
             let kernels = kernels(x.device.index).expect("built before the op was registered");
-            let function = of_dtype(&kernels.backward, x.dtype);
+            let function = kernels.backward.of(x.dtype);
             let buffers = [x, w, inverse, dy, &outputs[0]]
                 .map(|t| t.handle.clone().binding())
                 .to_vec();
@@ -298,10 +283,7 @@ fn weight_gradient<F: FlashFloat>(
                 unreachable!("three inputs")
             };
             let kernels = kernels(x.device.index).expect("built before the op was registered");
-            let (partials_fn, sum_fn) = (
-                of_dtype(&kernels.weight_partials, x.dtype),
-                kernels.weight_sum,
-            );
+            let (partials_fn, sum_fn) = (kernels.weight_partials.of(x.dtype), kernels.weight_sum);
             let partials = empty(x, Shape::from(vec![chunks, width]), DType::F32);
             let buffers = [x, inverse, dy, &partials, &outputs[0]]
                 .map(|t| t.handle.clone().binding())

@@ -23,7 +23,7 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::FusionRuntime;
 
 use super::cublas::CudaFusionTensor;
-use super::cuda_kernels::{empty, launch, Args, Function, PerDevice};
+use super::cuda_kernels::{empty, launch, Args, ByDtype, PerDevice};
 use super::cuda_stream;
 use super::kernels::FlashFloat;
 
@@ -37,10 +37,10 @@ const THREADS: u32 = 256;
 type Cube<F> = CubeBackend<CudaRuntime, F, i32, u8>;
 type Handles = HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>;
 
-/// Forward and backward kernels, bf16 then f32.
+/// Forward and backward kernels.
 struct Kernels {
-    forward: [Function; 2],
-    backward: [Function; 2],
+    forward: ByDtype,
+    backward: ByDtype,
 }
 
 /// Device `index`'s kernels, compiled on first use (`None` where NVRTC cannot build
@@ -52,15 +52,9 @@ fn kernels(index: usize) -> Option<&'static Kernels> {
         SOURCE,
         ("RoPE kernels", "the rotation runs op by op"),
         |module| {
-            let pair = |name: &str| -> Result<[Function; 2], String> {
-                Ok([
-                    module.function(&format!("{name}_bf16"), 0)?,
-                    module.function(&format!("{name}_f32"), 0)?,
-                ])
-            };
             Ok(Kernels {
-                forward: pair("rope_forward")?,
-                backward: pair("rope_backward")?,
+                forward: module.by_dtype("rope_forward")?,
+                backward: module.by_dtype("rope_backward")?,
             })
         },
     )
@@ -228,15 +222,12 @@ impl<F: FlashFloat> Operation<FusionCubeRuntime<CudaRuntime>> for Rope<F> {
             dim: dim as i32,
         };
         let kernels = kernels(x.device.index).expect("built before the op was registered");
-        let pair = if self.backward {
-            &kernels.backward
+        let kernel = if self.backward {
+            kernels.backward
         } else {
-            &kernels.forward
+            kernels.forward
         };
-        let function = match x.dtype {
-            DType::BF16 => pair[0],
-            _ => pair[1],
-        };
+        let function = kernel.of(x.dtype);
         let threads = batch * heads * seq * (dim / 2);
         if threads > 0 {
             let blocks = threads.div_ceil(THREADS as usize) as u32;

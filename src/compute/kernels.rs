@@ -24,6 +24,8 @@ use crate::model::quantized::QuantizedWeight;
 pub type Qkv<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
 /// Two tensors handed back.
 pub type Pair<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>);
+/// Three tensors of one rank handed back.
+pub type Triple<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>);
 /// The fused AdamW's result: new parameters, moments `m` and `v`, and the norm.
 pub type AdamWUpdate<B> = (Vec<Tensor<B, 1>>, Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>);
 /// The fused AdamW's inputs handed back: parameters, gradients, `m`, `v`.
@@ -246,13 +248,12 @@ pub trait Kernels: Backend {
 
     /// `base + alpha · lhs @ rhs` with the sum taken by the faster library, for
     /// operands [`Kernels::matmul_with`] takes and `base` shaped as their product.
-    #[allow(clippy::type_complexity)]
     fn matmul_add<const D: usize>(
         base: Tensor<Self, D>,
         lhs: Tensor<Self, D>,
         rhs: Tensor<Self, D>,
         _alpha: f64,
-    ) -> Result<Tensor<Self, D>, (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>)> {
+    ) -> Result<Tensor<Self, D>, Triple<Self, D>> {
         Err((base, lhs, rhs))
     }
 
@@ -658,7 +659,7 @@ mod cuda {
             lhs: Tensor<Self, D>,
             rhs: Tensor<Self, D>,
             alpha: f64,
-        ) -> Result<Tensor<Self, D>, (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>)> {
+        ) -> Result<Tensor<Self, D>, Triple<Self, D>> {
             let mut product = lhs.dims();
             product[D - 1] = rhs.dims()[D - 1];
             if !current().cuda_accumulate || base.dtype() != lhs.dtype() || base.dims() != product {
@@ -882,8 +883,8 @@ mod cuda {
             weights: Tensor<Self, 1>,
         ) -> Option<Tensor<Self, 1>> {
             let (targets, weights) = (targets.inner(), weights.inner());
-            let inner = |t: &Tensor<Self, 2>| t.clone().inner();
-            if current().cuda_fused_loss && cuda_loss::supports(&inner(&logits), &targets) {
+            let device = logits.device().index;
+            if current().cuda_fused_loss && cuda_loss::supports(&logits, &targets, device) {
                 return Some(cross_entropy::cross_entropy_autodiff_with::<Cuda<F>, C>(
                     logits,
                     targets,
