@@ -20,7 +20,10 @@ def main(path):
         if key not in rows:
             rows[key] = {}
             order.append(key)
-        side = "ref" if line.get("impl") == "hf-peft" else "graft"
+        if line.get("impl") != "hf-peft":
+            side = "graft"
+        else:
+            side = "compile" if line.get("compile") else "ref"
         rows[key][side] = line
         if side == "ref" and line.get("device"):
             device = line["device"]
@@ -39,25 +42,36 @@ def main(path):
 
     print(f"device: {device or 'unknown'}")
     print()
-    # The threads column only for a thread sweep.
+    # The threads column only for a thread sweep; the compile columns only where the
+    # reference also ran under torch.compile.
     sweep = any(key[3] is not None for key in order)
-    print("| preset | seq x batch |" + (" threads |" if sweep else "") + " graft tokens/s | HF+PEFT tokens/s | graft/HF | "
-          "graft peak GiB | HF peak GiB | graft ms/step | HF ms/step |")
-    print("| --- | --- |" + (" ---: |" if sweep else "") + " ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    compiled = any("compile" in rows[key] for key in order)
+    eager_name = "HF eager" if compiled else "HF+PEFT"
+    header = ["preset", "seq x batch"] + (["threads"] if sweep else []) + [
+        "graft tokens/s", f"{eager_name} tokens/s", f"graft/{'eager' if compiled else 'HF'}"]
+    if compiled:
+        header += ["HF compile tokens/s", "graft/compile"]
+    header += ["graft peak GiB", f"{eager_name} peak GiB"] + (["HF compile peak GiB"] if compiled else [])
+    header += ["graft ms/step", f"{eager_name} ms/step"] + (["HF compile ms/step"] if compiled else [])
+    print("| " + " | ".join(header) + " |")
+    print("| --- | --- |" + " ---: |" * (len(header) - 2))
     for key in order:
-        graft, ref = rows[key].get("graft"), rows[key].get("ref")
+        graft, ref, comp = (rows[key].get(side) for side in ("graft", "ref", "compile"))
         preset, seq, batch, threads, ckpt = key
         note = ""
-        for side, line in (("graft", graft), ("HF", ref)):
+        for side, line in (("graft", graft), ("HF", ref), ("HF compile", comp)):
             if line and line.get("error"):
                 note += f" ({side} failed: {line['error'][:120]})"
-        column = f" {threads or 'all'} |" if sweep else ""
-        shape = f"{seq} x {batch}" + (", checkpointing" if ckpt else "")
-        print(f"| {preset} | {shape} |{column} {fig(graft, 'tokens_per_s')} | "
-              f"{fig(ref, 'tokens_per_s')} | {ratio(graft, ref, 'tokens_per_s')} | "
-              f"{fig(graft, 'peak_gib', 2)} | {fig(ref, 'peak_gib', 2)} | "
-              f"{fig(graft, 'ms_per_step', 1)} | {fig(ref, 'ms_per_step', 1)} |{note}")
-
+        cells = [preset, f"{seq} x {batch}" + (", checkpointing" if ckpt else "")]
+        cells += [f"{threads or 'all'}"] if sweep else []
+        cells += [fig(graft, "tokens_per_s"), fig(ref, "tokens_per_s"), ratio(graft, ref, "tokens_per_s")]
+        if compiled:
+            cells += [fig(comp, "tokens_per_s"), ratio(graft, comp, "tokens_per_s")]
+        cells += [fig(graft, "peak_gib", 2), fig(ref, "peak_gib", 2)]
+        cells += [fig(comp, "peak_gib", 2)] if compiled else []
+        cells += [fig(graft, "ms_per_step", 1), fig(ref, "ms_per_step", 1)]
+        cells += [fig(comp, "ms_per_step", 1)] if compiled else []
+        print("| " + " | ".join(cells) + " |" + note)
 
 if __name__ == "__main__":
     main(sys.argv[1])

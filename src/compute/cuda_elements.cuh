@@ -38,3 +38,20 @@ __device__ __forceinline__ void unpack(uint4 raw, float* out, float) {
     out[2] = __uint_as_float(raw.z);
     out[3] = __uint_as_float(raw.w);
 }
+
+// N values from p (16-byte aligned) as floats, and back, rounding each once.
+template <class E>
+__device__ __forceinline__ void load(const E* p, float* v) {
+    unpack(*reinterpret_cast<const uint4*>(p), v, E());
+}
+__device__ __forceinline__ void store_vec(unsigned short* p, const float* v) {
+    uint4 raw;
+    raw.x = round_bf16(v[0]) | ((unsigned)round_bf16(v[1]) << 16);
+    raw.y = round_bf16(v[2]) | ((unsigned)round_bf16(v[3]) << 16);
+    raw.z = round_bf16(v[4]) | ((unsigned)round_bf16(v[5]) << 16);
+    raw.w = round_bf16(v[6]) | ((unsigned)round_bf16(v[7]) << 16);
+    *reinterpret_cast<uint4*>(p) = raw;
+}
+__device__ __forceinline__ void store_vec(float* p, const float* v) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}

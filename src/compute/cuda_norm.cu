@@ -24,23 +24,6 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// N values from p (16-byte aligned) as floats, and back, rounding each once.
-template <class E>
-__device__ __forceinline__ void load(const E* p, float* v) {
-    unpack(*reinterpret_cast<const uint4*>(p), v, E());
-}
-__device__ __forceinline__ void store_vec(unsigned short* p, const float* v) {
-    uint4 raw;
-    raw.x = round_bf16(v[0]) | ((unsigned)round_bf16(v[1]) << 16);
-    raw.y = round_bf16(v[2]) | ((unsigned)round_bf16(v[3]) << 16);
-    raw.z = round_bf16(v[4]) | ((unsigned)round_bf16(v[5]) << 16);
-    raw.w = round_bf16(v[6]) | ((unsigned)round_bf16(v[7]) << 16);
-    *reinterpret_cast<uint4*>(p) = raw;
-}
-__device__ __forceinline__ void store_vec(float* p, const float* v) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-}
-
 // Calls f(first index, values, count) over a row in pieces a lane reads: N values at
 // a time where the row is a whole number of 16-byte pieces and aligned, else one.
 template <class E, class F>

@@ -11,19 +11,12 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use burn::backend::{Autodiff, Cuda};
 use burn::tensor::{DType, FloatDType, Shape, Tensor, TensorPrimitive};
-use burn_cubecl::cubecl::cuda::CudaRuntime;
-use burn_cubecl::fusion::FusionCubeRuntime;
-use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::CubeBackend;
-use burn_fusion::stream::{Operation, OperationStreams};
-use burn_fusion::FusionRuntime;
 
 use super::cublas::CudaFusionTensor;
 use super::cuda_kernels::{empty, launch, Args, ByDtype, Function, PerDevice};
-use super::cuda_stream;
+use super::cuda_op::register_op;
 use super::grad_sum::register_summed;
 use super::kernels::FlashFloat;
 
@@ -37,9 +30,6 @@ const WARPS: u32 = 8;
 const THREADS: u32 = WARPS * 32;
 /// Rows per partial sum of the weight's gradient (`CHUNK_ROWS`).
 const CHUNK_ROWS: usize = 64;
-
-type Cube<F> = CubeBackend<CudaRuntime, F, i32, u8>;
-type Handles = HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>;
 
 struct Kernels {
     forward: ByDtype,
@@ -163,32 +153,6 @@ impl<F: FlashFloat> Backward<Cuda<F>, 2> for NormBackward<F> {
     }
 }
 
-/// Registers custom op `name` over `inputs` with outputs of these shapes and dtypes.
-fn register<F: FlashFloat>(
-    name: &'static str,
-    inputs: Vec<CudaFusionTensor>,
-    outputs: Vec<(Vec<usize>, DType)>,
-    kernel: impl Fn(&[CubeTensor<CudaRuntime>], &[CubeTensor<CudaRuntime>]) + Send + Sync + 'static,
-) -> Vec<CudaFusionTensor> {
-    cuda_stream::check_earlier_failure();
-    let client = inputs[0].client.clone();
-    let streams = OperationStreams::with_inputs(inputs.iter());
-    let outputs: Vec<TensorIr> = outputs
-        .into_iter()
-        .map(|(shape, dtype)| {
-            TensorIr::uninit(client.create_empty_handle(), Shape::from(shape), dtype)
-        })
-        .collect();
-    let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
-    let desc = CustomOpIr::new(name, &inputs, &outputs);
-    let op = NormOp::<F> {
-        desc: desc.clone(),
-        kernel: Box::new(kernel),
-        _float: std::marker::PhantomData,
-    };
-    client.register(streams, OperationIr::Custom(desc), op)
-}
-
 fn forward<F: FlashFloat>(
     x: &CudaFusionTensor,
     weight: &CudaFusionTensor,
@@ -197,7 +161,7 @@ fn forward<F: FlashFloat>(
 ) -> (CudaFusionTensor, CudaFusionTensor) {
     let [rows, width] = [x.shape[0], x.shape[1]];
     let dtype = x.dtype;
-    let mut out = register::<F>(
+    let mut out = register_op::<F>(
         "graft_rms_norm",
         vec![x.clone(), weight.clone()],
         vec![(vec![rows, width], dtype), (vec![rows], DType::F32)],
@@ -239,7 +203,7 @@ fn input_gradient<F: FlashFloat>(state: &NormState, dy: CudaFusionTensor) -> Cud
         state.inverse.clone(),
         dy,
     ];
-    let mut out = register::<F>(
+    let mut out = register_op::<F>(
         "graft_rms_norm_backward",
         inputs,
         vec![(vec![rows, width], state.x.dtype)],
@@ -247,6 +211,11 @@ fn input_gradient<F: FlashFloat>(state: &NormState, dy: CudaFusionTensor) -> Cud
             let [x, w, inverse, dy] = inputs else {
                 unreachable!("four inputs")
             };
+            // The kernel reads x and dy as one element type (and w too: `supports`).
+            assert!(
+                dy.dtype == x.dtype,
+                "RMSNorm: the activations and their gradient share one dtype"
+            );
             let kernels = kernels(x.device.index).expect("built before the op was registered");
             let function = kernels.backward.of(x.dtype);
             let buffers = [x, w, inverse, dy, &outputs[0]]
@@ -274,7 +243,7 @@ fn weight_gradient<F: FlashFloat>(
 ) -> CudaFusionTensor {
     let [rows, width] = [x.shape[0], x.shape[1]];
     let chunks = rows.div_ceil(CHUNK_ROWS).max(1);
-    let mut out = register::<F>(
+    let mut out = register_op::<F>(
         "graft_rms_norm_weight_gradient",
         vec![x.clone(), inverse.clone(), dy.clone()],
         vec![(vec![width], DType::F32)],
@@ -320,56 +289,6 @@ fn weight_gradient<F: FlashFloat>(
 /// Blocks for one warp a row.
 fn row_blocks(rows: usize) -> u32 {
     (rows as u32).div_ceil(WARPS).max(1)
-}
-
-type KernelFn =
-    Box<dyn Fn(&[CubeTensor<CudaRuntime>], &[CubeTensor<CudaRuntime>]) + Send + Sync + 'static>;
-
-/// One of the norm's custom ops: contiguous inputs, fresh contiguous outputs, and the
-/// launch `kernel` makes over them.
-struct NormOp<F> {
-    desc: CustomOpIr,
-    kernel: KernelFn,
-    _float: std::marker::PhantomData<F>,
-}
-
-impl<F> std::fmt::Debug for NormOp<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "NormOp({:?})", self.desc)
-    }
-}
-
-impl<F: FlashFloat> Operation<FusionCubeRuntime<CudaRuntime>> for NormOp<F> {
-    fn execute(&self, handles: &mut Handles) {
-        let inputs: Vec<CubeTensor<CudaRuntime>> = self
-            .desc
-            .inputs
-            .iter()
-            .map(|ir| burn_cubecl::kernel::into_contiguous(handles.get_float_tensor::<Cube<F>>(ir)))
-            .collect();
-        // The kernels read x and dy (the `[rows, width]` inputs) as one element type, and
-        // w too (`supports` checked it).
-        let dtype = inputs[0].dtype;
-        assert!(
-            inputs
-                .iter()
-                .filter(|t| t.meta.shape().len() == 2)
-                .all(|t| t.dtype == dtype),
-            "RMSNorm: the activations and their gradient share one dtype"
-        );
-        let outputs: Vec<CubeTensor<CudaRuntime>> = self
-            .desc
-            .outputs
-            .iter()
-            .map(|ir| empty(&inputs[0], ir.shape.clone(), ir.dtype))
-            .collect();
-        if inputs[0].meta.shape().iter().product::<usize>() > 0 {
-            (self.kernel)(&inputs, &outputs);
-        }
-        for (ir, tensor) in self.desc.outputs.iter().zip(outputs) {
-            handles.register_float_tensor::<Cube<F>>(&ir.id, tensor);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,45 @@ __device__ void rope(const E* __restrict__ x, Strides xs, const E* __restrict__ 
     }
 }
 
+// The same rotation, N = 16 / sizeof(E) pairs a thread, each read and written 16 bytes
+// at a time: for rows whose strides, half-dim and pointers are whole 16-byte pieces
+// (cuda_rope.rs checks), with fewer than 2^31 pieces in all (32-bit index arithmetic).
+// The per-element arithmetic is the scalar kernel's, so the bits are the same; the
+// scalar kernel's 2-byte accesses and 64-bit divisions ran at under 1 TB/s.
+template <class E, bool BACKWARD>
+__device__ void rope_wide(const E* __restrict__ x, Strides xs, const E* __restrict__ cos,
+                          const E* __restrict__ sin, E* __restrict__ out, Strides os, Shape sh) {
+    constexpr int N = Vec<E>::N;
+    const unsigned half = sh.dim / 2, chunks = half / N;
+    const unsigned id = blockIdx.x * THREADS + threadIdx.x;
+    const unsigned rows = (unsigned)sh.batch * sh.heads * sh.seq;
+    if (id >= rows * chunks) return;
+    const unsigned row = id / chunks, first = (id % chunks) * N;
+    const unsigned s = row % sh.seq, bh = row / sh.seq, b = bh / sh.heads, h = bh % sh.heads;
+    const E* xr = x + (b * xs.batch + h * xs.head + s * xs.row);
+    E* outr = out + (b * os.batch + h * os.head + s * os.row);
+    const long long table = (long long)s * sh.dim;
+    float a[N], bj[N], ci[N], cj[N], si[N], sj[N], oi[N], oj[N];
+    load(xr + first, a);
+    load(xr + first + half, bj);
+    load(cos + table + first, ci);
+    load(cos + table + first + half, cj);
+    load(sin + table + first, si);
+    load(sin + table + first + half, sj);
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+        if (BACKWARD) {
+            oi[k] = a[k] * ci[k] + bj[k] * sj[k];
+            oj[k] = bj[k] * cj[k] - a[k] * si[k];
+        } else {
+            oi[k] = rounded(a[k] * ci[k], E()) + rounded(-bj[k] * si[k], E());
+            oj[k] = rounded(bj[k] * cj[k], E()) + rounded(a[k] * sj[k], E());
+        }
+    }
+    store_vec(outr + first, oi);
+    store_vec(outr + first + half, oj);
+}
+
 #define ENTRY_POINTS(NAME, E)                                                                                \
     extern "C" __global__ void __launch_bounds__(THREADS)                                                   \
         rope_forward_##NAME(const E* x, Strides xs, const E* cos, const E* sin, E* out, Strides os, Shape sh) { \
@@ -69,6 +108,14 @@ __device__ void rope(const E* __restrict__ x, Strides xs, const E* __restrict__ 
     extern "C" __global__ void __launch_bounds__(THREADS)                                                   \
         rope_backward_##NAME(const E* x, Strides xs, const E* cos, const E* sin, E* out, Strides os, Shape sh) { \
         rope<E, 1, true>(x, xs, cos, sin, out, os, sh);                                                      \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                   \
+        rope_wide_forward_##NAME(const E* x, Strides xs, const E* cos, const E* sin, E* out, Strides os, Shape sh) { \
+        rope_wide<E, false>(x, xs, cos, sin, out, os, sh);                                                   \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                   \
+        rope_wide_backward_##NAME(const E* x, Strides xs, const E* cos, const E* sin, E* out, Strides os, Shape sh) { \
+        rope_wide<E, true>(x, xs, cos, sin, out, os, sh);                                                    \
     }
 
 ENTRY_POINTS(bf16, unsigned short)

@@ -37,10 +37,13 @@ const THREADS: u32 = 256;
 type Cube<F> = CubeBackend<CudaRuntime, F, i32, u8>;
 type Handles = HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>;
 
-/// Forward and backward kernels.
+/// Forward and backward kernels: a pair a thread, and 16 bytes of pairs a thread
+/// (`wide`) where the rows allow it.
 struct Kernels {
     forward: ByDtype,
     backward: ByDtype,
+    wide_forward: ByDtype,
+    wide_backward: ByDtype,
 }
 
 /// Device `index`'s kernels, compiled on first use (`None` where NVRTC cannot build
@@ -55,6 +58,8 @@ fn kernels(index: usize) -> Option<&'static Kernels> {
             Ok(Kernels {
                 forward: module.by_dtype("rope_forward")?,
                 backward: module.by_dtype("rope_backward")?,
+                wide_forward: module.by_dtype("rope_wide_forward")?,
+                wide_backward: module.by_dtype("rope_wide_backward")?,
             })
         },
     )
@@ -159,6 +164,14 @@ fn register<F: FlashFloat>(
         .output()
 }
 
+/// Set by a test to run the pair-a-thread kernels everywhere, to compare their bits with
+/// the wide ones'; nothing else sets it.
+static SCALAR_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn scalar_only() -> bool {
+    SCALAR_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The kernels' `struct Strides`: elements between batches, heads and rows.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -222,24 +235,41 @@ impl<F: FlashFloat> Operation<FusionCubeRuntime<CudaRuntime>> for Rope<F> {
             dim: dim as i32,
         };
         let kernels = kernels(x.device.index).expect("built before the op was registered");
-        let kernel = if self.backward {
-            kernels.backward
+        let (scalar, wide) = if self.backward {
+            (kernels.backward, kernels.wide_backward)
         } else {
-            kernels.forward
+            (kernels.forward, kernels.wide_forward)
         };
-        let function = kernel.of(x.dtype);
-        let threads = batch * heads * seq * (dim / 2);
-        if threads > 0 {
-            let blocks = threads.div_ceil(THREADS as usize) as u32;
+        let (scalar, wide) = (scalar.of(x.dtype), wide.of(x.dtype));
+        let pairs = batch * heads * seq * (dim / 2);
+        // Elements in a 16-byte piece: the wide kernel needs every row start, half-row
+        // and table row to be whole pieces (pointers are checked at launch).
+        let piece = 16 / x.dtype.size();
+        let whole = |s: &Strides| {
+            [s.batch, s.head, s.row]
+                .iter()
+                .all(|v| v % piece as i64 == 0)
+        };
+        let wide_fits =
+            (dim / 2) % piece == 0 && whole(&xs) && whole(&os) && pairs / piece < i32::MAX as usize;
+        if pairs > 0 {
             let buffers = [&x, &cos, &sin, &out]
                 .map(|t| t.handle.clone().binding())
                 .to_vec();
             launch(&x, buffers, move |p, stream| {
+                let aligned = p.iter().all(|pointer| pointer % 16 == 0);
+                let (function, threads) = if wide_fits && aligned && !scalar_only() {
+                    (wide, pairs / piece)
+                } else {
+                    (scalar, pairs)
+                };
+                let blocks = threads.div_ceil(THREADS as usize) as u32;
                 let mut args = Args::default();
                 args.push(p[0]).push(xs).push(p[1]).push(p[2]).push(p[3]);
                 args.push(os).push(shape);
-                // SAFETY: the arguments follow `rope_forward` / `rope_backward`'s
-                // parameters; the buffers are held until the kernel ends.
+                // SAFETY: the arguments follow the rope kernels' shared parameters; the
+                // buffers are held until the kernel ends; the wide kernel only runs
+                // where its pieces are whole and aligned (checked above).
                 unsafe { args.launch(function, (blocks, 1), THREADS, 0, stream) };
             });
         }
@@ -354,6 +384,52 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The wide kernels (16 bytes of pairs a thread) give the bits of the pair-a-thread
+    /// kernels, forward and backward, bf16 and f32, on the model's head-transposed view.
+    #[test]
+    fn the_wide_rope_kernels_give_the_scalar_kernels_bits() {
+        if let Some(reason) = no_gpu() {
+            eprintln!("skipped the_wide_rope_kernels_give_the_scalar_kernels_bits: {reason}");
+            return;
+        }
+        let device = Default::default();
+        let [batch, seq, heads, dim] = [2, 37, 3, 64];
+        for dtype in [DType::BF16, DType::F32] {
+            let random = |shape: [usize; 4], spread: f64| {
+                Tensor::<I, 4>::random(shape, Distribution::Normal(0.0, spread), &device)
+                    .cast(dtype)
+            };
+            let projected = random([batch, seq, heads, dim], 2.0);
+            let (cos, sin) = (random([1, 1, seq, dim], 0.7), random([1, 1, seq, dim], 0.7));
+            let dy = random([batch, heads, seq, dim], 1.0);
+            let run = |scalar: bool| {
+                SCALAR_ONLY.store(scalar, std::sync::atomic::Ordering::Relaxed);
+                let p = Tensor::<B, 4>::from_inner(projected.clone()).require_grad();
+                let (c, s) = (
+                    Tensor::<B, 4>::from_inner(cos.clone()),
+                    Tensor::<B, 4>::from_inner(sin.clone()),
+                );
+                let out = rotate::<burn::tensor::bf16, NoCheckpointing>(
+                    p.clone().swap_dims(1, 2),
+                    &c,
+                    &s,
+                );
+                let grads = (out.clone() * Tensor::<B, 4>::from_inner(dy.clone()))
+                    .sum()
+                    .backward();
+                let bits =
+                    |t: Tensor<I, 4>| read(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let result = (bits(out.inner()), bits(p.grad(&grads).unwrap()));
+                SCALAR_ONLY.store(false, std::sync::atomic::Ordering::Relaxed);
+                result
+            };
+            let (wide_out, wide_grad) = run(false);
+            let (scalar_out, scalar_grad) = run(true);
+            assert!(wide_out == scalar_out, "{dtype:?}: outputs differ");
+            assert!(wide_grad == scalar_grad, "{dtype:?}: gradients differ");
         }
     }
 }

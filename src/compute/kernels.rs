@@ -581,7 +581,7 @@ mod cuda {
 
     use super::*;
     use crate::compute::flash_attention;
-    use crate::compute::{attention, cross_entropy, cuda_loss, cuda_norm, cuda_rope};
+    use crate::compute::{attention, cross_entropy, cuda_loss, cuda_norm, cuda_rope, cuda_swiglu};
     use crate::compute::{fused_swiglu, gemm};
     use crate::compute::{lora_product, Matmul};
     use burn::backend::Cuda;
@@ -828,6 +828,10 @@ mod cuda {
         ) -> Result<Tensor<Self, 3>, Pair<Self, 3>> {
             if !current().fused_swiglu {
                 return Err((gate, up));
+            }
+            if current().cuda_fused_swiglu && cuda_swiglu::supports(&gate, &up, gate.device().index)
+            {
+                return Ok(cuda_swiglu::gate::<F, C>(gate, up));
             }
             Ok(fused_swiglu::gate::<Cuda<F>, C>(gate, up))
         }

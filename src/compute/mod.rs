@@ -42,9 +42,13 @@ pub mod cuda_loss;
 #[cfg(feature = "cuda")]
 pub mod cuda_norm;
 #[cfg(feature = "cuda")]
+pub mod cuda_op;
+#[cfg(feature = "cuda")]
 pub mod cuda_rope;
 #[cfg(feature = "cuda")]
 pub mod cuda_stream;
+#[cfg(feature = "cuda")]
+pub mod cuda_swiglu;
 #[cfg(feature = "cuda")]
 pub mod dequantize;
 pub mod devices;
@@ -274,6 +278,11 @@ pub struct ComputeSection {
     /// op by op, as graft computed it before).
     #[serde(default = "default_true")]
     pub cuda_fused_rope: bool,
+    /// On CUDA, SwiGLU's gating in one kernel of graft's each way, the sigmoid from a
+    /// fast exponential (`compute::cuda_swiglu`; false: the fused node over burn's ops,
+    /// as graft computed it before).
+    #[serde(default = "default_true")]
+    pub cuda_fused_swiglu: bool,
     /// The token loss with its rows in one parallel kernel where the backend has one
     /// (the CPU; false: the loss node over burn's ops, as graft computed it before).
     #[serde(default = "default_true")]
@@ -314,7 +323,7 @@ impl Default for ComputeSection {
 /// Execution keys added after executions began to be recorded, with the value that
 /// computes as graft did before the key existed: an execution whose record lacks one
 /// ran that way, so reading the record (and resuming or reproducing it) takes it.
-pub const LATER_KEYS: [(&str, bool); 7] = [
+pub const LATER_KEYS: [(&str, bool); 8] = [
     ("fused_norm", false),
     ("fused_loss", false),
     ("vector_exp", false),
@@ -322,6 +331,7 @@ pub const LATER_KEYS: [(&str, bool); 7] = [
     ("cuda_fused_norm", false),
     ("cuda_accumulate", false),
     ("cuda_fused_rope", false),
+    ("cuda_fused_swiglu", false),
 ];
 
 /// The keys of [`ComputeSection`] that enter the recipe; the others are recorded on
@@ -530,6 +540,7 @@ impl Compute {
             fused_norm: o.fused_norm,
             cuda_fused_norm: o.cuda_fused_norm,
             cuda_fused_rope: o.cuda_fused_rope,
+            cuda_fused_swiglu: o.cuda_fused_swiglu,
             fused_loss: o.fused_loss,
             cuda_fused_loss: o.cuda_fused_loss,
             vector_exp: o.vector_exp,

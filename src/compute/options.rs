@@ -23,6 +23,7 @@ pub struct KernelOptions {
     pub fused_norm: bool,
     pub cuda_fused_norm: bool,
     pub cuda_fused_rope: bool,
+    pub cuda_fused_swiglu: bool,
     pub fused_loss: bool,
     pub cuda_fused_loss: bool,
     pub vector_exp: bool,
