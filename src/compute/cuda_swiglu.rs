@@ -107,10 +107,10 @@ impl<F: FlashFloat> Backward<Cuda<F>, 2> for SwigluBackward<F> {
     }
 }
 
-/// Elements, and blocks for one 16-byte piece a thread.
-fn launch_shape(tensors: &[&CubeTensor<CudaRuntime>]) -> (i64, u32) {
-    let n = tensors[0].meta.shape().iter().product::<usize>();
-    let piece = 16 / tensors[0].dtype.size();
+/// `t`'s elements, and blocks for one 16-byte piece of them a thread.
+fn launch_shape(t: &CubeTensor<CudaRuntime>) -> (i64, u32) {
+    let n = t.meta.shape().iter().product::<usize>();
+    let piece = 16 / t.dtype.size();
     let blocks = n.div_ceil(piece).div_ceil(THREADS as usize) as u32;
     (n as i64, blocks)
 }
@@ -128,7 +128,7 @@ fn forward<F: FlashFloat>(g: &CudaFusionTensor, u: &CudaFusionTensor) -> CudaFus
             let out = &outputs[0];
             let kernels = kernels(g.device.index).expect("built before the op was registered");
             let function = kernels.forward.of(g.dtype);
-            let (n, blocks) = launch_shape(&[g, u, out]);
+            let (n, blocks) = launch_shape(g);
             let buffers = [g, u, out].map(|t| t.handle.clone().binding()).to_vec();
             launch(g, buffers, move |p, stream| {
                 let wide = p.iter().all(|pointer| pointer % 16 == 0);
@@ -167,7 +167,7 @@ fn backward<F: FlashFloat>(
             );
             let kernels = kernels(g.device.index).expect("built before the op was registered");
             let function = kernels.backward.of(g.dtype);
-            let (n, blocks) = launch_shape(&[g, u, dy, dg, du]);
+            let (n, blocks) = launch_shape(g);
             let buffers = [g, u, dy, dg, du]
                 .map(|t| t.handle.clone().binding())
                 .to_vec();
