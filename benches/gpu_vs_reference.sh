@@ -110,16 +110,24 @@ line_of() {
 }
 
 # GATED=1: start every reference run now; each waits at its gate once warmed up.
-declare -A gate_pid
+declare -A gate_pid=()
 if [ "$GATED" = 1 ]; then
   gates=$LOGS/gates
   rm -rf "$gates"; mkdir -p "$gates"
+  runs=0  # timed runs in all: each row's graft run and its reference runs
+  for config in $CONFIGS; do
+    parse "$config"
+    runs=$((runs + 1))
+    for mode in $modes; do runs=$((runs + 1)); done
+  done
   for config in $CONFIGS; do
     parse "$config"
     for mode in $modes; do
       ref_command "$mode" --gate "$gates/$name-$mode"
-      # A session of its own, so that stopping it stops torch.compile's workers too.
-      setsid timeout $((READY_TIMEOUT + TIMEOUT)) "${ref_cmd[@]}" \
+      # A session of its own, so that stopping it stops torch.compile's workers too (in
+      # this non-interactive script setsid execs in place, so $! is the group's id).
+      # The limit covers the wait at the gate while the rows before it are timed.
+      setsid timeout $((READY_TIMEOUT + TIMEOUT * runs)) "${ref_cmd[@]}" \
         >"$LOGS/ref-$name-$mode.out" 2>"$LOGS/ref-$name-$mode.err" &
       gate_pid[$name-$mode]=$!
       sleep 1
@@ -144,11 +152,18 @@ if [ "$GATED" = 1 ]; then
   done
   # A run still warming up now would share the card with the timed runs: stop it and
   # its process group.
+  stopped=()
   for key in "${!gate_pid[@]}"; do
     if [ ! -f "$gates/$key.ready" ] && kill -0 "${gate_pid[$key]}" 2>/dev/null; then
       echo "not warmed up within READY_TIMEOUT=${READY_TIMEOUT}s" >>"$LOGS/ref-$key.err"
       kill -TERM -- "-${gate_pid[$key]}" 2>/dev/null
+      stopped+=("${gate_pid[$key]}")
     fi
+  done
+  # Nothing is timed until they are gone: 10 s to end, then killed outright.
+  for pid in ${stopped[@]+"${stopped[@]}"}; do
+    for _ in $(seq 10); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- "-$pid" 2>/dev/null
   done
   echo "== warmed up after ${SECONDS}s" >&2
 fi

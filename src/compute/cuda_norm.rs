@@ -13,6 +13,8 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Cuda};
 use burn::tensor::{DType, FloatDType, Shape, Tensor, TensorPrimitive};
+use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::tensor::CubeTensor;
 
 use super::cublas::CudaFusionTensor;
 use super::cuda_kernels::{empty, launch, Args, ByDtype, Function, PerDevice};
@@ -211,11 +213,7 @@ fn input_gradient<F: FlashFloat>(state: &NormState, dy: CudaFusionTensor) -> Cud
             let [x, w, inverse, dy] = inputs else {
                 unreachable!("four inputs")
             };
-            // The kernel reads x and dy as one element type (and w too: `supports`).
-            assert!(
-                dy.dtype == x.dtype,
-                "RMSNorm: the activations and their gradient share one dtype"
-            );
+            assert_same_dtype(x, dy);
             let kernels = kernels(x.device.index).expect("built before the op was registered");
             let function = kernels.backward.of(x.dtype);
             let buffers = [x, w, inverse, dy, &outputs[0]]
@@ -251,6 +249,7 @@ fn weight_gradient<F: FlashFloat>(
             let [x, inverse, dy] = inputs else {
                 unreachable!("three inputs")
             };
+            assert_same_dtype(x, dy);
             let kernels = kernels(x.device.index).expect("built before the op was registered");
             let (partials_fn, sum_fn) = (kernels.weight_partials.of(x.dtype), kernels.weight_sum);
             let partials = empty(x, Shape::from(vec![chunks, width]), DType::F32);
@@ -284,6 +283,14 @@ fn weight_gradient<F: FlashFloat>(
         },
     );
     out.pop().expect("dw")
+}
+
+/// The kernels read x and dy as one element type (and w too: `supports` checked it).
+fn assert_same_dtype(x: &CubeTensor<CudaRuntime>, dy: &CubeTensor<CudaRuntime>) {
+    assert!(
+        dy.dtype == x.dtype,
+        "RMSNorm: the activations and their gradient share one dtype"
+    );
 }
 
 /// Blocks for one warp a row.
