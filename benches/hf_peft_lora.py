@@ -46,6 +46,15 @@ PRESETS = {
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def taken(lock_file):
+    """Whether this process now holds `lock_file` (it did not wait for it)."""
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 @contextlib.contextmanager
 def warm_up_turn(folder, compiled):
     """Holds this run's turn to warm up: alone if eager, one of two if compiled."""
@@ -54,17 +63,8 @@ def warm_up_turn(folder, compiled):
         if compiled:
             slots = [stack.enter_context(open(os.path.join(folder, f"compile-{i}.lock"), "w"))
                      for i in range(2)]
-            while True:
-                try:
-                    fcntl.flock(slots[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    pass
-                try:
-                    fcntl.flock(slots[1], fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    time.sleep(0.5)
+            while not any(taken(slot) for slot in slots):
+                time.sleep(0.5)
             fcntl.flock(card, fcntl.LOCK_SH)
         else:
             fcntl.flock(card, fcntl.LOCK_EX)

@@ -1,5 +1,5 @@
-// Element helpers the row kernels share (cuda_loss.cu, cuda_norm.cu, cuda_rope.cu),
-// prepended to each source before NVRTC compiles it. bf16 travels as its 16 bits in an
+// Element helpers graft's kernels share (cuda_loss.cu, cuda_norm.cu, cuda_rope.cu,
+// cuda_swiglu.cu, dequantize.cu), prepended to each source before NVRTC compiles it. bf16 travels as its 16 bits in an
 // unsigned short; every kernel computes in f32.
 
 __device__ __forceinline__ float to_float(unsigned short h) { return __uint_as_float(((unsigned)h) << 16); }
@@ -55,3 +55,18 @@ __device__ __forceinline__ void store_vec(unsigned short* p, const float* v) {
 __device__ __forceinline__ void store_vec(float* p, const float* v) {
     *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
 }
+
+#define LOG2E 1.4426950408889634f
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+// 2^x, flushing subnormal results to zero: one MUFU.EX2.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// exp(d) as 2^(d log2 e). The argument is formed first, in f32, so that it loses no
+// more than its own rounding (the loss passes a difference of logits).
+__device__ __forceinline__ float exp_of(float d) { return fast_exp2(d * LOG2E); }

@@ -15,20 +15,6 @@
 // Every sum runs in an order fixed by the shape alone, so a launch repeats to the bit.
 
 #define THREADS 256
-#define LOG2E 1.4426950408889634f
-
-__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
-
-// 2^x, flushing subnormal results to zero: one MUFU.EX2.
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// exp(d) as 2^(d log2 e). The difference d is taken first, in f32, so that logits far
-// from zero lose no more than the difference's own rounding.
-__device__ __forceinline__ float exp_of(float d) { return fast_exp2(d * LOG2E); }
 
 // Running (max, sum of exp(x - max)), with a new chunk's values folded in.
 struct Running {

@@ -8,20 +8,16 @@
 //! the forward reads the logits once and the backward reads them and writes their
 //! gradient once, one block a row.
 
-use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 use burn::backend::Cuda;
-use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Int, Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
-use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::{CubeBackend, FloatElement};
-use burn_fusion::stream::{Operation, OperationStreams};
-use burn_fusion::FusionRuntime;
+use burn_cubecl::FloatElement;
 
 use super::cross_entropy::LossKernels;
 use super::cublas::CudaFusionTensor;
-use super::cuda_kernels::{empty, launch, Args, ByDtype, Function, PerDevice};
-use super::cuda_stream;
+use super::cuda_kernels::{launch, Args, ByDtype, Function, PerDevice};
+use super::cuda_op::register_op;
 
 const SOURCE: &str = concat!(
     include_str!("cuda_elements.cuh"),
@@ -29,9 +25,6 @@ const SOURCE: &str = concat!(
 );
 /// Threads per block (`THREADS` in the source).
 const THREADS: u32 = 256;
-
-type Cube<F> = CubeBackend<CudaRuntime, F, i32, u8>;
-type Handles = HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>;
 
 struct Kernels {
     rows: ByDtype,
@@ -88,31 +81,29 @@ fn rows<F: FloatElement>(
     targets: &Tensor<Cuda<F>, 2, Int>,
     weights: &Tensor<Cuda<F>, 2>,
 ) -> (Tensor<Cuda<F>, 2>, Tensor<Cuda<F>, 2>) {
-    cuda_stream::check_earlier_failure();
     let [rows, vocab] = logits.dims();
-    let inputs = [
+    let inputs = vec![
         float(logits),
         targets.clone().into_primitive(),
         float(weights),
     ];
-    let client = inputs[0].client.clone();
-    let streams = OperationStreams::with_inputs(inputs.iter());
-    let column = || {
-        TensorIr::uninit(
-            client.create_empty_handle(),
-            Shape::from(vec![rows, 1]),
-            DType::F32,
-        )
-    };
-    let outputs = [column(), column()];
-    let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
-    let desc = CustomOpIr::new("graft_loss_rows", &inputs, &outputs);
-    let op = LossRows::<F> {
-        desc: desc.clone(),
-        vocab,
-        _float: std::marker::PhantomData,
-    };
-    let mut out = client.register(streams, OperationIr::Custom(desc), op);
+    let column = (vec![rows, 1], DType::F32);
+    let mut out = register_op::<F>(
+        "graft_loss_rows",
+        inputs,
+        vec![column.clone(), column],
+        move |inputs, outputs| {
+            let [logits, targets, weights] = inputs else {
+                unreachable!("three inputs")
+            };
+            let [lse, terms] = outputs else {
+                unreachable!("two outputs")
+            };
+            let kernels = kernels(logits.device.index).expect("built before the op was registered");
+            let function = kernels.rows.of(logits.dtype);
+            launch_rows(function, [logits, targets, weights, lse, terms], vocab);
+        },
+    );
     let terms = out.pop().expect("terms");
     let lse = out.pop().expect("lse");
     (wrap(lse), wrap(terms))
@@ -124,33 +115,32 @@ fn gradient<F: FloatElement>(
     targets: Tensor<Cuda<F>, 2, Int>,
     row_weight: Tensor<Cuda<F>, 2>,
 ) -> Tensor<Cuda<F>, 2> {
-    cuda_stream::check_earlier_failure();
     let [rows, vocab] = logits.dims();
     let dtype = logits.dtype();
-    let inputs = [
+    let inputs = vec![
         float(&logits),
         float(&lse),
         targets.into_primitive(),
         float(&row_weight),
     ];
-    let client = inputs[0].client.clone();
-    let streams = OperationStreams::with_inputs(inputs.iter());
-    let output = TensorIr::uninit(
-        client.create_empty_handle(),
-        Shape::from(vec![rows, vocab]),
-        dtype,
+    let mut out = register_op::<F>(
+        "graft_loss_gradient",
+        inputs,
+        vec![(vec![rows, vocab], dtype)],
+        move |inputs, outputs| {
+            let [logits, lse, targets, row_weight] = inputs else {
+                unreachable!("four inputs")
+            };
+            let kernels = kernels(logits.device.index).expect("built before the op was registered");
+            let function = kernels.gradient.of(logits.dtype);
+            launch_rows(
+                function,
+                [logits, lse, targets, row_weight, &outputs[0]],
+                vocab,
+            );
+        },
     );
-    let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
-    let desc = CustomOpIr::new("graft_loss_gradient", &inputs, &[output]);
-    let op = LossGradient::<F> {
-        desc: desc.clone(),
-        vocab,
-        _float: std::marker::PhantomData,
-    };
-    let out = client
-        .register(streams, OperationIr::Custom(desc), op)
-        .output();
-    wrap(out)
+    wrap(out.pop().expect("gradient"))
 }
 
 /// Launches `function` (`loss_rows` or `loss_gradient`: five buffers, then the
@@ -174,68 +164,6 @@ fn launch_rows(function: Function, tensors: [&CubeTensor<CudaRuntime>; 5], vocab
         // the kernel ends (cuda_kernels::launch).
         unsafe { args.launch(function, (rows, 1), THREADS, 0, stream) };
     });
-}
-
-#[derive(Debug)]
-struct LossRows<F> {
-    desc: CustomOpIr,
-    vocab: usize,
-    _float: std::marker::PhantomData<F>,
-}
-
-impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for LossRows<F> {
-    fn execute(&self, handles: &mut Handles) {
-        let contiguous = burn_cubecl::kernel::into_contiguous::<CudaRuntime>;
-        let [logits, targets, weights] = &self.desc.inputs[..] else {
-            unreachable!("three inputs")
-        };
-        let logits = contiguous(handles.get_float_tensor::<Cube<F>>(logits));
-        let targets = contiguous(handles.get_int_tensor::<Cube<F>>(targets));
-        let weights = contiguous(handles.get_float_tensor::<Cube<F>>(weights));
-        let outputs: Vec<CubeTensor<CudaRuntime>> = self
-            .desc
-            .outputs
-            .iter()
-            .map(|ir| empty(&logits, ir.shape.clone(), DType::F32))
-            .collect();
-        let kernels = kernels(logits.device.index).expect("built before the op was registered");
-        let function = kernels.rows.of(logits.dtype);
-        let tensors = [&logits, &targets, &weights, &outputs[0], &outputs[1]];
-        launch_rows(function, tensors, self.vocab);
-        for (ir, tensor) in self.desc.outputs.iter().zip(outputs) {
-            handles.register_float_tensor::<Cube<F>>(&ir.id, tensor);
-        }
-    }
-}
-
-#[derive(Debug)]
-struct LossGradient<F> {
-    desc: CustomOpIr,
-    vocab: usize,
-    _float: std::marker::PhantomData<F>,
-}
-
-impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for LossGradient<F> {
-    fn execute(&self, handles: &mut Handles) {
-        let contiguous = burn_cubecl::kernel::into_contiguous::<CudaRuntime>;
-        let [logits, lse, targets, row_weight] = &self.desc.inputs[..] else {
-            unreachable!("four inputs")
-        };
-        let logits = contiguous(handles.get_float_tensor::<Cube<F>>(logits));
-        let lse = contiguous(handles.get_float_tensor::<Cube<F>>(lse));
-        let targets = contiguous(handles.get_int_tensor::<Cube<F>>(targets));
-        let row_weight = contiguous(handles.get_float_tensor::<Cube<F>>(row_weight));
-        let out_ir = &self.desc.outputs[0];
-        let out = empty(&logits, out_ir.shape.clone(), logits.dtype);
-        let kernels = kernels(logits.device.index).expect("built before the op was registered");
-        let function = kernels.gradient.of(logits.dtype);
-        launch_rows(
-            function,
-            [&logits, &lse, &targets, &row_weight, &out],
-            self.vocab,
-        );
-        handles.register_float_tensor::<Cube<F>>(&out_ir.id, out);
-    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,16 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// The n values of p from i as floats: one 16-byte load (n = N) or one element.
+template <class E>
+__device__ __forceinline__ void read_piece(const E* p, long long i, int n, float* v) {
+    if (n == Vec<E>::N) {
+        load(p + i, v);
+    } else {
+        v[0] = to_float(p[i]);
+    }
+}
+
 // Calls f(first index, values, count) over a row in pieces a lane reads: N values at
 // a time where the row is a whole number of 16-byte pieces and aligned, else one.
 template <class E, class F>
@@ -32,13 +42,13 @@ __device__ __forceinline__ void each_piece(const E* row, long long width, bool v
     if (vectorized) {
         for (long long i = (long long)lane * N; i < width; i += 32 * N) {
             float v[N];
-            load(row + i, v);
+            read_piece(row, i, N, v);
             f(i, v, N);
         }
     } else {
         for (long long i = lane; i < width; i += 32) {
             float v[N];
-            v[0] = to_float(row[i]);
+            read_piece(row, i, 1, v);
             f(i, v, 1);
         }
     }
@@ -55,11 +65,7 @@ __device__ __forceinline__ bool aligned(long long width, const void* a, const vo
 // The factors applied to normed elements [i, i + n): w, or Gemma's 1 + w.
 template <class E>
 __device__ __forceinline__ void factors(const E* w, long long i, int n, int plus_one, float* f) {
-    if (n == Vec<E>::N) {
-        load(w + i, f);
-    } else {
-        f[0] = to_float(w[i]);
-    }
+    read_piece(w, i, n, f);
     for (int k = 0; k < n; ++k) f[k] = plus_one ? 1.0f + f[k] : f[k];
 }
 
@@ -120,19 +126,11 @@ __device__ void norm_backward(const E* __restrict__ x, const E* __restrict__ w, 
         factors(w, i, n, plus_one, g);
         for (int k = 0; k < n; ++k) g[k] *= d[k];
     };
-    // The row's values of x at [i, i + n).
-    auto x_at = [&](long long i, int n, float* v) {
-        if (n == N) {
-            load(xr + i, v);
-        } else {
-            v[0] = to_float(xr[i]);
-        }
-    };
     float dot = 0.0f;
     each_piece(dyr, width, vec, lane, [&](long long i, const float* d, int n) {
         float g[N], v[N];
         gradient(i, d, n, g);
-        x_at(i, n, v);
+        read_piece(xr, i, n, v);
         for (int k = 0; k < n; ++k) dot = fmaf(g[k], v[k], dot);
     });
     const float r = inverse[row];
@@ -140,7 +138,7 @@ __device__ void norm_backward(const E* __restrict__ x, const E* __restrict__ w, 
     each_piece(dyr, width, vec, lane, [&](long long i, const float* d, int n) {
         float g[N], v[N];
         gradient(i, d, n, g);
-        x_at(i, n, v);
+        read_piece(xr, i, n, v);
         for (int k = 0; k < n; ++k) g[k] = r * g[k] - v[k] * pull;
         put(dxr, i, n, g);
     });

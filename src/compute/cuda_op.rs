@@ -1,21 +1,22 @@
 //! A fusion custom op over graft's own CUDA kernels: the inputs made contiguous, fresh
 //! contiguous outputs of the shapes and dtypes asked for, and a launch over them. The
-//! RMSNorm and SwiGLU nodes (`cuda_norm`, `cuda_swiglu`) register their passes as such
-//! ops, so that fusion orders them among burn's own.
+//! token loss, RMSNorm and SwiGLU nodes (`cuda_loss`, `cuda_norm`, `cuda_swiglu`)
+//! register their passes as such ops, so that fusion orders them among burn's own.
+//! Inputs may be float or int tensors (the loss's targets): cubecl keeps both as one
+//! tensor type, read from the handles the same way.
 
 use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use burn::tensor::{DType, Shape};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::CubeBackend;
+use burn_cubecl::{CubeBackend, FloatElement};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::FusionRuntime;
 
 use super::cublas::CudaFusionTensor;
 use super::cuda_kernels::empty;
 use super::cuda_stream;
-use super::kernels::FlashFloat;
 
 type Cube<F> = CubeBackend<CudaRuntime, F, i32, u8>;
 type Handles = HandleContainer<<FusionCubeRuntime<CudaRuntime> as FusionRuntime>::FusionHandle>;
@@ -27,7 +28,7 @@ type KernelFn =
 /// Registers custom op `name` over `inputs` with outputs of these shapes and dtypes;
 /// `kernel` launches over them when fusion runs the op (not at all when the first input
 /// is empty).
-pub fn register_op<F: FlashFloat>(
+pub fn register_op<F: FloatElement>(
     name: &'static str,
     inputs: Vec<CudaFusionTensor>,
     outputs: Vec<(Vec<usize>, DType)>,
@@ -65,7 +66,7 @@ impl<F> std::fmt::Debug for KernelOp<F> {
     }
 }
 
-impl<F: FlashFloat> Operation<FusionCubeRuntime<CudaRuntime>> for KernelOp<F> {
+impl<F: FloatElement> Operation<FusionCubeRuntime<CudaRuntime>> for KernelOp<F> {
     fn execute(&self, handles: &mut Handles) {
         let inputs: Vec<CubeTensor<CudaRuntime>> = self
             .desc

@@ -11,15 +11,10 @@
 // the same bits.
 
 #define THREADS 256
-#define LOG2E 1.4426950408889634f
 
 // 1 / (1 + e^-g): 2^(-g log2 e) flushes to 0 for large g (sigmoid 1) and reaches
 // infinity for very negative g (sigmoid 0), both exact limits.
-__device__ __forceinline__ float sigmoid_of(float g) {
-    float e;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(e) : "f"(-g * LOG2E));
-    return __frcp_rn(1.0f + e);
-}
+__device__ __forceinline__ float sigmoid_of(float g) { return __frcp_rn(1.0f + exp_of(-g)); }
 
 __device__ __forceinline__ float gated(float g, float u) { return g * sigmoid_of(g) * u; }
 

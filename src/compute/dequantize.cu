@@ -10,7 +10,7 @@
 // rounding step by step with no fused multiply-add: a block's scale is
 // map[code] * nested_absmax + offset (double quantization) or the stored f32, and a
 // value is table[code] * scale (NF4) or (byte - 128) * scale (int8), in f32, then
-// rounded to bf16 to nearest even.
+// rounded to bf16 to nearest even (cuda_elements.cuh's round_bf16).
 
 struct Layout {
     long long len;       // values of the weight, out * in
@@ -28,12 +28,6 @@ __device__ __forceinline__ float block_scale(long long b, const float* scales,
     if (l.nested_block == 0) return scales[b];
     const float nested = scales[b / l.nested_block];
     return __fadd_rn(__fmul_rn(scale_map[scale_codes[b]], nested), l.offset);
-}
-
-__device__ __forceinline__ unsigned int to_bf16(float x) {
-    const unsigned int bits = __float_as_uint(x);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (bits >> 16) | 0x40u;  // NaN, kept quiet
-    return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
 }
 
 // pairs: NF4's [256, 2] table (row b holds the values of b >> 4 and b & 15); unused for
@@ -68,14 +62,9 @@ extern "C" __global__ void __launch_bounds__(256)
         if (l.bf16) {
             unsigned short* o = (unsigned short*)out + first;
             if (count == 8 && ((unsigned long long)o & 15) == 0) {
-                uint4 packed;
-                packed.x = to_bf16(v[0]) | (to_bf16(v[1]) << 16);
-                packed.y = to_bf16(v[2]) | (to_bf16(v[3]) << 16);
-                packed.z = to_bf16(v[4]) | (to_bf16(v[5]) << 16);
-                packed.w = to_bf16(v[6]) | (to_bf16(v[7]) << 16);
-                *(uint4*)o = packed;
+                store_vec(o, v);
             } else {
-                for (int k = 0; k < count; k++) o[k] = (unsigned short)to_bf16(v[k]);
+                for (int k = 0; k < count; k++) store(&o[k], v[k]);
             }
         } else {
             float* o = (float*)out + first;

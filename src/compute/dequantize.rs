@@ -27,7 +27,10 @@ use super::cuda_stream;
 use crate::model::quantize::QuantScheme;
 use crate::model::quantized::QuantizedWeight;
 
-const SOURCE: &str = include_str!("dequantize.cu");
+const SOURCE: &str = concat!(
+    include_str!("cuda_elements.cuh"),
+    include_str!("dequantize.cu")
+);
 /// Threads per block (`__launch_bounds__` in the source).
 const THREADS: u32 = 256;
 /// Blocks of a launch at most; each thread loops over the words beyond.
