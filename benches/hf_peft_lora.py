@@ -15,7 +15,10 @@ steps (torch.compile compiles in the first), gives its cached blocks back to the
 driver, writes PREFIX.ready and waits for PREFIX.go. Then it runs two more warm-up
 steps (the allocator grows its cache again) and times its steps exactly as without the
 gate, alone on the card. The workload, the model, the optimizer and what is timed are
-unchanged.
+unchanged. A gated run draws its random weights on the GPU rather than the CPU (the
+same initialisation, other random values): ten runs drawing theirs on 16 host cores at
+once, an 8B model among them, took minutes. It prints on stderr when it was built, when
+its turn came and when it was ready, in seconds since it started.
 
 Turns, through locks in PREFIX's directory: an eager run warms up alone on the card
 (`gpu.lock` held exclusively: its activations are the largest); compiled runs, whose
@@ -23,7 +26,7 @@ warm-up is mostly compilation on the host, two at a time (`compile-0.lock` or
 `compile-1.lock`, with `gpu.lock` shared), which two llama-1b compiled warm-ups' memory
 allows on a 141 GB card beside the waiting runs' weights.
 """
-import argparse, contextlib, fcntl, json, os, time
+import argparse, contextlib, fcntl, json, os, sys, time
 
 PRESETS = {
     # Llama-3.2-1B shapes
@@ -96,7 +99,18 @@ def main():
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     cfg = LlamaConfig(max_position_embeddings=max(a.seq, 2048), rms_norm_eps=1e-5,
                       attn_implementation=a.attn, **PRESETS[a.preset])
-    model = LlamaForCausalLM(cfg).to(device=a.device, dtype=dtype)
+    started = time.perf_counter()
+
+    def say(event):
+        if a.gate:
+            print(f"{event} at {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+
+    with torch.device(a.device) if a.gate else contextlib.nullcontext():
+        model = LlamaForCausalLM(cfg)
+    model = model.to(device=a.device, dtype=dtype)
+    if a.gate:
+        torch.cuda.empty_cache()  # the float32 draw's blocks, before others warm up
+    say("built")
     if a.grad_ckpt:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -124,10 +138,12 @@ def main():
     sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
     if a.gate:
         with warm_up_turn(os.path.dirname(a.gate) or ".", a.compile):
+            say("turn came")
             for _ in range(a.warmup):
                 step()
             sync()
             torch.cuda.empty_cache()
+        say("ready")
         open(a.gate + ".ready", "w").close()
         while not os.path.exists(a.gate + ".go"):
             time.sleep(0.2)
