@@ -11,8 +11,10 @@
 #   CONFIGS="tiny:512:8" STEPS=10 benches/gpu_vs_reference.sh
 #   CONFIGS="llama-1b:32768:1:ckpt" benches/gpu_vs_reference.sh
 #       # a fourth field `ckpt`: activation checkpointing on both sides, per layer
-#       # (graft `--checkpointing layers --keep-projections`: the layers' inputs and
-#       # their projections' outputs kept, the rest recomputed; HF `--grad-ckpt`)
+#       # (graft `$CKPT_ARGS`, by default `--checkpointing layers --keep-projections
+#       # narrow --loss-chunk-tokens 2048`: the layers' inputs, their attention outputs
+#       # and the outputs of the projections that do not widen kept, the rest
+#       # recomputed, the head and loss 2048 tokens at a time; HF `--grad-ckpt`)
 #   REF_ARGS=--compile CONFIGS="llama-1b:2048:4" benches/gpu_vs_reference.sh
 #       # the reference under torch.compile
 #   CONFIGS="llama-1b:2048:4::eager,compile smol-135m:2048:8" GATED=1 benches/gpu_vs_reference.sh
@@ -52,6 +54,7 @@ WARMUP=${WARMUP:-5}
 RANK=${RANK:-16}
 TIMEOUT=${TIMEOUT:-400}
 GRAFT_ARGS=${GRAFT_ARGS:-}
+CKPT_ARGS=${CKPT_ARGS:---checkpointing layers --keep-projections narrow --loss-chunk-tokens 2048}
 REF_ARGS=${REF_ARGS:-}
 REF_MODES=${REF_MODES:-eager}
 GATED=${GATED:-0}
@@ -82,7 +85,7 @@ results=$LOGS/results.jsonl
 parse() {
   IFS=: read -r preset seq batch ckpt modes <<<"$1"
   name="$preset-${seq}x$batch${ckpt:+-ckpt}"
-  graft_ckpt=${ckpt:+--checkpointing layers --keep-projections}
+  graft_ckpt=${ckpt:+$CKPT_ARGS}
   ref_ckpt=${ckpt:+--grad-ckpt}
   ckpt_json=$([ -n "$ckpt" ] && echo true || echo false)
   modes=${modes:-$REF_MODES}

@@ -4,7 +4,7 @@
 
 use super::backend::{BackendKind, Dtype};
 use super::{output, CliError, CliResult, Context};
-use crate::compute::{Checkpointing, Compute, ComputeSection};
+use crate::compute::{Checkpointing, Compute, ComputeSection, KeepProjections};
 use crate::train::bench::{run_bench, BenchConfig, BenchReport, MemorySample};
 
 #[derive(clap::Args, Debug)]
@@ -103,10 +103,13 @@ pub struct TrainArgs {
     /// at a time (`compute.loss_chunk_tokens`; 0: all at once).
     #[arg(long, default_value_t = 0)]
     pub loss_chunk_tokens: u64,
-    /// With `--checkpointing layers`: keep each adapted projection's output for its
-    /// layer's rerun, which then skips the base products (`compute.keep_projections`).
-    #[arg(long, requires = "checkpointing")]
-    pub keep_projections: bool,
+    /// With `--checkpointing layers`: keep adapted projections' outputs for their
+    /// layer's rerun, which then skips their base products (`compute.keep_projections`):
+    /// `all` (the flag alone), `narrow` (those that do not widen their input: all but
+    /// the MLP's gate and up, a third of the memory) or `none`.
+    #[arg(long, requires = "checkpointing", num_args = 0..=1, default_missing_value = "all",
+          value_name = "WHICH")]
+    pub keep_projections: Option<KeepProjections>,
     #[arg(long, value_enum, default_value_t)]
     pub backend: BackendKind,
     /// Compute dtype [default: bf16 on cuda, f32 on cpu].
@@ -160,7 +163,7 @@ fn train(args: TrainArgs) -> CliResult {
             dtype,
             checkpointing,
             loss_chunk_tokens: args.loss_chunk_tokens,
-            keep_projections: args.keep_projections,
+            keep_projections: args.keep_projections.unwrap_or_default(),
             ..Default::default()
         },
     );

@@ -11,9 +11,9 @@
 //! activations; the log-sum-exp is a float a row and head), against a whole layer's
 //! activations that the recomputation saves.
 //!
-//! With `compute.keep_projections` the adapted projections keep their outputs too, so
-//! the rerun runs none of their base products (more memory held until each layer is
-//! rerun).
+//! With `compute.keep_projections` the adapted projections it names keep their outputs
+//! too, so the rerun runs none of their base products (more memory held until each
+//! layer is rerun; [`super::keep_projections`] says which).
 //!
 //! The nodes offer their outputs while this thread is keeping, grouped by layer
 //! ([`Kept::next_layer`]); while it is replaying, each rerun layer ([`Kept::rerun_layer`],
@@ -22,6 +22,7 @@
 //! this never changes a result; a node that finds nothing kept (another path, another
 //! shape) computes as it always does.
 
+use super::KeepProjections;
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -37,8 +38,8 @@ struct Stash {
     current: VecDeque<Box<dyn Any>>,
     /// How many kept outputs were taken since keeping began.
     taken: usize,
-    /// Whether adapted projections offer their outputs too (`compute.keep_projections`).
-    projections: bool,
+    /// Which adapted projections offer their outputs too (`compute.keep_projections`).
+    projections: KeepProjections,
 }
 
 #[derive(Clone, Copy, Default, PartialEq)]
@@ -68,9 +69,10 @@ pub fn keep() -> Kept {
 pub struct Kept(std::marker::PhantomData<*const ()>);
 
 impl Kept {
-    /// Adapted projections keep their outputs too, not only attention.
-    pub fn with_projections(self) -> Self {
-        STASH.with(|stash| stash.borrow_mut().projections = true);
+    /// The adapted projections `which` selects keep their outputs too, not only
+    /// attention.
+    pub fn with_projections(self, which: KeepProjections) -> Self {
+        STASH.with(|stash| stash.borrow_mut().projections = which);
         self
     }
 
@@ -110,11 +112,14 @@ pub fn keeping() -> bool {
     STASH.with(|stash| stash.borrow().mode == Mode::Keeping)
 }
 
-/// Whether an untracked adapted projection should offer its output now.
-pub fn keeping_projections() -> bool {
+/// Whether an adapted projection from `in_features` to `out_features` keeps its
+/// output on this thread: an untracked one offers it while keeping, a tracked one
+/// takes it while replaying. The same answer on both passes, so a projection that kept
+/// nothing never takes another's output of its shape.
+pub fn keeps_projection(in_features: usize, out_features: usize) -> bool {
     STASH.with(|stash| {
         let stash = stash.borrow();
-        stash.mode == Mode::Keeping && stash.projections
+        stash.mode != Mode::Off && stash.projections.keeps(in_features, out_features)
     })
 }
 

@@ -94,11 +94,12 @@ fn forward_or_kept<I: Kernels, Op, C: CheckpointStrategy, const N: usize>(
 where
     Op: Backward<I, N, State = LoraProjectionState<I>>,
 {
-    let [rows, _] = x_in.dims();
+    let [rows, in_features] = x_in.dims();
     let width = adapter[1].dims()[1];
     let device = x_in.device();
     let tracked = matches!(prepared, OpsKind::Tracked(_));
-    let kept = tracked
+    let keeps = kept_attention::keeps_projection(in_features, width);
+    let kept = (tracked && keeps)
         .then(|| {
             kept_attention::take(|kept: &KeptProjection<I>| {
                 kept.0.dims() == [rows, width] && kept.0.device() == device
@@ -111,7 +112,7 @@ where
     }
     let (out, state) = forward(x_in, Some(base()), adapter, scale, branch);
     let out = out.expect("computed from the base");
-    if !tracked && kept_attention::keeping_projections() {
+    if !tracked && keeps && kept_attention::keeping() {
         kept_attention::offer(KeptProjection(out.clone()));
     }
     (out, state)
@@ -351,6 +352,7 @@ fn backward<I: Kernels>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::KeepProjections;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::tensor::Distribution;
 
@@ -508,7 +510,8 @@ mod tests {
 
     /// In a layer's rerun the node takes the output its untracked first pass kept (with
     /// `compute.keep_projections`) and gives the same output and gradients bit for bit
-    /// as computing; without projections kept it computes.
+    /// as computing; without projections kept, or with `narrow` for a projection that
+    /// widens its input, it computes.
     #[test]
     fn a_rerun_takes_the_kept_projection_output() {
         use super::super::flex_values::bits;
@@ -517,59 +520,57 @@ mod tests {
         let random = |shape: [usize; 2]| {
             Tensor::<Inner, 2>::random(shape, Distribution::Normal(0.0, 1.0), &device)
         };
-        let (x, w, a, b) = (
-            random([5, 6]),
-            random([6, 7]),
-            random([6, 2]),
-            random([2, 7]),
-        );
-        let project = |tracked: bool| {
-            let x = Tensor::<B, 2>::from_inner(x.clone());
-            let (a, b) = (
-                Tensor::<B, 2>::from_inner(a.clone()),
-                Tensor::<B, 2>::from_inner(b.clone()),
+        // One projection that widens its input (6 -> 7) and one that narrows it (6 -> 4).
+        for out_features in [7, 4] {
+            let (x, w, a, b) = (
+                random([5, 6]),
+                random([6, out_features]),
+                random([6, 2]),
+                random([2, out_features]),
             );
-            let (x, a, b) = if tracked {
-                (x.require_grad(), a.require_grad(), b.require_grad())
-            } else {
-                (x, a, b)
+            let project = |tracked: bool| {
+                let x = Tensor::<B, 2>::from_inner(x.clone());
+                let (a, b) = (
+                    Tensor::<B, 2>::from_inner(a.clone()),
+                    Tensor::<B, 2>::from_inner(b.clone()),
+                );
+                let (x, a, b) = if tracked {
+                    (x.require_grad(), a.require_grad(), b.require_grad())
+                } else {
+                    (x, a, b)
+                };
+                let w = Tensor::<B, 2>::from_inner(w.clone());
+                let out = lora_projection_autodiff::<Inner, NoCheckpointing>(
+                    x.clone(),
+                    w,
+                    a.clone(),
+                    b.clone(),
+                    0.5,
+                    DType::F32,
+                );
+                if !tracked {
+                    return (bits(out.inner()), Vec::new());
+                }
+                let grads = (out.clone() * out.clone()).sum().backward();
+                let grad = |t: &Tensor<B, 2>| bits(t.grad(&grads).unwrap());
+                (bits(out.inner()), [grad(&x), grad(&a), grad(&b)].concat())
             };
-            let w = Tensor::<B, 2>::from_inner(w.clone());
-            let out = lora_projection_autodiff::<Inner, NoCheckpointing>(
-                x.clone(),
-                w,
-                a.clone(),
-                b.clone(),
-                0.5,
-                DType::F32,
-            );
-            if !tracked {
-                return (bits(out.inner()), Vec::new());
+            let computed = project(true);
+            for (which, takes) in [
+                (KeepProjections::All, true),
+                (KeepProjections::Narrow, out_features < 6),
+                (KeepProjections::None, false),
+            ] {
+                let kept = kept_attention::keep().with_projections(which);
+                kept.next_layer();
+                let first = project(false);
+                kept.replay();
+                kept.rerun_layer();
+                let replayed = project(true);
+                assert_eq!(kept.taken(), takes as usize, "taken with {which:?} kept");
+                assert_eq!(first.0, computed.0);
+                assert_eq!(replayed, computed);
             }
-            let grads = (out.clone() * out.clone()).sum().backward();
-            let grad = |t: &Tensor<B, 2>| bits(t.grad(&grads).unwrap());
-            (bits(out.inner()), [grad(&x), grad(&a), grad(&b)].concat())
-        };
-        let computed = project(true);
-        for projections in [true, false] {
-            let kept = kept_attention::keep();
-            let kept = if projections {
-                kept.with_projections()
-            } else {
-                kept
-            };
-            kept.next_layer();
-            let first = project(false);
-            kept.replay();
-            kept.rerun_layer();
-            let replayed = project(true);
-            assert_eq!(
-                kept.taken(),
-                projections as usize,
-                "taken with projections kept"
-            );
-            assert_eq!(first.0, computed.0);
-            assert_eq!(replayed, computed);
         }
     }
 

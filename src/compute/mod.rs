@@ -62,6 +62,7 @@ pub mod fused_swiglu;
 pub mod gemm;
 pub mod grad_sum;
 pub mod host_memory;
+pub mod keep_projections;
 pub mod kept_attention;
 pub mod kernels;
 pub mod lora_product;
@@ -73,6 +74,7 @@ pub mod resident;
 pub use cpu_vectors::CpuVectors;
 pub use devices::Devices;
 pub use dispatch::ComputeError;
+pub use keep_projections::KeepProjections;
 pub mod options;
 
 pub use options::KernelOptions;
@@ -228,11 +230,12 @@ pub struct ComputeSection {
     /// `none` | `balanced` | `layers`: recompute activations in the backward pass.
     #[serde(default)]
     pub checkpointing: Checkpointing,
-    /// With `checkpointing = "layers"`: each adapted projection's output is kept from
-    /// the first pass for the layer's rerun, which then skips the projections' base
-    /// products (the same values; more memory held until each layer is rerun).
+    /// With `checkpointing = "layers"`: adapted projections' outputs kept from the
+    /// first pass for the layer's rerun, which then skips their base products (the
+    /// same values; more memory held until each layer is rerun): `false`, `true` (all)
+    /// or `"narrow"` (those that do not widen their input; [`keep_projections`]).
     #[serde(default)]
-    pub keep_projections: bool,
+    pub keep_projections: KeepProjections,
     /// The head and the loss run over this many tokens at a time, each its own
     /// backward pass, so the `[tokens, vocab]` logits and their gradient are never
     /// whole (0: all tokens in one pass, inside the step's one backward pass). The gradient
@@ -364,7 +367,7 @@ impl ComputeSection {
         if self.base == BaseStorage::Bf16 && self.dtype != Dtype::Bf16 {
             return Err("compute.base = \"bf16\" needs compute.dtype = \"bf16\" (a bf16 base is the bf16 dtype's): set both, or compute.base = \"dtype\"".into());
         }
-        if self.keep_projections && self.checkpointing != Checkpointing::Layers {
+        if self.keep_projections.any() && self.checkpointing != Checkpointing::Layers {
             return Err("compute.keep_projections keeps outputs for a layer's rerun: it needs compute.checkpointing = \"layers\"".into());
         }
         if self.cublas_min_macs == 0 || self.attention_block_elements == 0 {

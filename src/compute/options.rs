@@ -6,7 +6,7 @@
 //! caller's value can reach. Every command that computes installs its value first, so
 //! what a kernel reads is always what the execution record says.
 
-use super::{Attention, LoraBranch, Matmul};
+use super::{Attention, KeepProjections, LoraBranch, Matmul};
 use std::sync::RwLock;
 
 /// The kernel alternatives of one execution.
@@ -28,8 +28,8 @@ pub struct KernelOptions {
     pub cuda_fused_loss: bool,
     pub vector_exp: bool,
     pub recompute_layers: bool,
-    /// Adapted projections' outputs kept for their layer's rerun.
-    pub keep_projections: bool,
+    /// Which adapted projections' outputs are kept for their layer's rerun.
+    pub keep_projections: KeepProjections,
     /// Tokens per part of the staged head and loss (0: whole).
     pub loss_chunk_tokens: usize,
     pub fused_adamw: bool,

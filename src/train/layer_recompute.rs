@@ -58,12 +58,8 @@ fn staged<B: TrainKernels>(
     let mut x = model.embed(tensors.inputs.clone()).detach();
     // Each layer's attention output (and, with `compute.keep_projections`, its
     // projections' outputs), kept for its rerun (see `kept_attention`).
-    let kept = crate::compute::kept_attention::keep();
-    let kept = if crate::compute::options::current().keep_projections {
-        kept.with_projections()
-    } else {
-        kept
-    };
+    let kept = crate::compute::kept_attention::keep()
+        .with_projections(crate::compute::options::current().keep_projections);
     for (i, layer) in layers.iter().enumerate() {
         let (cos, sin) = tables.of_layer(i);
         kept.next_layer();

@@ -372,6 +372,24 @@ fn per_layer_recomputation_trains_bit_for_bit_as_keeping_every_activation() {
         ) && kept.contains("checkpoint ids identical"),
         "{kept}"
     );
+    // Only the projections that do not widen (q, k, v, o and down share shapes, gate
+    // and up computed again): each rerun node takes its own output, the same checkpoints.
+    let work = workspace();
+    let narrow = train_then_reproduce(
+        work.path(),
+        "a.toml",
+        &[],
+        &[
+            "compute.checkpointing=layers",
+            "compute.keep_projections=narrow",
+        ],
+    );
+    assert!(
+        narrow.contains(
+            "compute.keep_projections differs: false in the original execution, narrow in this one"
+        ) && narrow.contains("checkpoint ids identical"),
+        "{narrow}"
+    );
     // Without per-layer recomputation there is no rerun to keep them for: refused by key.
     let refused = run_in(
         work.path(),
