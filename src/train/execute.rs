@@ -413,10 +413,8 @@ pub fn execute<B: TrainKernels>(
             let eval_due =
                 !eval_sets.is_empty() && (step % settings.train.eval_every.max(1) == 0 || last);
             let checkpoint_due = step % settings.train.checkpoint_every.max(1) == 0 || last;
-            if eval_due || checkpoint_due {
-                record_time += log_steps(pending.read(), recorder, events)?;
-            } else if pending.due() {
-                record_time += log_steps(pending.read_settled(), recorder, events)?;
+            if eval_due || checkpoint_due || pending.due() {
+                record_time += log_steps(&mut pending, recorder, events)?;
             }
 
             let mut metrics = BTreeMap::new();
@@ -504,7 +502,7 @@ pub fn execute<B: TrainKernels>(
             }
             if step < total && events.should_stop() {
                 if !checkpoint_due {
-                    record_time += log_steps(pending.read(), recorder, events)?;
+                    record_time += log_steps(&mut pending, recorder, events)?;
                     let id = interrupt::save(
                         recorder,
                         &model,
@@ -681,15 +679,15 @@ fn mix_seed(seed: u64, step: u64) -> u64 {
     u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or([0; 8]))
 }
 
-/// Records steps read back; fails on the first non-finite loss (nothing after it was
-/// checkpointed: every checkpoint is preceded by a read of every step).
-fn log_steps(
-    read: Vec<step::LoggedStep>,
+/// Reads the pending steps back and records them; fails on the first non-finite loss
+/// (nothing after it was checkpointed: every checkpoint is preceded by a read).
+fn log_steps<I: Backend>(
+    pending: &mut step::PendingSteps<I>,
     recorder: &mut dyn Recorder,
     events: &mut dyn Events,
 ) -> Result<Duration, TrainError> {
     let mut record_time = Duration::ZERO;
-    for logged in read {
+    for logged in pending.read() {
         let mut loss = logged.loss;
         if crate::store::faults::nan_loss_step() == Some(logged.step) {
             loss = f64::NAN;

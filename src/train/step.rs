@@ -149,10 +149,9 @@ pub struct LoggedStep {
 }
 
 /// Steps whose losses and norms have not been read back yet. The trainer reads them
-/// at most every [`PendingSteps::READ_INTERVAL`], all but the newest
-/// ([`PendingSteps::read_settled`]), and every one before an evaluation, a checkpoint
-/// or the end, so no checkpoint is written after a step whose loss was not seen.
-/// Reading changes no value, so where the reads fall does not change a result.
+/// at most every [`PendingSteps::READ_INTERVAL`], and always before an evaluation, a
+/// checkpoint or the end, so no checkpoint is written after a step whose loss was not
+/// seen. Reading changes no value, so where the reads fall does not change a result.
 pub struct PendingSteps<I: Backend> {
     steps: Vec<Pending<I>>,
     window_started: Instant,
@@ -202,23 +201,9 @@ impl<I: Backend> PendingSteps<I> {
         });
     }
 
-    /// Whether the steps before the newest have waited long enough to be read.
+    /// Whether the results have waited long enough to be read.
     pub fn due(&self) -> bool {
-        self.steps.len() > 1 && self.window_started.elapsed() >= Self::READ_INTERVAL
-    }
-
-    /// Reads back every pending step but the newest, in step order. The read waits for
-    /// the device to finish the steps it reads, not the newest, which stays queued: the
-    /// device keeps working while the host records and issues the next step. Reading
-    /// every step drained the queue at each read, and where a step takes longer than
-    /// the interval that is every step: on llama-1b at 32k tokens (H200), `graft train`
-    /// made 94% of `graft bench train`'s tokens/s (which reads nothing) that way and
-    /// 97% this way.
-    pub fn read_settled(&mut self) -> Vec<LoggedStep> {
-        let newest = self.steps.pop();
-        let logged = self.read();
-        self.steps.extend(newest);
-        logged
+        !self.steps.is_empty() && self.window_started.elapsed() >= Self::READ_INTERVAL
     }
 
     /// Reads every pending step back, in step order.
@@ -266,41 +251,5 @@ impl<I: Backend> PendingSteps<I> {
     /// Training tokens per second after the first window (None before a second).
     pub fn steady_tokens_per_s(&self) -> Option<f64> {
         (self.steady.1 > Duration::ZERO).then(|| self.steady.0 as f64 / self.steady.1.as_secs_f64())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    type I = burn::backend::Flex;
-
-    fn result(loss: f32) -> StepResult<I> {
-        let device = Default::default();
-        StepResult {
-            losses: Tensor::from_floats([loss], &device),
-            grad_norm: None,
-        }
-    }
-
-    #[test]
-    fn a_due_read_leaves_the_newest_step_queued_and_a_full_read_takes_it() {
-        let mut pending = PendingSteps::<I>::default();
-        pending.push(1, result(3.0), 0.1, 8, 8);
-        std::thread::sleep(PendingSteps::<I>::READ_INTERVAL);
-        assert!(!pending.due(), "one step: nothing before it to read");
-        pending.push(2, result(2.0), 0.1, 8, 16);
-        pending.push(3, result(1.0), 0.1, 8, 24);
-        assert!(pending.due());
-        let settled = pending.read_settled();
-        let steps: Vec<(u64, f64)> = settled.iter().map(|s| (s.step, s.loss)).collect();
-        assert_eq!(steps, [(1, 3.0), (2, 2.0)]);
-        assert!(!pending.due(), "the newest is left, alone");
-        let rest = pending.read();
-        assert_eq!(rest.len(), 1);
-        assert_eq!(
-            (rest[0].step, rest[0].loss, rest[0].tokens_seen),
-            (3, 1.0, 24)
-        );
-        assert!(pending.read().is_empty());
     }
 }
