@@ -118,16 +118,16 @@ if [ "$GATED" = 1 ]; then
   gates=$LOGS/gates
   rm -rf "$gates"; mkdir -p "$gates"
   runs=0  # timed runs in all: each row's graft run and its reference runs
-  for config in $CONFIGS; do
-    parse "$config"
-    runs=$((runs + 1))
-    for mode in $modes; do runs=$((runs + 1)); done
-  done
   # Started last row first: the long rows' compiled warm-ups (32k with checkpointing
   # compiles longest) reach the two compile turns first, so the short ones fill in
   # after them instead of the longest starting last.
   reversed=()
-  for config in $CONFIGS; do reversed=("$config" ${reversed[@]+"${reversed[@]}"}); done
+  for config in $CONFIGS; do
+    parse "$config"
+    runs=$((runs + 1))
+    for mode in $modes; do runs=$((runs + 1)); done
+    reversed=("$config" ${reversed[@]+"${reversed[@]}"})
+  done
   for config in "${reversed[@]}"; do
     parse "$config"
     for mode in $modes; do

@@ -18,7 +18,7 @@ use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::tensor::CubeTensor;
 
 use super::cublas::CudaFusionTensor;
-use super::cuda_kernels::{launch, Args, ByDtype, PerDevice};
+use super::cuda_kernels::{launch, Args, ByDtype, Function, PerDevice};
 use super::cuda_op::register_op;
 use super::kernels::FlashFloat;
 
@@ -107,12 +107,27 @@ impl<F: FlashFloat> Backward<Cuda<F>, 2> for SwigluBackward<F> {
     }
 }
 
-/// `t`'s elements, and blocks for one 16-byte piece of them a thread.
-fn launch_shape(t: &CubeTensor<CudaRuntime>) -> (i64, u32) {
-    let n = t.meta.shape().iter().product::<usize>();
-    let piece = 16 / t.dtype.size();
+/// Launches `function` (`swiglu_forward` or `swiglu_backward`: the buffers in the order
+/// given, then the element count and whether every buffer is 16-byte aligned) with a
+/// thread for each 16-byte piece of the first of `tensors`.
+fn launch_gating(function: Function, tensors: &[&CubeTensor<CudaRuntime>]) {
+    let first = tensors[0];
+    let n = first.meta.shape().iter().product::<usize>();
+    let piece = 16 / first.dtype.size();
     let blocks = n.div_ceil(piece).div_ceil(THREADS as usize) as u32;
-    (n as i64, blocks)
+    let n = n as i64;
+    let buffers = tensors.iter().map(|t| t.handle.clone().binding()).collect();
+    launch(first, buffers, move |p, stream| {
+        let wide = p.iter().all(|pointer| pointer % 16 == 0);
+        let mut args = Args::default();
+        for &pointer in &p {
+            args.push(pointer);
+        }
+        args.push(n).push(wide as i32);
+        // SAFETY: the arguments follow both kernels' parameters in the source; the
+        // buffers are held until the kernel ends; `wide` only where all are aligned.
+        unsafe { args.launch(function, (blocks, 1), THREADS, 0, stream) };
+    });
 }
 
 fn forward<F: FlashFloat>(g: &CudaFusionTensor, u: &CudaFusionTensor) -> CudaFusionTensor {
@@ -125,20 +140,8 @@ fn forward<F: FlashFloat>(g: &CudaFusionTensor, u: &CudaFusionTensor) -> CudaFus
             let [g, u] = inputs else {
                 unreachable!("two inputs")
             };
-            let out = &outputs[0];
             let kernels = kernels(g.device.index).expect("built before the op was registered");
-            let function = kernels.forward.of(g.dtype);
-            let (n, blocks) = launch_shape(g);
-            let buffers = [g, u, out].map(|t| t.handle.clone().binding()).to_vec();
-            launch(g, buffers, move |p, stream| {
-                let wide = p.iter().all(|pointer| pointer % 16 == 0);
-                let mut args = Args::default();
-                args.push(p[0]).push(p[1]).push(p[2]);
-                args.push(n).push(wide as i32);
-                // SAFETY: the arguments follow `swiglu_forward`'s parameters; the
-                // buffers are held until the kernel ends; `wide` only where aligned.
-                unsafe { args.launch(function, (blocks, 1), THREADS, 0, stream) };
-            });
+            launch_gating(kernels.forward.of(g.dtype), &[g, u, &outputs[0]]);
         },
     );
     out.pop().expect("out")
@@ -166,19 +169,7 @@ fn backward<F: FlashFloat>(
                 "SwiGLU: the gating and its gradient share one dtype"
             );
             let kernels = kernels(g.device.index).expect("built before the op was registered");
-            let function = kernels.backward.of(g.dtype);
-            let (n, blocks) = launch_shape(g);
-            let buffers = [g, u, dy, dg, du]
-                .map(|t| t.handle.clone().binding())
-                .to_vec();
-            launch(g, buffers, move |p, stream| {
-                let wide = p.iter().all(|pointer| pointer % 16 == 0);
-                let mut args = Args::default();
-                args.push(p[0]).push(p[1]).push(p[2]).push(p[3]).push(p[4]);
-                args.push(n).push(wide as i32);
-                // SAFETY: the arguments follow `swiglu_backward`'s parameters.
-                unsafe { args.launch(function, (blocks, 1), THREADS, 0, stream) };
-            });
+            launch_gating(kernels.backward.of(g.dtype), &[g, u, dy, dg, du]);
         },
     );
     let du = out.pop().expect("du");
